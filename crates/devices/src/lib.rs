@@ -1,0 +1,1 @@
+//! Petrel's `devices` crate (being built).

@@ -1,0 +1,124 @@
+//! The x86_64 guest-physical memory layout Petrel uses, in one place.
+//!
+//! Low memory follows the PC conventions a Linux guest expects (the boot protocol in
+//! `Documentation/arch/x86/boot.rst`, the e820 map, the MP specification). RAM starts at 0 and
+//! is split around a 32-bit MMIO gap just below 4 GiB, the way Firecracker lays out its guests:
+//!
+//! ```text
+//! 0x0000_0000 ┬ real-mode IVT / BDA
+//! 0x0000_0500 │ GDT          (GDT_START)
+//! 0x0000_0520 │ IDT          (IDT_START)
+//! 0x0000_7000 │ zero page    (ZERO_PAGE_START, struct boot_params)
+//! 0x0000_8ff0 │ boot stack   (BOOT_STACK_POINTER, grows down)
+//! 0x0000_9000 │ PML4, PDPT, 4 PDs (PML4_START .. PD_START + 4 pages)
+//! 0x0002_0000 │ kernel command line (CMDLINE_START, CMDLINE_MAX_SIZE)
+//! 0x0009_fc00 │ EBDA: MP table (EBDA_START)
+//! 0x000a_0000 ┼ legacy VGA / BIOS hole (not RAM in e820)
+//! 0x0010_0000 ┼ kernel (HIMEM_START)
+//!        ...  │ RAM
+//! 0xd000_0000 ┼ 32-bit MMIO gap (MMIO32_START): boot-timer byte, virtio-mmio windows
+//! 0xfec0_0000 │ IOAPIC        (IOAPIC_START)
+//! 0xfee0_0000 │ local APIC    (APIC_START)
+//! 0xfffb_c000 │ KVM identity-map page, then the 3-page TSS (KVM_IDENTITY_MAP_START, KVM_TSS_START)
+//! 0x1_0000_0000 ┼ RAM above 4 GiB, if the guest has more than fits below the gap
+//! ```
+
+/// First address of the guest's RAM.
+pub const RAM_START: u64 = 0;
+
+/// Where the GDT lives (Firecracker and the Linux boot protocol leave 0x500-0x7bff free).
+pub const GDT_START: u64 = 0x500;
+/// Where the (empty) IDT lives, right after the GDT's 4 entries.
+pub const IDT_START: u64 = 0x520;
+
+/// The Linux zero page (`struct boot_params`, 4 KiB), see `Documentation/arch/x86/zero-page.rst`.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer for the boot vCPU (below the page tables, 16-byte aligned).
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+
+/// Page-map level-4 table of the boot identity map.
+pub const PML4_START: u64 = 0x9000;
+/// Page-directory-pointer table of the boot identity map.
+pub const PDPT_START: u64 = 0xa000;
+/// First of the four page directories (2 MiB pages) that identity-map the low 4 GiB.
+pub const PD_START: u64 = 0xb000;
+/// How many page directories the boot identity map uses (each maps 1 GiB with 2 MiB pages).
+pub const PD_COUNT: u64 = 4;
+
+/// Where the kernel command line is written (`cmd_line_ptr` in the setup header).
+pub const CMDLINE_START: u64 = 0x20000;
+/// Room reserved for the command line, terminating NUL included.
+pub const CMDLINE_MAX_SIZE: u64 = 0x10000;
+
+/// Start of the Extended BIOS Data Area, where the MP floating pointer and table go
+/// (MP spec 1.4, section 4: searched in the first KiB of the EBDA).
+pub const EBDA_START: u64 = 0x9fc00;
+/// End of conventional memory (start of the VGA / BIOS hole).
+pub const LOW_RAM_END: u64 = 0xa0000;
+
+/// Where 64-bit kernels and the protected-mode part of a bzImage are loaded (1 MiB).
+pub const HIMEM_START: u64 = 0x10_0000;
+
+/// Start of the 32-bit MMIO gap: no RAM between here and 4 GiB.
+pub const MMIO32_START: u64 = 0xd000_0000;
+/// Size of the 32-bit MMIO gap (768 MiB, ending at 4 GiB).
+pub const MMIO32_SIZE: u64 = FIRST_ADDR_PAST_32BITS - MMIO32_START;
+/// The boot-timer byte: a 1-byte write of 123 here marks "guest booted" (Firecracker's
+/// `BOOT_DEVICE_MEM_START` convention, the first page of the gap).
+pub const BOOT_TIMER_ADDR: u64 = MMIO32_START;
+/// First address the MMIO-window allocator hands out (after the boot-timer page).
+pub const MMIO_DEVICES_START: u64 = MMIO32_START + 0x1000;
+/// Default IOAPIC base (Intel 82093AA datasheet; what KVM's in-kernel IOAPIC decodes).
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// Default local APIC base (Intel SDM vol. 3, 11.4.1, IA32_APIC_BASE reset value).
+pub const APIC_START: u64 = 0xfee0_0000;
+/// `KVM_SET_IDENTITY_MAP_ADDR`: one page, inside the gap, below the TSS.
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
+/// `KVM_SET_TSS_ADDR`: three pages inside the gap (KVM API docs, 4.48).
+pub const KVM_TSS_START: u64 = 0xfffb_d000;
+
+/// 4 GiB: first address past the 32-bit space, where RAM resumes above the gap.
+pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
+
+/// The guest-physical RAM ranges `(start, len)` for a guest of `size` bytes: one range below
+/// the MMIO gap and, when `size` exceeds it, a second from 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
+    if size <= MMIO32_START {
+        vec![(RAM_START, size)]
+    } else {
+        vec![
+            (RAM_START, MMIO32_START),
+            (FIRST_ADDR_PAST_32BITS, size - MMIO32_START),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_range() {
+        assert_eq!(ram_ranges(256 << 20), vec![(0, 256 << 20)]);
+        assert_eq!(ram_ranges(MMIO32_START), vec![(0, MMIO32_START)]);
+    }
+
+    #[test]
+    fn large_guest_is_split_around_the_gap() {
+        let r = ram_ranges(4 << 30);
+        assert_eq!(r, vec![(0, MMIO32_START), (1 << 32, (4 << 30) - MMIO32_START)]);
+        let total: u64 = r.iter().map(|(_, l)| l).sum();
+        assert_eq!(total, 4 << 30);
+    }
+
+    #[test]
+    fn boot_structures_do_not_overlap() {
+        assert!(GDT_START + 4 * 8 <= IDT_START);
+        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+        assert!(BOOT_STACK_POINTER < PML4_START);
+        assert!(PD_START + PD_COUNT * 0x1000 <= CMDLINE_START);
+        assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= EBDA_START);
+        assert!(KVM_IDENTITY_MAP_START + 0x1000 == KVM_TSS_START);
+        assert!(KVM_TSS_START + 3 * 0x1000 <= FIRST_ADDR_PAST_32BITS);
+    }
+}

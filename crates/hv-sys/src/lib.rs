@@ -1,0 +1,1 @@
+//! Petrel's `hv-sys` crate (being built).

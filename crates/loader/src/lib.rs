@@ -1,0 +1,1 @@
+//! Petrel's `loader` crate (being built).

@@ -1,0 +1,1 @@
+//! Petrel's `vcpu` crate (being built).

@@ -1,0 +1,3 @@
+//! The `petrel` command.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Petrel's `vmm` crate (being built).
