@@ -1,1 +1,89 @@
-//! Petrel's `devices` crate (being built).
+//! Petrel's devices: the bus that routes guest port and MMIO accesses, and the legacy PC devices
+//! a Linux guest expects.
+//!
+//! A VMM builds one [`Bus`] per address space (port I/O, MMIO) with a [`BusBuilder`], freezes
+//! it, and shares it as `Arc<Bus>` with its vCPU threads. Each device is an
+//! `Arc<Mutex<impl BusDevice>>`; an access reaches it only when the whole access fits inside the
+//! device's range, with the offset relative to the range base.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use petrel_devices::{Bus, BusBuilder, BusDevice, BusOutcome, BusRange};
+//!
+//! /// A one-byte scratch register.
+//! struct Scratch(u8);
+//!
+//! impl BusDevice for Scratch {
+//!     fn read(&mut self, _offset: u64, data: &mut [u8]) {
+//!         data.fill(self.0);
+//!     }
+//!     fn write(&mut self, _offset: u64, data: &[u8]) -> BusOutcome {
+//!         if let Some(&b) = data.first() {
+//!             self.0 = b;
+//!         }
+//!         BusOutcome::Continue
+//!     }
+//! }
+//!
+//! let mut builder = BusBuilder::new("pio");
+//! builder.insert(BusRange::new(0x510, 1), Arc::new(Mutex::new(Scratch(0))))?;
+//! // A second device may not share an address with the first.
+//! assert!(builder.insert(BusRange::new(0x500, 0x20), Arc::new(Mutex::new(Scratch(0)))).is_err());
+//! let bus: Arc<Bus> = Arc::new(builder.build());
+//!
+//! assert_eq!(bus.write(0x510, &[0x42]), BusOutcome::Continue);
+//! let mut byte = [0u8; 1];
+//! bus.read(0x510, &mut byte);
+//! assert_eq!(byte, [0x42]);
+//!
+//! // Nobody owns 0x511: the read floats to 0xff and is counted.
+//! bus.read(0x511, &mut byte);
+//! assert_eq!(byte, [0xff]);
+//! assert_eq!(bus.unclaimed_reads(), 1);
+//! # Ok::<(), petrel_devices::Error>(())
+//! ```
+
+pub mod bus;
+
+pub use bus::{Bus, BusBuilder, BusDevice, BusOutcome, BusRange, StopRequest};
+
+/// Errors from building a bus and from setting up devices.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A device was inserted with a zero-length range.
+    #[error("cannot insert {device} on the {bus} bus: range {range} is empty")]
+    InsertEmptyRange {
+        /// The bus's name.
+        bus: &'static str,
+        /// The device's name.
+        device: &'static str,
+        /// The range asked for.
+        range: BusRange,
+    },
+    /// A device was inserted with a range that runs past `u64::MAX`.
+    #[error("cannot insert {device} on the {bus} bus: range {range} runs past the address space")]
+    InsertWrappingRange {
+        /// The bus's name.
+        bus: &'static str,
+        /// The device's name.
+        device: &'static str,
+        /// The range asked for.
+        range: BusRange,
+    },
+    /// A device was inserted over addresses another device already holds.
+    #[error(
+        "cannot insert {device} on the {bus} bus at {range}: it overlaps {existing_device} at {existing}"
+    )]
+    InsertOverlappingRange {
+        /// The bus's name.
+        bus: &'static str,
+        /// The new device's name.
+        device: &'static str,
+        /// The range asked for.
+        range: BusRange,
+        /// The name of the device already there.
+        existing_device: &'static str,
+        /// The range it holds.
+        existing: BusRange,
+    },
+}

@@ -1,0 +1,510 @@
+//! The device bus: a table of address ranges, frozen at build time, that routes guest accesses
+//! to the device that owns the whole access.
+//!
+//! A [`BusBuilder`] collects `(range, device)` pairs, refusing empty, wrapping and overlapping
+//! ranges; [`BusBuilder::build`] freezes them into a [`Bus`], a sorted `Vec` searched without a
+//! lock. Each device sits behind its own `Mutex`, so accesses to different devices from
+//! different vCPUs never contend.
+//!
+//! An access is *claimed* only when every byte of it, `[addr, addr + len)`, lies inside one
+//! device's range. Anything else (no device at that address, an access straddling the end of a
+//! range, a zero-length access) is *unclaimed*: reads are filled with `0xff`, what real hardware
+//! answers on a floating bus, writes are dropped, and both are counted, never logged, because a
+//! guest can trigger them as often as it likes.
+//!
+//! A device whose mutex is poisoned (a panic on another vCPU thread while it held the lock) is
+//! still called: the guard is recovered from the `PoisonError`. Device models here keep no
+//! invariant that a half-finished access can break in a memory-unsafe way, the vCPU that panicked
+//! already stops the VM, and recovering keeps the other vCPU threads from panicking in turn while
+//! the VM winds down. Such accesses are counted in [`Bus::poisoned_accesses`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::Error;
+
+/// What a device asks of the vCPU after an access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusOutcome {
+    /// Re-enter the guest as usual.
+    Continue,
+    /// Stop the VM; the vCPU never re-enters the guest.
+    Stop(StopRequest),
+}
+
+/// Why a device asks the VM to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// The guest asked for a reset (e.g. i8042 command 0xFE); the VMM stops the VM cleanly.
+    Reset,
+    /// The guest asked to power off.
+    PowerOff,
+}
+
+/// A device that answers guest accesses on a [`Bus`].
+pub trait BusDevice: Send {
+    /// Handles a read; `offset` is relative to the device's range base; fill all of `data`.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+
+    /// Handles a write; `offset` is relative to the device's range base.
+    fn write(&mut self, offset: u64, data: &[u8]) -> BusOutcome;
+
+    /// A short name for diagnostics ([`Bus::devices`], error messages).
+    ///
+    /// Read once when the device is inserted, never on the access path.
+    fn name(&self) -> &'static str {
+        "unnamed"
+    }
+}
+
+/// A half-open address range `[base, base + len)` on a bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BusRange {
+    /// First address of the range.
+    pub base: u64,
+    /// Number of addresses in the range.
+    pub len: u64,
+}
+
+impl BusRange {
+    /// Makes a range of `len` addresses starting at `base`.
+    pub const fn new(base: u64, len: u64) -> Self {
+        BusRange { base, len }
+    }
+
+    /// The last address inside the range, or `None` when the range is empty or runs past
+    /// `u64::MAX`.
+    pub fn last(&self) -> Option<u64> {
+        self.len
+            .checked_sub(1)
+            .and_then(|l| self.base.checked_add(l))
+    }
+
+    /// Whether `[addr, addr + len)` lies wholly inside this range (false for `len == 0`).
+    pub fn contains_access(&self, addr: u64, len: u64) -> bool {
+        let (Some(last), Some(access_last)) = (
+            self.last(),
+            len.checked_sub(1).and_then(|l| addr.checked_add(l)),
+        ) else {
+            return false;
+        };
+        addr >= self.base && access_last <= last
+    }
+
+    /// Whether the two ranges share at least one address (both must be non-empty).
+    fn overlaps(&self, other: &BusRange) -> bool {
+        match (self.last(), other.last()) {
+            (Some(a), Some(b)) => self.base <= b && other.base <= a,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for BusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.last() {
+            Some(last) => write!(f, "[{:#x}..={:#x}]", self.base, last),
+            None => write!(f, "[{:#x}, len {:#x}]", self.base, self.len),
+        }
+    }
+}
+
+/// One device in the frozen table.
+struct Entry {
+    range: BusRange,
+    name: &'static str,
+    device: Arc<Mutex<dyn BusDevice>>,
+}
+
+/// Collects devices and their ranges, then freezes them into a [`Bus`].
+pub struct BusBuilder {
+    name: &'static str,
+    entries: Vec<Entry>,
+}
+
+impl fmt::Debug for BusBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field("name", &self.name)
+            .field("devices", &DeviceList(&self.entries))
+            .finish()
+    }
+}
+
+impl BusBuilder {
+    /// Starts an empty bus called `name` (e.g. `"pio"`, `"mmio"`; used in errors).
+    pub fn new(name: &'static str) -> Self {
+        BusBuilder {
+            name,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds `device` at `range`.
+    ///
+    /// Refuses an empty range, a range that runs past `u64::MAX`, and a range that shares an
+    /// address with one already inserted (ranges that only touch, one ending where the next
+    /// begins, are fine). The error names both ranges.
+    pub fn insert(
+        &mut self,
+        range: BusRange,
+        device: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), Error> {
+        let name = lock_device(&device).0.name();
+        if range.len == 0 {
+            return Err(Error::InsertEmptyRange {
+                bus: self.name,
+                device: name,
+                range,
+            });
+        }
+        if range.last().is_none() {
+            return Err(Error::InsertWrappingRange {
+                bus: self.name,
+                device: name,
+                range,
+            });
+        }
+        if let Some(existing) = self.entries.iter().find(|e| e.range.overlaps(&range)) {
+            return Err(Error::InsertOverlappingRange {
+                bus: self.name,
+                device: name,
+                range,
+                existing_device: existing.name,
+                existing: existing.range,
+            });
+        }
+        self.entries.push(Entry {
+            range,
+            name,
+            device,
+        });
+        Ok(())
+    }
+
+    /// Freezes the table into a [`Bus`].
+    pub fn build(mut self) -> Bus {
+        self.entries.sort_by_key(|e| e.range.base);
+        Bus {
+            name: self.name,
+            entries: self.entries,
+            unclaimed_reads: AtomicU64::new(0),
+            unclaimed_writes: AtomicU64::new(0),
+            poisoned_accesses: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A frozen table of devices, shared by the vCPU threads as `Arc<Bus>`.
+///
+/// Lookup is a binary search over a sorted `Vec` with no lock; only the device found is locked.
+pub struct Bus {
+    name: &'static str,
+    entries: Vec<Entry>,
+    unclaimed_reads: AtomicU64,
+    unclaimed_writes: AtomicU64,
+    poisoned_accesses: AtomicU64,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("name", &self.name)
+            .field("devices", &DeviceList(&self.entries))
+            .field("unclaimed_reads", &self.unclaimed_reads())
+            .field("unclaimed_writes", &self.unclaimed_writes())
+            .field("poisoned_accesses", &self.poisoned_accesses())
+            .finish()
+    }
+}
+
+impl Bus {
+    /// The name given to [`BusBuilder::new`].
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Finds the device owning every byte of `[addr, addr + len)`.
+    fn find(&self, addr: u64, len: usize) -> Option<&Entry> {
+        // Entries are sorted by base and do not overlap: the only candidate is the last one
+        // whose base is at or below `addr`.
+        let idx = self.entries.partition_point(|e| e.range.base <= addr);
+        let entry = self.entries.get(idx.checked_sub(1)?)?;
+        let len = u64::try_from(len).ok()?;
+        entry.range.contains_access(addr, len).then_some(entry)
+    }
+
+    /// Reads `data.len()` bytes at `addr`.
+    ///
+    /// Fills `data` with 0xff and counts it when no device claims the whole access.
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr, data.len()) {
+            Some(entry) => {
+                let (mut dev, poisoned) = lock_device(&entry.device);
+                self.count_poisoned(poisoned);
+                dev.read(addr - entry.range.base, data);
+            }
+            None => {
+                data.fill(0xff);
+                self.unclaimed_reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes `data` at `addr` and returns what the device asks of the vCPU.
+    ///
+    /// Unclaimed writes are counted and dropped.
+    pub fn write(&self, addr: u64, data: &[u8]) -> BusOutcome {
+        match self.find(addr, data.len()) {
+            Some(entry) => {
+                let (mut dev, poisoned) = lock_device(&entry.device);
+                self.count_poisoned(poisoned);
+                dev.write(addr - entry.range.base, data)
+            }
+            None => {
+                self.unclaimed_writes.fetch_add(1, Ordering::Relaxed);
+                BusOutcome::Continue
+            }
+        }
+    }
+
+    /// Reads that no device claimed since the bus was built.
+    pub fn unclaimed_reads(&self) -> u64 {
+        self.unclaimed_reads.load(Ordering::Relaxed)
+    }
+
+    /// Writes that no device claimed since the bus was built.
+    pub fn unclaimed_writes(&self) -> u64 {
+        self.unclaimed_writes.load(Ordering::Relaxed)
+    }
+
+    /// Accesses that found their device's mutex poisoned and went ahead with the recovered guard.
+    pub fn poisoned_accesses(&self) -> u64 {
+        self.poisoned_accesses.load(Ordering::Relaxed)
+    }
+
+    /// The devices on the bus, in address order, with their names (for diagnostics).
+    pub fn devices(&self) -> impl Iterator<Item = (BusRange, &'static str)> + '_ {
+        self.entries.iter().map(|e| (e.range, e.name))
+    }
+
+    fn count_poisoned(&self, poisoned: bool) {
+        if poisoned {
+            self.poisoned_accesses.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Locks a device, recovering the guard if another thread panicked while holding it.
+fn lock_device<'a>(
+    device: &'a Mutex<dyn BusDevice + 'static>,
+) -> (MutexGuard<'a, dyn BusDevice + 'static>, bool) {
+    match device.lock() {
+        Ok(guard) => (guard, false),
+        Err(poison) => (poison.into_inner(), true),
+    }
+}
+
+/// Debug helper that prints entries as `range: name`.
+struct DeviceList<'a>(&'a [Entry]);
+
+impl fmt::Debug for DeviceList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|e| (e.range.to_string(), e.name)))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the last access and answers reads with `offset + i` so tests can see the offset.
+    #[derive(Default)]
+    struct Probe {
+        last_write: Option<(u64, Vec<u8>)>,
+        outcome: Option<BusOutcome>,
+    }
+
+    impl BusDevice for Probe {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = (offset as u8).wrapping_add(i as u8);
+            }
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) -> BusOutcome {
+            self.last_write = Some((offset, data.to_vec()));
+            self.outcome.unwrap_or(BusOutcome::Continue)
+        }
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+    }
+
+    fn probe() -> Arc<Mutex<Probe>> {
+        Arc::new(Mutex::new(Probe::default()))
+    }
+
+    #[test]
+    fn bus_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Bus>();
+        assert_send_sync::<Arc<Bus>>();
+    }
+
+    #[test]
+    fn overlapping_ranges_are_refused_and_named() {
+        let mut b = BusBuilder::new("pio");
+        b.insert(BusRange::new(0x10, 0x10), probe()).unwrap();
+        for (base, len) in [(0x8, 0x9), (0x1f, 1), (0x12, 2), (0x0, 0x100), (0x10, 0x10)] {
+            let err = b.insert(BusRange::new(base, len), probe()).unwrap_err();
+            assert!(
+                matches!(err, Error::InsertOverlappingRange { existing, .. }
+                    if existing == BusRange::new(0x10, 0x10)),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains("[0x10..=0x1f]"), "{msg}");
+            assert!(msg.contains(&BusRange::new(base, len).to_string()), "{msg}");
+            assert!(msg.contains("pio"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn touching_ranges_are_allowed() {
+        let mut b = BusBuilder::new("pio");
+        b.insert(BusRange::new(0x10, 0x10), probe()).unwrap();
+        b.insert(BusRange::new(0x20, 0x10), probe()).unwrap();
+        b.insert(BusRange::new(0x0, 0x10), probe()).unwrap();
+        let bus = b.build();
+        let bases: Vec<u64> = bus.devices().map(|(r, _)| r.base).collect();
+        assert_eq!(bases, [0x0, 0x10, 0x20]);
+        assert!(bus.devices().all(|(_, n)| n == "probe"));
+    }
+
+    #[test]
+    fn empty_and_wrapping_ranges_are_refused() {
+        let mut b = BusBuilder::new("mmio");
+        assert!(matches!(
+            b.insert(BusRange::new(0x10, 0), probe()),
+            Err(Error::InsertEmptyRange { .. })
+        ));
+        assert!(matches!(
+            b.insert(BusRange::new(u64::MAX, 2), probe()),
+            Err(Error::InsertWrappingRange { .. })
+        ));
+        // The very top of the address space is usable.
+        b.insert(BusRange::new(u64::MAX, 1), probe()).unwrap();
+        let bus = b.build();
+        let mut data = [0u8; 1];
+        bus.read(u64::MAX, &mut data);
+        assert_eq!(data, [0]);
+        assert_eq!(bus.unclaimed_reads(), 0);
+    }
+
+    #[test]
+    fn reads_at_first_and_last_byte_reach_the_device() {
+        let mut b = BusBuilder::new("pio");
+        b.insert(BusRange::new(0x3f8, 8), probe()).unwrap();
+        let bus = b.build();
+
+        let mut one = [0u8; 1];
+        bus.read(0x3f8, &mut one);
+        assert_eq!(one, [0]);
+        bus.read(0x3ff, &mut one);
+        assert_eq!(one, [7]);
+
+        let mut four = [0u8; 4];
+        bus.read(0x3fc, &mut four);
+        assert_eq!(four, [4, 5, 6, 7]);
+        assert_eq!(bus.unclaimed_reads(), 0);
+    }
+
+    #[test]
+    fn straddling_and_outside_accesses_are_unclaimed_and_counted() {
+        let mut b = BusBuilder::new("pio");
+        let dev = probe();
+        b.insert(BusRange::new(0x3f8, 8), dev.clone()).unwrap();
+        let bus = b.build();
+
+        // Straddles the end of the range.
+        let mut two = [0u8; 2];
+        bus.read(0x3ff, &mut two);
+        assert_eq!(two, [0xff, 0xff]);
+        // Straddles the start.
+        bus.read(0x3f7, &mut two);
+        assert_eq!(two, [0xff, 0xff]);
+        // Just past the end, and far away.
+        let mut one = [0u8; 1];
+        bus.read(0x400, &mut one);
+        assert_eq!(one, [0xff]);
+        bus.read(0x80, &mut one);
+        assert_eq!(one, [0xff]);
+        // Wraps past u64::MAX.
+        bus.read(u64::MAX, &mut two);
+        assert_eq!(two, [0xff, 0xff]);
+        // Zero-length accesses are claimed by nobody.
+        bus.read(0x3f8, &mut []);
+        assert_eq!(bus.unclaimed_reads(), 6);
+
+        assert_eq!(bus.write(0x3ff, &[1, 2]), BusOutcome::Continue);
+        assert_eq!(bus.write(0x400, &[1]), BusOutcome::Continue);
+        assert_eq!(bus.unclaimed_writes(), 2);
+        assert!(dev.lock().unwrap().last_write.is_none());
+    }
+
+    #[test]
+    fn writes_reach_the_device_with_offset_and_return_its_outcome() {
+        let mut b = BusBuilder::new("pio");
+        let dev = probe();
+        dev.lock().unwrap().outcome = Some(BusOutcome::Stop(StopRequest::Reset));
+        b.insert(BusRange::new(0x60, 5), dev.clone()).unwrap();
+        b.insert(BusRange::new(0x70, 2), probe()).unwrap();
+        let bus = b.build();
+
+        assert_eq!(
+            bus.write(0x64, &[0xfe]),
+            BusOutcome::Stop(StopRequest::Reset)
+        );
+        assert_eq!(dev.lock().unwrap().last_write, Some((4, vec![0xfe])));
+        assert_eq!(bus.write(0x71, &[3]), BusOutcome::Continue);
+        assert_eq!(bus.unclaimed_writes(), 0);
+    }
+
+    #[test]
+    fn poisoned_device_is_still_served_and_counted() {
+        let mut b = BusBuilder::new("pio");
+        let dev = probe();
+        b.insert(BusRange::new(0x80, 1), dev.clone()).unwrap();
+        let bus = b.build();
+
+        let poisoner = dev.clone();
+        let joined = std::thread::spawn(move || {
+            let _guard = poisoner.lock().unwrap();
+            panic!("poison the device mutex");
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(dev.is_poisoned());
+
+        let mut one = [0u8; 1];
+        bus.read(0x80, &mut one);
+        assert_eq!(one, [0]);
+        assert_eq!(bus.write(0x80, &[9]), BusOutcome::Continue);
+        assert_eq!(bus.poisoned_accesses(), 2);
+        assert_eq!(bus.unclaimed_reads(), 0);
+    }
+
+    #[test]
+    fn empty_bus_answers_all_ff() {
+        let bus = BusBuilder::new("pio").build();
+        let mut data = [0u8; 4];
+        bus.read(0, &mut data);
+        assert_eq!(data, [0xff; 4]);
+        assert_eq!(bus.write(0, &data), BusOutcome::Continue);
+        assert_eq!((bus.unclaimed_reads(), bus.unclaimed_writes()), (1, 1));
+        assert!(format!("{bus:?}").contains("unclaimed_reads: 1"));
+    }
+}
