@@ -1,1 +1,204 @@
-//! Petrel's `loader` crate (being built).
+//! Loads guest software into Petrel guest RAM and describes how the boot vCPU must start.
+//!
+//! This crate is pure code: it never talks to KVM. It writes images and boot structures into a
+//! [`petrel_guest_mem::GuestRam`] and returns a [`BootCpuState`] (registers, control registers
+//! and segments as plain integers) that the vcpu crate converts into `kvm_regs`/`kvm_sregs`.
+//!
+//! Every input is treated as untrusted user data: sizes and offsets are checked before any
+//! write, and every write goes through `GuestRam`, which refuses addresses outside RAM.
+//!
+//! ```
+//! use petrel_guest_mem::GuestRam;
+//! use petrel_loader::{load_raw, CpuMode};
+//!
+//! let ram = GuestRam::new(1 << 20).unwrap();
+//! // `mov al, 0x41; out 0xe9, al; hlt`, loaded at 0x1000 and entered there in real mode.
+//! let state = load_raw(&ram, &[0xb0, 0x41, 0xe6, 0xe9, 0xf4], 0x1000, None).unwrap();
+//! assert!(matches!(state.mode, CpuMode::Real));
+//! assert_eq!(state.code.base + state.rip, 0x1000);
+//! ```
+
+use std::path::PathBuf;
+
+pub mod raw;
+
+pub use raw::{load_raw, load_raw_file};
+
+/// How the boot vCPU must be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuMode {
+    /// 16-bit real mode (CR0.PE clear): flat binaries, firmware-style code.
+    Real,
+    /// 32-bit protected mode without paging (the PVH boot protocol).
+    Protected32,
+    /// 64-bit long mode with the boot identity map (the Linux 64-bit boot protocol).
+    Long64,
+}
+
+/// A flat mirror of `kvm_segment` (the vcpu crate converts it), so this crate needs no KVM
+/// types. Field meanings follow the Intel SDM vol. 3, 3.4.5 (segment descriptors).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// Linear base address.
+    pub base: u64,
+    /// Limit in bytes (already scaled by the granularity bit, as `kvm_segment` wants it).
+    pub limit: u32,
+    /// Selector loaded in the segment register.
+    pub selector: u16,
+    /// Type field (4 bits): e.g. 0xb execute/read accessed code, 0x3 read/write accessed data.
+    pub type_: u8,
+    /// Present bit.
+    pub present: u8,
+    /// Descriptor privilege level.
+    pub dpl: u8,
+    /// Default operation size (1 = 32-bit segment).
+    pub db: u8,
+    /// Descriptor type (1 = code or data, 0 = system).
+    pub s: u8,
+    /// 64-bit code segment.
+    pub l: u8,
+    /// Granularity (1 = limit counted in 4 KiB units).
+    pub g: u8,
+    /// Available for system software.
+    pub avl: u8,
+}
+
+/// Everything the vcpu crate needs to start the boot CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootCpuState {
+    /// The mode the registers below are meant for.
+    pub mode: CpuMode,
+    /// Instruction pointer (an offset from `code.base`).
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// RSI: the zero page address for the Linux 64-bit boot protocol.
+    pub rsi: u64,
+    /// RBX: the `hvm_start_info` address for the PVH boot protocol.
+    pub rbx: u64,
+    /// RFLAGS (bit 1 is reserved and always set).
+    pub rflags: u64,
+    /// CR0.
+    pub cr0: u64,
+    /// CR3 (the page-table root when paging is on).
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// The EFER MSR.
+    pub efer: u64,
+    /// CS.
+    pub code: Segment,
+    /// DS, ES, FS, GS and SS.
+    pub data: Segment,
+    /// GDTR base.
+    pub gdt_base: u64,
+    /// GDTR limit.
+    pub gdt_limit: u16,
+    /// IDTR base.
+    pub idt_base: u64,
+    /// IDTR limit.
+    pub idt_limit: u16,
+}
+
+/// Errors from loading images and writing boot structures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading an image file from the host failed.
+    #[error("cannot read {what} {}", path.display())]
+    ReadFile {
+        /// What the file was meant to be ("raw image", "kernel", "initrd").
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An image file or buffer has no bytes.
+    #[error("{} is empty", image_name(.what, .path))]
+    EmptyImage {
+        /// What the image was meant to be.
+        what: &'static str,
+        /// The file, when the image came from one.
+        path: Option<PathBuf>,
+    },
+    /// An image is larger than the whole of guest RAM.
+    #[error(
+        "{} of {size:#x} bytes is larger than guest RAM ({ram_size:#x} bytes)",
+        image_name(.what, .path)
+    )]
+    ImageTooLarge {
+        /// What the image was meant to be.
+        what: &'static str,
+        /// The file, when the image came from one.
+        path: Option<PathBuf>,
+        /// The image's size.
+        size: u64,
+        /// The guest's RAM size.
+        ram_size: u64,
+    },
+    /// An image would not lie wholly inside one RAM region at the address asked for.
+    #[error(
+        "{} of {size:#x} bytes at {addr:#x} does not fit in guest RAM \
+         ({ram_size:#x} bytes, regions {regions})",
+        image_name(.what, .path)
+    )]
+    LoadAddressOutsideRam {
+        /// What the image was meant to be.
+        what: &'static str,
+        /// The file, when the image came from one.
+        path: Option<PathBuf>,
+        /// The requested load address.
+        addr: u64,
+        /// The image's size.
+        size: u64,
+        /// The guest's RAM size.
+        ram_size: u64,
+        /// The guest's RAM regions, formatted for the message.
+        regions: String,
+    },
+    /// A real-mode entry point is outside guest RAM or not reachable with a 16-bit segment.
+    #[error(
+        "entry point {entry:#x} is not usable in real mode: it must lie in guest RAM and \
+         below 1 MiB ({REAL_MODE_LIMIT:#x})"
+    )]
+    RealModeEntry {
+        /// The requested entry point.
+        entry: u64,
+    },
+    /// Writing a boot structure or image into guest memory failed.
+    #[error("cannot write {what} at {addr:#x} into guest memory")]
+    WriteGuestMemory {
+        /// What was being written.
+        what: &'static str,
+        /// Where.
+        addr: u64,
+        /// What guest-mem said.
+        #[source]
+        source: petrel_guest_mem::Error,
+    },
+}
+
+/// A result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The first address real mode cannot reach with `selector << 4` bases and 16-bit offsets
+/// (1 MiB, with the A20 line wrapping; Intel SDM vol. 3, 21.1.1).
+pub const REAL_MODE_LIMIT: u64 = 0x10_0000;
+
+/// "raw image" or "raw image /path/to/file", for error messages.
+fn image_name(what: &str, path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!("{what} {}", p.display()),
+        None => what.to_string(),
+    }
+}
+
+/// The RAM regions of `ram` as `[start, end)` pairs, for error messages.
+fn describe_regions(ram: &petrel_guest_mem::GuestRam) -> String {
+    ram.regions()
+        .iter()
+        .map(|r| format!("[{:#x}, {:#x})", r.guest_addr, r.guest_addr + r.size))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
