@@ -1,1 +1,151 @@
-//! Petrel's `hv-sys` crate (being built).
+//! Petrel's hypervisor layer: `/dev/kvm`, VMs, vCPUs and exits, over kvm-ioctls.
+//!
+//! - [`Hypervisor`] opens `/dev/kvm` with errors a user can act on and checks the API version
+//!   and every capability Petrel needs, by name.
+//! - [`Vm`] registers guest RAM, creates the in-kernel irqchip and PIT, irqfds and ioeventfds.
+//! - [`Vcpu::run`] returns Petrel's own [`VmExit`], decoded from `kvm_run` so that string port
+//!   I/O keeps its access size and count.
+//! - [`kick`] gets a vCPU thread out of `KVM_RUN`; [`Vcpu::complete_emulation_failure`] deals
+//!   with the instructions an emulating host cannot run.
+//!
+//! ```no_run
+//! use petrel_hv_sys::{Hypervisor, Vm, VmExit};
+//! use petrel_guest_mem::GuestRam;
+//! let hv = Hypervisor::open()?;
+//! let mut vm = Vm::new(&hv)?;
+//! let ram = GuestRam::new(1 << 20).unwrap();
+//! ram.write(0, &[0xf4]).unwrap(); // hlt
+//! vm.register_ram(&ram)?;
+//! let mut vcpu = vm.create_vcpu(0)?;
+//! let mut sregs = vcpu.sregs()?;
+//! sregs.cs.base = 0;
+//! sregs.cs.selector = 0;
+//! vcpu.set_sregs(&sregs)?;
+//! let mut regs = vcpu.regs()?;
+//! regs.rip = 0;
+//! regs.rflags = 2;
+//! vcpu.set_regs(&regs)?;
+//! assert_eq!(vcpu.run()?, VmExit::Hlt);
+//! # Ok::<(), petrel_hv_sys::Error>(())
+//! ```
+
+pub mod exit;
+pub mod kick;
+mod kvm;
+mod vcpu;
+mod vm;
+
+pub use exit::{IoDirection, SystemEvent, VmExit};
+pub use kvm::{host_emulates_guest_kernel, Hypervisor, KVM_API_VERSION, REQUIRED_CAPS};
+pub use kvm_bindings;
+pub use kvm_ioctls;
+pub use vcpu::{hex_bytes, EmulationOutcome, Vcpu};
+pub use vm::Vm;
+
+/// Errors from the hypervisor layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open {path}: {hint}")]
+    Open {
+        /// The device path.
+        path: String,
+        /// What the user can do about it.
+        hint: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device answered with another API version (or is not KVM at all).
+    #[error(
+        "KVM API version is {found}, Petrel needs {KVM_API_VERSION} (is this really /dev/kvm?)"
+    )]
+    ApiVersion {
+        /// What `KVM_GET_API_VERSION` returned.
+        found: i32,
+    },
+    /// Capabilities Petrel needs are missing.
+    #[error("this KVM lacks required capabilities: {0}")]
+    MissingCapabilities(String),
+    /// `KVM_GET_VCPU_MMAP_SIZE` failed.
+    #[error("KVM_GET_VCPU_MMAP_SIZE failed")]
+    VcpuMmapSize(#[source] vmm_sys_util::errno::Error),
+    /// `KVM_GET_SUPPORTED_CPUID` failed.
+    #[error("KVM_GET_SUPPORTED_CPUID failed")]
+    SupportedCpuid(#[source] vmm_sys_util::errno::Error),
+    /// `KVM_CREATE_VM` failed.
+    #[error("KVM_CREATE_VM failed")]
+    CreateVm(#[source] vmm_sys_util::errno::Error),
+    /// A memory slot could not be registered.
+    #[error("cannot register guest memory at {guest_addr:#x} with KVM")]
+    MemorySlot {
+        /// Guest-physical start of the region.
+        guest_addr: u64,
+        /// The ioctl error.
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    /// A platform ioctl failed.
+    #[error("{what} failed")]
+    Platform {
+        /// The ioctl.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    /// `KVM_IRQFD` failed.
+    #[error("cannot register an irqfd for GSI {gsi}")]
+    Irqfd {
+        /// The interrupt line.
+        gsi: u32,
+        /// The ioctl error.
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    /// `KVM_IOEVENTFD` failed.
+    #[error("cannot register an ioeventfd at {addr:#x}")]
+    Ioeventfd {
+        /// The port or MMIO address.
+        addr: u64,
+        /// The ioctl error.
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    /// `KVM_CREATE_VCPU` failed.
+    #[error("cannot create vCPU {id}")]
+    CreateVcpu {
+        /// The vCPU index.
+        id: u64,
+        /// The ioctl error.
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    /// `KVM_RUN` failed.
+    #[error("KVM_RUN failed on vCPU {id}")]
+    Run {
+        /// The vCPU index.
+        id: u64,
+        /// The ioctl error.
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    /// A register ioctl failed.
+    #[error("{what} failed")]
+    Registers {
+        /// The ioctl.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: vmm_sys_util::errno::Error,
+    },
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
+    /// A kick could not be sent.
+    #[error("cannot kick a vCPU thread")]
+    Kick(#[source] std::io::Error),
+}
+
+/// A result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,254 @@
+//! A vCPU handle: `KVM_RUN` decoded into [`VmExit`], registers, and the emulation-failure
+//! handler for hosts whose instruction emulator gives up on some instructions.
+
+use std::fmt::Write as _;
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use kvm_ioctls::VcpuFd;
+use petrel_guest_mem::GuestRam;
+
+use crate::exit::{emulation_failure_bytes, RunRegion, VmExit};
+use crate::kick;
+use crate::{Error, Result};
+
+/// The x86 `int3` opcode (Intel SDM vol. 2A, "INT n/INTO/INT3/INT1").
+pub const OPCODE_INT3: u8 = 0xcc;
+/// The x87 `fwait`/`wait` opcode (Intel SDM vol. 2B, "WAIT/FWAIT").
+pub const OPCODE_FWAIT: u8 = 0x9b;
+/// Breakpoint exception vector, #BP (Intel SDM vol. 3A, table 6-1).
+pub const VECTOR_BP: u8 = 3;
+/// x87 FPU status word: error summary bit, set when an unmasked exception is pending
+/// (Intel SDM vol. 1, 8.1.3).
+pub const FPU_STATUS_ES: u16 = 1 << 7;
+
+/// How an emulation failure was dealt with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmulationOutcome {
+    /// `int3`: RIP moved past it and #BP injected, as hardware would have done.
+    InjectedBreakpoint,
+    /// `fwait` with no unmasked x87 exception pending: a no-op, RIP moved past it.
+    SkippedFwait,
+    /// An instruction Petrel does not complete; the VM must stop.
+    Unhandled {
+        /// Guest RIP of the instruction.
+        rip: u64,
+        /// Up to 15 bytes at RIP (empty if they could not be read).
+        bytes: Vec<u8>,
+    },
+}
+
+/// One vCPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    id: u64,
+    fd: VcpuFd,
+    mmap_size: usize,
+}
+
+impl Vcpu {
+    pub(crate) fn new(id: u64, fd: VcpuFd, mmap_size: usize) -> Self {
+        Vcpu { id, fd, mmap_size }
+    }
+
+    /// The vCPU's index (and initial APIC id).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The kvm-ioctls handle, for calls this crate does not wrap (CPUID, MSRs, LAPIC, FPU).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Enters the guest until the next exit (`KVM_RUN`) and decodes it.
+    ///
+    /// A kick ([`crate::kick`]) from another thread makes this return
+    /// [`VmExit::Interrupted`] promptly, whether it lands before or during the call.
+    pub fn run(&mut self) -> Result<VmExit<'_>> {
+        let run_ptr = self.fd.get_kvm_run() as *mut kvm_bindings::kvm_run;
+        kick::bind_current_thread(run_ptr);
+        match self.fd.run() {
+            Ok(_) => {}
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                return Ok(VmExit::Interrupted);
+            }
+            Err(e) => {
+                return Err(Error::Run {
+                    id: self.id,
+                    source: e,
+                })
+            }
+        }
+        // SAFETY: the mapping of `kvm_run` is `mmap_size` bytes long (KVM_GET_VCPU_MMAP_SIZE)
+        // and lives as long as `self.fd`, which `&mut self` borrows for the result's lifetime.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(run_ptr as *mut u8, self.mmap_size) };
+        Ok(RunRegion::new(bytes)
+            .map(RunRegion::decode)
+            .unwrap_or(VmExit::Unsupported { reason: u32::MAX }))
+    }
+
+    /// General-purpose registers (`KVM_GET_REGS`).
+    pub fn regs(&self) -> Result<kvm_regs> {
+        self.fd.get_regs().map_err(|e| Error::Registers {
+            what: "KVM_GET_REGS",
+            source: e,
+        })
+    }
+
+    /// Sets the general-purpose registers (`KVM_SET_REGS`).
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<()> {
+        self.fd.set_regs(regs).map_err(|e| Error::Registers {
+            what: "KVM_SET_REGS",
+            source: e,
+        })
+    }
+
+    /// Special registers (`KVM_GET_SREGS`).
+    pub fn sregs(&self) -> Result<kvm_sregs> {
+        self.fd.get_sregs().map_err(|e| Error::Registers {
+            what: "KVM_GET_SREGS",
+            source: e,
+        })
+    }
+
+    /// Sets the special registers (`KVM_SET_SREGS`).
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<()> {
+        self.fd.set_sregs(sregs).map_err(|e| Error::Registers {
+            what: "KVM_SET_SREGS",
+            source: e,
+        })
+    }
+
+    /// Deals with `KVM_EXIT_INTERNAL_ERROR` suberror 1 (the host's instruction emulator gave
+    /// up): reads the instruction, completes `int3` by injecting #BP and `fwait` as the no-op
+    /// it is with no x87 exception pending, and reports anything else as unhandled.
+    pub fn complete_emulation_failure(
+        &self,
+        data: &[u64],
+        ram: &GuestRam,
+    ) -> Result<EmulationOutcome> {
+        let mut regs = self.regs()?;
+        let bytes = match emulation_failure_bytes(data) {
+            Some(b) => b,
+            None => self.instruction_bytes_at_rip(ram).unwrap_or_default(),
+        };
+        match bytes.first() {
+            Some(&OPCODE_INT3) => {
+                let mut events = self.fd.get_vcpu_events().map_err(|e| Error::Registers {
+                    what: "KVM_GET_VCPU_EVENTS",
+                    source: e,
+                })?;
+                regs.rip += 1;
+                self.set_regs(&regs)?;
+                // A trap-class exception: delivered with RIP after the instruction, exactly
+                // what `int3` does on hardware (Intel SDM vol. 3A, 6.5).
+                events.exception.injected = 1;
+                events.exception.nr = VECTOR_BP;
+                events.exception.has_error_code = 0;
+                events.exception.error_code = 0;
+                events.flags = 0;
+                self.fd
+                    .set_vcpu_events(&events)
+                    .map_err(|e| Error::Registers {
+                        what: "KVM_SET_VCPU_EVENTS",
+                        source: e,
+                    })?;
+                Ok(EmulationOutcome::InjectedBreakpoint)
+            }
+            Some(&OPCODE_FWAIT) => {
+                let fpu = self.fd.get_fpu().map_err(|e| Error::Registers {
+                    what: "KVM_GET_FPU",
+                    source: e,
+                })?;
+                if fpu.fsw & FPU_STATUS_ES != 0 {
+                    return Ok(EmulationOutcome::Unhandled {
+                        rip: regs.rip,
+                        bytes,
+                    });
+                }
+                regs.rip += 1;
+                self.set_regs(&regs)?;
+                Ok(EmulationOutcome::SkippedFwait)
+            }
+            _ => Ok(EmulationOutcome::Unhandled {
+                rip: regs.rip,
+                bytes,
+            }),
+        }
+    }
+
+    /// Reads up to 15 instruction bytes at CS:RIP, translating through the guest's page tables
+    /// (`KVM_TRANSLATE`) and reading only guest RAM.
+    pub fn instruction_bytes_at_rip(&self, ram: &GuestRam) -> Option<Vec<u8>> {
+        let regs = self.regs().ok()?;
+        let sregs = self.sregs().ok()?;
+        let linear = sregs.cs.base.wrapping_add(regs.rip);
+        let mut out = Vec::with_capacity(15);
+        // Byte by byte, so an instruction crossing a page boundary is translated per page.
+        for i in 0..15u64 {
+            let t = self.fd.translate_gva(linear + i).ok()?;
+            if t.valid == 0 {
+                break;
+            }
+            let mut b = [0u8];
+            if ram.read(t.physical_address, &mut b).is_err() {
+                break;
+            }
+            out.push(b[0]);
+        }
+        Some(out)
+    }
+
+    /// A multi-line dump of the registers, for error messages.
+    pub fn register_dump(&self) -> String {
+        let mut s = String::new();
+        match self.regs() {
+            Ok(r) => {
+                let _ = writeln!(
+                    s,
+                    "  rip={:#018x} rsp={:#018x} rflags={:#010x}\n  rax={:#018x} rbx={:#018x} \
+                     rcx={:#018x} rdx={:#018x}\n  rsi={:#018x} rdi={:#018x} rbp={:#018x}",
+                    r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(s, "  (registers unavailable: {e})");
+            }
+        }
+        if let Ok(sr) = self.sregs() {
+            let _ = writeln!(
+                s,
+                "  cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}\n  cs={} ss={} ds={}",
+                sr.cr0,
+                sr.cr2,
+                sr.cr3,
+                sr.cr4,
+                sr.efer,
+                segment(&sr.cs),
+                segment(&sr.ss),
+                segment(&sr.ds)
+            );
+        }
+        s
+    }
+}
+
+fn segment(s: &kvm_segment) -> String {
+    format!(
+        "{:#06x}(base={:#x} limit={:#x} l={} db={})",
+        s.selector, s.base, s.limit, s.l, s.db
+    )
+}
+
+/// Formats instruction bytes as hex, e.g. `0f a2`.
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "(unreadable)".into();
+    }
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,133 @@
+//! A KVM virtual machine: memory slots, the in-kernel irqchip and PIT, irqfd and ioeventfd.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use petrel_guest_mem::{layout, GuestRam};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{Error, Hypervisor, Result, Vcpu};
+
+/// One VM file descriptor and what Petrel needs from it.
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+    vcpu_mmap_size: usize,
+    max_vcpus: usize,
+    next_slot: u32,
+}
+
+impl Vm {
+    /// Creates a VM (`KVM_CREATE_VM`).
+    pub fn new(hv: &Hypervisor) -> Result<Self> {
+        let fd = hv.kvm().create_vm().map_err(Error::CreateVm)?;
+        Ok(Vm {
+            fd,
+            vcpu_mmap_size: hv.vcpu_mmap_size(),
+            max_vcpus: hv.max_vcpus(),
+            next_slot: 0,
+        })
+    }
+
+    /// The kvm-ioctls handle, for calls this crate does not wrap.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Registers every region of `ram` as a KVM memory slot (`KVM_SET_USER_MEMORY_REGION`).
+    pub fn register_ram(&mut self, ram: &GuestRam) -> Result<()> {
+        for region in ram.regions() {
+            let slot = kvm_userspace_memory_region {
+                slot: self.next_slot,
+                flags: 0,
+                guest_phys_addr: region.guest_addr,
+                memory_size: region.size,
+                userspace_addr: region.host_addr,
+            };
+            // SAFETY: the host range belongs to `ram`'s mapping, which the caller keeps alive
+            // (cloned into the VMM) for as long as this VM exists; slots never overlap because
+            // `GuestRam` regions do not.
+            unsafe { self.fd.set_user_memory_region(slot) }.map_err(|e| Error::MemorySlot {
+                guest_addr: region.guest_addr,
+                source: e,
+            })?;
+            self.next_slot += 1;
+        }
+        Ok(())
+    }
+
+    /// Sets up the x86 platform pieces KVM provides: the TSS and identity-map pages (api.rst
+    /// 4.48, 4.59), the in-kernel PIC/IOAPIC/LAPIC (4.24) and the PIT (4.75, with a dummy speaker
+    /// port so port 0x61 is handled in the kernel).
+    pub fn setup_x86_platform(&self) -> Result<()> {
+        self.fd
+            .set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
+            .map_err(|e| Error::Platform {
+                what: "KVM_SET_IDENTITY_MAP_ADDR",
+                source: e,
+            })?;
+        self.fd
+            .set_tss_address(layout::KVM_TSS_START as usize)
+            .map_err(|e| Error::Platform {
+                what: "KVM_SET_TSS_ADDR",
+                source: e,
+            })?;
+        self.fd.create_irq_chip().map_err(|e| Error::Platform {
+            what: "KVM_CREATE_IRQCHIP",
+            source: e,
+        })?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(pit).map_err(|e| Error::Platform {
+            what: "KVM_CREATE_PIT2",
+            source: e,
+        })?;
+        Ok(())
+    }
+
+    /// Makes a write to `event` inject interrupt line `gsi` without a return to the VMM
+    /// (`KVM_IRQFD`, api.rst 4.75).
+    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd(event, gsi)
+            .map_err(|e| Error::Irqfd { gsi, source: e })
+    }
+
+    /// Makes a guest write to `addr` signal `event` inside the kernel (`KVM_IOEVENTFD`, api.rst
+    /// 4.59), optionally only when the written value equals `datamatch`.
+    pub fn register_ioeventfd(
+        &self,
+        event: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u32>,
+    ) -> Result<()> {
+        let raw = match addr {
+            IoEventAddress::Pio(a) | IoEventAddress::Mmio(a) => a,
+        };
+        let r = match datamatch {
+            Some(v) => self.fd.register_ioevent(event, &addr, v),
+            None => self
+                .fd
+                .register_ioevent(event, &addr, kvm_ioctls::NoDatamatch),
+        };
+        r.map_err(|e| Error::Ioeventfd {
+            addr: raw,
+            source: e,
+        })
+    }
+
+    /// The most vCPUs this VM may have.
+    pub fn max_vcpus(&self) -> usize {
+        self.max_vcpus
+    }
+
+    /// Creates vCPU `id` (`KVM_CREATE_VCPU`) and maps its `kvm_run`.
+    pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
+        let fd = self
+            .fd
+            .create_vcpu(id)
+            .map_err(|e| Error::CreateVcpu { id, source: e })?;
+        Ok(Vcpu::new(id, fd, self.vcpu_mmap_size))
+    }
+}
