@@ -20,6 +20,7 @@
 
 use std::path::PathBuf;
 
+pub mod gdt;
 pub mod raw;
 
 pub use raw::{load_raw, load_raw_file};
