@@ -21,6 +21,7 @@
 use std::path::PathBuf;
 
 pub mod gdt;
+pub mod paging;
 pub mod raw;
 
 pub use raw::{load_raw, load_raw_file};
