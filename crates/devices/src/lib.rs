@@ -44,8 +44,14 @@
 //! ```
 
 pub mod bus;
+pub mod output;
+pub mod serial;
+pub mod trigger;
 
 pub use bus::{Bus, BusBuilder, BusDevice, BusOutcome, BusRange, StopRequest};
+pub use output::{NonBlockingWriter, OutputStats, OutputThread};
+pub use serial::{Serial, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
+pub use trigger::EventFdTrigger;
 
 /// Errors from building a bus and from setting up devices.
 #[derive(Debug, thiserror::Error)]
@@ -86,4 +92,21 @@ pub enum Error {
         /// The range it holds.
         existing: BusRange,
     },
+    /// The thread that drains a [`NonBlockingWriter`] could not be started.
+    #[error("cannot start the output thread")]
+    SpawnOutputThread(#[source] std::io::Error),
+    /// The output thread panicked.
+    #[error("the output thread panicked")]
+    OutputThreadPanicked,
+    /// The output thread did not finish writing within the time given.
+    #[error("output not flushed within {timeout:?}: {pending} bytes still buffered")]
+    FlushOutputTimeout {
+        /// How long we waited.
+        timeout: std::time::Duration,
+        /// Bytes not yet taken by the thread.
+        pending: usize,
+    },
+    /// The output destination returned an error; later output was discarded.
+    #[error("cannot write to the output destination")]
+    WriteOutput(#[source] std::io::Error),
 }
