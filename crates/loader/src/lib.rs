@@ -21,6 +21,7 @@
 use std::path::PathBuf;
 
 pub mod gdt;
+pub mod mptable;
 pub mod paging;
 pub mod raw;
 
@@ -167,6 +168,14 @@ pub enum Error {
     RealModeEntry {
         /// The requested entry point.
         entry: u64,
+    },
+    /// The MP table cannot describe this many vCPUs.
+    #[error("cannot build the MP table for {num_cpus} vCPUs: between 1 and {max} fit in the EBDA")]
+    MpTableCpuCount {
+        /// The vCPU count asked for.
+        num_cpus: u8,
+        /// The most that fit.
+        max: u8,
     },
     /// Writing a boot structure or image into guest memory failed.
     #[error("cannot write {what} at {addr:#x} into guest memory")]
