@@ -6,15 +6,26 @@
  * listing with GNU as/objcopy (when present) and compares the bytes.
  *
  *   as --64 -o demo_guest.o demo_guest.S && objcopy -O binary -j .text demo_guest.o demo_guest.bin
+ *   objdump -D -b binary -m i386:x86-64 -M intel demo_guest.bin   (the 64-bit part)
  *
- * The bytes below start at file offset 0x100 of the ELF, which is loaded at
- * physical = virtual address 0x100000, so `start` is at 0x100100.
+ * The bytes below start at file offset 0x100 of the ELF (after the ELF header,
+ * two program headers and the PVH note, which the Rust code writes), and the
+ * file is loaded at physical = virtual address 0x100000, so `start` is at
+ * 0x100100 (e_entry).  Memory map of the loaded segment:
+ *   0x100000  ELF headers, PVH note
+ *   0x100100  64-bit code, strings, PVH entry code, GDT   (file ends < 0x101000)
+ *   0x101000  PVH page tables: PML4, PDPT, 4 page directories (not in the file)
+ *   0x107000  stack, 4 KiB, top at 0x108000 = end of p_memsz (not in the file)
  */
         .intel_syntax noprefix
 
         .set LOAD_ADDR,  0x100000       /* PT_LOAD p_paddr = p_vaddr */
         .set CODE_ADDR,  0x100100       /* address of `start` (file offset 0x100) */
         .set STACK_TOP,  0x108000       /* top of the 4 KiB stack in the .bss-like tail */
+        .set PML4,       0x101000       /* PVH only: page tables in the .bss-like tail */
+        .set PDPT,       0x102000
+        .set PD,         0x103000       /* four page directories: 0..4 GiB, 2 MiB pages */
+        .set PD_END,     0x107000
 
         .text
 start:
@@ -64,7 +75,12 @@ main:
         call    puts
         mov     al, 0xfe                /* i8042 command: pulse reset line */
         out     0x64, al                /* write it to the i8042 command port */
-halt:   cli                             /* no i8042: stop here for good */
+        xor     eax, eax                /* still here: no i8042 (QEMU microvm) */
+        push    rax
+        push    rax                     /* 16 zero bytes on the stack */
+        lidt    [rsp]                   /* IDT base 0, limit 0: no usable vector */
+        div     eax                     /* #DE -> #GP -> #DF -> triple fault: shutdown */
+halt:   cli                             /* nothing worked: stop here for good */
         hlt
         jmp     halt                    /* in case an NMI wakes us */
 
@@ -232,4 +248,69 @@ msg_time:   .asciz "time: "
 msg_utc:    .asciz " UTC\r\n"
 msg_nortc:  .asciz "unavailable\r\n"
 msg_reset:  .asciz "Petrel demo guest: resetting\r\n"
-end64:
+
+/* ---- PVH entry (ELF note XEN_ELFNOTE_PHYS32_ENTRY) ------------------------
+ * 32-bit protected mode, paging off, flat segments, ebx = &struct hvm_start_info.
+ * Builds an identity map of 0..4 GiB with 2 MiB pages, enters long mode, and
+ * continues in main with the PVH memory map. */
+        .code32
+pvh_entry:
+        cli                             /* interrupts stay off */
+        mov     esp, STACK_TOP          /* own stack */
+        xor     ecx, ecx                /* ecx = 0 for the stores below */
+        mov     edi, PML4               /* clear the PML4 and PDPT pages */
+1:      mov     [edi], ecx
+        add     edi, 4
+        cmp     edi, PD                 /* up to the first page directory */
+        jb      1b
+        mov     eax, 0x83               /* PDE: 2 MiB page at 0, Present|Write|PS */
+2:      mov     [edi], eax              /* low half: address and flags */
+        mov     [edi+4], ecx            /* high half: 0 (below 4 GiB) */
+        add     eax, 0x200000           /* next 2 MiB */
+        add     edi, 8                  /* next PDE */
+        cmp     edi, PD_END             /* 4 x 512 PDEs = 4 GiB */
+        jb      2b
+        mov     dword ptr [PML4], PDPT + 3       /* PML4[0] -> PDPT, Present|Write */
+        mov     dword ptr [PDPT], PD + 3         /* PDPT[0] -> PD 0..1 GiB */
+        mov     dword ptr [PDPT+8], PD + 0x1003  /* PDPT[1] -> PD 1..2 GiB */
+        mov     dword ptr [PDPT+16], PD + 0x2003 /* PDPT[2] -> PD 2..3 GiB */
+        mov     dword ptr [PDPT+24], PD + 0x3003 /* PDPT[3] -> PD 3..4 GiB */
+        mov     eax, PML4
+        mov     cr3, eax                /* page-table root */
+        mov     eax, cr4
+        or      eax, 0x20               /* CR4.PAE */
+        mov     cr4, eax
+        mov     ecx, 0xc0000080         /* IA32_EFER */
+        rdmsr
+        or      eax, 0x100              /* EFER.LME */
+        wrmsr
+        lgdt    [CODE_ADDR + gdt_ptr - start]   /* our GDT (absolute address) */
+        mov     eax, cr0
+        or      eax, 0x80000001         /* CR0.PG | CR0.PE: long mode is active */
+        mov     cr0, eax
+        ljmp    0x08, CODE_ADDR + pvh64 - start /* load the 64-bit CS */
+
+        .code64
+pvh64:
+        mov     eax, 0x10               /* flat data segment */
+        mov     ds, eax
+        mov     es, eax
+        mov     ss, eax
+        mov     ebx, ebx                /* rbx = &hvm_start_info (zero-extend) */
+        xor     ecx, ecx                /* no memory map unless found below */
+        cmp     dword ptr [rbx], 0x336ec578 /* XEN_HVM_START_MAGIC_VALUE? */
+        jne     1f
+        cmp     dword ptr [rbx+4], 1    /* version >= 1 has the memmap fields */
+        jb      1f
+        mov     rsi, [rbx+0x28]         /* memmap_paddr (u64 at 40) */
+        mov     ecx, [rbx+0x30]         /* memmap_entries (u32 at 48) */
+1:      mov     edx, 24                 /* sizeof(struct hvm_memmap_table_entry) */
+        jmp     main                    /* the same main as the 64-bit entry */
+
+gdt:    .quad   0                       /* null descriptor */
+        .quad   0x00af9b000000ffff      /* 0x08: 64-bit code, DPL 0, accessed */
+        .quad   0x00cf93000000ffff      /* 0x10: flat data, writable, accessed */
+gdt_ptr:
+        .word   23                      /* limit: 3 descriptors */
+        .quad   CODE_ADDR + gdt - start /* base (lgdt in 32-bit mode reads 4 bytes) */
+end:

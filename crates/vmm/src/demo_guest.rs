@@ -6,12 +6,25 @@
 //! source, is in `crates/vmm/guest/demo_guest.S`; a unit test reassembles that listing when
 //! binutils are installed and checks that it gives the same bytes.
 //!
+//! The file has two entry points: `e_entry` ([`ENTRY_ADDR`]) for the Linux x86 64-bit boot
+//! protocol, which Petrel uses, and a PVH entry ([`PVH_ENTRY_ADDR`]) so that QEMU
+//! (`qemu-system-x86_64 -M microvm -kernel demo.elf`) and other PVH loaders can boot the same
+//! file, e.g. for side-by-side benchmarks. Both end up in the same 64-bit main routine.
+//!
 //! # File layout
 //!
-//! One `PT_LOAD` segment: file offset 0, physical = virtual address [`LOAD_ADDR`] (1 MiB),
-//! `p_filesz` = the whole file (under 1 KiB: ELF header, program header, code at file offset
-//! 0x100, strings), `p_memsz` = 0x8000. The zero-filled tail of the segment holds the guest's
-//! stack (0x107000..0x108000); the loader need not zero it. `e_entry` = [`ENTRY_ADDR`].
+//! - ELF header, then two program headers:
+//!   - `PT_LOAD`: file offset 0, physical = virtual address [`LOAD_ADDR`] (1 MiB),
+//!     `p_filesz` = the whole file (about 1.2 KiB), `p_memsz` = 0x8000. The tail beyond the
+//!     file holds the PVH page tables (0x101000..0x107000) and the stack
+//!     (0x107000..0x108000); the loader need not zero it.
+//!   - `PT_NOTE` (file offset 0xb0, 24 bytes, `p_align` 4): one ELF note, name `"Xen"`,
+//!     type 18 (`XEN_ELFNOTE_PHYS32_ENTRY`), desc = the PVH entry address as a little-endian
+//!     u64 (its first 4 bytes are the u32 that the PVH ABI asks for). Linux's vmlinux also
+//!     uses an 8-byte desc on x86-64, and older QEMU releases (7.2 among them) read 8 bytes
+//!     from a 64-bit ELF's note, so a 4-byte desc would make them read past the note.
+//! - At file offset 0x100 (address 0x100100 = `e_entry`): the 64-bit code, the strings, then
+//!   the PVH code and its GDT.
 //!
 //! # Entry conditions (Linux x86 64-bit boot protocol)
 //!
@@ -24,6 +37,19 @@
 //!   20-byte entries `{u64 addr, u64 size, u32 type}`), see
 //!   `Documentation/arch/x86/zero-page.rst`;
 //! - `rsp` is not used: the guest switches to its own stack first.
+//!
+//! # Entry conditions (PVH)
+//!
+//! As in Xen's `docs/misc/pvh.pandoc` / `xen/include/public/arch-x86/hvm/start_info.h`:
+//! 32-bit protected mode, paging off, flat 32-bit code and data segments, interrupts off,
+//! `ebx` = physical address of `struct hvm_start_info`. The 32-bit stub sets up its own stack,
+//! builds an identity map of 0..4 GiB with 2 MiB pages (PML4 -> PDPT -> 4 page directories;
+//! never 1 GiB pages), enables CR4.PAE, sets EFER.LME (MSR 0xC0000080), loads CR3, enables
+//! paging, loads its own 3-entry GDT (0x08: 64-bit code, 0x10: data), far-jumps to 64-bit
+//! code, reloads DS/ES/SS and jumps to main with the PVH memory map: if the start info has
+//! the magic 0x336ec578 and version >= 1, `memmap_paddr` (u64 at offset 0x28) and
+//! `memmap_entries` (u32 at 0x30), 24-byte entries `{u64 addr, u64 size, u32 type, u32
+//! reserved}`; otherwise no map, and the memory line says `memory: 0 MiB`.
 //!
 //! # What it does, and the output
 //!
@@ -42,8 +68,8 @@
 //!
 //! 1. [`GREETING_LINE`].
 //! 2. `cpu: ` and the 12-character vendor string of CPUID leaf 0 (EBX, EDX, ECX).
-//! 3. `memory: N MiB`: the sum of the sizes of the type-1 (RAM) e820 entries, divided by
-//!    2^20 and rounded down, in decimal.
+//! 3. `memory: N MiB`: the sum of the sizes of the type-1 (RAM) entries of the memory map
+//!    (e820, or the PVH memmap on the PVH path), divided by 2^20 and rounded down, in decimal.
 //! 4. `time: YYYY-MM-DD hh:mm:ss UTC` from the CMOS RTC (index port 0x70, data port 0x71):
 //!    the guest polls register 0x0A until bit 7 (update in progress) is clear (at most
 //!    100 000 polls), reads register 0x0B (bit 2: binary, else BCD; bit 1: 24-hour, else
@@ -53,18 +79,26 @@
 //!    is `time: unavailable`.
 //! 5. [`RESETTING_LINE`], then the guest resets the machine through the i8042: it writes
 //!    0xFE to port 0x64 (`mov al, 0xfe; out 0x64, al`). A VMM should end the run when it
-//!    sees that write. If the write returns (no i8042), the guest stops with `cli; hlt` in
-//!    a loop.
+//!    sees that write. If the write returns (no i8042, as on QEMU's microvm), the guest
+//!    loads an empty IDT (limit 0) and divides by zero: #DE, #GP and #DF all find no
+//!    handler, so the CPU triple-faults and KVM reports `KVM_EXIT_SHUTDOWN` (QEMU with
+//!    `-no-reboot` exits). Should even that return, it stops with `cli; hlt` in a loop.
 //!
-//! The code uses only plain instructions (mov, movzx, lea, add, sub, shr, and, test, cmp,
-//! jcc, call, ret, push, pop, div, in, out, cpuid, cli, hlt), all of which KVM's instruction
-//! emulator handles; on the development host guest kernel code runs in that emulator.
+//! The code uses only plain instructions (mov, movzx, lea, add, sub, shr, and, or, test,
+//! cmp, jcc, jmp, call, ret, push, pop, div, in, out, cpuid, cli, hlt; on the PVH path also
+//! mov to/from CR0/CR3/CR4 and segment registers, rdmsr, wrmsr, lgdt and a far jmp), all of
+//! which KVM's instruction emulator handles; on the development host guest kernel code runs
+//! in that emulator.
 
 /// Guest-physical (= virtual) address at which the `PT_LOAD` segment is loaded: 1 MiB.
 pub const LOAD_ADDR: u64 = 0x10_0000;
 
 /// The 64-bit entry point (`e_entry`): the first byte of the code, at file offset 0x100.
 pub const ENTRY_ADDR: u64 = LOAD_ADDR + CODE_OFFSET as u64;
+
+/// The PVH entry point (32-bit, paging off), published in the `XEN_ELFNOTE_PHYS32_ENTRY`
+/// note: the first byte of the PVH code, which follows the strings.
+pub const PVH_ENTRY_ADDR: u64 = ENTRY_ADDR + PVH_OFFSET as u64;
 
 /// The first line the guest prints on COM1 (followed by CR LF).
 pub const GREETING_LINE: &str = "Petrel demo guest: hello from a 64-bit guest";
@@ -76,7 +110,8 @@ pub const RESETTING_LINE: &str = "Petrel demo guest: resetting";
 /// File offset (and offset from [`LOAD_ADDR`]) of the first code byte.
 const CODE_OFFSET: usize = 0x100;
 
-/// Size of the loaded segment in memory: the file, then zeroes up to the top of the stack.
+/// Size of the loaded segment in memory: the file, then room for the PVH page tables
+/// (0x101000..0x107000) and the stack (0x107000..0x108000).
 const SEGMENT_MEMSZ: u64 = 0x8000;
 
 /// Size of an ELF64 file header.
@@ -84,6 +119,15 @@ const EHDR_SIZE: usize = 64;
 
 /// Size of an ELF64 program header.
 const PHDR_SIZE: usize = 56;
+
+/// Number of program headers: `PT_LOAD` and `PT_NOTE`.
+const PHNUM: usize = 2;
+
+/// File offset of the PVH note: right after the program headers.
+const NOTE_OFFSET: usize = EHDR_SIZE + PHNUM * PHDR_SIZE;
+
+/// Size of the PVH note: 12-byte header, name `"Xen\0"`, 8-byte desc.
+const NOTE_SIZE: usize = 24;
 
 /// The 64-bit code. Offsets in the comments are from the start of this array (file offset
 /// 0x100, address 0x100100); `(-> 0x...)` is the target of a relative jump, call or
@@ -101,13 +145,13 @@ const CODE64: [u8; CODE64_LEN] = [
     0x48, 0x81, 0xc6, 0xd0, 0x02, 0x00, 0x00, // 0x01a: add rsi, 0x2d0  ; rsi = &boot_params.e820_table[0]
     0xba, 0x14, 0x00, 0x00, 0x00, // 0x021: mov edx, 20  ; sizeof(struct boot_e820_entry)
     // main:
-    0xe8, 0x94, 0x00, 0x00, 0x00, // 0x026: call ram_bytes (-> 0x0bf)  ; rax = bytes of type-1 RAM
+    0xe8, 0x9e, 0x00, 0x00, 0x00, // 0x026: call ram_bytes (-> 0x0c9)  ; rax = bytes of type-1 RAM
     0x48, 0xc1, 0xe8, 0x14, // 0x02b: shr rax, 20  ; bytes -> MiB
     0x48, 0x89, 0xc5, // 0x02f: mov rbp, rax  ; keep MiB in rbp
-    0x48, 0x8d, 0x35, 0xfb, 0x01, 0x00, 0x00, // 0x032: lea rsi, [rip+msg_hello] (-> 0x234)  ; greeting line
-    0xe8, 0xac, 0x00, 0x00, 0x00, // 0x039: call puts (-> 0x0ea)
-    0x48, 0x8d, 0x35, 0x1e, 0x02, 0x00, 0x00, // 0x03e: lea rsi, [rip+msg_cpu] (-> 0x263)  ; "cpu: "
-    0xe8, 0xa0, 0x00, 0x00, 0x00, // 0x045: call puts (-> 0x0ea)
+    0x48, 0x8d, 0x35, 0x05, 0x02, 0x00, 0x00, // 0x032: lea rsi, [rip+msg_hello] (-> 0x23e)  ; greeting line
+    0xe8, 0xb6, 0x00, 0x00, 0x00, // 0x039: call puts (-> 0x0f4)
+    0x48, 0x8d, 0x35, 0x28, 0x02, 0x00, 0x00, // 0x03e: lea rsi, [rip+msg_cpu] (-> 0x26d)  ; "cpu: "
+    0xe8, 0xaa, 0x00, 0x00, 0x00, // 0x045: call puts (-> 0x0f4)
     0x31, 0xc0, // 0x04a: xor eax, eax  ; CPUID leaf 0
     0x0f, 0xa2, // 0x04c: cpuid  ; vendor in ebx, edx, ecx
     0x48, 0x83, 0xec, 0x10, // 0x04e: sub rsp, 16  ; 13-byte buffer on the stack
@@ -116,187 +160,267 @@ const CODE64: [u8; CODE64_LEN] = [
     0x89, 0x4c, 0x24, 0x08, // 0x059: mov [rsp+8], ecx  ; vendor chars 8..11
     0xc6, 0x44, 0x24, 0x0c, 0x00, // 0x05d: mov byte ptr [rsp+12], 0  ; NUL terminator
     0x48, 0x89, 0xe6, // 0x062: mov rsi, rsp  ; print the vendor
-    0xe8, 0x80, 0x00, 0x00, 0x00, // 0x065: call puts (-> 0x0ea)
+    0xe8, 0x8a, 0x00, 0x00, 0x00, // 0x065: call puts (-> 0x0f4)
     0x48, 0x83, 0xc4, 0x10, // 0x06a: add rsp, 16  ; drop the buffer
-    0x48, 0x8d, 0x35, 0xf4, 0x01, 0x00, 0x00, // 0x06e: lea rsi, [rip+msg_crlf] (-> 0x269)  ; end of line
-    0xe8, 0x70, 0x00, 0x00, 0x00, // 0x075: call puts (-> 0x0ea)
-    0x48, 0x8d, 0x35, 0xeb, 0x01, 0x00, 0x00, // 0x07a: lea rsi, [rip+msg_mem] (-> 0x26c)  ; "memory: "
-    0xe8, 0x64, 0x00, 0x00, 0x00, // 0x081: call puts (-> 0x0ea)
+    0x48, 0x8d, 0x35, 0xfe, 0x01, 0x00, 0x00, // 0x06e: lea rsi, [rip+msg_crlf] (-> 0x273)  ; end of line
+    0xe8, 0x7a, 0x00, 0x00, 0x00, // 0x075: call puts (-> 0x0f4)
+    0x48, 0x8d, 0x35, 0xf5, 0x01, 0x00, 0x00, // 0x07a: lea rsi, [rip+msg_mem] (-> 0x276)  ; "memory: "
+    0xe8, 0x6e, 0x00, 0x00, 0x00, // 0x081: call puts (-> 0x0f4)
     0x48, 0x89, 0xe8, // 0x086: mov rax, rbp  ; MiB
-    0xe8, 0x6d, 0x00, 0x00, 0x00, // 0x089: call print_dec (-> 0x0fb)
-    0x48, 0x8d, 0x35, 0xe0, 0x01, 0x00, 0x00, // 0x08e: lea rsi, [rip+msg_mib] (-> 0x275)  ; " MiB\r\n"
-    0xe8, 0x50, 0x00, 0x00, 0x00, // 0x095: call puts (-> 0x0ea)
-    0x48, 0x8d, 0x35, 0xdb, 0x01, 0x00, 0x00, // 0x09a: lea rsi, [rip+msg_time] (-> 0x27c)  ; "time: "
-    0xe8, 0x44, 0x00, 0x00, 0x00, // 0x0a1: call puts (-> 0x0ea)
-    0xe8, 0xb0, 0x00, 0x00, 0x00, // 0x0a6: call print_time (-> 0x15b)  ; "YYYY-MM-DD hh:mm:ss UTC\r\n"
-    0x48, 0x8d, 0x35, 0xe6, 0x01, 0x00, 0x00, // 0x0ab: lea rsi, [rip+msg_reset] (-> 0x298)  ; "Petrel demo guest: resetting"
-    0xe8, 0x33, 0x00, 0x00, 0x00, // 0x0b2: call puts (-> 0x0ea)
+    0xe8, 0x77, 0x00, 0x00, 0x00, // 0x089: call print_dec (-> 0x105)
+    0x48, 0x8d, 0x35, 0xea, 0x01, 0x00, 0x00, // 0x08e: lea rsi, [rip+msg_mib] (-> 0x27f)  ; " MiB\r\n"
+    0xe8, 0x5a, 0x00, 0x00, 0x00, // 0x095: call puts (-> 0x0f4)
+    0x48, 0x8d, 0x35, 0xe5, 0x01, 0x00, 0x00, // 0x09a: lea rsi, [rip+msg_time] (-> 0x286)  ; "time: "
+    0xe8, 0x4e, 0x00, 0x00, 0x00, // 0x0a1: call puts (-> 0x0f4)
+    0xe8, 0xba, 0x00, 0x00, 0x00, // 0x0a6: call print_time (-> 0x165)  ; "YYYY-MM-DD hh:mm:ss UTC\r\n"
+    0x48, 0x8d, 0x35, 0xf0, 0x01, 0x00, 0x00, // 0x0ab: lea rsi, [rip+msg_reset] (-> 0x2a2)  ; "Petrel demo guest: resetting"
+    0xe8, 0x3d, 0x00, 0x00, 0x00, // 0x0b2: call puts (-> 0x0f4)
     0xb0, 0xfe, // 0x0b7: mov al, 0xfe  ; i8042 command: pulse reset line
     0xe6, 0x64, // 0x0b9: out 0x64, al  ; write it to the i8042 command port
+    0x31, 0xc0, // 0x0bb: xor eax, eax  ; still here: no i8042 (QEMU microvm)
+    0x50, // 0x0bd: push rax
+    0x50, // 0x0be: push rax  ; 16 zero bytes on the stack
+    0x0f, 0x01, 0x1c, 0x24, // 0x0bf: lidt [rsp]  ; IDT base 0, limit 0: no usable vector
+    0xf7, 0xf0, // 0x0c3: div eax  ; #DE -> #GP -> #DF -> triple fault: shutdown
     // halt:
-    0xfa, // 0x0bb: cli  ; no i8042: stop here for good
-    0xf4, // 0x0bc: hlt
-    0xeb, 0xfc, // 0x0bd: jmp halt (-> 0x0bb)  ; in case an NMI wakes us
+    0xfa, // 0x0c5: cli  ; nothing worked: stop here for good
+    0xf4, // 0x0c6: hlt
+    0xeb, 0xfc, // 0x0c7: jmp halt (-> 0x0c5)  ; in case an NMI wakes us
     // ram_bytes:
-    0x31, 0xc0, // 0x0bf: xor eax, eax  ; total = 0
-    0x85, 0xc9, // 0x0c1: test ecx, ecx  ; empty table?
-    0x74, 0x11, // 0x0c3: jz 0x0d6
-    0x83, 0x7e, 0x10, 0x01, // 0x0c5: cmp dword ptr [rsi+16], 1  ; type == RAM?
-    0x75, 0x04, // 0x0c9: jne 0x0cf
-    0x48, 0x03, 0x46, 0x08, // 0x0cb: add rax, [rsi+8]  ; total += size
-    0x48, 0x01, 0xd6, // 0x0cf: add rsi, rdx  ; next entry
-    0xff, 0xc9, // 0x0d2: dec ecx
-    0x75, 0xef, // 0x0d4: jnz 0x0c5
-    0xc3, // 0x0d6: ret
+    0x31, 0xc0, // 0x0c9: xor eax, eax  ; total = 0
+    0x85, 0xc9, // 0x0cb: test ecx, ecx  ; empty table?
+    0x74, 0x11, // 0x0cd: jz 0x0e0
+    0x83, 0x7e, 0x10, 0x01, // 0x0cf: cmp dword ptr [rsi+16], 1  ; type == RAM?
+    0x75, 0x04, // 0x0d3: jne 0x0d9
+    0x48, 0x03, 0x46, 0x08, // 0x0d5: add rax, [rsi+8]  ; total += size
+    0x48, 0x01, 0xd6, // 0x0d9: add rsi, rdx  ; next entry
+    0xff, 0xc9, // 0x0dc: dec ecx
+    0x75, 0xef, // 0x0de: jnz 0x0cf
+    0xc3, // 0x0e0: ret
     // putc:
-    0x50, // 0x0d7: push rax  ; keep the byte
-    0xba, 0xfd, 0x03, 0x00, 0x00, // 0x0d8: mov edx, 0x3fd  ; COM1 line status register
-    0xec, // 0x0dd: in al, dx  ; read LSR
-    0xa8, 0x20, // 0x0de: test al, 0x20  ; THR empty?
-    0x74, 0xfb, // 0x0e0: jz 0x0dd  ; not yet: poll again
-    0x58, // 0x0e2: pop rax  ; the byte
-    0xba, 0xf8, 0x03, 0x00, 0x00, // 0x0e3: mov edx, 0x3f8  ; COM1 transmit holding register
-    0xee, // 0x0e8: out dx, al  ; send it
-    0xc3, // 0x0e9: ret
+    0x50, // 0x0e1: push rax  ; keep the byte
+    0xba, 0xfd, 0x03, 0x00, 0x00, // 0x0e2: mov edx, 0x3fd  ; COM1 line status register
+    0xec, // 0x0e7: in al, dx  ; read LSR
+    0xa8, 0x20, // 0x0e8: test al, 0x20  ; THR empty?
+    0x74, 0xfb, // 0x0ea: jz 0x0e7  ; not yet: poll again
+    0x58, // 0x0ec: pop rax  ; the byte
+    0xba, 0xf8, 0x03, 0x00, 0x00, // 0x0ed: mov edx, 0x3f8  ; COM1 transmit holding register
+    0xee, // 0x0f2: out dx, al  ; send it
+    0xc3, // 0x0f3: ret
     // puts:
-    0x8a, 0x06, // 0x0ea: mov al, [rsi]  ; next byte
-    0x84, 0xc0, // 0x0ec: test al, al  ; end of string?
-    0x74, 0x0a, // 0x0ee: jz 0x0fa
-    0xe8, 0xe2, 0xff, 0xff, 0xff, // 0x0f0: call putc (-> 0x0d7)
-    0x48, 0xff, 0xc6, // 0x0f5: inc rsi
-    0xeb, 0xf0, // 0x0f8: jmp 0x0ea
-    0xc3, // 0x0fa: ret
+    0x8a, 0x06, // 0x0f4: mov al, [rsi]  ; next byte
+    0x84, 0xc0, // 0x0f6: test al, al  ; end of string?
+    0x74, 0x0a, // 0x0f8: jz 0x104
+    0xe8, 0xe2, 0xff, 0xff, 0xff, // 0x0fa: call putc (-> 0x0e1)
+    0x48, 0xff, 0xc6, // 0x0ff: inc rsi
+    0xeb, 0xf0, // 0x102: jmp 0x0f4
+    0xc3, // 0x104: ret
     // print_dec:
-    0x48, 0x83, 0xec, 0x18, // 0x0fb: sub rsp, 24  ; digit buffer: 20 digits + NUL
-    0x48, 0x8d, 0x74, 0x24, 0x17, // 0x0ff: lea rsi, [rsp+23]  ; fill from the end
-    0xc6, 0x06, 0x00, // 0x104: mov byte ptr [rsi], 0  ; NUL terminator
-    0xb9, 0x0a, 0x00, 0x00, 0x00, // 0x107: mov ecx, 10  ; divisor
-    0x31, 0xd2, // 0x10c: xor edx, edx  ; rdx:rax / 10
-    0x48, 0xf7, 0xf1, // 0x10e: div rcx  ; rax = quotient, rdx = digit
-    0x80, 0xc2, 0x30, // 0x111: add dl, '0'  ; digit -> ASCII
-    0x48, 0xff, 0xce, // 0x114: dec rsi
-    0x88, 0x16, // 0x117: mov [rsi], dl  ; store it, most significant last
-    0x48, 0x85, 0xc0, // 0x119: test rax, rax  ; more digits?
-    0x75, 0xee, // 0x11c: jnz 0x10c
-    0xe8, 0xc7, 0xff, 0xff, 0xff, // 0x11e: call puts (-> 0x0ea)  ; print the digits
-    0x48, 0x83, 0xc4, 0x18, // 0x123: add rsp, 24  ; drop the buffer
-    0xc3, // 0x127: ret
+    0x48, 0x83, 0xec, 0x18, // 0x105: sub rsp, 24  ; digit buffer: 20 digits + NUL
+    0x48, 0x8d, 0x74, 0x24, 0x17, // 0x109: lea rsi, [rsp+23]  ; fill from the end
+    0xc6, 0x06, 0x00, // 0x10e: mov byte ptr [rsi], 0  ; NUL terminator
+    0xb9, 0x0a, 0x00, 0x00, 0x00, // 0x111: mov ecx, 10  ; divisor
+    0x31, 0xd2, // 0x116: xor edx, edx  ; rdx:rax / 10
+    0x48, 0xf7, 0xf1, // 0x118: div rcx  ; rax = quotient, rdx = digit
+    0x80, 0xc2, 0x30, // 0x11b: add dl, '0'  ; digit -> ASCII
+    0x48, 0xff, 0xce, // 0x11e: dec rsi
+    0x88, 0x16, // 0x121: mov [rsi], dl  ; store it, most significant last
+    0x48, 0x85, 0xc0, // 0x123: test rax, rax  ; more digits?
+    0x75, 0xee, // 0x126: jnz 0x116
+    0xe8, 0xc7, 0xff, 0xff, 0xff, // 0x128: call puts (-> 0x0f4)  ; print the digits
+    0x48, 0x83, 0xc4, 0x18, // 0x12d: add rsp, 24  ; drop the buffer
+    0xc3, // 0x131: ret
     // print2:
-    0x0f, 0xb6, 0xc0, // 0x128: movzx eax, al  ; ax = value
-    0xb1, 0x0a, // 0x12b: mov cl, 10
-    0xf6, 0xf1, // 0x12d: div cl  ; al = tens, ah = ones
-    0x66, 0x05, 0x30, 0x30, // 0x12f: add ax, 0x3030  ; both to ASCII
-    0xe8, 0x9f, 0xff, 0xff, 0xff, // 0x133: call putc (-> 0x0d7)  ; tens (putc keeps rax)
-    0x88, 0xe0, // 0x138: mov al, ah  ; ones
-    0xeb, 0x9b, // 0x13a: jmp putc (-> 0x0d7)  ; tail call
+    0x0f, 0xb6, 0xc0, // 0x132: movzx eax, al  ; ax = value
+    0xb1, 0x0a, // 0x135: mov cl, 10
+    0xf6, 0xf1, // 0x137: div cl  ; al = tens, ah = ones
+    0x66, 0x05, 0x30, 0x30, // 0x139: add ax, 0x3030  ; both to ASCII
+    0xe8, 0x9f, 0xff, 0xff, 0xff, // 0x13d: call putc (-> 0x0e1)  ; tens (putc keeps rax)
+    0x88, 0xe0, // 0x142: mov al, ah  ; ones
+    0xeb, 0x9b, // 0x144: jmp putc (-> 0x0e1)  ; tail call
     // rtc_read:
-    0xe6, 0x70, // 0x13c: out 0x70, al  ; select the register
-    0xe4, 0x71, // 0x13e: in al, 0x71  ; read it
-    0xc3, // 0x140: ret
+    0xe6, 0x70, // 0x146: out 0x70, al  ; select the register
+    0xe4, 0x71, // 0x148: in al, 0x71  ; read it
+    0xc3, // 0x14a: ret
     // rtc_field:
-    0xe8, 0xf6, 0xff, 0xff, 0xff, // 0x141: call rtc_read (-> 0x13c)
+    0xe8, 0xf6, 0xff, 0xff, 0xff, // 0x14b: call rtc_read (-> 0x146)
     // to_bin:
-    0xf6, 0xc3, 0x04, // 0x146: test bl, 4  ; DM: binary mode?
-    0x75, 0x0f, // 0x149: jnz 0x15a  ; yes: value is already binary
-    0x0f, 0xb6, 0xc8, // 0x14b: movzx ecx, al  ; ecx = BCD byte
-    0xc1, 0xe9, 0x04, // 0x14e: shr ecx, 4  ; tens digit
-    0x83, 0xe0, 0x0f, // 0x151: and eax, 0x0f  ; ones digit
-    0x8d, 0x0c, 0x89, // 0x154: lea ecx, [rcx+rcx*4]  ; tens * 5
-    0x8d, 0x04, 0x48, // 0x157: lea eax, [rax+rcx*2]  ; ones + tens * 10
-    0xc3, // 0x15a: ret
+    0xf6, 0xc3, 0x04, // 0x150: test bl, 4  ; DM: binary mode?
+    0x75, 0x0f, // 0x153: jnz 0x164  ; yes: value is already binary
+    0x0f, 0xb6, 0xc8, // 0x155: movzx ecx, al  ; ecx = BCD byte
+    0xc1, 0xe9, 0x04, // 0x158: shr ecx, 4  ; tens digit
+    0x83, 0xe0, 0x0f, // 0x15b: and eax, 0x0f  ; ones digit
+    0x8d, 0x0c, 0x89, // 0x15e: lea ecx, [rcx+rcx*4]  ; tens * 5
+    0x8d, 0x04, 0x48, // 0x161: lea eax, [rax+rcx*2]  ; ones + tens * 10
+    0xc3, // 0x164: ret
     // print_time:
-    0xb0, 0x0b, // 0x15b: mov al, 0x0b  ; status register B
-    0xe8, 0xda, 0xff, 0xff, 0xff, // 0x15d: call rtc_read (-> 0x13c)
-    0x3c, 0xff, // 0x162: cmp al, 0xff  ; floating bus: no RTC at all
-    0x0f, 0x84, 0xbe, 0x00, 0x00, 0x00, // 0x164: je 0x228
-    0x88, 0xc3, // 0x16a: mov bl, al  ; bl = status B for to_bin
-    0xb9, 0xa0, 0x86, 0x01, 0x00, // 0x16c: mov ecx, 100000  ; bounded wait for a stuck UIP
-    0xb0, 0x0a, // 0x171: mov al, 0x0a  ; status register A
-    0xe8, 0xc4, 0xff, 0xff, 0xff, // 0x173: call rtc_read (-> 0x13c)
-    0xa8, 0x80, // 0x178: test al, 0x80  ; UIP: update in progress?
-    0x74, 0x04, // 0x17a: jz 0x180  ; no: the time registers are stable
-    0xff, 0xc9, // 0x17c: dec ecx
-    0x75, 0xf1, // 0x17e: jnz 0x171  ; give up after 100000 polls
-    0xb0, 0x32, // 0x180: mov al, 0x32  ; century
-    0xe8, 0xba, 0xff, 0xff, 0xff, // 0x182: call rtc_field (-> 0x141)
-    0x3c, 0x13, // 0x187: cmp al, 19  ; plausible century?
-    0x72, 0x04, // 0x189: jb 0x18f
-    0x3c, 0x63, // 0x18b: cmp al, 99
-    0x76, 0x02, // 0x18d: jbe 0x191
-    0xb0, 0x14, // 0x18f: mov al, 20  ; no century register: assume 20xx
-    0xe8, 0x92, 0xff, 0xff, 0xff, // 0x191: call print2 (-> 0x128)  ; century
-    0xb0, 0x09, // 0x196: mov al, 0x09  ; year
-    0xe8, 0xa4, 0xff, 0xff, 0xff, // 0x198: call rtc_field (-> 0x141)
-    0xe8, 0x86, 0xff, 0xff, 0xff, // 0x19d: call print2 (-> 0x128)
-    0xb0, 0x2d, // 0x1a2: mov al, '-'
-    0xe8, 0x2e, 0xff, 0xff, 0xff, // 0x1a4: call putc (-> 0x0d7)
-    0xb0, 0x08, // 0x1a9: mov al, 0x08  ; month
-    0xe8, 0x91, 0xff, 0xff, 0xff, // 0x1ab: call rtc_field (-> 0x141)
-    0xe8, 0x73, 0xff, 0xff, 0xff, // 0x1b0: call print2 (-> 0x128)
-    0xb0, 0x2d, // 0x1b5: mov al, '-'
-    0xe8, 0x1b, 0xff, 0xff, 0xff, // 0x1b7: call putc (-> 0x0d7)
-    0xb0, 0x07, // 0x1bc: mov al, 0x07  ; day of month
-    0xe8, 0x7e, 0xff, 0xff, 0xff, // 0x1be: call rtc_field (-> 0x141)
-    0xe8, 0x60, 0xff, 0xff, 0xff, // 0x1c3: call print2 (-> 0x128)
-    0xb0, 0x20, // 0x1c8: mov al, ' '
-    0xe8, 0x08, 0xff, 0xff, 0xff, // 0x1ca: call putc (-> 0x0d7)
-    0xb0, 0x04, // 0x1cf: mov al, 0x04  ; hours (bit 7 = PM in 12-hour mode)
-    0xe8, 0x66, 0xff, 0xff, 0xff, // 0x1d1: call rtc_read (-> 0x13c)
-    0x88, 0xc7, // 0x1d6: mov bh, al  ; keep the PM flag
-    0x24, 0x7f, // 0x1d8: and al, 0x7f  ; strip it
-    0xe8, 0x67, 0xff, 0xff, 0xff, // 0x1da: call to_bin (-> 0x146)
-    0xf6, 0xc3, 0x02, // 0x1df: test bl, 2  ; 24-hour mode?
-    0x75, 0x0d, // 0x1e2: jnz 0x1f1
-    0x3c, 0x0c, // 0x1e4: cmp al, 12  ; 12-hour mode: 12 AM/PM -> 0
-    0x75, 0x02, // 0x1e6: jne 0x1ea
-    0xb0, 0x00, // 0x1e8: mov al, 0
-    0xf6, 0xc7, 0x80, // 0x1ea: test bh, 0x80  ; PM?
-    0x74, 0x02, // 0x1ed: jz 0x1f1
-    0x04, 0x0c, // 0x1ef: add al, 12  ; PM: +12
-    0xe8, 0x32, 0xff, 0xff, 0xff, // 0x1f1: call print2 (-> 0x128)
-    0xb0, 0x3a, // 0x1f6: mov al, ':'
-    0xe8, 0xda, 0xfe, 0xff, 0xff, // 0x1f8: call putc (-> 0x0d7)
-    0xb0, 0x02, // 0x1fd: mov al, 0x02  ; minutes
-    0xe8, 0x3d, 0xff, 0xff, 0xff, // 0x1ff: call rtc_field (-> 0x141)
-    0xe8, 0x1f, 0xff, 0xff, 0xff, // 0x204: call print2 (-> 0x128)
-    0xb0, 0x3a, // 0x209: mov al, ':'
-    0xe8, 0xc7, 0xfe, 0xff, 0xff, // 0x20b: call putc (-> 0x0d7)
-    0xb0, 0x00, // 0x210: mov al, 0x00  ; seconds
-    0xe8, 0x2a, 0xff, 0xff, 0xff, // 0x212: call rtc_field (-> 0x141)
-    0xe8, 0x0c, 0xff, 0xff, 0xff, // 0x217: call print2 (-> 0x128)
-    0x48, 0x8d, 0x35, 0x60, 0x00, 0x00, 0x00, // 0x21c: lea rsi, [rip+msg_utc] (-> 0x283)  ; " UTC\r\n"
-    0xe9, 0xc2, 0xfe, 0xff, 0xff, // 0x223: jmp puts (-> 0x0ea)  ; tail call
-    0x48, 0x8d, 0x35, 0x5b, 0x00, 0x00, 0x00, // 0x228: lea rsi, [rip+msg_nortc] (-> 0x28a)  ; "unavailable\r\n"
-    0xe9, 0xb6, 0xfe, 0xff, 0xff, // 0x22f: jmp puts (-> 0x0ea)  ; tail call
+    0xb0, 0x0b, // 0x165: mov al, 0x0b  ; status register B
+    0xe8, 0xda, 0xff, 0xff, 0xff, // 0x167: call rtc_read (-> 0x146)
+    0x3c, 0xff, // 0x16c: cmp al, 0xff  ; floating bus: no RTC at all
+    0x0f, 0x84, 0xbe, 0x00, 0x00, 0x00, // 0x16e: je 0x232
+    0x88, 0xc3, // 0x174: mov bl, al  ; bl = status B for to_bin
+    0xb9, 0xa0, 0x86, 0x01, 0x00, // 0x176: mov ecx, 100000  ; bounded wait for a stuck UIP
+    0xb0, 0x0a, // 0x17b: mov al, 0x0a  ; status register A
+    0xe8, 0xc4, 0xff, 0xff, 0xff, // 0x17d: call rtc_read (-> 0x146)
+    0xa8, 0x80, // 0x182: test al, 0x80  ; UIP: update in progress?
+    0x74, 0x04, // 0x184: jz 0x18a  ; no: the time registers are stable
+    0xff, 0xc9, // 0x186: dec ecx
+    0x75, 0xf1, // 0x188: jnz 0x17b  ; give up after 100000 polls
+    0xb0, 0x32, // 0x18a: mov al, 0x32  ; century
+    0xe8, 0xba, 0xff, 0xff, 0xff, // 0x18c: call rtc_field (-> 0x14b)
+    0x3c, 0x13, // 0x191: cmp al, 19  ; plausible century?
+    0x72, 0x04, // 0x193: jb 0x199
+    0x3c, 0x63, // 0x195: cmp al, 99
+    0x76, 0x02, // 0x197: jbe 0x19b
+    0xb0, 0x14, // 0x199: mov al, 20  ; no century register: assume 20xx
+    0xe8, 0x92, 0xff, 0xff, 0xff, // 0x19b: call print2 (-> 0x132)  ; century
+    0xb0, 0x09, // 0x1a0: mov al, 0x09  ; year
+    0xe8, 0xa4, 0xff, 0xff, 0xff, // 0x1a2: call rtc_field (-> 0x14b)
+    0xe8, 0x86, 0xff, 0xff, 0xff, // 0x1a7: call print2 (-> 0x132)
+    0xb0, 0x2d, // 0x1ac: mov al, '-'
+    0xe8, 0x2e, 0xff, 0xff, 0xff, // 0x1ae: call putc (-> 0x0e1)
+    0xb0, 0x08, // 0x1b3: mov al, 0x08  ; month
+    0xe8, 0x91, 0xff, 0xff, 0xff, // 0x1b5: call rtc_field (-> 0x14b)
+    0xe8, 0x73, 0xff, 0xff, 0xff, // 0x1ba: call print2 (-> 0x132)
+    0xb0, 0x2d, // 0x1bf: mov al, '-'
+    0xe8, 0x1b, 0xff, 0xff, 0xff, // 0x1c1: call putc (-> 0x0e1)
+    0xb0, 0x07, // 0x1c6: mov al, 0x07  ; day of month
+    0xe8, 0x7e, 0xff, 0xff, 0xff, // 0x1c8: call rtc_field (-> 0x14b)
+    0xe8, 0x60, 0xff, 0xff, 0xff, // 0x1cd: call print2 (-> 0x132)
+    0xb0, 0x20, // 0x1d2: mov al, ' '
+    0xe8, 0x08, 0xff, 0xff, 0xff, // 0x1d4: call putc (-> 0x0e1)
+    0xb0, 0x04, // 0x1d9: mov al, 0x04  ; hours (bit 7 = PM in 12-hour mode)
+    0xe8, 0x66, 0xff, 0xff, 0xff, // 0x1db: call rtc_read (-> 0x146)
+    0x88, 0xc7, // 0x1e0: mov bh, al  ; keep the PM flag
+    0x24, 0x7f, // 0x1e2: and al, 0x7f  ; strip it
+    0xe8, 0x67, 0xff, 0xff, 0xff, // 0x1e4: call to_bin (-> 0x150)
+    0xf6, 0xc3, 0x02, // 0x1e9: test bl, 2  ; 24-hour mode?
+    0x75, 0x0d, // 0x1ec: jnz 0x1fb
+    0x3c, 0x0c, // 0x1ee: cmp al, 12  ; 12-hour mode: 12 AM/PM -> 0
+    0x75, 0x02, // 0x1f0: jne 0x1f4
+    0xb0, 0x00, // 0x1f2: mov al, 0
+    0xf6, 0xc7, 0x80, // 0x1f4: test bh, 0x80  ; PM?
+    0x74, 0x02, // 0x1f7: jz 0x1fb
+    0x04, 0x0c, // 0x1f9: add al, 12  ; PM: +12
+    0xe8, 0x32, 0xff, 0xff, 0xff, // 0x1fb: call print2 (-> 0x132)
+    0xb0, 0x3a, // 0x200: mov al, ':'
+    0xe8, 0xda, 0xfe, 0xff, 0xff, // 0x202: call putc (-> 0x0e1)
+    0xb0, 0x02, // 0x207: mov al, 0x02  ; minutes
+    0xe8, 0x3d, 0xff, 0xff, 0xff, // 0x209: call rtc_field (-> 0x14b)
+    0xe8, 0x1f, 0xff, 0xff, 0xff, // 0x20e: call print2 (-> 0x132)
+    0xb0, 0x3a, // 0x213: mov al, ':'
+    0xe8, 0xc7, 0xfe, 0xff, 0xff, // 0x215: call putc (-> 0x0e1)
+    0xb0, 0x00, // 0x21a: mov al, 0x00  ; seconds
+    0xe8, 0x2a, 0xff, 0xff, 0xff, // 0x21c: call rtc_field (-> 0x14b)
+    0xe8, 0x0c, 0xff, 0xff, 0xff, // 0x221: call print2 (-> 0x132)
+    0x48, 0x8d, 0x35, 0x60, 0x00, 0x00, 0x00, // 0x226: lea rsi, [rip+msg_utc] (-> 0x28d)  ; " UTC\r\n"
+    0xe9, 0xc2, 0xfe, 0xff, 0xff, // 0x22d: jmp puts (-> 0x0f4)  ; tail call
+    0x48, 0x8d, 0x35, 0x5b, 0x00, 0x00, 0x00, // 0x232: lea rsi, [rip+msg_nortc] (-> 0x294)  ; "unavailable\r\n"
+    0xe9, 0xb6, 0xfe, 0xff, 0xff, // 0x239: jmp puts (-> 0x0f4)  ; tail call
 ];
 
 /// Length of [`CODE64`]; the strings follow it directly.
-const CODE64_LEN: usize = 0x234;
+const CODE64_LEN: usize = 0x23e;
 
 /// The strings, NUL-terminated, right after [`CODE64`] (offsets as in its comments).
 const STRINGS: [&[u8]; 9] = [
-    b"Petrel demo guest: hello from a 64-bit guest\r\n\0", // 0x234: msg_hello
-    b"cpu: \0",                                            // 0x263: msg_cpu
-    b"\r\n\0",                                             // 0x269: msg_crlf
-    b"memory: \0",                                         // 0x26c: msg_mem
-    b" MiB\r\n\0",                                         // 0x275: msg_mib
-    b"time: \0",                                           // 0x27c: msg_time
-    b" UTC\r\n\0",                                         // 0x283: msg_utc
-    b"unavailable\r\n\0",                                  // 0x28a: msg_nortc
-    b"Petrel demo guest: resetting\r\n\0",                 // 0x298: msg_reset
+    b"Petrel demo guest: hello from a 64-bit guest\r\n\0", // 0x23e: msg_hello
+    b"cpu: \0",                                            // 0x26d: msg_cpu
+    b"\r\n\0",                                             // 0x273: msg_crlf
+    b"memory: \0",                                         // 0x276: msg_mem
+    b" MiB\r\n\0",                                         // 0x27f: msg_mib
+    b"time: \0",                                           // 0x286: msg_time
+    b" UTC\r\n\0",                                         // 0x28d: msg_utc
+    b"unavailable\r\n\0",                                  // 0x294: msg_nortc
+    b"Petrel demo guest: resetting\r\n\0",                 // 0x2a2: msg_reset
 ];
 
-/// Everything after the headers: code, then strings (the bytes of `guest/demo_guest.S`).
+/// Offset of [`PVH`] from the start of [`CODE64`]: right after the strings.
+const PVH_OFFSET: usize = 0x2c1;
+
+/// The PVH entry: 32-bit code that switches to long mode, a little 64-bit code that reads
+/// the PVH memory map and jumps to `main` in [`CODE64`], then the GDT and the GDT pointer.
+/// Offsets in the comments are from the start of [`CODE64`], as there; absolute addresses
+/// are those offsets plus 0x100100.
+#[rustfmt::skip]
+const PVH: [u8; PVH_LEN] = [
+    // pvh_entry:
+    0xfa, // 0x2c1: cli  ; interrupts stay off
+    0xbc, 0x00, 0x80, 0x10, 0x00, // 0x2c2: mov esp, STACK_TOP  ; own stack
+    0x31, 0xc9, // 0x2c7: xor ecx, ecx  ; ecx = 0 for the stores below
+    0xbf, 0x00, 0x10, 0x10, 0x00, // 0x2c9: mov edi, PML4  ; clear the PML4 and PDPT pages
+    0x89, 0x0f, // 0x2ce: mov [edi], ecx
+    0x83, 0xc7, 0x04, // 0x2d0: add edi, 4
+    0x81, 0xff, 0x00, 0x30, 0x10, 0x00, // 0x2d3: cmp edi, PD  ; up to the first page directory
+    0x72, 0xf3, // 0x2d9: jb 0x2ce
+    0xb8, 0x83, 0x00, 0x00, 0x00, // 0x2db: mov eax, 0x83  ; PDE: 2 MiB page at 0, Present|Write|PS
+    0x89, 0x07, // 0x2e0: mov [edi], eax  ; low half: address and flags
+    0x89, 0x4f, 0x04, // 0x2e2: mov [edi+4], ecx  ; high half: 0 (below 4 GiB)
+    0x05, 0x00, 0x00, 0x20, 0x00, // 0x2e5: add eax, 0x200000  ; next 2 MiB
+    0x83, 0xc7, 0x08, // 0x2ea: add edi, 8  ; next PDE
+    0x81, 0xff, 0x00, 0x70, 0x10, 0x00, // 0x2ed: cmp edi, PD_END  ; 4 x 512 PDEs = 4 GiB
+    0x72, 0xeb, // 0x2f3: jb 0x2e0
+    0xc7, 0x05, 0x00, 0x10, 0x10, 0x00, 0x03, 0x20, 0x10, 0x00, // 0x2f5: mov dword ptr [PML4], PDPT + 3  ; PML4[0] -> PDPT, Present|Write
+    0xc7, 0x05, 0x00, 0x20, 0x10, 0x00, 0x03, 0x30, 0x10, 0x00, // 0x2ff: mov dword ptr [PDPT], PD + 3  ; PDPT[0] -> PD 0..1 GiB
+    0xc7, 0x05, 0x08, 0x20, 0x10, 0x00, 0x03, 0x40, 0x10, 0x00, // 0x309: mov dword ptr [PDPT+8], PD + 0x1003  ; PDPT[1] -> PD 1..2 GiB
+    0xc7, 0x05, 0x10, 0x20, 0x10, 0x00, 0x03, 0x50, 0x10, 0x00, // 0x313: mov dword ptr [PDPT+16], PD + 0x2003  ; PDPT[2] -> PD 2..3 GiB
+    0xc7, 0x05, 0x18, 0x20, 0x10, 0x00, 0x03, 0x60, 0x10, 0x00, // 0x31d: mov dword ptr [PDPT+24], PD + 0x3003  ; PDPT[3] -> PD 3..4 GiB
+    0xb8, 0x00, 0x10, 0x10, 0x00, // 0x327: mov eax, PML4
+    0x0f, 0x22, 0xd8, // 0x32c: mov cr3, eax  ; page-table root
+    0x0f, 0x20, 0xe0, // 0x32f: mov eax, cr4
+    0x83, 0xc8, 0x20, // 0x332: or eax, 0x20  ; CR4.PAE
+    0x0f, 0x22, 0xe0, // 0x335: mov cr4, eax
+    0xb9, 0x80, 0x00, 0x00, 0xc0, // 0x338: mov ecx, 0xc0000080  ; IA32_EFER
+    0x0f, 0x32, // 0x33d: rdmsr
+    0x0d, 0x00, 0x01, 0x00, 0x00, // 0x33f: or eax, 0x100  ; EFER.LME
+    0x0f, 0x30, // 0x344: wrmsr
+    0x0f, 0x01, 0x15, 0xa5, 0x04, 0x10, 0x00, // 0x346: lgdt [CODE_ADDR + gdt_ptr - start]  ; our GDT (absolute address)
+    0x0f, 0x20, 0xc0, // 0x34d: mov eax, cr0
+    0x0d, 0x01, 0x00, 0x00, 0x80, // 0x350: or eax, 0x80000001  ; CR0.PG | CR0.PE: long mode is active
+    0x0f, 0x22, 0xc0, // 0x355: mov cr0, eax
+    0xea, 0x5f, 0x04, 0x10, 0x00, 0x08, 0x00, // 0x358: ljmp 0x08, CODE_ADDR + pvh64 - start  ; load the 64-bit CS
+    // pvh64:
+    0xb8, 0x10, 0x00, 0x00, 0x00, // 0x35f: mov eax, 0x10  ; flat data segment
+    0x8e, 0xd8, // 0x364: mov ds, eax
+    0x8e, 0xc0, // 0x366: mov es, eax
+    0x8e, 0xd0, // 0x368: mov ss, eax
+    0x89, 0xdb, // 0x36a: mov ebx, ebx  ; rbx = &hvm_start_info (zero-extend)
+    0x31, 0xc9, // 0x36c: xor ecx, ecx  ; no memory map unless found below
+    0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33, // 0x36e: cmp dword ptr [rbx], 0x336ec578  ; XEN_HVM_START_MAGIC_VALUE?
+    0x75, 0x0d, // 0x374: jne 0x383
+    0x83, 0x7b, 0x04, 0x01, // 0x376: cmp dword ptr [rbx+4], 1  ; version >= 1 has the memmap fields
+    0x72, 0x07, // 0x37a: jb 0x383
+    0x48, 0x8b, 0x73, 0x28, // 0x37c: mov rsi, [rbx+0x28]  ; memmap_paddr (u64 at 40)
+    0x8b, 0x4b, 0x30, // 0x380: mov ecx, [rbx+0x30]  ; memmap_entries (u32 at 48)
+    0xba, 0x18, 0x00, 0x00, 0x00, // 0x383: mov edx, 24  ; sizeof(struct hvm_memmap_table_entry)
+    0xe9, 0x99, 0xfc, 0xff, 0xff, // 0x388: jmp main (-> 0x026)  ; the same main as the 64-bit entry
+    // gdt:
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 0x38d: .quad 0  ; null descriptor
+    0xff, 0xff, 0x00, 0x00, 0x00, 0x9b, 0xaf, 0x00, // 0x395: .quad 0x00af9b000000ffff  ; 0x08: 64-bit code, DPL 0, accessed
+    0xff, 0xff, 0x00, 0x00, 0x00, 0x93, 0xcf, 0x00, // 0x39d: .quad 0x00cf93000000ffff  ; 0x10: flat data, writable, accessed
+    // gdt_ptr:
+    0x17, 0x00, // 0x3a5: .word 23  ; limit: 3 descriptors
+    0x8d, 0x04, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, // 0x3a7: .quad CODE_ADDR + gdt - start  ; base (lgdt in 32-bit mode reads 4 bytes)
+];
+
+/// Length of [`PVH`].
+const PVH_LEN: usize = 0xee;
+
+// The file must end below the PVH page tables at 0x101000 (file offset 0x1000).
+const _: () = assert!(CODE_OFFSET + PVH_OFFSET + PVH_LEN <= 0x1000);
+
+/// Everything after the headers: code, strings, PVH code (the bytes of `guest/demo_guest.S`).
 fn body() -> Vec<u8> {
     let mut body = CODE64.to_vec();
     for s in STRINGS {
         body.extend_from_slice(s);
     }
+    body.extend_from_slice(&PVH);
     body
 }
 
 /// Builds the demo guest: a complete ELF64 x86-64 executable, described in the module
-/// documentation. The result is the same on every call (a few hundred bytes).
+/// documentation. The result is the same on every call (about 1.2 KiB).
 pub fn demo_kernel_elf() -> Vec<u8> {
     let body = body();
     let file_len = CODE_OFFSET + body.len();
@@ -318,12 +442,12 @@ pub fn demo_kernel_elf() -> Vec<u8> {
     put_u32(&mut elf, 0); // e_flags
     put_u16(&mut elf, EHDR_SIZE as u16); // e_ehsize
     put_u16(&mut elf, PHDR_SIZE as u16); // e_phentsize
-    put_u16(&mut elf, 1); // e_phnum
+    put_u16(&mut elf, PHNUM as u16); // e_phnum
     put_u16(&mut elf, 64); // e_shentsize (no sections, but the usual size)
     put_u16(&mut elf, 0); // e_shnum
     put_u16(&mut elf, 0); // e_shstrndx: SHN_UNDEF
 
-    // PT_LOAD: the whole file at LOAD_ADDR, followed by zeroes (the stack).
+    // PT_LOAD: the whole file at LOAD_ADDR, then room for the page tables and the stack.
     put_u32(&mut elf, 1); // p_type: PT_LOAD
     put_u32(&mut elf, 7); // p_flags: PF_R | PF_W | PF_X
     put_u64(&mut elf, 0); // p_offset
@@ -332,6 +456,24 @@ pub fn demo_kernel_elf() -> Vec<u8> {
     put_u64(&mut elf, file_len as u64); // p_filesz
     put_u64(&mut elf, SEGMENT_MEMSZ); // p_memsz
     put_u64(&mut elf, 0x1000); // p_align
+
+    // PT_NOTE: the PVH entry note (inside the PT_LOAD range too, as in Linux's vmlinux).
+    put_u32(&mut elf, 4); // p_type: PT_NOTE
+    put_u32(&mut elf, 4); // p_flags: PF_R
+    put_u64(&mut elf, NOTE_OFFSET as u64); // p_offset
+    put_u64(&mut elf, LOAD_ADDR + NOTE_OFFSET as u64); // p_vaddr
+    put_u64(&mut elf, LOAD_ADDR + NOTE_OFFSET as u64); // p_paddr
+    put_u64(&mut elf, NOTE_SIZE as u64); // p_filesz
+    put_u64(&mut elf, NOTE_SIZE as u64); // p_memsz
+    put_u64(&mut elf, 4); // p_align: notes are 4-byte aligned (QEMU pads the name to this)
+
+    // The note: XEN_ELFNOTE_PHYS32_ENTRY.
+    assert_eq!(elf.len(), NOTE_OFFSET);
+    put_u32(&mut elf, 4); // n_namesz: "Xen\0"
+    put_u32(&mut elf, 8); // n_descsz: a u64, like Linux's vmlinux on x86-64
+    put_u32(&mut elf, 18); // n_type: XEN_ELFNOTE_PHYS32_ENTRY
+    elf.extend_from_slice(b"Xen\0"); // name, already a multiple of 4 bytes
+    put_u64(&mut elf, PVH_ENTRY_ADDR); // desc: the 32-bit entry, zero-extended
 
     assert!(elf.len() <= CODE_OFFSET, "ELF headers overlap the code");
     elf.resize(CODE_OFFSET, 0);
@@ -479,9 +621,90 @@ mod tests {
 
     #[test]
     fn i8042_reset_sequence_is_present() {
-        // mov al, 0xfe; out 0x64, al; then the cli; hlt; jmp fallback.
-        let seq = [0xb0, 0xfe, 0xe6, 0x64, 0xfa, 0xf4, 0xeb, 0xfc];
+        let seq = [
+            0xb0, 0xfe, // mov al, 0xfe
+            0xe6, 0x64, // out 0x64, al
+            0x31, 0xc0, // xor eax, eax
+            0x50, 0x50, // push rax; push rax
+            0x0f, 0x01, 0x1c, 0x24, // lidt [rsp]
+            0xf7, 0xf0, // div eax
+            0xfa, 0xf4, 0xeb, 0xfc, // cli; hlt; jmp back to the cli
+        ];
         assert!(find(&CODE64, &seq).is_some());
+        assert!(find(&demo_kernel_elf(), &[0xb0, 0xfe, 0xe6, 0x64]).is_some());
+    }
+
+    #[test]
+    fn pvh_note_points_at_the_pvh_entry() {
+        let elf = demo_kernel_elf();
+        let all = phdrs(&elf);
+        assert_eq!(all[0].p_type, 1, "PT_LOAD comes first");
+        let notes: Vec<&Phdr> = all.iter().filter(|p| p.p_type == 4).collect();
+        assert_eq!(notes.len(), 1, "exactly one PT_NOTE");
+        let note = notes[0];
+        assert_eq!(note.align, 4);
+        let off = usize::try_from(note.offset).unwrap();
+        let len = usize::try_from(note.filesz).unwrap();
+        assert!(off >= NOTE_OFFSET && off + len <= CODE_OFFSET);
+        assert_eq!(note.vaddr, LOAD_ADDR + note.offset);
+        let n = &elf[off..off + len];
+        assert_eq!(u32_at(n, 0), 4, "n_namesz");
+        assert_eq!(u32_at(n, 4), 8, "n_descsz");
+        assert_eq!(u32_at(n, 8), 18, "XEN_ELFNOTE_PHYS32_ENTRY");
+        assert_eq!(&n[12..16], b"Xen\0");
+        assert_eq!(u64_at(n, 16), PVH_ENTRY_ADDR);
+        assert_eq!(len, 24);
+        // The PVH entry is 32-bit reachable and inside the loaded bytes; it starts with
+        // cli; mov esp, STACK_TOP.
+        let load = &all[0];
+        assert!(PVH_ENTRY_ADDR >= load.vaddr && PVH_ENTRY_ADDR < load.vaddr + load.filesz);
+        let at = usize::try_from(PVH_ENTRY_ADDR - LOAD_ADDR).unwrap();
+        let mut start = vec![0xfa, 0xbc];
+        start.extend_from_slice(&u32::try_from(STACK_TOP).unwrap().to_le_bytes());
+        assert_eq!(&elf[at..at + 6], &start[..]);
+    }
+
+    #[test]
+    fn pvh_absolute_addresses_match_the_layout() {
+        let strings: usize = STRINGS.iter().map(|s| s.len()).sum();
+        assert_eq!(PVH_OFFSET, CODE64_LEN + strings);
+        assert_eq!(PVH.len(), PVH_LEN);
+        let addr = |pvh_off: usize| ENTRY_ADDR + (PVH_OFFSET + pvh_off) as u64;
+        // The GDT pointer is the last 10 bytes, the GDT the 24 before it.
+        let gdt_ptr = PVH_LEN - 10;
+        let gdt = gdt_ptr - 24;
+        assert_eq!(u16_at(&PVH, gdt_ptr), 23, "GDT limit");
+        assert_eq!(u64_at(&PVH, gdt_ptr + 2), addr(gdt), "GDT base");
+        assert_eq!(u64_at(&PVH, gdt), 0, "null descriptor");
+        assert_eq!(
+            u64_at(&PVH, gdt + 8),
+            0x00af_9b00_0000_ffff,
+            "0x08: 64-bit code"
+        );
+        assert_eq!(u64_at(&PVH, gdt + 16), 0x00cf_9300_0000_ffff, "0x10: data");
+        // lgdt [abs32]
+        let lgdt = find(&PVH, &[0x0f, 0x01, 0x15]).unwrap();
+        assert_eq!(u64::from(u32_at(&PVH, lgdt + 3)), addr(gdt_ptr));
+        // mov cr0, eax; ljmp 0x08:abs32 -- the 64-bit code follows the far jump.
+        let ljmp = find(&PVH, &[0x0f, 0x22, 0xc0, 0xea]).unwrap() + 3;
+        assert_eq!(u64::from(u32_at(&PVH, ljmp + 1)), addr(ljmp + 7));
+        assert_eq!(u16_at(&PVH, ljmp + 5), 0x08);
+        // The PVH path ends with `jmp main` (rel32), just before the GDT; main is right
+        // after the 64-bit entry's 0x26 bytes of set-up.
+        assert_eq!(PVH[gdt - 5], 0xe9);
+        let rel = i32::from_le_bytes(PVH[gdt - 4..gdt].try_into().unwrap());
+        let target = (PVH_OFFSET + gdt).checked_add_signed(rel as isize).unwrap();
+        assert_eq!(target, 0x26);
+        assert_eq!(CODE64[0x26], 0xe8, "main starts with call ram_bytes");
+        // Page tables (0x101000..0x107000) and stack lie past the file, inside p_memsz.
+        assert!(
+            find(&PVH, &[0xbf, 0x00, 0x10, 0x10, 0x00]).is_some(),
+            "mov edi, 0x101000"
+        );
+        assert!(
+            find(&PVH, &[0x81, 0xff, 0x00, 0x70, 0x10, 0x00]).is_some(),
+            "cmp edi, 0x107000"
+        );
     }
 
     #[test]
