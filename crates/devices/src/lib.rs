@@ -46,6 +46,7 @@
 pub mod bus;
 pub mod i8042;
 pub mod output;
+pub mod port80;
 pub mod rtc;
 pub mod serial;
 pub mod trigger;
@@ -53,6 +54,7 @@ pub mod trigger;
 pub use bus::{Bus, BusBuilder, BusDevice, BusOutcome, BusRange, StopRequest};
 pub use i8042::{I8042Stats, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
 pub use output::{NonBlockingWriter, OutputStats, OutputThread};
+pub use port80::{PostCode, PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
 pub use rtc::{Clock, CmosRtc, FixedClock, RtcStats, SystemClock, RTC_BASE, RTC_PORT_LEN};
 pub use serial::{Serial, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
