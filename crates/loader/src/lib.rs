@@ -21,9 +21,12 @@
 use std::path::PathBuf;
 
 pub mod gdt;
+pub mod linux;
 pub mod mptable;
 pub mod paging;
 pub mod raw;
+#[cfg(test)]
+mod test_images;
 
 pub use raw::{load_raw, load_raw_file};
 
@@ -168,6 +171,111 @@ pub enum Error {
     RealModeEntry {
         /// The requested entry point.
         entry: u64,
+    },
+    /// A kernel image is neither an ELF file nor a bzImage.
+    #[error("{} is not a Linux kernel (neither ELF nor bzImage)", path.display())]
+    NotLinuxKernel {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A kernel image is shorter than its own headers say.
+    #[error(
+        "kernel {} is truncated: it has {size:#x} bytes but its {what} needs {needed:#x}",
+        path.display()
+    )]
+    KernelTruncated {
+        /// The file.
+        path: PathBuf,
+        /// The part that does not fit.
+        what: &'static str,
+        /// The image's size.
+        size: u64,
+        /// The size the headers require.
+        needed: u64,
+    },
+    /// A bzImage's boot protocol predates the 64-bit entry point.
+    #[error(
+        "kernel {} uses boot protocol {}.{:02}; {}.{:02} or later is needed for the 64-bit entry \
+         point",
+        path.display(), version >> 8, version & 0xff, min >> 8, min & 0xff
+    )]
+    BootProtocolTooOld {
+        /// The file.
+        path: PathBuf,
+        /// The protocol version in its header (major in the high byte).
+        version: u16,
+        /// The oldest version this crate boots.
+        min: u16,
+    },
+    /// A bzImage cannot run from 1 MiB (LOADED_HIGH clear in loadflags).
+    #[error(
+        "kernel {} is a zImage: LOADED_HIGH is clear in loadflags, so it cannot run from 1 MiB",
+        path.display()
+    )]
+    KernelNotLoadedHigh {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A bzImage has no 64-bit entry point (XLF_KERNEL_64 clear in xloadflags).
+    #[error(
+        "kernel {} has no 64-bit entry point (XLF_KERNEL_64 is clear in xloadflags {xloadflags:#x})",
+        path.display()
+    )]
+    KernelNot64Bit {
+        /// The file.
+        path: PathBuf,
+        /// The xloadflags field.
+        xloadflags: u16,
+    },
+    /// A kernel header field has a value this crate cannot accept.
+    #[error("kernel {} has an invalid {field}: {value:#x}", path.display())]
+    InvalidKernelHeader {
+        /// The file.
+        path: PathBuf,
+        /// The header field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// A kernel would occupy memory outside the RAM it may use.
+    #[error(
+        "kernel {} needs guest memory [{start:#x}, {end:#x}), outside the RAM it may use \
+         [{lowest:#x}, {highest:#x})",
+        path.display()
+    )]
+    KernelPlacement {
+        /// The file.
+        path: PathBuf,
+        /// First byte the kernel needs.
+        start: u64,
+        /// One past the last byte the kernel needs.
+        end: u64,
+        /// Lowest usable address (below it lie the boot structures).
+        lowest: u64,
+        /// One past the highest usable address (end of RAM below the MMIO gap).
+        highest: u64,
+    },
+    /// linux-loader failed to load a kernel that passed our checks.
+    #[error("cannot load kernel {}", path.display())]
+    LoadKernel {
+        /// The file.
+        path: PathBuf,
+        /// What linux-loader said.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    /// There is no room for the initrd between the kernel and the highest address allowed.
+    #[error(
+        "initrd of {size:#x} bytes does not fit between the kernel's end {lowest:#x} and \
+         {highest:#x} (the lower of the kernel's initrd_addr_max and the end of RAM below 4 GiB)"
+    )]
+    InitrdDoesNotFit {
+        /// The initrd's size.
+        size: u64,
+        /// Where the kernel's memory ends.
+        lowest: u64,
+        /// One past the highest address the initrd may use.
+        highest: u64,
     },
     /// The MP table cannot describe this many vCPUs.
     #[error("cannot build the MP table for {num_cpus} vCPUs: between 1 and {max} fit in the EBDA")]
