@@ -20,6 +20,7 @@
 
 use std::path::PathBuf;
 
+pub mod cmdline;
 pub mod gdt;
 pub mod linux;
 pub mod mptable;
@@ -276,6 +277,21 @@ pub enum Error {
         lowest: u64,
         /// One past the highest address the initrd may use.
         highest: u64,
+    },
+    /// The kernel command line is longer than the kernel or the layout allows.
+    #[error("kernel command line is {len} bytes long; the limit is {max}")]
+    CmdlineTooLong {
+        /// Its length (without the NUL).
+        len: usize,
+        /// The most bytes allowed (without the NUL).
+        max: usize,
+    },
+    /// linux-loader refused the kernel command line.
+    #[error("invalid kernel command line")]
+    BuildCmdline {
+        /// What linux-loader said.
+        #[source]
+        source: linux_loader::cmdline::Error,
     },
     /// The MP table cannot describe this many vCPUs.
     #[error("cannot build the MP table for {num_cpus} vCPUs: between 1 and {max} fit in the EBDA")]

@@ -1,0 +1,115 @@
+//! The kernel command line, built with linux-loader's [`Cmdline`] and written at
+//! [`CMDLINE_START`].
+
+use linux_loader::cmdline::Cmdline;
+use petrel_guest_mem::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
+use petrel_guest_mem::GuestRam;
+
+use crate::linux::LoadedKernel;
+use crate::{Error, Result};
+
+/// Room for `kernel`'s command line, terminating NUL included: the smaller of what the kernel
+/// accepts (`cmdline_size` + 1) and what the layout reserves ([`CMDLINE_MAX_SIZE`]).
+pub fn cmdline_capacity(kernel: &LoadedKernel) -> usize {
+    // CMDLINE_MAX_SIZE is 64 KiB: it fits in usize.
+    kernel.cmdline_max.min(CMDLINE_MAX_SIZE as usize)
+}
+
+/// Checks `cmdline` (leading and trailing whitespace removed) against `capacity` and
+/// linux-loader's rules (printable ASCII only), and returns it NUL-terminated.
+pub fn build_cmdline(cmdline: &str, capacity: usize) -> Result<Vec<u8>> {
+    let trimmed = cmdline.trim();
+    let max = capacity.saturating_sub(1);
+    if trimmed.len() > max {
+        return Err(Error::CmdlineTooLong {
+            len: trimmed.len(),
+            max,
+        });
+    }
+    let mut built = Cmdline::new(capacity).map_err(|source| Error::BuildCmdline { source })?;
+    if !trimmed.is_empty() {
+        built
+            .insert_str(trimmed)
+            .map_err(|source| Error::BuildCmdline { source })?;
+    }
+    let cstring = built
+        .as_cstring()
+        .map_err(|source| Error::BuildCmdline { source })?;
+    Ok(cstring.into_bytes_with_nul())
+}
+
+/// Writes `cmdline` for `kernel` at [`CMDLINE_START`] and returns its length without the NUL.
+pub fn write_cmdline(ram: &GuestRam, kernel: &LoadedKernel, cmdline: &str) -> Result<usize> {
+    let bytes = build_cmdline(cmdline, cmdline_capacity(kernel))?;
+    ram.write(CMDLINE_START, &bytes)
+        .map_err(|source| Error::WriteGuestMemory {
+            what: "kernel command line",
+            addr: CMDLINE_START,
+            source,
+        })?;
+    Ok(bytes.len() - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linux::{load_kernel_image, KernelKind};
+    use crate::test_images;
+    use std::path::Path;
+
+    fn elf_kernel(ram: &GuestRam) -> LoadedKernel {
+        load_kernel_image(ram, &test_images::elf(None), Path::new("vmlinux")).unwrap()
+    }
+
+    #[test]
+    fn cmdline_is_written_nul_terminated() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        let k = elf_kernel(&ram);
+        let len = write_cmdline(&ram, &k, "  console=ttyS0 reboot=k  ").unwrap();
+        assert_eq!(len, 22);
+        let mut back = [0xffu8; 23];
+        ram.read(CMDLINE_START, &mut back).unwrap();
+        assert_eq!(&back, b"console=ttyS0 reboot=k\0");
+    }
+
+    #[test]
+    fn empty_cmdline_is_just_a_nul() {
+        assert_eq!(build_cmdline("", 16).unwrap(), b"\0");
+        assert_eq!(build_cmdline("   ", 16).unwrap(), b"\0");
+    }
+
+    #[test]
+    fn capacity_is_the_smaller_of_kernel_and_layout() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        let mut k = elf_kernel(&ram);
+        assert_eq!(k.kind, KernelKind::Elf);
+        assert_eq!(cmdline_capacity(&k), 2048);
+        k.cmdline_max = usize::MAX;
+        assert_eq!(cmdline_capacity(&k), CMDLINE_MAX_SIZE as usize);
+    }
+
+    #[test]
+    fn too_long_cmdline_names_length_and_limit() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        let k = elf_kernel(&ram);
+        assert!(write_cmdline(&ram, &k, &"a".repeat(2047)).is_ok());
+        let err = write_cmdline(&ram, &k, &"a".repeat(2048)).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            }
+        ));
+        let msg = err.to_string();
+        assert!(msg.contains("2048") && msg.contains("2047"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_characters_are_refused() {
+        let err = build_cmdline("console=ttyS0\u{7}", 64).unwrap_err();
+        assert!(matches!(err, Error::BuildCmdline { .. }));
+        assert!(build_cmdline("root=/dev/vda\0init=/x", 64).is_err());
+        assert!(build_cmdline("quiet\u{e9}", 64).is_err());
+    }
+}
