@@ -42,6 +42,54 @@
 //! assert_eq!(bus.unclaimed_reads(), 1);
 //! # Ok::<(), petrel_devices::Error>(())
 //! ```
+//!
+//! The devices, each a [`BusDevice`] for the port bus:
+//!
+//! | module | device | ports | interrupt |
+//! |---|---|---|---|
+//! | [`serial`] | 16550A UART over `vm_superio` | [`COM1_BASE`] + 8 | [`COM1_IRQ`] via irqfd |
+//! | [`i8042`] | PS/2 controller: reset (0xFE) stops the VM | [`I8042_BASE`] + 5 | [`I8042_KBD_IRQ`] |
+//! | [`rtc`] | MC146818A CMOS clock and RAM | [`RTC_BASE`] + 2 | none |
+//! | [`port80`] | POST-code sink | [`POST_CODE_PORT`] | none |
+//!
+//! [`output`] provides [`NonBlockingWriter`], the serial output that never blocks a vCPU.
+//!
+//! Wiring the legacy devices of a PC the way a VMM would:
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use petrel_devices::*;
+//! use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+//!
+//! // Guest output goes to a drain thread; the vCPU never waits for the terminal.
+//! let (out, out_thread) = NonBlockingWriter::spawn("serial-out", Box::new(std::io::sink()), 4096)?;
+//! // These EventFds would be registered with KVM as irqfds for IRQ 4 and IRQ 1.
+//! let com1_irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+//! let kbd_irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+//! let serial = Arc::new(Mutex::new(Serial::new(com1_irq, Box::new(out))));
+//!
+//! let mut pio = BusBuilder::new("pio");
+//! pio.insert(BusRange::new(COM1_BASE, SERIAL_PORT_LEN), serial.clone())?;
+//! pio.insert(BusRange::new(I8042_BASE, I8042_PORT_LEN), Arc::new(Mutex::new(I8042::new(kbd_irq))))?;
+//! pio.insert(
+//!     BusRange::new(RTC_BASE, RTC_PORT_LEN),
+//!     Arc::new(Mutex::new(CmosRtc::new(Box::new(SystemClock), 512 << 20))),
+//! )?;
+//! pio.insert(BusRange::new(POST_CODE_PORT, POST_CODE_PORT_LEN), Arc::new(Mutex::new(PostCodeSink::new())))?;
+//! let pio = Arc::new(pio.build());
+//!
+//! // What the vCPU loop does on KVM_EXIT_IO:
+//! assert_eq!(pio.write(0x3f8, b"A"), BusOutcome::Continue);
+//! assert_eq!(pio.write(0x64, &[0xfe]), BusOutcome::Stop(StopRequest::Reset));
+//! assert!(serial.lock().unwrap().first_output_at().is_some());
+//!
+//! // At exit: stop the drain thread after it has written everything.
+//! drop(serial);
+//! drop(pio);
+//! let stats = out_thread.flush_and_join()?;
+//! assert_eq!(stats.written, 1);
+//! # Ok::<(), petrel_devices::Error>(())
+//! ```
 
 pub mod bus;
 pub mod i8042;
