@@ -20,6 +20,7 @@
 
 use std::path::PathBuf;
 
+pub mod bootparams;
 pub mod cmdline;
 pub mod gdt;
 pub mod linux;
@@ -292,6 +293,25 @@ pub enum Error {
         /// What linux-loader said.
         #[source]
         source: linux_loader::cmdline::Error,
+    },
+    /// An initrd handed to the boot configuration is not addressable by the boot protocol.
+    #[error(
+        "initrd at {addr:#x} ({size:#x} bytes) is not in guest RAM below 4 GiB, where the boot \
+         protocol can describe it"
+    )]
+    InitrdPlacement {
+        /// Its address.
+        addr: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// The e820 map has more entries than the zero page holds.
+    #[error("the e820 map has {entries} entries; the zero page holds {max}")]
+    E820TableFull {
+        /// Entries needed.
+        entries: usize,
+        /// Entries the zero page holds.
+        max: usize,
     },
     /// The MP table cannot describe this many vCPUs.
     #[error("cannot build the MP table for {num_cpus} vCPUs: between 1 and {max} fit in the EBDA")]
