@@ -20,6 +20,7 @@
 
 use std::path::PathBuf;
 
+pub mod boot;
 pub mod bootparams;
 pub mod cmdline;
 pub mod gdt;
@@ -30,6 +31,8 @@ pub mod raw;
 #[cfg(test)]
 mod test_images;
 
+pub use boot::{configure_linux_boot, configure_pvh_boot};
+pub use linux::{load_initrd, load_kernel, Initrd, KernelKind, LoadedKernel};
 pub use raw::{load_raw, load_raw_file};
 
 /// How the boot vCPU must be started.
@@ -98,6 +101,8 @@ pub struct BootCpuState {
     pub code: Segment,
     /// DS, ES, FS, GS and SS.
     pub data: Segment,
+    /// TR (a busy TSS: VM entry requires one even though the guest never switches tasks).
+    pub tr: Segment,
     /// GDTR base.
     pub gdt_base: u64,
     /// GDTR limit.
@@ -312,6 +317,12 @@ pub enum Error {
         entries: usize,
         /// Entries the zero page holds.
         max: usize,
+    },
+    /// PVH boot was asked for a kernel without a PVH entry point.
+    #[error("kernel {} has no PVH entry point (no XEN_ELFNOTE_PHYS32_ENTRY note)", path.display())]
+    NoPvhEntry {
+        /// The file.
+        path: PathBuf,
     },
     /// The MP table cannot describe this many vCPUs.
     #[error("cannot build the MP table for {num_cpus} vCPUs: between 1 and {max} fit in the EBDA")]

@@ -13,6 +13,7 @@
 //! - RFLAGS = 0x2 (only the reserved bit), interrupts off;
 //! - CR0 = ET (0x10). The reset value 0x6000_0010 also sets CD and NW (caches disabled); we
 //!   leave them clear, as firmware would, so the guest does not run uncached on hardware KVM.
+//! - TR a busy TSS at base 0 with limit 0xffff (what KVM loads at reset; VM entry needs one);
 //! - GDTR and IDTR at base 0 with limit 0xffff (their reset values); the IDT there is the
 //!   real-mode interrupt vector table.
 
@@ -38,6 +39,8 @@ const REAL_MODE_SEGMENT_LIMIT: u32 = 0xffff;
 const TYPE_CODE_EXEC_READ_ACCESSED: u8 = 0xb;
 /// Data segment type: read/write, accessed (Intel SDM vol. 3, table 3-1).
 const TYPE_DATA_READ_WRITE_ACCESSED: u8 = 0x3;
+/// System segment type: busy TSS (Intel SDM vol. 3, table 3-2); what KVM loads at reset.
+const TYPE_TSS_BUSY: u8 = 0xb;
 
 /// Copies `image` to guest-physical `load_addr` and returns a real-mode CPU state that starts
 /// at `entry` (default: `load_addr`).
@@ -166,6 +169,12 @@ fn real_mode_state(entry: u64) -> BootCpuState {
         s: 1,
         ..Segment::default()
     };
+    let tr = Segment {
+        limit: REAL_MODE_SEGMENT_LIMIT,
+        type_: TYPE_TSS_BUSY,
+        present: 1,
+        ..Segment::default()
+    };
     BootCpuState {
         mode: CpuMode::Real,
         rip: entry & 0xffff,
@@ -179,6 +188,7 @@ fn real_mode_state(entry: u64) -> BootCpuState {
         efer: 0,
         code,
         data,
+        tr,
         gdt_base: 0,
         gdt_limit: REAL_MODE_SEGMENT_LIMIT as u16,
         idt_base: 0,
