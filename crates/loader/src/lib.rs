@@ -7,6 +7,27 @@
 //! Every input is treated as untrusted user data: sizes and offsets are checked before any
 //! write, and every write goes through `GuestRam`, which refuses addresses outside RAM.
 //!
+//! Booting Linux is two calls: load the kernel (and initrd), then lay out the boot structures
+//! for the 64-bit boot protocol (or for PVH, when the kernel has a PVH entry point):
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use petrel_guest_mem::GuestRam;
+//! use petrel_loader::{configure_linux_boot, load_initrd, load_kernel};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ram = GuestRam::new(256 << 20)?;
+//! let kernel = load_kernel(&ram, Path::new("vmlinux"))?;
+//! let initrd = load_initrd(&ram, Path::new("initramfs.cpio"), &kernel)?;
+//! let state = configure_linux_boot(&ram, &kernel, "console=ttyS0", Some(initrd), 2)?;
+//! // Hand `state` to the vcpu crate: it sets the registers, sregs and EFER from it.
+//! # let _ = state;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Flat binaries start in real mode:
+//!
 //! ```
 //! use petrel_guest_mem::GuestRam;
 //! use petrel_loader::{load_raw, CpuMode};
