@@ -68,6 +68,8 @@ const EI_CLASS: usize = 4;
 const ELFCLASS64: u8 = 2;
 const EI_DATA: usize = 5;
 const ELFDATA2LSB: u8 = 1;
+const OFF_E_TYPE: usize = 0x10;
+const ET_EXEC: u16 = 2;
 const OFF_E_MACHINE: usize = 0x12;
 const EM_X86_64: u16 = 62;
 const OFF_E_ENTRY: usize = 0x18;
@@ -351,6 +353,13 @@ fn load_elf(ram: &GuestRam, image: &[u8], path: &Path) -> Result<LoadedKernel> {
     let machine = le_u16(image, OFF_E_MACHINE);
     if machine != EM_X86_64 {
         return Err(invalid("ELF machine (x86_64 needed)", machine.into()));
+    }
+    let elf_type = le_u16(image, OFF_E_TYPE);
+    if elf_type != ET_EXEC {
+        return Err(invalid(
+            "ELF type (an executable is needed)",
+            elf_type.into(),
+        ));
     }
     let phentsize = le_u16(image, OFF_E_PHENTSIZE);
     if usize::from(phentsize) != ELF64_PHDR_SIZE {
@@ -708,11 +717,12 @@ mod tests {
     #[test]
     fn malformed_elf_headers_are_refused() {
         let ram = ram(8 * MIB);
-        let cases: [(usize, &[u8], &str); 4] = [
+        let cases: [(usize, &[u8], &str); 5] = [
             (4, &[1], "ELF class"),
             (5, &[2], "ELF data encoding"),
             (0x12, &[3, 0], "ELF machine"),
             (0x36, &[32, 0], "e_phentsize"),
+            (0x10, &[1, 0], "ELF type"),
         ];
         for (off, bytes, field) in cases {
             let mut image = elf(None);
