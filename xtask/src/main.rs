@@ -1,3 +1,393 @@
-//! `cargo xtask`: project tasks.
+//! `cargo xtask`: Petrel's project tasks.
+//!
+//! - `boot-test`: boots a small Linux guest under petrel (ELF and bzImage, 1 and 2 vCPUs)
+//!   and checks the serial log and exit status;
+//! - `build-guest`: builds and caches the guest kernel and initramfs, printing their paths;
+//! - `qemu-check`: boots the same guest under QEMU with TCG to check the guest itself.
+//!
+//! Run `cargo xtask --help` for the options.
 
-fn main() {}
+mod boottest;
+mod cache;
+mod cli;
+mod elf;
+mod error;
+mod host;
+mod initramfs;
+mod kernel;
+mod sha256;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use boottest::{KernelFormat, Scenario, Vmm};
+use cache::Cache;
+use cli::{BootTestArgs, Cmd, QemuCheckArgs};
+use error::{Error, IoContext, Result};
+use host::GuestUserMode;
+
+/// The standard boot-test scenarios: (name, kernel format, vCPUs).
+const SCENARIOS: &[(&str, KernelFormat, u32)] = &[
+    ("vmlinux-1vcpu", KernelFormat::Elf, 1),
+    ("bzimage-1vcpu", KernelFormat::BzImage, 1),
+    ("vmlinux-2vcpu", KernelFormat::Elf, 2),
+];
+
+/// The scenario name used with `boot-test --kernel`.
+const CUSTOM_SCENARIO: &str = "custom-1vcpu";
+
+/// The package that provides `qemu-system-x86_64`.
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+
+fn main() -> ExitCode {
+    match cli::parse(std::env::args().skip(1)) {
+        Ok(Cmd::Help) => {
+            print!("{}", cli::HELP);
+            ExitCode::SUCCESS
+        }
+        Ok(Cmd::BuildGuest) => match build_guest_command() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Cmd::BootTest(args)) => boot_test(&args),
+        Ok(Cmd::QemuCheck(args)) => qemu_check(&args),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The workspace's top directory.
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` or `<workspace>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// The built guest: kernel images and initramfs.
+#[derive(Debug)]
+struct Guest {
+    kernel: kernel::Kernel,
+    initramfs: PathBuf,
+}
+
+/// Installs what is missing, then builds or finds the kernel and the initramfs.
+fn build_guest(extra_packages: &[&str]) -> Result<Guest> {
+    let mut packages = host::GUEST_BUILD_PACKAGES.to_vec();
+    packages.extend_from_slice(extra_packages);
+    host::ensure_packages(&packages)?;
+    let cache = Cache::from_env()?;
+    println!("cache: {}", cache.root().display());
+    let kernel = kernel::build(&cache, &workspace_root())?;
+    let initramfs = initramfs::build(&cache)?;
+    let guest = Guest { kernel, initramfs };
+    let env = guest_env(&guest);
+    let env_file = cache.root().join("guest.env");
+    fs::write(&env_file, &env).ctx(|| format!("writing {}", env_file.display()))?;
+    Ok(guest)
+}
+
+/// `PETREL_GUEST_*=path` lines naming the artefacts.
+fn guest_env(g: &Guest) -> String {
+    format!(
+        "PETREL_GUEST_VMLINUX={}\nPETREL_GUEST_BZIMAGE={}\nPETREL_GUEST_INITRAMFS={}\n",
+        g.kernel.vmlinux.display(),
+        g.kernel.bzimage.display(),
+        g.initramfs.display()
+    )
+}
+
+fn build_guest_command() -> Result<()> {
+    let guest = build_guest(&[])?;
+    for (what, path) in [
+        ("vmlinux", &guest.kernel.vmlinux),
+        ("bzImage", &guest.kernel.bzimage),
+        ("initramfs", &guest.initramfs),
+        ("config", &guest.kernel.config),
+    ] {
+        println!(
+            "{what:<10} {} ({} bytes)",
+            path.display(),
+            initramfs::file_size(path)
+        );
+    }
+    print!("{}", guest_env(&guest));
+    println!(
+        "(also written to {})",
+        Cache::from_env()?.root().join("guest.env").display()
+    );
+    Ok(())
+}
+
+/// Builds petrel in release mode and returns the binary's path.
+fn build_petrel(root: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "--release", "-p", "petrel"]);
+    println!("petrel: {}", host::describe(&cmd));
+    host::run(&mut cmd)?;
+    let bin = target_dir(root).join("release").join("petrel");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Error::Other(format!(
+            "cargo built petrel but {} is not there",
+            bin.display()
+        )))
+    }
+}
+
+/// ELF or bzImage, by the file's first bytes.
+fn kernel_format(path: &Path) -> Result<KernelFormat> {
+    let bytes = fs::read(path).ctx(|| format!("reading kernel {}", path.display()))?;
+    Ok(if bytes.starts_with(b"\x7fELF") {
+        KernelFormat::Elf
+    } else {
+        KernelFormat::BzImage
+    })
+}
+
+/// Keeps the scenarios that `only` names (all when it is empty); an unknown name is an
+/// error.
+fn select<'a>(all: &[&'a str], only: &[String]) -> Result<Vec<&'a str>> {
+    if let Some(bad) = only.iter().find(|o| !all.contains(&o.as_str())) {
+        return Err(Error::Usage(format!(
+            "no scenario {bad:?}; there are: {}",
+            all.join(", ")
+        )));
+    }
+    Ok(all
+        .iter()
+        .copied()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s))
+        .collect())
+}
+
+/// The scenarios to run, built guest and all; `None` initrd/kernel means the built ones.
+fn standard_scenarios(names: &[&str], guest: &Guest, initrd: &Path) -> Vec<Scenario> {
+    SCENARIOS
+        .iter()
+        .filter(|(name, _, _)| names.contains(name))
+        .map(|&(name, format, vcpus)| {
+            let kernel = match format {
+                KernelFormat::Elf => &guest.kernel.vmlinux,
+                KernelFormat::BzImage => &guest.kernel.bzimage,
+            };
+            Scenario::new(name, kernel, format, initrd, vcpus)
+        })
+        .collect()
+}
+
+fn boot_test(args: &BootTestArgs) -> ExitCode {
+    let all: Vec<&str> = if args.kernel.is_some() {
+        vec![CUSTOM_SCENARIO]
+    } else {
+        SCENARIOS.iter().map(|s| s.0).collect()
+    };
+    let names = match select(&all, &args.only) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let setup = || -> Result<(Vec<Scenario>, PathBuf)> {
+        let scenarios = match &args.kernel {
+            Some(kernel) => {
+                let initrd = match &args.initrd {
+                    Some(i) => i.clone(),
+                    None => {
+                        host::ensure_packages(&["busybox-static"])?;
+                        initramfs::build(&Cache::from_env()?)?
+                    }
+                };
+                let format = kernel_format(kernel)?;
+                vec![Scenario::new(CUSTOM_SCENARIO, kernel, format, &initrd, 1)]
+            }
+            None => {
+                let guest = build_guest(&[])?;
+                let initrd = args
+                    .initrd
+                    .clone()
+                    .unwrap_or_else(|| guest.initramfs.clone());
+                standard_scenarios(&names, &guest, &initrd)
+            }
+        };
+        let petrel = match &args.petrel {
+            Some(p) => p.clone(),
+            None => build_petrel(&workspace_root())?,
+        };
+        Ok((scenarios, petrel))
+    };
+    let (scenarios, petrel) = match setup() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            println!("setup failed, so no scenario ran");
+            println!("{}", boottest::summary_line(0, names.len()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let user_mode = host::guest_user_mode();
+    match &user_mode {
+        GuestUserMode::Works => {
+            println!(
+                "host: hardware KVM; the init marker {} is required",
+                initramfs::MARKER
+            )
+        }
+        GuestUserMode::NoSyscalls(why) => {
+            println!(
+                "host: guest user mode cannot make system calls ({why}); pass = `{}` + exit 0",
+                boottest::RUN_INIT_LINE
+            )
+        }
+    }
+    run_all(&Vmm::Petrel(petrel), &scenarios, args.timeout, &user_mode)
+}
+
+fn qemu_check(args: &QemuCheckArgs) -> ExitCode {
+    let all: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
+    let names = match select(&all, &args.only) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let guest = match build_guest(&[QEMU_PACKAGE]) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            println!("{}", boottest::summary_line(0, names.len()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let scenarios: Vec<Scenario> = standard_scenarios(&names, &guest, &guest.initramfs)
+        .into_iter()
+        .map(|mut s| {
+            s.name = format!("qemu-{}", s.name);
+            s
+        })
+        .collect();
+    println!("QEMU with TCG runs guest user mode: the init marker is required");
+    run_all(&Vmm::Qemu, &scenarios, args.timeout, &GuestUserMode::Works)
+}
+
+/// Runs the scenarios one after another and prints the closing `N passed, N failed`.
+fn run_all(
+    vmm: &Vmm,
+    scenarios: &[Scenario],
+    timeout: Duration,
+    user_mode: &GuestUserMode,
+) -> ExitCode {
+    let log_dir = target_dir(&workspace_root()).join("boot-test");
+    let start = Instant::now();
+    let mut results = Vec::new();
+    for s in scenarios {
+        let result = match boottest::run_scenario(vmm, s, &log_dir, timeout, user_mode) {
+            Ok(outcome) => (
+                outcome.verdict.passed(),
+                format!("{:.1} s", outcome.wall.as_secs_f64()),
+            ),
+            Err(e) => {
+                println!("{}: FAIL: {e}", s.name);
+                (false, "did not run".to_owned())
+            }
+        };
+        results.push((s.name.as_str(), result.0, result.1));
+    }
+    println!("results:");
+    for (name, ok, wall) in &results {
+        println!(
+            "    {name:<20} {} {wall}",
+            if *ok { "PASS" } else { "FAIL" }
+        );
+    }
+    let passed = results.iter().filter(|r| r.1).count();
+    let failed = results.len() - passed;
+    println!(
+        "total {:.1} s; logs in {}",
+        start.elapsed().as_secs_f64(),
+        log_dir.display()
+    );
+    println!("{}", boottest::summary_line(passed, failed));
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_selection() {
+        let all = ["a", "b", "c"];
+        assert_eq!(select(&all, &[]).unwrap(), vec!["a", "b", "c"]);
+        assert_eq!(
+            select(&all, &["c".into(), "a".into()]).unwrap(),
+            vec!["a", "c"]
+        );
+        assert!(matches!(select(&all, &["d".into()]), Err(Error::Usage(_))));
+    }
+
+    #[test]
+    fn standard_scenarios_use_the_right_images() {
+        let guest = Guest {
+            kernel: kernel::Kernel {
+                vmlinux: "/c/vmlinux".into(),
+                bzimage: "/c/bzImage".into(),
+                config: "/c/config".into(),
+            },
+            initramfs: "/c/i.cpio".into(),
+        };
+        let names: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
+        let s = standard_scenarios(&names, &guest, &guest.initramfs);
+        let summary: Vec<(&str, &str, u32)> = s
+            .iter()
+            .map(|s| (s.name.as_str(), s.kernel.to_str().unwrap(), s.vcpus))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("vmlinux-1vcpu", "/c/vmlinux", 1),
+                ("bzimage-1vcpu", "/c/bzImage", 1),
+                ("vmlinux-2vcpu", "/c/vmlinux", 2),
+            ]
+        );
+        assert!(s.iter().all(|s| s.initrd == Path::new("/c/i.cpio")));
+    }
+
+    #[test]
+    fn guest_env_lines() {
+        let guest = Guest {
+            kernel: kernel::Kernel {
+                vmlinux: "/v".into(),
+                bzimage: "/b".into(),
+                config: "/c".into(),
+            },
+            initramfs: "/i".into(),
+        };
+        assert_eq!(
+            guest_env(&guest),
+            "PETREL_GUEST_VMLINUX=/v\nPETREL_GUEST_BZIMAGE=/b\nPETREL_GUEST_INITRAMFS=/i\n"
+        );
+    }
+}

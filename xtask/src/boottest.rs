@@ -1,0 +1,423 @@
+//! Booting the guest kernel under a VMM (petrel, or QEMU for checking the guest itself)
+//! and judging the run from its serial log and exit status.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::{IoContext, Result};
+use crate::host::{self, GuestUserMode};
+use crate::initramfs::MARKER;
+
+/// What xtask adds to the guest's command line. Petrel adds the PVM workarounds itself.
+pub const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// The kernel's line just before it starts the initramfs's /init.
+pub const RUN_INIT_LINE: &str = "Run /init as init process";
+
+/// What the kernel prints when init dies, as it does on PVM at its first system call.
+const KILL_INIT_LINE: &str = "Attempted to kill init";
+
+/// What /init prints when `reboot -f` returns (it should not).
+const REBOOT_FAILED_LINE: &str = "PETREL-BOOT-TEST-REBOOT-FAILED";
+
+/// Lines of a failed scenario's serial log to print.
+const SERIAL_TAIL: usize = 30;
+
+/// Lines of a failed scenario's VMM output to print.
+const VMM_TAIL: usize = 15;
+
+/// The program that runs a scenario.
+#[derive(Debug, Clone)]
+pub enum Vmm {
+    /// The petrel binary at this path.
+    Petrel(PathBuf),
+    /// `qemu-system-x86_64` with TCG (no KVM): checks the guest kernel and initramfs.
+    Qemu,
+}
+
+/// Which way the kernel is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// An ELF vmlinux, entered through PVH.
+    Elf,
+    /// A bzImage, entered through the Linux boot protocol.
+    BzImage,
+}
+
+/// One boot.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Short name: used in output and in the log file's name.
+    pub name: String,
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// Its format (chooses QEMU's machine type).
+    pub format: KernelFormat,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+}
+
+impl Scenario {
+    /// A scenario named `name`.
+    pub fn new(name: &str, kernel: &Path, format: KernelFormat, initrd: &Path, vcpus: u32) -> Self {
+        Self {
+            name: name.to_owned(),
+            kernel: kernel.to_owned(),
+            format,
+            initrd: initrd.to_owned(),
+            vcpus,
+        }
+    }
+}
+
+impl Vmm {
+    /// The command line that boots `s` with its serial output going to `serial_log`.
+    pub fn command(&self, s: &Scenario, serial_log: &Path) -> Command {
+        match self {
+            Vmm::Petrel(bin) => {
+                let mut cmd = Command::new(bin);
+                cmd.arg("--kernel")
+                    .arg(&s.kernel)
+                    .arg("--initrd")
+                    .arg(&s.initrd)
+                    .arg("--cmdline")
+                    .arg(GUEST_CMDLINE)
+                    .args(["--mem", "256M", "--vcpus", &s.vcpus.to_string()])
+                    .arg("--serial")
+                    .arg(format!("file:{}", serial_log.display()));
+                cmd
+            }
+            Vmm::Qemu => {
+                // QEMU's `-kernel` takes a PVH ELF only on microvm; a bzImage boots on pc.
+                let machine = match s.format {
+                    KernelFormat::Elf => "microvm,acpi=off",
+                    KernelFormat::BzImage => "pc",
+                };
+                let mut cmd = Command::new("qemu-system-x86_64");
+                cmd.args(["-M", machine, "-accel", "tcg", "-m", "256M"])
+                    .args(["-smp", &s.vcpus.to_string()])
+                    .arg("-kernel")
+                    .arg(&s.kernel)
+                    .arg("-initrd")
+                    .arg(&s.initrd)
+                    .args(["-append", GUEST_CMDLINE])
+                    .args(["-nodefaults", "-display", "none", "-monitor", "none"])
+                    .arg("-serial")
+                    .arg(format!("file:{}", serial_log.display()))
+                    .arg("-no-reboot");
+                cmd
+            }
+        }
+    }
+}
+
+/// How the VMM process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+    /// It ran past the time limit and was killed.
+    TimedOut(Duration),
+}
+
+impl Exit {
+    fn from_status(status: ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Code(-1),
+        }
+    }
+}
+
+/// The judgement of one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Why it failed; empty when it passed.
+    pub failures: Vec<String>,
+    /// Things worth saying either way (skipped checks and why).
+    pub notes: Vec<String>,
+}
+
+impl Verdict {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Judges a run: the kernel must reach [`RUN_INIT_LINE`], the VMM must exit 0 (the guest
+/// reset the machine), and where guest user mode works the init's [`MARKER`] must be there.
+pub fn evaluate(serial: &str, exit: &Exit, user_mode: &GuestUserMode) -> Verdict {
+    let mut v = Verdict::default();
+    let has = |needle: &str| serial.contains(needle);
+    if !has(RUN_INIT_LINE) {
+        v.failures
+            .push(format!("the serial log lacks `{RUN_INIT_LINE}`"));
+    }
+    match exit {
+        Exit::Code(0) => {}
+        Exit::Code(code) => v.failures.push(format!(
+            "the VMM exited with code {code}, not 0 (guest reset)"
+        )),
+        Exit::Signal(sig) => v
+            .failures
+            .push(format!("the VMM was killed by signal {sig}")),
+        Exit::TimedOut(limit) => v.failures.push(format!(
+            "no exit within {} s; the VMM was killed",
+            limit.as_secs()
+        )),
+    }
+    match user_mode {
+        GuestUserMode::Works => {
+            if !has(MARKER) {
+                v.failures
+                    .push(format!("the serial log lacks the init marker `{MARKER}`"));
+            }
+        }
+        GuestUserMode::NoSyscalls(why) => {
+            v.notes.push(format!("init marker check skipped: {why}"));
+            if has(MARKER) {
+                v.notes
+                    .push(format!("(the marker `{MARKER}` was printed all the same)"));
+            } else if has(KILL_INIT_LINE) {
+                v.notes.push(format!(
+                    "as expected there, init died (`{KILL_INIT_LINE}`) and panic=1 reset the guest"
+                ));
+            }
+        }
+    }
+    if has(REBOOT_FAILED_LINE) {
+        v.failures
+            .push("init's `reboot -f` returned instead of resetting the guest".into());
+    }
+    if let Some(panic) = serial.lines().find(|l| l.contains("Kernel panic")) {
+        if !panic.contains(KILL_INIT_LINE) || matches!(user_mode, GuestUserMode::Works) {
+            v.notes
+                .push(format!("the kernel panicked: {}", panic.trim()));
+        }
+    }
+    v
+}
+
+/// The result of running one scenario.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The judgement.
+    pub verdict: Verdict,
+    /// How long the VMM ran.
+    pub wall: Duration,
+}
+
+/// Runs `scenario` under `vmm`, with logs in `log_dir`, and prints what happened.
+pub fn run_scenario(
+    vmm: &Vmm,
+    scenario: &Scenario,
+    log_dir: &Path,
+    timeout: Duration,
+    user_mode: &GuestUserMode,
+) -> Result<Outcome> {
+    fs::create_dir_all(log_dir).ctx(|| format!("creating {}", log_dir.display()))?;
+    let serial_log = log_dir.join(format!("{}.log", scenario.name));
+    let vmm_log = log_dir.join(format!("{}.vmm-output.log", scenario.name));
+    let _ = fs::remove_file(&serial_log);
+    let mut cmd = vmm.command(scenario, &serial_log);
+    println!("==> {}: {}", scenario.name, host::describe(&cmd));
+    let out = fs::File::create(&vmm_log).ctx(|| format!("creating {}", vmm_log.display()))?;
+    let err = out.try_clone().ctx(|| "duplicating a file".into())?;
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
+    let exit = loop {
+        if let Some(status) = child.try_wait().ctx(|| "waiting for the VMM".into())? {
+            break Exit::from_status(status);
+        }
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Exit::TimedOut(timeout);
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let wall = start.elapsed();
+    let serial = fs::read(&serial_log).unwrap_or_default();
+    let serial = String::from_utf8_lossy(&serial);
+    let verdict = evaluate(&serial, &exit, user_mode);
+
+    let result = if verdict.passed() { "PASS" } else { "FAIL" };
+    println!(
+        "{}: {result} in {:.1} s ({exit:?})",
+        scenario.name,
+        wall.as_secs_f64()
+    );
+    for f in &verdict.failures {
+        println!("    failed: {f}");
+    }
+    for n in &verdict.notes {
+        println!("    note: {n}");
+    }
+    if !verdict.passed() {
+        println!(
+            "    last {SERIAL_TAIL} lines of the serial log {}:",
+            serial_log.display()
+        );
+        for line in host::tail_lines(&serial, SERIAL_TAIL) {
+            println!("    | {}", line.trim_end_matches('\r'));
+        }
+        let out = fs::read(&vmm_log).unwrap_or_default();
+        let out = String::from_utf8_lossy(&out);
+        println!(
+            "    last {VMM_TAIL} lines of the VMM's output {}:",
+            vmm_log.display()
+        );
+        for line in host::tail_lines(&out, VMM_TAIL) {
+            println!("    | {line}");
+        }
+    }
+    Ok(Outcome { verdict, wall })
+}
+
+/// The closing line of a run: `N passed, N failed`.
+pub fn summary_line(passed: usize, failed: usize) -> String {
+    format!("{passed} passed, {failed} failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PVM: fn() -> GuestUserMode = || GuestUserMode::NoSyscalls("PVM host".into());
+
+    fn log(lines: &[&str]) -> String {
+        lines.iter().map(|l| format!("{l}\r\n")).collect()
+    }
+
+    #[test]
+    fn hardware_kvm_needs_the_marker() {
+        let good = log(&[
+            "[    0.500000] Freeing unused kernel image memory: 800K",
+            "[    0.510000] Run /init as init process",
+            MARKER,
+            "[    0.600000] reboot: Restarting system",
+        ]);
+        let v = evaluate(&good, &Exit::Code(0), &GuestUserMode::Works);
+        assert!(v.passed(), "{v:?}");
+        assert!(v.notes.is_empty());
+
+        let no_marker = log(&["[    0.5] Run /init as init process"]);
+        let v = evaluate(&no_marker, &Exit::Code(0), &GuestUserMode::Works);
+        assert_eq!(v.failures.len(), 1);
+        assert!(v.failures[0].contains(MARKER));
+    }
+
+    #[test]
+    fn pvm_passes_on_run_init_and_reset() {
+        let serial = log(&[
+            "[   60.0] Run /init as init process",
+            "[   60.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b",
+            "[   60.2] Rebooting in 1 seconds..",
+        ]);
+        let v = evaluate(&serial, &Exit::Code(0), &PVM());
+        assert!(v.passed(), "{v:?}");
+        assert!(v.notes[0].starts_with("init marker check skipped: PVM host"));
+        assert!(v.notes[1].contains("init died"));
+        assert_eq!(v.notes.len(), 2, "the expected panic is not reported again");
+    }
+
+    #[test]
+    fn missing_run_init_and_bad_exits_fail() {
+        let early = log(&[
+            "[    0.0] Linux version 6.12",
+            "Kernel panic - not syncing: VFS",
+        ]);
+        let v = evaluate(&early, &Exit::Code(0), &PVM());
+        assert!(!v.passed());
+        assert!(v.failures[0].contains(RUN_INIT_LINE));
+        assert!(v
+            .notes
+            .iter()
+            .any(|n| n.contains("Kernel panic - not syncing: VFS")));
+
+        let reached = log(&["Run /init as init process", MARKER]);
+        for (exit, word) in [
+            (Exit::Code(1), "code 1"),
+            (Exit::Signal(9), "signal 9"),
+            (Exit::TimedOut(Duration::from_secs(600)), "600 s"),
+        ] {
+            let v = evaluate(&reached, &exit, &GuestUserMode::Works);
+            assert_eq!(v.failures.len(), 1, "{exit:?}");
+            assert!(v.failures[0].contains(word), "{:?}", v.failures);
+        }
+    }
+
+    #[test]
+    fn run_init_must_be_the_initramfs_init() {
+        let other = log(&["Run /sbin/init as init process", MARKER]);
+        assert!(!evaluate(&other, &Exit::Code(0), &GuestUserMode::Works).passed());
+    }
+
+    #[test]
+    fn failed_reboot_is_a_failure() {
+        let serial = log(&["Run /init as init process", MARKER, REBOOT_FAILED_LINE]);
+        let v = evaluate(&serial, &Exit::Code(0), &GuestUserMode::Works);
+        assert_eq!(v.failures.len(), 1);
+        assert!(v.failures[0].contains("reboot -f"));
+    }
+
+    #[test]
+    fn empty_log() {
+        let v = evaluate("", &Exit::Code(0), &GuestUserMode::Works);
+        assert_eq!(v.failures.len(), 2);
+    }
+
+    #[test]
+    fn summary() {
+        assert_eq!(summary_line(3, 0), "3 passed, 0 failed");
+        assert_eq!(summary_line(1, 2), "1 passed, 2 failed");
+    }
+
+    #[test]
+    fn petrel_command_line() {
+        let s = Scenario::new(
+            "vmlinux-2vcpu",
+            Path::new("/k/vmlinux"),
+            KernelFormat::Elf,
+            Path::new("/i.cpio"),
+            2,
+        );
+        let cmd = Vmm::Petrel("/t/petrel".into()).command(&s, Path::new("/l/x.log"));
+        assert_eq!(
+            host::describe(&cmd),
+            "/t/petrel --kernel /k/vmlinux --initrd /i.cpio --cmdline console=ttyS0 reboot=k \
+             panic=1 --mem 256M --vcpus 2 --serial file:/l/x.log"
+        );
+        let args: Vec<_> = cmd.get_args().collect();
+        assert_eq!(args[5], GUEST_CMDLINE, "the cmdline is one argument");
+    }
+
+    #[test]
+    fn qemu_machine_follows_format() {
+        let mut s = Scenario::new("q", Path::new("/k"), KernelFormat::Elf, Path::new("/i"), 1);
+        let text = host::describe(&Vmm::Qemu.command(&s, Path::new("/l")));
+        assert!(text.contains("-M microvm,acpi=off"), "{text}");
+        assert!(
+            text.contains("-no-reboot") && !text.contains("kvm"),
+            "{text}"
+        );
+        s.format = KernelFormat::BzImage;
+        let text = host::describe(&Vmm::Qemu.command(&s, Path::new("/l")));
+        assert!(text.contains("-M pc "), "{text}");
+    }
+}

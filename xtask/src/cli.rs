@@ -1,0 +1,263 @@
+//! The command line of `cargo xtask`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Default limit for one boot-test scenario.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Default limit for one QEMU TCG boot.
+pub const DEFAULT_QEMU_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The help text.
+pub const HELP: &str = "\
+cargo xtask: Petrel project tasks
+
+USAGE:
+    cargo xtask <COMMAND> [OPTIONS]
+
+COMMANDS:
+    boot-test     Build the guest kernel, initramfs and petrel (release), boot Linux under
+                  petrel in each scenario and check the serial log and exit status.
+                  Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu.
+    build-guest   Build (or find in the cache) the guest kernel and initramfs and print
+                  their paths, also as PETREL_GUEST_* lines.
+    qemu-check    Boot the guest kernel and initramfs under QEMU with TCG (no KVM) to check
+                  the guest itself: the init marker must appear.
+    help          Print this help (also -h, --help; `<COMMAND> --help` too).
+
+BOOT-TEST OPTIONS:
+    --kernel PATH    Boot this kernel instead (one scenario, `custom-1vcpu`, 1 vCPU);
+                     a file starting with the ELF magic is an ELF, else a bzImage.
+    --initrd PATH    Use this initramfs instead of the built one.
+    --timeout SECS   Per-scenario time limit (default 600); the VMM is killed after it.
+    --only NAME      Run only this scenario (may be repeated).
+    --petrel PATH    Use this petrel binary instead of building target/release/petrel.
+
+QEMU-CHECK OPTIONS:
+    --timeout SECS   Per-boot time limit (default 300).
+    --only NAME      Run only this scenario (may be repeated).
+
+ENVIRONMENT:
+    PETREL_CACHE     Cache directory (default $XDG_CACHE_HOME/petrel, else ~/.cache/petrel).
+
+The guest kernel is Debian's linux-source-6.12 with `make tinyconfig` plus
+xtask/kernel/petrel.config; missing Debian packages are installed with apt-get.
+boot-test ends with a line `N passed, N failed` and exits non-zero if any failed.
+";
+
+/// Options of `boot-test`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootTestArgs {
+    /// A kernel to boot instead of the built one.
+    pub kernel: Option<PathBuf>,
+    /// An initramfs to use instead of the built one.
+    pub initrd: Option<PathBuf>,
+    /// Per-scenario limit.
+    pub timeout: Duration,
+    /// Scenario names to run; empty means all.
+    pub only: Vec<String>,
+    /// A petrel binary to use instead of building one.
+    pub petrel: Option<PathBuf>,
+}
+
+/// Options of `qemu-check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuCheckArgs {
+    /// Per-boot limit.
+    pub timeout: Duration,
+    /// Scenario names to run; empty means all.
+    pub only: Vec<String>,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cmd {
+    /// Print the help.
+    Help,
+    /// `build-guest`.
+    BuildGuest,
+    /// `boot-test`.
+    BootTest(BootTestArgs),
+    /// `qemu-check`.
+    QemuCheck(QemuCheckArgs),
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I, S>(args: I) -> Result<Cmd>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut args = args.into_iter().map(Into::into);
+    let Some(command) = args.next() else {
+        return Ok(Cmd::Help);
+    };
+    let mut rest: Vec<String> = args.collect();
+    if rest.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(Cmd::Help);
+    }
+    let cmd = match command.as_str() {
+        "help" | "-h" | "--help" => return Ok(Cmd::Help),
+        "build-guest" => Cmd::BuildGuest,
+        "boot-test" => {
+            let mut a = BootTestArgs {
+                kernel: None,
+                initrd: None,
+                timeout: DEFAULT_BOOT_TIMEOUT,
+                only: Vec::new(),
+                petrel: None,
+            };
+            while let Some((flag, value)) = next_option(&mut rest)? {
+                match flag.as_str() {
+                    "--kernel" => a.kernel = Some(value.into()),
+                    "--initrd" => a.initrd = Some(value.into()),
+                    "--timeout" => a.timeout = parse_secs(&value)?,
+                    "--only" => a.only.push(value),
+                    "--petrel" => a.petrel = Some(value.into()),
+                    _ => return Err(Error::Usage(format!("boot-test: unknown option {flag}"))),
+                }
+            }
+            Cmd::BootTest(a)
+        }
+        "qemu-check" => {
+            let mut a = QemuCheckArgs {
+                timeout: DEFAULT_QEMU_TIMEOUT,
+                only: Vec::new(),
+            };
+            while let Some((flag, value)) = next_option(&mut rest)? {
+                match flag.as_str() {
+                    "--timeout" => a.timeout = parse_secs(&value)?,
+                    "--only" => a.only.push(value),
+                    _ => return Err(Error::Usage(format!("qemu-check: unknown option {flag}"))),
+                }
+            }
+            Cmd::QemuCheck(a)
+        }
+        other => return Err(Error::Usage(format!("unknown command {other:?}"))),
+    };
+    if let Some(extra) = rest.first() {
+        return Err(Error::Usage(format!("unexpected argument {extra:?}")));
+    }
+    Ok(cmd)
+}
+
+/// Takes `--flag value` or `--flag=value` off the front of `args`.
+fn next_option(args: &mut Vec<String>) -> Result<Option<(String, String)>> {
+    if args.is_empty() {
+        return Ok(None);
+    }
+    let first = args.remove(0);
+    if !first.starts_with("--") {
+        return Err(Error::Usage(format!("unexpected argument {first:?}")));
+    }
+    if let Some((flag, value)) = first.split_once('=') {
+        return Ok(Some((flag.to_owned(), value.to_owned())));
+    }
+    if args.is_empty() || args[0].starts_with("--") {
+        return Err(Error::Usage(format!("{first} needs a value")));
+    }
+    let value = args.remove(0);
+    Ok(Some((first, value)))
+}
+
+/// Parses a positive number of seconds.
+fn parse_secs(text: &str) -> Result<Duration> {
+    match text.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+        _ => Err(Error::Usage(format!(
+            "--timeout wants a positive whole number of seconds, got {text:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot(args: &[&str]) -> BootTestArgs {
+        let mut all = vec!["boot-test"];
+        all.extend_from_slice(args);
+        match parse(all).unwrap() {
+            Cmd::BootTest(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn help_forms() {
+        let none: [&str; 0] = [];
+        assert_eq!(parse(none).unwrap(), Cmd::Help);
+        for args in [
+            &["help"][..],
+            &["--help"],
+            &["-h"],
+            &["boot-test", "--help"],
+        ] {
+            assert_eq!(parse(args.iter().copied()).unwrap(), Cmd::Help, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn boot_test_defaults() {
+        let a = boot(&[]);
+        assert_eq!(a.timeout, Duration::from_secs(600));
+        assert_eq!((a.kernel, a.initrd, a.petrel), (None, None, None));
+        assert!(a.only.is_empty());
+    }
+
+    #[test]
+    fn boot_test_options() {
+        let a = boot(&[
+            "--kernel",
+            "/boot/vmlinuz",
+            "--initrd=/tmp/i.cpio",
+            "--timeout",
+            "30",
+            "--only",
+            "a",
+            "--only=b",
+            "--petrel",
+            "/p",
+        ]);
+        assert_eq!(a.kernel, Some(PathBuf::from("/boot/vmlinuz")));
+        assert_eq!(a.initrd, Some(PathBuf::from("/tmp/i.cpio")));
+        assert_eq!(a.timeout, Duration::from_secs(30));
+        assert_eq!(a.only, vec!["a", "b"]);
+        assert_eq!(a.petrel, Some(PathBuf::from("/p")));
+    }
+
+    #[test]
+    fn bad_command_lines() {
+        for args in [
+            &["frobnicate"][..],
+            &["boot-test", "--timeout"],
+            &["boot-test", "--timeout", "0"],
+            &["boot-test", "--timeout", "ten"],
+            &["boot-test", "--kernel", "--initrd", "x"],
+            &["boot-test", "--bogus", "1"],
+            &["boot-test", "stray"],
+            &["build-guest", "--kernel", "x"],
+            &["qemu-check", "--kernel", "x"],
+        ] {
+            assert!(
+                matches!(parse(args.iter().copied()), Err(Error::Usage(_))),
+                "{args:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn other_commands() {
+        assert_eq!(parse(["build-guest"]).unwrap(), Cmd::BuildGuest);
+        assert_eq!(
+            parse(["qemu-check", "--timeout", "90"]).unwrap(),
+            Cmd::QemuCheck(QemuCheckArgs {
+                timeout: Duration::from_secs(90),
+                only: vec![],
+            })
+        );
+    }
+}

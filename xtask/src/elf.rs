@@ -1,0 +1,174 @@
+//! Just enough ELF64 reading to check the two properties the boot test depends on: the
+//! busybox put into the initramfs is static (no program interpreter), and the kernel's
+//! vmlinux carries the PVH entry note that an ELF-loading VMM starts it through.
+
+/// `PT_INTERP`: the program asks for a dynamic loader.
+const PT_INTERP: u32 = 3;
+/// `PT_NOTE`: a segment of notes.
+const PT_NOTE: u32 = 4;
+/// The note type of the PVH 32-bit entry point (`XEN_ELFNOTE_PHYS32_ENTRY`).
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+/// One program header: its type and where its bytes lie in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    kind: u32,
+    offset: usize,
+    size: usize,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The program headers of a little-endian ELF64 file, or `None` if it is not one.
+fn segments(file: &[u8]) -> Option<Vec<Segment>> {
+    if file.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(file, 0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(file, 0x36)?);
+    let phnum = usize::from(u16_at(file, 0x38)?);
+    if phentsize < 56 {
+        return None;
+    }
+    (0..phnum)
+        .map(|i| {
+            let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            Some(Segment {
+                kind: u32_at(file, ph)?,
+                offset: usize::try_from(u64_at(file, ph + 8)?).ok()?,
+                size: usize::try_from(u64_at(file, ph + 32)?).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Whether `file` is an ELF64 executable without a program interpreter (statically linked).
+/// `None` when it is not a little-endian ELF64 file at all.
+pub fn is_static(file: &[u8]) -> Option<bool> {
+    Some(!segments(file)?.iter().any(|s| s.kind == PT_INTERP))
+}
+
+/// Whether `file` (an ELF64 vmlinux) has a `Xen` note of type `XEN_ELFNOTE_PHYS32_ENTRY`:
+/// the PVH entry point.
+pub fn has_pvh_note(file: &[u8]) -> bool {
+    let Some(segs) = segments(file) else {
+        return false;
+    };
+    segs.iter().filter(|s| s.kind == PT_NOTE).any(|s| {
+        let end = s.offset.saturating_add(s.size);
+        file.get(s.offset..end)
+            .is_some_and(|notes| notes_contain(notes, b"Xen", XEN_ELFNOTE_PHYS32_ENTRY))
+    })
+}
+
+/// Walks the notes in `notes` looking for one named `name` with type `kind`.
+fn notes_contain(mut notes: &[u8], name: &[u8], kind: u32) -> bool {
+    let align4 = |n: usize| n.div_ceil(4) * 4;
+    while notes.len() >= 12 {
+        let (Some(namesz), Some(descsz), Some(ty)) =
+            (u32_at(notes, 0), u32_at(notes, 4), u32_at(notes, 8))
+        else {
+            return false;
+        };
+        let (namesz, descsz) = (namesz as usize, descsz as usize);
+        let Some(note_name) = notes.get(12..12 + namesz) else {
+            return false;
+        };
+        // The name is NUL-terminated and namesz counts the NUL.
+        let note_name = note_name.strip_suffix(&[0]).unwrap_or(note_name);
+        if note_name == name && ty == kind {
+            return true;
+        }
+        let next = 12 + align4(namesz) + align4(descsz);
+        let Some(rest) = notes.get(next..) else {
+            return false;
+        };
+        notes = rest;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ELF64 file whose program headers are `(type, contents)`.
+    fn elf(segs: &[(u32, &[u8])]) -> Vec<u8> {
+        let phoff = 64usize;
+        let data_start = phoff + 56 * segs.len();
+        let mut f = vec![0u8; data_start];
+        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        f[0x20..0x28].copy_from_slice(&(phoff as u64).to_le_bytes());
+        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        f[0x38..0x3a].copy_from_slice(&(segs.len() as u16).to_le_bytes());
+        for (i, (kind, contents)) in segs.iter().enumerate() {
+            let ph = phoff + 56 * i;
+            let offset = f.len() as u64;
+            f[ph..ph + 4].copy_from_slice(&kind.to_le_bytes());
+            f[ph + 8..ph + 16].copy_from_slice(&offset.to_le_bytes());
+            f[ph + 32..ph + 40].copy_from_slice(&(contents.len() as u64).to_le_bytes());
+            f.extend_from_slice(contents);
+        }
+        f
+    }
+
+    fn note(name: &[u8], ty: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend_from_slice(&(name.len() as u32 + 1).to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&ty.to_le_bytes());
+        n.extend_from_slice(name);
+        n.push(0);
+        n.resize(n.len().div_ceil(4) * 4, 0);
+        n.extend_from_slice(desc);
+        n.resize(n.len().div_ceil(4) * 4, 0);
+        n
+    }
+
+    #[test]
+    fn static_or_not() {
+        assert_eq!(is_static(&elf(&[(1, b"code")])), Some(true));
+        assert_eq!(
+            is_static(&elf(&[(1, b"x"), (PT_INTERP, b"/lib/ld.so\0")])),
+            Some(false)
+        );
+        assert_eq!(is_static(b"#!/bin/sh\n"), None);
+        assert_eq!(is_static(b""), None);
+    }
+
+    #[test]
+    fn pvh_note_found_after_other_notes() {
+        let mut notes = note(b"GNU", 3, &[1, 2, 3, 4, 5]);
+        notes.extend(note(b"Xen", 6, b"linux\0"));
+        notes.extend(note(
+            b"Xen",
+            XEN_ELFNOTE_PHYS32_ENTRY,
+            &0x100_0000u32.to_le_bytes(),
+        ));
+        assert!(has_pvh_note(&elf(&[(1, b"text"), (PT_NOTE, &notes)])));
+    }
+
+    #[test]
+    fn pvh_note_absent() {
+        let notes = note(b"Xen", 6, b"linux\0");
+        assert!(!has_pvh_note(&elf(&[(PT_NOTE, &notes)])));
+        // The right type under another name is not it either.
+        let notes = note(b"GNU", XEN_ELFNOTE_PHYS32_ENTRY, &[0; 4]);
+        assert!(!has_pvh_note(&elf(&[(PT_NOTE, &notes)])));
+        assert!(!has_pvh_note(b"not an elf"));
+        // A truncated note does not read past its segment.
+        let mut notes = note(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY, &[0; 4]);
+        notes.truncate(14);
+        assert!(!has_pvh_note(&elf(&[(PT_NOTE, &notes)])));
+    }
+}

@@ -1,0 +1,234 @@
+//! The build host: Debian packages, running external commands, and what kind of KVM the
+//! host offers.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Everything needed to build the guest kernel and initramfs.
+pub const GUEST_BUILD_PACKAGES: &[&str] = &[
+    "linux-source-6.12",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "libssl-dev",
+    "make",
+    "gcc",
+    "xz-utils",
+    "busybox-static",
+    "cpio",
+];
+
+/// The Debian package whose tarball is the kernel source.
+pub const LINUX_SOURCE_PACKAGE: &str = "linux-source-6.12";
+
+/// The installed version of a Debian package, or `None` when it is not installed.
+pub fn installed_version(package: &str) -> Result<Option<String>> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}\t${Version}", package])
+        .stderr(Stdio::null())
+        .output()
+        .ctx(|| "running dpkg-query (xtask needs a Debian host with dpkg and apt)".into())?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    Ok(parse_dpkg_status(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Parses `dpkg-query -f '${db:Status-Abbrev}\t${Version}'`: installed when the status
+/// starts with `ii`.
+fn parse_dpkg_status(line: &str) -> Option<String> {
+    let (status, version) = line.trim_end().split_once('\t')?;
+    (status.starts_with("ii") && !version.is_empty()).then(|| version.to_owned())
+}
+
+/// Installs any of `packages` that is missing (with `apt-get update` first), then prints
+/// the installed version of each.
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let mut missing = Vec::new();
+    for p in packages {
+        if installed_version(p)?.is_none() {
+            missing.push(*p);
+        }
+    }
+    if !missing.is_empty() {
+        println!("packages: missing {}; installing", missing.join(" "));
+        let mut update = Command::new("apt-get");
+        update.arg("update");
+        run(&mut update)?;
+        let mut install = Command::new("apt-get");
+        install
+            .args(["install", "-y"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut install)?;
+    }
+    let mut versions = Vec::new();
+    for p in packages {
+        match installed_version(p)? {
+            Some(v) => versions.push(format!("{p} {v}")),
+            None => {
+                return Err(Error::Other(format!(
+                    "package {p} is still not installed after apt-get install"
+                )))
+            }
+        }
+    }
+    println!("packages installed: {}", versions.join(", "));
+    Ok(())
+}
+
+/// The installed version of `package`, which must be installed.
+pub fn package_version(package: &str) -> Result<String> {
+    installed_version(package)?
+        .ok_or_else(|| Error::Other(format!("package {package} is not installed")))
+}
+
+/// A command line as it would be typed (for messages).
+pub fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `cmd` with its output going to ours; fails unless it exits 0.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .ctx(|| format!("starting `{}`", describe(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Command {
+            command: describe(cmd),
+            detail: format!("{status}"),
+        })
+    }
+}
+
+/// Runs `cmd` with stdout and stderr appended to `log`; fails unless it exits 0, and then
+/// prints the log's last lines.
+pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ctx(|| format!("opening {}", log.display()))?;
+    let err = file.try_clone().ctx(|| "duplicating a file".into())?;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .status()
+        .ctx(|| format!("starting `{}`", describe(cmd)))?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    println!("last lines of {}:", log.display());
+    for line in tail_lines(&text, 40) {
+        println!("    {line}");
+    }
+    Err(Error::Command {
+        command: describe(cmd),
+        detail: format!("{status}; full output in {}", log.display()),
+    })
+}
+
+/// The last `n` lines of `text`.
+pub fn tail_lines(text: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// Whether guest user mode can make system calls on this host, which decides whether a
+/// boot test can demand a marker printed by the guest's init.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestUserMode {
+    /// Hardware KVM (VMX or SVM): guest user mode runs normally.
+    Works,
+    /// It cannot, for the reason given.
+    NoSyscalls(String),
+}
+
+/// Probes /proc/cpuinfo and /sys/module/kvm_pvm.
+pub fn guest_user_mode() -> GuestUserMode {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    classify_host(&cpuinfo, pvm)
+}
+
+/// Decides [`GuestUserMode`] from the text of /proc/cpuinfo and whether `kvm_pvm` is loaded.
+pub fn classify_host(cpuinfo: &str, kvm_pvm_loaded: bool) -> GuestUserMode {
+    if kvm_pvm_loaded {
+        return GuestUserMode::NoSyscalls(
+            "the kvm_pvm module is loaded (PVM host): a guest user-mode system call never \
+             reaches the guest kernel, so init dies on its first one"
+                .into(),
+        );
+    }
+    let hw_virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .filter_map(|l| l.split_once(':'))
+        .any(|(_, flags)| flags.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if hw_virt {
+        GuestUserMode::Works
+    } else {
+        GuestUserMode::NoSyscalls(
+            "/proc/cpuinfo shows no vmx or svm flag: this is not hardware KVM".into(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_status() {
+        assert_eq!(
+            parse_dpkg_status("ii \t6.12.117-1~deb12u1"),
+            Some("6.12.117-1~deb12u1".into())
+        );
+        assert_eq!(parse_dpkg_status("un \t"), None);
+        assert_eq!(parse_dpkg_status("rc \t1.0"), None);
+        assert_eq!(parse_dpkg_status(""), None);
+    }
+
+    #[test]
+    fn host_classification() {
+        let intel = "processor\t: 0\nflags\t\t: fpu vme vmx ssse3\n";
+        let amd = "flags\t\t: fpu svm lm\n";
+        let none = "flags\t\t: fpu vme lm hypervisor\nvmx flags\t: ept\n";
+        assert_eq!(classify_host(intel, false), GuestUserMode::Works);
+        assert_eq!(classify_host(amd, false), GuestUserMode::Works);
+        assert!(matches!(
+            classify_host(intel, true),
+            GuestUserMode::NoSyscalls(r) if r.contains("kvm_pvm")
+        ));
+        assert!(matches!(
+            classify_host(none, false),
+            GuestUserMode::NoSyscalls(r) if r.contains("vmx")
+        ));
+        // A flag name inside another word does not count.
+        assert!(matches!(
+            classify_host("flags : vmxfoo\n", false),
+            GuestUserMode::NoSyscalls(_)
+        ));
+    }
+
+    #[test]
+    fn tail() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), vec!["b", "c"]);
+        assert_eq!(tail_lines("a", 5), vec!["a"]);
+        assert!(tail_lines("", 3).is_empty());
+    }
+}
