@@ -188,7 +188,7 @@ pub fn evaluate(serial: &str, exit: &Exit, user_mode: &GuestUserMode) -> Verdict
             if has(MARKER) {
                 v.notes
                     .push(format!("(the marker `{MARKER}` was printed all the same)"));
-            } else if has(KILL_INIT_LINE) {
+            } else if has(KILL_INIT_LINE) && *exit == Exit::Code(0) {
                 v.notes.push(format!(
                     "as expected there, init died (`{KILL_INIT_LINE}`) and panic=1 reset the guest"
                 ));
@@ -273,20 +273,27 @@ pub fn run_scenario(
             "    last {SERIAL_TAIL} lines of the serial log {}:",
             serial_log.display()
         );
-        for line in host::tail_lines(&serial, SERIAL_TAIL) {
-            println!("    | {}", line.trim_end_matches('\r'));
-        }
+        print_tail(&serial, SERIAL_TAIL);
         let out = fs::read(&vmm_log).unwrap_or_default();
         let out = String::from_utf8_lossy(&out);
         println!(
             "    last {VMM_TAIL} lines of the VMM's output {}:",
             vmm_log.display()
         );
-        for line in host::tail_lines(&out, VMM_TAIL) {
-            println!("    | {line}");
-        }
+        print_tail(&out, VMM_TAIL);
     }
     Ok(Outcome { verdict, wall })
+}
+
+/// Prints the last `n` lines of `text`, indented, or says that it is empty.
+fn print_tail(text: &str, n: usize) {
+    let lines = host::tail_lines(text, n);
+    if lines.is_empty() {
+        println!("    (empty)");
+    }
+    for line in lines {
+        println!("    | {}", line.trim_end_matches('\r'));
+    }
 }
 
 /// The closing line of a run: `N passed, N failed`.
@@ -400,8 +407,8 @@ mod tests {
         let cmd = Vmm::Petrel("/t/petrel".into()).command(&s, Path::new("/l/x.log"));
         assert_eq!(
             host::describe(&cmd),
-            "/t/petrel --kernel /k/vmlinux --initrd /i.cpio --cmdline console=ttyS0 reboot=k \
-             panic=1 --mem 256M --vcpus 2 --serial file:/l/x.log"
+            "/t/petrel --kernel /k/vmlinux --initrd /i.cpio --cmdline 'console=ttyS0 reboot=k \
+             panic=1' --mem 256M --vcpus 2 --serial file:/l/x.log"
         );
         let args: Vec<_> = cmd.get_args().collect();
         assert_eq!(args[5], GUEST_CMDLINE, "the cmdline is one argument");

@@ -87,14 +87,23 @@ pub fn package_version(package: &str) -> Result<String> {
         .ok_or_else(|| Error::Other(format!("package {package} is not installed")))
 }
 
-/// A command line as it would be typed (for messages).
+/// A command line as it would be typed into a shell (for messages).
 pub fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&arg.to_string_lossy());
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `word` as a shell word: unchanged when it has nothing special, else in single quotes.
+fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
-    s
 }
 
 /// Runs `cmd` with its output going to ours; fails unless it exits 0.
@@ -223,6 +232,16 @@ mod tests {
             classify_host("flags : vmxfoo\n", false),
             GuestUserMode::NoSyscalls(_)
         ));
+    }
+
+    #[test]
+    fn quoting() {
+        let mut cmd = Command::new("petrel");
+        cmd.args(["--cmdline", "a b", "it's", "", "file:/x-1.log"]);
+        assert_eq!(
+            describe(&cmd),
+            "petrel --cmdline 'a b' 'it'\\''s' '' file:/x-1.log"
+        );
     }
 
     #[test]
