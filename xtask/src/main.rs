@@ -177,7 +177,7 @@ fn select<'a>(all: &[&'a str], only: &[String]) -> Result<Vec<&'a str>> {
         .collect())
 }
 
-/// The scenarios to run, built guest and all; `None` initrd/kernel means the built ones.
+/// The standard scenarios named in `names`, booting the built kernel with `initrd`.
 fn standard_scenarios(names: &[&str], guest: &Guest, initrd: &Path) -> Vec<Scenario> {
     SCENARIOS
         .iter()
