@@ -266,17 +266,20 @@ pub fn parse_bzimage_header(image: &[u8], path: &Path) -> Result<BzImageInfo> {
     })
 }
 
-/// Where a bzImage loaded at `load` ends up needing memory until: the larger of the loaded
-/// image and the `init_size` bytes from where the decompressor runs it. That is `pref_address`
-/// (`LOAD_PHYSICAL_ADDR`) or, for a relocatable kernel, the load address rounded up to
-/// `kernel_alignment` when that is higher (`arch/x86/boot/compressed/head_64.S`).
-fn bzimage_end(info: &BzImageInfo, load: u64) -> Option<u64> {
+/// Where a bzImage whose protected-mode part of `loaded` bytes is loaded at `load` ends up
+/// needing memory until: the larger of the loaded bytes and the `init_size` bytes from where
+/// the decompressor runs it. That is `pref_address` (`LOAD_PHYSICAL_ADDR`) or, for a
+/// relocatable kernel, the load address rounded up to `kernel_alignment` when that is higher
+/// (`arch/x86/boot/compressed/head_64.S`).
+fn bzimage_end(info: &BzImageInfo, load: u64, loaded: u64) -> Option<u64> {
     let mut run_at = info.pref_address.max(load);
     if info.relocatable {
         let align = info.kernel_alignment.max(1);
         run_at = run_at.max(load.checked_add(align - 1)? / align * align);
     }
-    let image_end = load.checked_add(info.kernel_size)?;
+    // linux-loader copies everything after the setup sectors, which may be more than syssize
+    // announces (trailing data): count what is actually copied.
+    let image_end = load.checked_add(info.kernel_size.max(loaded))?;
     Some(image_end.max(run_at.checked_add(info.init_size)?))
 }
 
@@ -284,7 +287,9 @@ fn load_bzimage(ram: &GuestRam, image: &[u8], path: &Path) -> Result<LoadedKerne
     let info = parse_bzimage_header(image, path)?;
     let load = HIMEM_START;
     let highest = low_ram_end(ram);
-    let end = bzimage_end(&info, load).unwrap_or(u64::MAX);
+    // parse_bzimage_header checked that the image holds the setup sectors.
+    let loaded = image.len() as u64 - info.setup_size;
+    let end = bzimage_end(&info, load, loaded).unwrap_or(u64::MAX);
     if end > highest {
         return Err(Error::KernelPlacement {
             path: path.to_path_buf(),
@@ -673,6 +678,14 @@ mod tests {
             err,
             Error::KernelPlacement { end, highest, .. }
                 if end == BZ_PREF_ADDRESS + BZ_INIT_SIZE && highest == 16 * MIB
+        ));
+        // Trailing data past syssize is copied too, so it counts.
+        let mut image = bzimage();
+        image.resize(image.len() + 20 * MIB as usize, 0);
+        let err = load_kernel_image(&ram(20 * MIB), &image, path()).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::KernelPlacement { end, .. } if end == HIMEM_START + 20 * MIB + BZ_KERNEL_SIZE as u64
         ));
         // A pref_address near the top of the address space must not overflow.
         let mut image = bzimage();
