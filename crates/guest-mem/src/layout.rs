@@ -93,6 +93,18 @@ pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
     }
 }
 
+// The boot structures must not overlap one another: checked when the crate is compiled.
+const _: () = {
+    assert!(GDT_START + 4 * 8 <= IDT_START);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START);
+    assert!(PD_START + PD_COUNT * 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= EBDA_START);
+    assert!(KVM_IDENTITY_MAP_START + 0x1000 == KVM_TSS_START);
+    assert!(KVM_TSS_START + 3 * 0x1000 <= FIRST_ADDR_PAST_32BITS);
+    assert!(BOOT_TIMER_ADDR >= MMIO32_START && MMIO_DEVICES_START > BOOT_TIMER_ADDR);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,19 +118,11 @@ mod tests {
     #[test]
     fn large_guest_is_split_around_the_gap() {
         let r = ram_ranges(4 << 30);
-        assert_eq!(r, vec![(0, MMIO32_START), (1 << 32, (4 << 30) - MMIO32_START)]);
+        assert_eq!(
+            r,
+            vec![(0, MMIO32_START), (1 << 32, (4 << 30) - MMIO32_START)]
+        );
         let total: u64 = r.iter().map(|(_, l)| l).sum();
         assert_eq!(total, 4 << 30);
-    }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        assert!(GDT_START + 4 * 8 <= IDT_START);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(PD_START + PD_COUNT * 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= EBDA_START);
-        assert!(KVM_IDENTITY_MAP_START + 0x1000 == KVM_TSS_START);
-        assert!(KVM_TSS_START + 3 * 0x1000 <= FIRST_ADDR_PAST_32BITS);
     }
 }

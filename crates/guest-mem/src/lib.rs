@@ -138,7 +138,10 @@ impl GuestRam {
     pub fn contains(&self, addr: u64, len: u64) -> bool {
         self.mem.iter().any(|r| {
             let start = r.start_addr().0;
-            addr >= start && addr.checked_add(len).is_some_and(|end| end <= start + r.len())
+            addr >= start
+                && addr
+                    .checked_add(len)
+                    .is_some_and(|end| end <= start + r.len())
         })
     }
 
@@ -147,7 +150,10 @@ impl GuestRam {
         self.check(addr, data.len())?;
         self.mem
             .write_slice(data, GuestAddress(addr))
-            .map_err(|_| Error::OutOfRange { addr, len: data.len() })
+            .map_err(|_| Error::OutOfRange {
+                addr,
+                len: data.len(),
+            })
     }
 
     /// Fills `buf` from guest-physical `addr`; fails if any byte is outside RAM.
@@ -155,7 +161,10 @@ impl GuestRam {
         self.check(addr, buf.len())?;
         self.mem
             .read_slice(buf, GuestAddress(addr))
-            .map_err(|_| Error::OutOfRange { addr, len: buf.len() })
+            .map_err(|_| Error::OutOfRange {
+                addr,
+                len: buf.len(),
+            })
     }
 
     /// Writes a plain little-endian value (an integer or a `#[repr(C)]` struct of them).
@@ -198,7 +207,10 @@ mod tests {
     #[test]
     fn rejects_zero_unaligned_and_huge_sizes() {
         assert!(matches!(GuestRam::new(0), Err(Error::ZeroSize)));
-        assert!(matches!(GuestRam::new(4097), Err(Error::Unaligned { size: 4097 })));
+        assert!(matches!(
+            GuestRam::new(4097),
+            Err(Error::Unaligned { size: 4097 })
+        ));
         let huge = (host_memory_bytes() + (1 << 30)) & !(RAM_ALIGNMENT - 1);
         let err = GuestRam::new(huge).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }));
@@ -209,7 +221,10 @@ mod tests {
     fn bounds_are_checked_at_both_edges() {
         let ram = GuestRam::new(0x10000).unwrap();
         ram.write(0xfffc, &[1, 2, 3, 4]).unwrap();
-        assert!(matches!(ram.write(0xfffd, &[1, 2, 3, 4]), Err(Error::OutOfRange { .. })));
+        assert!(matches!(
+            ram.write(0xfffd, &[1, 2, 3, 4]),
+            Err(Error::OutOfRange { .. })
+        ));
         let mut b = [0u8; 4];
         ram.read(0xfffc, &mut b).unwrap();
         assert_eq!(b, [1, 2, 3, 4]);
