@@ -55,10 +55,10 @@ impl Vm {
         Ok(())
     }
 
-    /// Sets up the x86 platform pieces KVM provides: the TSS and identity-map pages (api.rst
-    /// 4.48, 4.59), the in-kernel PIC/IOAPIC/LAPIC (4.24) and the PIT (4.75, with a dummy speaker
-    /// port so port 0x61 is handled in the kernel).
-    pub fn setup_x86_platform(&self) -> Result<()> {
+    /// Places the pages KVM needs for real-mode and TSS emulation on Intel hosts: the
+    /// identity-map page and the 3-page TSS (api.rst 4.48 `KVM_SET_TSS_ADDR`, 4.59
+    /// `KVM_SET_IDENTITY_MAP_ADDR`), inside the MMIO gap where no RAM is.
+    pub fn setup_tss_and_identity_map(&self) -> Result<()> {
         self.fd
             .set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
             .map_err(|e| Error::Platform {
@@ -70,7 +70,13 @@ impl Vm {
             .map_err(|e| Error::Platform {
                 what: "KVM_SET_TSS_ADDR",
                 source: e,
-            })?;
+            })
+    }
+
+    /// Creates the in-kernel PIC/IOAPIC/LAPIC (api.rst 4.24) and PIT (4.75, with a dummy
+    /// speaker port so port 0x61 is handled in the kernel). With them, `hlt` waits in the
+    /// kernel for an interrupt instead of exiting to Petrel.
+    pub fn setup_irqchip_and_pit(&self) -> Result<()> {
         self.fd.create_irq_chip().map_err(|e| Error::Platform {
             what: "KVM_CREATE_IRQCHIP",
             source: e,
@@ -82,8 +88,7 @@ impl Vm {
         self.fd.create_pit2(pit).map_err(|e| Error::Platform {
             what: "KVM_CREATE_PIT2",
             source: e,
-        })?;
-        Ok(())
+        })
     }
 
     /// Makes a write to `event` inject interrupt line `gsi` without a return to the VMM
