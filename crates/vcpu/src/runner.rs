@@ -445,8 +445,8 @@ impl VcpuHandle {
     }
 
     /// Waits up to `timeout` for the thread to stop and joins it; `None` if it did not stop
-    /// in time (the thread is then left detached, still holding its vCPU).
-    pub fn join(mut self, timeout: Duration) -> Option<VcpuOutcome> {
+    /// in time (the handle stays usable: send `Stop` and join again).
+    pub fn join(&mut self, timeout: Duration) -> Option<VcpuOutcome> {
         match self.outcome.recv_timeout(timeout) {
             Ok(outcome) => {
                 if let Some(t) = self.thread.take() {

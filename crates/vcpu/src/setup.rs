@@ -79,6 +79,9 @@ pub fn apply_boot_state(vcpu: &Vcpu, state: &BootCpuState) -> Result<()> {
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
+    // A usable busy TSS: VM entry on VMX requires one, even for a guest that never switches
+    // tasks (Intel SDM vol. 3C, 26.3.1.2).
+    sregs.tr = kvm_segment_from(&state.tr);
     if state.mode != CpuMode::Real {
         sregs.gdt.base = state.gdt_base;
         sregs.gdt.limit = state.gdt_limit;
