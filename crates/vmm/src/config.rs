@@ -1,0 +1,281 @@
+//! What to build: a plain configuration struct, and parsers for the values users type.
+
+use std::path::PathBuf;
+
+use crate::{Error, Result};
+
+/// Default guest memory: 256 MiB.
+pub const DEFAULT_MEM_SIZE: u64 = 256 << 20;
+/// Default load address of a raw real-mode payload (0x1000: clear of the real-mode IVT and BDA).
+pub const DEFAULT_RAW_LOAD_ADDR: u64 = 0x1000;
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// The terminal: output to stdout, stdin to the guest.
+    Stdio,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+/// A register a raw payload starts with, e.g. `rax=2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegAssignment {
+    /// The register.
+    pub reg: Reg,
+    /// Its value.
+    pub value: u64,
+}
+
+/// The general-purpose registers a user may preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Reg {
+    Rax,
+    Rbx,
+    Rcx,
+    Rdx,
+    Rsi,
+    Rdi,
+    Rsp,
+    Rbp,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+    R14,
+    R15,
+}
+
+impl Reg {
+    const NAMES: [(&'static str, Reg); 16] = [
+        ("rax", Reg::Rax),
+        ("rbx", Reg::Rbx),
+        ("rcx", Reg::Rcx),
+        ("rdx", Reg::Rdx),
+        ("rsi", Reg::Rsi),
+        ("rdi", Reg::Rdi),
+        ("rsp", Reg::Rsp),
+        ("rbp", Reg::Rbp),
+        ("r8", Reg::R8),
+        ("r9", Reg::R9),
+        ("r10", Reg::R10),
+        ("r11", Reg::R11),
+        ("r12", Reg::R12),
+        ("r13", Reg::R13),
+        ("r14", Reg::R14),
+        ("r15", Reg::R15),
+    ];
+
+    /// Sets this register in `regs`.
+    pub fn set(self, regs: &mut kvm_bindings::kvm_regs, value: u64) {
+        let slot = match self {
+            Reg::Rax => &mut regs.rax,
+            Reg::Rbx => &mut regs.rbx,
+            Reg::Rcx => &mut regs.rcx,
+            Reg::Rdx => &mut regs.rdx,
+            Reg::Rsi => &mut regs.rsi,
+            Reg::Rdi => &mut regs.rdi,
+            Reg::Rsp => &mut regs.rsp,
+            Reg::Rbp => &mut regs.rbp,
+            Reg::R8 => &mut regs.r8,
+            Reg::R9 => &mut regs.r9,
+            Reg::R10 => &mut regs.r10,
+            Reg::R11 => &mut regs.r11,
+            Reg::R12 => &mut regs.r12,
+            Reg::R13 => &mut regs.r13,
+            Reg::R14 => &mut regs.r14,
+            Reg::R15 => &mut regs.r15,
+        };
+        *slot = value;
+    }
+}
+
+/// A flat binary started in 16-bit real mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPayload {
+    /// The binary.
+    pub path: PathBuf,
+    /// Guest-physical load address.
+    pub load_addr: u64,
+    /// Entry point (default: the load address).
+    pub entry: Option<u64>,
+    /// Registers preset before the first instruction.
+    pub regs: Vec<RegAssignment>,
+}
+
+/// A Linux kernel (ELF vmlinux or bzImage) and what goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxPayload {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// An initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// The command line, replacing Petrel's default when given.
+    pub cmdline: Option<String>,
+}
+
+/// What the guest runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A raw real-mode binary.
+    Raw(RawPayload),
+    /// A Linux kernel.
+    Linux(LinuxPayload),
+}
+
+/// Everything needed to build a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// The guest.
+    pub payload: Payload,
+    /// Serial console.
+    pub serial: SerialConfig,
+    /// Stop after this many exits reached Petrel (per vCPU).
+    pub max_exits: Option<u64>,
+    /// Add the guest workarounds for hosts that emulate guest kernel code.
+    pub host_compat: bool,
+}
+
+impl VmConfig {
+    /// A config for a raw payload with defaults for the rest.
+    pub fn raw(payload: RawPayload) -> Self {
+        VmConfig {
+            mem_size: DEFAULT_MEM_SIZE,
+            vcpus: 1,
+            payload: Payload::Raw(payload),
+            serial: SerialConfig::Stdio,
+            max_exits: None,
+            host_compat: true,
+        }
+    }
+}
+
+/// Parses a size: a number with an optional K, M or G suffix (powers of 1024), or hex.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let bad = |why: &str| Error::InvalidArgument {
+        what: "memory size",
+        value: s.to_string(),
+        why: why.to_string(),
+    };
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n =
+        parse_u64(num).map_err(|_| bad("expected a number with an optional K, M or G suffix"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| bad("too large"))
+}
+
+/// Parses an address or count: decimal, or hex with a `0x` prefix.
+pub fn parse_u64(s: &str) -> std::result::Result<u64, std::num::ParseIntError> {
+    let t = s.trim().replace('_', "");
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    }
+}
+
+/// Parses `name=value` for `--reg`, e.g. `rax=2` or `rbx=0x10`.
+pub fn parse_reg_assignment(s: &str) -> Result<RegAssignment> {
+    let bad = |why: String| Error::InvalidArgument {
+        what: "--reg",
+        value: s.to_string(),
+        why,
+    };
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| bad("expected REGISTER=VALUE, e.g. rax=2".into()))?;
+    let name = name.trim().to_ascii_lowercase();
+    let reg = Reg::NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, r)| *r)
+        .ok_or_else(|| {
+            let known: Vec<&str> = Reg::NAMES.iter().map(|(n, _)| *n).collect();
+            bad(format!(
+                "unknown register `{name}` (known: {})",
+                known.join(", ")
+            ))
+        })?;
+    let value = parse_u64(value).map_err(|_| {
+        bad(format!(
+            "`{value}` is not a number (decimal, or hex with 0x)"
+        ))
+    })?;
+    Ok(RegAssignment { reg, value })
+}
+
+/// Parses `--serial stdio|file:PATH|none`.
+pub fn parse_serial(s: &str) -> Result<SerialConfig> {
+    match s {
+        "stdio" => Ok(SerialConfig::Stdio),
+        "none" => Ok(SerialConfig::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialConfig::File(PathBuf::from(p))),
+            _ => Err(Error::InvalidArgument {
+                what: "--serial",
+                value: s.to_string(),
+                why: "expected stdio, file:PATH or none".into(),
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("0x1000").unwrap(), 4096);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn reg_assignments() {
+        assert_eq!(parse_reg_assignment("rax=2").unwrap().value, 2);
+        assert_eq!(parse_reg_assignment("RBX=0x10").unwrap().reg, Reg::Rbx);
+        let e = parse_reg_assignment("rax").unwrap_err().to_string();
+        assert!(e.contains("REGISTER=VALUE"), "{e}");
+        let e = parse_reg_assignment("foo=1").unwrap_err().to_string();
+        assert!(e.contains("unknown register `foo`"), "{e}");
+        let e = parse_reg_assignment("rax=two").unwrap_err().to_string();
+        assert!(e.contains("not a number"), "{e}");
+    }
+
+    #[test]
+    fn serial_choices() {
+        assert_eq!(parse_serial("stdio").unwrap(), SerialConfig::Stdio);
+        assert_eq!(
+            parse_serial("file:/tmp/x").unwrap(),
+            SerialConfig::File("/tmp/x".into())
+        );
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("tcp").is_err());
+    }
+
+    #[test]
+    fn reg_set_writes_the_right_field() {
+        let mut r = kvm_bindings::kvm_regs::default();
+        Reg::R12.set(&mut r, 7);
+        Reg::Rax.set(&mut r, 2);
+        assert_eq!((r.r12, r.rax), (7, 2));
+    }
+}
