@@ -2,6 +2,8 @@
 //! and judging the run from its serial log and exit status.
 
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
@@ -215,6 +217,61 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// How long the VMM ran.
     pub wall: Duration,
+    /// When [`RUN_INIT_LINE`] appeared in the serial log, from the VMM's start, as xtask
+    /// saw it (polling the file); `None` if it never did.
+    pub run_init: Option<Duration>,
+}
+
+/// How often a running scenario's exit status and serial log are checked.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Follows a growing log file and notes when a line first shows up in it.
+#[derive(Debug)]
+pub struct LogWatch {
+    path: PathBuf,
+    needle: &'static str,
+    text: Vec<u8>,
+    scanned: usize,
+    seen_at: Option<Duration>,
+}
+
+impl LogWatch {
+    /// Watches `path` (which need not exist yet) for `needle`.
+    pub fn new(path: &Path, needle: &'static str) -> Self {
+        Self {
+            path: path.to_owned(),
+            needle,
+            text: Vec::new(),
+            scanned: 0,
+            seen_at: None,
+        }
+    }
+
+    /// Reads what was added to the file since the last call; if `needle` is there for the
+    /// first time, records `now` as the time it appeared.
+    pub fn poll(&mut self, now: Duration) {
+        if let Ok(mut f) = fs::File::open(&self.path) {
+            let len = self.text.len() as u64;
+            if f.seek(SeekFrom::Start(len)).is_ok() {
+                let _ = f.read_to_end(&mut self.text);
+            }
+        }
+        if self.seen_at.is_some() {
+            return;
+        }
+        let needle = self.needle.as_bytes();
+        // Start far enough back to catch a needle split across two reads.
+        let from = self.scanned.saturating_sub(needle.len() - 1);
+        if self.text[from..].windows(needle.len()).any(|w| w == needle) {
+            self.seen_at = Some(now);
+        }
+        self.scanned = self.text.len();
+    }
+
+    /// When the needle first appeared, if it has.
+    pub fn seen_at(&self) -> Option<Duration> {
+        self.seen_at
+    }
 }
 
 /// Runs `scenario` under `vmm`, with logs in `log_dir`, and prints what happened.
@@ -233,34 +290,60 @@ pub fn run_scenario(
     println!("==> {}: {}", scenario.name, host::describe(&cmd));
     let out = fs::File::create(&vmm_log).ctx(|| format!("creating {}", vmm_log.display()))?;
     let err = out.try_clone().ctx(|| "duplicating a file".into())?;
+    // In its own process group, so that a hung VMM and anything it started can be killed
+    // together. A Ctrl-C at the terminal then reaches only xtask: the guard turns it into
+    // killing the group before xtask exits.
+    let interrupts = host::InterruptGuard::install();
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
+        .process_group(0)
         .spawn()
         .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
+    let mut watch = LogWatch::new(&serial_log, RUN_INIT_LINE);
     let exit = loop {
-        if let Some(status) = child.try_wait().ctx(|| "waiting for the VMM".into())? {
-            break Exit::from_status(status);
+        let status = child.try_wait();
+        watch.poll(start.elapsed());
+        match status {
+            Ok(Some(status)) => break Exit::from_status(status),
+            Ok(None) => {}
+            Err(e) => {
+                kill_vmm(&mut child);
+                return Err(e).ctx(|| "waiting for the VMM".into());
+            }
+        }
+        if let Some(sig) = interrupts.caught() {
+            kill_vmm(&mut child);
+            println!(
+                "{}: interrupted by signal {sig}; killed the VMM's process group; logs: {}, {}",
+                scenario.name,
+                serial_log.display(),
+                vmm_log.display()
+            );
+            std::process::exit(128 + sig);
         }
         if start.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_vmm(&mut child);
             break Exit::TimedOut(timeout);
         }
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(POLL);
     };
+    drop(interrupts);
     let wall = start.elapsed();
+    watch.poll(wall);
+    let run_init = watch.seen_at();
     let serial = fs::read(&serial_log).unwrap_or_default();
     let serial = String::from_utf8_lossy(&serial);
     let verdict = evaluate(&serial, &exit, user_mode);
 
     let result = if verdict.passed() { "PASS" } else { "FAIL" };
     println!(
-        "{}: {result} in {:.1} s ({exit:?})",
+        "{}: {result} in {:.1} s ({exit:?}); {}",
         scenario.name,
-        wall.as_secs_f64()
+        wall.as_secs_f64(),
+        run_init_text(run_init)
     );
     for f in &verdict.failures {
         println!("    failed: {f}");
@@ -282,7 +365,29 @@ pub fn run_scenario(
         );
         print_tail(&out, VMM_TAIL);
     }
-    Ok(Outcome { verdict, wall })
+    Ok(Outcome {
+        verdict,
+        wall,
+        run_init,
+    })
+}
+
+/// Kills the VMM's process group (the VMM was started as its leader), then reaps the VMM.
+/// The group is killed before the reap, while its id cannot have been reused.
+fn kill_vmm(child: &mut std::process::Child) {
+    if let Err(e) = host::kill_process_group(child.id()) {
+        println!("    could not kill process group {}: {e}", child.id());
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// `Run /init at N s`, or that it never appeared.
+pub fn run_init_text(at: Option<Duration>) -> String {
+    match at {
+        Some(t) => format!("`Run /init` at {:.1} s", t.as_secs_f64()),
+        None => "no `Run /init` line".to_owned(),
+    }
 }
 
 /// Prints the last `n` lines of `text`, indented, or says that it is empty.
@@ -387,6 +492,45 @@ mod tests {
     fn empty_log() {
         let v = evaluate("", &Exit::Code(0), &GuestUserMode::Works);
         assert_eq!(v.failures.len(), 2);
+    }
+
+    #[test]
+    fn log_watch_follows_a_growing_file() {
+        let dir = std::env::temp_dir().join(format!("xtask-logwatch-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("serial.log");
+        let _ = fs::remove_file(&path);
+        let mut w = LogWatch::new(&path, RUN_INIT_LINE);
+        w.poll(Duration::from_secs(1));
+        assert_eq!(w.seen_at(), None, "no file yet");
+        fs::write(&path, "[ 1.0] Freeing memory\r\n[ 2.0] Run /ini").unwrap();
+        w.poll(Duration::from_secs(2));
+        assert_eq!(w.seen_at(), None, "half a line");
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, b"t as init process\r\n").unwrap();
+        w.poll(Duration::from_secs(3));
+        assert_eq!(
+            w.seen_at(),
+            Some(Duration::from_secs(3)),
+            "split across reads"
+        );
+        std::io::Write::write_all(&mut f, b"Run /init as init process\r\n").unwrap();
+        w.poll(Duration::from_secs(4));
+        assert_eq!(
+            w.seen_at(),
+            Some(Duration::from_secs(3)),
+            "the first time counts"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn run_init_wording() {
+        assert_eq!(
+            run_init_text(Some(Duration::from_millis(70_240))),
+            "`Run /init` at 70.2 s"
+        );
+        assert_eq!(run_init_text(None), "no `Run /init` line");
     }
 
     #[test]

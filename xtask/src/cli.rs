@@ -19,6 +19,12 @@ USAGE:
     cargo xtask <COMMAND> [OPTIONS]
 
 COMMANDS:
+    test          The whole test suite, as CI runs it: install missing Debian packages and
+                  rustfmt/clippy, then `cargo fmt --all -- --check`, `cargo clippy
+                  --workspace --all-targets -- -D warnings`, `cargo test --workspace` and
+                  boot-test. Stops at the first failing step (exit 1); a summary per step
+                  closes the run. VMM_REQUIRE_KVM=1 in the environment makes the KVM tests
+                  fail rather than skip where /dev/kvm is missing.
     boot-test     Build the guest kernel, initramfs and petrel (release), boot Linux under
                   petrel in each scenario and check the serial log and exit status.
                   Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu.
@@ -28,11 +34,16 @@ COMMANDS:
                   the guest itself: the init marker must appear.
     help          Print this help (also -h, --help; `<COMMAND> --help` too).
 
+TEST OPTIONS:
+    --no-boot-test   Leave out the boot-test step.
+    --no-lint        Leave out the fmt and clippy steps.
+
 BOOT-TEST OPTIONS:
     --kernel PATH    Boot this kernel instead (one scenario, `custom-1vcpu`, 1 vCPU);
                      a file starting with the ELF magic is an ELF, else a bzImage.
     --initrd PATH    Use this initramfs instead of the built one.
-    --timeout SECS   Per-scenario time limit (default 600); the VMM is killed after it.
+    --timeout SECS   Per-scenario time limit (default 600); the VMM and its process group
+                     are killed after it, its logs kept, and the next scenario runs.
     --only NAME      Run only this scenario (may be repeated).
     --petrel PATH    Use this petrel binary instead of building target/release/petrel.
 
@@ -42,10 +53,13 @@ QEMU-CHECK OPTIONS:
 
 ENVIRONMENT:
     PETREL_CACHE     Cache directory (default $XDG_CACHE_HOME/petrel, else ~/.cache/petrel).
+    VMM_REQUIRE_KVM  `1`: tests that need /dev/kvm fail without it instead of skipping.
 
 The guest kernel is Debian's linux-source-6.12 with `make tinyconfig` plus
 xtask/kernel/petrel.config; missing Debian packages are installed with apt-get.
-boot-test ends with a line `N passed, N failed` and exits non-zero if any failed.
+boot-test ends with a line `N passed, N failed` and exits non-zero if any failed; each
+scenario's result gives the time from the VMM's start to the kernel's `Run /init as init
+process` line, as seen in the serial log. Logs are in target/boot-test/.
 ";
 
 /// Options of `boot-test`.
@@ -61,6 +75,28 @@ pub struct BootTestArgs {
     pub only: Vec<String>,
     /// A petrel binary to use instead of building one.
     pub petrel: Option<PathBuf>,
+}
+
+impl Default for BootTestArgs {
+    /// The standard scenarios with the built kernel, initramfs and petrel.
+    fn default() -> Self {
+        Self {
+            kernel: None,
+            initrd: None,
+            timeout: DEFAULT_BOOT_TIMEOUT,
+            only: Vec::new(),
+            petrel: None,
+        }
+    }
+}
+
+/// Options of `test`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestArgs {
+    /// Run the boot-test step.
+    pub boot_test: bool,
+    /// Run the fmt and clippy steps.
+    pub lint: bool,
 }
 
 /// Options of `qemu-check`.
@@ -83,6 +119,8 @@ pub enum Cmd {
     BootTest(BootTestArgs),
     /// `qemu-check`.
     QemuCheck(QemuCheckArgs),
+    /// `test`.
+    Test(TestArgs),
 }
 
 /// Parses the arguments after the program name.
@@ -102,14 +140,22 @@ where
     let cmd = match command.as_str() {
         "help" | "-h" | "--help" => return Ok(Cmd::Help),
         "build-guest" => Cmd::BuildGuest,
-        "boot-test" => {
-            let mut a = BootTestArgs {
-                kernel: None,
-                initrd: None,
-                timeout: DEFAULT_BOOT_TIMEOUT,
-                only: Vec::new(),
-                petrel: None,
+        "test" => {
+            let mut a = TestArgs {
+                boot_test: true,
+                lint: true,
             };
+            for flag in rest.drain(..) {
+                match flag.as_str() {
+                    "--no-boot-test" => a.boot_test = false,
+                    "--no-lint" => a.lint = false,
+                    _ => return Err(Error::Usage(format!("test: unknown option {flag}"))),
+                }
+            }
+            Cmd::Test(a)
+        }
+        "boot-test" => {
+            let mut a = BootTestArgs::default();
             while let Some((flag, value)) = next_option(&mut rest)? {
                 match flag.as_str() {
                     "--kernel" => a.kernel = Some(value.into()),
@@ -247,6 +293,41 @@ mod tests {
                 "{args:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn test_command() {
+        let all = TestArgs {
+            boot_test: true,
+            lint: true,
+        };
+        assert_eq!(parse(["test"]).unwrap(), Cmd::Test(all.clone()));
+        assert_eq!(
+            parse(["test", "--no-boot-test"]).unwrap(),
+            Cmd::Test(TestArgs {
+                boot_test: false,
+                ..all.clone()
+            })
+        );
+        assert_eq!(
+            parse(["test", "--no-lint", "--no-boot-test"]).unwrap(),
+            Cmd::Test(TestArgs {
+                boot_test: false,
+                lint: false
+            })
+        );
+        assert_eq!(parse(["test", "--help"]).unwrap(), Cmd::Help);
+        for bad in [
+            &["test", "--no-boot"][..],
+            &["test", "--timeout", "5"],
+            &["test", "stray"],
+        ] {
+            assert!(
+                matches!(parse(bad.iter().copied()), Err(Error::Usage(_))),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(HELP.contains("--no-boot-test") && HELP.contains("    test "));
     }
 
     #[test]

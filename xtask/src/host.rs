@@ -2,8 +2,10 @@
 //! host offers.
 
 use std::fs;
+use std::io;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -18,6 +20,7 @@ pub const GUEST_BUILD_PACKAGES: &[&str] = &[
     "make",
     "gcc",
     "xz-utils",
+    "lz4",
     "busybox-static",
     "cpio",
 ];
@@ -157,6 +160,93 @@ pub fn tail_lines(text: &str, n: usize) -> Vec<&str> {
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
+/// SIGINT, as Linux numbers it.
+pub const SIGINT: i32 = 2;
+
+/// SIGKILL, as Linux numbers it.
+const SIGKILL: i32 = 9;
+
+/// SIGTERM, as Linux numbers it.
+pub const SIGTERM: i32 = 15;
+
+/// `SIG_DFL` for `signal(2)`.
+const SIG_DFL: usize = 0;
+
+/// `SIG_ERR`, what `signal(2)` returns on failure.
+const SIG_ERR: usize = usize::MAX;
+
+// The C library that std already links against; no extra crate is needed for two calls.
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+    fn signal(signum: i32, handler: usize) -> usize;
+}
+
+/// Sends SIGKILL to every process in the process group `pgid`.
+pub fn kill_process_group(pgid: u32) -> io::Result<()> {
+    let pgid = i32::try_from(pgid)
+        .ok()
+        .filter(|&p| p > 1)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad process group id"))?;
+    // SAFETY: kill(2) takes two integers and touches no memory of ours; a negative pid
+    // names the process group, and pgid > 1 keeps it from meaning "every process" (-1).
+    let rc = unsafe { kill(-pgid, SIGKILL) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The last SIGINT or SIGTERM caught while an [`InterruptGuard`] was alive; 0 for none.
+static CAUGHT_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn note_signal(sig: i32) {
+    // An atomic store is async-signal-safe.
+    CAUGHT_SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// While alive, SIGINT and SIGTERM do not end xtask but are noted for
+/// [`InterruptGuard::caught`], so that a VMM running in its own process group (which a
+/// Ctrl-C at the terminal does not reach) can be killed before xtask exits. Dropping it
+/// puts the previous handlers back.
+#[derive(Debug)]
+pub struct InterruptGuard {
+    previous: [(i32, usize); 2],
+}
+
+impl InterruptGuard {
+    /// Installs the handlers.
+    pub fn install() -> Self {
+        CAUGHT_SIGNAL.store(0, Ordering::SeqCst);
+        let handler = note_signal as extern "C" fn(i32) as usize;
+        let previous = [SIGINT, SIGTERM].map(|sig| {
+            // SAFETY: `note_signal` is an `extern "C" fn(i32)` that only does an atomic
+            // store, which is async-signal-safe; it lives for the whole program.
+            (sig, unsafe { signal(sig, handler) })
+        });
+        Self { previous }
+    }
+
+    /// The signal caught since [`InterruptGuard::install`], if any.
+    pub fn caught(&self) -> Option<i32> {
+        match CAUGHT_SIGNAL.load(Ordering::SeqCst) {
+            0 => None,
+            sig => Some(sig),
+        }
+    }
+}
+
+impl Drop for InterruptGuard {
+    fn drop(&mut self) {
+        for (sig, old) in self.previous {
+            let old = if old == SIG_ERR { SIG_DFL } else { old };
+            // SAFETY: `old` is what signal(2) returned for this signal (a handler, SIG_DFL
+            // or SIG_IGN), or SIG_DFL; putting it back is what the caller had before.
+            unsafe { signal(sig, old) };
+        }
+    }
+}
+
 /// Whether guest user mode can make system calls on this host, which decides whether a
 /// boot test can demand a marker printed by the guest's init.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +332,66 @@ mod tests {
             describe(&cmd),
             "petrel --cmdline 'a b' 'it'\\''s' '' file:/x-1.log"
         );
+    }
+
+    #[test]
+    fn process_group_kill() {
+        use std::io::BufRead;
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        // A shell in its own group that starts a grandchild: killing the group ends both.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let grandchild: u32 = line.trim().parse().unwrap();
+        kill_process_group(child.id()).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(SIGKILL));
+        // The grandchild is dead: gone, or a zombie waiting for its new parent to reap it.
+        let state = || {
+            fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_owned()))
+                .and_then(|r| r.chars().next())
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !matches!(state(), None | Some('Z' | 'X')) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "grandchild {grandchild} still runs"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            kill_process_group(1).is_err(),
+            "group 1 (kill -1) is refused"
+        );
+    }
+
+    #[test]
+    fn interrupt_guard_catches_sigterm() {
+        let guard = InterruptGuard::install();
+        assert_eq!(guard.caught(), None);
+        // SAFETY: getpid has no preconditions; kill sends SIGTERM to this process, which
+        // the guard's handler catches.
+        let rc = unsafe { kill(getpid(), SIGTERM) };
+        assert_eq!(rc, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while guard.caught().is_none() {
+            assert!(std::time::Instant::now() < deadline, "SIGTERM not caught");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(guard.caught(), Some(SIGTERM));
+        drop(guard);
+    }
+
+    extern "C" {
+        fn getpid() -> i32;
     }
 
     #[test]

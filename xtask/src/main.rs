@@ -3,7 +3,8 @@
 //! - `boot-test`: boots a small Linux guest under petrel (ELF and bzImage, 1 and 2 vCPUs)
 //!   and checks the serial log and exit status;
 //! - `build-guest`: builds and caches the guest kernel and initramfs, printing their paths;
-//! - `qemu-check`: boots the same guest under QEMU with TCG to check the guest itself.
+//! - `qemu-check`: boots the same guest under QEMU with TCG to check the guest itself;
+//! - `test`: the whole test suite (packages, fmt, clippy, `cargo test`, boot-test).
 //!
 //! Run `cargo xtask --help` for the options.
 
@@ -16,6 +17,7 @@ mod host;
 mod initramfs;
 mod kernel;
 mod sha256;
+mod suite;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,8 +56,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Ok(Cmd::BootTest(args)) => boot_test(&args),
-        Ok(Cmd::QemuCheck(args)) => qemu_check(&args),
+        Ok(Cmd::BootTest(args)) => ExitCode::from(boot_test(&args)),
+        Ok(Cmd::QemuCheck(args)) => ExitCode::from(qemu_check(&args)),
+        Ok(Cmd::Test(args)) => ExitCode::from(suite::run(&args)),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
@@ -192,7 +195,9 @@ fn standard_scenarios(names: &[&str], guest: &Guest, initrd: &Path) -> Vec<Scena
         .collect()
 }
 
-fn boot_test(args: &BootTestArgs) -> ExitCode {
+/// Runs `boot-test`; returns the exit code: 0 when every scenario passed, 1 when one failed
+/// or setup did, 2 for a bad scenario name.
+fn boot_test(args: &BootTestArgs) -> u8 {
     let all: Vec<&str> = if args.kernel.is_some() {
         vec![CUSTOM_SCENARIO]
     } else {
@@ -202,7 +207,7 @@ fn boot_test(args: &BootTestArgs) -> ExitCode {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     let setup = || -> Result<(Vec<Scenario>, PathBuf)> {
@@ -239,7 +244,7 @@ fn boot_test(args: &BootTestArgs) -> ExitCode {
             eprintln!("error: {e}");
             println!("setup failed, so no scenario ran");
             println!("{}", boottest::summary_line(0, names.len()));
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     let user_mode = host::guest_user_mode();
@@ -260,13 +265,14 @@ fn boot_test(args: &BootTestArgs) -> ExitCode {
     run_all(&Vmm::Petrel(petrel), &scenarios, args.timeout, &user_mode)
 }
 
-fn qemu_check(args: &QemuCheckArgs) -> ExitCode {
+/// Runs `qemu-check`; returns the exit code, as [`boot_test`] does.
+fn qemu_check(args: &QemuCheckArgs) -> u8 {
     let all: Vec<&str> = SCENARIOS.iter().map(|s| s.0).collect();
     let names = match select(&all, &args.only) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     let guest = match build_guest(&[QEMU_PACKAGE]) {
@@ -274,7 +280,7 @@ fn qemu_check(args: &QemuCheckArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             println!("{}", boottest::summary_line(0, names.len()));
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     let scenarios: Vec<Scenario> = standard_scenarios(&names, &guest, &guest.initramfs)
@@ -288,13 +294,9 @@ fn qemu_check(args: &QemuCheckArgs) -> ExitCode {
     run_all(&Vmm::Qemu, &scenarios, args.timeout, &GuestUserMode::Works)
 }
 
-/// Runs the scenarios one after another and prints the closing `N passed, N failed`.
-fn run_all(
-    vmm: &Vmm,
-    scenarios: &[Scenario],
-    timeout: Duration,
-    user_mode: &GuestUserMode,
-) -> ExitCode {
+/// Runs the scenarios one after another and prints the closing `N passed, N failed`;
+/// returns 0 when all passed, else 1.
+fn run_all(vmm: &Vmm, scenarios: &[Scenario], timeout: Duration, user_mode: &GuestUserMode) -> u8 {
     let log_dir = target_dir(&workspace_root()).join("boot-test");
     let start = Instant::now();
     let mut results = Vec::new();
@@ -302,7 +304,11 @@ fn run_all(
         let result = match boottest::run_scenario(vmm, s, &log_dir, timeout, user_mode) {
             Ok(outcome) => (
                 outcome.verdict.passed(),
-                format!("{:.1} s", outcome.wall.as_secs_f64()),
+                format!(
+                    "{:>6.1} s; {}",
+                    outcome.wall.as_secs_f64(),
+                    boottest::run_init_text(outcome.run_init)
+                ),
             ),
             Err(e) => {
                 println!("{}: FAIL: {e}", s.name);
@@ -327,9 +333,9 @@ fn run_all(
     );
     println!("{}", boottest::summary_line(passed, failed));
     if failed == 0 {
-        ExitCode::SUCCESS
+        0
     } else {
-        ExitCode::FAILURE
+        1
     }
 }
 
