@@ -3,21 +3,95 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use petrel_vmm::config::{parse_reg_assignment, parse_size, parse_u64, RawPayload};
+use petrel_vmm::config::{
+    parse_reg_assignment, parse_serial, parse_size, parse_u64, KernelImage, LinuxPayload,
+    RawPayload,
+};
 use petrel_vmm::{Error, StatsFormat, VmConfig};
 
 /// Petrel: a virtual machine monitor for Linux KVM on x86_64.
+///
+/// Boot a kernel:   petrel --kernel vmlinux [--initrd FILE] [--cmdline STR] [--mem 256M]
+///                  [--vcpus N] [--serial stdio|file:PATH|none]
+/// Built-in guest:  petrel demo
+/// Raw payload:     petrel run --raw FILE --real-mode [--reg rax=2 ...]
 #[derive(Debug, Parser)]
-#[command(name = "petrel", version, about)]
+#[command(
+    name = "petrel",
+    version,
+    about,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    boot: BootArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Boot the small guest built into Petrel: it prints what it found (CPU vendor, memory,
+    /// time) and resets.
+    Demo(DemoArgs),
     /// Run a raw payload (a flat binary).
     Run(RunArgs),
+}
+
+/// Options every kind of VM takes.
+#[derive(Debug, Args)]
+struct MachineArgs {
+    /// Guest memory size (e.g. 256M, 1G).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    mem: String,
+    /// Where the serial console goes: stdio, file:PATH or none.
+    #[arg(long, value_name = "WHERE", default_value = "stdio")]
+    serial: String,
+    /// Stop after N exits reached Petrel (per vCPU).
+    #[arg(long, value_name = "N")]
+    max_exits: Option<String>,
+    /// Print exit statistics when the VM ends: a table (on stderr) or JSON (on stdout).
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "table", value_parser = ["table", "json"])]
+    exit_stats: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct BootArgs {
+    /// The kernel: an ELF vmlinux or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// An initial ramdisk.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line (replaces "console=ttyS0 reboot=k panic=1 pci=off").
+    #[arg(long, value_name = "STR", requires = "kernel")]
+    cmdline: Option<String>,
+    #[command(flatten)]
+    linux: LinuxArgs,
+    #[command(flatten)]
+    machine: MachineArgs,
+}
+
+/// Options of Linux guests (the kernel and the demo).
+#[derive(Debug, Args)]
+struct LinuxArgs {
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value = "1")]
+    vcpus: String,
+    /// On hosts that run guest kernel code in KVM's emulator, add the guest command-line
+    /// workarounds it needs (on) or leave the command line alone (off).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    host_compat: String,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    linux: LinuxArgs,
+    #[command(flatten)]
+    machine: MachineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -37,16 +111,8 @@ struct RunArgs {
     /// Preset a register, e.g. --reg rax=2 (repeatable).
     #[arg(long = "reg", value_name = "REG=VALUE")]
     regs: Vec<String>,
-    /// Stop after N exits reached Petrel.
-    #[arg(long, value_name = "N")]
-    max_exits: Option<String>,
-    /// Print exit statistics when the VM ends: a table (on stderr) or JSON (on stdout).
-    #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true,
-          default_missing_value = "table", value_parser = ["table", "json"])]
-    exit_stats: Option<String>,
-    /// Guest memory size (e.g. 256M, 1G).
-    #[arg(long, value_name = "SIZE", default_value = "256M")]
-    mem: String,
+    #[command(flatten)]
+    machine: MachineArgs,
 }
 
 fn number(what: &'static str, s: &str) -> Result<u64, Error> {
@@ -57,11 +123,46 @@ fn number(what: &'static str, s: &str) -> Result<u64, Error> {
     })
 }
 
+impl MachineArgs {
+    fn apply(&self, config: &mut VmConfig) -> Result<Option<StatsFormat>, Error> {
+        config.mem_size = parse_size(&self.mem)?;
+        config.serial = parse_serial(&self.serial)?;
+        config.max_exits = self
+            .max_exits
+            .as_deref()
+            .map(|n| number("--max-exits", n))
+            .transpose()?;
+        Ok(self.exit_stats.as_deref().map(|f| match f {
+            "json" => StatsFormat::Json,
+            _ => StatsFormat::Table,
+        }))
+    }
+}
+
+impl LinuxArgs {
+    fn apply(&self, config: &mut VmConfig) -> Result<(), Error> {
+        let n = number("--vcpus", &self.vcpus)?;
+        config.vcpus = u8::try_from(n).map_err(|_| Error::InvalidArgument {
+            what: "--vcpus",
+            value: self.vcpus.clone(),
+            why: "at most 255".into(),
+        })?;
+        config.host_compat = self.host_compat == "on";
+        Ok(())
+    }
+}
+
 impl Cli {
     /// The VM configuration and the requested statistics format.
     pub fn into_config(self) -> Result<(VmConfig, Option<StatsFormat>), Error> {
         match self.command {
-            Command::Run(a) => {
+            Some(Command::Demo(a)) => {
+                let mut config = VmConfig::demo();
+                a.linux.apply(&mut config)?;
+                let stats = a.machine.apply(&mut config)?;
+                Ok((config, stats))
+            }
+            Some(Command::Run(a)) => {
                 if !a.real_mode {
                     return Err(Error::InvalidArgument {
                         what: "--raw",
@@ -85,16 +186,25 @@ impl Cli {
                     entry,
                     regs,
                 });
-                config.mem_size = parse_size(&a.mem)?;
-                config.max_exits = a
-                    .max_exits
-                    .as_deref()
-                    .map(|n| number("--max-exits", n))
-                    .transpose()?;
-                let stats = a.exit_stats.as_deref().map(|f| match f {
-                    "json" => StatsFormat::Json,
-                    _ => StatsFormat::Table,
+                let stats = a.machine.apply(&mut config)?;
+                Ok((config, stats))
+            }
+            None => {
+                let b = self.boot;
+                let kernel = b.kernel.ok_or_else(|| Error::InvalidArgument {
+                    what: "command line",
+                    value: String::new(),
+                    why: "nothing to run: give --kernel PATH, or try `petrel demo` \
+                          (see `petrel --help`)"
+                        .into(),
+                })?;
+                let mut config = VmConfig::linux(LinuxPayload {
+                    kernel: KernelImage::File(kernel),
+                    initrd: b.initrd,
+                    cmdline: b.cmdline,
                 });
+                b.linux.apply(&mut config)?;
+                let stats = b.machine.apply(&mut config)?;
                 Ok((config, stats))
             }
         }
@@ -104,7 +214,7 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use petrel_vmm::config::Payload;
+    use petrel_vmm::config::{Payload, SerialConfig};
 
     fn parse(args: &[&str]) -> Result<(VmConfig, Option<StatsFormat>), Error> {
         Cli::try_parse_from(args)
@@ -145,6 +255,44 @@ mod tests {
     }
 
     #[test]
+    fn kernel_boot_options() {
+        let (c, _) = parse(&[
+            "petrel",
+            "--kernel",
+            "vmlinux",
+            "--initrd",
+            "i.cpio",
+            "--cmdline",
+            "console=ttyS0",
+            "--mem",
+            "512M",
+            "--vcpus",
+            "2",
+            "--serial",
+            "file:/tmp/log",
+            "--host-compat",
+            "off",
+        ])
+        .unwrap();
+        let Payload::Linux(l) = &c.payload else {
+            panic!("not linux")
+        };
+        assert_eq!(l.kernel, KernelImage::File("vmlinux".into()));
+        assert_eq!(l.initrd.as_deref(), Some(std::path::Path::new("i.cpio")));
+        assert_eq!(l.cmdline.as_deref(), Some("console=ttyS0"));
+        assert_eq!((c.mem_size, c.vcpus, c.host_compat), (512 << 20, 2, false));
+        assert_eq!(c.serial, SerialConfig::File("/tmp/log".into()));
+    }
+
+    #[test]
+    fn demo_takes_machine_options() {
+        let (c, s) = parse(&["petrel", "demo", "--vcpus", "2", "--exit-stats"]).unwrap();
+        assert!(matches!(c.payload, Payload::Linux(_)));
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(s, Some(StatsFormat::Table));
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let e = parse(&[
             "petrel",
@@ -171,6 +319,12 @@ mod tests {
         assert!(e.to_string().contains("--load-addr"), "{e}");
         let e = parse(&["petrel", "run", "--raw", "x"]).unwrap_err();
         assert!(e.to_string().contains("--real-mode"), "{e}");
+        let e = parse(&["petrel", "--kernel", "k", "--vcpus", "300"]).unwrap_err();
+        assert!(e.to_string().contains("--vcpus"), "{e}");
+        let e = parse(&["petrel", "--kernel", "k", "--serial", "tcp:1"]).unwrap_err();
+        assert!(e.to_string().contains("--serial"), "{e}");
+        let e = parse(&["petrel"]).unwrap_err();
+        assert!(e.to_string().contains("petrel demo"), "{e}");
     }
 
     #[test]

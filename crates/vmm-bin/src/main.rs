@@ -1,6 +1,9 @@
 //! `petrel`: a virtual machine monitor for Linux KVM on x86_64.
 //!
 //! ```text
+//! petrel --kernel PATH [--initrd PATH] [--cmdline STR] [--mem 256M] [--vcpus N]
+//!        [--serial stdio|file:PATH|none] [--host-compat on|off] [--exit-stats[=json]]
+//! petrel demo
 //! petrel run --raw FILE --real-mode [--load-addr ADDR] [--entry ADDR] [--reg rax=2 ...]
 //!            [--max-exits N] [--exit-stats[=table|json]] [--mem SIZE]
 //! ```

@@ -108,11 +108,36 @@ pub struct RawPayload {
     pub regs: Vec<RegAssignment>,
 }
 
+/// Where a kernel image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelImage {
+    /// A file (ELF vmlinux or bzImage).
+    File(PathBuf),
+    /// An image built into Petrel (the demo guest), with a name for messages.
+    Builtin {
+        /// Shown where a path would be.
+        name: &'static str,
+        /// The ELF bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// The guest command line Petrel uses unless `--cmdline` replaces it: the console on COM1,
+/// reboot through the i8042 (which ends Petrel), reboot 1 s after a panic, no PCI probing.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/// What Petrel adds to the command line on hosts whose KVM runs guest kernel code in its
+/// instruction emulator (see `../shared/HOST-KVM.md`): keep Linux away from instructions that
+/// emulator cannot run.
+pub const EMULATED_HOST_CMDLINE: &str = "noxsave nosmap nosmep nofsgsbase \
+    clearcpuid=popcnt,cx16,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,rdpid,movbe,erms,fsrm,\
+    umip,avx,avx2,avx512f,xsave";
+
 /// A Linux kernel (ELF vmlinux or bzImage) and what goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinuxPayload {
     /// The kernel image.
-    pub kernel: PathBuf,
+    pub kernel: KernelImage,
     /// An initial ramdisk.
     pub initrd: Option<PathBuf>,
     /// The command line, replacing Petrel's default when given.
@@ -148,10 +173,31 @@ pub struct VmConfig {
 impl VmConfig {
     /// A config for a raw payload with defaults for the rest.
     pub fn raw(payload: RawPayload) -> Self {
+        Self::with_payload(Payload::Raw(payload))
+    }
+
+    /// A config for a Linux kernel with defaults for the rest.
+    pub fn linux(payload: LinuxPayload) -> Self {
+        Self::with_payload(Payload::Linux(payload))
+    }
+
+    /// A config for the demo guest built into Petrel.
+    pub fn demo() -> Self {
+        Self::linux(LinuxPayload {
+            kernel: KernelImage::Builtin {
+                name: "the built-in demo guest",
+                bytes: crate::demo_guest::demo_kernel_elf(),
+            },
+            initrd: None,
+            cmdline: None,
+        })
+    }
+
+    fn with_payload(payload: Payload) -> Self {
         VmConfig {
             mem_size: DEFAULT_MEM_SIZE,
             vcpus: 1,
-            payload: Payload::Raw(payload),
+            payload,
             serial: SerialConfig::Stdio,
             max_exits: None,
             host_compat: true,
@@ -269,6 +315,14 @@ mod tests {
         );
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tcp").is_err());
+    }
+
+    #[test]
+    fn emulated_host_cmdline_is_one_line_of_words() {
+        assert!(!EMULATED_HOST_CMDLINE.contains('\n'));
+        assert!(EMULATED_HOST_CMDLINE.contains("clearcpuid=popcnt,cx16,"));
+        assert!(EMULATED_HOST_CMDLINE.ends_with("avx512f,xsave"));
+        assert!(!EMULATED_HOST_CMDLINE.contains("  "));
     }
 
     #[test]

@@ -20,8 +20,11 @@
 pub mod config;
 pub mod debug_port;
 pub mod demo_guest;
+pub mod event_loop;
 pub mod io;
 pub mod report;
+pub mod signals;
+pub mod terminal;
 mod vm;
 
 use std::path::PathBuf;
@@ -29,7 +32,7 @@ use std::path::PathBuf;
 pub use config::VmConfig;
 pub use petrel_vcpu::StopReason;
 pub use report::{StatsDocument, StatsFormat};
-pub use vm::{run, RunSummary, SERIAL_OUTPUT_BUFFER, VCPU_JOIN_TIMEOUT};
+pub use vm::{guest_cmdline, run, RunSummary, SERIAL_OUTPUT_BUFFER, VCPU_JOIN_TIMEOUT};
 
 /// Exit code for a guest that stopped normally.
 pub const EXIT_OK: i32 = 0;
@@ -93,9 +96,12 @@ pub enum Error {
         /// The vCPU.
         id: u64,
     },
-    /// Not built yet.
-    #[error("{0} is not supported yet")]
-    Unsupported(&'static str),
+    /// The stop signals could not be routed to the event loop.
+    #[error("cannot set up signal handling")]
+    Signals(#[source] std::io::Error),
+    /// The event loop failed.
+    #[error("the event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
 }
 
 impl Error {

@@ -1,22 +1,41 @@
 //! Building a VM from a [`VmConfig`] and running it to the end.
+//!
+//! The order matters: everything the user gave (memory size, files, command line, vCPU count)
+//! is checked and loaded before any thread starts or the terminal changes, so bad input leaves
+//! nothing behind. Then KVM, devices, one thread per vCPU, and the event loop on this thread
+//! until a vCPU stops or a signal arrives; then every vCPU is stopped and joined, the console
+//! flushed and the terminal restored.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use petrel_devices::{BusBuilder, BusRange, NonBlockingWriter, OutputThread, Serial};
-use petrel_devices::{COM1_BASE, SERIAL_PORT_LEN};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use petrel_devices::port80::{PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
+use petrel_devices::rtc::{CmosRtc, SystemClock, RTC_BASE, RTC_PORT_LEN};
+use petrel_devices::SERIAL_PORT_LEN;
+use petrel_devices::{BusBuilder, BusDevice, BusRange, NonBlockingWriter, OutputThread, Serial};
+use petrel_devices::{COM1_BASE, COM1_IRQ, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
 use petrel_guest_mem::GuestRam;
-use petrel_hv_sys::{Hypervisor, Vm};
+use petrel_hv_sys::{host_emulates_guest_kernel, Hypervisor, Vm};
 use petrel_loader::BootCpuState;
-use petrel_vcpu::{cpuid, setup, ExitStats, RunOptions, StopReason, VcpuOutcome, VcpuRunner};
+use petrel_vcpu::{
+    cpuid, setup, ExitStats, RunOptions, StopReason, VcpuCommand, VcpuHandle, VcpuOutcome,
+    VcpuRunner,
+};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{Payload, RawPayload, SerialConfig, VmConfig};
+use crate::config::{
+    KernelImage, LinuxPayload, Payload, RawPayload, SerialConfig, VmConfig, DEFAULT_CMDLINE,
+    EMULATED_HOST_CMDLINE,
+};
 use crate::debug_port::{DebugPort, DEBUG_PORT, DEBUG_PORT_LEN};
+use crate::event_loop::{ConsoleInput, Controller, LoopEnd};
 use crate::io::PlatformIo;
 use crate::report::StatsDocument;
+use crate::signals::{self, StopSignals};
+use crate::terminal::RawTerminal;
 use crate::{Error, Result};
 
 /// How long the VMM waits for a vCPU thread to leave its loop once told to stop.
@@ -29,21 +48,23 @@ pub const SERIAL_OUTPUT_BUFFER: usize = 1 << 20;
 pub struct RunSummary {
     /// Why the VM stopped (the first vCPU to stop decides).
     pub stop: StopReason,
+    /// The signal that ended the run, if one did.
+    pub signal: Option<&'static str>,
     /// Exit statistics of every vCPU.
     pub stats: StatsDocument,
 }
 
 impl RunSummary {
     /// The process exit code: 0 for a guest that halted, reset, powered off or ran to its exit
-    /// limit; 1 for a guest fault or a VMM error.
+    /// limit, and for a stop by signal; 1 for a guest fault or a VMM error.
     pub fn exit_code(&self) -> i32 {
         match self.stop {
             StopReason::Halted
             | StopReason::Reset
             | StopReason::PowerOff
             | StopReason::ExitLimit(_)
-            | StopReason::Requested => 0,
-            StopReason::GuestFault { .. } | StopReason::VmmError(_) => 1,
+            | StopReason::Requested => crate::EXIT_OK,
+            StopReason::GuestFault { .. } | StopReason::VmmError(_) => crate::EXIT_FAILURE,
         }
     }
 }
@@ -54,22 +75,27 @@ struct ConsoleOutput {
     thread: OutputThread,
 }
 
+/// The destination of console output, opened (so a bad path is reported) before anything runs.
+fn open_console_destination(serial: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>> {
+    Ok(match serial {
+        SerialConfig::None => None,
+        SerialConfig::Stdio => Some(Box::new(std::io::stdout())),
+        SerialConfig::File(path) => Some(Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| Error::OpenSerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
+        )),
+    })
+}
+
 impl ConsoleOutput {
-    fn open(serial: &SerialConfig) -> Result<Option<Self>> {
-        let dest: Box<dyn Write + Send> = match serial {
-            SerialConfig::None => return Ok(None),
-            SerialConfig::Stdio => Box::new(std::io::stdout()),
-            SerialConfig::File(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| Error::OpenSerialFile {
-                        path: path.clone(),
-                        source,
-                    })?,
-            ),
-        };
+    fn start(dest: Option<Box<dyn Write + Send>>) -> Result<Option<Self>> {
+        let Some(dest) = dest else { return Ok(None) };
         let (writer, thread) =
             NonBlockingWriter::spawn("petrel-console", dest, SERIAL_OUTPUT_BUFFER)
                 .map_err(Error::Devices)?;
@@ -84,81 +110,272 @@ impl ConsoleOutput {
     }
 }
 
+/// What loading the payload produced.
+struct Loaded {
+    /// The boot vCPU's state.
+    boot: BootCpuState,
+    /// Linux guests get the in-kernel irqchip and the PC devices; raw payloads do not.
+    linux: bool,
+}
+
 /// Builds the VM `config` describes and runs it until it stops.
 pub fn run(config: &VmConfig) -> Result<RunSummary> {
-    match &config.payload {
-        Payload::Raw(raw) => run_raw(config, raw),
-        Payload::Linux(_) => Err(Error::Unsupported("booting Linux kernels")),
+    // 1. The user's input, checked before anything is started.
+    let ram = GuestRam::new(config.mem_size).map_err(Error::Memory)?;
+    if config.vcpus == 0 {
+        return Err(bad_vcpus(config.vcpus, "at least 1 is needed"));
+    }
+    let emulated = host_emulates_guest_kernel();
+    let loaded = match &config.payload {
+        Payload::Raw(raw) => load_raw(&ram, raw, config.vcpus)?,
+        Payload::Linux(linux) => load_linux(&ram, linux, config, emulated)?,
+    };
+    let console_dest = open_console_destination(&config.serial)?;
+
+    // 2. KVM.
+    let hv = Hypervisor::open()?;
+    let max = hv.max_vcpus();
+    if usize::from(config.vcpus) > max {
+        return Err(bad_vcpus(
+            config.vcpus,
+            &format!("this host's KVM allows at most {max}"),
+        ));
+    }
+    if loaded.linux && emulated && config.host_compat {
+        eprintln!(
+            "petrel: this host's KVM runs guest kernel code in its instruction emulator (PVM): \
+             expect a slow guest; added guest workarounds to the command line \
+             (--host-compat off to leave it alone)"
+        );
+    }
+    let mut vm = Vm::new(&hv)?;
+    vm.register_ram(&ram)?;
+    vm.setup_tss_and_identity_map()?;
+    if loaded.linux {
+        vm.setup_irqchip_and_pit()?;
+    }
+
+    // 3. From here on threads start: stop signals must be blocked first so every thread
+    //    inherits the mask and they arrive through the event loop.
+    let stop_signals = StopSignals::new().map_err(Error::Signals)?;
+    let console = ConsoleOutput::start(console_dest)?;
+    let (io, console_input) = build_devices(&vm, &ram, &loaded, &console, config)?;
+
+    let vcpu_exited = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    let mut handles = Vec::with_capacity(usize::from(config.vcpus));
+    let started = start_vcpus(
+        &hv,
+        &vm,
+        &ram,
+        &io,
+        &loaded,
+        config,
+        &vcpu_exited,
+        &mut handles,
+    );
+
+    let _raw_terminal = match (&started, &console_input) {
+        (Ok(()), Some(_)) => Some(RawTerminal::enter()),
+        _ => None,
+    };
+    let mut signal = None;
+    let loop_result = match started {
+        Ok(()) => run_event_loop(vcpu_exited, stop_signals, console_input).map(|end| {
+            if let LoopEnd::Signal(s) = end {
+                signal = Some(signals::name(s));
+            }
+        }),
+        Err(e) => Err(e),
+    };
+
+    // 4. Stop and join every vCPU, whatever happened above.
+    for h in &handles {
+        let _ = h.send(VcpuCommand::Stop);
+    }
+    let mut outcomes = Vec::with_capacity(handles.len());
+    let mut stuck = None;
+    for mut h in handles {
+        match h.join(VCPU_JOIN_TIMEOUT) {
+            Some(o) => outcomes.push(o),
+            None => stuck = Some(h.id()),
+        }
+    }
+    if let Some(c) = console {
+        let _ = c.thread.flush_and_join_timeout(Duration::from_secs(2));
+    }
+    loop_result?;
+    if let Some(id) = stuck {
+        return Err(Error::VcpuStuck { id });
+    }
+    outcomes.sort_by_key(|o| o.id);
+    Ok(summarize(outcomes, &io, signal))
+}
+
+fn bad_vcpus(n: u8, why: &str) -> Error {
+    Error::InvalidArgument {
+        what: "--vcpus",
+        value: n.to_string(),
+        why: why.to_string(),
     }
 }
 
-fn run_raw(config: &VmConfig, raw: &RawPayload) -> Result<RunSummary> {
-    // Check the user's input (memory size, payload file) before touching KVM, so a bad
-    // argument is reported as such even on a host without KVM.
-    let ram = GuestRam::new(config.mem_size).map_err(Error::Memory)?;
-    let state = petrel_loader::load_raw_file(&ram, &raw.path, raw.load_addr, raw.entry)
+fn load_raw(ram: &GuestRam, raw: &RawPayload, vcpus: u8) -> Result<Loaded> {
+    if vcpus != 1 {
+        return Err(bad_vcpus(vcpus, "raw payloads run on exactly 1 vCPU"));
+    }
+    let boot = petrel_loader::load_raw_file(ram, &raw.path, raw.load_addr, raw.entry)
         .map_err(Error::Load)?;
+    Ok(Loaded { boot, linux: false })
+}
 
-    let hv = Hypervisor::open()?;
-    let mut vm = Vm::new(&hv)?;
-    vm.register_ram(&ram)?;
-    // No in-kernel irqchip: a raw payload's `hlt` must exit to Petrel, which ends the run.
-    vm.setup_tss_and_identity_map()?;
+/// The command line the guest gets: the user's (or Petrel's default), then the host's
+/// workarounds where the host needs them.
+pub fn guest_cmdline(user: Option<&str>, emulated_host: bool, host_compat: bool) -> String {
+    let mut cmdline = user.unwrap_or(DEFAULT_CMDLINE).trim().to_string();
+    if emulated_host && host_compat {
+        cmdline.push(' ');
+        cmdline.push_str(EMULATED_HOST_CMDLINE);
+    }
+    cmdline
+}
 
-    let console = ConsoleOutput::open(&config.serial)?;
+fn load_linux(
+    ram: &GuestRam,
+    linux: &LinuxPayload,
+    config: &VmConfig,
+    emulated: bool,
+) -> Result<Loaded> {
+    let kernel = match &linux.kernel {
+        KernelImage::File(path) => petrel_loader::load_kernel(ram, path),
+        KernelImage::Builtin { name, bytes } => {
+            petrel_loader::linux::load_kernel_image(ram, bytes, std::path::Path::new(name))
+        }
+    }
+    .map_err(Error::Load)?;
+    let initrd = linux
+        .initrd
+        .as_deref()
+        .map(|p| petrel_loader::load_initrd(ram, p, &kernel))
+        .transpose()
+        .map_err(Error::Load)?;
+    let cmdline = guest_cmdline(linux.cmdline.as_deref(), emulated, config.host_compat);
+    let boot = petrel_loader::configure_linux_boot(ram, &kernel, &cmdline, initrd, config.vcpus)
+        .map_err(Error::Load)?;
+    Ok(Loaded { boot, linux: true })
+}
+
+fn device<D: BusDevice + 'static>(d: D) -> Arc<Mutex<dyn BusDevice>> {
+    Arc::new(Mutex::new(d))
+}
+
+/// An EventFd registered as the irqfd of `gsi` when the VM has an irqchip.
+fn interrupt(vm: &Vm, gsi: u32, irqchip: bool) -> Result<EventFd> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    if irqchip {
+        vm.register_irqfd(&evt, gsi)?;
+    }
+    Ok(evt)
+}
+
+fn build_devices(
+    vm: &Vm,
+    ram: &GuestRam,
+    loaded: &Loaded,
+    console: &Option<ConsoleOutput>,
+    config: &VmConfig,
+) -> Result<(Arc<PlatformIo>, Option<ConsoleInput>)> {
+    let irqchip = loaded.linux;
     let mut pio = BusBuilder::new("port I/O");
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-    let serial = Serial::new(serial_irq, ConsoleOutput::sink(&console));
-    pio.insert(
-        BusRange::new(COM1_BASE, SERIAL_PORT_LEN),
-        Arc::new(Mutex::new(serial)),
-    )
-    .map_err(Error::Devices)?;
-    let debug = DebugPort::new(ConsoleOutput::sink(&console));
-    pio.insert(
-        BusRange::new(DEBUG_PORT, DEBUG_PORT_LEN),
-        Arc::new(Mutex::new(debug)),
-    )
-    .map_err(Error::Devices)?;
+    let serial_irq = interrupt(vm, COM1_IRQ, irqchip)?;
+    let input_ready = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    let serial = Serial::with_input_ready(
+        serial_irq,
+        ConsoleOutput::sink(console),
+        input_ready.try_clone().map_err(Error::EventFd)?,
+    );
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(BusRange::new(COM1_BASE, SERIAL_PORT_LEN), serial.clone())
+        .map_err(Error::Devices)?;
+    if loaded.linux {
+        let kbd_irq = interrupt(vm, I8042_KBD_IRQ, irqchip)?;
+        pio.insert(
+            BusRange::new(I8042_BASE, I8042_PORT_LEN),
+            device(I8042::new(kbd_irq)),
+        )
+        .map_err(Error::Devices)?;
+        let rtc = CmosRtc::new(Box::new(SystemClock), ram.size());
+        pio.insert(BusRange::new(RTC_BASE, RTC_PORT_LEN), device(rtc))
+            .map_err(Error::Devices)?;
+        pio.insert(
+            BusRange::new(POST_CODE_PORT, POST_CODE_PORT_LEN),
+            device(PostCodeSink::new()),
+        )
+        .map_err(Error::Devices)?;
+    } else {
+        let debug = DebugPort::new(ConsoleOutput::sink(console));
+        pio.insert(BusRange::new(DEBUG_PORT, DEBUG_PORT_LEN), device(debug))
+            .map_err(Error::Devices)?;
+    }
     let io = Arc::new(PlatformIo {
         pio: pio.build(),
         mmio: BusBuilder::new("MMIO").build(),
     });
-
-    let vcpu = vm.create_vcpu(0)?;
-    let mut cpuid = hv.supported_cpuid()?;
-    cpuid::normalize(&mut cpuid, 0, 1);
-    vcpu.fd().set_cpuid2(&cpuid).map_err(|e| Error::Kvm {
-        what: "KVM_SET_CPUID2",
-        source: e,
-    })?;
-    apply_raw_state(&vcpu, &state, raw)?;
-
-    let options = RunOptions {
-        max_exits: config.max_exits,
-    };
-    let runner = VcpuRunner::new(vcpu, io.clone(), ram.clone(), options);
-    let exited = EventFd::new(0).map_err(Error::EventFd)?;
-    let mut handle = petrel_vcpu::spawn(runner, exited.try_clone().map_err(Error::EventFd)?)
-        .map_err(Error::Vcpu)?;
-    // One vCPU: wait for it to stop by itself.
-    let _ = exited.read();
-    let outcome = handle
-        .join(VCPU_JOIN_TIMEOUT)
-        .ok_or(Error::VcpuStuck { id: 0 })?;
-
-    if let Some(c) = console {
-        let _ = c.thread.flush_and_join_timeout(Duration::from_secs(2));
-    }
-    Ok(summarize(vec![outcome], &io))
+    // Keyboard input goes to the guest only for an interactive Linux console.
+    let console_input =
+        (loaded.linux && config.serial == SerialConfig::Stdio).then_some(ConsoleInput {
+            serial,
+            input_ready,
+        });
+    Ok((io, console_input))
 }
 
-fn apply_raw_state(
-    vcpu: &petrel_hv_sys::Vcpu,
-    state: &BootCpuState,
-    raw: &RawPayload,
+#[allow(clippy::too_many_arguments)]
+fn start_vcpus(
+    hv: &Hypervisor,
+    vm: &Vm,
+    ram: &GuestRam,
+    io: &Arc<PlatformIo>,
+    loaded: &Loaded,
+    config: &VmConfig,
+    vcpu_exited: &EventFd,
+    handles: &mut Vec<VcpuHandle>,
 ) -> Result<()> {
-    setup::apply_boot_state(vcpu, state).map_err(Error::Vcpu)?;
+    let supported = hv.supported_cpuid()?;
+    // Create and configure every vCPU before starting any, so a failure starts nothing.
+    let mut runners = Vec::with_capacity(usize::from(config.vcpus));
+    for id in 0..config.vcpus {
+        let vcpu = vm.create_vcpu(u64::from(id))?;
+        let mut c = supported.clone();
+        cpuid::normalize(&mut c, id, config.vcpus);
+        vcpu.fd().set_cpuid2(&c).map_err(|e| Error::Kvm {
+            what: "KVM_SET_CPUID2",
+            source: e,
+        })?;
+        if loaded.linux {
+            setup::setup_boot_msrs(&vcpu).map_err(Error::Vcpu)?;
+            setup::setup_fpu(&vcpu).map_err(Error::Vcpu)?;
+            setup::setup_lapic_lints(&vcpu).map_err(Error::Vcpu)?;
+        }
+        // Application processors wait in KVM for INIT/SIPI from the boot processor.
+        if id == 0 {
+            setup::apply_boot_state(&vcpu, &loaded.boot).map_err(Error::Vcpu)?;
+            if let Payload::Raw(raw) = &config.payload {
+                apply_raw_regs(&vcpu, raw)?;
+            }
+        }
+        let options = RunOptions {
+            max_exits: config.max_exits,
+        };
+        runners.push(VcpuRunner::new(vcpu, io.clone(), ram.clone(), options));
+    }
+    for runner in runners {
+        let exited = vcpu_exited.try_clone().map_err(Error::EventFd)?;
+        handles.push(petrel_vcpu::spawn(runner, exited).map_err(Error::Vcpu)?);
+    }
+    Ok(())
+}
+
+fn apply_raw_regs(vcpu: &petrel_hv_sys::Vcpu, raw: &RawPayload) -> Result<()> {
     if raw.regs.is_empty() {
         return Ok(());
     }
@@ -170,7 +387,32 @@ fn apply_raw_state(
     Ok(())
 }
 
-fn summarize(outcomes: Vec<VcpuOutcome>, io: &PlatformIo) -> RunSummary {
+fn run_event_loop(
+    vcpu_exited: EventFd,
+    signals: StopSignals,
+    console: Option<ConsoleInput>,
+) -> Result<LoopEnd> {
+    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> =
+        EventManager::new().map_err(Error::EventLoop)?;
+    let controller = Arc::new(Mutex::new(Controller::new(vcpu_exited, signals, console)));
+    em.add_subscriber(controller.clone());
+    loop {
+        em.run().map_err(Error::EventLoop)?;
+        if let Some(end) = controller
+            .lock()
+            .map(|c| c.end)
+            .unwrap_or(Some(LoopEnd::VcpuExited))
+        {
+            return Ok(end);
+        }
+    }
+}
+
+fn summarize(
+    outcomes: Vec<VcpuOutcome>,
+    io: &PlatformIo,
+    signal: Option<&'static str>,
+) -> RunSummary {
     let stop = outcomes
         .iter()
         .map(|o| &o.stop)
@@ -194,5 +436,29 @@ fn summarize(outcomes: Vec<VcpuOutcome>, io: &PlatformIo) -> RunSummary {
         int3_injected: outcomes.iter().map(|o| o.emulation.int3_injected).sum(),
         fwait_skipped: outcomes.iter().map(|o| o.emulation.fwait_skipped).sum(),
     };
-    RunSummary { stop, stats }
+    RunSummary {
+        stop,
+        signal,
+        stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_default_user_and_host_workarounds() {
+        assert_eq!(guest_cmdline(None, false, true), DEFAULT_CMDLINE);
+        assert_eq!(
+            guest_cmdline(Some(" console=ttyS0 "), false, true),
+            "console=ttyS0"
+        );
+        let c = guest_cmdline(None, true, true);
+        assert!(
+            c.starts_with(DEFAULT_CMDLINE) && c.ends_with(EMULATED_HOST_CMDLINE),
+            "{c}"
+        );
+        assert_eq!(guest_cmdline(None, true, false), DEFAULT_CMDLINE);
+    }
 }
