@@ -33,6 +33,9 @@ fn main() -> ExitCode {
                 }
                 _ => {}
             }
+            if let Some(sig) = summary.signal {
+                eprintln!("petrel: stopped the guest on {sig}");
+            }
             match stats {
                 Some(StatsFormat::Table) => eprint!("{}", summary.stats.table()),
                 Some(StatsFormat::Json) => println!("{}", summary.stats.json()),

@@ -173,3 +173,163 @@ fn usage_errors_exit_2() {
     let o = petrel(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn demo_runs_and_resets() {
+    if !kvm_or_skip("demo_runs_and_resets") {
+        return;
+    }
+    let o = petrel(&["demo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("Petrel demo guest: hello"), "{out}");
+    assert!(out.contains("Petrel demo guest: resetting"), "{out}");
+}
+
+#[test]
+fn kernel_bad_input_exits_2_with_one_line() {
+    if !kvm_or_skip("kernel_bad_input_exits_2_with_one_line") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("petrel-kbad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("not-a-kernel");
+    std::fs::write(&text, b"hello, I am not a kernel\n").unwrap();
+    // A bzImage header that claims more setup sectors than the file has.
+    let truncated = dir.join("truncated-bzImage");
+    let mut bz = vec![0u8; 0x400];
+    bz[0x1f1] = 30; // setup_sects
+    bz[0x1fe] = 0x55;
+    bz[0x1ff] = 0xaa;
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    std::fs::write(&truncated, &bz).unwrap();
+    let demo_elf = dir.join("demo.elf");
+    std::fs::write(&demo_elf, petrel_vmm::demo_guest::demo_kernel_elf()).unwrap();
+    let big_initrd = dir.join("big.cpio");
+    std::fs::write(&big_initrd, vec![0u8; 40 << 20]).unwrap();
+    let long_cmdline = "x".repeat(70_000);
+    let k = demo_elf.display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--kernel".into(), "/nonexistent/vmlinux".into()],
+            "/nonexistent/vmlinux",
+        ),
+        (
+            vec!["--kernel".into(), text.display().to_string()],
+            "not a Linux kernel",
+        ),
+        (
+            vec!["--kernel".into(), truncated.display().to_string()],
+            "truncated-bzImage",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--initrd".into(),
+                "/nonexistent/initrd".into(),
+            ],
+            "/nonexistent/initrd",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--mem".into(),
+                "32M".into(),
+                "--initrd".into(),
+                big_initrd.display().to_string(),
+            ],
+            "big.cpio",
+        ),
+        (
+            vec!["--kernel".into(), k.clone(), "--mem".into(), "1M".into()],
+            "demo.elf",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--mem".into(),
+                "100000G".into(),
+            ],
+            "--mem",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--cmdline".into(),
+                long_cmdline,
+            ],
+            "command line",
+        ),
+        (
+            vec!["--kernel".into(), k.clone(), "--vcpus".into(), "0".into()],
+            "--vcpus",
+        ),
+        (
+            vec!["--kernel".into(), k.clone(), "--vcpus".into(), "255".into()],
+            "--vcpus",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--serial".into(),
+                "file:/nonexistent/dir/log".into(),
+            ],
+            "/nonexistent/dir/log",
+        ),
+    ];
+    for (args, expect) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = petrel(&refs);
+        let err = stderr(&o);
+        let short: Vec<&str> = refs
+            .iter()
+            .map(|a| if a.len() > 60 { "<long>" } else { a })
+            .collect();
+        assert_eq!(o.status.code(), Some(2), "{short:?}: {err}");
+        assert!(
+            err.contains(expect),
+            "{short:?}: expected `{expect}` in: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{short:?}: one clear line: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sigterm_stops_the_guest_cleanly() {
+    if !kvm_or_skip("sigterm_stops_the_guest_cleanly") {
+        return;
+    }
+    // The kvmsample loop never ends by itself.
+    let child = Command::new(env!("CARGO_BIN_EXE_petrel"))
+        .args([
+            "run",
+            "--raw",
+            "examples/kvmsample-loop/kvmsample-loop.bin",
+            "--real-mode",
+        ])
+        .args(["--serial", "none", "--exit-stats"])
+        .current_dir(repo_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start petrel");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: sending a signal to our own child, whose pid we hold.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let o = child.wait_with_output().expect("petrel ends");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("stopped the guest on SIGTERM"), "{err}");
+    assert!(
+        err.contains("exits reached Petrel"),
+        "statistics still printed: {err}"
+    );
+}

@@ -125,6 +125,15 @@ pub fn run(config: &VmConfig) -> Result<RunSummary> {
     if config.vcpus == 0 {
         return Err(bad_vcpus(config.vcpus, "at least 1 is needed"));
     }
+    if matches!(config.payload, Payload::Linux(_))
+        && config.vcpus > petrel_loader::mptable::MAX_CPUS
+    {
+        let why = format!(
+            "at most {} (the vCPUs the MP table describes must fit in the EBDA)",
+            petrel_loader::mptable::MAX_CPUS
+        );
+        return Err(bad_vcpus(config.vcpus, &why));
+    }
     let emulated = host_emulates_guest_kernel();
     let loaded = match &config.payload {
         Payload::Raw(raw) => load_raw(&ram, raw, config.vcpus)?,
