@@ -94,6 +94,12 @@ pub(crate) fn read_image_file(ram: &GuestRam, what: &'static str, path: &Path) -
     }
     let size = image.len() as u64;
     if size > ram.size() {
+        // Only RAM's size plus one byte was read: report the file's real size where the file
+        // system knows it (not for pipes or devices).
+        let size = std::fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map_or(size, |m| m.len());
         return Err(Error::ImageTooLarge {
             what,
             path: Some(path.to_path_buf()),
@@ -260,6 +266,19 @@ mod tests {
             }
         ));
         assert!(err.to_string().contains("0x11000"), "{err}");
+    }
+
+    #[test]
+    fn oversize_file_is_reported_with_its_real_size() {
+        let ram = new_ram(0x1_0000);
+        let path = std::env::temp_dir().join(format!("petrel-oversize-{}.bin", std::process::id()));
+        std::fs::write(&path, vec![0u8; 0x3_0000]).unwrap();
+        let err = load_raw_file(&ram, &path, 0, None).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            matches!(err, Error::ImageTooLarge { size: 0x30000, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
