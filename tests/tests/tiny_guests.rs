@@ -228,3 +228,44 @@ fn exit_limit_stops_an_endless_loop() {
     assert_eq!(values, (0..7).collect::<Vec<u16>>());
     assert_eq!(out.stats.count_of_port(0x10), 7);
 }
+
+#[test]
+fn pause_holds_the_vcpu_and_resume_lets_it_go_on() {
+    let Some(hv) = kvm_or_skip("pause_holds_the_vcpu_and_resume_lets_it_go_on") else {
+        return;
+    };
+    use petrel_vcpu::{spawn, RunOptions, VcpuCommand, VcpuRunner};
+    use std::time::Duration;
+    let code = [
+        0xe7, 0x10, // out 0x10, ax   ; an exit per iteration: progress we can watch
+        0x40, //       inc ax
+        0xeb, 0xfb, // jmp -5
+    ];
+    let guest = TinyGuest::real_mode(&code, 1 << 20);
+    let mut vm = petrel_hv_sys::Vm::new(&hv).unwrap();
+    vm.register_ram(&guest.ram).unwrap();
+    vm.setup_tss_and_identity_map().unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    petrel_vcpu::setup::apply_boot_state(&vcpu, &guest.state).unwrap();
+    let io = Arc::new(Recorder::default());
+    let runner = VcpuRunner::new(vcpu, io.clone(), guest.ram.clone(), RunOptions::default());
+    let exited = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+    let mut handle = spawn(runner, exited).unwrap();
+    let progress = || io.accesses.lock().unwrap().len();
+
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(progress() > 0, "the loop runs");
+    handle.send(VcpuCommand::Pause).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let paused_at = progress();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(progress(), paused_at, "no exit while paused");
+
+    handle.send(VcpuCommand::Resume).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(progress() > paused_at, "runs again after resume");
+
+    handle.send(VcpuCommand::Stop).unwrap();
+    let out = handle.join(Duration::from_secs(5)).expect("stops");
+    assert_eq!(out.stop, StopReason::Requested);
+}
