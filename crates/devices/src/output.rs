@@ -22,6 +22,12 @@ use crate::Error;
 /// A buffer size that holds a few screens of console output.
 pub const DEFAULT_OUTPUT_BUFFER: usize = 64 * 1024;
 
+/// How long the drain thread keeps polling for more output before it goes to sleep and asks
+/// writers to wake it. While it lingers, writers only append under the lock: a guest printing a
+/// byte every few microseconds costs no wake-up (a futex syscall, and an IPI to the other CPU)
+/// per byte. It bounds how late a byte reaches the destination during a burst.
+pub const DRAIN_LINGER: Duration = Duration::from_millis(1);
+
 /// What the drain thread and the writers share.
 struct Shared {
     state: Mutex<State>,
@@ -42,6 +48,8 @@ struct State {
     capacity: usize,
     closing: bool,
     finished: bool,
+    /// The drain thread waits without a timeout and must be woken by the next write.
+    drainer_asleep: bool,
     /// The destination's first error; once set, later bytes are discarded.
     error: Option<io::Error>,
 }
@@ -124,6 +132,7 @@ impl NonBlockingWriter {
                 capacity,
                 closing: false,
                 finished: false,
+                drainer_asleep: false,
                 error: None,
             }),
             wake: Condvar::new(),
@@ -162,6 +171,9 @@ impl Write for NonBlockingWriter {
             return Ok(0);
         }
         let mut st = self.shared.lock();
+        // Wake the drain thread only when it has gone to sleep (see DRAIN_LINGER): one wake
+        // per burst of output instead of one per byte.
+        let wake = st.drainer_asleep;
         let taken = if st.closing {
             0
         } else {
@@ -170,9 +182,12 @@ impl Write for NonBlockingWriter {
             st.buf.extend(&buf[..n]);
             n
         };
-        drop(st);
-        if taken > 0 {
+        if taken > 0 && wake {
+            st.drainer_asleep = false;
+            drop(st);
             self.shared.wake.notify_one();
+        } else {
+            drop(st);
         }
         let lost = buf.len() - taken;
         if lost > 0 {
@@ -195,9 +210,19 @@ fn drain(shared: &Shared, mut dest: Box<dyn Write + Send>, capacity: usize) {
     let mut broken = false;
     loop {
         let mut st = shared.lock();
+        if st.buf.is_empty() && !st.closing {
+            // Linger: more output usually follows within microseconds.
+            st = shared
+                .wake
+                .wait_timeout(st, DRAIN_LINGER)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
         while st.buf.is_empty() && !st.closing {
+            st.drainer_asleep = true;
             st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+        st.drainer_asleep = false;
         if st.buf.is_empty() {
             // Closing and nothing left.
             break;
