@@ -55,6 +55,24 @@ struct MachineArgs {
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true,
           default_missing_value = "table", value_parser = ["table", "json"])]
     exit_stats: Option<String>,
+    /// Print the boot timeline (process start to end, with the guest's boot-timer write and
+    /// POST codes) when the VM ends, on stderr.
+    #[arg(long)]
+    boot_timer: bool,
+    /// Write the boot timeline and exit statistics as JSON to PATH when the VM ends.
+    #[arg(long, value_name = "PATH")]
+    metrics: Option<PathBuf>,
+}
+
+/// What to report when the VM ends.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outputs {
+    /// `--exit-stats`.
+    pub stats: Option<StatsFormat>,
+    /// `--boot-timer`.
+    pub boot_timer: bool,
+    /// `--metrics PATH`.
+    pub metrics: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -124,7 +142,7 @@ fn number(what: &'static str, s: &str) -> Result<u64, Error> {
 }
 
 impl MachineArgs {
-    fn apply(&self, config: &mut VmConfig) -> Result<Option<StatsFormat>, Error> {
+    fn apply(&self, config: &mut VmConfig) -> Result<Outputs, Error> {
         config.mem_size = parse_size(&self.mem)?;
         config.serial = parse_serial(&self.serial)?;
         config.max_exits = self
@@ -132,10 +150,14 @@ impl MachineArgs {
             .as_deref()
             .map(|n| number("--max-exits", n))
             .transpose()?;
-        Ok(self.exit_stats.as_deref().map(|f| match f {
-            "json" => StatsFormat::Json,
-            _ => StatsFormat::Table,
-        }))
+        Ok(Outputs {
+            stats: self.exit_stats.as_deref().map(|f| match f {
+                "json" => StatsFormat::Json,
+                _ => StatsFormat::Table,
+            }),
+            boot_timer: self.boot_timer,
+            metrics: self.metrics.clone(),
+        })
     }
 }
 
@@ -153,8 +175,8 @@ impl LinuxArgs {
 }
 
 impl Cli {
-    /// The VM configuration and the requested statistics format.
-    pub fn into_config(self) -> Result<(VmConfig, Option<StatsFormat>), Error> {
+    /// The VM configuration and what to report when it ends.
+    pub fn into_config(self) -> Result<(VmConfig, Outputs), Error> {
         match self.command {
             Some(Command::Demo(a)) => {
                 let mut config = VmConfig::demo();
@@ -217,9 +239,8 @@ mod tests {
     use petrel_vmm::config::{Payload, SerialConfig};
 
     fn parse(args: &[&str]) -> Result<(VmConfig, Option<StatsFormat>), Error> {
-        Cli::try_parse_from(args)
-            .expect("clap accepts it")
-            .into_config()
+        let cli = Cli::try_parse_from(args).expect("clap accepts it");
+        cli.into_config().map(|(c, o)| (c, o.stats))
     }
 
     #[test]
@@ -325,6 +346,17 @@ mod tests {
         assert!(e.to_string().contains("--serial"), "{e}");
         let e = parse(&["petrel"]).unwrap_err();
         assert!(e.to_string().contains("petrel demo"), "{e}");
+    }
+
+    #[test]
+    fn boot_timer_and_metrics() {
+        let args = ["petrel", "demo", "--boot-timer", "--metrics", "/tmp/m.json"];
+        let (_, o) = Cli::try_parse_from(args).unwrap().into_config().unwrap();
+        assert!(o.boot_timer);
+        assert_eq!(
+            o.metrics.as_deref(),
+            Some(std::path::Path::new("/tmp/m.json"))
+        );
     }
 
     #[test]

@@ -333,3 +333,39 @@ fn sigterm_stops_the_guest_cleanly() {
         "statistics still printed: {err}"
     );
 }
+
+#[test]
+fn boot_timer_and_metrics_show_the_timeline() {
+    if !kvm_or_skip("boot_timer_and_metrics_show_the_timeline") {
+        return;
+    }
+    let metrics = std::env::temp_dir().join(format!("petrel-metrics-{}.json", std::process::id()));
+    let m = metrics.display().to_string();
+    let o = petrel(&["demo", "--serial", "none", "--boot-timer", "--metrics", &m]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    for step in [
+        "process start",
+        "kernel loaded",
+        "first KVM_RUN",
+        "first serial byte",
+        "guest stopped",
+        "process end",
+    ] {
+        assert!(
+            err.contains(step),
+            "`{step}` missing from the timeline: {err}"
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).expect("valid JSON");
+    std::fs::remove_file(&metrics).unwrap();
+    assert_eq!(v["exit_code"], 0);
+    let events = v["timeline"].as_array().expect("timeline array");
+    let times: Vec<u64> = events
+        .iter()
+        .map(|e| e["at_us"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "sorted: {times:?}");
+    assert!(v["exit_stats"]["total"]["total"].as_u64().unwrap() > 0);
+}

@@ -17,6 +17,7 @@
 //! # Ok::<(), petrel_vmm::Error>(())
 //! ```
 
+pub mod boot_timer;
 pub mod config;
 pub mod debug_port;
 pub mod demo_guest;
@@ -25,6 +26,7 @@ pub mod io;
 pub mod report;
 pub mod signals;
 pub mod terminal;
+pub mod timeline;
 mod vm;
 
 use std::path::PathBuf;
@@ -32,7 +34,10 @@ use std::path::PathBuf;
 pub use config::VmConfig;
 pub use petrel_vcpu::StopReason;
 pub use report::{StatsDocument, StatsFormat};
-pub use vm::{guest_cmdline, run, RunSummary, SERIAL_OUTPUT_BUFFER, VCPU_JOIN_TIMEOUT};
+pub use timeline::Timeline;
+pub use vm::{
+    guest_cmdline, run, run_with_timeline, RunSummary, SERIAL_OUTPUT_BUFFER, VCPU_JOIN_TIMEOUT,
+};
 
 /// Exit code for a guest that stopped normally.
 pub const EXIT_OK: i32 = 0;

@@ -26,6 +26,7 @@ use petrel_vcpu::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use crate::config::{
     KernelImage, LinuxPayload, Payload, RawPayload, SerialConfig, VmConfig, DEFAULT_CMDLINE,
     EMULATED_HOST_CMDLINE,
@@ -36,6 +37,7 @@ use crate::io::PlatformIo;
 use crate::report::StatsDocument;
 use crate::signals::{self, StopSignals};
 use crate::terminal::RawTerminal;
+use crate::timeline::Timeline;
 use crate::{Error, Result};
 
 /// How long the VMM waits for a vCPU thread to leave its loop once told to stop.
@@ -52,6 +54,8 @@ pub struct RunSummary {
     pub signal: Option<&'static str>,
     /// Exit statistics of every vCPU.
     pub stats: StatsDocument,
+    /// What happened when.
+    pub timeline: Timeline,
 }
 
 impl RunSummary {
@@ -120,8 +124,14 @@ struct Loaded {
 
 /// Builds the VM `config` describes and runs it until it stops.
 pub fn run(config: &VmConfig) -> Result<RunSummary> {
+    run_with_timeline(config, Timeline::new(std::time::Instant::now()))
+}
+
+/// [`run`], recording on `timeline` (whose zero the caller took at process start).
+pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSummary> {
     // 1. The user's input, checked before anything is started.
     let ram = GuestRam::new(config.mem_size).map_err(Error::Memory)?;
+    timeline.mark("guest memory mapped");
     if config.vcpus == 0 {
         return Err(bad_vcpus(config.vcpus, "at least 1 is needed"));
     }
@@ -140,6 +150,11 @@ pub fn run(config: &VmConfig) -> Result<RunSummary> {
         Payload::Linux(linux) => load_linux(&ram, linux, config, emulated)?,
     };
     let console_dest = open_console_destination(&config.serial)?;
+    timeline.mark(if loaded.linux {
+        "kernel loaded"
+    } else {
+        "payload loaded"
+    });
 
     // 2. KVM.
     let hv = Hypervisor::open()?;
@@ -163,12 +178,17 @@ pub fn run(config: &VmConfig) -> Result<RunSummary> {
     if loaded.linux {
         vm.setup_irqchip_and_pit()?;
     }
+    timeline.mark("VM ready (memory slots, irqchip)");
 
     // 3. From here on threads start: stop signals must be blocked first so every thread
     //    inherits the mask and they arrive through the event loop.
     let stop_signals = StopSignals::new().map_err(Error::Signals)?;
     let console = ConsoleOutput::start(console_dest)?;
-    let (io, console_input) = build_devices(&vm, &ram, &loaded, &console, config)?;
+    let Devices {
+        io,
+        console_input,
+        serial,
+    } = build_devices(&vm, &ram, &loaded, &console, config, &timeline)?;
 
     let vcpu_exited = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
     let mut handles = Vec::with_capacity(usize::from(config.vcpus));
@@ -182,6 +202,7 @@ pub fn run(config: &VmConfig) -> Result<RunSummary> {
         &vcpu_exited,
         &mut handles,
     );
+    timeline.mark("vCPUs created and started");
 
     let _raw_terminal = match (&started, &console_input) {
         (Ok(()), Some(_)) => Some(RawTerminal::enter()),
@@ -189,10 +210,12 @@ pub fn run(config: &VmConfig) -> Result<RunSummary> {
     };
     let mut signal = None;
     let loop_result = match started {
-        Ok(()) => run_event_loop(vcpu_exited, stop_signals, console_input).map(|end| {
-            if let LoopEnd::Signal(s) = end {
+        Ok(()) => run_event_loop(vcpu_exited, stop_signals, console_input).map(|end| match end {
+            LoopEnd::Signal(s) => {
                 signal = Some(signals::name(s));
+                timeline.mark(&format!("{} received", signals::name(s)));
             }
+            LoopEnd::VcpuExited => timeline.mark("guest stopped"),
         }),
         Err(e) => Err(e),
     };
@@ -212,12 +235,19 @@ pub fn run(config: &VmConfig) -> Result<RunSummary> {
     if let Some(c) = console {
         let _ = c.thread.flush_and_join_timeout(Duration::from_secs(2));
     }
+    timeline.mark("vCPUs joined, console flushed");
     loop_result?;
     if let Some(id) = stuck {
         return Err(Error::VcpuStuck { id });
     }
     outcomes.sort_by_key(|o| o.id);
-    Ok(summarize(outcomes, &io, signal))
+    if let Some(at) = outcomes.first().and_then(|o| o.first_run_at) {
+        timeline.mark_at("first KVM_RUN", at);
+    }
+    if let Some(at) = serial.lock().ok().and_then(|s| s.first_output_at()) {
+        timeline.mark_at("first serial byte", at);
+    }
+    Ok(summarize(outcomes, &io, signal, timeline))
 }
 
 fn bad_vcpus(n: u8, why: &str) -> Error {
@@ -286,13 +316,21 @@ fn interrupt(vm: &Vm, gsi: u32, irqchip: bool) -> Result<EventFd> {
     Ok(evt)
 }
 
+/// The buses and the devices the VMM itself keeps talking to.
+struct Devices {
+    io: Arc<PlatformIo>,
+    console_input: Option<ConsoleInput>,
+    serial: Arc<Mutex<Serial>>,
+}
+
 fn build_devices(
     vm: &Vm,
     ram: &GuestRam,
     loaded: &Loaded,
     console: &Option<ConsoleOutput>,
     config: &VmConfig,
-) -> Result<(Arc<PlatformIo>, Option<ConsoleInput>)> {
+    timeline: &Timeline,
+) -> Result<Devices> {
     let irqchip = loaded.linux;
     let mut pio = BusBuilder::new("port I/O");
     let serial_irq = interrupt(vm, COM1_IRQ, irqchip)?;
@@ -315,9 +353,13 @@ fn build_devices(
         let rtc = CmosRtc::new(Box::new(SystemClock), ram.size());
         pio.insert(BusRange::new(RTC_BASE, RTC_PORT_LEN), device(rtc))
             .map_err(Error::Devices)?;
+        let post_timeline = timeline.clone();
+        let post = PostCodeSink::with_hook(move |c| {
+            post_timeline.mark_guest(format!("POST code {:#04x} (port 0x80)", c.code), c.at)
+        });
         pio.insert(
             BusRange::new(POST_CODE_PORT, POST_CODE_PORT_LEN),
-            device(PostCodeSink::new()),
+            device(post),
         )
         .map_err(Error::Devices)?;
     } else {
@@ -325,17 +367,27 @@ fn build_devices(
         pio.insert(BusRange::new(DEBUG_PORT, DEBUG_PORT_LEN), device(debug))
             .map_err(Error::Devices)?;
     }
+    let mut mmio = BusBuilder::new("MMIO");
+    mmio.insert(
+        BusRange::new(BOOT_TIMER_ADDR, BOOT_TIMER_LEN),
+        device(BootTimer::new(timeline.clone())),
+    )
+    .map_err(Error::Devices)?;
     let io = Arc::new(PlatformIo {
         pio: pio.build(),
-        mmio: BusBuilder::new("MMIO").build(),
+        mmio: mmio.build(),
     });
     // Keyboard input goes to the guest only for an interactive Linux console.
     let console_input =
-        (loaded.linux && config.serial == SerialConfig::Stdio).then_some(ConsoleInput {
-            serial,
+        (loaded.linux && config.serial == SerialConfig::Stdio).then(|| ConsoleInput {
+            serial: serial.clone(),
             input_ready,
         });
-    Ok((io, console_input))
+    Ok(Devices {
+        io,
+        console_input,
+        serial,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -421,6 +473,7 @@ fn summarize(
     outcomes: Vec<VcpuOutcome>,
     io: &PlatformIo,
     signal: Option<&'static str>,
+    timeline: Timeline,
 ) -> RunSummary {
     let stop = outcomes
         .iter()
@@ -449,6 +502,7 @@ fn summarize(
         stop,
         signal,
         stats,
+        timeline,
     }
 }
 
