@@ -5,6 +5,7 @@
 //! - [`Vm`] registers guest RAM, creates the in-kernel irqchip and PIT, irqfds and ioeventfds.
 //! - [`Vcpu::run`] returns Petrel's own [`VmExit`], decoded from `kvm_run` so that string port
 //!   I/O keeps its access size and count.
+//! - [`StatsReader`] reads KVM's own per-VM and per-vCPU counters (`KVM_GET_STATS_FD`).
 //! - [`kick`] gets a vCPU thread out of `KVM_RUN`; [`Vcpu::complete_emulation_failure`] deals
 //!   with the instructions an emulating host cannot run.
 //!
@@ -32,6 +33,7 @@
 pub mod exit;
 pub mod kick;
 mod kvm;
+pub mod stats;
 mod vcpu;
 mod vm;
 
@@ -39,6 +41,7 @@ pub use exit::{IoDirection, SystemEvent, VmExit};
 pub use kvm::{host_emulates_guest_kernel, Hypervisor, KVM_API_VERSION, REQUIRED_CAPS};
 pub use kvm_bindings;
 pub use kvm_ioctls;
+pub use stats::{Snapshot, StatDescriptor, StatKind, StatUnit, StatValue, StatsReader};
 pub use vcpu::{hex_bytes, EmulationOutcome, Vcpu};
 pub use vm::Vm;
 
@@ -145,6 +148,21 @@ pub enum Error {
     /// A kick could not be sent.
     #[error("cannot kick a vCPU thread")]
     Kick(#[source] std::io::Error),
+    /// `KVM_GET_STATS_FD` failed for a reason other than the kernel not knowing it.
+    #[error("KVM_GET_STATS_FD failed")]
+    StatsFd(#[source] vmm_sys_util::errno::Error),
+    /// Reading a KVM binary statistics file failed.
+    #[error("cannot read the {what} of a KVM statistics file")]
+    StatsRead {
+        /// The part being read.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A KVM binary statistics file is malformed.
+    #[error("malformed KVM statistics file: {0}")]
+    StatsFormat(String),
 }
 
 /// A result with this crate's [`Error`].
