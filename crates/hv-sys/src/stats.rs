@@ -537,8 +537,8 @@ pub struct StatsReader {
 }
 
 impl StatsReader {
-    /// Whether this KVM offers binary statistics (`KVM_CAP_BINARY_STATS_FD`, api.rst 8.x /
-    /// kvm.h), asked on the VM file descriptor.
+    /// Whether this KVM offers binary statistics (`KVM_CAP_BINARY_STATS_FD` in kvm.h, the
+    /// capability api.rst 4.133 names), asked on the VM file descriptor.
     pub fn supported(vm: &Vm) -> bool {
         vm.fd()
             .check_extension_raw(libc::c_ulong::from(KVM_CAP_BINARY_STATS_FD))
