@@ -95,6 +95,12 @@ fn exit_stats_json_is_valid_and_counts_ports() {
     assert_eq!(v["total"]["total"], 3);
     assert_eq!(v["total"]["by_port"][0][0], "0x0010");
     assert_eq!(v["total"]["by_port"][0][1]["count"], 3);
+    // KVM's own counters: every exit that reached Petrel was an exit KVM counted.
+    let kvm_exits = v["kvm"]["total"]["exits"]
+        .as_u64()
+        .expect("KVM's exits counter");
+    assert!(kvm_exits >= 3, "{v}");
+    assert!(v["kvm"]["per_vcpu"][0]["insn_emulation"].is_u64(), "{v}");
 }
 
 #[test]

@@ -23,6 +23,7 @@ pub mod debug_port;
 pub mod demo_guest;
 pub mod event_loop;
 pub mod io;
+pub mod kvm_view;
 pub mod report;
 pub mod signals;
 pub mod terminal;

@@ -36,6 +36,10 @@ pub struct StatsDocument {
     pub int3_injected: u64,
     /// `fwait` skipped for the host's emulator.
     pub fwait_skipped: u64,
+    /// KVM's own counters at the end of the run, when the kernel offers them.
+    pub kvm: Option<crate::kvm_view::KvmView>,
+    /// Why KVM's counters are missing, when they are.
+    pub kvm_unavailable: Option<String>,
 }
 
 fn us(ns: u64) -> String {
@@ -98,6 +102,13 @@ impl StatsDocument {
                 "  completed for the host's emulator: {} int3 (as #BP), {} fwait",
                 self.int3_injected, self.fwait_skipped
             );
+        }
+        match (&self.kvm, &self.kvm_unavailable) {
+            (Some(kvm), _) => out.push_str(&crate::kvm_view::table(self, kvm)),
+            (None, Some(why)) => {
+                let _ = writeln!(out, "  KVM's view: {why}");
+            }
+            (None, None) => {}
         }
         out
     }

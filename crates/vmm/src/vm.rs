@@ -34,6 +34,7 @@ use crate::config::{
 use crate::debug_port::{DebugPort, DEBUG_PORT, DEBUG_PORT_LEN};
 use crate::event_loop::{ConsoleInput, Controller, LoopEnd};
 use crate::io::PlatformIo;
+use crate::kvm_view::KvmStatsReaders;
 use crate::report::StatsDocument;
 use crate::signals::{self, StopSignals};
 use crate::terminal::RawTerminal;
@@ -178,6 +179,7 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
     if loaded.linux {
         vm.setup_irqchip_and_pit()?;
     }
+    let mut kvm_stats = KvmStatsReaders::open_vm(&vm);
     timeline.mark("VM ready (memory slots, irqchip)");
 
     // 3. From here on threads start: stop signals must be blocked first so every thread
@@ -201,6 +203,7 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
         config,
         &vcpu_exited,
         &mut handles,
+        &mut kvm_stats,
     );
     timeline.mark("vCPUs created and started");
 
@@ -247,7 +250,10 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
     if let Some(at) = serial.lock().ok().and_then(|s| s.first_output_at()) {
         timeline.mark_at("first serial byte", at);
     }
-    Ok(summarize(outcomes, &io, signal, timeline))
+    let mut summary = summarize(outcomes, &io, signal, timeline);
+    summary.stats.kvm = kvm_stats.read();
+    summary.stats.kvm_unavailable = kvm_stats.unavailable.take();
+    Ok(summary)
 }
 
 fn bad_vcpus(n: u8, why: &str) -> Error {
@@ -400,6 +406,7 @@ fn start_vcpus(
     config: &VmConfig,
     vcpu_exited: &EventFd,
     handles: &mut Vec<VcpuHandle>,
+    kvm_stats: &mut KvmStatsReaders,
 ) -> Result<()> {
     let supported = hv.supported_cpuid()?;
     // Create and configure every vCPU before starting any, so a failure starts nothing.
@@ -427,6 +434,7 @@ fn start_vcpus(
         let options = RunOptions {
             max_exits: config.max_exits,
         };
+        kvm_stats.add_vcpu(&vcpu);
         runners.push(VcpuRunner::new(vcpu, io.clone(), ram.clone(), options));
     }
     for runner in runners {
@@ -497,6 +505,8 @@ fn summarize(
         unclaimed_mmio_writes: io.mmio.unclaimed_writes(),
         int3_injected: outcomes.iter().map(|o| o.emulation.int3_injected).sum(),
         fwait_skipped: outcomes.iter().map(|o| o.emulation.fwait_skipped).sum(),
+        kvm: None,
+        kvm_unavailable: None,
     };
     RunSummary {
         stop,
