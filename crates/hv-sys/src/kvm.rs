@@ -7,7 +7,7 @@ use kvm_ioctls::{Cap, Kvm};
 
 use crate::{Error, Result};
 
-/// The KVM API version every KVM since Linux 2.6.22 reports (api.rst 4.1, `KVM_GET_API_VERSION`).
+/// The KVM API version every KVM since Linux 2.6.22 reports (api.rst, `KVM_GET_API_VERSION`).
 pub const KVM_API_VERSION: i32 = 12;
 
 /// The capabilities Petrel cannot run without, with the names users see in errors.

@@ -56,7 +56,7 @@ impl Vm {
     }
 
     /// Places the pages KVM needs for real-mode and TSS emulation on Intel hosts: the
-    /// identity-map page and the 3-page TSS (api.rst 4.48 `KVM_SET_TSS_ADDR`, 4.59
+    /// identity-map page and the 3-page TSS (api.rst, `KVM_SET_TSS_ADDR` and
     /// `KVM_SET_IDENTITY_MAP_ADDR`), inside the MMIO gap where no RAM is.
     pub fn setup_tss_and_identity_map(&self) -> Result<()> {
         self.fd
@@ -73,7 +73,7 @@ impl Vm {
             })
     }
 
-    /// Creates the in-kernel PIC/IOAPIC/LAPIC (api.rst 4.24) and PIT (4.75, with a dummy
+    /// Creates the in-kernel PIC/IOAPIC/LAPIC (api.rst, `KVM_CREATE_IRQCHIP`) and PIT (`KVM_CREATE_PIT2`, with a dummy
     /// speaker port so port 0x61 is handled in the kernel). With them, `hlt` waits in the
     /// kernel for an interrupt instead of exiting to Petrel.
     pub fn setup_irqchip_and_pit(&self) -> Result<()> {
@@ -92,15 +92,14 @@ impl Vm {
     }
 
     /// Makes a write to `event` inject interrupt line `gsi` without a return to the VMM
-    /// (`KVM_IRQFD`, api.rst 4.75).
+    /// (api.rst, `KVM_IRQFD`).
     pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<()> {
         self.fd
             .register_irqfd(event, gsi)
             .map_err(|e| Error::Irqfd { gsi, source: e })
     }
 
-    /// Makes a guest write to `addr` signal `event` inside the kernel (`KVM_IOEVENTFD`, api.rst
-    /// 4.59), optionally only when the written value equals `datamatch`.
+    /// Makes a guest write to `addr` signal `event` inside the kernel (api.rst, `KVM_IOEVENTFD`), optionally only when the written value equals `datamatch`.
     pub fn register_ioeventfd(
         &self,
         event: &EventFd,
