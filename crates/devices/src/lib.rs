@@ -98,6 +98,7 @@ pub mod port80;
 pub mod rtc;
 pub mod serial;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{Bus, BusBuilder, BusDevice, BusOutcome, BusRange, StopRequest};
 pub use i8042::{I8042Stats, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
@@ -106,6 +107,7 @@ pub use port80::{PostCode, PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
 pub use rtc::{Clock, CmosRtc, FixedClock, RtcStats, SystemClock, RTC_BASE, RTC_PORT_LEN};
 pub use serial::{Serial, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
+pub use virtio::{Interrupt, VirtioDevice, VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE};
 
 /// Errors from building a bus and from setting up devices.
 #[derive(Debug, thiserror::Error)]
@@ -163,4 +165,29 @@ pub enum Error {
     /// The output destination returned an error; later output was discarded.
     #[error("cannot write to the output destination")]
     WriteOutput(#[source] std::io::Error),
+    /// An `EventFd` for a virtio transport or device could not be created.
+    #[error("cannot create an eventfd")]
+    CreateEventFd(#[source] std::io::Error),
+    /// A virtio device declared a queue size the transport cannot offer.
+    #[error(
+        "{device}: queue {queue} has maximum size {size}; it must be a power of two from 1 to 32768"
+    )]
+    VirtioQueueSize {
+        /// The device's name.
+        device: &'static str,
+        /// The queue index.
+        queue: usize,
+        /// The size it declared.
+        size: u16,
+    },
+    /// The guest broke a virtio rule badly enough that the device set DEVICE_NEEDS_RESET.
+    #[error("{device}: queue {queue}: {fault}")]
+    VirtioFault {
+        /// The device's name.
+        device: &'static str,
+        /// The queue index.
+        queue: usize,
+        /// What the guest did.
+        fault: virtio::GuestFault,
+    },
 }

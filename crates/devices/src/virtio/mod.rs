@@ -1,0 +1,368 @@
+//! Virtio devices over the virtio-mmio transport (virtio v1.2).
+//!
+//! A [`VirtioMmio`] is the transport: a 4 KiB window of registers on the MMIO bus, the device
+//! status state machine, feature negotiation and the queue configuration. It drives a
+//! [`VirtioDevice`], the device proper ([`Block`], [`Rng`], [`Net`]), which owns its
+//! [`Queue`]s once the driver has set DRIVER_OK.
+//!
+//! Guest notifications arrive on one `EventFd` per queue, which the VMM registers as a KVM
+//! ioeventfd at the window's QueueNotify register so that a notify never exits to userspace; the
+//! device does its work on the VMM's event loop ([`VirtioMmio`] is an
+//! [`event_manager::MutEventSubscriber`]), never on a vCPU thread. Interrupts go out through an
+//! [`Interrupt`], an `EventFd` the VMM registers as a KVM irqfd.
+//!
+//! Everything in a queue is written by the guest and is treated as hostile: descriptor chains are
+//! walked with a bound, every buffer is checked against guest RAM before use, and a request the
+//! device cannot even answer (no status byte, a chain that loops) puts the device into
+//! DEVICE_NEEDS_RESET instead of panicking or guessing.
+
+pub mod mmio;
+#[cfg(test)]
+mod testutil;
+
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub use virtio_queue::{Queue, QueueT};
+pub use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use vmm_sys_util::eventfd::EventFd;
+
+pub use mmio::{VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+
+use crate::Error;
+
+/// Device type of a network card (virtio v1.2, 5 Device Types).
+pub const TYPE_NET: u32 = 1;
+/// Device type of a block device (virtio v1.2, 5 Device Types).
+pub const TYPE_BLOCK: u32 = 2;
+/// Device type of an entropy source (virtio v1.2, 5 Device Types).
+pub const TYPE_RNG: u32 = 4;
+
+/// Feature bit: the device complies with virtio 1.x (virtio v1.2, 6 Reserved Feature Bits).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// Device status bit: the guest has noticed the device (virtio v1.2, 2.1 Device Status Field).
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+/// Device status bit: the guest knows how to drive the device (virtio v1.2, 2.1).
+pub const STATUS_DRIVER: u32 = 2;
+/// Device status bit: the driver is set up and ready to drive the device (virtio v1.2, 2.1).
+pub const STATUS_DRIVER_OK: u32 = 4;
+/// Device status bit: feature negotiation is complete (virtio v1.2, 2.1).
+pub const STATUS_FEATURES_OK: u32 = 8;
+/// Device status bit: the device hit an error it cannot recover from without a reset
+/// (virtio v1.2, 2.1).
+pub const STATUS_DEVICE_NEEDS_RESET: u32 = 64;
+/// Device status bit: the guest gave up on the device (virtio v1.2, 2.1).
+pub const STATUS_FAILED: u32 = 128;
+
+/// InterruptStatus bit: the device used a buffer in at least one queue (virtio v1.2, 4.2.2
+/// MMIO Device Register Layout, InterruptStatus bit 0).
+pub const INTERRUPT_VRING: u32 = 1;
+/// InterruptStatus bit: the configuration of the device changed (virtio v1.2, 4.2.2,
+/// InterruptStatus bit 1).
+pub const INTERRUPT_CONFIG: u32 = 2;
+
+/// The largest queue a split virtqueue may have (virtio v1.2, 2.7 Split Virtqueues: "Queue Size
+/// ... maximum Queue Size value is 32768").
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// A guest action bad enough that the device stops and sets DEVICE_NEEDS_RESET.
+///
+/// Carried by [`Error::VirtioFault`]. A request the device can still answer (a wrong header, a
+/// buffer outside guest RAM, a bad sector) is completed with an error status instead and never
+/// becomes a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestFault {
+    /// The available ring index moved more than the queue size past the last entry the device
+    /// took (virtio v1.2, 2.7.6: the driver can make at most Queue Size buffers available).
+    AvailIndex,
+    /// The available or used ring could not be read or written.
+    RingAccess,
+    /// A chain's head index is not below the queue size.
+    HeadOutOfRange {
+        /// The index the guest put in the available ring.
+        head: u16,
+    },
+    /// A chain loops, is longer than the queue, names a descriptor past the table, uses a
+    /// malformed indirect table, or sits in memory the device cannot read.
+    BrokenChain {
+        /// The chain's head index.
+        head: u16,
+    },
+    /// A request has no device-writable byte for its status, or that byte is outside guest RAM.
+    NoStatusByte {
+        /// The chain's head index.
+        head: u16,
+    },
+    /// At DRIVER_OK a ready queue had a bad size, a misaligned ring, or a ring outside guest RAM.
+    QueueConfig {
+        /// What was wrong.
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for GuestFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestFault::AvailIndex => {
+                write!(f, "the available index ran more than the queue size ahead")
+            }
+            GuestFault::RingAccess => write!(f, "a ring could not be accessed in guest memory"),
+            GuestFault::HeadOutOfRange { head } => {
+                write!(f, "chain head {head} is past the descriptor table")
+            }
+            GuestFault::BrokenChain { head } => write!(
+                f,
+                "the chain at head {head} loops, is too long or leaves the descriptor table"
+            ),
+            GuestFault::NoStatusByte { head } => write!(
+                f,
+                "the request at head {head} has no writable status byte in guest RAM"
+            ),
+            GuestFault::QueueConfig { what } => write!(f, "invalid queue configuration: {what}"),
+        }
+    }
+}
+
+/// A host file descriptor a device wants the event loop to watch, besides its queue events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSource {
+    /// The descriptor (owned by the device; valid as long as the device lives).
+    pub fd: RawFd,
+    /// The device's own name for it, handed back to [`VirtioDevice::process_event`].
+    pub token: u32,
+    /// Watch for readability edge-triggered (the device reads until `EAGAIN` each time it is
+    /// woken) rather than level-triggered.
+    pub edge_triggered: bool,
+}
+
+/// A virtio device, driven by a transport ([`VirtioMmio`]).
+///
+/// The transport owns the registers and the queue configuration until the driver sets
+/// DRIVER_OK; then it builds the [`Queue`]s and hands them to [`activate`](Self::activate).
+/// After that it calls [`process_queue`](Self::process_queue) when the guest notifies a queue
+/// and [`process_event`](Self::process_event) when one of the device's
+/// [`event_sources`](Self::event_sources) fires. A returned `Err` (an [`Error::VirtioFault`]
+/// for guest faults) makes the transport set DEVICE_NEEDS_RESET and stop calling the device
+/// until the driver resets it.
+pub trait VirtioDevice: Send + fmt::Debug {
+    /// The virtio device type ([`TYPE_BLOCK`], ...).
+    fn device_type(&self) -> u32;
+
+    /// A short name for diagnostics and errors (e.g. `"virtio-blk"`).
+    fn name(&self) -> &'static str;
+
+    /// The maximum size of each queue; the number of entries is the number of queues. Each
+    /// size must be a power of two no larger than [`MAX_QUEUE_SIZE`].
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// The feature bits the device offers (bit 32, [`VIRTIO_F_VERSION_1`], is required).
+    fn features(&self) -> u64;
+
+    /// Called when the driver's features were accepted (FEATURES_OK); a subset of
+    /// [`features`](Self::features) that includes [`VIRTIO_F_VERSION_1`].
+    fn ack_features(&mut self, _features: u64) {}
+
+    /// Fills `data` from the device configuration space at `offset`; bytes past its end read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// A driver write to the configuration space; the devices here have no writable fields
+    /// and return `false` (the transport counts it).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
+        false
+    }
+
+    /// Starts the device with the guest's memory and its queues (index = queue index; a queue
+    /// the driver did not make ready is passed with `ready() == false`).
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), Error>;
+
+    /// Handles a notification of queue `index`. Returns whether the guest should be
+    /// interrupted (buffers were used and the ring's notification rules allow it).
+    fn process_queue(&mut self, index: usize) -> Result<bool, Error>;
+
+    /// Host descriptors to watch for this device (a tap, a timer), registered once.
+    fn event_sources(&self) -> Vec<EventSource> {
+        Vec::new()
+    }
+
+    /// Handles one of the device's [`event_sources`](Self::event_sources); same return as
+    /// [`process_queue`](Self::process_queue).
+    fn process_event(&mut self, _token: u32) -> Result<bool, Error> {
+        Ok(false)
+    }
+
+    /// Returns the device to its state before activation: drops the queues and the guest
+    /// memory, forgets acknowledged features and in-flight state.
+    fn reset(&mut self);
+}
+
+impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
+    fn device_type(&self) -> u32 {
+        (**self).device_type()
+    }
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        (**self).queue_max_sizes()
+    }
+    fn features(&self) -> u64 {
+        (**self).features()
+    }
+    fn ack_features(&mut self, features: u64) {
+        (**self).ack_features(features)
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        (**self).read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) -> bool {
+        (**self).write_config(offset, data)
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), Error> {
+        (**self).activate(mem, queues, interrupt)
+    }
+    fn process_queue(&mut self, index: usize) -> Result<bool, Error> {
+        (**self).process_queue(index)
+    }
+    fn event_sources(&self) -> Vec<EventSource> {
+        (**self).event_sources()
+    }
+    fn process_event(&mut self, token: u32) -> Result<bool, Error> {
+        (**self).process_event(token)
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+}
+
+/// Copies the bytes of a configuration space `config` at `offset` into `data`; what lies past
+/// the end reads as 0. For [`VirtioDevice::read_config`] implementations.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+/// The interrupt line of a virtio-mmio device and its InterruptStatus register.
+///
+/// Cloned between the transport (which reads and acknowledges the status) and the device
+/// (which raises it). The `EventFd` is meant to be a KVM irqfd: writing it injects the device's
+/// GSI without a return to the VMM.
+#[derive(Debug, Clone)]
+pub struct Interrupt(Arc<InterruptState>);
+
+#[derive(Debug)]
+struct InterruptState {
+    evt: EventFd,
+    status: AtomicU32,
+    config_generation: AtomicU32,
+    trigger_failures: AtomicU64,
+}
+
+impl Interrupt {
+    /// An interrupt that writes `evt` when raised.
+    pub fn new(evt: EventFd) -> Self {
+        Interrupt(Arc::new(InterruptState {
+            evt,
+            status: AtomicU32::new(0),
+            config_generation: AtomicU32::new(0),
+            trigger_failures: AtomicU64::new(0),
+        }))
+    }
+
+    /// Sets [`INTERRUPT_VRING`] and raises the interrupt ("used buffer notification").
+    pub fn signal_used_queue(&self) {
+        self.raise(INTERRUPT_VRING);
+    }
+
+    /// Records a change of the configuration space (ConfigGeneration moves on), sets
+    /// [`INTERRUPT_CONFIG`] and raises the interrupt.
+    pub fn signal_config_change(&self) {
+        self.0.config_generation.fetch_add(1, Ordering::AcqRel);
+        self.raise(INTERRUPT_CONFIG);
+    }
+
+    /// Sets [`INTERRUPT_CONFIG`] and raises the interrupt without a configuration change (how
+    /// the driver learns of DEVICE_NEEDS_RESET; virtio v1.2, 2.1.2).
+    pub(crate) fn signal_status_change(&self) {
+        self.raise(INTERRUPT_CONFIG);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.0.status.fetch_or(bit, Ordering::AcqRel);
+        if self.0.evt.write(1).is_err() {
+            self.0.trigger_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.0.status.load(Ordering::Acquire)
+    }
+
+    /// InterruptACK: clears the bits set in `bits`.
+    pub(crate) fn ack(&self, bits: u32) {
+        self.0.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    /// Clears the whole status (device reset).
+    pub(crate) fn clear(&self) {
+        self.0.status.store(0, Ordering::Release);
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.0.config_generation.load(Ordering::Acquire)
+    }
+
+    /// The `EventFd` written on each interrupt (register it with KVM as an irqfd).
+    pub fn eventfd(&self) -> &EventFd {
+        &self.0.evt
+    }
+
+    /// How many times writing the `EventFd` failed.
+    pub fn trigger_failures(&self) -> u64 {
+        self.0.trigger_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether `[addr, addr + len)` lies inside guest RAM (an empty range anywhere counts).
+pub(crate) fn in_ram(mem: &GuestMemoryMmap, addr: u64, len: u64) -> bool {
+    let Ok(len) = usize::try_from(len) else {
+        return false;
+    };
+    len == 0 || mem.check_range(GuestAddress(addr), len, Permissions::ReadWrite)
+}
+
+/// A non-blocking, close-on-exec `EventFd`.
+pub(crate) fn new_eventfd() -> Result<EventFd, Error> {
+    EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::CreateEventFd)
+}
+
+/// Reads an `EventFd` or similar counter fd to clear it; `WouldBlock` (nothing pending) is fine.
+pub(crate) fn drain_eventfd(evt: &EventFd) {
+    match evt.read() {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(_) => {}
+    }
+}
