@@ -8,12 +8,13 @@
 
 use std::path::Path;
 
-use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 use petrel_guest_mem::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use petrel_guest_mem::GuestRam;
 use petrel_loader::linux::load_kernel_image;
-use petrel_loader::{configure_linux_boot, configure_pvh_boot, load_raw, BootCpuState, Segment};
+use petrel_loader::{configure_linux_boot, configure_pvh_boot, load_raw, BootCpuState};
+use petrel_vcpu::setup::kvm_segment_from;
 
 /// The port the test guests write their result to.
 const RESULT_PORT: u16 = 0xe9;
@@ -28,24 +29,6 @@ fn kvm_or_skip(test: &str) -> Option<Kvm> {
             eprintln!("{test}: skipped, /dev/kvm cannot be opened: {e}");
             None
         }
-    }
-}
-
-fn kvm_seg(s: &Segment) -> kvm_segment {
-    kvm_segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: s.present,
-        dpl: s.dpl,
-        db: s.db,
-        s: s.s,
-        l: s.l,
-        g: s.g,
-        avl: s.avl,
-        unusable: u8::from(s.present == 0),
-        padding: 0,
     }
 }
 
@@ -68,10 +51,10 @@ fn run_guest(kvm: &Kvm, ram: &GuestRam, state: &BootCpuState) -> Vec<u8> {
     }
     let mut vcpu = vm.create_vcpu(0).unwrap();
     let mut sregs = vcpu.get_sregs().unwrap();
-    sregs.cs = kvm_seg(&state.code);
-    let data = kvm_seg(&state.data);
+    sregs.cs = kvm_segment_from(&state.code);
+    let data = kvm_segment_from(&state.data);
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-    sregs.tr = kvm_seg(&state.tr);
+    sregs.tr = kvm_segment_from(&state.tr);
     sregs.gdt.base = state.gdt_base;
     sregs.gdt.limit = state.gdt_limit;
     sregs.idt.base = state.idt_base;

@@ -30,6 +30,24 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs petrel with `args` and checks it refused them: exit code 2 and one line on stderr that
+/// contains `expect`.
+fn expect_bad_input(args: &[String], expect: &str) {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = petrel(&refs);
+    let err = stderr(&o);
+    let shown: Vec<&str> = refs
+        .iter()
+        .map(|a| if a.len() > 60 { "<long>" } else { a })
+        .collect();
+    assert_eq!(o.status.code(), Some(2), "{shown:?}: {err}");
+    assert!(
+        err.contains(expect),
+        "{shown:?}: expected `{expect}` in: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{shown:?}: one clear line: {err}");
+}
+
 #[test]
 fn lwn_demo_prints_4() {
     if !kvm_or_skip("lwn_demo_prints_4") {
@@ -159,15 +177,7 @@ fn bad_input_exits_2_with_a_message_naming_it() {
     for (extra, expect) in cases {
         let mut args = vec!["run".to_string(), "--real-mode".to_string()];
         args.extend(extra);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = petrel(&refs);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.contains(expect),
-            "{args:?}: expected `{expect}` in: {err}"
-        );
-        assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+        expect_bad_input(&args, expect);
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -290,19 +300,7 @@ fn kernel_bad_input_exits_2_with_one_line() {
         ),
     ];
     for (args, expect) in cases {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = petrel(&refs);
-        let err = stderr(&o);
-        let short: Vec<&str> = refs
-            .iter()
-            .map(|a| if a.len() > 60 { "<long>" } else { a })
-            .collect();
-        assert_eq!(o.status.code(), Some(2), "{short:?}: {err}");
-        assert!(
-            err.contains(expect),
-            "{short:?}: expected `{expect}` in: {err}"
-        );
-        assert_eq!(err.lines().count(), 1, "{short:?}: one clear line: {err}");
+        expect_bad_input(&args, expect);
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
