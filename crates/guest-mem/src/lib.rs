@@ -14,6 +14,7 @@
 //! assert!(ram.write(2 << 20, b"x").is_err());
 //! ```
 
+pub mod alloc;
 pub mod layout;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
