@@ -343,15 +343,27 @@ mod tests {
             "CONFIG_RTC_DRV_CMOS",
             "CONFIG_BLK_DEV_INITRD",
             "CONFIG_BINFMT_SCRIPT",
+            // The bzImage decompressor runs emulated on a PVM host: the fastest decoder.
+            "CONFIG_KERNEL_LZ4",
         ] {
             assert!(
                 reqs.contains(&req(o, Some("y"))),
                 "{o} missing from the fragment"
             );
         }
-        for o in ["CONFIG_PCI", "CONFIG_ACPI", "CONFIG_MODULES"] {
+        for o in [
+            "CONFIG_PCI",
+            "CONFIG_ACPI",
+            "CONFIG_MODULES",
+            "CONFIG_RELOCATABLE",
+            "CONFIG_RANDOMIZE_BASE",
+        ] {
             assert!(reqs.contains(&req(o, None)), "{o} should be off");
         }
+        assert!(
+            host::GUEST_BUILD_PACKAGES.contains(&"lz4"),
+            "an LZ4 kernel needs the lz4 tool"
+        );
     }
 
     #[test]
