@@ -107,7 +107,7 @@ pub use port80::{PostCode, PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
 pub use rtc::{Clock, CmosRtc, FixedClock, RtcStats, SystemClock, RTC_BASE, RTC_PORT_LEN};
 pub use serial::{Serial, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
-pub use virtio::{Interrupt, VirtioDevice, VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE};
+pub use virtio::{Block, Interrupt, VirtioDevice, VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE};
 
 /// Errors from building a bus and from setting up devices.
 #[derive(Debug, thiserror::Error)]
@@ -190,4 +190,13 @@ pub enum Error {
         /// What the guest did.
         fault: virtio::GuestFault,
     },
+    /// A virtio-blk device ID longer than 20 bytes or not ASCII.
+    #[error("block device ID {id:?} must be at most 20 ASCII characters")]
+    BlockId {
+        /// The ID given.
+        id: String,
+    },
+    /// The size of a virtio-blk disk image could not be read.
+    #[error("cannot read the size of the disk image")]
+    BlockFileSize(#[source] std::io::Error),
 }

@@ -177,10 +177,7 @@ pub(crate) fn next_chain<'m>(
     if (avail - Wrapping(queue.next_avail())).0 > size {
         return Err(GuestFault::AvailIndex);
     }
-    let next = queue
-        .iter(mem)
-        .map_err(|_| GuestFault::AvailIndex)?
-        .next();
+    let next = queue.iter(mem).map_err(|_| GuestFault::AvailIndex)?.next();
     match next {
         Some(chain) if chain.head_index() >= size => Err(GuestFault::HeadOutOfRange {
             head: chain.head_index(),
@@ -190,19 +187,6 @@ pub(crate) fn next_chain<'m>(
         None if queue.next_avail() != avail.0 => Err(GuestFault::RingAccess),
         None => Ok(None),
     }
-}
-
-/// Puts the chain just taken back, so that the next [`next_chain`] returns it again.
-pub(crate) fn undo_next_chain(queue: &mut Queue) {
-    queue.go_to_previous_position();
-}
-
-/// Whether the driver has made a chain available that the device has not taken yet.
-pub(crate) fn has_available(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
-    queue.ready()
-        && queue
-            .avail_idx(mem, Ordering::Acquire)
-            .is_ok_and(|idx| idx.0 != queue.next_avail())
 }
 
 /// Returns chain `head` to the driver with `len` bytes written into it.
@@ -229,9 +213,18 @@ mod tests {
 
     fn segs() -> Vec<Segment> {
         vec![
-            Segment { addr: 0x1000, len: 4 },
-            Segment { addr: 0x2000, len: 0 },
-            Segment { addr: 0x3000, len: 8 },
+            Segment {
+                addr: 0x1000,
+                len: 4,
+            },
+            Segment {
+                addr: 0x2000,
+                len: 0,
+            },
+            Segment {
+                addr: 0x3000,
+                len: 8,
+            },
         ]
     }
 

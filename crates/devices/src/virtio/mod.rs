@@ -16,6 +16,8 @@
 //! device cannot even answer (no status byte, a chain that loops) puts the device into
 //! DEVICE_NEEDS_RESET instead of panicking or guessing.
 
+pub mod block;
+mod chain;
 pub mod mmio;
 #[cfg(test)]
 mod testutil;
@@ -31,6 +33,7 @@ pub use vm_memory::GuestMemoryMmap;
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 
+pub use block::{Block, BlockStats};
 pub use mmio::{VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 
 use crate::Error;

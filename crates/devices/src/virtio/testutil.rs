@@ -21,6 +21,9 @@ pub const F_WRITE: u16 = 2;
 /// Descriptor flag: the buffer is an indirect descriptor table (virtio v1.2, 2.7.5.3).
 pub const F_INDIRECT: u16 = 4;
 
+/// A buffer of a test chain: (guest address, length, device-writable).
+pub type Buf = (u64, u32, bool);
+
 /// 1 MiB of guest RAM at address 0.
 pub fn guest_mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
