@@ -107,7 +107,9 @@ pub use port80::{PostCode, PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
 pub use rtc::{Clock, CmosRtc, FixedClock, RtcStats, SystemClock, RTC_BASE, RTC_PORT_LEN};
 pub use serial::{Serial, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
-pub use virtio::{Block, Interrupt, VirtioDevice, VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE};
+pub use virtio::{
+    Block, Interrupt, Rng, VirtioDevice, VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE,
+};
 
 /// Errors from building a bus and from setting up devices.
 #[derive(Debug, thiserror::Error)]
@@ -199,4 +201,15 @@ pub enum Error {
     /// The size of a virtio-blk disk image could not be read.
     #[error("cannot read the size of the disk image")]
     BlockFileSize(#[source] std::io::Error),
+    /// A virtio-rng rate limit with a zero rate or burst.
+    #[error("entropy rate limit of {bytes_per_sec} bytes/s, burst {burst}: both must be non-zero")]
+    RngRateLimit {
+        /// The rate asked for.
+        bytes_per_sec: u64,
+        /// The burst asked for.
+        burst: u64,
+    },
+    /// The refill timer of a virtio-rng device could not be created.
+    #[error("cannot create a timerfd")]
+    CreateTimer(#[source] std::io::Error),
 }

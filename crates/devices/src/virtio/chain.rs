@@ -189,6 +189,14 @@ pub(crate) fn next_chain<'m>(
     }
 }
 
+/// Whether the driver has made a chain available that the device has not taken yet.
+pub(crate) fn has_available(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    queue.ready()
+        && queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != queue.next_avail())
+}
+
 /// Returns chain `head` to the driver with `len` bytes written into it.
 pub(crate) fn complete(
     queue: &mut Queue,
