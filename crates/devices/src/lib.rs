@@ -212,4 +212,38 @@ pub enum Error {
     /// The refill timer of a virtio-rng device could not be created.
     #[error("cannot create a timerfd")]
     CreateTimer(#[source] std::io::Error),
+    /// A tap name that cannot be an interface name.
+    #[error("tap name {name:?} is not a valid interface name (1 to 15 bytes, no '/')")]
+    TapName {
+        /// The name given.
+        name: String,
+    },
+    /// No tap device of that name exists.
+    #[error(
+        "tap device {name:?} does not exist (create it first: ip tuntap add dev {name} mode tap)"
+    )]
+    TapNotFound {
+        /// The name given.
+        name: String,
+    },
+    /// `/dev/net/tun` could not be opened for the tap, or its descriptor set up.
+    #[error("cannot open tap device {name:?}")]
+    OpenTap {
+        /// The tap's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tap configuration ioctl failed (busy, no permission, or not a tap).
+    #[error("cannot attach to tap device {name:?}: {ioctl} failed")]
+    TapIoctl {
+        /// The tap's name.
+        name: String,
+        /// The ioctl that failed.
+        ioctl: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }

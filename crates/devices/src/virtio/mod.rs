@@ -19,6 +19,7 @@
 pub mod block;
 mod chain;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod testutil;
@@ -36,6 +37,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use block::{Block, BlockStats};
 pub use mmio::{VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+pub use net::{Net, NetStats};
 pub use rng::{Rng, RngStats};
 
 use crate::Error;

@@ -1,0 +1,824 @@
+//! virtio-net over a host tap device (virtio v1.2, 5.1 Network Device).
+//!
+//! One receive queue (0) and one transmit queue (1), [`QUEUE_SIZE`] entries each; the MAC
+//! address in the configuration space (VIRTIO_NET_F_MAC); no offloads, no mergeable receive
+//! buffers, no control queue. Every frame carries the 12-byte `virtio_net_hdr_v1` in front of
+//! it, on the rings and on the tap alike (the tap is opened with `IFF_VNET_HDR` and a header
+//! size of 12, so the header passes through unchanged).
+//!
+//! - Transmit: each chain's device-readable bytes are gathered into one buffer and written to
+//!   the tap as one frame. Since no offload was negotiated, the header is zeroed first, so a
+//!   guest cannot hand the host kernel checksum or segmentation requests it never agreed to.
+//! - Receive: when the tap is readable (an edge-triggered event source) or the guest adds
+//!   receive buffers (a notification of queue 0), the device reads frames until the tap has
+//!   none left, each into the next receive chain. With no chain available the frame is kept,
+//!   never dropped, and delivered when the guest adds buffers. A frame larger than the chain
+//!   offered can never be delivered in it: that frame is dropped and counted, the chain kept.
+//!
+//! Chains in the wrong direction (a device-writable buffer to transmit, a device-readable one
+//! to receive into), with buffers outside guest RAM, or too short for the header are returned
+//! unused and counted; broken chains stop the device (DEVICE_NEEDS_RESET). The tap is
+//! non-blocking: no guest action can make the event loop wait on it.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use virtio_queue::{Queue, QueueOwnedT};
+use vm_memory::GuestMemoryMmap;
+
+use super::chain::{self, ChainBuffers};
+use super::{
+    read_config_bytes, EventSource, GuestFault, Interrupt, VirtioDevice, TYPE_NET,
+    VIRTIO_F_VERSION_1,
+};
+use crate::Error;
+
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the receive queue (virtio v1.2, 5.1.2 Virtqueues: receiveq1).
+pub const RX_QUEUE: usize = 0;
+/// Index of the transmit queue (virtio v1.2, 5.1.2: transmitq1).
+pub const TX_QUEUE: usize = 1;
+/// Length of `struct virtio_net_hdr` with `num_buffers`, always present with VERSION_1
+/// (virtio v1.2, 5.1.6 Device Operation).
+pub const NET_HDR_LEN: usize = 12;
+/// The largest frame handled, header included: a 64 KiB IP packet in an Ethernet frame with a
+/// VLAN tag, plus the header (the size Linux expects of a "big" receive buffer).
+pub const MAX_FRAME_LEN: usize = NET_HDR_LEN + 65550;
+
+/// Feature: the device has a MAC address in its configuration (virtio v1.2, 5.1.3).
+const VIRTIO_NET_F_MAC: u32 = 5;
+/// Offset of `num_buffers` in the header (virtio v1.2, 5.1.6 struct virtio_net_hdr).
+const NUM_BUFFERS_OFFSET: usize = 10;
+/// The token of the tap among the device's event sources.
+const TAP_TOKEN: u32 = 0;
+
+/// `TUNSETIFF` = `_IOW('T', 202, int)` (linux/if_tun.h).
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)` (linux/if_tun.h).
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNSETVNETHDRSZ` = `_IOW('T', 216, int)` (linux/if_tun.h).
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// A tap (Ethernet) device, not a tun (linux/if_tun.h `IFF_TAP`).
+const IFF_TAP: libc::c_short = 0x0002;
+/// No packet-information prefix (linux/if_tun.h `IFF_NO_PI`).
+const IFF_NO_PI: libc::c_short = 0x1000;
+/// Frames carry a virtio-net header (linux/if_tun.h `IFF_VNET_HDR`).
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// Size of an interface name, NUL included (linux/if.h `IFNAMSIZ`).
+const IFNAMSIZ: usize = 16;
+
+/// `struct ifreq` as `TUNSETIFF` reads it: the name and the flags member of the union, padded
+/// to the union's full size (linux/if.h).
+#[repr(C)]
+struct IfReq {
+    name: [u8; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Counters of a [`Net`] device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Bytes delivered to the guest, headers included.
+    pub rx_bytes: u64,
+    /// Times a frame had to wait for the guest to add receive buffers.
+    pub rx_deferred: u64,
+    /// Frames dropped because the receive chain offered was too small for them.
+    pub rx_too_large: u64,
+    /// Frames shorter than the header, or larger than [`MAX_FRAME_LEN`], read from the tap.
+    pub rx_bad_frames: u64,
+    /// Receive chains returned unused (device-readable buffers, buffers outside guest RAM).
+    pub rx_bad_chains: u64,
+    /// Reads from the tap that failed (other than "no frame").
+    pub rx_errors: u64,
+    /// Frames written to the tap.
+    pub tx_frames: u64,
+    /// Bytes written to the tap, headers included.
+    pub tx_bytes: u64,
+    /// Transmit chains dropped: device-writable buffers, buffers outside guest RAM, shorter
+    /// than the header, or longer than [`MAX_FRAME_LEN`].
+    pub tx_bad_chains: u64,
+    /// Writes to the tap that failed (the frame is dropped, as a full NIC queue would).
+    pub tx_errors: u64,
+}
+
+/// What the device needs once activated.
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+}
+
+/// A virtio-net device on a tap.
+pub struct Net {
+    tap: File,
+    tap_name: String,
+    config: [u8; 6],
+    active: Option<Active>,
+    /// The frame read from the tap and not yet delivered, in `rx_buf[..len]`.
+    rx_pending: Option<usize>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+    bufs: ChainBuffers,
+    stats: NetStats,
+}
+
+impl fmt::Debug for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Net")
+            .field("tap", &self.tap_name)
+            .field("mac", &self.config)
+            .field("active", &self.active.is_some())
+            .field("rx_pending", &self.rx_pending)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Net {
+    /// Opens the existing tap `name` and makes a device with MAC address `mac` on it.
+    ///
+    /// The tap must exist already (`ip tuntap add dev NAME mode tap`, owned by the VMM's user):
+    /// this never creates one. Fails, naming the tap, when the name is invalid, no such tap
+    /// exists, or it cannot be opened or configured (busy, no permission, a tun device).
+    pub fn open_tap(name: &str, mac: [u8; 6]) -> Result<Net, Error> {
+        if name.is_empty()
+            || name.len() >= IFNAMSIZ
+            || name.contains(['/', '\0'])
+            || name == "."
+            || name == ".."
+        {
+            return Err(Error::TapName { name: name.into() });
+        }
+        // TUNSETIFF on a name that does not exist would create a new tap, which is not what
+        // the user asked for; tun and tap interfaces have a `tun_flags` attribute.
+        if !Path::new("/sys/class/net")
+            .join(name)
+            .join("tun_flags")
+            .exists()
+        {
+            return Err(Error::TapNotFound { name: name.into() });
+        }
+        let tap = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(|source| Error::OpenTap {
+                name: name.into(),
+                source,
+            })?;
+        let ioctl_err = |ioctl: &'static str| Error::TapIoctl {
+            name: name.into(),
+            ioctl,
+            source: io::Error::last_os_error(),
+        };
+        let mut req = IfReq {
+            name: [0; IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and may update a `struct ifreq`; `req` has its layout and
+        // size (40 bytes) and lives across the call. The fd is ours.
+        if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
+            return Err(ioctl_err("TUNSETIFF"));
+        }
+        let hdr_len = NET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is valid.
+        if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr_len) } < 0 {
+            return Err(ioctl_err("TUNSETVNETHDRSZ"));
+        }
+        // No offloads: the guest negotiated none, so the tap must hand us plain frames.
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+        if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_ulong) } < 0 {
+            return Err(ioctl_err("TUNSETOFFLOAD"));
+        }
+        Self::from_tap_file(tap, name.into(), mac)
+    }
+
+    /// A device on an already configured tap-like descriptor: each read returns one frame and
+    /// each write sends one, both with the 12-byte virtio-net header in front. For a tap the
+    /// VMM opened itself, or a datagram socket in tests. The descriptor is made non-blocking.
+    pub fn from_tap_file(tap: File, name: String, mac: [u8; 6]) -> Result<Net, Error> {
+        set_nonblocking(&tap).map_err(|source| Error::OpenTap {
+            name: name.clone(),
+            source,
+        })?;
+        Ok(Net {
+            tap,
+            tap_name: name,
+            config: mac,
+            active: None,
+            rx_pending: None,
+            rx_buf: vec![0; MAX_FRAME_LEN + 1],
+            tx_buf: vec![0; MAX_FRAME_LEN],
+            bufs: ChainBuffers::default(),
+            stats: NetStats::default(),
+        })
+    }
+
+    /// The tap's name.
+    pub fn tap_name(&self) -> &str {
+        &self.tap_name
+    }
+
+    /// The guest's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.config
+    }
+
+    /// The device's counters.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// Sends every available transmit chain to the tap.
+    fn process_tx(&mut self) -> Result<bool, Error> {
+        let fault = |fault| Error::VirtioFault {
+            device: "virtio-net",
+            queue: TX_QUEUE,
+            fault,
+        };
+        let Some(Active { mem, tx, .. }) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let mut used = false;
+        while let Some(c) = chain::next_chain(tx, mem).map_err(fault)? {
+            self.bufs.load(c, mem).map_err(fault)?;
+            let len = self.bufs.readable_len();
+            let ok = self.bufs.writable.is_empty()
+                && !self.bufs.outside_ram
+                && (NET_HDR_LEN as u64..=MAX_FRAME_LEN as u64).contains(&len);
+            // `len <= MAX_FRAME_LEN` when `ok`.
+            let frame = &mut self.tx_buf[..if ok { len as usize } else { 0 }];
+            if ok && chain::gather(mem, &self.bufs.readable, 0, frame) {
+                frame[..NET_HDR_LEN].fill(0);
+                // A tap takes a frame whole or not at all; a short write counts as a failure.
+                match self.tap.write(frame) {
+                    Ok(n) if n == frame.len() => {
+                        self.stats.tx_frames += 1;
+                        self.stats.tx_bytes += len;
+                    }
+                    Ok(_) | Err(_) => self.stats.tx_errors += 1,
+                }
+            } else {
+                self.stats.tx_bad_chains += 1;
+            }
+            chain::complete(tx, mem, self.bufs.head, 0).map_err(fault)?;
+            used = true;
+        }
+        Ok(used && chain::needs_interrupt(tx, mem))
+    }
+
+    /// Delivers the pending frame, then frames from the tap, until the tap has none or the
+    /// guest has no receive buffer left.
+    fn process_rx(&mut self) -> Result<bool, Error> {
+        let fault = |fault| Error::VirtioFault {
+            device: "virtio-net",
+            queue: RX_QUEUE,
+            fault,
+        };
+        let Some(Active { mem, rx, .. }) = self.active.as_mut() else {
+            // Frames wait in the tap until the driver is ready and adds buffers.
+            return Ok(false);
+        };
+        let mut used = false;
+        loop {
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => match (&self.tap).read(&mut self.rx_buf) {
+                    Ok(n) if (NET_HDR_LEN..=MAX_FRAME_LEN).contains(&n) => n,
+                    // Too short for a header, or longer than the largest frame (the buffer
+                    // has one byte more to tell).
+                    Ok(_) => {
+                        self.stats.rx_bad_frames += 1;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        self.stats.rx_errors += 1;
+                        break;
+                    }
+                },
+            };
+            self.rx_pending = Some(len);
+            let Some(c) = chain::next_chain(rx, mem).map_err(fault)? else {
+                self.stats.rx_deferred += 1;
+                break;
+            };
+            self.bufs.load(c, mem).map_err(fault)?;
+            if !self.bufs.readable.is_empty() || self.bufs.outside_ram {
+                self.stats.rx_bad_chains += 1;
+                chain::complete(rx, mem, self.bufs.head, 0).map_err(fault)?;
+                used = true;
+                continue;
+            }
+            if self.bufs.writable_len() < len as u64 {
+                // Never fits this chain: drop the frame, keep the chain for the next one.
+                self.stats.rx_too_large += 1;
+                self.rx_pending = None;
+                rx.go_to_previous_position();
+                continue;
+            }
+            let frame = &mut self.rx_buf[..len];
+            // virtio v1.2, 5.1.6.4.1: without VIRTIO_NET_F_MRG_RXBUF, num_buffers is 1.
+            frame[NUM_BUFFERS_OFFSET..NET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+            // The chain's buffers are all inside guest RAM and hold `len` bytes.
+            if !chain::scatter(mem, &self.bufs.writable, 0, frame) {
+                self.stats.rx_bad_chains += 1;
+                chain::complete(rx, mem, self.bufs.head, 0).map_err(fault)?;
+                used = true;
+                continue;
+            }
+            chain::complete(rx, mem, self.bufs.head, len as u32).map_err(fault)?;
+            self.rx_pending = None;
+            self.stats.rx_frames += 1;
+            self.stats.rx_bytes += len as u64;
+            used = true;
+        }
+        Ok(used && chain::needs_interrupt(rx, mem))
+    }
+}
+
+fn set_nonblocking(f: &File) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no argument and touches no memory.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL takes an int by value and touches no memory.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-net"
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // virtio v1.2, 5.1.4: `mac` is the first field; the others need features not offered.
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        _interrupt: Interrupt,
+    ) -> Result<(), Error> {
+        let mut queues = queues.into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
+            return Err(Error::VirtioFault {
+                device: self.name(),
+                queue: TX_QUEUE,
+                fault: GuestFault::QueueConfig {
+                    what: "the receive or transmit queue is missing",
+                },
+            });
+        };
+        self.active = Some(Active { mem, rx, tx });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<bool, Error> {
+        match index {
+            RX_QUEUE => self.process_rx(),
+            TX_QUEUE => self.process_tx(),
+            _ => Ok(false),
+        }
+    }
+
+    fn event_sources(&self) -> Vec<EventSource> {
+        vec![EventSource {
+            fd: self.tap.as_raw_fd(),
+            token: TAP_TOKEN,
+            edge_triggered: true,
+        }]
+    }
+
+    fn process_event(&mut self, token: u32) -> Result<bool, Error> {
+        if token == TAP_TOKEN {
+            self.process_rx()
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn reset(&mut self) {
+        // A frame already read from the tap is kept for the next activation.
+        self.active = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::{Arc, Mutex};
+
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::virtio::testutil::*;
+    use crate::virtio::{VirtioMmio, INTERRUPT_VRING, STATUS_DEVICE_NEEDS_RESET};
+
+    const MAC: [u8; 6] = [0x06, 0, 0xac, 0x10, 0, 2];
+    const FEATURES: u64 = 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC;
+    const RXB: u64 = 0x4_0000;
+    const TXB: u64 = 0x8_0000;
+
+    struct Rig {
+        m: VirtioMmio<Net>,
+        mem: GuestMemoryMmap,
+        rx: TestQueue,
+        tx: TestQueue,
+        peer: UnixDatagram,
+        rx_next: u16,
+        tx_next: u16,
+    }
+
+    fn rig() -> Rig {
+        let (ours, peer) = UnixDatagram::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let tap = File::from(OwnedFd::from(ours));
+        let net = Net::from_tap_file(tap, "test0".into(), MAC).unwrap();
+        let mem = guest_mem();
+        let mut m = VirtioMmio::new(net, mem.clone()).unwrap();
+        let rx = TestQueue::new(0x1000, QUEUE_SIZE);
+        let tx = TestQueue::new(0x3000, QUEUE_SIZE);
+        bring_up(&mut m, FEATURES, &[rx, tx]);
+        m.process_queue_event(0);
+        m.process_queue_event(1);
+        Rig {
+            m,
+            mem,
+            rx,
+            tx,
+            peer,
+            rx_next: 0,
+            tx_next: 0,
+        }
+    }
+
+    /// A frame with a virtio-net header (all zero but `flags`) and `payload`.
+    fn frame(flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; NET_HDR_LEN];
+        f[0] = flags;
+        f.extend_from_slice(payload);
+        f
+    }
+
+    impl Rig {
+        /// Adds one receive chain of `bufs`, and notifies unless `quiet`.
+        fn add_rx(&mut self, bufs: &[Buf], notify: bool) -> u16 {
+            let head = self.rx.chain(&self.mem, self.rx_next, bufs);
+            self.rx_next += bufs.len() as u16;
+            self.rx.publish(&self.mem, head);
+            if notify {
+                self.m.process_queue_event(RX_QUEUE);
+            }
+            head
+        }
+
+        /// Sends `bytes` split over `splits` descriptors from the guest.
+        fn send(&mut self, bytes: &[u8], bufs: &[Buf]) {
+            self.mem.write_slice(bytes, GuestAddress(TXB)).unwrap();
+            let head = self.tx.chain(&self.mem, self.tx_next, bufs);
+            self.tx_next += bufs.len() as u16;
+            self.tx.publish(&self.mem, head);
+            self.m.process_queue_event(TX_QUEUE);
+        }
+
+        fn tap_readable(&mut self) {
+            self.m.process_device_event(TAP_TOKEN);
+        }
+
+        fn peer_recv(&self) -> Option<Vec<u8>> {
+            let mut b = vec![0u8; 70000];
+            let n = self.peer.recv(&mut b).ok()?;
+            b.truncate(n);
+            Some(b)
+        }
+
+        fn rx_used(&self) -> Vec<(u32, u32)> {
+            (0..self.rx.used_idx(&self.mem))
+                .map(|i| self.rx.used_elem(&self.mem, i))
+                .collect()
+        }
+
+        fn read_guest(&self, addr: u64, len: u32) -> Vec<u8> {
+            let mut v = vec![0u8; len as usize];
+            self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+            v
+        }
+    }
+
+    #[test]
+    fn config_features_and_queues() {
+        let mut r = rig();
+        assert_eq!(read_config(&mut r.m, 0, 8), [6, 0, 0xac, 0x10, 0, 2, 0, 0]);
+        assert_eq!(r.m.device().features(), FEATURES);
+        assert_eq!(rd(&mut r.m, 0x008), 1);
+        for q in 0..2 {
+            wr(&mut r.m, 0x30, q);
+            assert_eq!(rd(&mut r.m, 0x34), 256);
+        }
+        wr(&mut r.m, 0x30, 2);
+        assert_eq!(rd(&mut r.m, 0x34), 0);
+        assert_eq!(r.m.device().mac(), MAC);
+        assert_eq!(r.m.device().tap_name(), "test0");
+    }
+
+    #[test]
+    fn transmit_gathers_the_chain_into_one_frame() {
+        let mut r = rig();
+        let f = frame(0, b"hello, world");
+        // Header split from the payload, and the payload split too.
+        r.send(
+            &f,
+            &[(TXB, 12, false), (TXB + 12, 5, false), (TXB + 17, 7, false)],
+        );
+        assert_eq!(r.peer_recv().unwrap(), f);
+        assert_eq!(r.tx.used_elem(&r.mem, 0), (0, 0));
+        assert_eq!(r.m.interrupt().status(), INTERRUPT_VRING);
+        let s = r.m.device().stats();
+        assert_eq!((s.tx_frames, s.tx_bytes), (1, f.len() as u64));
+    }
+
+    #[test]
+    fn transmit_header_is_zeroed() {
+        // NEEDS_CSUM and a GSO type the guest never negotiated do not reach the host.
+        let mut r = rig();
+        let mut f = frame(1, &[0xab; 60]);
+        f[1] = 4; // VIRTIO_NET_HDR_GSO_TCPV6
+        f[4..6].copy_from_slice(&1400u16.to_le_bytes());
+        r.send(&f, &[(TXB, f.len() as u32, false)]);
+        let got = r.peer_recv().unwrap();
+        assert_eq!(&got[..NET_HDR_LEN], &[0; NET_HDR_LEN]);
+        assert_eq!(&got[NET_HDR_LEN..], &f[NET_HDR_LEN..]);
+    }
+
+    #[test]
+    fn bad_transmit_chains_are_dropped() {
+        let mut r = rig();
+        let f = frame(0, &[1; 50]);
+        let cases: &[&[Buf]] = &[
+            // A device-writable buffer in a transmit chain.
+            &[(TXB, 12, false), (TXB + 12, 50, true)],
+            // Shorter than the header.
+            &[(TXB, 11, false)],
+            // Outside guest RAM.
+            &[(TXB, 12, false), (0xf_fff0, 50, false)],
+            // Longer than the largest frame.
+            &[(TXB, 12, false), (TXB, 65551, false)],
+        ];
+        for (i, bufs) in cases.iter().enumerate() {
+            r.send(&f, bufs);
+            assert_eq!(r.tx.used_idx(&r.mem), i as u16 + 1, "{bufs:?}");
+            assert_eq!(r.peer_recv(), None, "{bufs:?}");
+        }
+        assert_eq!(r.m.device().stats().tx_bad_chains, 4);
+        assert!(r.m.is_running());
+        // A good one still goes through.
+        r.send(&f, &[(TXB, f.len() as u32, false)]);
+        assert_eq!(r.peer_recv().unwrap(), f);
+    }
+
+    #[test]
+    fn receive_into_the_next_chain() {
+        let mut r = rig();
+        let intr = r.m.interrupt_evt().try_clone().unwrap();
+        let _ = intr.read();
+        let head = r.add_rx(&[(RXB, 12, true), (RXB + 0x1000, 1514, true)], true);
+        let f = frame(0, &[0x42; 100]);
+        r.peer.send(&f).unwrap();
+        r.tap_readable();
+        assert_eq!(r.rx_used(), [(u32::from(head), f.len() as u32)]);
+        // num_buffers is set to 1.
+        let mut want_hdr = f[..NET_HDR_LEN].to_vec();
+        want_hdr[10] = 1;
+        assert_eq!(r.read_guest(RXB, 12), want_hdr);
+        assert_eq!(r.read_guest(RXB + 0x1000, 100), [0x42; 100]);
+        assert_eq!(intr.read().unwrap(), 1);
+        let s = r.m.device().stats();
+        assert_eq!((s.rx_frames, s.rx_bytes), (1, f.len() as u64));
+    }
+
+    #[test]
+    fn frames_wait_for_buffers_and_are_never_dropped() {
+        let mut r = rig();
+        for i in 0..3u8 {
+            r.peer.send(&frame(0, &[i; 20])).unwrap();
+        }
+        // No receive buffers: the first frame is read and kept, the others stay in the tap.
+        r.tap_readable();
+        r.tap_readable();
+        assert!(r.rx_used().is_empty());
+        assert_eq!(r.m.device().stats().rx_deferred, 2);
+        // One buffer at a time, each notification delivers the next frame, in order.
+        for i in 0..3u8 {
+            r.add_rx(&[(RXB + 0x1000 * u64::from(i), 2048, true)], true);
+            assert_eq!(r.rx_used().len(), usize::from(i) + 1);
+            assert_eq!(r.read_guest(RXB + 0x1000 * u64::from(i) + 12, 20), [i; 20]);
+        }
+        assert_eq!(r.m.device().stats().rx_frames, 3);
+    }
+
+    #[test]
+    fn frame_too_large_for_the_chain_is_dropped_and_the_chain_kept() {
+        let mut r = rig();
+        let head = r.add_rx(&[(RXB, 64, true)], true);
+        r.peer.send(&frame(0, &[9; 100])).unwrap();
+        r.peer.send(&frame(0, &[8; 10])).unwrap();
+        r.tap_readable();
+        assert_eq!(r.rx_used(), [(u32::from(head), 22)]);
+        assert_eq!(r.read_guest(RXB + 12, 10), [8; 10]);
+        assert_eq!(r.m.device().stats().rx_too_large, 1);
+    }
+
+    #[test]
+    fn bad_receive_chains_are_returned_unused() {
+        let mut r = rig();
+        // Device-readable; outside guest RAM; then a good one.
+        let a = r.add_rx(&[(RXB, 2048, false)], false);
+        let b = r.add_rx(&[(RXB, 12, true), (0xf_ff00, 2048, true)], false);
+        let c = r.add_rx(&[(RXB + 0x1000, 2048, true)], false);
+        let f = frame(0, &[5; 30]);
+        r.peer.send(&f).unwrap();
+        r.peer.send(&[1, 2, 3]).unwrap(); // shorter than a header
+        r.tap_readable();
+        assert_eq!(
+            r.rx_used(),
+            [
+                (u32::from(a), 0),
+                (u32::from(b), 0),
+                (u32::from(c), f.len() as u32)
+            ]
+        );
+        assert_eq!(r.read_guest(RXB, 4), [0; 4]);
+        let s = r.m.device().stats();
+        assert_eq!((s.rx_bad_chains, s.rx_bad_frames), (2, 1));
+        assert!(r.m.is_running());
+    }
+
+    #[test]
+    fn broken_chains_need_reset() {
+        let mut r = rig();
+        r.tx.set_desc(&r.mem, 0, TXB, 64, F_NEXT, 0);
+        r.tx.publish(&r.mem, 0);
+        r.m.process_queue_event(TX_QUEUE);
+        assert_ne!(r.m.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert_eq!(r.peer_recv(), None);
+
+        let mut r = rig();
+        r.rx.set_desc(&r.mem, 0, RXB, 64, F_WRITE | F_NEXT, 300);
+        r.rx.publish(&r.mem, 0);
+        r.peer.send(&frame(0, &[1; 10])).unwrap();
+        r.tap_readable();
+        assert_ne!(r.m.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+        // Stopped: tap events no longer reach the device.
+        r.peer.send(&frame(0, &[2; 10])).unwrap();
+        r.tap_readable();
+        assert_eq!(r.m.device().stats().rx_deferred, 0);
+    }
+
+    #[test]
+    fn a_frame_read_before_reset_is_delivered_after() {
+        let mut r = rig();
+        r.peer.send(&frame(0, &[3; 40])).unwrap();
+        r.tap_readable();
+        assert_eq!(r.m.device().stats().rx_deferred, 1);
+        wr(&mut r.m, 0x70, 0);
+        let rx = TestQueue::new(0x6000, QUEUE_SIZE);
+        bring_up(&mut r.m, FEATURES, &[rx, r.tx]);
+        let head = rx.chain(&r.mem, 0, &[(RXB, 2048, true)]);
+        rx.publish(&r.mem, head);
+        r.m.process_queue_event(RX_QUEUE);
+        assert_eq!(rx.used_elem(&r.mem, 0), (0, 52));
+        assert_eq!(r.read_guest(RXB + 12, 40), [3; 40]);
+    }
+
+    #[test]
+    fn the_tap_is_watched_edge_triggered_by_the_event_loop() {
+        let r = rig();
+        let Rig {
+            m, mem, rx, peer, ..
+        } = r;
+        assert!(m.device().event_sources()[0].edge_triggered);
+        let dev = Arc::new(Mutex::new(m));
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new().unwrap();
+        em.add_subscriber(dev.clone());
+        let head = rx.chain(&mem, 0, &[(RXB, 2048, true)]);
+        rx.publish(&mem, head);
+        dev.lock().unwrap().process_queue_event(RX_QUEUE);
+        peer.send(&frame(0, b"ping")).unwrap();
+        let mut spins = 0;
+        while rx.used_idx(&mem) == 0 && spins < 50 {
+            em.run_with_timeout(100).unwrap();
+            spins += 1;
+        }
+        assert_eq!(rx.used_elem(&mem, 0), (0, 16));
+        assert_eq!(dev.lock().unwrap().stats().event_registration_failures, 0);
+    }
+
+    #[test]
+    fn open_tap_names_the_tap_in_errors() {
+        let err = Net::open_tap("petrel-nope0", MAC).unwrap_err();
+        assert!(matches!(err, Error::TapNotFound { .. }), "{err}");
+        assert!(err.to_string().contains("petrel-nope0"), "{err}");
+        for bad in ["", "a/b", "sixteen-chars-xx", "..", "a\0b"] {
+            let err = Net::open_tap(bad, MAC).unwrap_err();
+            assert!(matches!(err, Error::TapName { .. }), "{bad:?}: {err}");
+        }
+    }
+
+    /// Opens a real tap when `PETREL_TEST_TAP` names one (e.g. after
+    /// `ip tuntap add dev ptap0 mode tap`); skipped otherwise. With `PETREL_TEST_TAP_IP` set
+    /// to the tap's IPv4 address (the tap up), the "guest" asks for its MAC with ARP and
+    /// expects the host's answer: the 12-byte header works both ways.
+    #[test]
+    fn open_a_real_tap() {
+        let Ok(name) = std::env::var("PETREL_TEST_TAP") else {
+            eprintln!("skipped: PETREL_TEST_TAP is not set");
+            return;
+        };
+        let net = Net::open_tap(&name, MAC).unwrap();
+        assert_eq!(net.tap_name(), name);
+        let Ok(ip) = std::env::var("PETREL_TEST_TAP_IP") else {
+            return;
+        };
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        let mem = guest_mem();
+        let mut m = VirtioMmio::new(net, mem.clone()).unwrap();
+        let rx = TestQueue::new(0x1000, QUEUE_SIZE);
+        let tx = TestQueue::new(0x3000, QUEUE_SIZE);
+        bring_up(&mut m, FEATURES, &[rx, tx]);
+        for i in 0..8u16 {
+            let head = rx.chain(&mem, i, &[(RXB + 0x1000 * u64::from(i), 2048, true)]);
+            rx.publish(&mem, head);
+        }
+        m.process_queue_event(RX_QUEUE);
+        // An ARP who-has for `ip` from 169.254.0.2 (RFC 826 layout).
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&MAC);
+        arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&MAC);
+        let mut sender = ip.octets();
+        sender[3] = sender[3].wrapping_add(1);
+        arp.extend_from_slice(&sender);
+        arp.extend_from_slice(&[0; 6]);
+        arp.extend_from_slice(&ip.octets());
+        let f = frame(0, &arp);
+        mem.write_slice(&f, GuestAddress(TXB)).unwrap();
+        let head = tx.chain(&mem, 0, &[(TXB, f.len() as u32, false)]);
+        tx.publish(&mem, head);
+        m.process_queue_event(TX_QUEUE);
+        assert_eq!(m.device().stats().tx_frames, 1, "{:?}", m.device().stats());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            m.process_device_event(TAP_TOKEN);
+            for i in 0..rx.used_idx(&mem) {
+                let (id, len) = rx.used_elem(&mem, i);
+                let mut got = vec![0u8; len as usize];
+                mem.read_slice(&mut got, GuestAddress(RXB + 0x1000 * u64::from(id as u16)))
+                    .unwrap();
+                // An ARP reply (opcode 2) to our MAC.
+                if got.len() >= 42 + NET_HDR_LEN
+                    && got[NET_HDR_LEN..NET_HDR_LEN + 6] == MAC
+                    && got[NET_HDR_LEN + 12..NET_HDR_LEN + 14] == [0x08, 0x06]
+                    && got[NET_HDR_LEN + 20..NET_HDR_LEN + 22] == [0, 2]
+                {
+                    assert_eq!(&got[10..12], &[1, 0]);
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no ARP reply from {ip} on {name}: {:?}", m.device().stats());
+    }
+}
