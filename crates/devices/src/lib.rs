@@ -54,6 +54,10 @@
 //!
 //! [`output`] provides [`NonBlockingWriter`], the serial output that never blocks a vCPU.
 //!
+//! [`virtio`] provides the virtio-mmio transport, [`VirtioMmio`], a [`BusDevice`] for the MMIO
+//! bus and an `event_manager` subscriber, and the devices behind it: [`Block`] (virtio-blk over
+//! a raw image), [`Rng`] (entropy, rate limited) and [`Net`] (virtio-net over a tap).
+//!
 //! Wiring the legacy devices of a PC the way a VMM would:
 //!
 //! ```
@@ -108,7 +112,7 @@ pub use rtc::{Clock, CmosRtc, FixedClock, RtcStats, SystemClock, RTC_BASE, RTC_P
 pub use serial::{Serial, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
 pub use virtio::{
-    Block, Interrupt, Rng, VirtioDevice, VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE,
+    Block, Interrupt, Net, Rng, VirtioDevice, VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE,
 };
 
 /// Errors from building a bus and from setting up devices.

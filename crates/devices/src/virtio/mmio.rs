@@ -46,6 +46,18 @@ pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 /// Offset of the device configuration space (virtio v1.2, 4.2.2, "Config: 0x100+").
 pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
+/// The kernel command-line argument that announces a virtio-mmio window at `base` with
+/// interrupt line `gsi` to Linux (Documentation/admin-guide/kernel-parameters.txt,
+/// `virtio_mmio.device=<size>@<baseaddr>:<irq>`).
+///
+/// ```
+/// use petrel_devices::virtio::mmio::cmdline_device;
+/// assert_eq!(cmdline_device(0xd000_1000, 5), "virtio_mmio.device=4K@0xd0001000:5");
+/// ```
+pub fn cmdline_device(base: u64, gsi: u32) -> String {
+    format!("virtio_mmio.device=4K@{base:#x}:{gsi}")
+}
+
 /// "virt" in little-endian (virtio v1.2, 4.2.2, MagicValue).
 const MAGIC_VALUE: u32 = 0x7472_6976;
 /// Version 2: the virtio 1.x register layout, not the legacy one (virtio v1.2, 4.2.2, Version).

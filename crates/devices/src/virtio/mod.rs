@@ -11,6 +11,49 @@
 //! [`event_manager::MutEventSubscriber`]), never on a vCPU thread. Interrupts go out through an
 //! [`Interrupt`], an `EventFd` the VMM registers as a KVM irqfd.
 //!
+//! Wiring one device into a VMM (here an entropy source; [`Block`] and [`Net`] go the same
+//! way):
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+//! use petrel_devices::virtio::{mmio, Rng, VirtioMmio, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+//! use petrel_devices::{BusBuilder, BusRange};
+//! use petrel_guest_mem::GuestRam;
+//!
+//! let ram = GuestRam::new(64 << 20)?;
+//! let (base, gsi) = (0xd000_1000u64, 5u32); // a free MMIO window and a free IRQ line
+//! let rng = Arc::new(Mutex::new(VirtioMmio::new(Rng::new()?, ram.memory().clone())?));
+//!
+//! // The vCPUs reach the registers through the MMIO bus.
+//! let mut bus = BusBuilder::new("mmio");
+//! bus.insert(BusRange::new(base, MMIO_WINDOW_SIZE), rng.clone())?;
+//! let bus = Arc::new(bus.build());
+//!
+//! // KVM raises the interrupt and catches queue notifications without leaving the kernel:
+//! {
+//!     let dev = rng.lock().unwrap();
+//!     let _irqfd = (dev.interrupt_evt(), gsi); // KVM_IRQFD for `gsi`
+//!     for (i, evt) in dev.queue_events().iter().enumerate() {
+//!         // KVM_IOEVENTFD at base + 0x50, 4 bytes, datamatch `i`
+//!         let _ioeventfd = (evt, base + QUEUE_NOTIFY_OFFSET, i as u32);
+//!     }
+//! }
+//!
+//! // The event loop does the device work: queue notifications and the device's own fds.
+//! let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new()?;
+//! em.add_subscriber(rng.clone());
+//!
+//! // Linux learns about the window from its command line.
+//! assert_eq!(mmio::cmdline_device(base, gsi), "virtio_mmio.device=4K@0xd0001000:5");
+//!
+//! // A guest reading the magic value:
+//! let mut magic = [0u8; 4];
+//! bus.read(base, &mut magic);
+//! assert_eq!(&magic, b"virt");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Everything in a queue is written by the guest and is treated as hostile: descriptor chains are
 //! walked with a bound, every buffer is checked against guest RAM before use, and a request the
 //! device cannot even answer (no status byte, a chain that loops) puts the device into
