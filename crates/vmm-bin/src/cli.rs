@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use petrel_vmm::config::{
-    parse_reg_assignment, parse_serial, parse_size, parse_u64, KernelImage, LinuxPayload,
-    RawPayload,
+    parse_disk, parse_net, parse_reg_assignment, parse_serial, parse_size, parse_u64, KernelImage,
+    LinuxPayload, RawPayload,
 };
 use petrel_vmm::{Error, StatsFormat, VmConfig};
 
@@ -86,6 +86,16 @@ struct BootArgs {
     /// The kernel command line (replaces "console=ttyS0 reboot=k panic=1 pci=off").
     #[arg(long, value_name = "STR", requires = "kernel")]
     cmdline: Option<String>,
+    /// A virtio-blk disk over a raw image: PATH[,ro][,id=NAME] (repeatable; the guest sees
+    /// /dev/vda, /dev/vdb, ... in this order).
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=NAME]", requires = "kernel")]
+    disks: Vec<String>,
+    /// A virtio-net interface over an existing tap device: tap=NAME[,mac=MAC].
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]", requires = "kernel")]
+    net: Option<String>,
+    /// A virtio-rng device fed from the host's getrandom (rate-limited).
+    #[arg(long, requires = "kernel")]
+    rng: bool,
     #[command(flatten)]
     linux: LinuxArgs,
     #[command(flatten)]
@@ -225,6 +235,13 @@ impl Cli {
                     initrd: b.initrd,
                     cmdline: b.cmdline,
                 });
+                config.disks = b
+                    .disks
+                    .iter()
+                    .map(|d| parse_disk(d))
+                    .collect::<Result<_, _>>()?;
+                config.net = b.net.as_deref().map(parse_net).transpose()?;
+                config.rng = b.rng;
                 b.linux.apply(&mut config)?;
                 let stats = b.machine.apply(&mut config)?;
                 Ok((config, stats))

@@ -298,6 +298,44 @@ fn kernel_bad_input_exits_2_with_one_line() {
             ],
             "/nonexistent/dir/log",
         ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--disk".into(),
+                "/nonexistent/disk.img".into(),
+            ],
+            "no such file",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--disk".into(),
+                format!("{},id=a", text.display()),
+                "--disk".into(),
+                format!("{},id=a", text.display()),
+            ],
+            "duplicate disk id `a`",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--net".into(),
+                "tap=petrelnotap9".into(),
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--net".into(),
+                "tap=t0,mac=02:00:00:00:00".into(),
+            ],
+            "not a MAC address",
+        ),
     ];
     for (args, expect) in cases {
         expect_bad_input(&args, expect);
@@ -372,4 +410,40 @@ fn boot_timer_and_metrics_show_the_timeline() {
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "sorted: {times:?}");
     assert!(v["exit_stats"]["total"]["total"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn read_only_disk_file_asked_for_writing() {
+    let dir = std::env::temp_dir().join(format!("petrel-rodisk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("ro.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let mut perms = std::fs::metadata(&img).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
+    std::fs::set_permissions(&img, perms).unwrap();
+    let args = [
+        "--kernel",
+        "/nonexistent/kernel",
+        "--disk",
+        img.to_str().unwrap(),
+    ];
+    // Root may write any file whatever its mode: run petrel as `nobody` then.
+    // SAFETY: geteuid has no preconditions.
+    let o = if unsafe { libc::geteuid() } == 0 {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_petrel"))
+            .args(args)
+            .output()
+            .expect("setpriv (util-linux) runs petrel as nobody")
+    } else {
+        petrel(&args)
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot be opened for writing") && err.contains("add `,ro`"),
+        "{err}"
+    );
 }

@@ -153,6 +153,30 @@ pub enum Payload {
     Linux(LinuxPayload),
 }
 
+/// A virtio-blk disk (`--disk PATH[,ro][,id=NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The raw image file.
+    pub path: PathBuf,
+    /// Offer the disk read-only (VIRTIO_BLK_F_RO); the file is then opened read-only.
+    pub read_only: bool,
+    /// The serial the guest reads with GET_ID (at most 20 bytes); default `vdN`.
+    pub id: Option<String>,
+}
+
+/// A virtio-net interface over an existing tap (`--net tap=NAME[,mac=MAC]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap's name.
+    pub tap: String,
+    /// The guest's MAC address; default a locally administered one.
+    pub mac: [u8; 6],
+}
+
+/// The MAC Petrel gives a guest when none is set: locally administered, unicast (IEEE 802,
+/// bit 1 of the first octet set, bit 0 clear).
+pub const DEFAULT_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -168,6 +192,12 @@ pub struct VmConfig {
     pub max_exits: Option<u64>,
     /// Add the guest workarounds for hosts that emulate guest kernel code.
     pub host_compat: bool,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-net interface.
+    pub net: Option<NetConfig>,
+    /// A virtio-rng device.
+    pub rng: bool,
 }
 
 impl VmConfig {
@@ -201,6 +231,9 @@ impl VmConfig {
             serial: SerialConfig::Stdio,
             max_exits: None,
             host_compat: true,
+            disks: Vec::new(),
+            net: None,
+            rng: false,
         }
     }
 }
@@ -263,6 +296,89 @@ pub fn parse_reg_assignment(s: &str) -> Result<RegAssignment> {
     Ok(RegAssignment { reg, value })
 }
 
+/// Parses `--disk PATH[,ro][,id=NAME]`.
+pub fn parse_disk(s: &str) -> Result<DiskConfig> {
+    let bad = |why: String| Error::InvalidArgument {
+        what: "--disk",
+        value: s.to_string(),
+        why,
+    };
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| bad("expected PATH[,ro][,id=NAME]".into()))?;
+    let mut disk = DiskConfig {
+        path: PathBuf::from(path),
+        read_only: false,
+        id: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => disk.read_only = true,
+            Some(("id", id)) if !id.is_empty() && id.len() <= 20 => disk.id = Some(id.to_string()),
+            Some(("id", _)) => {
+                return Err(bad("id must be 1 to 20 bytes (virtio-blk GET_ID)".into()))
+            }
+            _ => return Err(bad(format!("unknown option `{opt}` (known: ro, id=NAME)"))),
+        }
+    }
+    Ok(disk)
+}
+
+/// Parses a MAC address written as six hex octets separated by colons.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for octet in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *octet = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Parses `--net tap=NAME[,mac=MAC]`.
+pub fn parse_net(s: &str) -> Result<NetConfig> {
+    let bad = |why: String| Error::InvalidArgument {
+        what: "--net",
+        value: s.to_string(),
+        why,
+    };
+    let mut tap = None;
+    let mut mac = DEFAULT_MAC;
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() && name.len() < 16 => tap = Some(name),
+            Some(("tap", _)) => return Err(bad("a tap name is 1 to 15 characters".into())),
+            Some(("mac", m)) => {
+                mac = parse_mac(m).ok_or_else(|| {
+                    bad(format!(
+                        "`{m}` is not a MAC address (six hex octets, e.g. 06:00:ac:10:00:02)"
+                    ))
+                })?;
+                if mac[0] & 1 != 0 {
+                    return Err(bad(format!(
+                        "`{m}` is a multicast address; a NIC needs a unicast one"
+                    )));
+                }
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown option `{opt}` (known: tap=NAME, mac=MAC)"
+                )))
+            }
+        }
+    }
+    let tap = tap.ok_or_else(|| bad("expected tap=NAME".into()))?;
+    Ok(NetConfig {
+        tap: tap.to_string(),
+        mac,
+    })
+}
+
 /// Parses `--serial stdio|file:PATH|none`.
 pub fn parse_serial(s: &str) -> Result<SerialConfig> {
     match s {
@@ -304,6 +420,43 @@ mod tests {
         assert!(e.contains("unknown register `foo`"), "{e}");
         let e = parse_reg_assignment("rax=two").unwrap_err().to_string();
         assert!(e.contains("not a number"), "{e}");
+    }
+
+    #[test]
+    fn disks() {
+        let d = parse_disk("/img,ro,id=root").unwrap();
+        assert_eq!(
+            (d.path.to_str(), d.read_only, d.id.as_deref()),
+            (Some("/img"), true, Some("root"))
+        );
+        assert!(!parse_disk("/img").unwrap().read_only);
+        assert!(parse_disk("").is_err());
+        assert!(parse_disk("/img,rw")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown option `rw`"));
+        assert!(parse_disk("/img,id=123456789012345678901").is_err());
+    }
+
+    #[test]
+    fn nets_and_macs() {
+        let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!((n.tap.as_str(), n.mac), ("tap0", [2, 0, 0, 0, 0, 1]));
+        assert_eq!(parse_net("tap=tap0").unwrap().mac, DEFAULT_MAC);
+        assert!(parse_net("mac=02:00:00:00:00:01")
+            .unwrap_err()
+            .to_string()
+            .contains("tap=NAME"));
+        let e = parse_net("tap=t,mac=02:00:00:00:00")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a MAC address"), "{e}");
+        assert!(parse_net("tap=t,mac=01:00:00:00:00:01")
+            .unwrap_err()
+            .to_string()
+            .contains("multicast"));
+        assert!(parse_mac("zz:00:00:00:00:00").is_none());
+        assert!(parse_mac("02:00:00:00:00:01:07").is_none());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod report;
 pub mod signals;
 pub mod terminal;
 pub mod timeline;
+pub mod virtio;
 mod vm;
 
 use std::path::PathBuf;

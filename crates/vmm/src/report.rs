@@ -40,6 +40,8 @@ pub struct StatsDocument {
     pub kvm: Option<crate::kvm_view::KvmView>,
     /// Why KVM's counters are missing, when they are.
     pub kvm_unavailable: Option<String>,
+    /// What each virtio device did.
+    pub virtio: Vec<crate::virtio::DeviceReport>,
 }
 
 fn us(ns: u64) -> String {
@@ -101,6 +103,27 @@ impl StatsDocument {
                 out,
                 "  completed for the host's emulator: {} int3 (as #BP), {} fwait",
                 self.int3_injected, self.fwait_skipped
+            );
+        }
+        for d in &self.virtio {
+            let counters: Vec<String> = d
+                .counters
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} at {} (GSI {}): driver {}; {}",
+                d.name,
+                d.base,
+                d.gsi,
+                if d.driver_ready { "ready" } else { "not ready" },
+                if counters.is_empty() {
+                    "no requests".to_string()
+                } else {
+                    counters.join(" ")
+                }
             );
         }
         match (&self.kvm, &self.kvm_unavailable) {

@@ -39,6 +39,7 @@ use crate::report::StatsDocument;
 use crate::signals::{self, StopSignals};
 use crate::terminal::RawTerminal;
 use crate::timeline::Timeline;
+use crate::virtio::{self, VirtioPlan};
 use crate::{Error, Result};
 
 /// How long the VMM waits for a vCPU thread to leave its loop once told to stop.
@@ -146,9 +147,15 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
         return Err(bad_vcpus(config.vcpus, &why));
     }
     let emulated = host_emulates_guest_kernel();
-    let loaded = match &config.payload {
-        Payload::Raw(raw) => load_raw(&ram, raw, config.vcpus)?,
-        Payload::Linux(linux) => load_linux(&ram, linux, config, emulated)?,
+    let (loaded, virtio_plan) = match &config.payload {
+        Payload::Raw(raw) => (load_raw(&ram, raw, config.vcpus)?, VirtioPlan::default()),
+        Payload::Linux(linux) => {
+            let plan = virtio::plan(config)?;
+            (
+                load_linux(&ram, linux, config, emulated, &plan.cmdline)?,
+                plan,
+            )
+        }
     };
     let console_dest = open_console_destination(&config.serial)?;
     timeline.mark(if loaded.linux {
@@ -190,7 +197,9 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
         io,
         console_input,
         serial,
-    } = build_devices(&vm, &ram, &loaded, &console, config, &timeline)?;
+        subscribers,
+        virtio_devices,
+    } = build_devices(&vm, &ram, &loaded, &console, config, &timeline, virtio_plan)?;
 
     let vcpu_exited = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
     let mut handles = Vec::with_capacity(usize::from(config.vcpus));
@@ -213,13 +222,17 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
     };
     let mut signal = None;
     let loop_result = match started {
-        Ok(()) => run_event_loop(vcpu_exited, stop_signals, console_input).map(|end| match end {
-            LoopEnd::Signal(s) => {
-                signal = Some(signals::name(s));
-                timeline.mark(&format!("{} received", signals::name(s)));
-            }
-            LoopEnd::VcpuExited => timeline.mark("guest stopped"),
-        }),
+        Ok(()) => {
+            run_event_loop(vcpu_exited, stop_signals, console_input, subscribers).map(|end| {
+                match end {
+                    LoopEnd::Signal(s) => {
+                        signal = Some(signals::name(s));
+                        timeline.mark(&format!("{} received", signals::name(s)));
+                    }
+                    LoopEnd::VcpuExited => timeline.mark("guest stopped"),
+                }
+            })
+        }
         Err(e) => Err(e),
     };
 
@@ -252,6 +265,7 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
     }
     let mut summary = summarize(outcomes, &io, signal, timeline);
     summary.stats.kvm = kvm_stats.read();
+    summary.stats.virtio = virtio_devices.iter().map(|d| d.report()).collect();
     summary.stats.kvm_unavailable = kvm_stats.unavailable.take();
     Ok(summary)
 }
@@ -273,10 +287,19 @@ fn load_raw(ram: &GuestRam, raw: &RawPayload, vcpus: u8) -> Result<Loaded> {
     Ok(Loaded { boot, linux: false })
 }
 
-/// The command line the guest gets: the user's (or Petrel's default), then the host's
-/// workarounds where the host needs them.
-pub fn guest_cmdline(user: Option<&str>, emulated_host: bool, host_compat: bool) -> String {
+/// The command line the guest gets: the user's (or Petrel's default), what the devices need
+/// (`virtio_mmio.device=...`), then the host's workarounds where the host needs them.
+pub fn guest_cmdline(
+    user: Option<&str>,
+    devices: &str,
+    emulated_host: bool,
+    host_compat: bool,
+) -> String {
     let mut cmdline = user.unwrap_or(DEFAULT_CMDLINE).trim().to_string();
+    if !devices.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(devices);
+    }
     if emulated_host && host_compat {
         cmdline.push(' ');
         cmdline.push_str(EMULATED_HOST_CMDLINE);
@@ -289,6 +312,7 @@ fn load_linux(
     linux: &LinuxPayload,
     config: &VmConfig,
     emulated: bool,
+    device_cmdline: &str,
 ) -> Result<Loaded> {
     let kernel = match &linux.kernel {
         KernelImage::File(path) => petrel_loader::load_kernel(ram, path),
@@ -303,7 +327,12 @@ fn load_linux(
         .map(|p| petrel_loader::load_initrd(ram, p, &kernel))
         .transpose()
         .map_err(Error::Load)?;
-    let cmdline = guest_cmdline(linux.cmdline.as_deref(), emulated, config.host_compat);
+    let cmdline = guest_cmdline(
+        linux.cmdline.as_deref(),
+        device_cmdline,
+        emulated,
+        config.host_compat,
+    );
     let boot = petrel_loader::configure_linux_boot(ram, &kernel, &cmdline, initrd, config.vcpus)
         .map_err(Error::Load)?;
     Ok(Loaded { boot, linux: true })
@@ -327,6 +356,10 @@ struct Devices {
     io: Arc<PlatformIo>,
     console_input: Option<ConsoleInput>,
     serial: Arc<Mutex<Serial>>,
+    /// Devices whose work runs on the event loop (virtio).
+    subscribers: virtio::Subscribers,
+    /// The virtio devices, for reports.
+    virtio_devices: Vec<virtio::AttachedDevice>,
 }
 
 fn build_devices(
@@ -336,6 +369,7 @@ fn build_devices(
     console: &Option<ConsoleOutput>,
     config: &VmConfig,
     timeline: &Timeline,
+    virtio_plan: VirtioPlan,
 ) -> Result<Devices> {
     let irqchip = loaded.linux;
     let mut pio = BusBuilder::new("port I/O");
@@ -379,6 +413,7 @@ fn build_devices(
         device(BootTimer::new(timeline.clone())),
     )
     .map_err(Error::Devices)?;
+    let (subscribers, virtio_devices) = virtio::attach(virtio_plan, vm, ram, &mut mmio)?;
     let io = Arc::new(PlatformIo {
         pio: pio.build(),
         mmio: mmio.build(),
@@ -393,6 +428,8 @@ fn build_devices(
         io,
         console_input,
         serial,
+        subscribers,
+        virtio_devices,
     })
 }
 
@@ -460,11 +497,15 @@ fn run_event_loop(
     vcpu_exited: EventFd,
     signals: StopSignals,
     console: Option<ConsoleInput>,
+    devices: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
 ) -> Result<LoopEnd> {
-    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> =
+    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(Error::EventLoop)?;
     let controller = Arc::new(Mutex::new(Controller::new(vcpu_exited, signals, console)));
     em.add_subscriber(controller.clone());
+    for device in devices {
+        em.add_subscriber(device);
+    }
     loop {
         em.run().map_err(Error::EventLoop)?;
         if let Some(end) = controller
@@ -507,6 +548,7 @@ fn summarize(
         fwait_skipped: outcomes.iter().map(|o| o.emulation.fwait_skipped).sum(),
         kvm: None,
         kvm_unavailable: None,
+        virtio: Vec::new(),
     };
     RunSummary {
         stop,
@@ -522,16 +564,15 @@ mod tests {
 
     #[test]
     fn cmdline_default_user_and_host_workarounds() {
-        assert_eq!(guest_cmdline(None, false, true), DEFAULT_CMDLINE);
-        assert_eq!(
-            guest_cmdline(Some(" console=ttyS0 "), false, true),
-            "console=ttyS0"
-        );
-        let c = guest_cmdline(None, true, true);
-        assert!(
-            c.starts_with(DEFAULT_CMDLINE) && c.ends_with(EMULATED_HOST_CMDLINE),
-            "{c}"
-        );
-        assert_eq!(guest_cmdline(None, true, false), DEFAULT_CMDLINE);
+        assert_eq!(guest_cmdline(None, "", false, true), DEFAULT_CMDLINE);
+        let user = guest_cmdline(Some(" console=ttyS0 "), "", false, true);
+        assert_eq!(user, "console=ttyS0");
+        let c = guest_cmdline(None, "", true, true);
+        assert!(c.starts_with(DEFAULT_CMDLINE), "{c}");
+        assert!(c.ends_with(EMULATED_HOST_CMDLINE), "{c}");
+        assert_eq!(guest_cmdline(None, "", true, false), DEFAULT_CMDLINE);
+        let dev = "virtio_mmio.device=4K@0xd0001000:5";
+        let with_dev = guest_cmdline(Some("root=/dev/vda"), dev, false, true);
+        assert_eq!(with_dev, format!("root=/dev/vda {dev}"));
     }
 }

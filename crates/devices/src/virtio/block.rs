@@ -188,6 +188,20 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("reads", s.reads),
+            ("writes", s.writes),
+            ("flushes", s.flushes),
+            ("get_ids", s.get_ids),
+            ("read_bytes", s.read_bytes),
+            ("write_bytes", s.write_bytes),
+            ("bad_requests", s.bad_requests),
+            ("read_only_writes", s.read_only_writes),
+        ]
+    }
+
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
     }

@@ -253,6 +253,11 @@ pub trait VirtioDevice: Send + fmt::Debug {
     /// Returns the device to its state before activation: drops the queues and the guest
     /// memory, forgets acknowledged features and in-flight state.
     fn reset(&mut self);
+
+    /// The device's counters by name (requests served, bytes, errors), for the VMM's reports.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
@@ -296,6 +301,9 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     }
     fn reset(&mut self) {
         (**self).reset()
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        (**self).counters()
     }
 }
 

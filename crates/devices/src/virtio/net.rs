@@ -363,6 +363,23 @@ fn set_nonblocking(f: &File) -> io::Result<()> {
 }
 
 impl VirtioDevice for Net {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("rx_frames", s.rx_frames),
+            ("rx_bytes", s.rx_bytes),
+            ("rx_deferred", s.rx_deferred),
+            ("rx_too_large", s.rx_too_large),
+            ("rx_bad_frames", s.rx_bad_frames),
+            ("rx_bad_chains", s.rx_bad_chains),
+            ("rx_errors", s.rx_errors),
+            ("tx_frames", s.tx_frames),
+            ("tx_bytes", s.tx_bytes),
+            ("tx_bad_chains", s.tx_bad_chains),
+            ("tx_errors", s.tx_errors),
+        ]
+    }
+
     fn device_type(&self) -> u32 {
         TYPE_NET
     }

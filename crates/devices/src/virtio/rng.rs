@@ -329,6 +329,17 @@ fn fill_random(buf: &mut [u8]) -> io::Result<()> {
 }
 
 impl VirtioDevice for Rng {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("requests", s.requests),
+            ("bytes", s.bytes),
+            ("bad_requests", s.bad_requests),
+            ("throttled", s.throttled),
+            ("entropy_errors", s.entropy_errors),
+        ]
+    }
+
     fn device_type(&self) -> u32 {
         TYPE_RNG
     }
