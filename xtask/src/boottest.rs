@@ -58,10 +58,18 @@ pub struct Scenario {
     pub kernel: PathBuf,
     /// Its format (chooses QEMU's machine type).
     pub format: KernelFormat,
-    /// The initramfs.
-    pub initrd: PathBuf,
+    /// The initramfs, if the guest boots from one.
+    pub initrd: Option<PathBuf>,
     /// Number of vCPUs.
     pub vcpus: u32,
+    /// More petrel arguments (devices).
+    pub extra_args: Vec<String>,
+    /// The guest command line, when not [`GUEST_CMDLINE`].
+    pub cmdline: Option<String>,
+    /// Lines the serial log must also contain.
+    pub expect: Vec<&'static str>,
+    /// Checks on the host after the VM ended (the disk image, the metrics).
+    pub after: Option<crate::virtio_boot::AfterCheck>,
 }
 
 impl Scenario {
@@ -71,8 +79,12 @@ impl Scenario {
             name: name.to_owned(),
             kernel: kernel.to_owned(),
             format,
-            initrd: initrd.to_owned(),
+            initrd: Some(initrd.to_owned()),
             vcpus,
+            extra_args: Vec::new(),
+            cmdline: None,
+            expect: Vec::new(),
+            after: None,
         }
     }
 }
@@ -83,15 +95,16 @@ impl Vmm {
         match self {
             Vmm::Petrel(bin) => {
                 let mut cmd = Command::new(bin);
-                cmd.arg("--kernel")
-                    .arg(&s.kernel)
-                    .arg("--initrd")
-                    .arg(&s.initrd)
-                    .arg("--cmdline")
-                    .arg(GUEST_CMDLINE)
+                cmd.arg("--kernel").arg(&s.kernel);
+                if let Some(initrd) = &s.initrd {
+                    cmd.arg("--initrd").arg(initrd);
+                }
+                cmd.arg("--cmdline")
+                    .arg(s.cmdline.as_deref().unwrap_or(GUEST_CMDLINE))
                     .args(["--mem", "256M", "--vcpus", &s.vcpus.to_string()])
                     .arg("--serial")
-                    .arg(format!("file:{}", serial_log.display()));
+                    .arg(format!("file:{}", serial_log.display()))
+                    .args(&s.extra_args);
                 cmd
             }
             Vmm::Qemu => {
@@ -104,10 +117,11 @@ impl Vmm {
                 cmd.args(["-M", machine, "-accel", "tcg", "-m", "256M"])
                     .args(["-smp", &s.vcpus.to_string()])
                     .arg("-kernel")
-                    .arg(&s.kernel)
-                    .arg("-initrd")
-                    .arg(&s.initrd)
-                    .args(["-append", GUEST_CMDLINE])
+                    .arg(&s.kernel);
+                if let Some(initrd) = &s.initrd {
+                    cmd.arg("-initrd").arg(initrd);
+                }
+                cmd.args(["-append", s.cmdline.as_deref().unwrap_or(GUEST_CMDLINE)])
                     .args(["-nodefaults", "-display", "none", "-monitor", "none"])
                     .arg("-serial")
                     .arg(format!("file:{}", serial_log.display()))
@@ -336,7 +350,20 @@ pub fn run_scenario(
     let run_init = watch.seen_at();
     let serial = fs::read(&serial_log).unwrap_or_default();
     let serial = String::from_utf8_lossy(&serial);
-    let verdict = evaluate(&serial, &exit, user_mode);
+    let mut verdict = evaluate(&serial, &exit, user_mode);
+    for line in &scenario.expect {
+        if !serial.contains(line) {
+            verdict
+                .failures
+                .push(format!("the serial log lacks `{line}`"));
+        }
+    }
+    if let Some(after) = &scenario.after {
+        match after.check() {
+            Ok(notes) => verdict.notes.extend(notes),
+            Err(failures) => verdict.failures.extend(failures),
+        }
+    }
 
     let result = if verdict.passed() { "PASS" } else { "FAIL" };
     println!(

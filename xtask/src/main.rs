@@ -18,6 +18,7 @@ mod initramfs;
 mod kernel;
 mod sha256;
 mod suite;
+mod virtio_boot;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -201,7 +202,10 @@ fn boot_test(args: &BootTestArgs) -> u8 {
     let all: Vec<&str> = if args.kernel.is_some() {
         vec![CUSTOM_SCENARIO]
     } else {
-        SCENARIOS.iter().map(|s| s.0).collect()
+        let standard = SCENARIOS.iter().map(|s| s.0);
+        standard
+            .chain(virtio_boot::SCENARIOS.iter().copied())
+            .collect()
     };
     let names = match select(&all, &args.only) {
         Ok(n) => n,
@@ -229,7 +233,14 @@ fn boot_test(args: &BootTestArgs) -> u8 {
                     .initrd
                     .clone()
                     .unwrap_or_else(|| guest.initramfs.clone());
-                standard_scenarios(&names, &guest, &initrd)
+                let mut scenarios = standard_scenarios(&names, &guest, &initrd);
+                let disks = target_dir(&workspace_root()).join("boot-test");
+                scenarios.extend(virtio_boot::scenarios(
+                    &names,
+                    &guest.kernel.vmlinux,
+                    &disks,
+                )?);
+                scenarios
             }
         };
         let petrel = match &args.petrel {
@@ -378,7 +389,9 @@ mod tests {
                 ("vmlinux-2vcpu", "/c/vmlinux", 2),
             ]
         );
-        assert!(s.iter().all(|s| s.initrd == Path::new("/c/i.cpio")));
+        assert!(s
+            .iter()
+            .all(|s| s.initrd.as_deref() == Some(Path::new("/c/i.cpio"))));
     }
 
     #[test]

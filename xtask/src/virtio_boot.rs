@@ -1,0 +1,299 @@
+//! Boot-test scenarios with virtio devices: the root filesystem on a virtio-blk disk (read-write
+//! and read-only), with virtio-rng, checked from the guest's serial log and, after the VM
+//! ended, on the host: the ext4 superblock the guest wrote (read with `dumpe2fs`) and what
+//! Petrel's `--metrics` says each device did.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::boottest::{KernelFormat, Scenario};
+use crate::error::{Error, IoContext, Result};
+use crate::host;
+use crate::initramfs::{init_script, BUSYBOX_PATH};
+
+/// The virtio scenarios, by name.
+pub const SCENARIOS: &[&str] = &["virtio-blk-root", "virtio-blk-ro"];
+
+/// What the kernel prints when it mounted the root filesystem read-write.
+pub const MOUNTED_RW: &str = "VFS: Mounted root (ext4 filesystem) on device";
+/// What it prints when it mounted it read-only.
+pub const MOUNTED_RO: &str = "VFS: Mounted root (ext4 filesystem) readonly on device";
+
+/// The command line of a guest whose root is the first virtio disk. `init=/init` makes the
+/// kernel print the same `Run /init as init process` line as with the initramfs.
+fn root_cmdline(mode: &str) -> String {
+    format!("console=ttyS0 reboot=k panic=1 root=/dev/vda {mode} rootwait init=/init")
+}
+
+/// Checks made on the host once the VM has ended.
+#[derive(Debug, Clone)]
+pub enum AfterCheck {
+    /// The guest mounted the disk read-write: the ext4 mount count went from 0 to at least 1
+    /// with a last-mount time, the disk saw writes, and virtio-rng served the guest bytes.
+    RootReadWrite {
+        /// The disk image.
+        image: PathBuf,
+        /// Petrel's `--metrics` file.
+        metrics: PathBuf,
+    },
+    /// The guest mounted the disk read-only: the superblock is untouched and no write
+    /// reached the disk.
+    RootReadOnly {
+        /// The disk image.
+        image: PathBuf,
+        /// Petrel's `--metrics` file.
+        metrics: PathBuf,
+    },
+}
+
+/// The fields of `dumpe2fs -h` the checks read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    /// "Mount count".
+    pub mount_count: u64,
+    /// "Last mount time" ("n/a" when never mounted).
+    pub last_mount_time: String,
+}
+
+/// Parses `dumpe2fs -h` output.
+pub fn parse_dumpe2fs(text: &str) -> Option<Superblock> {
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .map(|v| v.trim_start_matches(':').trim().to_owned())
+        })
+    };
+    Some(Superblock {
+        mount_count: field("Mount count")?.parse().ok()?,
+        last_mount_time: field("Last mount time")?,
+    })
+}
+
+fn read_superblock(image: &Path) -> std::result::Result<Superblock, String> {
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(image)
+        .output()
+        .map_err(|e| format!("cannot run dumpe2fs: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_dumpe2fs(&text)
+        .ok_or_else(|| format!("dumpe2fs -h {} gave no superblock", image.display()))
+}
+
+/// A device's counter from Petrel's `--metrics` JSON, by device name and counter name.
+pub fn device_counter(metrics: &serde_json::Value, device: &str, counter: &str) -> Option<u64> {
+    metrics["exit_stats"]["virtio"]
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == device)?["counters"][counter]
+        .as_u64()
+}
+
+fn device_ready(metrics: &serde_json::Value, device: &str) -> bool {
+    metrics["exit_stats"]["virtio"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["name"] == device))
+        .is_some_and(|d| d["driver_ready"] == true)
+}
+
+fn read_metrics(path: &Path) -> std::result::Result<serde_json::Value, String> {
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("no metrics at {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("metrics at {} are not JSON: {e}", path.display()))
+}
+
+impl AfterCheck {
+    /// Runs the checks: notes on success, failures otherwise.
+    pub fn check(&self) -> std::result::Result<Vec<String>, Vec<String>> {
+        let mut notes = Vec::new();
+        let mut failures = Vec::new();
+        match self {
+            AfterCheck::RootReadWrite { image, metrics } => {
+                match read_superblock(image) {
+                    Ok(sb) if sb.mount_count >= 1 && sb.last_mount_time != "n/a" => {
+                        notes.push(format!(
+                            "the guest's write reached the disk: mount count {}, last mounted {}",
+                            sb.mount_count, sb.last_mount_time
+                        ))
+                    }
+                    Ok(sb) => failures.push(format!(
+                        "the guest's mount left no trace on the disk: mount count {}, last mount \
+                         time {}",
+                        sb.mount_count, sb.last_mount_time
+                    )),
+                    Err(e) => failures.push(e),
+                }
+                match read_metrics(metrics) {
+                    Ok(m) => {
+                        let writes = device_counter(&m, "virtio-blk", "writes").unwrap_or(0);
+                        let rng = device_counter(&m, "virtio-rng", "bytes").unwrap_or(0);
+                        if writes == 0 || !device_ready(&m, "virtio-blk") {
+                            failures.push("virtio-blk served no write".into());
+                        }
+                        if rng == 0 || !device_ready(&m, "virtio-rng") {
+                            failures.push(
+                                "virtio-rng served no bytes: the kernel did not use virtio_rng \
+                                 as its hw_random source"
+                                    .into(),
+                            );
+                        } else {
+                            notes.push(format!(
+                                "virtio-blk: {writes} writes; virtio-rng: {rng} bytes to the \
+                                 kernel's hw_random core"
+                            ));
+                        }
+                    }
+                    Err(e) => failures.push(e),
+                }
+            }
+            AfterCheck::RootReadOnly { image, metrics } => {
+                match read_superblock(image) {
+                    Ok(sb) if sb.mount_count == 0 => {
+                        notes.push("the read-only disk is untouched (mount count 0)".into())
+                    }
+                    Ok(sb) => failures.push(format!(
+                        "a read-only disk was written: mount count {}",
+                        sb.mount_count
+                    )),
+                    Err(e) => failures.push(e),
+                }
+                match read_metrics(metrics) {
+                    Ok(m) => {
+                        let writes = device_counter(&m, "virtio-blk", "writes").unwrap_or(0);
+                        let refused = device_counter(&m, "virtio-blk", "read_only_writes");
+                        if writes > 0 {
+                            failures.push(format!("{writes} writes reached a read-only disk"));
+                        }
+                        if let Some(r) = refused.filter(|r| *r > 0) {
+                            notes.push(format!("{r} writes refused with IOERR"));
+                        }
+                    }
+                    Err(e) => failures.push(e),
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(notes)
+        } else {
+            Err(failures)
+        }
+    }
+}
+
+/// Makes a fresh ext4 image at `image` holding busybox and the boot test's `/init`.
+pub fn build_rootfs(image: &Path) -> Result<()> {
+    let staging = image.with_extension("staging");
+    let _ = fs::remove_dir_all(&staging);
+    for d in ["bin", "dev", "proc", "sys"] {
+        fs::create_dir_all(staging.join(d)).ctx(|| format!("creating {}", staging.display()))?;
+    }
+    fs::copy(BUSYBOX_PATH, staging.join("bin/busybox"))
+        .ctx(|| format!("copying {BUSYBOX_PATH}"))?;
+    let init = staging.join("init");
+    fs::write(&init, init_script()).ctx(|| format!("writing {}", init.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
+        .ctx(|| format!("making {} executable", init.display()))?;
+    let _ = fs::remove_file(image);
+    host::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "petrel-root", "-d"])
+            .arg(&staging)
+            .arg(image)
+            .arg("32M"),
+    )?;
+    fs::remove_dir_all(&staging).ctx(|| format!("removing {}", staging.display()))?;
+    Ok(())
+}
+
+/// The virtio scenarios named in `names`, booting `vmlinux`; their disk images and metrics go
+/// to `dir`.
+pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scenario>> {
+    if !names.iter().any(|n| SCENARIOS.contains(n)) {
+        return Ok(Vec::new());
+    }
+    host::ensure_packages(&["e2fsprogs", "busybox-static"])?;
+    fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    let mut out = Vec::new();
+    for &name in names.iter().filter(|n| SCENARIOS.contains(n)) {
+        let image = dir.join(format!("{name}.ext4"));
+        let metrics = dir.join(format!("{name}.metrics.json"));
+        let _ = fs::remove_file(&metrics);
+        build_rootfs(&image)?;
+        let mut s = Scenario::new(name, vmlinux, KernelFormat::Elf, Path::new(""), 1);
+        s.initrd = None;
+        let disk = image.display().to_string();
+        let metrics_arg = metrics.display().to_string();
+        match name {
+            "virtio-blk-root" => {
+                s.cmdline = Some(root_cmdline("rw"));
+                s.extra_args = vec!["--disk".into(), disk, "--rng".into()];
+                s.expect = vec![MOUNTED_RW];
+                s.after = Some(AfterCheck::RootReadWrite {
+                    image,
+                    metrics: metrics.clone(),
+                });
+            }
+            "virtio-blk-ro" => {
+                s.cmdline = Some(root_cmdline("ro"));
+                s.extra_args = vec!["--disk".into(), format!("{disk},ro")];
+                s.expect = vec![MOUNTED_RO];
+                s.after = Some(AfterCheck::RootReadOnly {
+                    image,
+                    metrics: metrics.clone(),
+                });
+            }
+            other => {
+                return Err(Error::Command {
+                    command: format!("boot-test scenario {other}"),
+                    detail: "unknown virtio scenario".into(),
+                })
+            }
+        }
+        s.extra_args.extend(["--metrics".into(), metrics_arg]);
+        out.push(s);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dumpe2fs_fields() {
+        let text = "Filesystem volume name:   petrel-root\nMount count:              1\n\
+                    Last mount time:          Sat Nov 21 12:16:09 2026\n";
+        let sb = parse_dumpe2fs(text).unwrap();
+        assert_eq!(sb.mount_count, 1);
+        assert_eq!(sb.last_mount_time, "Sat Nov 21 12:16:09 2026");
+        let never = "Mount count:              0\nLast mount time:          n/a\n";
+        assert_eq!(parse_dumpe2fs(never).unwrap().last_mount_time, "n/a");
+        assert!(parse_dumpe2fs("nothing").is_none());
+    }
+
+    #[test]
+    fn counters_from_metrics() {
+        let m: serde_json::Value = serde_json::from_str(
+            r#"{"exit_stats":{"virtio":[{"name":"virtio-blk","driver_ready":true,
+                "counters":{"writes":2}},{"name":"virtio-rng","driver_ready":true,
+                "counters":{"bytes":128}}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(device_counter(&m, "virtio-blk", "writes"), Some(2));
+        assert_eq!(device_counter(&m, "virtio-rng", "bytes"), Some(128));
+        assert_eq!(device_counter(&m, "virtio-net", "rx_frames"), None);
+        assert!(device_ready(&m, "virtio-rng"));
+    }
+
+    #[test]
+    fn root_cmdline_boots_init_from_the_disk() {
+        let c = root_cmdline("ro");
+        assert!(
+            c.contains("root=/dev/vda ro") && c.contains("init=/init"),
+            "{c}"
+        );
+    }
+}
