@@ -70,6 +70,8 @@ pub struct Scenario {
     pub expect: Vec<&'static str>,
     /// Checks on the host after the VM ended (the disk image, the metrics).
     pub after: Option<crate::virtio_boot::AfterCheck>,
+    /// A network namespace with a tap, DHCP server and netconsole listener to run in.
+    pub net: Option<crate::virtio_boot::NetSetup>,
 }
 
 impl Scenario {
@@ -85,6 +87,7 @@ impl Scenario {
             cmdline: None,
             expect: Vec::new(),
             after: None,
+            net: None,
         }
     }
 }
@@ -94,7 +97,15 @@ impl Vmm {
     pub fn command(&self, s: &Scenario, serial_log: &Path) -> Command {
         match self {
             Vmm::Petrel(bin) => {
-                let mut cmd = Command::new(bin);
+                let mut cmd = match &s.net {
+                    // The tap lives in the scenario's namespace: petrel must run there.
+                    Some(net) => {
+                        let mut c = Command::new("ip");
+                        c.args(["netns", "exec", &net.namespace]).arg(bin);
+                        c
+                    }
+                    None => Command::new(bin),
+                };
                 cmd.arg("--kernel").arg(&s.kernel);
                 if let Some(initrd) = &s.initrd {
                     cmd.arg("--initrd").arg(initrd);
@@ -307,6 +318,10 @@ pub fn run_scenario(
     // In its own process group, so that a hung VMM and anything it started can be killed
     // together. A Ctrl-C at the terminal then reaches only xtask: the guard turns it into
     // killing the group before xtask exits.
+    let fixture = match &scenario.net {
+        Some(net) => Some(crate::virtio_boot::NetFixture::start(net)?),
+        None => None,
+    };
     let interrupts = host::InterruptGuard::install();
     let start = Instant::now();
     let mut child = cmd
@@ -356,6 +371,21 @@ pub fn run_scenario(
             verdict
                 .failures
                 .push(format!("the serial log lacks `{line}`"));
+        }
+    }
+    if let Some(fixture) = fixture {
+        let captured = fixture.finish();
+        let done = crate::virtio_boot::IP_CONFIG_DONE;
+        if captured.contains(done) {
+            verdict.notes.push(format!(
+                "netconsole delivered {} bytes of kernel log over virtio-net, with `{done}`",
+                captured.len()
+            ));
+        } else {
+            verdict.failures.push(format!(
+                "the netconsole listener got {} bytes, without `{done}`",
+                captured.len()
+            ));
         }
     }
     if let Some(after) = &scenario.after {

@@ -235,11 +235,8 @@ fn boot_test(args: &BootTestArgs) -> u8 {
                     .unwrap_or_else(|| guest.initramfs.clone());
                 let mut scenarios = standard_scenarios(&names, &guest, &initrd);
                 let disks = target_dir(&workspace_root()).join("boot-test");
-                scenarios.extend(virtio_boot::scenarios(
-                    &names,
-                    &guest.kernel.vmlinux,
-                    &disks,
-                )?);
+                let vmlinux = &guest.kernel.vmlinux;
+                scenarios.extend(virtio_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios
             }
         };
