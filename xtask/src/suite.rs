@@ -13,9 +13,12 @@ use crate::cli::{BootTestArgs, TestArgs};
 use crate::error::{Error, Result};
 use crate::host;
 
-/// Packages the suite needs beyond [`host::GUEST_BUILD_PACKAGES`]: `mkfs.ext4` for disk
-/// images, and QEMU for `qemu-check` and side-by-side benchmarks.
-pub const EXTRA_PACKAGES: &[&str] = &["e2fsprogs", "qemu-system-x86"];
+/// Packages the suite needs beyond [`host::GUEST_BUILD_PACKAGES`]: `mkfs.ext4` for the
+/// virtio-blk boot tests' disk images, `ip` and dnsmasq for the virtio-net boot test's
+/// namespace and DHCP server, and QEMU for `qemu-check` and side-by-side benchmarks. (The
+/// boot tests also check for their own; installing all here, first, keeps the install in
+/// one place in the log.)
+pub const EXTRA_PACKAGES: &[&str] = &["e2fsprogs", "iproute2", "dnsmasq-base", "qemu-system-x86"];
 
 /// The environment variable that makes KVM tests fail, not skip, without /dev/kvm.
 const REQUIRE_KVM_VAR: &str = "VMM_REQUIRE_KVM";
@@ -473,6 +476,8 @@ mod tests {
             "linux-source-6.12",
             "busybox-static",
             "e2fsprogs",
+            "iproute2",
+            "dnsmasq-base",
             "qemu-system-x86",
         ] {
             assert!(packages.contains(p), "{p} missing from {packages}");
