@@ -65,7 +65,7 @@ pub fn ensure_packages(packages: &[&str]) -> Result<()> {
         let mut install = Command::new("apt-get");
         install
             .args(["install", "-y"])
-            .args(packages)
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive");
         run(&mut install)?;
     }
