@@ -112,7 +112,7 @@ pub use rtc::{Clock, CmosRtc, FixedClock, RtcStats, SystemClock, RTC_BASE, RTC_P
 pub use serial::{Serial, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
 pub use virtio::{
-    Block, Interrupt, Net, Rng, VirtioDevice, VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE,
+    Block, Interrupt, Net, Rng, VirtioDevice, VirtioMmio, VirtioMmioStats, Vsock, MMIO_WINDOW_SIZE,
 };
 
 /// Errors from building a bus and from setting up devices.
@@ -235,6 +235,36 @@ pub enum Error {
     OpenTap {
         /// The tap's name.
         name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A virtio-vsock guest CID that is reserved (0, 1, 2) or does not fit below `u32::MAX`.
+    #[error("vsock guest CID {cid} is reserved or too large: it must be from 3 to 4294967294")]
+    VsockCid {
+        /// The CID given.
+        cid: u64,
+    },
+    /// Something exists already where the vsock device's Unix socket was to be created.
+    #[error("cannot create the vsock socket {}: the path exists (remove it first)", path.display())]
+    VsockPathExists {
+        /// The path given.
+        path: std::path::PathBuf,
+    },
+    /// The vsock device's Unix socket could not be bound or listened on.
+    #[error("cannot listen on the vsock socket {}", path.display())]
+    VsockBind {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The vsock device's epoll instance or timer could not be created or set up.
+    #[error("cannot set up the vsock device's {what}")]
+    VsockSetup {
+        /// What could not be set up.
+        what: &'static str,
         /// Why.
         #[source]
         source: std::io::Error,

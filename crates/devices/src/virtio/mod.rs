@@ -66,6 +66,7 @@ pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod testutil;
+pub mod vsock;
 
 use std::fmt;
 use std::io;
@@ -82,6 +83,7 @@ pub use block::{Block, BlockStats};
 pub use mmio::{VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 pub use net::{Net, NetStats};
 pub use rng::{Rng, RngStats};
+pub use vsock::{Vsock, VsockStats};
 
 use crate::Error;
 
