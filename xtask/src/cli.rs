@@ -32,6 +32,12 @@ COMMANDS:
                   their paths, also as PETREL_GUEST_* lines.
     qemu-check    Boot the guest kernel and initramfs under QEMU with TCG (no KVM) to check
                   the guest itself: the init marker must appear.
+    bench         Build petrel (release) and measure its VMM-side costs side by side with
+                  QEMU (microvm, KVM) on the same demo guest: start-up, memory overhead,
+                  exit cost (against a bare KVM_RUN loop), density, and Linux boot time.
+                  Prints a table with PASS/FAIL per target and writes
+                  target/bench/results.json; exits 1 when a target is missed, a measurement
+                  fails, or QEMU or /dev/kvm is missing (unless --allow-missing).
     help          Print this help (also -h, --help; `<COMMAND> --help` too).
 
 TEST OPTIONS:
@@ -50,6 +56,19 @@ BOOT-TEST OPTIONS:
 QEMU-CHECK OPTIONS:
     --timeout SECS   Per-boot time limit (default 300).
     --only NAME      Run only this scenario (may be repeated).
+
+BENCH OPTIONS:
+    --runs N         Runs per case (default 10; the memory cases do at most 5, density
+                     at most 3).
+    --exits N        Port-write exits per exit-cost run (default 10000).
+    --vms N          VMs per density measurement (default 20).
+    --no-linux       Leave out the Linux boot case (the table says so).
+    --linux-runs N   Linux boots per VMM (default 1).
+    --linux-timeout SECS  Limit for one Linux boot (default 600).
+    --only NAME      Run only this case (may be repeated): startup, memory, exits,
+                     density, linux.
+    --allow-missing  Exit 0 even if QEMU or /dev/kvm is missing (still shown as MISSING).
+    --petrel PATH    Use this petrel binary instead of building target/release/petrel.
 
 ENVIRONMENT:
     PETREL_CACHE     Cache directory (default $XDG_CACHE_HOME/petrel, else ~/.cache/petrel).
@@ -108,6 +127,46 @@ pub struct QemuCheckArgs {
     pub only: Vec<String>,
 }
 
+/// Options of `bench`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchArgs {
+    /// Runs per case.
+    pub runs: u32,
+    /// Exits per exit-cost run.
+    pub exits: u64,
+    /// VMs per density measurement.
+    pub vms: u32,
+    /// Run the Linux boot case.
+    pub linux: bool,
+    /// Linux boots per VMM.
+    pub linux_runs: u32,
+    /// Limit for one Linux boot.
+    pub linux_timeout: Duration,
+    /// Cases to run; empty means all.
+    pub only: Vec<String>,
+    /// Exit 0 even when QEMU or KVM is missing.
+    pub allow_missing: bool,
+    /// A petrel binary to use instead of building one.
+    pub petrel: Option<PathBuf>,
+}
+
+impl Default for BenchArgs {
+    /// Every case, 10 runs each.
+    fn default() -> Self {
+        Self {
+            runs: 10,
+            exits: 10_000,
+            vms: 20,
+            linux: true,
+            linux_runs: 1,
+            linux_timeout: DEFAULT_BOOT_TIMEOUT,
+            only: Vec::new(),
+            allow_missing: false,
+            petrel: None,
+        }
+    }
+}
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
@@ -121,6 +180,8 @@ pub enum Cmd {
     QemuCheck(QemuCheckArgs),
     /// `test`.
     Test(TestArgs),
+    /// `bench`.
+    Bench(BenchArgs),
 }
 
 /// Parses the arguments after the program name.
@@ -182,6 +243,33 @@ where
             }
             Cmd::QemuCheck(a)
         }
+        "bench" => {
+            let mut a = BenchArgs::default();
+            while let Some(first) = rest.first() {
+                match first.as_str() {
+                    "--no-linux" => a.linux = false,
+                    "--allow-missing" => a.allow_missing = true,
+                    _ => {
+                        let Some((flag, value)) = next_option(&mut rest)? else {
+                            break;
+                        };
+                        match flag.as_str() {
+                            "--runs" => a.runs = parse_count(&flag, &value)?,
+                            "--exits" => a.exits = parse_count(&flag, &value)?.into(),
+                            "--vms" => a.vms = parse_count(&flag, &value)?,
+                            "--linux-runs" => a.linux_runs = parse_count(&flag, &value)?,
+                            "--linux-timeout" => a.linux_timeout = parse_secs(&value)?,
+                            "--only" => a.only.push(value),
+                            "--petrel" => a.petrel = Some(value.into()),
+                            _ => return Err(Error::Usage(format!("bench: unknown option {flag}"))),
+                        }
+                        continue;
+                    }
+                }
+                rest.remove(0);
+            }
+            Cmd::Bench(a)
+        }
         other => return Err(Error::Usage(format!("unknown command {other:?}"))),
     };
     if let Some(extra) = rest.first() {
@@ -215,6 +303,16 @@ fn parse_secs(text: &str) -> Result<Duration> {
         Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
         _ => Err(Error::Usage(format!(
             "--timeout wants a positive whole number of seconds, got {text:?}"
+        ))),
+    }
+}
+
+/// Parses a positive whole number given to `flag`.
+fn parse_count(flag: &str, text: &str) -> Result<u32> {
+    match text.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Error::Usage(format!(
+            "{flag} wants a positive whole number, got {text:?}"
         ))),
     }
 }
@@ -328,6 +426,63 @@ mod tests {
             );
         }
         assert!(HELP.contains("--no-boot-test") && HELP.contains("    test "));
+    }
+
+    #[test]
+    fn bench_command() {
+        assert_eq!(parse(["bench"]).unwrap(), Cmd::Bench(BenchArgs::default()));
+        let a = match parse([
+            "bench",
+            "--runs",
+            "3",
+            "--no-linux",
+            "--exits=500",
+            "--vms",
+            "8",
+            "--allow-missing",
+            "--only",
+            "startup",
+            "--only=exits",
+            "--linux-runs",
+            "2",
+            "--linux-timeout",
+            "90",
+            "--petrel",
+            "/p",
+        ])
+        .unwrap()
+        {
+            Cmd::Bench(a) => a,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            a,
+            BenchArgs {
+                runs: 3,
+                exits: 500,
+                vms: 8,
+                linux: false,
+                linux_runs: 2,
+                linux_timeout: Duration::from_secs(90),
+                only: vec!["startup".into(), "exits".into()],
+                allow_missing: true,
+                petrel: Some("/p".into()),
+            }
+        );
+        for bad in [
+            &["bench", "--runs", "0"][..],
+            &["bench", "--runs"],
+            &["bench", "--vms", "many"],
+            &["bench", "--no-linux=1"],
+            &["bench", "--bogus", "1"],
+            &["bench", "stray"],
+        ] {
+            assert!(
+                matches!(parse(bad.iter().copied()), Err(Error::Usage(_))),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(HELP.contains("    bench ") && HELP.contains("--allow-missing"));
     }
 
     #[test]

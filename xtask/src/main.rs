@@ -4,10 +4,12 @@
 //!   and checks the serial log and exit status;
 //! - `build-guest`: builds and caches the guest kernel and initramfs, printing their paths;
 //! - `qemu-check`: boots the same guest under QEMU with TCG to check the guest itself;
-//! - `test`: the whole test suite (packages, fmt, clippy, `cargo test`, boot-test).
+//! - `test`: the whole test suite (packages, fmt, clippy, `cargo test`, boot-test);
+//! - `bench`: Petrel's VMM-side costs side by side with QEMU, as a table and JSON.
 //!
 //! Run `cargo xtask --help` for the options.
 
+mod bench;
 mod boottest;
 mod cache;
 mod cli;
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Ok(Cmd::BootTest(args)) => ExitCode::from(boot_test(&args)),
         Ok(Cmd::QemuCheck(args)) => ExitCode::from(qemu_check(&args)),
         Ok(Cmd::Test(args)) => ExitCode::from(suite::run(&args)),
+        Ok(Cmd::Bench(args)) => ExitCode::from(bench::run(&args)),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)

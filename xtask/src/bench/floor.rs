@@ -1,0 +1,127 @@
+//! The floor for exit handling: a loop that calls `KVM_RUN` directly, with nothing around it.
+//!
+//! It builds the smallest VM that runs the same real-mode guest as the bench's Petrel case
+//! (a loop of `out 0x10, al`): one memory slot, one vCPU, no irqchip, no devices, no threads.
+//! Each `KVM_RUN` returns `KVM_EXIT_IO` for the port write and the loop enters the guest again
+//! at once, so the time per iteration is what KVM itself costs per exit on this host.
+
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuExit};
+
+use crate::error::{Error, Result};
+
+/// Guest-physical address (and size) of the floor VM's memory: 64 KiB from 0.
+const MEM_SIZE: usize = 0x1_0000;
+
+/// Where the guest code goes, as with `petrel run --raw` (its default load address).
+pub const LOAD_ADDR: u64 = 0x1000;
+
+/// Where KVM may put its real-mode TSS (three pages in the 32-bit gap, far from the slot),
+/// as Petrel's layout does.
+const TSS_ADDR: usize = 0xfffb_d000;
+
+/// Anonymous memory for the guest, unmapped on drop.
+#[derive(Debug)]
+struct Anon {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Anon {
+    fn new(len: usize) -> Result<Self> {
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing; it
+        // aliases nothing of ours, and the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Other(format!(
+                "floor VM: mmap of {len} bytes failed: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Self { ptr, len })
+    }
+
+    fn write(&mut self, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= self.len, "write past the mapping");
+        // SAFETY: the range lies inside the mapping (checked above), which is ours and
+        // writable; `bytes` cannot overlap a mapping made by `mmap`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.cast::<u8>().add(offset),
+                bytes.len(),
+            )
+        };
+    }
+}
+
+impl Drop for Anon {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned; nothing uses them after this.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Runs `code` (real mode, loaded at [`LOAD_ADDR`]) for `exits` port-write exits to `port`
+/// and returns the time the `exits` calls of `KVM_RUN` took, from the first (which enters
+/// the guest for the first time, as Petrel's span also starts at its first `KVM_RUN`). Any
+/// other exit is an error.
+pub fn time_port_exits(code: &[u8], port: u16, exits: u64) -> Result<Duration> {
+    let kvm_err = |what: &str, e: kvm_ioctls::Error| Error::Other(format!("floor VM: {what}: {e}"));
+    let kvm = Kvm::new().map_err(|e| kvm_err("opening /dev/kvm", e))?;
+    let mut mem = Anon::new(MEM_SIZE)?;
+    mem.write(LOAD_ADDR as usize, code);
+    let vm = kvm.create_vm().map_err(|e| kvm_err("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(TSS_ADDR)
+        .map_err(|e| kvm_err("KVM_SET_TSS_ADDR", e))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: MEM_SIZE as u64,
+        userspace_addr: mem.ptr as u64,
+    };
+    // SAFETY: the region is our own anonymous mapping, which outlives the VM (`mem` is
+    // declared before `vm`, so it is dropped after it), and it is the VM's only slot.
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(|e| kvm_err("KVM_SET_USER_MEMORY_REGION", e))?;
+    let mut vcpu = vm
+        .create_vcpu(0)
+        .map_err(|e| kvm_err("KVM_CREATE_VCPU", e))?;
+    let mut sregs = vcpu.get_sregs().map_err(|e| kvm_err("KVM_GET_SREGS", e))?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| kvm_err("KVM_SET_SREGS", e))?;
+    let mut regs = vcpu.get_regs().map_err(|e| kvm_err("KVM_GET_REGS", e))?;
+    regs.rip = LOAD_ADDR;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs)
+        .map_err(|e| kvm_err("KVM_SET_REGS", e))?;
+
+    let one = |vcpu: &mut kvm_ioctls::VcpuFd| -> Result<()> {
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(p, _)) if p == port => Ok(()),
+            Ok(other) => Err(Error::Other(format!(
+                "floor VM: expected a write to port {port:#x}, got {other:?}"
+            ))),
+            Err(e) => Err(kvm_err("KVM_RUN", e)),
+        }
+    };
+    let start = Instant::now();
+    for _ in 0..exits {
+        one(&mut vcpu)?;
+    }
+    Ok(start.elapsed())
+}
