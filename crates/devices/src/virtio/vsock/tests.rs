@@ -1027,3 +1027,50 @@ fn the_event_manager_drives_host_connections() {
     assert_eq!(m.stats().event_registration_failures, 0);
     assert_eq!(m.interrupt().status(), INTERRUPT_VRING);
 }
+
+#[test]
+fn guest_receive_shutdown_stops_host_data() {
+    let mut r = rig();
+    r.post_rx(8);
+    let (mut host, local) = r.established(12, 64 * 1024);
+    let shut = Header {
+        flags: SHUTDOWN_F_RECEIVE,
+        ..from_guest(OP_SHUTDOWN, 12, local)
+    };
+    r.send(&shut, &[]);
+    // The host can no longer send; the guest gets nothing, and can still send itself.
+    host.write_all(b"unwanted").unwrap_err();
+    r.host_events();
+    assert!(r.recv().is_empty());
+    r.send(&from_guest(OP_RW, 12, local), b"still");
+    let mut buf = [0u8; 5];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still");
+    // When the host then closes, the guest is told and resets.
+    drop(host);
+    r.host_events();
+    let pkts = r.recv_headers();
+    assert_eq!(pkts.len(), 1, "{pkts:?}");
+    assert_eq!((pkts[0].op, pkts[0].flags), (OP_SHUTDOWN, SHUTDOWN_F_BOTH));
+    assert_eq!(r.stats().bytes_to_guest, 0);
+}
+
+#[test]
+fn a_host_client_giving_up_before_the_guest_answers_resets_the_request() {
+    let mut r = rig();
+    r.post_rx(8);
+    let (host, req) = r.host_connect(31, b"");
+    drop(host);
+    r.host_events();
+    let pkts = r.recv_headers();
+    assert_eq!(pkts.len(), 1, "{pkts:?}");
+    assert_eq!(
+        (pkts[0].op, pkts[0].src_port, pkts[0].dst_port),
+        (OP_RST, req.src_port, 31)
+    );
+    assert_eq!(r.m.device().connections(), 0);
+    // The guest's late answer is for nothing now.
+    r.send(&from_guest(OP_RESPONSE, 31, req.src_port), &[]);
+    assert_eq!(r.recv_headers()[0].op, OP_RST);
+    assert_eq!(r.stats().unknown_connection, 1);
+}
