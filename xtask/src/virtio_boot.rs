@@ -387,7 +387,11 @@ impl NetFixture {
     /// Creates the namespace, the tap, dnsmasq and the listener.
     pub fn start(setup: &NetSetup) -> Result<NetFixture> {
         let ns = setup.namespace.as_str();
-        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        // Left over from an interrupted run, if any; usually there is none.
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(std::process::Stdio::null())
+            .status();
         ip(&["netns", "add", ns])?;
         let mut fixture = NetFixture {
             setup: setup.clone(),
