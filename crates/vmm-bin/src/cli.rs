@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use petrel_vmm::config::{
-    parse_disk, parse_net, parse_reg_assignment, parse_serial, parse_size, parse_u64, KernelImage,
-    LinuxPayload, RawPayload,
+    parse_disk, parse_net, parse_reg_assignment, parse_serial, parse_size, parse_u64, parse_vsock,
+    KernelImage, LinuxPayload, RawPayload,
 };
 use petrel_vmm::{Error, StatsFormat, VmConfig};
 
@@ -96,6 +96,10 @@ struct BootArgs {
     /// A virtio-rng device fed from the host's getrandom (rate-limited).
     #[arg(long, requires = "kernel")]
     rng: bool,
+    /// A virtio-vsock device: cid=N,uds=PATH. Host processes connect to PATH and send
+    /// `CONNECT <port>`; guest connections to host port P go to PATH_P.
+    #[arg(long, value_name = "cid=N,uds=PATH", requires = "kernel")]
+    vsock: Option<String>,
     #[command(flatten)]
     linux: LinuxArgs,
     #[command(flatten)]
@@ -242,6 +246,7 @@ impl Cli {
                     .collect::<Result<_, _>>()?;
                 config.net = b.net.as_deref().map(parse_net).transpose()?;
                 config.rng = b.rng;
+                config.vsock = b.vsock.as_deref().map(parse_vsock).transpose()?;
                 b.linux.apply(&mut config)?;
                 let stats = b.machine.apply(&mut config)?;
                 Ok((config, stats))

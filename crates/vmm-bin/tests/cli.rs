@@ -336,6 +336,24 @@ fn kernel_bad_input_exits_2_with_one_line() {
             ],
             "not a MAC address",
         ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--vsock".into(),
+                "cid=2,uds=/tmp/petrel-never.sock".into(),
+            ],
+            "cid 2 is reserved",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.clone(),
+                "--vsock".into(),
+                format!("cid=3,uds={}", text.display()),
+            ],
+            "the path exists",
+        ),
     ];
     for (args, expect) in cases {
         expect_bad_input(&args, expect);

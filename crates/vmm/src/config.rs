@@ -173,6 +173,17 @@ pub struct NetConfig {
     pub mac: [u8; 6],
 }
 
+/// A virtio-vsock device (`--vsock cid=N,uds=PATH`), with host connections through a Unix
+/// socket in Firecracker's convention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 and up).
+    pub cid: u64,
+    /// The Unix socket host processes connect to (`CONNECT <port>\n`); guest-initiated
+    /// connections to port P go to `PATH_P`.
+    pub uds: PathBuf,
+}
+
 /// The MAC Petrel gives a guest when none is set: locally administered, unicast (IEEE 802,
 /// bit 1 of the first octet set, bit 0 clear).
 pub const DEFAULT_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
@@ -198,6 +209,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// A virtio-rng device.
     pub rng: bool,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -234,6 +247,7 @@ impl VmConfig {
             disks: Vec::new(),
             net: None,
             rng: false,
+            vsock: None,
         }
     }
 }
@@ -379,6 +393,41 @@ pub fn parse_net(s: &str) -> Result<NetConfig> {
     })
 }
 
+/// Parses `--vsock cid=N,uds=PATH`.
+pub fn parse_vsock(s: &str) -> Result<VsockConfig> {
+    let bad = |why: String| Error::InvalidArgument {
+        what: "--vsock",
+        value: s.to_string(),
+        why,
+    };
+    let (mut cid, mut uds) = (None, None);
+    for opt in s.split(',') {
+        match opt.split_once('=') {
+            Some(("cid", n)) => {
+                let v = parse_u64(n).map_err(|_| bad(format!("cid `{n}` is not a number")))?;
+                // 0-2 are reserved (hypervisor, local, host): virtio v1.2, 5.10.4.
+                if v < 3 || v >= u64::from(u32::MAX) {
+                    return Err(bad(format!(
+                        "cid {v} is reserved; use 3 to {}",
+                        u32::MAX - 1
+                    )));
+                }
+                cid = Some(v);
+            }
+            Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+            _ => {
+                return Err(bad(format!(
+                    "unknown option `{opt}` (known: cid=N, uds=PATH)"
+                )))
+            }
+        }
+    }
+    match (cid, uds) {
+        (Some(cid), Some(uds)) => Ok(VsockConfig { cid, uds }),
+        _ => Err(bad("expected cid=N,uds=PATH".into())),
+    }
+}
+
 /// Parses `--serial stdio|file:PATH|none`.
 pub fn parse_serial(s: &str) -> Result<SerialConfig> {
     match s {
@@ -457,6 +506,22 @@ mod tests {
             .contains("multicast"));
         assert!(parse_mac("zz:00:00:00:00:00").is_none());
         assert!(parse_mac("02:00:00:00:00:01:07").is_none());
+    }
+
+    #[test]
+    fn vsocks() {
+        let v = parse_vsock("cid=3,uds=/tmp/v.sock").unwrap();
+        assert_eq!((v.cid, v.uds.to_str()), (3, Some("/tmp/v.sock")));
+        assert!(parse_vsock("cid=2,uds=/x")
+            .unwrap_err()
+            .to_string()
+            .contains("reserved"));
+        assert!(parse_vsock("cid=3")
+            .unwrap_err()
+            .to_string()
+            .contains("cid=N,uds=PATH"));
+        assert!(parse_vsock("cid=x,uds=/x").is_err());
+        assert!(parse_vsock("port=3").is_err());
     }
 
     #[test]

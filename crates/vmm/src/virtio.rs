@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::MutEventSubscriber;
 use petrel_devices::virtio::mmio::{cmdline_device, QUEUE_NOTIFY_OFFSET};
 use petrel_devices::MMIO_WINDOW_SIZE;
-use petrel_devices::{Block, BusBuilder, BusRange, Net, Rng, VirtioDevice, VirtioMmio};
+use petrel_devices::{Block, BusBuilder, BusRange, Net, Rng, VirtioDevice, VirtioMmio, Vsock};
 use petrel_guest_mem::alloc::{IrqAllocator, MmioAllocator};
 use petrel_guest_mem::GuestRam;
 use petrel_hv_sys::kvm_ioctls::IoEventAddress;
@@ -94,6 +94,12 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
         let value = format!("tap={}", net.tap);
         let dev =
             Net::open_tap(&net.tap, net.mac).map_err(|e| bad("--net", &value, error_chain(&e)))?;
+        devices.push(Box::new(dev));
+    }
+    if let Some(v) = &config.vsock {
+        let value = format!("cid={},uds={}", v.cid, v.uds.display());
+        let dev = Vsock::new(v.cid, v.uds.clone())
+            .map_err(|e| bad("--vsock", &value, error_chain(&e)))?;
         devices.push(Box::new(dev));
     }
     if config.rng {
