@@ -99,6 +99,8 @@ const REG_CONFIG_GENERATION: u64 = 0x0fc;
 /// Event-manager data values at or above this name a device event source (token = data - base);
 /// below it, a queue index.
 const DEVICE_EVENT_BASE: u32 = 0x1_0000;
+/// Event-manager data value of the transport's own "watch the parked sources again" event.
+const REARM_EVENT: u32 = 0x0_ffff;
 
 /// Alignment of the descriptor table, available ring and used ring (virtio v1.2, 2.7 Split
 /// Virtqueues, "Queue Part Alignment": 16, 2 and 4 bytes).
@@ -221,6 +223,11 @@ pub struct VirtioMmio<D: VirtioDevice> {
     activated: bool,
     last_fault: Option<Error>,
     stats: VirtioMmioStats,
+    /// Device event sources taken out of the event loop while the device is stopped, so that
+    /// a level-triggered one (a timer nobody reads) cannot keep the loop spinning.
+    parked: Vec<Events>,
+    /// Written on reset when sources are parked, so the event loop watches them again.
+    rearm_evt: EventFd,
 }
 
 impl<D: VirtioDevice> fmt::Debug for VirtioMmio<D> {
@@ -269,7 +276,9 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             .iter()
             .map(|_| new_eventfd())
             .collect::<Result<Vec<_>, _>>()?;
+        let rearm_evt = new_eventfd()?;
         Ok(VirtioMmio {
+            rearm_evt,
             device,
             mem,
             interrupt: Interrupt::new(new_eventfd()?),
@@ -282,6 +291,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             queue_sel: 0,
             activated: false,
             last_fault: None,
+            parked: Vec::new(),
             stats: VirtioMmioStats::default(),
         })
     }
@@ -408,6 +418,9 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             drain_eventfd(evt);
         }
         self.interrupt.clear();
+        if !self.parked.is_empty() && self.rearm_evt.write(1).is_err() {
+            self.stats.event_registration_failures += 1;
+        }
     }
 
     /// A driver write of the status register (virtio v1.2, 3.1.1 Driver Requirements: Device
@@ -651,8 +664,28 @@ impl<D: VirtioDevice> BusDevice for VirtioMmio<D> {
     }
 }
 
+/// How a device's event source is watched: readable, edge-triggered if it asks for it, with
+/// its token offset by [`DEVICE_EVENT_BASE`] so it cannot be taken for a queue.
+fn source_events(src: &crate::virtio::EventSource) -> Events {
+    let mut set = EventSet::IN;
+    if src.edge_triggered {
+        set |= EventSet::EDGE_TRIGGERED;
+    }
+    Events::with_data_raw(src.fd, DEVICE_EVENT_BASE.saturating_add(src.token), set)
+}
+
 impl<D: VirtioDevice> MutEventSubscriber for VirtioMmio<D> {
     fn init(&mut self, ops: &mut EventOps) {
+        if ops
+            .add(Events::with_data(
+                &self.rearm_evt,
+                REARM_EVENT,
+                EventSet::IN,
+            ))
+            .is_err()
+        {
+            self.stats.event_registration_failures += 1;
+        }
         for (i, evt) in self.queue_evts.iter().enumerate() {
             let Ok(data) = u32::try_from(i) else { break };
             if ops.add(Events::with_data(evt, data, EventSet::IN)).is_err() {
@@ -660,20 +693,44 @@ impl<D: VirtioDevice> MutEventSubscriber for VirtioMmio<D> {
             }
         }
         for src in self.device.event_sources() {
-            let mut set = EventSet::IN;
-            if src.edge_triggered {
-                set |= EventSet::EDGE_TRIGGERED;
-            }
-            let data = DEVICE_EVENT_BASE.saturating_add(src.token);
-            if ops.add(Events::with_data_raw(src.fd, data, set)).is_err() {
+            if ops.add(source_events(&src)).is_err() {
                 self.stats.event_registration_failures += 1;
             }
         }
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let stopped = self.status & (STATUS_FAILED | STATUS_DEVICE_NEEDS_RESET) != 0;
+        if !stopped {
+            // The driver reset the device since sources were parked: watch them again.
+            for parked in self.parked.drain(..) {
+                if ops.add(parked).is_err() {
+                    self.stats.event_registration_failures += 1;
+                }
+            }
+        }
         let data = events.data();
+        if data == REARM_EVENT {
+            drain_eventfd(&self.rearm_evt);
+            return;
+        }
         if data >= DEVICE_EVENT_BASE {
+            if stopped {
+                // Nobody will consume this event until the driver resets the device: stop
+                // watching the source rather than being woken by it again and again.
+                let token = data - DEVICE_EVENT_BASE;
+                let source = self
+                    .device
+                    .event_sources()
+                    .into_iter()
+                    .find(|s| s.token == token);
+                if let Some(parked) = source.as_ref().map(source_events) {
+                    if ops.remove(parked).is_ok() {
+                        self.parked.push(parked);
+                    }
+                }
+                return;
+            }
             self.process_device_event(data - DEVICE_EVENT_BASE);
         } else if let Ok(index) = usize::try_from(data) {
             self.process_queue_event(index);
@@ -1216,6 +1273,49 @@ mod tests {
         assert_eq!(m.device().processed.len(), 3);
         assert_eq!(m.interrupt().status(), INTERRUPT_VRING);
         assert_eq!(m.stats().event_registration_failures, 0);
+    }
+
+    #[test]
+    fn a_stopped_device_does_not_spin_the_event_loop() {
+        let evt = new_eventfd().unwrap();
+        let dummy = Dummy {
+            evt: Some(evt.try_clone().unwrap()),
+            ..Dummy::default()
+        };
+        let dev = Arc::new(Mutex::new(VirtioMmio::new(dummy, guest_mem()).unwrap()));
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new().unwrap();
+        em.add_subscriber(dev.clone());
+        bring_up(&mut dev.lock().unwrap(), VERSION_1, &queues());
+        // No answer queued: the first queue the device processes fails, and the device stops
+        // in DEVICE_NEEDS_RESET.
+        while dev.lock().unwrap().status() & STATUS_DEVICE_NEEDS_RESET == 0 {
+            em.run_with_timeout(100).unwrap();
+        }
+        // Its level-triggered source becomes readable and stays so (nobody drains it while the
+        // device is stopped): the loop sees it once, then no more.
+        evt.write(1).unwrap();
+        let mut woken = 0;
+        for _ in 0..5 {
+            woken += em.run_with_timeout(10).unwrap();
+        }
+        assert!(
+            woken <= 2,
+            "woken {woken} times by a source nobody can drain"
+        );
+        assert!(dev.lock().unwrap().device().events.is_empty());
+
+        // After the driver's reset the source is watched again and reaches the device, without
+        // waiting for the guest to kick a queue.
+        wr(&mut dev.lock().unwrap(), 0x70, 0);
+        bring_up(&mut dev.lock().unwrap(), VERSION_1, &queues());
+        for e in dev.lock().unwrap().queue_events() {
+            drain_eventfd(e);
+        }
+        for _ in 0..5 {
+            em.run_with_timeout(20).unwrap();
+        }
+        assert_eq!(dev.lock().unwrap().device().events, [7]);
+        assert_eq!(dev.lock().unwrap().stats().event_registration_failures, 0);
     }
 
     #[test]
