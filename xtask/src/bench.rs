@@ -107,6 +107,7 @@ pub fn run(args: &BenchArgs) -> u8 {
         return 2;
     }
     let wanted = |case: &str| args.only.is_empty() || args.only.iter().any(|o| o == case);
+    let load_at_start = report::load_average();
     let bench = match setup(args) {
         Ok(b) => b,
         Err(e) => {
@@ -158,6 +159,7 @@ pub fn run(args: &BenchArgs) -> u8 {
         host: host_description(bench.emulated),
         qemu: qemu_description(&bench),
         runs: args.runs,
+        load: (load_at_start, report::load_average()),
     };
     let table = report::table(&ctx, &rows);
     println!();

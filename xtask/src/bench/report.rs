@@ -268,7 +268,7 @@ impl Row {
 }
 
 /// Where and when the bench ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Context {
     /// UTC date and time, `YYYY-MM-DD hh:mm UTC`.
     pub date: String,
@@ -278,6 +278,9 @@ pub struct Context {
     pub qemu: String,
     /// Runs per case asked for.
     pub runs: u32,
+    /// The host's 1-minute load average when the bench began and when it ended (other
+    /// work on the host disturbs the timings).
+    pub load: (f64, f64),
 }
 
 /// The printed table: a header line, a Markdown table (one line per row), and one note per
@@ -316,8 +319,9 @@ pub fn table(ctx: &Context, rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Petrel bench, {}; host: {}; QEMU: {}; runs per case: {} (fewer where noted)",
-        ctx.date, ctx.host, ctx.qemu, ctx.runs
+        "Petrel bench, {}; host: {}; QEMU: {}; runs per case: {} (fewer where noted); \
+         1-minute load average {:.2} at the start, {:.2} at the end",
+        ctx.date, ctx.host, ctx.qemu, ctx.runs, ctx.load.0, ctx.load.1
     );
     out.push('\n');
     for (n, l) in lines.iter().enumerate() {
@@ -355,8 +359,17 @@ pub fn json_document(ctx: &Context, rows: &[Row]) -> Value {
         "host": ctx.host,
         "qemu": ctx.qemu,
         "runs": ctx.runs,
+        "load_average_1min": { "start": ctx.load.0, "end": ctx.load.1 },
         "cases": rows.iter().map(Row::json).collect::<Vec<_>>(),
     })
+}
+
+/// The 1-minute load average from `/proc/loadavg`; 0 if it cannot be read.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The current UTC time as `YYYY-MM-DD hh:mm UTC`.
@@ -494,6 +507,7 @@ mod tests {
             host: "PVM".into(),
             qemu: "7.2".into(),
             runs: 3,
+            load: (0.5, 1.25),
         };
         let rows = vec![
             row(
@@ -510,6 +524,7 @@ mod tests {
         let t = table(&ctx, &rows);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].contains("2026-11-21 12:00 UTC") && lines[0].contains("host: PVM"));
+        assert!(lines[0].ends_with("load average 0.50 at the start, 1.25 at the end"));
         assert!(lines[2].starts_with("| case "));
         assert!(lines[3].starts_with("|---"));
         assert!(
