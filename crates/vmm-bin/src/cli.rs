@@ -159,6 +159,7 @@ impl MachineArgs {
     fn apply(&self, config: &mut VmConfig) -> Result<Outputs, Error> {
         config.mem_size = parse_size(&self.mem)?;
         config.serial = parse_serial(&self.serial)?;
+        config.metrics = self.metrics.clone();
         config.max_exits = self
             .max_exits
             .as_deref()

@@ -38,7 +38,8 @@ fn main() -> ExitCode {
                 eprint!("{}", summary.timeline.table());
             }
             if let Some(path) = &outputs.metrics {
-                if let Err(e) = std::fs::write(path, metrics_json(&summary)) {
+                if let Err(e) = petrel_vmm::metrics::write_atomically(path, &metrics_json(&summary))
+                {
                     eprintln!("petrel: cannot write metrics to {}: {e}", path.display());
                     return ExitCode::from(petrel_vmm::EXIT_FAILURE as u8);
                 }
@@ -69,6 +70,7 @@ fn report_stop(summary: &RunSummary) {
 /// The `--metrics` document: why the VM stopped, the boot timeline, and the exit statistics.
 fn metrics_json(summary: &RunSummary) -> String {
     let doc = serde_json::json!({
+        "running": false,
         "stop": format!("{:?}", summary.stop),
         "exit_code": summary.exit_code(),
         "timeline": summary.timeline.events(),

@@ -465,3 +465,51 @@ fn read_only_disk_file_asked_for_writing() {
         "{err}"
     );
 }
+
+#[test]
+fn metrics_are_rewritten_while_the_guest_runs() {
+    if !kvm_or_skip("metrics_are_rewritten_while_the_guest_runs") {
+        return;
+    }
+    let metrics = std::env::temp_dir().join(format!("petrel-live-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&metrics);
+    let child = Command::new(env!("CARGO_BIN_EXE_petrel"))
+        .args([
+            "run",
+            "--raw",
+            "examples/kvmsample-loop/kvmsample-loop.bin",
+            "--real-mode",
+        ])
+        .args(["--serial", "none", "--metrics", metrics.to_str().unwrap()])
+        .current_dir(repo_root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start petrel");
+    // The first periodic write comes after one second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let live = loop {
+        if let Ok(text) = std::fs::read_to_string(&metrics) {
+            break serde_json::from_str::<serde_json::Value>(&text).expect("whole JSON");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics file while running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(live["running"], true, "{live}");
+    assert!(
+        live["kvm"]["total"]["exits"].as_u64().unwrap() > 0,
+        "{live}"
+    );
+    // SAFETY: signalling our own child, whose pid we hold.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    std::fs::remove_file(&metrics).unwrap();
+    assert_eq!(last["running"], false);
+    assert!(last["exit_stats"]["total"]["total"].as_u64().unwrap() > 0);
+}

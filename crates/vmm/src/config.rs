@@ -211,6 +211,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// A virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Rewrite this file with the timeline and KVM's counters every second while the VM runs.
+    pub metrics: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -248,6 +250,7 @@ impl VmConfig {
             net: None,
             rng: false,
             vsock: None,
+            metrics: None,
         }
     }
 }

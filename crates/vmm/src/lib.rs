@@ -24,6 +24,7 @@ pub mod demo_guest;
 pub mod event_loop;
 pub mod io;
 pub mod kvm_view;
+pub mod metrics;
 pub mod report;
 pub mod signals;
 pub mod terminal;

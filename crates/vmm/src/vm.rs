@@ -35,6 +35,7 @@ use crate::debug_port::{DebugPort, DEBUG_PORT, DEBUG_PORT_LEN};
 use crate::event_loop::{ConsoleInput, Controller, LoopEnd};
 use crate::io::PlatformIo;
 use crate::kvm_view::KvmStatsReaders;
+use crate::metrics::{PeriodicMetrics, METRICS_INTERVAL};
 use crate::report::StatsDocument;
 use crate::signals::{self, StopSignals};
 use crate::terminal::RawTerminal;
@@ -215,6 +216,18 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
         &mut kvm_stats,
     );
     timeline.mark("vCPUs created and started");
+    let kvm_stats = Arc::new(Mutex::new(kvm_stats));
+    let mut subscribers = subscribers;
+    if let Some(path) = &config.metrics {
+        let periodic = PeriodicMetrics::new(
+            path.clone(),
+            METRICS_INTERVAL,
+            timeline.clone(),
+            kvm_stats.clone(),
+        )
+        .map_err(Error::EventFd)?;
+        subscribers.push(Arc::new(Mutex::new(periodic)));
+    }
 
     let _raw_terminal = match (&started, &console_input) {
         (Ok(()), Some(_)) => Some(RawTerminal::enter()),
@@ -264,6 +277,7 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
         timeline.mark_at("first serial byte", at);
     }
     let mut summary = summarize(outcomes, &io, signal, timeline);
+    let mut kvm_stats = kvm_stats.lock().unwrap_or_else(|p| p.into_inner());
     summary.stats.kvm = kvm_stats.read();
     summary.stats.virtio = virtio_devices.iter().map(|d| d.report()).collect();
     summary.stats.kvm_unavailable = kvm_stats.unavailable.take();
