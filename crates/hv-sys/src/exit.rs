@@ -14,15 +14,6 @@ use kvm_bindings::{
 /// Most data words KVM passes with an internal error (`kvm_run.internal.data`, api.rst 5).
 pub const INTERNAL_ERROR_MAX_DATA: usize = 16;
 
-/// Port-I/O direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoDirection {
-    /// `in`/`ins`: the guest reads from the port.
-    In,
-    /// `out`/`outs`: the guest writes to the port.
-    Out,
-}
-
 /// What a guest asked for through `KVM_EXIT_SYSTEM_EVENT` (PSCI-style events; on x86 these come
 /// from in-kernel devices).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,7 +37,7 @@ pub mod stats;
 mod vcpu;
 mod vm;
 
-pub use exit::{IoDirection, SystemEvent, VmExit};
+pub use exit::{SystemEvent, VmExit};
 pub use kvm::{host_emulates_guest_kernel, Hypervisor, KVM_API_VERSION, REQUIRED_CAPS};
 pub use kvm_bindings;
 pub use kvm_ioctls;

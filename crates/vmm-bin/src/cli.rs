@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use petrel_vmm::config::{
     parse_disk, parse_net, parse_reg_assignment, parse_serial, parse_size, parse_u64, parse_vsock,
-    KernelImage, LinuxPayload, RawPayload,
+    KernelImage, LinuxPayload, RawPayload, DEFAULT_RAW_LOAD_ADDR,
 };
 use petrel_vmm::{Error, StatsFormat, VmConfig};
 
@@ -134,9 +134,9 @@ struct RunArgs {
     /// Start the payload in 16-bit real mode (the only mode for raw payloads so far).
     #[arg(long)]
     real_mode: bool,
-    /// Guest-physical address to load the binary at (decimal or 0x hex).
-    #[arg(long, value_name = "ADDR", default_value = "0x1000")]
-    load_addr: String,
+    /// Guest-physical address to load the binary at (decimal or 0x hex; default 0x1000).
+    #[arg(long, value_name = "ADDR")]
+    load_addr: Option<String>,
     /// Guest-physical entry point (default: the load address).
     #[arg(long, value_name = "ADDR")]
     entry: Option<String>,
@@ -219,7 +219,10 @@ impl Cli {
                     .transpose()?;
                 let mut config = VmConfig::raw(RawPayload {
                     path: a.raw,
-                    load_addr: number("--load-addr", &a.load_addr)?,
+                    load_addr: match &a.load_addr {
+                        Some(addr) => number("--load-addr", addr)?,
+                        None => DEFAULT_RAW_LOAD_ADDR,
+                    },
                     entry,
                     regs,
                 });
