@@ -81,12 +81,6 @@ fn metrics_json(summary: &RunSummary) -> String {
 
 /// Prints an error with its whole chain of causes, and returns `code`.
 fn fail(e: &dyn std::error::Error, code: i32) -> ExitCode {
-    let mut msg = format!("petrel: {e}");
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    eprintln!("{msg}");
+    eprintln!("petrel: {}", petrel_vmm::error_chain(e));
     ExitCode::from(u8::try_from(code).unwrap_or(EXIT_BAD_INPUT as u8))
 }

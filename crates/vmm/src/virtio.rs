@@ -20,6 +20,7 @@ use petrel_hv_sys::Vm;
 use serde::Serialize;
 
 use crate::config::{DiskConfig, VmConfig};
+use crate::error_chain;
 use crate::{Error, Result};
 
 /// A device opened and placed, not yet attached to a VM.
@@ -123,17 +124,6 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
         plan.devices.push(Planned { device, base, gsi });
     }
     Ok(plan)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// A device attached to a VM, kept for reporting.
