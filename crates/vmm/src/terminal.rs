@@ -17,6 +17,17 @@ pub fn restore() {
     }
 }
 
+/// Whether Petrel may read stdin and change its mode: always when stdin is not a terminal; when
+/// it is, only if Petrel is in the terminal's foreground process group. A background job that
+/// touched the terminal would be stopped by SIGTTOU or SIGTTIN (POSIX job control).
+pub fn may_use_stdin() -> bool {
+    if !std::io::stdin().is_terminal() {
+        return true;
+    }
+    // SAFETY: tcgetpgrp and getpgrp only read process state; fd 0 is stdin.
+    unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp() }
+}
+
 /// While alive, stdin is in raw mode (keys reach the guest unprocessed, Ctrl-C included).
 #[derive(Debug)]
 pub struct RawTerminal {
@@ -28,7 +39,7 @@ impl RawTerminal {
     pub fn enter() -> Self {
         static HOOK: Once = Once::new();
         let stdin = std::io::stdin();
-        if !stdin.is_terminal() {
+        if !stdin.is_terminal() || !may_use_stdin() {
             return RawTerminal { active: false };
         }
         HOOK.call_once(|| {

@@ -433,11 +433,12 @@ fn build_devices(
         mmio: mmio.build(),
     });
     // Keyboard input goes to the guest only for an interactive Linux console.
-    let console_input =
-        (loaded.linux && config.serial == SerialConfig::Stdio).then(|| ConsoleInput {
-            serial: serial.clone(),
-            input_ready,
-        });
+    // A background job leaves stdin alone (reading it would stop Petrel with SIGTTIN).
+    let interactive = config.serial == SerialConfig::Stdio && crate::terminal::may_use_stdin();
+    let console_input = (loaded.linux && interactive).then(|| ConsoleInput {
+        serial: serial.clone(),
+        input_ready,
+    });
     Ok(Devices {
         io,
         console_input,
