@@ -187,7 +187,7 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
     if loaded.linux {
         vm.setup_irqchip_and_pit()?;
     }
-    let mut kvm_stats = KvmStatsReaders::open_vm(&vm);
+    let kvm_stats = Arc::new(Mutex::new(KvmStatsReaders::open_vm(&vm)));
     timeline.mark("VM ready (memory slots, irqchip)");
 
     // 3. From here on threads start: stop signals must be blocked first so every thread
@@ -201,6 +201,19 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
         subscribers,
         virtio_devices,
     } = build_devices(&vm, &ram, &loaded, &console, config, &timeline, virtio_plan)?;
+    // Everything that can fail is set up before the first vCPU thread starts, so an error
+    // here leaves no thread behind.
+    let mut subscribers = subscribers;
+    if let Some(path) = &config.metrics {
+        let periodic = PeriodicMetrics::new(
+            path.clone(),
+            METRICS_INTERVAL,
+            timeline.clone(),
+            kvm_stats.clone(),
+        )
+        .map_err(Error::EventFd)?;
+        subscribers.push(Arc::new(Mutex::new(periodic)));
+    }
 
     let vcpu_exited = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
     let mut handles = Vec::with_capacity(usize::from(config.vcpus));
@@ -213,21 +226,9 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
         config,
         &vcpu_exited,
         &mut handles,
-        &mut kvm_stats,
+        &mut kvm_stats.lock().unwrap_or_else(|p| p.into_inner()),
     );
     timeline.mark("vCPUs created and started");
-    let kvm_stats = Arc::new(Mutex::new(kvm_stats));
-    let mut subscribers = subscribers;
-    if let Some(path) = &config.metrics {
-        let periodic = PeriodicMetrics::new(
-            path.clone(),
-            METRICS_INTERVAL,
-            timeline.clone(),
-            kvm_stats.clone(),
-        )
-        .map_err(Error::EventFd)?;
-        subscribers.push(Arc::new(Mutex::new(periodic)));
-    }
 
     let _raw_terminal = match (&started, &console_input) {
         (Ok(()), Some(_)) => Some(RawTerminal::enter()),
