@@ -277,12 +277,15 @@ pub fn run_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<RunSum
     if let Some(at) = serial.lock().ok().and_then(|s| s.first_output_at()) {
         timeline.mark_at("first serial byte", at);
     }
-    let mut summary = summarize(outcomes, &io, signal, timeline);
     let mut kvm_stats = kvm_stats.lock().unwrap_or_else(|p| p.into_inner());
-    summary.stats.kvm = kvm_stats.read();
-    summary.stats.virtio = virtio_devices.iter().map(|d| d.report()).collect();
-    summary.stats.kvm_unavailable = kvm_stats.unavailable.take();
-    Ok(summary)
+    Ok(summarize(
+        outcomes,
+        &io,
+        signal,
+        timeline,
+        &mut kvm_stats,
+        &virtio_devices,
+    ))
 }
 
 fn bad_vcpus(n: u8, why: &str) -> Error {
@@ -539,6 +542,8 @@ fn summarize(
     io: &PlatformIo,
     signal: Option<&'static str>,
     timeline: Timeline,
+    kvm_stats: &mut KvmStatsReaders,
+    virtio_devices: &[virtio::AttachedDevice],
 ) -> RunSummary {
     let stop = outcomes
         .iter()
@@ -562,9 +567,9 @@ fn summarize(
         unclaimed_mmio_writes: io.mmio.unclaimed_writes(),
         int3_injected: outcomes.iter().map(|o| o.emulation.int3_injected).sum(),
         fwait_skipped: outcomes.iter().map(|o| o.emulation.fwait_skipped).sum(),
-        kvm: None,
-        kvm_unavailable: None,
-        virtio: Vec::new(),
+        kvm: kvm_stats.read(),
+        kvm_unavailable: kvm_stats.unavailable.take(),
+        virtio: virtio_devices.iter().map(|d| d.report()).collect(),
     };
     RunSummary {
         stop,
