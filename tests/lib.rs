@@ -15,14 +15,23 @@ use petrel_vcpu::{
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
-/// Opens KVM for test `name`, or explains the skip. Panics when `/dev/kvm` is missing and
-/// `VMM_REQUIRE_KVM=1`.
+/// The project's rule for tests that need KVM: `true` when `/dev/kvm` exists; otherwise the
+/// test `name` prints that it skipped and gets `false`, or, with `VMM_REQUIRE_KVM=1` (as in
+/// CI), fails.
+pub fn kvm_present_or_skip(name: &str) -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    if std::env::var("VMM_REQUIRE_KVM").as_deref() == Ok("1") {
+        panic!("{name}: /dev/kvm is missing and VMM_REQUIRE_KVM=1");
+    }
+    eprintln!("SKIPPED {name}: no /dev/kvm on this machine (set VMM_REQUIRE_KVM=1 to fail)");
+    false
+}
+
+/// Opens KVM for test `name`, or explains the skip (see [`kvm_present_or_skip`]).
 pub fn kvm_or_skip(name: &str) -> Option<Hypervisor> {
-    if !Path::new("/dev/kvm").exists() {
-        if std::env::var("VMM_REQUIRE_KVM").as_deref() == Ok("1") {
-            panic!("{name}: /dev/kvm is missing and VMM_REQUIRE_KVM=1");
-        }
-        eprintln!("SKIPPED {name}: no /dev/kvm on this machine (set VMM_REQUIRE_KVM=1 to fail)");
+    if !kvm_present_or_skip(name) {
         return None;
     }
     Some(Hypervisor::open().unwrap_or_else(|e| panic!("{name}: cannot open /dev/kvm: {e}")))

@@ -20,16 +20,8 @@ use petrel_vcpu::setup::kvm_segment_from;
 const RESULT_PORT: u16 = 0xe9;
 
 fn kvm_or_skip(test: &str) -> Option<Kvm> {
-    match Kvm::new() {
-        Ok(kvm) => Some(kvm),
-        Err(e) if std::env::var_os("VMM_REQUIRE_KVM").is_some_and(|v| v == "1") => {
-            panic!("{test}: /dev/kvm is required (VMM_REQUIRE_KVM=1) but cannot be opened: {e}")
-        }
-        Err(e) => {
-            eprintln!("{test}: skipped, /dev/kvm cannot be opened: {e}");
-            None
-        }
-    }
+    petrel_tests::kvm_present_or_skip(test)
+        .then(|| Kvm::new().unwrap_or_else(|e| panic!("{test}: cannot open /dev/kvm: {e}")))
 }
 
 /// Runs one vCPU from `state` until it halts; returns the bytes written to [`RESULT_PORT`].

@@ -15,16 +15,7 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn kvm_or_skip(name: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    if std::env::var("VMM_REQUIRE_KVM").as_deref() == Ok("1") {
-        panic!("{name}: /dev/kvm is missing and VMM_REQUIRE_KVM=1");
-    }
-    eprintln!("SKIPPED {name}: no /dev/kvm on this machine (set VMM_REQUIRE_KVM=1 to fail)");
-    false
-}
+use petrel_tests::kvm_present_or_skip as kvm_or_skip;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
