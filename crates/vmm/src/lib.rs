@@ -19,6 +19,7 @@
 
 pub mod boot_timer;
 pub mod config;
+pub mod console;
 pub mod debug_port;
 pub mod demo_guest;
 pub mod event_loop;
