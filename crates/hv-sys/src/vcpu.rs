@@ -2,13 +2,14 @@
 //! handler for hosts whose instruction emulator gives up on some instructions.
 
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use petrel_guest_mem::GuestRam;
 
 use crate::exit::{emulation_failure_bytes, RunRegion, VmExit};
-use crate::kick;
+use crate::kick::{self, KickSlot};
 use crate::{Error, Result};
 
 /// The x86 `int3` opcode (Intel SDM vol. 2A, "INT n/INTO/INT3/INT1").
@@ -38,16 +39,45 @@ pub enum EmulationOutcome {
 }
 
 /// One vCPU.
+///
+/// It keeps the guest RAM registered with its VM alive: KVM reaches guest memory through the
+/// host addresses of the memory slots for as long as any vCPU of the VM exists, so the mappings
+/// must outlive the vCPU, not just the [`Vm`](crate::Vm) handle.
 #[derive(Debug)]
 pub struct Vcpu {
     id: u64,
     fd: VcpuFd,
     mmap_size: usize,
+    kick: Arc<KickSlot>,
+    /// Dropped after `fd` (fields drop in declaration order).
+    _ram: Arc<Mutex<Vec<GuestRam>>>,
 }
 
 impl Vcpu {
-    pub(crate) fn new(id: u64, fd: VcpuFd, mmap_size: usize) -> Self {
-        Vcpu { id, fd, mmap_size }
+    pub(crate) fn new(
+        id: u64,
+        mut fd: VcpuFd,
+        mmap_size: usize,
+        ram: Arc<Mutex<Vec<GuestRam>>>,
+    ) -> Self {
+        let kick = KickSlot::new(fd.get_kvm_run() as *mut kvm_bindings::kvm_run);
+        Vcpu {
+            id,
+            fd,
+            mmap_size,
+            kick,
+            _ram: ram,
+        }
+    }
+
+    /// Binds this vCPU to the calling thread for kicks ([`crate::kick`]): from now on a kick
+    /// sent to this thread makes the vCPU's current or next `KVM_RUN` return at once. The first
+    /// [`run`](Self::run) on a thread does this too; call it earlier when a command may be sent
+    /// before the first run, then look at the commands, then run.
+    pub fn bind_kicks(&self) {
+        if !kick::is_bound(&self.kick) {
+            kick::bind(&self.kick);
+        }
     }
 
     /// The vCPU's index (and initial APIC id).
@@ -65,8 +95,8 @@ impl Vcpu {
     /// A kick ([`crate::kick`]) from another thread makes this return
     /// [`VmExit::Interrupted`] promptly, whether it lands before or during the call.
     pub fn run(&mut self) -> Result<VmExit<'_>> {
+        self.bind_kicks();
         let run_ptr = self.fd.get_kvm_run() as *mut kvm_bindings::kvm_run;
-        kick::bind_current_thread(run_ptr);
         match self.fd.run() {
             Ok(_) => {}
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -139,7 +169,7 @@ impl Vcpu {
                     what: "KVM_GET_VCPU_EVENTS",
                     source: e,
                 })?;
-                regs.rip += 1;
+                regs.rip = regs.rip.wrapping_add(1);
                 self.set_regs(&regs)?;
                 // A trap-class exception: delivered with RIP after the instruction, exactly
                 // what `int3` does on hardware (Intel SDM vol. 3A, 6.5).
@@ -167,7 +197,7 @@ impl Vcpu {
                         bytes,
                     });
                 }
-                regs.rip += 1;
+                regs.rip = regs.rip.wrapping_add(1);
                 self.set_regs(&regs)?;
                 Ok(EmulationOutcome::SkippedFwait)
             }
@@ -187,7 +217,7 @@ impl Vcpu {
         let mut out = Vec::with_capacity(15);
         // Byte by byte, so an instruction crossing a page boundary is translated per page.
         for i in 0..15u64 {
-            let t = self.fd.translate_gva(linear + i).ok()?;
+            let t = self.fd.translate_gva(linear.wrapping_add(i)).ok()?;
             if t.valid == 0 {
                 break;
             }
@@ -231,6 +261,14 @@ impl Vcpu {
             );
         }
         s
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        // No kick handler may touch `kvm_run` once the mapping goes (with `fd`, after this).
+        self.kick.retire();
+        kick::unbind_if_bound(&self.kick);
     }
 }
 

@@ -1,6 +1,8 @@
 //! A KVM virtual machine: memory slots, the in-kernel irqchip and PIT, irqfd and ioeventfd.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use std::sync::{Arc, Mutex};
+
 use kvm_ioctls::{IoEventAddress, VmFd};
 use petrel_guest_mem::{layout, GuestRam};
 use vmm_sys_util::eventfd::EventFd;
@@ -8,12 +10,17 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::{Error, Hypervisor, Result, Vcpu};
 
 /// One VM file descriptor and what Petrel needs from it.
+///
+/// The VM keeps every [`GuestRam`] registered with it alive (a clone shares the mapping), and
+/// so does each of its vCPUs: no safe call can unmap memory that KVM still lets a guest reach.
 #[derive(Debug)]
 pub struct Vm {
     fd: VmFd,
     vcpu_mmap_size: usize,
     max_vcpus: usize,
     next_slot: u32,
+    /// Dropped after `fd` (fields drop in declaration order); shared with every vCPU.
+    ram: Arc<Mutex<Vec<GuestRam>>>,
 }
 
 impl Vm {
@@ -25,6 +32,7 @@ impl Vm {
             vcpu_mmap_size: hv.vcpu_mmap_size(),
             max_vcpus: hv.max_vcpus(),
             next_slot: 0,
+            ram: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -34,7 +42,13 @@ impl Vm {
     }
 
     /// Registers every region of `ram` as a KVM memory slot (`KVM_SET_USER_MEMORY_REGION`).
+    ///
+    /// The VM and its vCPUs keep a clone of `ram` (the same mapping) for as long as they exist.
     pub fn register_ram(&mut self, ram: &GuestRam) -> Result<()> {
+        self.ram
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ram.clone());
         for region in ram.regions() {
             let slot = kvm_userspace_memory_region {
                 slot: self.next_slot,
@@ -43,9 +57,9 @@ impl Vm {
                 memory_size: region.size,
                 userspace_addr: region.host_addr,
             };
-            // SAFETY: the host range belongs to `ram`'s mapping, which the caller keeps alive
-            // (cloned into the VMM) for as long as this VM exists; slots never overlap because
-            // `GuestRam` regions do not.
+            // SAFETY: the host range belongs to `ram`'s mapping, which this VM and each of its
+            // vCPUs keep alive (the clone pushed above) for as long as KVM can use the slot;
+            // slots never overlap because `GuestRam` regions do not.
             unsafe { self.fd.set_user_memory_region(slot) }.map_err(|e| Error::MemorySlot {
                 guest_addr: region.guest_addr,
                 source: e,
@@ -132,6 +146,6 @@ impl Vm {
             .fd
             .create_vcpu(id)
             .map_err(|e| Error::CreateVcpu { id, source: e })?;
-        Ok(Vcpu::new(id, fd, self.vcpu_mmap_size))
+        Ok(Vcpu::new(id, fd, self.vcpu_mmap_size, self.ram.clone()))
     }
 }

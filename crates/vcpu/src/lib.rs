@@ -32,8 +32,8 @@ pub mod setup;
 pub mod stats;
 
 pub use runner::{
-    spawn, EmulationCounts, IoHandler, IoOutcome, RunOptions, StopReason, VcpuCommand, VcpuHandle,
-    VcpuOutcome, VcpuRunner,
+    spawn, spawn_named, EmulationCounts, IoHandler, IoOutcome, RunOptions, StopReason, VcpuCommand,
+    VcpuHandle, VcpuOutcome, VcpuRunner, VcpuState,
 };
 pub use stats::{ExitKey, ExitReport, ExitStats, TimeSummary};
 

@@ -6,7 +6,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,60 @@ pub enum VcpuCommand {
     Resume,
     /// Leave the run loop for good.
     Stop,
+    /// Send a copy of the exit statistics so far (see [`VcpuHandle::stats`]).
+    ReportStats,
+}
+
+/// Where a vCPU thread is in its life, as the thread itself last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuState {
+    /// The thread exists but has not looked at its commands yet.
+    Starting,
+    /// Entering the guest (or about to).
+    Running,
+    /// Out of `KVM_RUN` and parked until `Resume` or `Stop`.
+    Paused,
+    /// Out of its loop for good.
+    Exited,
+}
+
+/// The state a vCPU thread reports and its handle waits on.
+#[derive(Debug)]
+struct SharedState {
+    state: Mutex<VcpuState>,
+    changed: Condvar,
+}
+
+impl SharedState {
+    fn new() -> Arc<Self> {
+        Arc::new(SharedState {
+            state: Mutex::new(VcpuState::Starting),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn set(&self, state: VcpuState) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Exited is final: a late report from an unwinding loop must not undo it.
+        if *s != VcpuState::Exited {
+            *s = state;
+        }
+        self.changed.notify_all();
+    }
+
+    fn get(&self) -> VcpuState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `done(state)` holds or `timeout` passes; returns the last state seen.
+    fn wait_for(&self, timeout: Duration, done: impl Fn(VcpuState) -> bool) -> VcpuState {
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |s| !done(*s))
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
 }
 
 /// Why a vCPU stopped.
@@ -119,6 +173,8 @@ pub struct VcpuRunner<H: IoHandler + ?Sized> {
     ram: GuestRam,
     options: RunOptions,
     commands: Option<Receiver<VcpuCommand>>,
+    shared: Option<Arc<SharedState>>,
+    stats_reply: Option<Sender<(ExitStats, EmulationCounts)>>,
     stats: ExitStats,
     emulation: EmulationCounts,
     first_run_at: Option<Instant>,
@@ -133,6 +189,8 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
             ram,
             options,
             commands: None,
+            shared: None,
+            stats_reply: None,
             stats: ExitStats::default(),
             emulation: EmulationCounts::default(),
             first_run_at: None,
@@ -145,9 +203,17 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
     }
 
     /// Runs the loop on the calling thread until the vCPU stops.
+    ///
+    /// The vCPU is bound to this thread for kicks before anything else, and the commands that
+    /// arrived before that are looked at before the first `KVM_RUN`: a command sent at any
+    /// moment (even before the thread started) takes effect.
     pub fn run(&mut self) -> VcpuOutcome {
-        let stop = self.run_loop();
-        kick::unbind_current_thread();
+        self.vcpu.bind_kicks();
+        let stop = match self.check_commands() {
+            Some(stop) => stop,
+            None => self.run_loop(),
+        };
+        self.report(VcpuState::Exited);
         VcpuOutcome {
             id: self.vcpu.id(),
             stop,
@@ -236,9 +302,22 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
         StopReason::GuestFault { what, details }
     }
 
-    /// Reacts to queued commands after a kick; `Some` to stop.
+    fn report(&self, state: VcpuState) {
+        if let Some(shared) = &self.shared {
+            shared.set(state);
+        }
+    }
+
+    /// Reacts to queued commands (after a kick, and once before the first run); `Some` to stop.
+    /// While paused it waits here, out of `KVM_RUN`, for `Resume` or `Stop`.
     fn check_commands(&mut self) -> Option<StopReason> {
-        let commands = self.commands.as_ref()?;
+        let commands = self.commands.take()?;
+        let stop = self.follow_commands(&commands);
+        self.commands = Some(commands);
+        stop
+    }
+
+    fn follow_commands(&mut self, commands: &Receiver<VcpuCommand>) -> Option<StopReason> {
         let mut paused = false;
         loop {
             let cmd = if paused {
@@ -248,11 +327,22 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
             };
             match cmd {
                 Some(VcpuCommand::Stop) => return Some(StopReason::Requested),
-                Some(VcpuCommand::Pause) => paused = true,
+                Some(VcpuCommand::Pause) => {
+                    paused = true;
+                    self.report(VcpuState::Paused);
+                }
                 Some(VcpuCommand::Resume) => paused = false,
+                Some(VcpuCommand::ReportStats) => {
+                    if let Some(reply) = &self.stats_reply {
+                        let _ = reply.send((self.stats.clone(), self.emulation));
+                    }
+                }
                 // The VMM dropped its sender: it is gone, so stop.
                 None if paused => return Some(StopReason::Requested),
-                None => return None,
+                None => {
+                    self.report(VcpuState::Running);
+                    return None;
+                }
             }
         }
     }
@@ -385,24 +475,40 @@ pub struct VcpuHandle {
     thread: Option<JoinHandle<()>>,
     commands: Sender<VcpuCommand>,
     outcome: Receiver<VcpuOutcome>,
+    shared: Arc<SharedState>,
+    stats: Mutex<Receiver<(ExitStats, EmulationCounts)>>,
 }
 
 /// Starts `runner` on a thread named `petrel-vcpu<N>`. When it stops, for whatever reason
 /// (a panic included), it writes to `exited` so the VMM's event loop notices.
 pub fn spawn<H: IoHandler + ?Sized + 'static>(
+    runner: VcpuRunner<H>,
+    exited: EventFd,
+) -> Result<VcpuHandle> {
+    let id = runner.vcpu.id();
+    spawn_named(runner, exited, format!("petrel-vcpu{id}"))
+}
+
+/// [`spawn`] with a thread name of the caller's choosing (at most 15 bytes are kept by Linux).
+pub fn spawn_named<H: IoHandler + ?Sized + 'static>(
     mut runner: VcpuRunner<H>,
     exited: EventFd,
+    name: String,
 ) -> Result<VcpuHandle> {
     kick::install_handler()?;
     let id = runner.vcpu.id();
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let (out_tx, out_rx) = mpsc::sync_channel(1);
+    let (stats_tx, stats_rx) = mpsc::channel();
+    let shared = SharedState::new();
     runner.commands = Some(cmd_rx);
+    runner.shared = Some(shared.clone());
+    runner.stats_reply = Some(stats_tx);
+    let thread_shared = shared.clone();
     let thread = std::thread::Builder::new()
-        .name(format!("petrel-vcpu{id}"))
+        .name(name)
         .spawn(move || {
             let outcome = catch_unwind(AssertUnwindSafe(|| runner.run())).unwrap_or_else(|p| {
-                kick::unbind_current_thread();
                 let msg = p
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
@@ -416,6 +522,7 @@ pub fn spawn<H: IoHandler + ?Sized + 'static>(
                     first_run_at: None,
                 }
             });
+            thread_shared.set(VcpuState::Exited);
             let _ = out_tx.send(outcome);
             let _ = exited.write(1);
         })
@@ -425,6 +532,8 @@ pub fn spawn<H: IoHandler + ?Sized + 'static>(
         thread: Some(thread),
         commands: cmd_tx,
         outcome: out_rx,
+        shared,
+        stats: Mutex::new(stats_rx),
     })
 }
 
@@ -442,6 +551,28 @@ impl VcpuHandle {
             kick::kick(t)?;
         }
         Ok(())
+    }
+
+    /// What the thread last reported.
+    pub fn state(&self) -> VcpuState {
+        self.shared.get()
+    }
+
+    /// Waits up to `timeout` until the thread reports a state for which `done` holds (after a
+    /// [`VcpuCommand::Pause`], `Paused` is the acknowledgement); returns the last state seen.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(VcpuState) -> bool) -> VcpuState {
+        self.shared.wait_for(timeout, done)
+    }
+
+    /// The exit statistics and emulation counts so far, asked of the thread (a kick, so a
+    /// running guest leaves `KVM_RUN` briefly); `None` if it did not answer within `timeout`
+    /// (it exited, say).
+    pub fn stats(&self, timeout: Duration) -> Option<(ExitStats, EmulationCounts)> {
+        let replies = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        // Answers to earlier requests that timed out are stale.
+        while replies.try_recv().is_ok() {}
+        self.send(VcpuCommand::ReportStats).ok()?;
+        replies.recv_timeout(timeout).ok()
     }
 
     /// Waits up to `timeout` for the thread to stop and joins it; `None` if it did not stop
