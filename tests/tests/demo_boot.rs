@@ -1,16 +1,19 @@
 //! L2 tests: the whole VMM in-process. The built-in demo guest (a 64-bit ELF made by Petrel)
 //! goes through the loader, long mode, the port bus, COM1, the CMOS RTC and the i8042 reset.
 
+use petrel_demo_guest::{GREETING_LINE, RESETTING_LINE};
 use petrel_tests::kvm_or_skip;
 use petrel_vmm::config::SerialConfig;
-use petrel_vmm::demo_guest::{GREETING_LINE, RESETTING_LINE};
 use petrel_vmm::{StopReason, VmConfig};
 
 fn boot_demo(name: &str, vcpus: u8) -> Option<(String, petrel_vmm::RunSummary)> {
     kvm_or_skip(name)?;
     let log = std::env::temp_dir().join(format!("petrel-{name}-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let mut config = VmConfig::demo();
+    let mut config = VmConfig::builtin_kernel(
+        petrel_demo_guest::NAME,
+        petrel_demo_guest::demo_kernel_elf(),
+    );
     config.vcpus = vcpus;
     config.serial = SerialConfig::File(log.clone());
     let summary = petrel_vmm::run(&config).expect("the demo guest runs");

@@ -26,8 +26,8 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use petrel_demo_guest::{self as demo_guest, GREETING_LINE, RESETTING_LINE};
 use petrel_vmm::config::EMULATED_HOST_CMDLINE;
-use petrel_vmm::demo_guest::{self, GREETING_LINE, RESETTING_LINE};
 
 use crate::boottest::{LogWatch, GUEST_CMDLINE, RUN_INIT_LINE};
 use crate::cli::BenchArgs;

@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use petrel_vmm::config::{
+use petrel_vmm::config::{KernelImage, LinuxPayload, RawPayload, DEFAULT_RAW_LOAD_ADDR};
+use petrel_vmm::{StatsFormat, VmConfig};
+
+use crate::error::CliError as Error;
+use crate::parse::{
     parse_disk, parse_net, parse_reg_assignment, parse_serial, parse_size, parse_u64, parse_vsock,
-    KernelImage, LinuxPayload, RawPayload, DEFAULT_RAW_LOAD_ADDR,
 };
-use petrel_vmm::{Error, StatsFormat, VmConfig};
 
 /// Petrel: a virtual machine monitor for Linux KVM on x86_64.
 ///
@@ -148,8 +150,8 @@ struct RunArgs {
 }
 
 fn number(what: &'static str, s: &str) -> Result<u64, Error> {
-    parse_u64(s).map_err(|_| Error::InvalidArgument {
-        what,
+    parse_u64(s).map_err(|_| Error::InvalidFlag {
+        flag: what,
         value: s.to_string(),
         why: "expected a number (decimal, or hex with 0x)".into(),
     })
@@ -179,8 +181,8 @@ impl MachineArgs {
 impl LinuxArgs {
     fn apply(&self, config: &mut VmConfig) -> Result<(), Error> {
         let n = number("--vcpus", &self.vcpus)?;
-        config.vcpus = u8::try_from(n).map_err(|_| Error::InvalidArgument {
-            what: "--vcpus",
+        config.vcpus = u8::try_from(n).map_err(|_| Error::InvalidFlag {
+            flag: "--vcpus",
             value: self.vcpus.clone(),
             why: "at most 255".into(),
         })?;
@@ -194,15 +196,18 @@ impl Cli {
     pub fn into_config(self) -> Result<(VmConfig, Outputs), Error> {
         match self.command {
             Some(Command::Demo(a)) => {
-                let mut config = VmConfig::demo();
+                let mut config = VmConfig::builtin_kernel(
+                    petrel_demo_guest::NAME,
+                    petrel_demo_guest::demo_kernel_elf(),
+                );
                 a.linux.apply(&mut config)?;
                 let stats = a.machine.apply(&mut config)?;
                 Ok((config, stats))
             }
             Some(Command::Run(a)) => {
                 if !a.real_mode {
-                    return Err(Error::InvalidArgument {
-                        what: "--raw",
+                    return Err(Error::InvalidFlag {
+                        flag: "--raw",
                         value: a.raw.display().to_string(),
                         why: "raw payloads start in real mode: add --real-mode".into(),
                     });
@@ -231,8 +236,8 @@ impl Cli {
             }
             None => {
                 let b = self.boot;
-                let kernel = b.kernel.ok_or_else(|| Error::InvalidArgument {
-                    what: "command line",
+                let kernel = b.kernel.ok_or_else(|| Error::InvalidFlag {
+                    flag: "command line",
                     value: String::new(),
                     why: "nothing to run: give --kernel PATH, or try `petrel demo` \
                           (see `petrel --help`)"

@@ -8,52 +8,115 @@
 //! petrel run --raw FILE --real-mode [--load-addr ADDR] [--entry ADDR] [--reg rax=2 ...]
 //!            [--max-exits N] [--exit-stats[=table|json]] [--mem SIZE]
 //! ```
+//!
+//! The binary owns what is process-wide: the stop signals (blocked before any thread starts and
+//! read through a signalfd on the VM's event loop), the terminal (raw while an interactive guest
+//! console runs, restored on every path, a panic included), and stdin (read with `read(2)` into
+//! the guest's serial port). The VM itself is `petrel_vmm::Vmm`.
 
 mod cli;
+mod error;
+mod parse;
+mod signals;
+mod terminal;
+mod watch;
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::Parser;
-use petrel_vmm::{RunSummary, StatsFormat, StopReason, Timeline, EXIT_BAD_INPUT};
+use petrel_vmm::config::SerialConfig;
+use petrel_vmm::{RunSummary, StatsFormat, StopReason, Timeline, Vmm, EXIT_BAD_INPUT};
+
+use crate::error::CliError;
+use crate::signals::StopSignals;
+use crate::terminal::RawTerminal;
+use crate::watch::SignalWatcher;
 
 fn main() -> ExitCode {
     let timeline = Timeline::new(Instant::now());
     let cli = cli::Cli::parse();
     let (config, outputs) = match cli.into_config() {
         Ok(c) => c,
-        Err(e) => return fail(&e, e.exit_code()),
+        Err(e) => return fail(&e),
     };
     timeline.mark("command line parsed");
-    match petrel_vmm::run_with_timeline(&config, timeline) {
-        Ok(summary) => {
-            report_stop(&summary);
-            summary.timeline.mark("process end");
-            match outputs.stats {
-                Some(StatsFormat::Table) => eprint!("{}", summary.stats.table()),
-                Some(StatsFormat::Json) => println!("{}", summary.stats.json()),
-                None => {}
-            }
-            if outputs.boot_timer {
-                eprint!("{}", summary.timeline.table());
-            }
-            if let Some(path) = &outputs.metrics {
-                if let Err(e) = petrel_vmm::metrics::write_atomically(path, &metrics_json(&summary))
-                {
-                    eprintln!("petrel: cannot write metrics to {}: {e}", path.display());
-                    return ExitCode::from(petrel_vmm::EXIT_FAILURE as u8);
-                }
-            }
-            ExitCode::from(summary.exit_code() as u8)
-        }
-        Err(e) => {
-            let code = e.exit_code();
-            fail(&e, code)
+    let received = Arc::new(Mutex::new(None));
+    let summary = match boot(&config, timeline, received.clone()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    report_stop(
+        &summary,
+        *received.lock().unwrap_or_else(|p| p.into_inner()),
+    );
+    summary.timeline.mark("process end");
+    match outputs.stats {
+        Some(StatsFormat::Table) => eprint!("{}", summary.stats.table()),
+        Some(StatsFormat::Json) => println!("{}", summary.stats.json()),
+        None => {}
+    }
+    if outputs.boot_timer {
+        eprint!("{}", summary.timeline.table());
+    }
+    if let Some(path) = &outputs.metrics {
+        if let Err(e) = petrel_vmm::metrics::write_atomically(path, &metrics_json(&summary)) {
+            eprintln!("petrel: cannot write metrics to {}: {e}", path.display());
+            return ExitCode::from(petrel_vmm::EXIT_FAILURE as u8);
         }
     }
+    ExitCode::from(summary.exit_code() as u8)
 }
 
-fn report_stop(summary: &RunSummary) {
+/// Builds the VM, plugs the signals and the console into its event loop, and runs it.
+fn boot(
+    config: &petrel_vmm::VmConfig,
+    timeline: Timeline,
+    received: Arc<Mutex<Option<&'static str>>>,
+) -> Result<RunSummary, CliError> {
+    // Blocked before any thread starts (building starts the console writer), so that every
+    // thread inherits the mask and the signals arrive only through the signalfd.
+    let signals = StopSignals::new().map_err(CliError::Signals)?;
+    let mut vmm = Vmm::build_with_timeline(config, timeline.clone())?;
+    for notice in vmm.notices() {
+        eprintln!("petrel: {notice}");
+    }
+    let watcher = SignalWatcher::new(signals, vmm.handle(), timeline, received);
+    vmm.add_subscriber(Arc::new(Mutex::new(watcher)));
+    // Keyboard (or piped) input goes to the guest for a console on stdio; a background job
+    // leaves stdin alone (reading it would stop Petrel with SIGTTIN).
+    let interactive = config.serial == SerialConfig::Stdio && terminal::may_use_stdin();
+    if interactive {
+        vmm.attach_serial_input(console_input().map_err(CliError::Stdin)?)?;
+    }
+    vmm.start()?;
+    let _raw_terminal = interactive.then(RawTerminal::enter);
+    Ok(vmm.run_until_stopped()?)
+}
+
+/// Stdin for the guest's serial port, as a descriptor of its own where possible.
+///
+/// The serial input makes its descriptor non-blocking. A terminal's stdin usually shares one
+/// open file description with stdout and stderr, so a `dup` would make Petrel's console output
+/// non-blocking too; a terminal or a pipe is opened afresh through `/proc/self/fd/0` instead
+/// (a new open file description of the same tty or pipe). Anything else (a regular file, a
+/// socket) is duplicated.
+fn console_input() -> std::io::Result<OwnedFd> {
+    let stdin = std::io::stdin();
+    let kind = std::fs::metadata("/proc/self/fd/0").map(|m| m.file_type());
+    let reopen = std::io::IsTerminal::is_terminal(&stdin)
+        || kind.is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_fifo(&t));
+    if reopen {
+        if let Ok(f) = std::fs::File::open("/proc/self/fd/0") {
+            return Ok(f.into());
+        }
+    }
+    stdin.as_fd().try_clone_to_owned()
+}
+
+fn report_stop(summary: &RunSummary, signal: Option<&'static str>) {
     match &summary.stop {
         StopReason::GuestFault { what, details } => {
             eprintln!("petrel: guest error: {what}\n{details}");
@@ -62,7 +125,7 @@ fn report_stop(summary: &RunSummary) {
         StopReason::ExitLimit(n) => eprintln!("petrel: stopped after {n} exits (--max-exits)"),
         _ => {}
     }
-    if let Some(sig) = summary.signal {
+    if let Some(sig) = signal {
         eprintln!("petrel: stopped the guest on {sig}");
     }
 }
@@ -79,8 +142,8 @@ fn metrics_json(summary: &RunSummary) -> String {
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
-/// Prints an error with its whole chain of causes, and returns `code`.
-fn fail(e: &dyn std::error::Error, code: i32) -> ExitCode {
-    eprintln!("petrel: {}", petrel_vmm::error_chain(e));
-    ExitCode::from(u8::try_from(code).unwrap_or(EXIT_BAD_INPUT as u8))
+/// Prints an error with its whole chain of causes, and returns its exit code.
+fn fail(e: &CliError) -> ExitCode {
+    eprintln!("petrel: {}", error::chain(e));
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_BAD_INPUT as u8))
 }

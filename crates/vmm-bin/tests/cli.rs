@@ -212,7 +212,7 @@ fn kernel_bad_input_exits_2_with_one_line() {
     bz[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
     std::fs::write(&truncated, &bz).unwrap();
     let demo_elf = dir.join("demo.elf");
-    std::fs::write(&demo_elf, petrel_vmm::demo_guest::demo_kernel_elf()).unwrap();
+    std::fs::write(&demo_elf, petrel_demo_guest::demo_kernel_elf()).unwrap();
     let big_initrd = dir.join("big.cpio");
     std::fs::write(&big_initrd, vec![0u8; 40 << 20]).unwrap();
     let long_cmdline = "x".repeat(70_000);

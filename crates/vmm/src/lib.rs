@@ -1,18 +1,28 @@
-//! Petrel's VMM: builds a VM from a [`VmConfig`] and runs it.
+//! Petrel's VMM: a VM built from a [`VmConfig`] as an object another program can drive.
 //!
 //! This crate ties the others together: guest RAM (`petrel-guest-mem`), the payload
 //! (`petrel-loader`), KVM (`petrel-hv-sys`), devices on a port-I/O and an MMIO bus
-//! (`petrel-devices`), and one thread per vCPU (`petrel-vcpu`).
+//! (`petrel-devices`), and one thread per vCPU (`petrel-vcpu`). [`Vmm::build`] checks every
+//! input and creates the VM without running it; [`Vmm::start`] starts the vCPUs;
+//! [`Vmm::run_until_stopped`] runs the event loop on the calling thread until the VM ends. A
+//! [`VmmHandle`] pauses, resumes, stops and inspects it from any thread. [`run`] does all three.
+//! The crate leaves process-wide state (signal handling, the terminal, stdin, panic hooks) to
+//! its embedder; `docs/vm-lifecycle.md` shows who owns what.
 //!
 //! ```no_run
-//! use petrel_vmm::{config::{RawPayload, VmConfig}, run};
+//! use petrel_vmm::{config::{RawPayload, VmConfig}, Vmm};
 //! let config = VmConfig::raw(RawPayload {
 //!     path: "examples/lwn-demo/lwn-demo.bin".into(),
 //!     load_addr: 0x1000,
 //!     entry: None,
 //!     regs: vec![],
 //! });
-//! let summary = run(&config)?;
+//! let mut vmm = Vmm::build(&config)?; // nothing runs yet
+//! let handle = vmm.handle();          // for other threads: pause, resume, stop, stats
+//! vmm.start()?;
+//! handle.pause()?;                    // returns once every vCPU is parked
+//! handle.resume()?;
+//! let summary = vmm.run_until_stopped()?;
 //! std::process::exit(summary.exit_code());
 //! # Ok::<(), petrel_vmm::Error>(())
 //! ```
@@ -21,17 +31,14 @@ pub mod boot_timer;
 pub mod config;
 pub mod console;
 pub mod debug_port;
-pub mod demo_guest;
 pub mod event_loop;
 pub mod io;
 pub mod kvm_view;
 pub mod metrics;
 pub mod report;
-pub mod signals;
-pub mod terminal;
 pub mod timeline;
 pub mod virtio;
-mod vm;
+mod vmm;
 
 use std::path::PathBuf;
 
@@ -39,8 +46,9 @@ pub use config::VmConfig;
 pub use petrel_vcpu::StopReason;
 pub use report::{StatsDocument, StatsFormat};
 pub use timeline::Timeline;
-pub use vm::{
-    guest_cmdline, run, run_with_timeline, RunSummary, SERIAL_OUTPUT_BUFFER, VCPU_JOIN_TIMEOUT,
+pub use vmm::{
+    guest_cmdline, run, RunSummary, Subscriber, VmState, Vmm, VmmHandle, SERIAL_OUTPUT_BUFFER,
+    VCPU_ACK_TIMEOUT, VCPU_JOIN_TIMEOUT, VCPU_STATS_TIMEOUT,
 };
 
 /// Exit code for a guest that stopped normally.
@@ -53,18 +61,18 @@ pub const EXIT_BAD_INPUT: i32 = 2;
 /// Errors from building or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A command-line value is malformed.
-    #[error("invalid {what} `{value}`: {why}")]
-    InvalidArgument {
-        /// What the value is for.
-        what: &'static str,
+    /// A configuration value is wrong.
+    #[error("invalid {field} `{value}`: {why}")]
+    InvalidConfig {
+        /// The [`VmConfig`] field, e.g. `vcpus` or `disks[1].path`.
+        field: String,
         /// The value given.
         value: String,
         /// What is wrong with it.
         why: String,
     },
     /// Guest memory could not be set up.
-    #[error("--mem: {0}")]
+    #[error("mem_size: {0}")]
     Memory(petrel_guest_mem::Error),
     /// The payload could not be loaded.
     #[error(transparent)]
@@ -105,9 +113,22 @@ pub enum Error {
         /// The vCPU.
         id: u64,
     },
-    /// The stop signals could not be routed to the event loop.
-    #[error("cannot set up signal handling")]
-    Signals(#[source] std::io::Error),
+    /// A vCPU did not acknowledge a pause or resume in time.
+    #[error("vCPU {id} did not reach state {want} within {VCPU_ACK_TIMEOUT:?}")]
+    VcpuUnresponsive {
+        /// The vCPU.
+        id: u64,
+        /// The state it was asked to reach.
+        want: String,
+    },
+    /// The operation is not valid in the VM's current state.
+    #[error("cannot {op}: the VM is {}", state.api_name())]
+    InvalidState {
+        /// What was asked.
+        op: &'static str,
+        /// The state the VM was in.
+        state: VmState,
+    },
     /// The event loop failed.
     #[error("the event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
@@ -117,7 +138,7 @@ impl Error {
     /// The process exit code for this error: 2 for bad input, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidArgument { .. }
+            Error::InvalidConfig { .. }
             | Error::Memory(_)
             | Error::Load(_)
             | Error::OpenSerialFile { .. } => EXIT_BAD_INPUT,

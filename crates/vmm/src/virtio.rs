@@ -39,16 +39,17 @@ pub struct VirtioPlan {
     pub cmdline: String,
 }
 
-fn bad(what: &'static str, value: &str, why: String) -> Error {
-    Error::InvalidArgument {
-        what,
+fn bad(field: String, value: &str, why: String) -> Error {
+    Error::InvalidConfig {
+        field,
         value: value.to_string(),
         why,
     }
 }
 
-fn open_disk(disk: &DiskConfig, id: String) -> Result<Block> {
+fn open_disk(disk: &DiskConfig, index: usize, id: String) -> Result<Block> {
     let shown = disk.path.display().to_string();
+    let field = || format!("disks[{index}].path");
     let file = OpenOptions::new()
         .read(true)
         .write(!disk.read_only)
@@ -61,20 +62,21 @@ fn open_disk(disk: &DiskConfig, id: String) -> Result<Block> {
                 }
                 _ => e.to_string(),
             };
-            bad("--disk", &shown, why)
+            bad(field(), &shown, why)
         })?;
     if file.metadata().map(|m| !m.is_file()).unwrap_or(true) {
         return Err(bad(
-            "--disk",
+            field(),
             &shown,
             "not a regular file (a raw disk image)".into(),
         ));
     }
-    Block::new(file, disk.read_only, id).map_err(|e| bad("--disk", &shown, e.to_string()))
+    Block::new(file, disk.read_only, id).map_err(|e| bad(field(), &shown, e.to_string()))
 }
 
 /// Opens every virtio device `config` names and gives each a window and an interrupt line.
-/// Everything here is user input: errors are [`Error::InvalidArgument`] (exit code 2).
+/// Everything here is user input: errors are [`Error::InvalidConfig`] (exit code 2), naming
+/// the config field.
 pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
@@ -85,22 +87,40 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
             .clone()
             .unwrap_or_else(|| format!("vd{}", (b'a' + (i % 26) as u8) as char));
         if ids.contains(&id) {
-            let shown = disk.path.display().to_string();
-            return Err(bad("--disk", &shown, format!("duplicate disk id `{id}`")));
+            return Err(bad(
+                format!("disks[{i}].id"),
+                &id,
+                format!("duplicate disk id `{id}`"),
+            ));
         }
         ids.push(id.clone());
-        devices.push(Box::new(open_disk(disk, id)?));
+        devices.push(Box::new(open_disk(disk, i, id)?));
     }
     if let Some(net) = &config.net {
-        let value = format!("tap={}", net.tap);
-        let dev =
-            Net::open_tap(&net.tap, net.mac).map_err(|e| bad("--net", &value, error_chain(&e)))?;
+        if net.mac[0] & 1 != 0 {
+            let mac = net.mac.map(|b| format!("{b:02x}")).join(":");
+            return Err(bad(
+                "net.mac".into(),
+                &mac,
+                "a multicast address; a NIC needs a unicast one".into(),
+            ));
+        }
+        let dev = Net::open_tap(&net.tap, net.mac)
+            .map_err(|e| bad("net.tap".into(), &net.tap, error_chain(&e)))?;
         devices.push(Box::new(dev));
     }
     if let Some(v) = &config.vsock {
-        let value = format!("cid={},uds={}", v.cid, v.uds.display());
+        // 0-2 are reserved (hypervisor, local, host): virtio v1.2, 5.10.4.
+        if v.cid < 3 || v.cid >= u64::from(u32::MAX) {
+            return Err(bad(
+                "vsock.cid".into(),
+                &v.cid.to_string(),
+                format!("reserved; use 3 to {}", u32::MAX - 1),
+            ));
+        }
+        let shown = v.uds.display().to_string();
         let dev = Vsock::new(v.cid, v.uds.clone())
-            .map_err(|e| bad("--vsock", &value, error_chain(&e)))?;
+            .map_err(|e| bad("vsock.uds".into(), &shown, error_chain(&e)))?;
         devices.push(Box::new(dev));
     }
     if config.rng {
@@ -111,7 +131,7 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
     let mut plan = VirtioPlan::default();
     for device in devices {
         let too_many = |e: petrel_guest_mem::alloc::AllocError| {
-            bad("virtio devices", device.name(), e.to_string())
+            bad("virtio devices".into(), device.name(), e.to_string())
         };
         let base = windows
             .allocate(MMIO_WINDOW_SIZE, MMIO_WINDOW_SIZE)
