@@ -70,14 +70,16 @@ pub mod vsock;
 
 use std::fmt;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use virtio_queue::{Queue, QueueT};
 pub use vm_memory::GuestMemoryMmap;
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 pub use block::{Block, BlockStats};
 pub use mmio::{VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -424,5 +426,63 @@ pub(crate) fn drain_eventfd(evt: &EventFd) {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(_) => {}
+    }
+}
+
+/// Makes `fd` non-blocking (`O_NONBLOCK`), keeping its other status flags.
+pub(crate) fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: F_GETFL takes no argument and touches no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL takes an int by value and touches no memory.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A one-shot timer for a device's event loop: a close-on-exec `CLOCK_MONOTONIC` timerfd
+/// (`TimerFd::new`), made non-blocking so that reading it when it has not fired (a spurious
+/// wake-up, a reset) never blocks the event loop.
+pub(crate) fn new_timer() -> io::Result<TimerFd> {
+    let timer = TimerFd::new()?;
+    set_nonblocking(&timer)?;
+    Ok(timer)
+}
+
+/// Arms `timer` to fire once, `after` from now. A zero duration would disarm a timerfd, so it
+/// becomes 1 ns.
+pub(crate) fn arm_timer(timer: &mut TimerFd, after: Duration) -> io::Result<()> {
+    timer
+        .reset(after.max(Duration::from_nanos(1)), None)
+        .map_err(io::Error::from)
+}
+
+/// Clears a timer's expiry count; does nothing (without blocking) if it has not fired.
+pub(crate) fn drain_timer(timer: &mut TimerFd) {
+    // `WouldBlock` (not fired) is the only expected error; there is nothing to do about others.
+    let _ = timer.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_timers_never_block_the_event_loop() {
+        let mut timer = new_timer().unwrap();
+        // SAFETY: F_GETFL takes no argument and touches no memory.
+        let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
+        // Not fired: reading answers at once instead of waiting.
+        let err = timer.wait().unwrap_err();
+        assert_eq!(io::Error::from(err).kind(), io::ErrorKind::WouldBlock);
+        drain_timer(&mut timer);
+        // A zero duration still arms it (a zero `it_value` would disarm the timerfd).
+        arm_timer(&mut timer, Duration::ZERO).unwrap();
+        assert!(timer.is_armed().unwrap() || timer.wait().unwrap() == 1);
     }
 }

@@ -32,7 +32,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, ChainBuffers};
 use super::{
-    read_config_bytes, EventSource, GuestFault, Interrupt, VirtioDevice, TYPE_NET,
+    read_config_bytes, set_nonblocking, EventSource, GuestFault, Interrupt, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
 use crate::Error;
@@ -347,19 +347,6 @@ impl Net {
         }
         Ok(used && chain::needs_interrupt(rx, mem))
     }
-}
-
-fn set_nonblocking(f: &File) -> io::Result<()> {
-    // SAFETY: F_GETFL takes no argument and touches no memory.
-    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: F_SETFL takes an int by value and touches no memory.
-    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl VirtioDevice for Net {

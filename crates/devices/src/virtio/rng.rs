@@ -14,16 +14,19 @@
 //! [`event_sources`]: VirtioDevice::event_sources
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::chain::{self, ChainBuffers};
-use super::{EventSource, GuestFault, Interrupt, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{
+    arm_timer, drain_timer, new_timer, EventSource, GuestFault, Interrupt, VirtioDevice, TYPE_RNG,
+    VIRTIO_F_VERSION_1,
+};
 use crate::Error;
 
 /// Size of the request queue.
@@ -102,71 +105,6 @@ impl TokenBucket {
     }
 }
 
-/// A non-blocking timerfd on `CLOCK_MONOTONIC`.
-#[derive(Debug)]
-struct Timer(File);
-
-impl Timer {
-    fn new() -> io::Result<Timer> {
-        // SAFETY: timerfd_create takes no pointers; the result is checked below.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a descriptor just created and owned by nobody else.
-        Ok(Timer(File::from(unsafe { OwnedFd::from_raw_fd(fd) })))
-    }
-
-    /// Fires once, `after` from now (a zero duration would disarm it, so at least 1 ns).
-    fn arm(&self, after: Duration) -> io::Result<()> {
-        let after = after.max(Duration::from_nanos(1));
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: libc::c_long::from(after.subsec_nanos() as i32),
-            },
-        };
-        self.set(&spec)
-    }
-
-    fn disarm(&self) -> io::Result<()> {
-        let zero = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        self.set(&libc::itimerspec {
-            it_interval: zero,
-            it_value: zero,
-        })
-    }
-
-    fn set(&self, spec: &libc::itimerspec) -> io::Result<()> {
-        // SAFETY: `spec` is a valid itimerspec for the duration of the call; the old value is
-        // not asked for (null); the descriptor is ours.
-        let r = unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, spec, std::ptr::null_mut()) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Clears an expiry (does nothing, without blocking, if none is pending).
-    fn drain(&self) {
-        let mut buf = [0u8; 8];
-        let _ = (&self.0).read(&mut buf);
-    }
-}
-
 /// What the device needs once activated.
 struct Active {
     mem: GuestMemoryMmap,
@@ -176,7 +114,8 @@ struct Active {
 /// A virtio-rng device.
 pub struct Rng {
     bucket: TokenBucket,
-    timer: Timer,
+    /// Non-blocking, one-shot: wakes the device when the bucket has refilled.
+    timer: TimerFd,
     /// When the armed timer fires, while throttled.
     wake_at: Option<Instant>,
     active: Option<Active>,
@@ -216,7 +155,7 @@ impl Rng {
         }
         Ok(Rng {
             bucket: TokenBucket::new(bytes_per_sec, burst, Instant::now()),
-            timer: Timer::new().map_err(Error::CreateTimer)?,
+            timer: new_timer().map_err(Error::CreateTimer)?,
             wake_at: None,
             active: None,
             bufs: ChainBuffers::default(),
@@ -241,7 +180,7 @@ impl Rng {
     fn wait(&mut self, now: Instant, after: Duration) {
         let after = after.max(MIN_WAIT);
         // If arming fails the device waits for the guest's next notification instead.
-        if self.timer.arm(after).is_ok() {
+        if arm_timer(&mut self.timer, after).is_ok() {
             self.wake_at = Some(now + after);
         }
     }
@@ -395,7 +334,7 @@ impl VirtioDevice for Rng {
 
     fn event_sources(&self) -> Vec<EventSource> {
         vec![EventSource {
-            fd: self.timer.0.as_raw_fd(),
+            fd: self.timer.as_raw_fd(),
             token: TIMER_TOKEN,
             edge_triggered: false,
         }]
@@ -405,7 +344,7 @@ impl VirtioDevice for Rng {
         if token != TIMER_TOKEN {
             return Ok(false);
         }
-        self.timer.drain();
+        drain_timer(&mut self.timer);
         self.wake_at = None;
         self.process(Instant::now())
     }
@@ -414,8 +353,8 @@ impl VirtioDevice for Rng {
         // The bucket is kept: a reset does not buy the guest a fresh burst.
         self.active = None;
         self.wake_at = None;
-        let _ = self.timer.disarm();
-        self.timer.drain();
+        let _ = self.timer.clear();
+        drain_timer(&mut self.timer);
     }
 }
 

@@ -1,14 +1,12 @@
-//! Host-side plumbing of the vsock device: the listening socket file, non-blocking connects to
-//! the per-port sockets, and a one-shot timer.
+//! Host-side plumbing of the vsock device: the listening socket file and non-blocking
+//! connects to the per-port sockets.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// A listening Unix socket bound at a path, which is removed again when this is dropped.
 #[derive(Debug)]
@@ -115,71 +113,6 @@ pub(super) fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize
         Err(io::Error::last_os_error())
     } else {
         Ok(r as usize)
-    }
-}
-
-/// A non-blocking, close-on-exec timerfd on `CLOCK_MONOTONIC`, armed one shot at a time.
-#[derive(Debug)]
-pub(super) struct Timer(File);
-
-impl Timer {
-    pub fn new() -> io::Result<Timer> {
-        // SAFETY: timerfd_create takes no pointers; the result is checked.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and is owned by nobody else.
-        Ok(Timer(File::from(unsafe { OwnedFd::from_raw_fd(fd) })))
-    }
-
-    /// Fires once, `after` from now; `None` disarms it. A zero duration is made 1 ns (zero
-    /// would disarm).
-    pub fn set(&self, after: Option<Duration>) -> io::Result<()> {
-        let value = match after {
-            Some(d) => {
-                let d = d.max(Duration::from_nanos(1));
-                libc::timespec {
-                    tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-                    tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
-                }
-            }
-            None => libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-        };
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: value,
-        };
-        // SAFETY: `spec` is a valid itimerspec for the duration of the call; no old value is
-        // asked for (null); the descriptor is ours.
-        let r =
-            unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Clears an expiry, without blocking if there is none.
-    pub fn drain(&self) {
-        let mut buf = [0u8; 8];
-        let _ = (&self.0).read(&mut buf);
-    }
-
-    pub fn fd(&self) -> i32 {
-        self.0.as_raw_fd()
     }
 }
 

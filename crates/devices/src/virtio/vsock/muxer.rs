@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
-use super::host::{connect_nonblocking, port_path, send_nosignal, BoundListener, Timer};
+use super::host::{connect_nonblocking, port_path, send_nosignal, BoundListener};
 use super::packet::*;
 use super::{
     VsockStats, CONNECT_TIMEOUT, CONN_BUF_SIZE, MAX_CONNECTIONS, MAX_PAYLOAD, SHUTDOWN_TIMEOUT,
 };
-use crate::virtio::{drain_eventfd, new_eventfd};
+use crate::virtio::{arm_timer, drain_eventfd, drain_timer, new_eventfd, new_timer};
 use crate::Error;
 
 /// Replies to guest packets waiting for receive buffers above which the device stops taking
@@ -281,7 +282,8 @@ pub(super) struct Muxer {
     guest_cid: u64,
     listener: BoundListener,
     epoll: Epoll,
-    timer: Timer,
+    /// Non-blocking, one-shot, armed for the earliest deadline.
+    timer: TimerFd,
     /// When the timer is armed to fire.
     timer_at: Option<Instant>,
     /// Written to get another turn of the event loop when events were left over.
@@ -310,7 +312,7 @@ impl Muxer {
     /// Binds the listening socket at `uds_path` and sets up the epoll instance.
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Muxer, Error> {
         let epoll = Epoll::new().map_err(io_setup("epoll instance"))?;
-        let timer = Timer::new().map_err(io_setup("timer"))?;
+        let timer = new_timer().map_err(io_setup("timer"))?;
         let kick = new_eventfd()?;
         if uds_path.symlink_metadata().is_ok() {
             return Err(Error::VsockPathExists {
@@ -329,7 +331,7 @@ impl Muxer {
             )
         };
         add(listener.listener.as_raw_fd(), LISTENER_TOKEN)
-            .and_then(|()| add(timer.fd(), TIMER_TOKEN))
+            .and_then(|()| add(timer.as_raw_fd(), TIMER_TOKEN))
             .and_then(|()| add(kick.as_raw_fd(), KICK_TOKEN))
             .map_err(io_setup("epoll registration"))?;
         Ok(Muxer {
@@ -769,7 +771,7 @@ impl Muxer {
         match token {
             LISTENER_TOKEN => self.accept_ready(),
             TIMER_TOKEN => {
-                self.timer.drain();
+                drain_timer(&mut self.timer);
                 self.timer_at = None;
                 self.expire(Instant::now());
             }
@@ -1026,8 +1028,11 @@ impl Muxer {
         if next == self.timer_at {
             return;
         }
-        let after = next.map(|t| t.saturating_duration_since(Instant::now()));
-        match self.timer.set(after) {
+        let result = match next {
+            Some(t) => arm_timer(&mut self.timer, t.saturating_duration_since(Instant::now())),
+            None => self.timer.clear().map_err(io::Error::from),
+        };
+        match result {
             Ok(()) => self.timer_at = next,
             Err(_) => self.stats.host_errors += 1,
         }
