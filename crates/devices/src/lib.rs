@@ -186,6 +186,14 @@ pub enum Error {
         /// The size it declared.
         size: u16,
     },
+    /// A virtio device declared more queues than the transport can serve.
+    #[error("{device}: {count} queues; a virtio device may have at most 64")]
+    VirtioQueueCount {
+        /// The device's name.
+        device: &'static str,
+        /// The number of queues it declared.
+        count: usize,
+    },
     /// The guest broke a virtio rule badly enough that the device set DEVICE_NEEDS_RESET.
     #[error("{device}: queue {queue}: {fault}")]
     VirtioFault {

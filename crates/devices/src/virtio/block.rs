@@ -26,9 +26,10 @@ use std::io::{self, Seek, SeekFrom};
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::chain::{self, gather, pieces, ChainBuffers};
+use super::chain::{self, gather, pieces, Budget, ChainBuffers, Step};
 use super::{
-    read_config_bytes, GuestFault, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    read_config_bytes, GuestFault, Interrupt, Processed, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1,
 };
 use crate::Error;
 
@@ -246,26 +247,34 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<bool, Error> {
+    fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
         let fault = |fault| Error::VirtioFault {
             device: "virtio-blk",
             queue: index,
             fault,
         };
-        let Some(Active { mem, queue }) = self.active.as_mut() else {
-            return Ok(false);
+        let Block {
+            disk, active, bufs, ..
+        } = self;
+        let Some(Active { mem, queue }) = active.as_mut() else {
+            return Ok(Processed::IDLE);
         };
         if index != 0 {
-            return Ok(false);
+            return Ok(Processed::IDLE);
         }
-        let mut used = false;
-        while let Some(chain) = chain::next_chain(queue, mem).map_err(fault)? {
-            self.bufs.load(chain, mem).map_err(fault)?;
-            let len = self.disk.execute(mem, &self.bufs).map_err(fault)?;
-            chain::complete(queue, mem, self.bufs.head, len).map_err(fault)?;
-            used = true;
+        let mut budget = Budget::new();
+        let batch = chain::process_chains(queue, mem, bufs, &mut budget, |bufs| {
+            let before = disk.stats.read_bytes + disk.stats.write_bytes;
+            let len = disk.execute(mem, bufs)?;
+            let bytes = disk.stats.read_bytes + disk.stats.write_bytes - before;
+            Ok(Step::Done { len, bytes })
+        })
+        .map_err(fault)?;
+        let mut done = Processed::interrupt(batch.interrupt);
+        if batch.more() {
+            done.rearm_queue(0);
         }
-        Ok(used && chain::needs_interrupt(queue, mem))
+        Ok(done)
     }
 
     fn reset(&mut self) {

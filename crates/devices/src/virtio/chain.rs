@@ -7,6 +7,10 @@
 //! sorts the buffers into their device-readable and device-writable parts, and notes which of
 //! them are not wholly inside guest RAM, so that a device can answer with an error status
 //! instead of reading or writing half a buffer.
+//!
+//! [`process_chains`] is the one loop every device runs over a queue: it takes chains while the
+//! wake-up's [`Budget`] lasts, hands each to the device, returns it to the driver, and says
+//! whether work was left for a later wake-up.
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
@@ -156,12 +160,158 @@ pub(crate) fn scatter(mem: &GuestMemoryMmap, segs: &[Segment], start: u64, data:
     done == data.len()
 }
 
+/// The most chains a device takes off its queues in one wake-up (one
+/// [`process_queue`](super::VirtioDevice::process_queue) or
+/// [`process_event`](super::VirtioDevice::process_event) call).
+///
+/// Every device runs on the VMM's one event loop, next to SIGTERM's signalfd, serial input and
+/// the other devices. A guest can keep a queue full for ever; without a bound, one wake-up would
+/// drain it for as long as the guest refills it and nothing else on the loop would be served.
+/// 64 chains keep the per-chain overhead (a lock, an epoll round) small next to the work while
+/// bounding how long the others wait.
+pub const MAX_CHAINS_PER_WAKEUP: u32 = 64;
+
+/// The most payload bytes (moved between guest memory and the host, either way) a device
+/// handles in one wake-up; see [`MAX_CHAINS_PER_WAKEUP`]. A few large requests (a 16 MiB
+/// virtio-blk read) cost as much as many small ones: 1 MiB bounds the time a wake-up takes,
+/// whatever the chains' sizes, to about a millisecond of copying. The chain that crosses the
+/// bound is finished; no new chain is taken after it.
+pub const MAX_BYTES_PER_WAKEUP: u64 = 1 << 20;
+
+/// What is left of one wake-up's allowance: [`MAX_CHAINS_PER_WAKEUP`] chains or
+/// [`MAX_BYTES_PER_WAKEUP`] bytes, whichever runs out first. A device makes one per wake-up and
+/// shares it between the queues it serves in that wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    chains: u32,
+    bytes: u64,
+}
+
+impl Budget {
+    /// A full allowance.
+    pub fn new() -> Budget {
+        Budget {
+            chains: MAX_CHAINS_PER_WAKEUP,
+            bytes: MAX_BYTES_PER_WAKEUP,
+        }
+    }
+
+    /// Whether no further chain may be taken.
+    pub fn is_spent(&self) -> bool {
+        self.chains == 0 || self.bytes == 0
+    }
+
+    /// Counts one chain that moved `bytes` bytes.
+    fn charge(&mut self, bytes: u64) {
+        self.chains = self.chains.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+}
+
+/// What a device did with one chain in [`process_chains`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Return the chain to the driver with `len` bytes written into it (the used length);
+    /// `bytes` payload bytes were moved, either way, and are charged to the budget.
+    Done {
+        /// The used length for the used ring.
+        len: u32,
+        /// Bytes moved between guest memory and the host.
+        bytes: u64,
+    },
+    /// Leave the chain in the ring and stop: the device waits for something else first
+    /// (tokens, host data, room for its replies) and will come back on its own.
+    Wait,
+    /// Leave the chain in the ring and go on with the next one: what it was taken for went
+    /// away (a frame too large for it was dropped). Counts as a chain of the budget.
+    Retry,
+}
+
+/// Why [`process_chains`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchEnd {
+    /// The queue had no chain left (or is not ready).
+    Empty,
+    /// The device answered [`Step::Wait`].
+    Waiting,
+    /// The budget ran out with chains still available: the device must get another wake-up.
+    BudgetSpent,
+}
+
+/// How one [`process_chains`] call went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Batch {
+    /// Chains were returned and the driver wants an interrupt for them.
+    pub interrupt: bool,
+    /// Why it stopped.
+    pub end: BatchEnd,
+}
+
+impl Batch {
+    /// Whether chains were left for a later wake-up because the budget ran out.
+    pub fn more(&self) -> bool {
+        self.end == BatchEnd::BudgetSpent
+    }
+}
+
+/// Takes chains off `queue` while `budget` lasts, loads each into `bufs` and hands it to
+/// `handle`, which says what became of it ([`Step`]); completed chains go to the used ring.
+///
+/// A fault (from the rings, a broken chain, or `handle`) ends the batch at once: the device is
+/// to stop. Otherwise the batch says whether the driver wants an interrupt and why it stopped;
+/// with [`BatchEnd::BudgetSpent`] the caller must make sure it is woken again (the transport
+/// does, for the queues a device names in [`Processed`](super::Processed)).
+pub(crate) fn process_chains<F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    bufs: &mut ChainBuffers,
+    budget: &mut Budget,
+    mut handle: F,
+) -> Result<Batch, GuestFault>
+where
+    F: FnMut(&ChainBuffers) -> Result<Step, GuestFault>,
+{
+    let mut used = false;
+    let end = loop {
+        if budget.is_spent() {
+            break if has_available(queue, mem) {
+                BatchEnd::BudgetSpent
+            } else {
+                BatchEnd::Empty
+            };
+        }
+        let Some(chain) = next_chain(queue, mem)? else {
+            break BatchEnd::Empty;
+        };
+        bufs.load(chain, mem)?;
+        match handle(bufs)? {
+            Step::Done { len, bytes } => {
+                complete(queue, mem, bufs.head, len)?;
+                used = true;
+                budget.charge(bytes);
+            }
+            Step::Wait => {
+                queue.go_to_previous_position();
+                break BatchEnd::Waiting;
+            }
+            Step::Retry => {
+                queue.go_to_previous_position();
+                budget.charge(0);
+            }
+        }
+    };
+    Ok(Batch {
+        interrupt: used && needs_interrupt(queue, mem),
+        end,
+    })
+}
+
 /// Takes the next available chain off `queue`, if any.
 ///
 /// A queue the driver never made ready has nothing to take. An available index that ran more
 /// than the queue size ahead, or an available ring the device cannot read, is a fault; so is a
 /// head index past the descriptor table (the used ring could not even name it).
-pub(crate) fn next_chain<'m>(
+fn next_chain<'m>(
     queue: &mut Queue,
     mem: &'m GuestMemoryMmap,
 ) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, GuestFault> {
@@ -198,7 +348,7 @@ pub(crate) fn has_available(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
 }
 
 /// Returns chain `head` to the driver with `len` bytes written into it.
-pub(crate) fn complete(
+fn complete(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     head: u16,
@@ -210,7 +360,7 @@ pub(crate) fn complete(
 }
 
 /// Whether the driver wants an interrupt for the buffers used since the last call.
-pub(crate) fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
     // If the used-event field cannot be read, interrupting is the safe answer.
     queue.needs_notification(mem).unwrap_or(true)
 }
@@ -218,6 +368,124 @@ pub(crate) fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::testutil::{guest_mem, TestQueue};
+
+    /// A ready queue on the rings of `tq`.
+    fn ready_queue(tq: &TestQueue) -> Queue {
+        let mut q = Queue::new(tq.size).unwrap();
+        q.try_set_desc_table_address(GuestAddress(tq.desc)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(tq.avail))
+            .unwrap();
+        q.try_set_used_ring_address(GuestAddress(tq.used)).unwrap();
+        q.set_ready(true);
+        q
+    }
+
+    /// `n` one-buffer chains, heads `0..n`.
+    fn publish(mem: &GuestMemoryMmap, tq: &TestQueue, n: u16) {
+        for i in 0..n {
+            tq.chain(mem, i, &[(0x8_0000, 16, true)]);
+            tq.publish(mem, i);
+        }
+    }
+
+    #[test]
+    fn a_batch_ends_when_the_chain_budget_is_spent() {
+        let mem = guest_mem();
+        let tq = TestQueue::new(0x1000, 256);
+        publish(&mem, &tq, 100);
+        let mut q = ready_queue(&tq);
+        let mut bufs = ChainBuffers::default();
+        let mut heads = Vec::new();
+        let mut run = |q: &mut Queue, heads: &mut Vec<u16>| {
+            let mut budget = Budget::new();
+            process_chains(q, &mem, &mut bufs, &mut budget, |b| {
+                heads.push(b.head);
+                Ok(Step::Done { len: 16, bytes: 16 })
+            })
+            .unwrap()
+        };
+        let batch = run(&mut q, &mut heads);
+        assert_eq!(batch.end, BatchEnd::BudgetSpent);
+        assert!(batch.more() && batch.interrupt);
+        assert_eq!(heads.len(), MAX_CHAINS_PER_WAKEUP as usize);
+        assert_eq!(u32::from(tq.used_idx(&mem)), MAX_CHAINS_PER_WAKEUP);
+        // The next wake-up takes the rest, each chain once, in order.
+        let batch = run(&mut q, &mut heads);
+        assert_eq!(batch.end, BatchEnd::Empty);
+        assert!(!batch.more());
+        assert_eq!(heads, (0..100).collect::<Vec<u16>>());
+        assert_eq!(tq.used_idx(&mem), 100);
+        assert_eq!(tq.used_elem(&mem, 99), (99, 16));
+        // Exactly a budget's worth left: spent, but nothing more to come back for.
+        publish(&mem, &tq, 64);
+        assert_eq!(run(&mut q, &mut heads).end, BatchEnd::Empty);
+        assert_eq!(tq.used_idx(&mem), 164);
+    }
+
+    #[test]
+    fn a_batch_ends_when_the_byte_budget_is_spent() {
+        let mem = guest_mem();
+        let tq = TestQueue::new(0x1000, 16);
+        publish(&mem, &tq, 10);
+        let mut q = ready_queue(&tq);
+        let mut bufs = ChainBuffers::default();
+        let mut budget = Budget::new();
+        let mut n = 0;
+        // 300 KiB a chain: the fourth crosses 1 MiB and is finished; no fifth is taken.
+        let batch = process_chains(&mut q, &mem, &mut bufs, &mut budget, |_| {
+            n += 1;
+            Ok(Step::Done {
+                len: 0,
+                bytes: 300 << 10,
+            })
+        })
+        .unwrap();
+        assert_eq!((n, batch.end), (4, BatchEnd::BudgetSpent));
+        assert!(budget.is_spent());
+        assert_eq!(tq.used_idx(&mem), 4);
+    }
+
+    #[test]
+    fn wait_leaves_the_chain_and_retry_counts_against_the_budget() {
+        let mem = guest_mem();
+        let tq = TestQueue::new(0x1000, 16);
+        publish(&mem, &tq, 3);
+        let mut q = ready_queue(&tq);
+        let mut bufs = ChainBuffers::default();
+        let mut budget = Budget::new();
+        let batch = process_chains(&mut q, &mem, &mut bufs, &mut budget, |b| {
+            Ok(if b.head == 0 {
+                Step::Done { len: 1, bytes: 1 }
+            } else {
+                Step::Wait
+            })
+        })
+        .unwrap();
+        assert_eq!(batch.end, BatchEnd::Waiting);
+        assert!(batch.interrupt);
+        assert_eq!(tq.used_idx(&mem), 1);
+        // Chain 1 is still there; retrying it for ever ends with the budget.
+        let mut tries = 0;
+        let mut budget = Budget::new();
+        let batch = process_chains(&mut q, &mem, &mut bufs, &mut budget, |b| {
+            assert_eq!(b.head, 1);
+            tries += 1;
+            Ok(Step::Retry)
+        })
+        .unwrap();
+        assert_eq!(batch.end, BatchEnd::BudgetSpent);
+        assert!(!batch.interrupt);
+        assert_eq!(tries, MAX_CHAINS_PER_WAKEUP);
+        assert_eq!(tq.used_idx(&mem), 1);
+        // A fault ends the batch with nothing completed.
+        let err = process_chains(&mut q, &mem, &mut bufs, &mut Budget::new(), |b| {
+            Err(GuestFault::NoStatusByte { head: b.head })
+        })
+        .unwrap_err();
+        assert_eq!(err, GuestFault::NoStatusByte { head: 1 });
+        assert_eq!(tq.used_idx(&mem), 1);
+    }
 
     fn segs() -> Vec<Segment> {
         vec![

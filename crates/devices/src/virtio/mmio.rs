@@ -31,9 +31,9 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    drain_eventfd, in_ram, new_eventfd, GuestFault, Interrupt, VirtioDevice, MAX_QUEUE_SIZE,
-    STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED,
-    STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
+    drain_eventfd, in_ram, new_eventfd, GuestFault, Interrupt, Processed, VirtioDevice, MAX_QUEUES,
+    MAX_QUEUE_SIZE, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
+    STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
 };
 use crate::{BusDevice, BusOutcome, Error};
 
@@ -132,6 +132,9 @@ pub struct VirtioMmioStats {
     pub resets: u64,
     /// Queue or device event fds the event manager refused to watch.
     pub event_registration_failures: u64,
+    /// Wake-ups that spent their budget with work left, after which the transport signalled
+    /// the queue's notification again (one per queue).
+    pub rearms: u64,
 }
 
 /// One queue's configuration as the driver wrote it, before DRIVER_OK.
@@ -262,6 +265,12 @@ impl<D: VirtioDevice> VirtioMmio<D> {
                 size: 0,
             });
         }
+        if sizes.len() > MAX_QUEUES {
+            return Err(Error::VirtioQueueCount {
+                device: device.name(),
+                count: sizes.len(),
+            });
+        }
         for (i, &size) in sizes.iter().enumerate() {
             if size == 0 || size > MAX_QUEUE_SIZE || !size.is_power_of_two() {
                 return Err(Error::VirtioQueueSize {
@@ -377,11 +386,23 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         self.handle_result(result);
     }
 
-    fn handle_result(&mut self, result: Result<bool, Error>) {
-        match result {
-            Ok(true) => self.interrupt.signal_used_queue(),
-            Ok(false) => {}
-            Err(e) => self.set_needs_reset(e),
+    fn handle_result(&mut self, result: Result<Processed, Error>) {
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => return self.set_needs_reset(e),
+        };
+        if done.interrupt {
+            self.interrupt.signal_used_queue();
+        }
+        // The budget ran out with work left: signal the queue's EventFd. The event loop
+        // watches it level-triggered, so the next epoll_wait reports it again, together with
+        // (not before) whatever else became ready meanwhile.
+        for index in done.rearmed_queues() {
+            match self.queue_evts.get(index).map(|evt| evt.write(1)) {
+                Some(Ok(())) => self.stats.rearms += 1,
+                Some(Err(_)) => self.stats.event_registration_failures += 1,
+                None => self.stats.invalid_notifies += 1,
+            }
         }
     }
 
@@ -772,6 +793,8 @@ mod tests {
         resets: u32,
         /// What `process_queue` answers next.
         answer: Option<bool>,
+        /// The queues `process_queue` says have work left.
+        rearm: u64,
         interrupt: Option<Interrupt>,
         evt: Option<EventFd>,
     }
@@ -818,10 +841,13 @@ mod tests {
             self.interrupt = Some(interrupt);
             Ok(())
         }
-        fn process_queue(&mut self, index: usize) -> Result<bool, Error> {
+        fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
             self.processed.push(index);
             match self.answer.take() {
-                Some(b) => Ok(b),
+                Some(b) => Ok(Processed {
+                    interrupt: b,
+                    rearm: self.rearm,
+                }),
                 None => Err(Error::VirtioFault {
                     device: "dummy",
                     queue: index,
@@ -839,12 +865,12 @@ mod tests {
                 })
                 .collect()
         }
-        fn process_event(&mut self, token: u32) -> Result<bool, Error> {
+        fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
             self.events.push(token);
             if let Some(e) = &self.evt {
                 drain_eventfd(e);
             }
-            Ok(false)
+            Ok(Processed::IDLE)
         }
         fn reset(&mut self) {
             self.resets += 1;
@@ -1125,6 +1151,32 @@ mod tests {
     }
 
     #[test]
+    fn work_left_over_signals_the_queue_again() {
+        let mut m = dev();
+        bring_up(&mut m, VERSION_1, &queues());
+        for evt in m.queue_events() {
+            drain_eventfd(evt);
+        }
+        m.device_mut().answer = Some(false);
+        m.device_mut().rearm = 1 << 1;
+        m.process_queue_event(0);
+        // Queue 1's EventFd (the ioeventfd) is readable again; queue 0's is not.
+        assert_eq!(m.queue_events()[1].read().unwrap(), 1);
+        assert!(m.queue_events()[0].read().is_err());
+        assert_eq!(m.stats().rearms, 1);
+        // A queue the transport does not have is not signalled, and counted.
+        m.device_mut().answer = Some(false);
+        m.device_mut().rearm = 1 << 5;
+        m.process_queue_event(0);
+        assert_eq!(m.stats().invalid_notifies, 1);
+        let mut p = Processed::IDLE;
+        p.rearm_queue(0);
+        p.rearm_queue(63);
+        p.rearm_queue(64);
+        assert_eq!(p.rearmed_queues().collect::<Vec<_>>(), [0, 63]);
+    }
+
+    #[test]
     fn device_fault_sets_needs_reset_until_reset() {
         let mut m = dev();
         bring_up(&mut m, VERSION_1, &queues());
@@ -1344,8 +1396,8 @@ mod tests {
             ) -> Result<(), Error> {
                 Ok(())
             }
-            fn process_queue(&mut self, _: usize) -> Result<bool, Error> {
-                Ok(false)
+            fn process_queue(&mut self, _: usize) -> Result<Processed, Error> {
+                Ok(Processed::IDLE)
             }
             fn reset(&mut self) {}
         }
@@ -1353,6 +1405,13 @@ mod tests {
             let err = VirtioMmio::new(Sizes(sizes.clone()), guest_mem()).unwrap_err();
             assert!(matches!(err, Error::VirtioQueueSize { .. }), "{sizes:?}");
         }
+        // One more queue than `Processed::rearm` has bits for.
+        let err = VirtioMmio::new(Sizes(vec![4; MAX_QUEUES + 1]), guest_mem()).unwrap_err();
+        assert!(
+            matches!(err, Error::VirtioQueueCount { count: 65, .. }),
+            "{err}"
+        );
+        assert!(VirtioMmio::new(Sizes(vec![4; MAX_QUEUES]), guest_mem()).is_ok());
         let boxed: Box<dyn VirtioDevice> = Box::new(Sizes(vec![MAX_QUEUE_SIZE]));
         assert!(VirtioMmio::new(boxed, guest_mem()).is_ok());
     }

@@ -82,6 +82,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 pub use block::{Block, BlockStats};
+pub use chain::{MAX_BYTES_PER_WAKEUP, MAX_CHAINS_PER_WAKEUP};
 pub use mmio::{VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 pub use net::{Net, NetStats};
 pub use rng::{Rng, RngStats};
@@ -182,6 +183,52 @@ impl fmt::Display for GuestFault {
     }
 }
 
+/// The most queues a device may have: [`Processed::rearm`] has one bit per queue.
+pub const MAX_QUEUES: usize = 64;
+
+/// What one wake-up of a device ([`VirtioDevice::process_queue`],
+/// [`VirtioDevice::process_event`]) asks of the transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Processed {
+    /// Buffers were used and the driver wants to hear of it: raise the used-buffer interrupt.
+    pub interrupt: bool,
+    /// Bit `i`: queue `i` still has work that the wake-up's budget
+    /// ([`MAX_CHAINS_PER_WAKEUP`], [`MAX_BYTES_PER_WAKEUP`]) did not cover. The transport writes
+    /// that queue's notification `EventFd`, which the event loop watches level-triggered: the
+    /// next `epoll_wait` returns it again, and the device gets its next wake-up only after the
+    /// other sources that were ready meanwhile have been served.
+    pub rearm: u64,
+}
+
+impl Processed {
+    /// Nothing to do.
+    pub const IDLE: Processed = Processed {
+        interrupt: false,
+        rearm: 0,
+    };
+
+    /// An interrupt if `interrupt`, no work left.
+    pub fn interrupt(interrupt: bool) -> Processed {
+        Processed {
+            interrupt,
+            rearm: 0,
+        }
+    }
+
+    /// Asks for another wake-up of queue `index` (below [`MAX_QUEUES`]; others are ignored).
+    pub fn rearm_queue(&mut self, index: usize) {
+        if index < MAX_QUEUES {
+            self.rearm |= 1 << index;
+        }
+    }
+
+    /// The queues to wake again, in order.
+    pub fn rearmed_queues(&self) -> impl Iterator<Item = usize> {
+        let mask = self.rearm;
+        (0..MAX_QUEUES).filter(move |i| mask & (1 << i) != 0)
+    }
+}
+
 /// A host file descriptor a device wants the event loop to watch, besides its queue events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventSource {
@@ -202,7 +249,13 @@ pub struct EventSource {
 /// and [`process_event`](Self::process_event) when one of the device's
 /// [`event_sources`](Self::event_sources) fires. A returned `Err` (an [`Error::VirtioFault`]
 /// for guest faults) makes the transport set DEVICE_NEEDS_RESET and stop calling the device
-/// until the driver resets it.
+/// until the driver resets it; so does a panic in any method, which the transport catches
+/// ([`Error::VirtioDevicePanic`]).
+///
+/// Each wake-up does a bounded amount of work: at most [`MAX_CHAINS_PER_WAKEUP`] chains or
+/// [`MAX_BYTES_PER_WAKEUP`] bytes, whichever comes first, shared by every queue it serves. Work
+/// left over is asked for again through [`Processed::rearm`], so that the other event sources
+/// of the VMM's event loop are served in between.
 pub trait VirtioDevice: Send + fmt::Debug {
     /// The virtio device type ([`TYPE_BLOCK`], ...).
     fn device_type(&self) -> u32;
@@ -210,8 +263,8 @@ pub trait VirtioDevice: Send + fmt::Debug {
     /// A short name for diagnostics and errors (e.g. `"virtio-blk"`).
     fn name(&self) -> &'static str;
 
-    /// The maximum size of each queue; the number of entries is the number of queues. Each
-    /// size must be a power of two no larger than [`MAX_QUEUE_SIZE`].
+    /// The maximum size of each queue; the number of entries is the number of queues (at most
+    /// [`MAX_QUEUES`]). Each size must be a power of two no larger than [`MAX_QUEUE_SIZE`].
     fn queue_max_sizes(&self) -> &[u16];
 
     /// The feature bits the device offers (bit 32, [`VIRTIO_F_VERSION_1`], is required).
@@ -239,9 +292,10 @@ pub trait VirtioDevice: Send + fmt::Debug {
         interrupt: Interrupt,
     ) -> Result<(), Error>;
 
-    /// Handles a notification of queue `index`. Returns whether the guest should be
-    /// interrupted (buffers were used and the ring's notification rules allow it).
-    fn process_queue(&mut self, index: usize) -> Result<bool, Error>;
+    /// Handles a notification of queue `index`, within one wake-up's budget. Returns whether
+    /// the guest should be interrupted (buffers were used and the ring's notification rules
+    /// allow it) and which queues have work left.
+    fn process_queue(&mut self, index: usize) -> Result<Processed, Error>;
 
     /// Host descriptors to watch for this device (a tap, a timer), registered once.
     fn event_sources(&self) -> Vec<EventSource> {
@@ -250,8 +304,8 @@ pub trait VirtioDevice: Send + fmt::Debug {
 
     /// Handles one of the device's [`event_sources`](Self::event_sources); same return as
     /// [`process_queue`](Self::process_queue).
-    fn process_event(&mut self, _token: u32) -> Result<bool, Error> {
-        Ok(false)
+    fn process_event(&mut self, _token: u32) -> Result<Processed, Error> {
+        Ok(Processed::IDLE)
     }
 
     /// Returns the device to its state before activation: drops the queues and the guest
@@ -294,13 +348,13 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     ) -> Result<(), Error> {
         (**self).activate(mem, queues, interrupt)
     }
-    fn process_queue(&mut self, index: usize) -> Result<bool, Error> {
+    fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
         (**self).process_queue(index)
     }
     fn event_sources(&self) -> Vec<EventSource> {
         (**self).event_sources()
     }
-    fn process_event(&mut self, token: u32) -> Result<bool, Error> {
+    fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
         (**self).process_event(token)
     }
     fn reset(&mut self) {

@@ -27,13 +27,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::chain::{self, ChainBuffers};
+use super::chain::{self, BatchEnd, Budget, ChainBuffers, Step};
 use super::{
-    read_config_bytes, set_nonblocking, EventSource, GuestFault, Interrupt, VirtioDevice, TYPE_NET,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, set_nonblocking, EventSource, GuestFault, Interrupt, Processed,
+    VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
 };
 use crate::Error;
 
@@ -240,112 +240,160 @@ impl Net {
         self.stats
     }
 
-    /// Sends every available transmit chain to the tap.
-    fn process_tx(&mut self) -> Result<bool, Error> {
+    /// Sends transmit chains to the tap, one wake-up's budget of them.
+    fn process_tx(&mut self) -> Result<Processed, Error> {
         let fault = |fault| Error::VirtioFault {
             device: "virtio-net",
             queue: TX_QUEUE,
             fault,
         };
-        let Some(Active { mem, tx, .. }) = self.active.as_mut() else {
-            return Ok(false);
+        let Net {
+            tap,
+            active,
+            tx_buf,
+            bufs,
+            stats,
+            ..
+        } = self;
+        let Some(Active { mem, tx, .. }) = active.as_mut() else {
+            return Ok(Processed::IDLE);
         };
-        let mut used = false;
-        while let Some(c) = chain::next_chain(tx, mem).map_err(fault)? {
-            self.bufs.load(c, mem).map_err(fault)?;
-            let len = self.bufs.readable_len();
-            let ok = self.bufs.writable.is_empty()
-                && !self.bufs.outside_ram
+        let mut budget = Budget::new();
+        let batch = chain::process_chains(tx, mem, bufs, &mut budget, |bufs| {
+            let len = bufs.readable_len();
+            let ok = bufs.writable.is_empty()
+                && !bufs.outside_ram
                 && (NET_HDR_LEN as u64..=MAX_FRAME_LEN as u64).contains(&len);
             // `len <= MAX_FRAME_LEN` when `ok`.
-            let frame = &mut self.tx_buf[..if ok { len as usize } else { 0 }];
-            if ok && chain::gather(mem, &self.bufs.readable, 0, frame) {
-                frame[..NET_HDR_LEN].fill(0);
-                // A tap takes a frame whole or not at all; a short write counts as a failure.
-                match self.tap.write(frame) {
-                    Ok(n) if n == frame.len() => {
-                        self.stats.tx_frames += 1;
-                        self.stats.tx_bytes += len;
-                    }
-                    Ok(_) | Err(_) => self.stats.tx_errors += 1,
-                }
-            } else {
-                self.stats.tx_bad_chains += 1;
+            let frame = &mut tx_buf[..if ok { len as usize } else { 0 }];
+            if !ok || !chain::gather(mem, &bufs.readable, 0, frame) {
+                stats.tx_bad_chains += 1;
+                return Ok(Step::Done { len: 0, bytes: 0 });
             }
-            chain::complete(tx, mem, self.bufs.head, 0).map_err(fault)?;
-            used = true;
+            frame[..NET_HDR_LEN].fill(0);
+            // A tap takes a frame whole or not at all; a short write counts as a failure.
+            match tap.write(frame) {
+                Ok(n) if n == frame.len() => {
+                    stats.tx_frames += 1;
+                    stats.tx_bytes += len;
+                }
+                Ok(_) | Err(_) => stats.tx_errors += 1,
+            }
+            Ok(Step::Done { len: 0, bytes: len })
+        })
+        .map_err(fault)?;
+        let mut done = Processed::interrupt(batch.interrupt);
+        if batch.more() {
+            done.rearm_queue(TX_QUEUE);
         }
-        Ok(used && chain::needs_interrupt(tx, mem))
+        Ok(done)
     }
 
-    /// Delivers the pending frame, then frames from the tap, until the tap has none or the
-    /// guest has no receive buffer left.
-    fn process_rx(&mut self) -> Result<bool, Error> {
+    /// Delivers the pending frame, then frames from the tap, each into the next receive chain,
+    /// until the tap has none, the guest has no receive buffer left, or the wake-up's budget is
+    /// spent.
+    ///
+    /// The tap is watched edge-triggered, so epoll does not report it again while frames are
+    /// left in it: when the budget runs out with receive chains left, the receive queue is
+    /// re-armed instead, and its next wake-up goes on reading the tap. With no chain left, the
+    /// guest's next notification of the receive queue does the same.
+    fn process_rx(&mut self) -> Result<Processed, Error> {
         let fault = |fault| Error::VirtioFault {
             device: "virtio-net",
             queue: RX_QUEUE,
             fault,
         };
-        let Some(Active { mem, rx, .. }) = self.active.as_mut() else {
+        let Net {
+            tap,
+            active,
+            rx_pending,
+            rx_buf,
+            bufs,
+            stats,
+            ..
+        } = self;
+        let Some(Active { mem, rx, .. }) = active.as_mut() else {
             // Frames wait in the tap until the driver is ready and adds buffers.
-            return Ok(false);
+            return Ok(Processed::IDLE);
         };
-        let mut used = false;
-        loop {
-            let len = match self.rx_pending {
+        let mut budget = Budget::new();
+        let batch = chain::process_chains(rx, mem, bufs, &mut budget, |bufs| {
+            let len = match *rx_pending {
                 Some(len) => len,
-                None => match (&self.tap).read(&mut self.rx_buf) {
-                    Ok(n) if (NET_HDR_LEN..=MAX_FRAME_LEN).contains(&n) => n,
-                    // Too short for a header, or longer than the largest frame (the buffer
-                    // has one byte more to tell).
-                    Ok(_) => {
-                        self.stats.rx_bad_frames += 1;
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        self.stats.rx_errors += 1;
-                        break;
-                    }
+                None => match read_frame(tap, rx_buf, stats) {
+                    Some(Ok(len)) => len,
+                    // A bad frame was dropped: the chain is offered the next one.
+                    Some(Err(())) => return Ok(Step::Retry),
+                    None => return Ok(Step::Wait),
                 },
             };
-            self.rx_pending = Some(len);
-            let Some(c) = chain::next_chain(rx, mem).map_err(fault)? else {
-                self.stats.rx_deferred += 1;
-                break;
-            };
-            self.bufs.load(c, mem).map_err(fault)?;
-            if !self.bufs.readable.is_empty() || self.bufs.outside_ram {
-                self.stats.rx_bad_chains += 1;
-                chain::complete(rx, mem, self.bufs.head, 0).map_err(fault)?;
-                used = true;
-                continue;
+            *rx_pending = Some(len);
+            if !bufs.readable.is_empty() || bufs.outside_ram {
+                stats.rx_bad_chains += 1;
+                return Ok(Step::Done { len: 0, bytes: 0 });
             }
-            if self.bufs.writable_len() < len as u64 {
+            if bufs.writable_len() < len as u64 {
                 // Never fits this chain: drop the frame, keep the chain for the next one.
-                self.stats.rx_too_large += 1;
-                self.rx_pending = None;
-                rx.go_to_previous_position();
-                continue;
+                stats.rx_too_large += 1;
+                *rx_pending = None;
+                return Ok(Step::Retry);
             }
-            let frame = &mut self.rx_buf[..len];
+            let frame = &mut rx_buf[..len];
             // virtio v1.2, 5.1.6.4.1: without VIRTIO_NET_F_MRG_RXBUF, num_buffers is 1.
             frame[NUM_BUFFERS_OFFSET..NET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
             // The chain's buffers are all inside guest RAM and hold `len` bytes.
-            if !chain::scatter(mem, &self.bufs.writable, 0, frame) {
-                self.stats.rx_bad_chains += 1;
-                chain::complete(rx, mem, self.bufs.head, 0).map_err(fault)?;
-                used = true;
-                continue;
+            if !chain::scatter(mem, &bufs.writable, 0, frame) {
+                stats.rx_bad_chains += 1;
+                return Ok(Step::Done { len: 0, bytes: 0 });
             }
-            chain::complete(rx, mem, self.bufs.head, len as u32).map_err(fault)?;
-            self.rx_pending = None;
-            self.stats.rx_frames += 1;
-            self.stats.rx_bytes += len as u64;
-            used = true;
+            *rx_pending = None;
+            stats.rx_frames += 1;
+            stats.rx_bytes += len as u64;
+            // `len <= MAX_FRAME_LEN`.
+            Ok(Step::Done {
+                len: len as u32,
+                bytes: len as u64,
+            })
+        })
+        .map_err(fault)?;
+        if batch.end == BatchEnd::Empty {
+            // No receive buffer: take one frame off the tap (if it has a good one) and keep it
+            // until the guest adds buffers; the rest waits in the tap.
+            if rx_pending.is_none() {
+                *rx_pending = read_frame(tap, rx_buf, stats).and_then(Result::ok);
+            }
+            if rx_pending.is_some() {
+                stats.rx_deferred += 1;
+            }
         }
-        Ok(used && chain::needs_interrupt(rx, mem))
+        let mut done = Processed::interrupt(batch.interrupt);
+        if batch.more() {
+            done.rearm_queue(RX_QUEUE);
+        }
+        Ok(done)
+    }
+}
+
+/// Reads one frame from the tap into `buf`: its length, `Err` for a frame too short for the
+/// header or longer than [`MAX_FRAME_LEN`] (dropped and counted), `None` when the tap has no
+/// frame (or failed, counted).
+fn read_frame(mut tap: &File, buf: &mut [u8], stats: &mut NetStats) -> Option<Result<usize, ()>> {
+    loop {
+        return match tap.read(buf) {
+            Ok(n) if (NET_HDR_LEN..=MAX_FRAME_LEN).contains(&n) => Some(Ok(n)),
+            // Too short for a header, or longer than the largest frame (the buffer has one
+            // byte more to tell).
+            Ok(_) => {
+                stats.rx_bad_frames += 1;
+                Some(Err(()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                stats.rx_errors += 1;
+                None
+            }
+        };
     }
 }
 
@@ -408,11 +456,11 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<bool, Error> {
+    fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
         match index {
             RX_QUEUE => self.process_rx(),
             TX_QUEUE => self.process_tx(),
-            _ => Ok(false),
+            _ => Ok(Processed::IDLE),
         }
     }
 
@@ -424,11 +472,11 @@ impl VirtioDevice for Net {
         }]
     }
 
-    fn process_event(&mut self, token: u32) -> Result<bool, Error> {
+    fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
         if token == TAP_TOKEN {
             self.process_rx()
         } else {
-            Ok(false)
+            Ok(Processed::IDLE)
         }
     }
 

@@ -18,14 +18,14 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::chain::{self, ChainBuffers};
+use super::chain::{self, Budget, ChainBuffers, Step};
 use super::{
-    arm_timer, drain_timer, new_timer, EventSource, GuestFault, Interrupt, VirtioDevice, TYPE_RNG,
-    VIRTIO_F_VERSION_1,
+    arm_timer, drain_timer, new_timer, EventSource, GuestFault, Interrupt, Processed, VirtioDevice,
+    TYPE_RNG, VIRTIO_F_VERSION_1,
 };
 use crate::Error;
 
@@ -176,74 +176,79 @@ impl Rng {
         self.stats
     }
 
-    /// Sleeps on the timer for `after`.
-    fn wait(&mut self, now: Instant, after: Duration) {
-        let after = after.max(MIN_WAIT);
-        // If arming fails the device waits for the guest's next notification instead.
-        if arm_timer(&mut self.timer, after).is_ok() {
-            self.wake_at = Some(now + after);
-        }
-    }
-
-    fn process(&mut self, now: Instant) -> Result<bool, Error> {
+    /// Serves requests within one wake-up's budget, stopping when the bucket is empty.
+    fn process(&mut self, now: Instant) -> Result<Processed, Error> {
         let fault = |fault: GuestFault| Error::VirtioFault {
             device: "virtio-rng",
             queue: 0,
             fault,
         };
-        let Some(Active { mem, queue }) = self.active.as_mut() else {
-            return Ok(false);
+        let Rng {
+            bucket,
+            timer,
+            wake_at,
+            active,
+            bufs,
+            scratch,
+            stats,
+        } = self;
+        let Some(Active { mem, queue }) = active.as_mut() else {
+            return Ok(Processed::IDLE);
         };
-        self.bucket.refill(now);
-        let mut used = false;
-        loop {
-            if self.bucket.tokens == 0 {
-                if chain::has_available(queue, mem) {
-                    self.stats.throttled += 1;
-                    let after = self.bucket.time_until(512);
-                    self.wait(now, after);
-                }
-                break;
+        bucket.refill(now);
+        // Sleeps on the timer for `after`; if arming fails the device waits for the guest's
+        // next notification instead.
+        let mut wait = |after: Duration| {
+            let after = after.max(MIN_WAIT);
+            if arm_timer(timer, after).is_ok() {
+                *wake_at = Some(now + after);
             }
-            let Some(chain) = chain::next_chain(queue, mem).map_err(fault)? else {
-                break;
-            };
-            self.bufs.load(chain, mem).map_err(fault)?;
-            let written = if !self.bufs.readable.is_empty() || self.bufs.outside_ram {
-                self.stats.bad_requests += 1;
-                0
-            } else {
-                let n = self
-                    .bufs
-                    .writable_len()
-                    .min(self.bucket.tokens)
-                    .min(MAX_REQUEST_BYTES) as usize;
-                self.scratch.resize(n, 0);
-                if fill_random(&mut self.scratch).is_err() {
-                    // Give the chain back and try again a little later.
-                    self.stats.entropy_errors += 1;
-                    queue.go_to_previous_position();
-                    self.wait(now, ENTROPY_RETRY);
-                    break;
-                }
-                // Every writable buffer is inside guest RAM (checked by `load`).
-                if chain::scatter(mem, &self.bufs.writable, 0, &self.scratch) {
-                    self.bucket.tokens -= n as u64;
-                    self.stats.bytes += n as u64;
-                    n as u32
-                } else {
-                    self.stats.bad_requests += 1;
-                    0
-                }
-            };
-            chain::complete(queue, mem, self.bufs.head, written).map_err(fault)?;
-            self.stats.requests += 1;
-            used = true;
+        };
+        let mut budget = Budget::new();
+        let batch = chain::process_chains(queue, mem, bufs, &mut budget, |bufs| {
+            if bucket.tokens == 0 {
+                // A request waits: look again when there is enough for a small one.
+                stats.throttled += 1;
+                wait(bucket.time_until(512));
+                return Ok(Step::Wait);
+            }
+            if !bufs.readable.is_empty() || bufs.outside_ram {
+                stats.bad_requests += 1;
+                stats.requests += 1;
+                return Ok(Step::Done { len: 0, bytes: 0 });
+            }
+            let n = bufs
+                .writable_len()
+                .min(bucket.tokens)
+                .min(MAX_REQUEST_BYTES) as usize;
+            scratch.resize(n, 0);
+            if fill_random(scratch).is_err() {
+                // Leave the chain in the ring and try again a little later.
+                stats.entropy_errors += 1;
+                wait(ENTROPY_RETRY);
+                return Ok(Step::Wait);
+            }
+            // Every writable buffer is inside guest RAM (checked by `load`).
+            if !chain::scatter(mem, &bufs.writable, 0, scratch) {
+                stats.bad_requests += 1;
+                stats.requests += 1;
+                return Ok(Step::Done { len: 0, bytes: 0 });
+            }
+            bucket.tokens -= n as u64;
+            stats.bytes += n as u64;
+            stats.requests += 1;
+            // `n <= MAX_REQUEST_BYTES`.
+            Ok(Step::Done {
+                len: n as u32,
+                bytes: n as u64,
+            })
+        })
+        .map_err(fault)?;
+        let mut done = Processed::interrupt(batch.interrupt);
+        if batch.more() {
+            done.rearm_queue(0);
         }
-        match self.active.as_mut() {
-            Some(Active { mem, queue }) if used => Ok(chain::needs_interrupt(queue, mem)),
-            _ => Ok(false),
-        }
+        Ok(done)
     }
 }
 
@@ -317,14 +322,14 @@ impl VirtioDevice for Rng {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<bool, Error> {
+    fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
         if index != 0 {
-            return Ok(false);
+            return Ok(Processed::IDLE);
         }
         let now = Instant::now();
         match self.wake_at {
             // Throttled: the timer brings us back; notifications meanwhile change nothing.
-            Some(at) if now < at => return Ok(false),
+            Some(at) if now < at => return Ok(Processed::IDLE),
             // The time has come, whether or not anyone watched the timer.
             Some(_) => self.wake_at = None,
             None => {}
@@ -340,9 +345,9 @@ impl VirtioDevice for Rng {
         }]
     }
 
-    fn process_event(&mut self, token: u32) -> Result<bool, Error> {
+    fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
         if token != TIMER_TOKEN {
-            return Ok(false);
+            return Ok(Processed::IDLE);
         }
         drain_timer(&mut self.timer);
         self.wake_at = None;
@@ -459,7 +464,11 @@ mod tests {
         // Half a second later there are about 500 tokens.
         let rng = r.m.device_mut();
         rng.wake_at = None;
-        assert!(rng.process(start + Duration::from_millis(500)).unwrap());
+        assert!(
+            rng.process(start + Duration::from_millis(500))
+                .unwrap()
+                .interrupt
+        );
         let used = r.used();
         assert_eq!(used.len(), 2);
         assert!((400..=600).contains(&used[1].1), "{used:?}");

@@ -56,14 +56,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use self::muxer::Muxer;
 use self::packet::{Header, HDR_LEN, OP_RW};
-use super::chain::{self, ChainBuffers};
+use super::chain::{self, BatchEnd, Budget, ChainBuffers, Step};
 use super::{
-    read_config_bytes, EventSource, GuestFault, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, EventSource, GuestFault, Interrupt, Processed, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 use crate::Error;
 
@@ -219,28 +220,46 @@ impl Vsock {
         self.mux.stats
     }
 
-    /// Transmit chains, then receive chains, then transmit again while replies made room.
-    fn pump(&mut self, tx: bool) -> Result<bool, Error> {
+    /// Transmit chains, then receive chains, then transmit again while replies made room; all
+    /// within one wake-up's budget. Work left when it is spent is asked for again through the
+    /// transmit or receive queue (whose wake-ups do the same).
+    fn pump(&mut self, tx: bool) -> Result<Processed, Error> {
+        let mut budget = Budget::new();
         let mut irq = false;
+        let mut tx_more = false;
+        let mut rx_more;
         if tx {
-            irq |= self.process_tx()?;
+            (irq, tx_more) = self.process_tx(&mut budget)?;
         }
-        irq |= self.process_rx()?;
+        let (rx_irq, more) = self.process_rx(&mut budget)?;
+        irq |= rx_irq;
+        rx_more = more;
         // A stalled transmit queue resumes once the guest took the replies it waited on;
         // bounded, since the guest can keep adding chains while we work.
         for _ in 0..4 {
-            if !self.tx_stalled || self.mux.tx_must_wait() {
+            if !self.tx_stalled || self.mux.tx_must_wait() || budget.is_spent() {
                 break;
             }
-            irq |= self.process_tx()?;
-            irq |= self.process_rx()?;
+            let (tx_irq, more) = self.process_tx(&mut budget)?;
+            tx_more = more;
+            let (rx_irq, more) = self.process_rx(&mut budget)?;
+            rx_more = more;
+            irq |= tx_irq | rx_irq;
         }
         self.mux.rearm_timer();
-        Ok(irq)
+        let mut done = Processed::interrupt(irq);
+        if tx_more {
+            done.rearm_queue(TX_QUEUE);
+        }
+        if rx_more {
+            done.rearm_queue(RX_QUEUE);
+        }
+        Ok(done)
     }
 
-    /// Handles every packet the guest transmitted (unless too many replies are owed).
-    fn process_tx(&mut self) -> Result<bool, Error> {
+    /// Handles the packets the guest transmitted (unless too many replies are owed). Returns
+    /// whether to interrupt and whether chains were left for lack of budget.
+    fn process_tx(&mut self, budget: &mut Budget) -> Result<(bool, bool), Error> {
         let fault = |fault| Error::VirtioFault {
             device: "virtio-vsock",
             queue: TX_QUEUE,
@@ -255,35 +274,40 @@ impl Vsock {
             ..
         } = self;
         let Some(Active { mem, tx, .. }) = active.as_mut() else {
-            return Ok(false);
+            return Ok((false, false));
         };
-        let mut used = false;
-        loop {
+        let batch = chain::process_chains(tx, mem, bufs, budget, |bufs| {
             if mux.tx_must_wait() {
-                if !*tx_stalled && chain::has_available(tx, mem) {
+                if !*tx_stalled {
                     mux.stats.tx_stalls += 1;
                     *tx_stalled = true;
                 }
-                break;
+                return Ok(Step::Wait);
             }
             *tx_stalled = false;
-            let Some(c) = chain::next_chain(tx, mem).map_err(fault)? else {
-                break;
+            let bytes = match read_packet(mem, bufs, scratch) {
+                Some((hdr, len)) => {
+                    mux.handle_guest_packet(&hdr, &scratch[..len]);
+                    len as u64
+                }
+                None => {
+                    mux.stats.bad_packets += 1;
+                    0
+                }
             };
-            bufs.load(c, mem).map_err(fault)?;
-            match read_packet(mem, bufs, scratch) {
-                Some((hdr, len)) => mux.handle_guest_packet(&hdr, &scratch[..len]),
-                None => mux.stats.bad_packets += 1,
-            }
             // The device writes nothing into a transmit chain.
-            chain::complete(tx, mem, bufs.head, 0).map_err(fault)?;
-            used = true;
+            Ok(Step::Done { len: 0, bytes })
+        })
+        .map_err(fault)?;
+        if batch.end == BatchEnd::Empty {
+            *tx_stalled = false;
         }
-        Ok(used && chain::needs_interrupt(tx, mem))
+        Ok((batch.interrupt, batch.more()))
     }
 
-    /// Fills receive chains with the packets owed to the guest.
-    fn process_rx(&mut self) -> Result<bool, Error> {
+    /// Fills receive chains with the packets owed to the guest. Returns whether to interrupt
+    /// and whether packets and chains were left for lack of budget.
+    fn process_rx(&mut self, budget: &mut Budget) -> Result<(bool, bool), Error> {
         let fault = |fault| Error::VirtioFault {
             device: "virtio-vsock",
             queue: RX_QUEUE,
@@ -297,40 +321,40 @@ impl Vsock {
             ..
         } = self;
         let Some(Active { mem, rx, .. }) = active.as_mut() else {
-            return Ok(false);
+            return Ok((false, false));
         };
-        let mut used = false;
-        while mux.has_rx_work() {
-            let Some(c) = chain::next_chain(rx, mem).map_err(fault)? else {
-                break;
-            };
-            bufs.load(c, mem).map_err(fault)?;
+        if !mux.has_rx_work() {
+            return Ok((false, false));
+        }
+        let batch = chain::process_chains(rx, mem, bufs, budget, |bufs| {
+            if !mux.has_rx_work() {
+                return Ok(Step::Wait);
+            }
             if !bufs.readable.is_empty() || bufs.outside_ram || bufs.writable_len() < HDR_LEN as u64
             {
                 mux.stats.rx_bad_chains += 1;
-                chain::complete(rx, mem, bufs.head, 0).map_err(fault)?;
-                used = true;
-                continue;
+                return Ok(Step::Done { len: 0, bytes: 0 });
             }
             // At most the scratch buffer: a header and MAX_PAYLOAD.
             let cap = bufs.writable_len().min(scratch.len() as u64) as usize;
             let Some(n) = mux.next_packet(&mut scratch[..cap]) else {
                 // Nothing fits (or nothing is owed after all): the chain waits.
-                rx.go_to_previous_position();
-                break;
+                return Ok(Step::Wait);
             };
             // Every writable buffer is inside guest RAM (checked above) and they hold `n`
             // bytes, so this cannot fail; if it did the packet would be lost, not the device.
-            let len = if chain::scatter(mem, &bufs.writable, 0, &scratch[..n]) {
-                n as u32
-            } else {
+            if !chain::scatter(mem, &bufs.writable, 0, &scratch[..n]) {
                 mux.stats.rx_bad_chains += 1;
-                0
-            };
-            chain::complete(rx, mem, bufs.head, len).map_err(fault)?;
-            used = true;
-        }
-        Ok(used && chain::needs_interrupt(rx, mem))
+                return Ok(Step::Done { len: 0, bytes: 0 });
+            }
+            // `n <= HDR_LEN + MAX_PAYLOAD`.
+            Ok(Step::Done {
+                len: n as u32,
+                bytes: n as u64,
+            })
+        })
+        .map_err(fault)?;
+        Ok((batch.interrupt, batch.more() && mux.has_rx_work()))
     }
 }
 
@@ -413,12 +437,12 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<bool, Error> {
+    fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
         match index {
             RX_QUEUE => self.pump(false),
             TX_QUEUE => self.pump(true),
             // The device sends no events; the driver's buffers just wait there.
-            _ => Ok(false),
+            _ => Ok(Processed::IDLE),
         }
     }
 
@@ -430,9 +454,9 @@ impl VirtioDevice for Vsock {
         }]
     }
 
-    fn process_event(&mut self, token: u32) -> Result<bool, Error> {
+    fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
         if token != EVENT_TOKEN {
-            return Ok(false);
+            return Ok(Processed::IDLE);
         }
         self.mux.process_host_events();
         self.pump(false)
