@@ -194,6 +194,16 @@ pub enum Error {
         /// The number of queues it declared.
         count: usize,
     },
+    /// A virtio device panicked; its transport caught the panic and set DEVICE_NEEDS_RESET.
+    #[error("{device} panicked in {during}: {message}")]
+    VirtioDevicePanic {
+        /// The device's name.
+        device: &'static str,
+        /// What the transport had asked of it (`"process_queue"`, `"activate"`, ...).
+        during: &'static str,
+        /// The panic message (or a placeholder when the payload is not a string).
+        message: String,
+    },
     /// The guest broke a virtio rule badly enough that the device set DEVICE_NEEDS_RESET.
     #[error("{device}: queue {queue}: {fault}")]
     VirtioFault {

@@ -22,8 +22,18 @@
 //! A notify written to QueueNotify while no ioeventfd is registered reaches
 //! [`BusDevice::write`], which signals the same `EventFd`: the work still happens on the event
 //! loop, never on the vCPU thread.
+//!
+//! Every call into the device (queue and event processing on the event loop; activation, reset,
+//! feature and configuration accesses on a vCPU's register access) runs under
+//! [`std::panic::catch_unwind`]. A device that panics is put into DEVICE_NEEDS_RESET as for a
+//! guest fault, with [`Error::VirtioDevicePanic`] as [`VirtioMmio::last_fault`], and counted in
+//! [`VirtioMmioStats::device_panics`]; the panic never unwinds into the event loop or the vCPU
+//! loop, and the transport's mutex is not poisoned. The device is not called again (but for
+//! configuration reads) until the driver resets it.
 
+use std::any::Any;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
@@ -135,6 +145,8 @@ pub struct VirtioMmioStats {
     /// Wake-ups that spent their budget with work left, after which the transport signalled
     /// the queue's notification again (one per queue).
     pub rearms: u64,
+    /// Panics of the device caught by the transport (each put it into DEVICE_NEEDS_RESET).
+    pub device_panics: u64,
 }
 
 /// One queue's configuration as the driver wrote it, before DRIVER_OK.
@@ -214,6 +226,8 @@ impl QueueConfig {
 /// A virtio device behind a virtio-mmio window. See the [module docs](self) for the wiring.
 pub struct VirtioMmio<D: VirtioDevice> {
     device: D,
+    /// The device's name, taken once: errors name the device even when it has panicked.
+    name: &'static str,
     mem: GuestMemoryMmap,
     interrupt: Interrupt,
     queue_evts: Vec<EventFd>,
@@ -288,6 +302,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         let rearm_evt = new_eventfd()?;
         Ok(VirtioMmio {
             rearm_evt,
+            name: device.name(),
             device,
             mem,
             interrupt: Interrupt::new(new_eventfd()?),
@@ -370,8 +385,9 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             self.stats.notifies_while_stopped += 1;
             return;
         }
-        let result = self.device.process_queue(index);
-        self.handle_result(result);
+        if let Some(result) = self.guarded("process_queue", |d| d.process_queue(index)) {
+            self.handle_result(result);
+        }
     }
 
     /// Handles the device event source named `token` (see [`VirtioDevice::event_sources`]).
@@ -382,8 +398,36 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         if self.status & (STATUS_FAILED | STATUS_DEVICE_NEEDS_RESET) != 0 {
             return;
         }
-        let result = self.device.process_event(token);
-        self.handle_result(result);
+        if let Some(result) = self.guarded("process_event", |d| d.process_event(token)) {
+            self.handle_result(result);
+        }
+    }
+
+    /// Runs `f` on the device, catching a panic. A panic puts the device into
+    /// DEVICE_NEEDS_RESET with [`Error::VirtioDevicePanic`] (and a configuration interrupt if
+    /// DRIVER_OK is set), is counted, and gives `None`; it never unwinds further.
+    fn guarded<R>(&mut self, during: &'static str, f: impl FnOnce(&mut D) -> R) -> Option<R> {
+        let device = &mut self.device;
+        // The device may be left half-updated by the panic: it is stopped until the driver
+        // resets it, and its state is only memory-safe Rust data, so nothing observes a broken
+        // invariant that could cause harm.
+        match panic::catch_unwind(AssertUnwindSafe(|| f(device))) {
+            Ok(r) => Some(r),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                // Dropping a payload can itself panic; such a payload is leaked instead.
+                if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                    std::mem::forget(again);
+                }
+                self.stats.device_panics += 1;
+                self.set_needs_reset(Error::VirtioDevicePanic {
+                    device: self.name,
+                    during,
+                    message,
+                });
+                None
+            }
+        }
     }
 
     fn handle_result(&mut self, result: Result<Processed, Error>) {
@@ -424,7 +468,6 @@ impl<D: VirtioDevice> VirtioMmio<D> {
     /// state (virtio v1.2, 2.4 Device Reset).
     fn reset(&mut self) {
         self.stats.resets += 1;
-        self.device.reset();
         self.status = 0;
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
@@ -442,6 +485,9 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         if !self.parked.is_empty() && self.rearm_evt.write(1).is_err() {
             self.stats.event_registration_failures += 1;
         }
+        // Last, so that a panic here leaves DEVICE_NEEDS_RESET set: the device stays out of
+        // service until a reset gets through.
+        self.guarded("reset", |d| d.reset());
     }
 
     /// A driver write of the status register (virtio v1.2, 3.1.1 Driver Requirements: Device
@@ -482,6 +528,8 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             self.stats.features_refused += 1;
             new &= !(STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         }
+        // DEVICE_NEEDS_RESET as it is now: the device may have panicked just above.
+        let kept = kept | self.status & STATUS_DEVICE_NEEDS_RESET;
         self.status = new | kept;
         if new & STATUS_DRIVER_OK != 0 && added & STATUS_DRIVER_OK != 0 && kept == 0 {
             if let Err(e) = self.activate() {
@@ -494,17 +542,19 @@ impl<D: VirtioDevice> VirtioMmio<D> {
     /// device MAY fail to operate further if it is not accepted; this one refuses legacy
     /// drivers) and nothing the device does not offer (virtio v1.2, 2.2.1).
     fn accept_features(&mut self) -> bool {
-        let offered = self.device.features();
+        let Some(offered) = self.guarded("features", |d| d.features()) else {
+            return false;
+        };
         let wanted = self.driver_features;
         if wanted & !offered != 0 || wanted & (1 << VIRTIO_F_VERSION_1) == 0 {
             return false;
         }
-        self.device.ack_features(wanted);
-        true
+        self.guarded("ack_features", |d| d.ack_features(wanted))
+            .is_some()
     }
 
     fn activate(&mut self) -> Result<(), Error> {
-        let device = self.device.name();
+        let device = self.name;
         let queues = self
             .queues
             .iter()
@@ -517,8 +567,13 @@ impl<D: VirtioDevice> VirtioMmio<D> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.device
-            .activate(self.mem.clone(), queues, self.interrupt.clone())?;
+        let (mem, interrupt) = (self.mem.clone(), self.interrupt.clone());
+        let Some(activated) = self.guarded("activate", |d| d.activate(mem, queues, interrupt))
+        else {
+            // The panic put the device into DEVICE_NEEDS_RESET already.
+            return Ok(());
+        };
+        activated?;
         self.activated = true;
         // Look at every queue once: a driver may have made buffers available (an rx ring
         // filled) before DRIVER_OK, whose notification was dropped then.
@@ -549,13 +604,18 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         match offset {
             REG_MAGIC_VALUE => MAGIC_VALUE,
             REG_VERSION => MMIO_VERSION,
-            REG_DEVICE_ID => self.device.device_type(),
+            REG_DEVICE_ID => self
+                .guarded("device_type", |d| d.device_type())
+                .unwrap_or(0),
             REG_VENDOR_ID => VENDOR_ID,
-            REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
-                _ => 0,
-            },
+            REG_DEVICE_FEATURES => {
+                let features = self.guarded("features", |d| d.features()).unwrap_or(0);
+                match self.device_features_sel {
+                    0 => features as u32,
+                    1 => (features >> 32) as u32,
+                    _ => 0,
+                }
+            }
             REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size)),
             REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready)),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
@@ -641,7 +701,13 @@ impl<D: VirtioDevice> BusDevice for VirtioMmio<D> {
         if offset >= CONFIG_SPACE_OFFSET {
             match offset.checked_add(data.len() as u64) {
                 Some(end) if end <= MMIO_WINDOW_SIZE => {
-                    self.device.read_config(offset - CONFIG_SPACE_OFFSET, data)
+                    let offset = offset - CONFIG_SPACE_OFFSET;
+                    if self
+                        .guarded("read_config", |d| d.read_config(offset, data))
+                        .is_none()
+                    {
+                        data.fill(0);
+                    }
                 }
                 _ => {
                     self.stats.invalid_accesses += 1;
@@ -667,7 +733,9 @@ impl<D: VirtioDevice> BusDevice for VirtioMmio<D> {
             // Config writes are only meaningful once the driver knows the device.
             if !fits
                 || self.status & STATUS_DRIVER == 0
-                || !self.device.write_config(offset - CONFIG_SPACE_OFFSET, data)
+                || self.guarded("write_config", |d| {
+                    d.write_config(offset - CONFIG_SPACE_OFFSET, data)
+                }) != Some(true)
             {
                 self.stats.ignored_writes += 1;
             }
@@ -681,7 +749,18 @@ impl<D: VirtioDevice> BusDevice for VirtioMmio<D> {
     }
 
     fn name(&self) -> &'static str {
-        self.device.name()
+        self.name
+    }
+}
+
+/// The message of a panic payload: the `&str` or `String` given to `panic!`.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic payload that is not a string)".to_string()
     }
 }
 
@@ -713,7 +792,10 @@ impl<D: VirtioDevice> MutEventSubscriber for VirtioMmio<D> {
                 self.stats.event_registration_failures += 1;
             }
         }
-        for src in self.device.event_sources() {
+        let sources = self
+            .guarded("event_sources", |d| d.event_sources())
+            .unwrap_or_default();
+        for src in sources {
             if ops.add(source_events(&src)).is_err() {
                 self.stats.event_registration_failures += 1;
             }
@@ -741,8 +823,8 @@ impl<D: VirtioDevice> MutEventSubscriber for VirtioMmio<D> {
                 // watching the source rather than being woken by it again and again.
                 let token = data - DEVICE_EVENT_BASE;
                 let source = self
-                    .device
-                    .event_sources()
+                    .guarded("event_sources", |d| d.event_sources())
+                    .unwrap_or_default()
                     .into_iter()
                     .find(|s| s.token == token);
                 if let Some(parked) = source.as_ref().map(source_events) {
@@ -795,6 +877,8 @@ mod tests {
         answer: Option<bool>,
         /// The queues `process_queue` says have work left.
         rearm: u64,
+        /// The method that panics (`"process_queue"`, `"activate"`, ...), if any.
+        panic_in: Option<&'static str>,
         interrupt: Option<Interrupt>,
         evt: Option<EventFd>,
     }
@@ -816,6 +900,7 @@ mod tests {
             self.acked = Some(features);
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
+            self.maybe_panic("read_config");
             read_config_bytes(&[1, 2, 3, 4, 5, 6, 7, 8], offset, data);
         }
         fn activate(
@@ -824,6 +909,7 @@ mod tests {
             queues: Vec<Queue>,
             interrupt: Interrupt,
         ) -> Result<(), Error> {
+            self.maybe_panic("activate");
             self.activated = Some(
                 queues
                     .iter()
@@ -843,6 +929,9 @@ mod tests {
         }
         fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
             self.processed.push(index);
+            if self.panic_in == Some("process_queue") {
+                panic!("dummy: boom in queue {index}");
+            }
             match self.answer.take() {
                 Some(b) => Ok(Processed {
                     interrupt: b,
@@ -866,6 +955,7 @@ mod tests {
                 .collect()
         }
         fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
+            self.maybe_panic("process_event");
             self.events.push(token);
             if let Some(e) = &self.evt {
                 drain_eventfd(e);
@@ -873,9 +963,18 @@ mod tests {
             Ok(Processed::IDLE)
         }
         fn reset(&mut self) {
+            self.maybe_panic("reset");
             self.resets += 1;
             self.activated = None;
             self.acked = None;
+        }
+    }
+
+    impl Dummy {
+        fn maybe_panic(&self, method: &str) {
+            if self.panic_in == Some(method) {
+                panic!("dummy: boom in {method}");
+            }
         }
     }
 
@@ -1368,6 +1467,105 @@ mod tests {
         }
         assert_eq!(dev.lock().unwrap().device().events, [7]);
         assert_eq!(dev.lock().unwrap().stats().event_registration_failures, 0);
+    }
+
+    /// Asserts that the device last panicked in `during` and is stopped for it.
+    fn assert_panicked(m: &VirtioMmio<Dummy>, during: &str, panics: u64) {
+        assert_ne!(m.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert!(!m.is_running());
+        assert_eq!(m.stats().device_panics, panics);
+        match m.last_fault() {
+            Some(Error::VirtioDevicePanic {
+                device: "dummy",
+                during: d,
+                message,
+            }) => {
+                assert_eq!(*d, during);
+                assert!(message.starts_with("dummy: boom in"), "{message}");
+            }
+            other => panic!("not a device panic: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_device_panic_on_the_event_loop_needs_reset_and_goes_no_further() {
+        let dev = Arc::new(Mutex::new(dev()));
+        let intr = dev.lock().unwrap().interrupt_evt().try_clone().unwrap();
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new().unwrap();
+        em.add_subscriber(dev.clone());
+        bring_up(&mut dev.lock().unwrap(), VERSION_1, &queues());
+        let _ = intr.read();
+        dev.lock().unwrap().device_mut().panic_in = Some("process_queue");
+        // Activation kicked both queues: the first call panics, and the loop carries on.
+        while dev.lock().unwrap().status() & STATUS_DEVICE_NEEDS_RESET == 0 {
+            em.run_with_timeout(100).unwrap();
+        }
+        assert!(!dev.is_poisoned());
+        {
+            let m = dev.lock().unwrap();
+            assert_panicked(&m, "process_queue", 1);
+            let fault = m.last_fault().unwrap().to_string();
+            assert!(fault.contains("dummy panicked in process_queue: dummy: boom in queue"));
+            // The driver hears of it through a configuration change interrupt.
+            assert_eq!(m.interrupt().status(), INTERRUPT_CONFIG);
+            assert_eq!(intr.read().unwrap(), 1);
+            assert_eq!(m.stats().needs_reset, 1);
+            assert_eq!(m.device().processed.len(), 1);
+        }
+        // No further calls until the driver resets the device; then it works again.
+        let evt = dev.lock().unwrap().queue_events()[1].try_clone().unwrap();
+        evt.write(1).unwrap();
+        for _ in 0..3 {
+            em.run_with_timeout(10).unwrap();
+        }
+        assert_eq!(dev.lock().unwrap().device().processed.len(), 1);
+        let mut m = dev.lock().unwrap();
+        m.device_mut().panic_in = None;
+        bring_up(&mut m, VERSION_1, &queues());
+        assert!(m.is_running());
+        assert!(m.last_fault().is_none());
+        m.device_mut().answer = Some(true);
+        m.process_queue_event(0);
+        assert!(m.is_running());
+        assert_eq!(m.stats().device_panics, 1);
+    }
+
+    #[test]
+    fn a_device_panic_on_a_vcpu_register_access_needs_reset() {
+        // In activate, reached from the guest's DRIVER_OK write.
+        let mut m = dev();
+        m.device_mut().panic_in = Some("activate");
+        bring_up(&mut m, VERSION_1, &queues());
+        assert_panicked(&m, "activate", 1);
+        assert_eq!(m.status(), S_OK | STATUS_DEVICE_NEEDS_RESET);
+        assert_eq!(rd(&mut m, 0x60), INTERRUPT_CONFIG);
+        // The queues are not kicked for a device that never started.
+        assert!(m.queue_events()[0].read().is_err());
+
+        // In a configuration read: the read gives zeroes.
+        let mut m = dev();
+        bring_up(&mut m, VERSION_1, &queues());
+        m.device_mut().panic_in = Some("read_config");
+        assert_eq!(read_config(&mut m, 0, 2), [0, 0]);
+        assert_panicked(&m, "read_config", 2);
+
+        // In reset: the device stays in DEVICE_NEEDS_RESET until a reset gets through.
+        let mut m = dev();
+        bring_up(&mut m, VERSION_1, &queues());
+        m.device_mut().panic_in = Some("reset");
+        wr(&mut m, 0x70, 0);
+        assert_panicked(&m, "reset", 1);
+        assert_eq!(m.status(), STATUS_DEVICE_NEEDS_RESET);
+        m.device_mut().panic_in = None;
+        bring_up(&mut m, VERSION_1, &queues());
+        assert!(m.is_running());
+
+        // In a device event.
+        let mut m = dev();
+        bring_up(&mut m, VERSION_1, &queues());
+        m.device_mut().panic_in = Some("process_event");
+        m.process_device_event(7);
+        assert_panicked(&m, "process_event", 1);
     }
 
     #[test]
