@@ -372,7 +372,7 @@ mod tests {
 
     use super::*;
     use crate::virtio::testutil::*;
-    use crate::virtio::{VirtioMmio, STATUS_DEVICE_NEEDS_RESET};
+    use crate::virtio::{VirtioMmio, MAX_CHAINS_PER_WAKEUP, STATUS_DEVICE_NEEDS_RESET};
 
     const BUF: u64 = 0x2_0000;
 
@@ -497,6 +497,45 @@ mod tests {
         assert_eq!(q.used_elem(&mem, 0), (0, 100));
         assert_eq!(q.used_elem(&mem, 1), (1, 100));
         assert_eq!(dev.lock().unwrap().stats().event_registration_failures, 0);
+    }
+
+    #[test]
+    fn a_flood_of_requests_is_served_64_per_round_beside_other_sources() {
+        let r = rig(Rng::new().unwrap());
+        let Rig { m, mem, q, .. } = r;
+        for i in 0..200u16 {
+            let head = q.chain(&mem, i, &[(BUF + 16 * u64::from(i), 16, true)]);
+            q.publish(&mem, head);
+        }
+        m.queue_events()[0].write(1).unwrap();
+        let dev = Arc::new(Mutex::new(m));
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new().unwrap();
+        em.add_subscriber(dev.clone());
+        let probe_mem = mem.clone();
+        let other = Arc::new(Mutex::new(Bystander::new(move || q.used_idx(&probe_mem))));
+        em.add_subscriber(other.clone());
+        other.lock().unwrap().evt.write(1).unwrap();
+        let mut rounds = Vec::new();
+        let mut used = 0;
+        while used < 200 && rounds.len() < 100 {
+            em.run_with_timeout(1000).unwrap();
+            let now = q.used_idx(&mem);
+            assert!(now >= used);
+            rounds.push(now - used);
+            used = now;
+        }
+        assert_eq!(rounds, [64, 64, 64, 8]);
+        // Each chain came back once, filled.
+        let mut heads: Vec<u32> = (0..200).map(|i| q.used_elem(&mem, i).0).collect();
+        heads.sort_unstable();
+        assert_eq!(heads, (0..200).collect::<Vec<u32>>());
+        assert!((0..200).all(|i| q.used_elem(&mem, i).1 == 16));
+        // The other source was served within the first round.
+        let seen = other.lock().unwrap().seen.clone();
+        assert_eq!(seen.len(), 1);
+        assert!(u32::from(seen[0]) <= MAX_CHAINS_PER_WAKEUP, "{seen:?}");
+        let m = dev.lock().unwrap();
+        assert_eq!((m.device().stats().requests, m.stats().rearms), (200, 3));
     }
 
     #[test]

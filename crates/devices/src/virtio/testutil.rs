@@ -4,9 +4,11 @@
 // Shared by the tests of every virtio device; not each uses every helper.
 #![allow(dead_code)]
 
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::{VirtioMmio, CONFIG_SPACE_OFFSET};
 use super::{
@@ -105,6 +107,18 @@ impl TestQueue {
         first
     }
 
+    /// Writes a chain of `bufs` as an indirect table at guest address `table`, and descriptor
+    /// `index` pointing at it; returns `index` (the chain's head).
+    pub fn indirect(&self, mem: &GuestMemoryMmap, index: u16, table: u64, bufs: &[Buf]) -> u16 {
+        let t = TestQueue {
+            desc: table,
+            ..*self
+        };
+        t.chain(mem, 0, bufs);
+        self.set_desc(mem, index, table, 16 * bufs.len() as u32, F_INDIRECT, 0);
+        index
+    }
+
     /// Makes the chain at `head` available and moves the available index on.
     pub fn publish(&self, mem: &GuestMemoryMmap, head: u16) {
         let idx = self.avail_idx(mem);
@@ -182,5 +196,37 @@ pub fn run_rearmed<D: VirtioDevice>(mmio: &mut VirtioMmio<D>) -> usize {
             mmio.process_queue_event(i);
             wakeups += 1;
         }
+    }
+}
+
+/// Another event source on the same event loop as a device (standing in for SIGTERM's
+/// signalfd or serial input): an `EventFd` whose handler notes what `probe` says at that
+/// moment (e.g. how far a flooded queue's used index had moved).
+pub struct Bystander {
+    /// Made readable by the test.
+    pub evt: EventFd,
+    probe: Box<dyn FnMut() -> u16 + Send>,
+    /// What `probe` said each time the handler ran.
+    pub seen: Vec<u16>,
+}
+
+impl Bystander {
+    pub fn new(probe: impl FnMut() -> u16 + Send + 'static) -> Self {
+        Bystander {
+            evt: super::new_eventfd().unwrap(),
+            probe: Box::new(probe),
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl MutEventSubscriber for Bystander {
+    fn init(&mut self, ops: &mut EventOps) {
+        ops.add(Events::new(&self.evt, EventSet::IN)).unwrap();
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        super::drain_eventfd(&self.evt);
+        self.seen.push((self.probe)());
     }
 }
