@@ -57,7 +57,13 @@
 //! Everything in a queue is written by the guest and is treated as hostile: descriptor chains are
 //! walked with a bound, every buffer is checked against guest RAM before use, and a request the
 //! device cannot even answer (no status byte, a chain that loops) puts the device into
-//! DEVICE_NEEDS_RESET instead of panicking or guessing.
+//! DEVICE_NEEDS_RESET instead of panicking or guessing; so does a device that panics anyway (the
+//! transport catches it).
+//!
+//! The event loop is shared: each wake-up of a device handles at most
+//! [`MAX_CHAINS_PER_WAKEUP`] chains or [`MAX_BYTES_PER_WAKEUP`] bytes, and work left over is
+//! re-armed through the queue's notification `EventFd` (see [`Processed`]), so that a guest
+//! keeping a queue full cannot starve the VMM's other event sources.
 
 pub mod block;
 mod chain;
