@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use petrel_vmm::config::SerialConfig;
-use petrel_vmm::{RunSummary, StatsFormat, StopReason, Timeline, Vmm, EXIT_BAD_INPUT};
+use petrel_vmm::{Notice, RunSummary, StatsFormat, StopReason, Timeline, Vmm, EXIT_BAD_INPUT};
 
 use crate::error::CliError;
 use crate::signals::StopSignals;
@@ -81,7 +81,11 @@ fn boot(
     let signals = StopSignals::new().map_err(CliError::Signals)?;
     let mut vmm = Vmm::build_with_timeline(config, timeline.clone())?;
     for notice in vmm.notices() {
-        eprintln!("petrel: {notice}");
+        match notice {
+            Notice::EmulatedHostWorkarounds => {
+                eprintln!("petrel: {notice} (--host-compat off to leave it alone)")
+            }
+        }
     }
     let watcher = SignalWatcher::new(signals, vmm.handle(), timeline, received);
     vmm.add_subscriber(Arc::new(Mutex::new(watcher)));

@@ -47,8 +47,8 @@ pub use petrel_vcpu::StopReason;
 pub use report::{StatsDocument, StatsFormat};
 pub use timeline::Timeline;
 pub use vmm::{
-    guest_cmdline, run, RunSummary, Subscriber, VmState, Vmm, VmmHandle, SERIAL_OUTPUT_BUFFER,
-    VCPU_ACK_TIMEOUT, VCPU_JOIN_TIMEOUT, VCPU_STATS_TIMEOUT,
+    guest_cmdline, run, Notice, RunSummary, Subscriber, VmState, Vmm, VmmHandle,
+    SERIAL_OUTPUT_BUFFER, VCPU_ACK_TIMEOUT, VCPU_JOIN_TIMEOUT, VCPU_STATS_TIMEOUT,
 };
 
 /// Exit code for a guest that stopped normally.

@@ -87,6 +87,26 @@ impl VmState {
     }
 }
 
+/// Something [`Vmm::build`] found that the user should be told about, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The host's KVM runs guest kernel code in its instruction emulator (PVM), and the
+    /// guest's command line got the workarounds it needs there ([`VmConfig::host_compat`]
+    /// turns them off).
+    EmulatedHostWorkarounds,
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::EmulatedHostWorkarounds => f.write_str(
+                "this host's KVM runs guest kernel code in its instruction emulator (PVM): \
+                 expect a slow guest; added guest workarounds to the command line",
+            ),
+        }
+    }
+}
+
 /// How a VM ended.
 #[derive(Debug)]
 pub struct RunSummary {
@@ -195,11 +215,20 @@ impl VmmHandle {
 
     /// Asks the VM to stop: the event loop ends ([`Vmm::run_until_stopped`] returns) and every
     /// vCPU leaves its loop, wherever it was (running, halted, waiting for a SIPI, paused).
-    /// Returns at once; stopping twice is harmless.
+    /// A VM stopped before it started never starts. Returns at once; stopping twice is
+    /// harmless.
     pub fn stop(&self) {
-        for h in lock(&self.shared.vcpus).iter() {
+        let vcpus = lock(&self.shared.vcpus);
+        for h in vcpus.iter() {
             let _ = h.send(VcpuCommand::Stop);
         }
+        {
+            let mut state = lock(&self.shared.state);
+            if *state == VmState::NotStarted {
+                *state = VmState::Stopped;
+            }
+        }
+        drop(vcpus);
         let _ = self.shared.stop_evt.write(1);
     }
 
@@ -325,7 +354,7 @@ struct Loaded {
 pub struct Vmm {
     shared: Arc<Shared>,
     timeline: Timeline,
-    notices: Vec<String>,
+    notices: Vec<Notice>,
     /// vCPUs created and configured, waiting for [`Vmm::start`].
     runners: Vec<VcpuRunner<PlatformIo>>,
     vcpu_thread_prefix: String,
@@ -407,12 +436,7 @@ impl Vmm {
         }
         let mut notices = Vec::new();
         if loaded.linux && emulated && config.host_compat {
-            notices.push(
-                "this host's KVM runs guest kernel code in its instruction emulator (PVM): \
-                 expect a slow guest; added guest workarounds to the command line \
-                 (host_compat off to leave it alone)"
-                    .to_string(),
-            );
+            notices.push(Notice::EmulatedHostWorkarounds);
         }
         let mut vm = Vm::new(&hv)?;
         vm.register_ram(&ram)?;
@@ -491,9 +515,8 @@ impl Vmm {
         &self.timeline
     }
 
-    /// One-line notices for the user that building produced (for example that the host
-    /// emulates guest kernel code and the command line got workarounds).
-    pub fn notices(&self) -> &[String] {
+    /// What building found that the user should hear about (once, at start).
+    pub fn notices(&self) -> &[Notice] {
         &self.notices
     }
 
@@ -534,21 +557,21 @@ impl Vmm {
     /// Starts one thread per vCPU; the boot vCPU enters the guest at once, the others wait in
     /// KVM for the guest's INIT/SIPI. Fails if the VM was started before.
     pub fn start(&mut self) -> Result<()> {
-        if self.runners.is_empty() {
-            return Err(Error::InvalidState {
-                op: "start",
-                state: self.handle().state(),
-            });
-        }
-        let runners = std::mem::take(&mut self.runners);
-        let mut exited = Vec::with_capacity(runners.len());
-        for _ in &runners {
+        let mut exited = Vec::with_capacity(self.runners.len());
+        for _ in &self.runners {
             exited.push(self.vcpu_exited.try_clone().map_err(Error::EventFd)?);
         }
+        let shared = self.shared.clone();
         let mut failed = None;
         {
-            let mut vcpus = lock(&self.shared.vcpus);
-            for (runner, exited) in runners.into_iter().zip(exited) {
+            // Under the vCPU lock, so a concurrent stop() sees either no vCPU and a VM it
+            // marks stopped (then this refuses), or every vCPU and a running VM.
+            let mut vcpus = lock(&shared.vcpus);
+            let state = *lock(&shared.state);
+            if self.runners.is_empty() || state != VmState::NotStarted {
+                return Err(Error::InvalidState { op: "start", state });
+            }
+            for (runner, exited) in self.runners.drain(..).zip(exited) {
                 let name = format!("{}{}", self.vcpu_thread_prefix, runner.vcpu().id());
                 match petrel_vcpu::spawn_named(runner, exited, name) {
                     Ok(h) => vcpus.push(h),
@@ -558,10 +581,11 @@ impl Vmm {
                     }
                 }
             }
-            *lock(&self.shared.state) = VmState::Running;
+            *lock(&shared.state) = VmState::Running;
         }
         if let Some(e) = failed {
             // Leave nothing half-started: the threads already running are stopped and joined.
+            self.runners.clear();
             self.shutdown_vcpus();
             return Err(Error::Vcpu(e));
         }
@@ -594,7 +618,8 @@ impl Vmm {
         self.handle().stats()
     }
 
-    /// Runs the event loop on this thread (starting the VM first if it was not started) until
+    /// Runs the event loop on this thread (starting the VM first if it was neither started nor
+    /// stopped) until
     /// a vCPU stops (the guest reset, powered off, faulted, hit its exit limit) or
     /// [`VmmHandle::stop`] is called; then stops and joins every vCPU and flushes the console.
     ///
@@ -604,6 +629,7 @@ impl Vmm {
         if self.handle().state() == VmState::NotStarted {
             self.start()?;
         }
+        // A VM stopped before it started ends here: its stop event is already written.
         let mut loop_error = None;
         let mut panicked = None;
         loop {
