@@ -234,7 +234,7 @@ fn pause_holds_the_vcpu_and_resume_lets_it_go_on() {
     let Some(hv) = kvm_or_skip("pause_holds_the_vcpu_and_resume_lets_it_go_on") else {
         return;
     };
-    use petrel_vcpu::{spawn, RunOptions, VcpuCommand, VcpuRunner};
+    use petrel_vcpu::{spawn, RunOptions, VcpuCommand, VcpuRunner, VcpuState};
     use std::time::Duration;
     let code = [
         0xe7, 0x10, // out 0x10, ax   ; an exit per iteration: progress we can watch
@@ -256,16 +256,58 @@ fn pause_holds_the_vcpu_and_resume_lets_it_go_on() {
     std::thread::sleep(Duration::from_millis(50));
     assert!(progress() > 0, "the loop runs");
     handle.send(VcpuCommand::Pause).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    let acked = handle.wait_for(Duration::from_secs(5), |s| s == VcpuState::Paused);
+    assert_eq!(acked, VcpuState::Paused, "the pause is acknowledged");
     let paused_at = progress();
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(progress(), paused_at, "no exit while paused");
+    assert_eq!(
+        progress(),
+        paused_at,
+        "no exit once the pause is acknowledged"
+    );
+    let (stats, _) = handle
+        .stats(Duration::from_secs(5))
+        .expect("a paused vCPU answers for its statistics");
+    assert_eq!(stats.count_of_port(0x10) as usize, paused_at);
 
     handle.send(VcpuCommand::Resume).unwrap();
+    let acked = handle.wait_for(Duration::from_secs(5), |s| s == VcpuState::Running);
+    assert_eq!(acked, VcpuState::Running);
     std::thread::sleep(Duration::from_millis(50));
     assert!(progress() > paused_at, "runs again after resume");
 
     handle.send(VcpuCommand::Stop).unwrap();
     let out = handle.join(Duration::from_secs(5)).expect("stops");
     assert_eq!(out.stop, StopReason::Requested);
+}
+
+#[test]
+fn a_stop_sent_before_the_first_run_is_not_lost() {
+    let Some(hv) = kvm_or_skip("a_stop_sent_before_the_first_run_is_not_lost") else {
+        return;
+    };
+    use petrel_vcpu::{spawn, RunOptions, VcpuCommand, VcpuRunner};
+    use std::time::Duration;
+    let code = [
+        0xeb, 0xfe, // jmp $   ; spin forever without a single exit: only a kick ends it
+    ];
+    // The stop is sent the moment the thread exists, usually before its first KVM_RUN (where
+    // round 1 lost the kick and the vCPU spun on). Each try must end within the deadline.
+    for attempt in 0..50 {
+        let guest = TinyGuest::real_mode(&code, 1 << 20);
+        let mut vm = petrel_hv_sys::Vm::new(&hv).unwrap();
+        vm.register_ram(&guest.ram).unwrap();
+        vm.setup_tss_and_identity_map().unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        petrel_vcpu::setup::apply_boot_state(&vcpu, &guest.state).unwrap();
+        let io = Arc::new(Recorder::default());
+        let runner = VcpuRunner::new(vcpu, io, guest.ram.clone(), RunOptions::default());
+        let exited = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        let mut handle = spawn(runner, exited).unwrap();
+        handle.send(VcpuCommand::Stop).unwrap();
+        let out = handle
+            .join(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("attempt {attempt}: the early stop was lost"));
+        assert_eq!(out.stop, StopReason::Requested);
+    }
 }

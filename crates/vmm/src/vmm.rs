@@ -170,47 +170,37 @@ impl VmmHandle {
     /// Parks every vCPU out of `KVM_RUN` and returns once each has acknowledged it. Pausing a
     /// paused VM does nothing.
     pub fn pause(&self) -> Result<()> {
-        let vcpus = lock(&self.shared.vcpus);
-        let mut state = lock(&self.shared.state);
-        match *state {
-            VmState::Paused => return Ok(()),
-            VmState::Running => {}
-            other => {
-                return Err(Error::InvalidState {
-                    op: "pause",
-                    state: other,
-                })
-            }
-        }
-        for h in vcpus.iter() {
-            h.send(VcpuCommand::Pause).map_err(Error::Vcpu)?;
-        }
-        *state = VmState::Paused;
-        drop(state);
-        wait_for_all(&vcpus, VcpuState::Paused)
+        self.transition("pause", VmState::Running, VmState::Paused)
     }
 
     /// Lets every vCPU enter the guest again after [`pause`](Self::pause). Resuming a running
     /// VM does nothing.
     pub fn resume(&self) -> Result<()> {
+        self.transition("resume", VmState::Paused, VmState::Running)
+    }
+
+    /// Moves a VM in state `from` to `to` (Paused or Running): every vCPU is told, then each
+    /// must acknowledge. Under the vCPU lock, so a stop or another transition waits its turn.
+    fn transition(&self, op: &'static str, from: VmState, to: VmState) -> Result<()> {
+        let (command, ack) = match to {
+            VmState::Paused => (VcpuCommand::Pause, VcpuState::Paused),
+            _ => (VcpuCommand::Resume, VcpuState::Running),
+        };
         let vcpus = lock(&self.shared.vcpus);
-        let mut state = lock(&self.shared.state);
-        match *state {
-            VmState::Running => return Ok(()),
-            VmState::Paused => {}
-            other => {
-                return Err(Error::InvalidState {
-                    op: "resume",
-                    state: other,
-                })
+        {
+            let mut state = lock(&self.shared.state);
+            if *state == to {
+                return Ok(());
             }
+            if *state != from {
+                return Err(Error::InvalidState { op, state: *state });
+            }
+            for h in vcpus.iter() {
+                h.send(command).map_err(Error::Vcpu)?;
+            }
+            *state = to;
         }
-        for h in vcpus.iter() {
-            h.send(VcpuCommand::Resume).map_err(Error::Vcpu)?;
-        }
-        *state = VmState::Running;
-        drop(state);
-        wait_for_all(&vcpus, VcpuState::Running)
+        wait_for_all(&vcpus, ack)
     }
 
     /// Asks the VM to stop: the event loop ends ([`Vmm::run_until_stopped`] returns) and every
