@@ -1,1 +1,953 @@
-//! (being written)
+//! The routes of Firecracker's API: a [`Request`] becomes one [`ApiRequest`] (its body parsed
+//! and validated) or one [`ApiError`], answered `400 Bad Request` with
+//! `{"fault_message": "..."}`. Also the helpers that build the other responses.
+//!
+//! Paths are matched exactly, segment by segment: no trailing `/`, no empty segment, no extra
+//! segment. Routes of the swagger that Petrel does not implement yet are recognised and refused
+//! with a message saying so, rather than as unknown routes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::http::{Method, Request, Response};
+use crate::model::{
+    validate_id, ActionType, BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger,
+    MachineConfiguration, MachineConfigurationUpdate, Metrics, NetworkInterface, PartialDrive,
+    PartialNetworkInterface, ValidationError, VmState, Vsock,
+};
+
+/// One request of the API, parsed and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `GET /`: answer [`crate::model::InstanceInfo`].
+    GetInstanceInfo,
+    /// `GET /version`: answer [`crate::model::FirecrackerVersion`].
+    GetVersion,
+    /// `GET /vm/config`: answer [`crate::model::FullVmConfiguration`].
+    GetVmConfig,
+    /// `GET /machine-config`: answer [`MachineConfiguration`].
+    GetMachineConfig,
+    /// `PUT /boot-source`.
+    PutBootSource(BootSource),
+    /// `PUT /machine-config` (validated on its own).
+    PutMachineConfig(MachineConfiguration),
+    /// `PATCH /machine-config`: apply with [`MachineConfiguration::apply`] and validate the
+    /// result, since only that tells whether the combination holds.
+    PatchMachineConfig(MachineConfigurationUpdate),
+    /// `PUT /drives/{drive_id}` (the path's id equals the body's).
+    PutDrive(Drive),
+    /// `PATCH /drives/{drive_id}` (the path's id equals the body's).
+    PatchDrive(PartialDrive),
+    /// `PUT /network-interfaces/{iface_id}` (the path's id equals the body's).
+    PutNetworkInterface(NetworkInterface),
+    /// `PATCH /network-interfaces/{iface_id}` (the path's id equals the body's).
+    PatchNetworkInterface(PartialNetworkInterface),
+    /// `PUT /vsock`.
+    PutVsock(Vsock),
+    /// `PUT /entropy`.
+    PutEntropy(EntropyDevice),
+    /// `PUT /logger`.
+    PutLogger(Logger),
+    /// `PUT /metrics`.
+    PutMetrics(Metrics),
+    /// `PUT /actions`.
+    Action(ActionType),
+    /// `PATCH /vm`.
+    PatchVm(VmState),
+}
+
+/// Why a request was refused. Its `Display` is the `fault_message`; every one is answered
+/// `400 Bad Request` (see [`ApiError::to_response`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No route has this path.
+    #[error("invalid request: no route for {method} {path}")]
+    UnknownRoute {
+        /// The method, as sent.
+        method: String,
+        /// The path, as sent.
+        path: String,
+    },
+    /// The path is known but not with this method.
+    #[error("method {method} is not allowed on {path} (allowed: {allowed})")]
+    MethodNotAllowed {
+        /// The method, as sent.
+        method: String,
+        /// The path, as sent.
+        path: String,
+        /// The methods the path takes.
+        allowed: &'static str,
+    },
+    /// A `PUT` or `PATCH` came without a body.
+    #[error("empty {method} request on {path}: a JSON body is required")]
+    EmptyBody {
+        /// The method.
+        method: &'static str,
+        /// The path, as sent.
+        path: String,
+    },
+    /// A `GET` came with a body.
+    #[error("GET request on {path} cannot have a body")]
+    BodyOnGet {
+        /// The path, as sent.
+        path: String,
+    },
+    /// The body is not JSON, or not of the expected shape (serde's message, which names an
+    /// unknown or missing field).
+    #[error("invalid body for {method} {path}: {message}")]
+    InvalidBody {
+        /// The method.
+        method: &'static str,
+        /// The path, as sent.
+        path: String,
+        /// What the JSON parser said.
+        message: String,
+    },
+    /// The id in the path differs from the one in the body.
+    #[error("the {field} in the path (`{path_id}`) does not match the {field} in the body (`{body_id}`)")]
+    IdMismatch {
+        /// `drive_id` or `iface_id`.
+        field: &'static str,
+        /// The id in the path.
+        path_id: String,
+        /// The id in the body.
+        body_id: String,
+    },
+    /// The body parsed but a value is refused.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A route of the swagger (or a value) Petrel does not implement yet.
+    #[error("{0} is not supported by Petrel yet")]
+    NotSupported(String),
+}
+
+impl ApiError {
+    /// The message sent to the client.
+    pub fn fault_message(&self) -> String {
+        self.to_string()
+    }
+
+    /// The response: `400` with `{"fault_message": ...}`.
+    pub fn to_response(&self) -> Response {
+        fault(&self.fault_message())
+    }
+}
+
+/// The body of an error response.
+#[derive(Serialize)]
+struct Fault<'a> {
+    fault_message: &'a str,
+}
+
+/// `400 Bad Request` with `{"fault_message": message}` (the message is JSON-escaped).
+pub fn fault(message: &str) -> Response {
+    fault_with_status(400, message)
+}
+
+/// A fault with another status (for the VMM's own failures, e.g. `500`).
+pub fn fault_with_status(status: u16, message: &str) -> Response {
+    let body = serde_json::to_string(&Fault {
+        fault_message: message,
+    })
+    // A struct of one string always serializes; keep a valid body regardless.
+    .unwrap_or_else(|_| String::from(r#"{"fault_message":"internal error"}"#));
+    Response {
+        status,
+        body: Some(body),
+    }
+}
+
+/// `200 OK` with `value` as the JSON body (`500` with a fault if it cannot be serialized,
+/// which none of [`crate::model`]'s types can fail to be).
+pub fn ok_json<T: Serialize + ?Sized>(value: &T) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => Response {
+            status: 200,
+            body: Some(body),
+        },
+        Err(err) => fault_with_status(500, &format!("cannot serialize the response: {err}")),
+    }
+}
+
+/// `204 No Content`: the answer to a successful `PUT` or `PATCH`.
+pub fn no_content() -> Response {
+    Response {
+        status: 204,
+        body: None,
+    }
+}
+
+/// The method's name, for messages.
+fn method_name(method: &Method) -> &str {
+    match method {
+        Method::Get => "GET",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+        Method::Other(name) => name,
+    }
+}
+
+/// The longest method name quoted back in a message (the rest is cut), so that a hostile
+/// request cannot make the error response large.
+const MAX_ECHOED_LEN: usize = 128;
+
+/// `text` cut to [`MAX_ECHOED_LEN`] bytes (on a character boundary) for a message.
+fn echoed(text: &str) -> String {
+    if text.len() <= MAX_ECHOED_LEN {
+        return text.to_owned();
+    }
+    let mut end = MAX_ECHOED_LEN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// The routes this module knows, with the path's id when it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    Root,
+    Version,
+    VmConfig,
+    MachineConfig,
+    BootSource,
+    Drive(&'a str),
+    NetworkInterface(&'a str),
+    Vsock,
+    Entropy,
+    Logger,
+    Metrics,
+    Actions,
+    Vm,
+    /// A swagger route Petrel does not implement; the text names it in the message.
+    Unsupported(&'static str),
+}
+
+impl Route<'_> {
+    /// The methods the route takes, for the "not allowed" message.
+    fn allowed(self) -> &'static str {
+        match self {
+            Route::Root | Route::Version | Route::VmConfig => "GET",
+            Route::MachineConfig => "GET, PUT, PATCH",
+            Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
+            Route::Vm => "PATCH",
+            Route::BootSource
+            | Route::Vsock
+            | Route::Entropy
+            | Route::Logger
+            | Route::Metrics
+            | Route::Actions => "PUT",
+            Route::Unsupported(_) => "none",
+        }
+    }
+}
+
+/// Finds the route of a path, or `None`.
+fn route(path: &str) -> Option<Route<'_>> {
+    if path == "/" {
+        return Some(Route::Root);
+    }
+    let rest = path.strip_prefix('/')?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let route = match segments.as_slice() {
+        ["version"] => Route::Version,
+        ["vm"] => Route::Vm,
+        ["vm", "config"] => Route::VmConfig,
+        ["machine-config"] => Route::MachineConfig,
+        ["boot-source"] => Route::BootSource,
+        ["drives", id] => Route::Drive(id),
+        ["network-interfaces", id] => Route::NetworkInterface(id),
+        ["vsock"] => Route::Vsock,
+        ["entropy"] => Route::Entropy,
+        ["logger"] => Route::Logger,
+        ["metrics"] => Route::Metrics,
+        ["actions"] => Route::Actions,
+        ["mmds"] => Route::Unsupported("the MMDS (/mmds)"),
+        ["mmds", "config"] => Route::Unsupported("the MMDS (/mmds/config)"),
+        ["balloon"] => Route::Unsupported("the balloon device (/balloon)"),
+        ["balloon", "statistics"] => Route::Unsupported("the balloon device (/balloon/statistics)"),
+        ["balloon", "hinting", "start" | "status" | "stop"] => {
+            Route::Unsupported("the balloon device (/balloon/hinting/*)")
+        }
+        ["snapshot", "create"] => Route::Unsupported("snapshots (/snapshot/create)"),
+        ["snapshot", "load"] => Route::Unsupported("snapshots (/snapshot/load)"),
+        ["cpu-config"] => Route::Unsupported("custom CPU templates (/cpu-config)"),
+        ["pmem", _] => Route::Unsupported("virtio-pmem devices (/pmem/{id})"),
+        ["hotplug", "memory"] => Route::Unsupported("memory hotplug (/hotplug/memory)"),
+        ["serial"] => Route::Unsupported("serial console configuration (/serial)"),
+        _ => return None,
+    };
+    Some(route)
+}
+
+/// Deserializes a body, naming the method and path in the error.
+fn parse_body<'de, T: Deserialize<'de>>(
+    method: &'static str,
+    path: &str,
+    body: &'de [u8],
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|err| ApiError::InvalidBody {
+        method,
+        path: echoed(path),
+        message: err.to_string(),
+    })
+}
+
+/// Checks that the body's id equals the path's (both already known to be valid ids).
+fn same_id(field: &'static str, path_id: &str, body_id: &str) -> Result<(), ApiError> {
+    if path_id != body_id {
+        return Err(ApiError::IdMismatch {
+            field,
+            path_id: path_id.to_owned(),
+            body_id: echoed(body_id),
+        });
+    }
+    Ok(())
+}
+
+/// The body of `PATCH /vm`, its state kept as text so that an unknown state gets its own
+/// message.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmBody {
+    state: String,
+}
+
+/// Turns a request into an [`ApiRequest`], or the [`ApiError`] to answer with
+/// [`ApiError::to_response`].
+pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
+    let path = req.path.as_str();
+    let Some(route) = route(path) else {
+        return Err(ApiError::UnknownRoute {
+            method: echoed(method_name(&req.method)),
+            path: echoed(path),
+        });
+    };
+    if let Route::Unsupported(what) = route {
+        return Err(ApiError::NotSupported(what.to_owned()));
+    }
+    let not_allowed = || ApiError::MethodNotAllowed {
+        method: echoed(method_name(&req.method)),
+        path: echoed(path),
+        allowed: route.allowed(),
+    };
+    let method: &'static str = match req.method {
+        Method::Get => "GET",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+        Method::Other(_) => return Err(not_allowed()),
+    };
+    if method == "GET" {
+        let request = match route {
+            Route::Root => ApiRequest::GetInstanceInfo,
+            Route::Version => ApiRequest::GetVersion,
+            Route::VmConfig => ApiRequest::GetVmConfig,
+            Route::MachineConfig => ApiRequest::GetMachineConfig,
+            _ => return Err(not_allowed()),
+        };
+        if !req.body.is_empty() {
+            return Err(ApiError::BodyOnGet { path: echoed(path) });
+        }
+        return Ok(request);
+    }
+    let takes_method = match method {
+        "PUT" => !matches!(
+            route,
+            Route::Root | Route::Version | Route::VmConfig | Route::Vm
+        ),
+        _ => matches!(
+            route,
+            Route::MachineConfig | Route::Drive(_) | Route::NetworkInterface(_) | Route::Vm
+        ),
+    };
+    if !takes_method {
+        return Err(not_allowed());
+    }
+    if req.body.is_empty() {
+        return Err(ApiError::EmptyBody {
+            method,
+            path: echoed(path),
+        });
+    }
+    let body = req.body.as_slice();
+    let request = match (method, route) {
+        ("PUT", Route::BootSource) => {
+            let boot: BootSource = parse_body(method, path, body)?;
+            boot.validate()?;
+            ApiRequest::PutBootSource(boot)
+        }
+        ("PUT", Route::MachineConfig) => {
+            let config: MachineConfiguration = parse_body(method, path, body)?;
+            config.validate()?;
+            ApiRequest::PutMachineConfig(config)
+        }
+        ("PATCH", Route::MachineConfig) => {
+            let update: MachineConfigurationUpdate = parse_body(method, path, body)?;
+            update.validate()?;
+            ApiRequest::PatchMachineConfig(update)
+        }
+        ("PUT", Route::Drive(id)) => {
+            validate_id("drive_id", id)?;
+            let drive: Drive = parse_body(method, path, body)?;
+            same_id("drive_id", id, &drive.drive_id)?;
+            drive.validate()?;
+            ApiRequest::PutDrive(drive)
+        }
+        ("PATCH", Route::Drive(id)) => {
+            validate_id("drive_id", id)?;
+            let drive: PartialDrive = parse_body(method, path, body)?;
+            same_id("drive_id", id, &drive.drive_id)?;
+            drive.validate()?;
+            ApiRequest::PatchDrive(drive)
+        }
+        ("PUT", Route::NetworkInterface(id)) => {
+            validate_id("iface_id", id)?;
+            let iface: NetworkInterface = parse_body(method, path, body)?;
+            same_id("iface_id", id, &iface.iface_id)?;
+            iface.validate()?;
+            ApiRequest::PutNetworkInterface(iface)
+        }
+        ("PATCH", Route::NetworkInterface(id)) => {
+            validate_id("iface_id", id)?;
+            let iface: PartialNetworkInterface = parse_body(method, path, body)?;
+            same_id("iface_id", id, &iface.iface_id)?;
+            iface.validate()?;
+            ApiRequest::PatchNetworkInterface(iface)
+        }
+        ("PUT", Route::Vsock) => {
+            let vsock: Vsock = parse_body(method, path, body)?;
+            vsock.validate()?;
+            ApiRequest::PutVsock(vsock)
+        }
+        ("PUT", Route::Entropy) => {
+            let entropy: EntropyDevice = parse_body(method, path, body)?;
+            entropy.validate()?;
+            ApiRequest::PutEntropy(entropy)
+        }
+        ("PUT", Route::Logger) => {
+            let logger: Logger = parse_body(method, path, body)?;
+            logger.validate()?;
+            ApiRequest::PutLogger(logger)
+        }
+        ("PUT", Route::Metrics) => {
+            let metrics: Metrics = parse_body(method, path, body)?;
+            metrics.validate()?;
+            ApiRequest::PutMetrics(metrics)
+        }
+        ("PUT", Route::Actions) => {
+            let action: InstanceActionInfo = parse_body(method, path, body)?;
+            ApiRequest::Action(action.action_type)
+        }
+        ("PATCH", Route::Vm) => {
+            let vm: VmBody = parse_body(method, path, body)?;
+            match vm.state.as_str() {
+                "Paused" => ApiRequest::PatchVm(VmState::Paused),
+                "Resumed" => ApiRequest::PatchVm(VmState::Resumed),
+                other => {
+                    return Err(ApiError::NotSupported(format!(
+                        "the VM state `{}` (PATCH /vm takes Paused or Resumed)",
+                        echoed(other)
+                    )))
+                }
+            }
+        }
+        _ => return Err(not_allowed()),
+    };
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CacheType, IoEngine, LogLevel, RateLimiter, TokenBucket};
+
+    fn request(method: Method, path: &str, body: &str) -> Request {
+        Request {
+            method,
+            path: path.to_owned(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn put(path: &str, body: &str) -> Result<ApiRequest, ApiError> {
+        parse_request(&request(Method::Put, path, body))
+    }
+
+    fn patch(path: &str, body: &str) -> Result<ApiRequest, ApiError> {
+        parse_request(&request(Method::Patch, path, body))
+    }
+
+    fn get(path: &str) -> Result<ApiRequest, ApiError> {
+        parse_request(&request(Method::Get, path, ""))
+    }
+
+    /// The fault message of a refused request.
+    fn refused(result: Result<ApiRequest, ApiError>) -> String {
+        match result {
+            Ok(request) => panic!("accepted: {request:?}"),
+            Err(err) => err.fault_message(),
+        }
+    }
+
+    #[test]
+    fn gets() {
+        assert_eq!(get("/"), Ok(ApiRequest::GetInstanceInfo));
+        assert_eq!(get("/version"), Ok(ApiRequest::GetVersion));
+        assert_eq!(get("/vm/config"), Ok(ApiRequest::GetVmConfig));
+        assert_eq!(get("/machine-config"), Ok(ApiRequest::GetMachineConfig));
+        let with_body = parse_request(&request(Method::Get, "/version", "{}"));
+        assert_eq!(
+            refused(with_body),
+            "GET request on /version cannot have a body"
+        );
+    }
+
+    #[test]
+    fn unknown_routes_name_method_and_path() {
+        assert_eq!(
+            refused(get("/nope")),
+            "invalid request: no route for GET /nope"
+        );
+        assert_eq!(
+            refused(put("/drives", "{}")),
+            "invalid request: no route for PUT /drives"
+        );
+        for path in [
+            "",
+            "version",
+            "/version/",
+            "//version",
+            "/drives/a/b",
+            "/drives/",
+        ] {
+            let err = parse_request(&request(Method::Get, path, "")).unwrap_err();
+            assert!(
+                matches!(err, ApiError::UnknownRoute { .. }),
+                "{path}: {err}"
+            );
+        }
+        let long = format!("/{}", "x".repeat(10_000));
+        let message = refused(get(&long));
+        assert!(message.len() < 300, "{}", message.len());
+    }
+
+    #[test]
+    fn methods_not_allowed() {
+        assert_eq!(
+            refused(patch("/boot-source", "{}")),
+            "method PATCH is not allowed on /boot-source (allowed: PUT)"
+        );
+        assert_eq!(
+            refused(put("/version", "{}")),
+            "method PUT is not allowed on /version (allowed: GET)"
+        );
+        assert_eq!(
+            refused(get("/drives/rootfs")),
+            "method GET is not allowed on /drives/rootfs (allowed: PUT, PATCH)"
+        );
+        assert_eq!(
+            refused(put("/vm", r#"{"state": "Paused"}"#)),
+            "method PUT is not allowed on /vm (allowed: PATCH)"
+        );
+        let delete = parse_request(&request(Method::Other("DELETE".into()), "/logger", ""));
+        assert_eq!(
+            refused(delete),
+            "method DELETE is not allowed on /logger (allowed: PUT)"
+        );
+    }
+
+    #[test]
+    fn empty_bodies() {
+        assert_eq!(
+            refused(put("/machine-config", "")),
+            "empty PUT request on /machine-config: a JSON body is required"
+        );
+        assert_eq!(
+            refused(patch("/drives/rootfs", "")),
+            "empty PATCH request on /drives/rootfs: a JSON body is required"
+        );
+    }
+
+    #[test]
+    fn invalid_json_and_unknown_fields() {
+        let message = refused(put("/boot-source", "{"));
+        assert!(
+            message.starts_with("invalid body for PUT /boot-source: "),
+            "{message}"
+        );
+        let message = refused(put(
+            "/boot-source",
+            r#"{"kernel_image_path": "vmlinux", "boot_arg": "x"}"#,
+        ));
+        assert!(message.contains("unknown field `boot_arg`"), "{message}");
+        let message = refused(put("/boot-source", r#"{"boot_args": "x"}"#));
+        assert!(
+            message.contains("missing field `kernel_image_path`"),
+            "{message}"
+        );
+        let message = refused(put("/metrics", "\u{0}\u{1}"));
+        assert!(
+            message.starts_with("invalid body for PUT /metrics"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn boot_source() {
+        // docs/getting-started.md
+        let body = r#"{
+            "kernel_image_path": "./hello-vmlinux.bin",
+            "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"
+        }"#;
+        assert_eq!(
+            put("/boot-source", body),
+            Ok(ApiRequest::PutBootSource(BootSource {
+                kernel_image_path: "./hello-vmlinux.bin".into(),
+                boot_args: Some("console=ttyS0 reboot=k panic=1 pci=off".into()),
+                initrd_path: None,
+            }))
+        );
+        assert_eq!(
+            refused(put("/boot-source", r#"{"kernel_image_path": ""}"#)),
+            "kernel_image_path cannot be empty"
+        );
+    }
+
+    #[test]
+    fn machine_config() {
+        let body = r#"{"vcpu_count": 2, "mem_size_mib": 1024, "smt": false}"#;
+        let Ok(ApiRequest::PutMachineConfig(config)) = put("/machine-config", body) else {
+            panic!("refused");
+        };
+        assert_eq!((config.vcpu_count, config.mem_size_mib), (2, 1024));
+        assert_eq!(
+            refused(put(
+                "/machine-config",
+                r#"{"vcpu_count": 64, "mem_size_mib": 1024}"#
+            )),
+            "vcpu_count must be between 1 and 32, got 64"
+        );
+        assert_eq!(
+            refused(put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 0}"#
+            )),
+            "mem_size_mib must be greater than 0"
+        );
+        let message = refused(put("/machine-config", r#"{"vcpu_count": 1}"#));
+        assert!(
+            message.contains("missing field `mem_size_mib`"),
+            "{message}"
+        );
+        let message = refused(put(
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T3"}"#,
+        ));
+        assert!(message.contains("unknown variant `T3`"), "{message}");
+        let message = refused(put(
+            "/machine-config",
+            r#"{"vcpu_count": -1, "mem_size_mib": 1}"#,
+        ));
+        assert!(
+            message.starts_with("invalid body for PUT /machine-config"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn machine_config_patch() {
+        assert_eq!(
+            patch("/machine-config", r#"{"vcpu_count": 4}"#),
+            Ok(ApiRequest::PatchMachineConfig(MachineConfigurationUpdate {
+                vcpu_count: Some(4),
+                ..MachineConfigurationUpdate::default()
+            }))
+        );
+        assert_eq!(
+            refused(patch("/machine-config", "{}")),
+            "the PATCH body of /machine-config sets no field to update"
+        );
+        assert_eq!(
+            refused(patch("/machine-config", r#"{"mem_size_mib": 0}"#)),
+            "mem_size_mib must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn drives() {
+        // docs/getting-started.md
+        let body = r#"{
+            "drive_id": "rootfs",
+            "path_on_host": "./ubuntu.ext4",
+            "is_root_device": true,
+            "is_read_only": false
+        }"#;
+        let Ok(ApiRequest::PutDrive(drive)) = put("/drives/rootfs", body) else {
+            panic!("refused");
+        };
+        assert_eq!(drive.path_on_host.as_deref(), Some("./ubuntu.ext4"));
+        assert!(drive.is_root_device);
+        let full = r#"{"drive_id": "scratch", "path_on_host": "/tmp/s.ext4",
+            "is_root_device": false, "partuuid": "0eaa91a0-01", "is_read_only": true,
+            "cache_type": "Writeback", "io_engine": "Async",
+            "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000},
+                             "ops": {"size": 100, "one_time_burst": 50, "refill_time": 1000}}}"#;
+        let Ok(ApiRequest::PutDrive(drive)) = put("/drives/scratch", full) else {
+            panic!("refused");
+        };
+        assert_eq!(drive.cache_type, Some(CacheType::Writeback));
+        assert_eq!(drive.io_engine, Some(IoEngine::Async));
+        assert_eq!(
+            drive.rate_limiter.and_then(|r| r.ops),
+            Some(TokenBucket {
+                size: 100,
+                one_time_burst: Some(50),
+                refill_time: 1000
+            })
+        );
+        assert_eq!(
+            refused(put("/drives/other", body)),
+            "the drive_id in the path (`other`) does not match the drive_id in the body (`rootfs`)"
+        );
+        assert_eq!(
+            refused(put("/drives/root-fs", body)),
+            "drive_id `root-fs` may only contain ASCII letters, digits and '_'"
+        );
+        let bad_id = body.replace("\"rootfs\"", "\"root fs\"");
+        assert!(refused(put("/drives/rootfs", &bad_id)).starts_with("the drive_id in the path"));
+        let no_backend = r#"{"drive_id": "rootfs", "is_root_device": true}"#;
+        assert_eq!(
+            refused(put("/drives/rootfs", no_backend)),
+            "drive `rootfs` must set exactly one of path_on_host (virtio-block) and socket (vhost-user-block)"
+        );
+    }
+
+    #[test]
+    fn drive_patch() {
+        // docs/api_requests/patch-block.md
+        let body = r#"{"drive_id": "scratch", "path_on_host": "new_scratch.ext4"}"#;
+        assert_eq!(
+            patch("/drives/scratch", body),
+            Ok(ApiRequest::PatchDrive(PartialDrive {
+                drive_id: "scratch".into(),
+                path_on_host: Some("new_scratch.ext4".into()),
+                rate_limiter: None,
+            }))
+        );
+        let message = refused(patch(
+            "/drives/scratch",
+            r#"{"drive_id": "scratch", "is_read_only": true}"#,
+        ));
+        assert!(
+            message.contains("unknown field `is_read_only`"),
+            "{message}"
+        );
+        assert!(refused(patch("/drives/x", body)).contains("does not match"));
+    }
+
+    #[test]
+    fn network_interfaces() {
+        // docs/getting-started.md
+        let body = r#"{
+            "iface_id": "net1",
+            "guest_mac": "06:00:AC:10:00:02",
+            "host_dev_name": "tap0"
+        }"#;
+        let Ok(ApiRequest::PutNetworkInterface(iface)) = put("/network-interfaces/net1", body)
+        else {
+            panic!("refused");
+        };
+        assert_eq!(iface.host_dev_name, "tap0");
+        assert_eq!(iface.guest_mac.as_deref(), Some("06:00:AC:10:00:02"));
+        assert!(refused(put("/network-interfaces/eth0", body)).contains("does not match"));
+        let bad_mac = body.replace("06:00:AC:10:00:02", "06:00:AC:10:00");
+        assert!(refused(put("/network-interfaces/net1", &bad_mac)).starts_with("guest_mac"));
+        assert_eq!(
+            refused(put("/network-interfaces/net.1", body)),
+            "iface_id `net.1` may only contain ASCII letters, digits and '_'"
+        );
+        let with_mtu = r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 9001}"#;
+        assert!(put("/network-interfaces/eth0", with_mtu).is_ok());
+    }
+
+    #[test]
+    fn network_interface_patch() {
+        // docs/api_requests/patch-network-interface.md
+        let body = r#"{
+            "iface_id": "eth0",
+            "rx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}},
+            "tx_rate_limiter": {"ops": {"size": 1000, "refill_time": 100}}
+        }"#;
+        let Ok(ApiRequest::PatchNetworkInterface(iface)) = patch("/network-interfaces/eth0", body)
+        else {
+            panic!("refused");
+        };
+        assert_eq!(
+            iface.rx_rate_limiter,
+            Some(RateLimiter {
+                bandwidth: Some(TokenBucket {
+                    size: 0,
+                    one_time_burst: None,
+                    refill_time: 0
+                }),
+                ops: None
+            })
+        );
+        let message = refused(patch(
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "tap1"}"#,
+        ));
+        assert!(
+            message.contains("unknown field `host_dev_name`"),
+            "{message}"
+        );
+        let message = refused(patch(
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 1}}}"#,
+        ));
+        assert!(message.contains("missing field `refill_time`"), "{message}");
+    }
+
+    #[test]
+    fn vsock_entropy_logger_metrics() {
+        assert_eq!(
+            put(
+                "/vsock",
+                r#"{"guest_cid": 3, "uds_path": "./v.sock", "vsock_id": "vsock0"}"#
+            ),
+            Ok(ApiRequest::PutVsock(Vsock {
+                guest_cid: 3,
+                uds_path: "./v.sock".into(),
+                vsock_id: Some("vsock0".into()),
+            }))
+        );
+        assert_eq!(
+            refused(put("/vsock", r#"{"guest_cid": 2, "uds_path": "./v.sock"}"#)),
+            "guest_cid must be between 3 and 4294967294, got 2"
+        );
+        // docs/entropy.md
+        let entropy = r#"{"rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 0,
+            "refill_time": 100}}}"#;
+        assert!(matches!(
+            put("/entropy", entropy),
+            Ok(ApiRequest::PutEntropy(_))
+        ));
+        assert_eq!(
+            put("/entropy", "{}"),
+            Ok(ApiRequest::PutEntropy(EntropyDevice::default()))
+        );
+        // docs/logger.md
+        let logger = r#"{"log_path": "logs.fifo", "level": "debug", "show_level": false,
+            "show_log_origin": false}"#;
+        let Ok(ApiRequest::PutLogger(logger)) = put("/logger", logger) else {
+            panic!("refused");
+        };
+        assert_eq!(logger.level, Some(LogLevel::Debug));
+        let message = refused(put("/logger", r#"{"level": "Loud"}"#));
+        assert!(message.contains("level `Loud` is not one of"), "{message}");
+        assert_eq!(
+            put("/metrics", r#"{"metrics_path": "metrics.fifo"}"#),
+            Ok(ApiRequest::PutMetrics(Metrics {
+                metrics_path: "metrics.fifo".into()
+            }))
+        );
+        assert_eq!(
+            refused(put("/metrics", r#"{"metrics_path": ""}"#)),
+            "metrics_path cannot be empty"
+        );
+    }
+
+    #[test]
+    fn actions() {
+        for (name, action) in [
+            ("InstanceStart", ActionType::InstanceStart),
+            ("SendCtrlAltDel", ActionType::SendCtrlAltDel),
+            ("FlushMetrics", ActionType::FlushMetrics),
+        ] {
+            let body = format!(r#"{{"action_type": "{name}"}}"#);
+            assert_eq!(put("/actions", &body), Ok(ApiRequest::Action(action)));
+        }
+        let message = refused(put("/actions", r#"{"action_type": "Reboot"}"#));
+        assert!(message.contains("unknown variant `Reboot`"), "{message}");
+    }
+
+    #[test]
+    fn vm_state() {
+        assert_eq!(
+            patch("/vm", r#"{"state": "Paused"}"#),
+            Ok(ApiRequest::PatchVm(VmState::Paused))
+        );
+        assert_eq!(
+            patch("/vm", r#"{"state": "Resumed"}"#),
+            Ok(ApiRequest::PatchVm(VmState::Resumed))
+        );
+        assert_eq!(
+            refused(patch("/vm", r#"{"state": "Stopped"}"#)),
+            "the VM state `Stopped` (PATCH /vm takes Paused or Resumed) is not supported by Petrel yet"
+        );
+        let message = refused(patch("/vm", r#"{"state": "Paused", "force": true}"#));
+        assert!(message.contains("unknown field `force`"), "{message}");
+    }
+
+    #[test]
+    fn unsupported_routes_say_so() {
+        let cases = [
+            (Method::Put, "/mmds"),
+            (Method::Get, "/mmds"),
+            (Method::Put, "/mmds/config"),
+            (Method::Put, "/balloon"),
+            (Method::Get, "/balloon/statistics"),
+            (Method::Patch, "/balloon/hinting/start"),
+            (Method::Get, "/balloon/hinting/status"),
+            (Method::Put, "/snapshot/create"),
+            (Method::Put, "/snapshot/load"),
+            (Method::Put, "/cpu-config"),
+            (Method::Put, "/pmem/pmem0"),
+            (Method::Patch, "/hotplug/memory"),
+            (Method::Put, "/serial"),
+        ];
+        for (method, path) in cases {
+            let message = refused(parse_request(&request(method, path, "{}")));
+            assert!(
+                message.ends_with("is not supported by Petrel yet"),
+                "{path}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn responses() {
+        let response = refused(get("/nope"));
+        let response = fault(&response);
+        assert_eq!(response.status, 400);
+        assert_eq!(
+            response.body.as_deref(),
+            Some(r#"{"fault_message":"invalid request: no route for GET /nope"}"#)
+        );
+        let quoted = fault("a \"quoted\"\nline");
+        assert_eq!(
+            quoted.body.as_deref(),
+            Some(r#"{"fault_message":"a \"quoted\"\nline"}"#)
+        );
+        let error = ApiError::NotSupported("x".into());
+        assert_eq!(error.to_response().status, 400);
+        let version = ok_json(&crate::model::FirecrackerVersion {
+            firecracker_version: "1.17.0-dev".into(),
+        });
+        assert_eq!(version.status, 200);
+        assert_eq!(
+            version.body.as_deref(),
+            Some(r#"{"firecracker_version":"1.17.0-dev"}"#)
+        );
+        assert_eq!(
+            no_content(),
+            Response {
+                status: 204,
+                body: None
+            }
+        );
+        assert_eq!(fault_with_status(500, "boom").status, 500);
+    }
+}
