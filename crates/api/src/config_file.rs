@@ -23,12 +23,15 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    BootSource, Drive, EntropyDevice, FullVmConfiguration, Logger, MachineConfiguration, Metrics,
-    NetworkInterface, ValidationError, Vsock,
+    quoted, BootSource, Drive, EntropyDevice, FullVmConfiguration, Logger, MachineConfiguration,
+    Metrics, NetworkInterface, ValidationError, Vsock, MAX_QUOTED_LEN,
 };
 
 /// The largest config file accepted, in bytes.
 pub const MAX_CONFIG_FILE_LEN: usize = 1 << 20;
+
+/// The most bytes of a parser's message quoted back.
+const MAX_PARSER_MESSAGE_LEN: usize = 512;
 
 /// The sections Petrel reads.
 pub const SUPPORTED_SECTIONS: [&str; 8] = [
@@ -151,7 +154,7 @@ pub enum ConfigFileError {
 fn section<T: DeserializeOwned>(section: &str, value: Value) -> Result<T, ConfigFileError> {
     serde_json::from_value(value).map_err(|err| ConfigFileError::Section {
         section: section.to_owned(),
-        message: err.to_string(),
+        message: quoted(&err.to_string(), MAX_PARSER_MESSAGE_LEN),
     })
 }
 
@@ -190,8 +193,8 @@ pub fn parse_config_file(text: &str) -> Result<VmmConfigFile, ConfigFileError> {
     if text.len() > MAX_CONFIG_FILE_LEN {
         return Err(ConfigFileError::TooLarge(text.len()));
     }
-    let root: Value =
-        serde_json::from_str(text).map_err(|err| ConfigFileError::Json(err.to_string()))?;
+    let root: Value = serde_json::from_str(text)
+        .map_err(|err| ConfigFileError::Json(quoted(&err.to_string(), MAX_PARSER_MESSAGE_LEN)))?;
     let Value::Object(sections) = root else {
         return Err(ConfigFileError::NotAnObject);
     };
@@ -221,16 +224,10 @@ pub fn parse_config_file(text: &str) -> Result<VmmConfigFile, ConfigFileError> {
                 }
             }
             _ => {
-                let mut shown = name;
-                if shown.len() > 64 {
-                    let mut end = 64;
-                    while !shown.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    shown.truncate(end);
-                    shown.push_str("...");
-                }
-                return Err(ConfigFileError::UnknownSection(shown));
+                return Err(ConfigFileError::UnknownSection(quoted(
+                    &name,
+                    MAX_QUOTED_LEN,
+                )))
             }
         }
     }

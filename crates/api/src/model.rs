@@ -153,6 +153,22 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), ValidationError>
     Ok(())
 }
 
+/// The most bytes of a client's text quoted back in a message.
+pub const MAX_QUOTED_LEN: usize = 128;
+
+/// `text` cut to at most `max` bytes, on a character boundary, with `...` when cut: what a
+/// message quotes of a client's text, so that an answer cannot be inflated.
+pub fn quoted(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
 /// Checks that a required string field is not empty.
 fn validate_non_empty(field: &str, value: &str) -> Result<(), ValidationError> {
     if value.is_empty() {
@@ -165,7 +181,7 @@ fn validate_non_empty(field: &str, value: &str) -> Result<(), ValidationError> {
 
 /// Parses a MAC address written as six `:`-separated pairs of hex digits (either case).
 pub fn parse_mac(text: &str) -> Result<[u8; 6], ValidationError> {
-    let bad = || ValidationError::Mac(text.to_owned());
+    let bad = || ValidationError::Mac(quoted(text, MAX_QUOTED_LEN));
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for byte in mac.iter_mut() {
@@ -555,7 +571,10 @@ impl NetworkInterface {
         validate_id("iface_id", &self.iface_id)?;
         validate_non_empty("host_dev_name", &self.host_dev_name)?;
         if self.host_dev_name.len() > MAX_HOST_DEV_NAME_LEN {
-            return Err(ValidationError::HostDevName(self.host_dev_name.clone()));
+            return Err(ValidationError::HostDevName(quoted(
+                &self.host_dev_name,
+                MAX_QUOTED_LEN,
+            )));
         }
         if let Some(mac) = &self.guest_mac {
             parse_mac(mac)?;
@@ -696,8 +715,9 @@ impl<'de> Deserialize<'de> for LogLevel {
         let text = String::deserialize(deserializer)?;
         LogLevel::parse(&text).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "level `{text}` is not one of Error, Warning, Info, Debug, Trace, Off \
-                 (case-insensitive)"
+                "level `{}` is not one of Error, Warning, Info, Debug, Trace, Off \
+                 (case-insensitive)",
+                quoted(&text, MAX_QUOTED_LEN)
             ))
         })
     }
@@ -884,6 +904,16 @@ mod tests {
             let err = validate_id("iface_id", bad).unwrap_err();
             assert!(err.to_string().starts_with("iface_id `"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn quoted_text_is_bounded() {
+        assert_eq!(quoted("short", 8), "short");
+        assert_eq!(quoted("abcdefghij", 4), "abcd...");
+        // 'é' is two bytes: the cut falls back to a character boundary.
+        assert_eq!(quoted("aéé", 2), "a...");
+        let err = parse_mac(&"0".repeat(100_000)).unwrap_err();
+        assert!(err.to_string().len() < 300);
     }
 
     #[test]

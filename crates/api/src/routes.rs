@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::{Method, Request, Response};
 use crate::model::{
-    validate_id, ActionType, BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger,
+    quoted, validate_id, ActionType, BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger,
     MachineConfiguration, MachineConfigurationUpdate, Metrics, NetworkInterface, PartialDrive,
-    PartialNetworkInterface, ValidationError, VmState, Vsock,
+    PartialNetworkInterface, ValidationError, VmState, Vsock, MAX_QUOTED_LEN,
 };
 
 /// One request of the API, parsed and validated.
@@ -186,20 +186,13 @@ fn method_name(method: &Method) -> &str {
     }
 }
 
-/// The longest method name quoted back in a message (the rest is cut), so that a hostile
-/// request cannot make the error response large.
-const MAX_ECHOED_LEN: usize = 128;
+/// The most bytes of a parser's message quoted back (serde quotes unknown field and variant
+/// names, which come from the client).
+const MAX_PARSER_MESSAGE_LEN: usize = 512;
 
-/// `text` cut to [`MAX_ECHOED_LEN`] bytes (on a character boundary) for a message.
+/// A client's text (method, path, id) cut for a message.
 fn echoed(text: &str) -> String {
-    if text.len() <= MAX_ECHOED_LEN {
-        return text.to_owned();
-    }
-    let mut end = MAX_ECHOED_LEN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
+    quoted(text, MAX_QUOTED_LEN)
 }
 
 /// The routes this module knows, with the path's id when it has one.
@@ -291,7 +284,7 @@ fn parse_body<'de, T: Deserialize<'de>>(
     serde_json::from_slice(body).map_err(|err| ApiError::InvalidBody {
         method,
         path: echoed(path),
-        message: err.to_string(),
+        message: quoted(&err.to_string(), MAX_PARSER_MESSAGE_LEN),
     })
 }
 
@@ -531,6 +524,9 @@ mod tests {
         let long = format!("/{}", "x".repeat(10_000));
         let message = refused(get(&long));
         assert!(message.len() < 300, "{}", message.len());
+        let field = "f".repeat(100_000);
+        let message = refused(put("/metrics", &format!(r#"{{"{field}": 1}}"#)));
+        assert!(message.len() < 700, "{}", message.len());
     }
 
     #[test]
