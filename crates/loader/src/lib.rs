@@ -49,6 +49,7 @@ pub mod linux;
 pub mod mptable;
 pub mod paging;
 pub mod raw;
+pub mod reserved;
 #[cfg(test)]
 mod test_images;
 
@@ -278,10 +279,33 @@ pub enum Error {
         start: u64,
         /// One past the last byte the kernel needs.
         end: u64,
-        /// Lowest usable address (below it lie the boot structures).
+        /// Lowest usable address (1 MiB for a bzImage; 0 for an ELF kernel, whose segments
+        /// are also checked against the boot structures).
         lowest: u64,
         /// One past the highest usable address (end of RAM below the MMIO gap).
         highest: u64,
+    },
+    /// An ELF kernel's loadable segment would overlap one of Petrel's boot structures.
+    #[error(
+        "kernel {}: loadable segment {index} needs guest memory [{start:#x}, {end:#x}), which \
+         overlaps Petrel's {structure} at [{structure_start:#x}, {structure_end:#x})",
+        path.display()
+    )]
+    SegmentOverlapsBootStructure {
+        /// The file.
+        path: PathBuf,
+        /// The segment's index among the program headers.
+        index: u64,
+        /// First byte of the segment (`p_paddr`).
+        start: u64,
+        /// One past its last byte (`p_paddr + p_memsz`).
+        end: u64,
+        /// The boot structure it overlaps.
+        structure: &'static str,
+        /// First byte of that structure.
+        structure_start: u64,
+        /// One past its last byte.
+        structure_end: u64,
     },
     /// linux-loader failed to load a kernel that passed our checks.
     #[error("cannot load kernel {}", path.display())]

@@ -3,8 +3,9 @@
 //! The image is read whole (it can be no larger than guest RAM), its headers are checked here
 //! field by field, and only then is it handed to linux-loader's [`Elf`] or [`BzImage`] loader
 //! to be copied into guest memory. The checks make sure that the kernel lies wholly in RAM
-//! between [`HIMEM_START`] (below are the boot structures) and the MMIO gap, and for a
-//! bzImage that the memory it decompresses into does too.
+//! below the MMIO gap: a bzImage (and the memory it decompresses into) from [`HIMEM_START`],
+//! an ELF kernel's segments wherever they do not overlap Petrel's boot structures
+//! ([`crate::reserved`]), which the boot configuration writes after the kernel is loaded.
 //!
 //! bzImage offsets and fields are those of `Documentation/arch/x86/boot.rst` ("The real-mode
 //! kernel header"); ELF ones are from the System V ABI (`/usr/include/elf.h`).
@@ -14,11 +15,12 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::{setup_header, LOADED_HIGH, XLF_KERNEL_64};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use petrel_guest_mem::layout::{ram_ranges, HIMEM_START};
+use petrel_guest_mem::layout::{ram_ranges, HIMEM_START, RAM_START};
 use petrel_guest_mem::vm_memory::GuestAddress;
 use petrel_guest_mem::GuestRam;
 
 use crate::raw::read_image_file;
+use crate::reserved;
 use crate::{Error, Result};
 
 /// Guest page size: the initrd is page aligned (boot.rst, "ramdisk_image").
@@ -322,8 +324,9 @@ fn load_bzimage(ram: &GuestRam, image: &[u8], path: &Path) -> Result<LoadedKerne
     })
 }
 
-/// A PT_LOAD segment: file range and guest-physical range.
+/// A PT_LOAD segment: its program header index, file range and guest-physical range.
 struct LoadSegment {
+    index: u64,
     offset: u64,
     filesz: u64,
     paddr: u64,
@@ -391,6 +394,7 @@ fn load_elf(ram: &GuestRam, image: &[u8], path: &Path) -> Result<LoadedKernel> {
             continue;
         }
         let seg = LoadSegment {
+            index: i,
             offset: le_u64(image, ph + 8),
             paddr: le_u64(image, ph + 24),
             filesz: le_u64(image, ph + 32),
@@ -419,13 +423,25 @@ fn load_elf(ram: &GuestRam, image: &[u8], path: &Path) -> Result<LoadedKernel> {
     let mut kernel_end = 0;
     for seg in &segments {
         let end = seg.paddr.saturating_add(seg.memsz);
-        if seg.paddr < HIMEM_START || end > highest {
+        if end > highest {
             return Err(Error::KernelPlacement {
                 path: path_buf(),
                 start: seg.paddr,
                 end,
-                lowest: HIMEM_START,
+                lowest: RAM_START,
                 highest,
+            });
+        }
+        // Below 1 MiB lie the boot structures; a segment may use the memory between them.
+        if let Some(b) = reserved::collision(seg.paddr, end, ELF_CMDLINE_MAX as u64) {
+            return Err(Error::SegmentOverlapsBootStructure {
+                path: path_buf(),
+                index: seg.index,
+                start: seg.paddr,
+                end,
+                structure: b.name,
+                structure_start: b.start,
+                structure_end: b.end,
             });
         }
         kernel_start = kernel_start.min(seg.paddr);
@@ -796,14 +812,98 @@ mod tests {
         ));
     }
 
+    /// What a plain `ld -Ttext=0x100000` makes: the ELF headers in a read-only segment at
+    /// 0xff000, the code at 1 MiB.
+    fn ld_style_elf(low_paddr: u64, low_len: usize) -> Vec<u8> {
+        let headers = vec![0x7f; low_len];
+        let code = [0x90, 0x90, 0xf4];
+        elf_with_segments(
+            HIMEM_START,
+            &[
+                TestSegment {
+                    paddr: low_paddr,
+                    bytes: &headers,
+                    memsz: low_len as u64,
+                },
+                TestSegment {
+                    paddr: HIMEM_START,
+                    bytes: &code,
+                    memsz: 0x1000,
+                },
+            ],
+        )
+    }
+
+    #[test]
+    fn elf_segment_below_1_mib_clear_of_the_boot_structures_is_loaded() {
+        let ram = ram(8 * MIB);
+        let k = load_kernel_image(&ram, &ld_style_elf(0xff000, 0x158), path()).unwrap();
+        assert_eq!(k.kernel_start, 0xff000);
+        assert_eq!(k.kernel_end, HIMEM_START + 0x1000);
+        assert_eq!(k.entry_64, HIMEM_START);
+        assert_eq!(ram.read_obj::<u8>(0xff000).unwrap(), 0x7f);
+        assert_eq!(ram.read_obj::<u8>(0xff157).unwrap(), 0x7f);
+        assert_eq!(ram.read_obj::<u8>(HIMEM_START + 2).unwrap(), 0xf4);
+        // Between the page tables and the command line there is room too.
+        let k = load_kernel_image(&ram, &ld_style_elf(0x10000, 0x100), path()).unwrap();
+        assert_eq!(k.kernel_start, 0x10000);
+    }
+
+    #[test]
+    fn elf_segment_over_a_boot_structure_is_named() {
+        let ram = ram(8 * MIB);
+        let err = load_kernel_image(&ram, &ld_style_elf(0x9f000, 0xc01), path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SegmentOverlapsBootStructure {
+                    index: 0,
+                    start: 0x9f000,
+                    end: 0x9fc01,
+                    structure: "MP table (EBDA)",
+                    structure_start: 0x9fc00,
+                    structure_end: 0xa0000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "kernel /kernels/test: loadable segment 0 needs guest memory [0x9f000, 0x9fc01), \
+             which overlaps Petrel's MP table (EBDA) at [0x9fc00, 0xa0000)"
+        );
+        // The command line's room is what an ELF kernel may use: 2 KiB from CMDLINE_START.
+        let err = load_kernel_image(&ram, &ld_style_elf(0x20000 + 0x7ff, 1), path()).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::SegmentOverlapsBootStructure {
+                structure: "kernel command line",
+                ..
+            }
+        ));
+        load_kernel_image(&ram, &ld_style_elf(0x20000 + 0x800, 1), path()).unwrap();
+        // Nothing was copied for the refused kernels: the command line area is still clear.
+        assert_eq!(ram.read_obj::<u8>(0x9f000).unwrap(), 0);
+        assert_eq!(ram.read_obj::<u8>(0x207ff).unwrap(), 0);
+    }
+
     #[test]
     fn elf_segments_outside_usable_ram_are_refused() {
-        // Below 1 MiB, over the boot structures.
+        // Below 1 MiB, over the boot stack and page tables.
         let mut image = elf(None);
         put(&mut image, 64 + 24, &0x8000u64.to_le_bytes());
         put(&mut image, 0x18, &0x8010u64.to_le_bytes());
         let err = load_kernel_image(&ram(8 * MIB), &image, path()).unwrap_err();
-        assert!(matches!(err, Error::KernelPlacement { start: 0x8000, .. }));
+        assert!(matches!(
+            err,
+            Error::SegmentOverlapsBootStructure {
+                index: 0,
+                start: 0x8000,
+                structure: "boot stack",
+                ..
+            }
+        ));
         // Past the end of RAM.
         let err = load_kernel_image(&ram(2 * MIB), &elf(None), path()).unwrap_err();
         assert!(matches!(err, Error::KernelPlacement { highest, .. } if highest == 2 * MIB));

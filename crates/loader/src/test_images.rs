@@ -107,6 +107,50 @@ pub fn elf(pvh_entry: Option<u32>) -> Vec<u8> {
     image
 }
 
+/// One `PT_LOAD` segment of [`elf_with_segments`]: its bytes, load address and memory size.
+pub struct TestSegment<'a> {
+    /// Guest-physical (and virtual) address.
+    pub paddr: u64,
+    /// The file bytes.
+    pub bytes: &'a [u8],
+    /// Memory size (at least `bytes.len()`; the rest is bss).
+    pub memsz: u64,
+}
+
+/// A 64-bit x86 ELF executable entered at `entry`, with one `PT_LOAD` program header per
+/// segment, in order; segment data follows the headers, each part 16-byte aligned in the file.
+pub fn elf_with_segments(entry: u64, segments: &[TestSegment<'_>]) -> Vec<u8> {
+    let headers = 64 + 56 * segments.len();
+    let mut image = vec![0u8; headers];
+    put(&mut image, 0, b"\x7fELF");
+    image[4] = 2; // ELFCLASS64
+    image[5] = 1; // ELFDATA2LSB
+    image[6] = 1; // EV_CURRENT
+    put(&mut image, 0x10, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut image, 0x12, &62u16.to_le_bytes()); // EM_X86_64
+    put(&mut image, 0x14, &1u32.to_le_bytes()); // e_version
+    put(&mut image, 0x18, &entry.to_le_bytes());
+    put(&mut image, 0x20, &64u64.to_le_bytes()); // e_phoff
+    put(&mut image, 0x34, &64u16.to_le_bytes()); // e_ehsize
+    put(&mut image, 0x36, &56u16.to_le_bytes()); // e_phentsize
+    put(&mut image, 0x38, &(segments.len() as u16).to_le_bytes());
+    for (i, seg) in segments.iter().enumerate() {
+        image.resize(image.len().next_multiple_of(16), 0);
+        let offset = image.len() as u64;
+        image.extend_from_slice(seg.bytes);
+        let ph = 64 + 56 * i;
+        put(&mut image, ph, &1u32.to_le_bytes()); // PT_LOAD
+        put(&mut image, ph + 4, &4u32.to_le_bytes()); // PF_R
+        put(&mut image, ph + 8, &offset.to_le_bytes());
+        put(&mut image, ph + 16, &seg.paddr.to_le_bytes()); // p_vaddr
+        put(&mut image, ph + 24, &seg.paddr.to_le_bytes()); // p_paddr
+        put(&mut image, ph + 32, &(seg.bytes.len() as u64).to_le_bytes());
+        put(&mut image, ph + 40, &seg.memsz.to_le_bytes());
+        put(&mut image, ph + 48, &0x1000u64.to_le_bytes()); // p_align
+    }
+    image
+}
+
 /// A fresh, empty directory for a test's files.
 pub fn temp_dir(test: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("petrel-loader-{test}-{}", std::process::id()));

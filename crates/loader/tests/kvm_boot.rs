@@ -1,8 +1,10 @@
 //! Runs tiny guests from the states this crate returns, on a real `/dev/kvm`: real mode from
 //! `load_raw`, long mode from `configure_linux_boot` (below and above the MMIO gap), 32-bit
-//! protected mode from `configure_pvh_boot`. Each guest reads a boot structure through the
-//! register the protocol names and writes it to port 0xe9, so a wrong GDT, page table, control
-//! register or pointer shows up as a wrong value or a shutdown.
+//! protected mode from `configure_pvh_boot`, and a kernel linked with a plain
+//! `ld -Ttext=0x100000` (its ELF headers in a segment at 0xff000) through both protocols. Each
+//! guest reads a boot structure through the register the protocol names and writes it to port
+//! 0xe9, so a wrong GDT, page table, control register or pointer shows up as a wrong value or a
+//! shutdown.
 //!
 //! Without `/dev/kvm` the tests say they skipped; with `VMM_REQUIRE_KVM=1` they fail instead.
 
@@ -159,6 +161,101 @@ fn pvh_entry_reaches_the_start_info_through_ebx() {
     ];
     let ram = GuestRam::new(64 << 20).unwrap();
     let kernel = load_kernel_image(&ram, &tiny_elf(&[0xf4], &code32), Path::new("tiny")).unwrap();
+    let state = configure_pvh_boot(&ram, &kernel, "console=ttyS0", None, 1).unwrap();
+    assert_eq!(run_guest(&kvm, &ram, &state), 0x336e_c578u32.to_le_bytes());
+}
+
+/// A tiny kernel in GNU `as` syntax: a 64-bit entry that reads the zero page's "HdrS" through
+/// RSI and a PVH entry (announced by a `XEN_ELFNOTE_PHYS32_ENTRY` note, type 18) that reads
+/// `hvm_start_info.magic` through EBX, each writing what it read to port 0xe9.
+const LD_KERNEL_SOURCE: &str = r#"
+    .code64
+    .text
+    .globl _start
+_start:
+    mov $0xe9, %dx
+    mov 0x202(%rsi), %eax
+    out %eax, %dx
+    hlt
+    .code32
+pvh_entry:
+    mov $0xe9, %dx
+    mov (%ebx), %eax
+    out %eax, %dx
+    hlt
+    .section .note.Xen, "a", @note
+    .long 4, 4, 18
+    .asciz "Xen"
+    .long pvh_entry
+"#;
+
+/// Assembles [`LD_KERNEL_SOURCE`] and links it with a plain `ld -Ttext=0x100000`, which puts
+/// the ELF headers in a read-only `PT_LOAD` segment at 0xff000. `None`, after saying why, when
+/// binutils are not installed.
+fn ld_kernel(test: &str) -> Option<Vec<u8>> {
+    use std::process::Command;
+    let dir = std::env::temp_dir().join(format!("petrel-loader-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, obj, elf) = (dir.join("k.S"), dir.join("k.o"), dir.join("k.elf"));
+    std::fs::write(&src, LD_KERNEL_SOURCE).unwrap();
+    let steps: [(&str, Vec<&std::ffi::OsStr>); 2] = [
+        ("as", vec!["-o".as_ref(), obj.as_os_str(), src.as_os_str()]),
+        (
+            "ld",
+            vec![
+                "-Ttext=0x100000".as_ref(),
+                "-o".as_ref(),
+                elf.as_os_str(),
+                obj.as_os_str(),
+            ],
+        ),
+    ];
+    for (tool, args) in steps {
+        match Command::new(tool).args(&args).output() {
+            Ok(o) => assert!(
+                o.status.success(),
+                "{tool} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("SKIPPED {test}: binutils are not installed (no `{tool}` on PATH)");
+                std::fs::remove_dir_all(&dir).unwrap();
+                return None;
+            }
+            Err(e) => panic!("{test}: cannot run {tool}: {e}"),
+        }
+    }
+    let image = std::fs::read(&elf).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    Some(image)
+}
+
+#[test]
+fn kernel_linked_with_plain_ld_loads_and_boots_both_ways() {
+    const TEST: &str = "kernel_linked_with_plain_ld";
+    let Some(image) = ld_kernel(TEST) else {
+        return;
+    };
+    let load = || {
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let kernel = load_kernel_image(&ram, &image, Path::new("ld-kernel")).unwrap();
+        (ram, kernel)
+    };
+    let (ram, kernel) = load();
+    // The headers segment below 1 MiB is loaded: it holds the file's first bytes.
+    assert_eq!(kernel.kernel_start, 0xff000);
+    let mut headers = [0u8; 64];
+    ram.read(0xff000, &mut headers).unwrap();
+    assert_eq!(headers[..], image[..64]);
+    assert_eq!(kernel.entry_64, 0x10_0000);
+    assert!(kernel.pvh_entry.is_some());
+
+    let Some(kvm) = kvm_or_skip(TEST) else {
+        return;
+    };
+    let state = configure_linux_boot(&ram, &kernel, "console=ttyS0", None, 1).unwrap();
+    assert_eq!(run_guest(&kvm, &ram, &state), b"HdrS");
+    let (ram, kernel) = load();
     let state = configure_pvh_boot(&ram, &kernel, "console=ttyS0", None, 1).unwrap();
     assert_eq!(run_guest(&kvm, &ram, &state), 0x336e_c578u32.to_le_bytes());
 }
