@@ -160,6 +160,7 @@ pub fn configure_pvh_boot(
 ) -> Result<BootCpuState> {
     let entry = kernel.pvh_entry.ok_or_else(|| Error::NoPvhEntry {
         path: kernel.path.clone(),
+        kind: kernel.kind,
     })?;
     check_entry(
         ram,
@@ -371,8 +372,24 @@ mod tests {
         let ram = GuestRam::new(64 * MIB).unwrap();
         let k = elf_kernel(&ram, None);
         let err = configure_pvh_boot(&ram, &k, "", None, 1).unwrap_err();
-        assert!(matches!(err, Error::NoPvhEntry { .. }));
-        assert!(err.to_string().contains("vmlinux"), "{err}");
+        assert!(matches!(
+            err,
+            Error::NoPvhEntry {
+                kind: KernelKind::Elf,
+                ..
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "kernel vmlinux has no PVH entry point: its ELF has no XEN_ELFNOTE_PHYS32_ENTRY note"
+        );
+        let bz = load_kernel_image(&ram, &test_images::bzimage(), Path::new("bzImage")).unwrap();
+        let err = configure_pvh_boot(&ram, &bz, "", None, 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("kernel bzImage has no PVH entry point: it is a bzImage"),
+            "{err}"
+        );
 
         let k = elf_kernel(&ram, Some((test_images::ELF_PADDR) as u32));
         let outside = Initrd {

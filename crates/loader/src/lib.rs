@@ -364,10 +364,20 @@ pub enum Error {
         max: usize,
     },
     /// PVH boot was asked for a kernel without a PVH entry point.
-    #[error("kernel {} has no PVH entry point (no XEN_ELFNOTE_PHYS32_ENTRY note)", path.display())]
+    #[error(
+        "kernel {} has no PVH entry point: {}",
+        path.display(),
+        match kind {
+            KernelKind::BzImage => "it is a bzImage (PVH starts the ELF vmlinux, when built \
+                                    with CONFIG_PVH)",
+            KernelKind::Elf => "its ELF has no XEN_ELFNOTE_PHYS32_ENTRY note",
+        }
+    )]
     NoPvhEntry {
         /// The file.
         path: PathBuf,
+        /// Its format.
+        kind: KernelKind,
     },
     /// The MP table cannot describe this many vCPUs.
     #[error("cannot build the MP table for {num_cpus} vCPUs: between 1 and {max} fit in the EBDA")]
