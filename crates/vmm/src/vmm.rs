@@ -36,8 +36,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use crate::config::{
-    KernelImage, LinuxPayload, Payload, RawPayload, SerialConfig, VmConfig, DEFAULT_CMDLINE,
-    EMULATED_HOST_CMDLINE,
+    BootProtocol, KernelImage, LinuxPayload, Payload, RawPayload, SerialConfig, VmConfig,
+    DEFAULT_CMDLINE, EMULATED_HOST_CMDLINE,
 };
 use crate::console::SerialInput;
 use crate::debug_port::{DebugPort, DEBUG_PORT, DEBUG_PORT_LEN};
@@ -338,6 +338,8 @@ struct Loaded {
     boot: BootCpuState,
     /// Linux guests get the in-kernel irqchip and the PC devices; raw payloads do not.
     linux: bool,
+    /// How a Linux kernel is started: `Pvh` or `Linux64`, never `Auto`; `None` for raw payloads.
+    protocol: Option<BootProtocol>,
 }
 
 /// A VM, built and ready to start. See the [module documentation](self).
@@ -409,10 +411,9 @@ impl Vmm {
             }
         };
         let console_dest = open_console_destination(&config.serial)?;
-        timeline.mark(if loaded.linux {
-            "kernel loaded"
-        } else {
-            "payload loaded"
+        timeline.mark(&match loaded.protocol {
+            Some(p) => format!("kernel loaded ({})", p.describe()),
+            None => "payload loaded".to_string(),
         });
 
         // 2. KVM.
@@ -750,7 +751,11 @@ fn load_raw(ram: &GuestRam, raw: &RawPayload, vcpus: u8) -> Result<Loaded> {
     }
     let boot = petrel_loader::load_raw_file(ram, &raw.path, raw.load_addr, raw.entry)
         .map_err(Error::Load)?;
-    Ok(Loaded { boot, linux: false })
+    Ok(Loaded {
+        boot,
+        linux: false,
+        protocol: None,
+    })
 }
 
 /// The command line the guest gets: the user's (or Petrel's default), what the devices need
@@ -799,9 +804,23 @@ fn load_linux(
         emulated,
         config.host_compat,
     );
-    let boot = petrel_loader::configure_linux_boot(ram, &kernel, &cmdline, initrd, config.vcpus)
-        .map_err(Error::Load)?;
-    Ok(Loaded { boot, linux: true })
+    // Auto follows Firecracker: PVH when the kernel has the entry note. Asking for PVH when it
+    // has none is refused by the loader, naming the kernel.
+    let protocol = match config.boot_protocol {
+        BootProtocol::Auto if kernel.pvh_entry.is_some() => BootProtocol::Pvh,
+        BootProtocol::Auto => BootProtocol::Linux64,
+        p => p,
+    };
+    let configure = match protocol {
+        BootProtocol::Pvh => petrel_loader::configure_pvh_boot,
+        _ => petrel_loader::configure_linux_boot,
+    };
+    let boot = configure(ram, &kernel, &cmdline, initrd, config.vcpus).map_err(Error::Load)?;
+    Ok(Loaded {
+        boot,
+        linux: true,
+        protocol: Some(protocol),
+    })
 }
 
 fn device<D: BusDevice + 'static>(d: D) -> Arc<Mutex<dyn BusDevice>> {
