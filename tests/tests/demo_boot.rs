@@ -1,25 +1,51 @@
-//! L2 tests: the whole VMM in-process. The built-in demo guest (a 64-bit ELF made by Petrel)
-//! goes through the loader, long mode, the port bus, COM1, the CMOS RTC and the i8042 reset.
+//! L2 tests: the whole VMM in-process. The built-in demo guest (a 64-bit ELF made by Petrel,
+//! with a PVH entry note) goes through the loader, PVH or long mode, the port bus, COM1, the
+//! CMOS RTC and the i8042 reset.
 
 use petrel_demo_guest::{GREETING_LINE, RESETTING_LINE};
 use petrel_tests::kvm_or_skip;
-use petrel_vmm::config::SerialConfig;
+use petrel_vmm::config::{BootProtocol, SerialConfig};
 use petrel_vmm::{StopReason, VmConfig};
 
+/// The demo guest, with the boot protocol left to `Auto`.
+fn demo_config() -> VmConfig {
+    VmConfig::builtin_kernel(
+        petrel_demo_guest::NAME,
+        petrel_demo_guest::demo_kernel_elf(),
+    )
+}
+
 fn boot_demo(name: &str, vcpus: u8) -> Option<(String, petrel_vmm::RunSummary)> {
+    boot_demo_with(name, vcpus, BootProtocol::Auto)
+}
+
+fn boot_demo_with(
+    name: &str,
+    vcpus: u8,
+    protocol: BootProtocol,
+) -> Option<(String, petrel_vmm::RunSummary)> {
     kvm_or_skip(name)?;
     let log = std::env::temp_dir().join(format!("petrel-{name}-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let mut config = VmConfig::builtin_kernel(
-        petrel_demo_guest::NAME,
-        petrel_demo_guest::demo_kernel_elf(),
-    );
+    let mut config = demo_config();
     config.vcpus = vcpus;
+    config.boot_protocol = protocol;
     config.serial = SerialConfig::File(log.clone());
     let summary = petrel_vmm::run(&config).expect("the demo guest runs");
     let out = std::fs::read_to_string(&log).expect("serial log");
     std::fs::remove_file(&log).unwrap();
     Some((out, summary))
+}
+
+/// The timeline's "kernel loaded (...)" mark.
+fn kernel_loaded_mark(summary: &petrel_vmm::RunSummary) -> String {
+    summary
+        .timeline
+        .events()
+        .into_iter()
+        .map(|e| e.what)
+        .find(|w| w.starts_with("kernel loaded"))
+        .expect("a kernel-loaded mark")
 }
 
 fn check_output(out: &str, mem_mib: u64) {
@@ -79,4 +105,69 @@ fn demo_guest_boots_and_resets_on_two_vcpus() {
     // The AP waited for a SIPI that never came, and was stopped cleanly.
     assert_eq!(summary.stats.per_vcpu.len(), 2);
     assert_eq!(summary.stats.per_vcpu[1].total, 0);
+}
+
+#[test]
+fn demo_guest_boots_through_pvh_by_default() {
+    let Some((out, summary)) = boot_demo("demo_pvh_auto", 1) else {
+        return;
+    };
+    assert_eq!(summary.stop, StopReason::Reset, "{out}");
+    assert_eq!(kernel_loaded_mark(&summary), "kernel loaded (PVH)");
+    // The memory line comes from the PVH memory map in hvm_start_info on this path.
+    check_output(&out, 256);
+}
+
+#[test]
+fn demo_guest_boots_through_the_64_bit_protocol_when_asked() {
+    let Some((out, summary)) = boot_demo_with("demo_linux64", 1, BootProtocol::Linux64) else {
+        return;
+    };
+    assert_eq!(summary.stop, StopReason::Reset, "{out}");
+    assert_eq!(
+        kernel_loaded_mark(&summary),
+        "kernel loaded (Linux 64-bit boot protocol)"
+    );
+    check_output(&out, 256);
+}
+
+#[test]
+fn demo_guest_boots_through_pvh_on_two_vcpus_when_asked() {
+    let Some((out, summary)) = boot_demo_with("demo_pvh_2vcpu", 2, BootProtocol::Pvh) else {
+        return;
+    };
+    assert_eq!(summary.stop, StopReason::Reset, "{out}");
+    assert_eq!(kernel_loaded_mark(&summary), "kernel loaded (PVH)");
+    check_output(&out, 256);
+}
+
+#[test]
+fn pvh_without_the_note_is_refused_naming_the_kernel_and_auto_falls_back() {
+    // The demo guest with its XEN_ELFNOTE_PHYS32_ENTRY note turned into an unknown note type.
+    let mut image = petrel_demo_guest::demo_kernel_elf();
+    let name = image
+        .windows(4)
+        .position(|w| w == b"Xen\0")
+        .expect("the Xen note");
+    image[name - 4..name].copy_from_slice(&0u32.to_le_bytes()); // n_type
+    let mut config = VmConfig::builtin_kernel("demo-without-pvh", image);
+    config.serial = SerialConfig::None;
+    config.boot_protocol = BootProtocol::Pvh;
+    // Loading comes before KVM is opened: this needs no /dev/kvm.
+    let msg = petrel_vmm::Vmm::build(&config).unwrap_err().to_string();
+    assert!(
+        msg.contains("demo-without-pvh") && msg.contains("no PVH entry point"),
+        "{msg}"
+    );
+
+    if !petrel_tests::kvm_present_or_skip("demo_without_pvh_auto") {
+        return;
+    }
+    config.boot_protocol = BootProtocol::Auto;
+    let summary = petrel_vmm::run(&config).expect("the demo guest runs");
+    assert_eq!(summary.stop, StopReason::Reset);
+    assert_eq!(
+        kernel_loaded_mark(&summary),
+        "kernel loaded (Linux 64-bit boot protocol)"
+    );
 }
