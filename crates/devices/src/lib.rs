@@ -99,6 +99,7 @@ pub mod bus;
 pub mod i8042;
 pub mod output;
 pub mod port80;
+pub mod rate_limiter;
 pub mod rtc;
 pub mod serial;
 pub mod trigger;
@@ -108,6 +109,7 @@ pub use bus::{Bus, BusBuilder, BusDevice, BusOutcome, BusRange, StopRequest};
 pub use i8042::{I8042Stats, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
 pub use output::{NonBlockingWriter, OutputStats, OutputThread};
 pub use port80::{PostCode, PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
+pub use rate_limiter::{RateLimiter, RateLimiterConfig, TokenBucket, TokenBucketConfig};
 pub use rtc::{Clock, CmosRtc, FixedClock, RtcStats, SystemClock, RTC_BASE, RTC_PORT_LEN};
 pub use serial::{Serial, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
@@ -223,15 +225,7 @@ pub enum Error {
     /// The size of a virtio-blk disk image could not be read.
     #[error("cannot read the size of the disk image")]
     BlockFileSize(#[source] std::io::Error),
-    /// A virtio-rng rate limit with a zero rate or burst.
-    #[error("entropy rate limit of {bytes_per_sec} bytes/s, burst {burst}: both must be non-zero")]
-    RngRateLimit {
-        /// The rate asked for.
-        bytes_per_sec: u64,
-        /// The burst asked for.
-        burst: u64,
-    },
-    /// The refill timer of a virtio-rng device could not be created.
+    /// The rate-limiter timer of a virtio device could not be created.
     #[error("cannot create a timerfd")]
     CreateTimer(#[source] std::io::Error),
     /// A tap name that cannot be an interface name.

@@ -74,12 +74,13 @@ pub mod rng;
 mod testutil;
 pub mod vsock;
 
+use std::any::Any;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use virtio_queue::{Queue, QueueT};
 pub use vm_memory::GuestMemoryMmap;
@@ -94,6 +95,7 @@ pub use net::{Net, NetStats};
 pub use rng::{Rng, RngStats};
 pub use vsock::{Vsock, VsockStats};
 
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use crate::Error;
 
 /// Device type of a network card (virtio v1.2, 5 Device Types).
@@ -322,6 +324,13 @@ pub trait VirtioDevice: Send + fmt::Debug {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+
+    /// The device as [`Any`], so that a VMM holding `VirtioMmio<Box<dyn VirtioDevice>>` can
+    /// reach the host-side methods of the concrete type ([`VirtioMmio::device_as_mut`]).
+    /// `None` (the default) for a device that does not offer it.
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
 }
 
 impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
@@ -368,6 +377,9 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
         (**self).counters()
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        (**self).as_any_mut()
     }
 }
 
@@ -527,6 +539,129 @@ pub(crate) fn drain_timer(timer: &mut TimerFd) {
     let _ = timer.wait();
 }
 
+/// Shortest wait a throttled device sleeps: a limiter that is short of a few tokens would
+/// otherwise wake the event loop many thousand times a second.
+const MIN_THROTTLE_WAIT: Duration = Duration::from_millis(1);
+
+/// A device's rate limiter for one direction of traffic, with the timer that wakes the device
+/// when the limiter lets it go on (one of the device's event sources).
+///
+/// The device asks [`admit`](Self::admit) before it serves each chain; a `false` answer means
+/// the chain stays in the ring, the timer is armed, and the device takes no more chains from
+/// that queue until [`waiting`](Self::waiting) says the time has come (the timer fired, or
+/// the guest notified after it was due).
+pub(crate) struct Throttle {
+    limiter: RateLimiter,
+    /// Non-blocking, one-shot.
+    timer: TimerFd,
+    /// When the armed timer fires.
+    wake_at: Option<Instant>,
+    /// Times a chain was held back for lack of tokens.
+    throttled: u64,
+}
+
+impl fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Throttle")
+            .field("limiter", &self.limiter)
+            .field("wake_at", &self.wake_at)
+            .field("throttled", &self.throttled)
+            .finish()
+    }
+}
+
+impl Throttle {
+    /// A throttle with `config`'s buckets (none: no limit) and a new timer.
+    pub(crate) fn new(config: &RateLimiterConfig) -> Result<Throttle, Error> {
+        Ok(Throttle {
+            limiter: RateLimiter::new(config, Instant::now()),
+            timer: new_timer().map_err(Error::CreateTimer)?,
+            wake_at: None,
+            throttled: 0,
+        })
+    }
+
+    /// Whether the device is still to wait for its timer at `now`; once the time has come this
+    /// forgets the wait, whether or not the timer was seen to fire.
+    pub(crate) fn waiting(&mut self, now: Instant) -> bool {
+        match self.wake_at {
+            Some(at) if now < at => true,
+            Some(_) => {
+                self.wake_at = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Takes `ops` operations and `bytes` bytes from the limiter; if it cannot, counts the
+    /// hold-up, arms the timer for when it can, and answers `false`.
+    pub(crate) fn admit(&mut self, ops: u64, bytes: u64, now: Instant) -> bool {
+        match self.limiter.try_consume(ops, bytes, now) {
+            Ok(()) => true,
+            Err(t) => {
+                self.throttled += 1;
+                self.sleep(t.wait, now);
+                false
+            }
+        }
+    }
+
+    /// Arms the timer to wake the device `after` from `now` (at least [`MIN_THROTTLE_WAIT`]).
+    /// If arming fails the device waits for the guest's next notification instead.
+    pub(crate) fn sleep(&mut self, after: Duration, now: Instant) {
+        let after = after.max(MIN_THROTTLE_WAIT);
+        if arm_timer(&mut self.timer, after).is_ok() {
+            self.wake_at = Some(now + after);
+        }
+    }
+
+    /// The timer fired: clears it and ends the wait.
+    pub(crate) fn fired(&mut self) {
+        drain_timer(&mut self.timer);
+        self.wake_at = None;
+    }
+
+    /// Applies a PATCH to the limiter ([`RateLimiter::update`]). A device that was waiting is
+    /// woken at once through its timer, to try again under the new limits.
+    pub(crate) fn update(&mut self, patch: &RateLimiterConfig) {
+        let now = Instant::now();
+        self.limiter.update(patch, now);
+        if self.wake_at.is_some() && arm_timer(&mut self.timer, Duration::ZERO).is_ok() {
+            self.wake_at = Some(now);
+        }
+    }
+
+    /// Forgets a wait and disarms the timer (device reset). The limiter's tokens are kept: a
+    /// reset does not buy the guest a fresh budget.
+    pub(crate) fn reset(&mut self) {
+        self.wake_at = None;
+        let _ = self.timer.clear();
+        drain_timer(&mut self.timer);
+    }
+
+    /// How long until the device looks again, when it is waiting.
+    pub(crate) fn next_wake(&self) -> Option<Duration> {
+        self.wake_at
+            .map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// The limiter's parameters.
+    pub(crate) fn config(&self) -> RateLimiterConfig {
+        self.limiter.config()
+    }
+
+    /// Times a chain was held back.
+    pub(crate) fn throttled(&self) -> u64 {
+        self.throttled
+    }
+
+    /// The timer's descriptor, for [`VirtioDevice::event_sources`].
+    pub(crate) fn timer_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,5 +679,38 @@ mod tests {
         // A zero duration still arms it (a zero `it_value` would disarm the timerfd).
         arm_timer(&mut timer, Duration::ZERO).unwrap();
         assert!(timer.is_armed().unwrap() || timer.wait().unwrap() == 1);
+    }
+
+    #[test]
+    fn a_throttle_sleeps_until_its_limiter_lets_it_go_on() {
+        let one_per_sec = RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(crate::rate_limiter::TokenBucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time_ms: 1000,
+            }),
+        };
+        let mut t = Throttle::new(&one_per_sec).unwrap();
+        let now = Instant::now();
+        assert!(!t.waiting(now));
+        assert!(t.admit(1, 0, now));
+        assert!(!t.admit(1, 0, now));
+        assert_eq!(t.throttled(), 1);
+        assert!(t.timer.is_armed().unwrap());
+        assert!(t.waiting(now + Duration::from_millis(999)));
+        assert!(!t.waiting(now + Duration::from_millis(1000)));
+        // A PATCH wakes a waiting device at once.
+        assert!(!t.admit(1, 0, now));
+        t.update(&RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(crate::rate_limiter::TokenBucketConfig::default()),
+        });
+        assert!(!t.waiting(Instant::now()));
+        assert!(t.admit(1000, 0, Instant::now()));
+        assert_eq!(t.config(), RateLimiterConfig::default());
+        t.reset();
+        assert!(!t.timer.is_armed().unwrap());
+        assert_eq!(t.next_wake(), None);
     }
 }
