@@ -15,22 +15,33 @@
 //! a request with no status byte to write, or a broken chain, stops the device
 //! (DEVICE_NEEDS_RESET).
 //!
-//! The disk's size is taken once, at [`Block::new`]: capacity is the size in 512-byte sectors,
+//! The disk's size is taken at [`Block::new`]: capacity is the size in 512-byte sectors,
 //! rounded down; the bytes of a last partial sector can be neither read nor written
-//! ([`Block::ignored_tail_bytes`]).
+//! ([`Block::ignored_tail_bytes`]). The host may put another image behind a running device
+//! ([`Block::replace_backing_file`], Firecracker's `PATCH /drives/{id}` with a new
+//! `path_on_host`); the capacity follows the new file, and the transport tells the driver
+//! ([`VirtioMmio::notify_config_change`](super::VirtioMmio::notify_config_change)).
+//!
+//! A [`RateLimiter`](crate::RateLimiter) (none unless [`Block::set_rate_limiter`] sets one)
+//! limits the requests: each costs one operation, and IN and OUT requests their data bytes.
+//! A request the limiter holds back stays in the ring, whole; the device takes no more until its
+//! timer (one of its [`event_sources`](VirtioDevice::event_sources)) fires.
 
+use std::any::Any;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::time::Instant;
 
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::chain::{self, gather, pieces, Budget, ChainBuffers, Step};
 use super::{
-    read_config_bytes, GuestFault, Interrupt, Processed, VirtioDevice, TYPE_BLOCK,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, EventSource, GuestFault, Interrupt, Processed, Throttle, VirtioDevice,
+    TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
+use crate::rate_limiter::RateLimiterConfig;
 use crate::Error;
 
 /// Size of the request queue.
@@ -71,6 +82,8 @@ const REQUEST_HEADER_LEN: usize = 16;
 /// The configuration space offered: capacity (le64), size_max (le32), seg_max (le32)
 /// (virtio v1.2, 5.2.4 struct virtio_blk_config); later fields read 0.
 const CONFIG_LEN: usize = 16;
+/// The token of the rate-limiter timer among the device's event sources.
+const TIMER_TOKEN: u32 = 0;
 
 /// Counters of a [`Block`] device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,6 +108,10 @@ pub struct BlockStats {
     pub unsupported: u64,
     /// Host I/O errors (answered IOERR).
     pub io_errors: u64,
+    /// Times the rate limiter held a request back (the device waits for its timer).
+    pub throttled: u64,
+    /// Times the host put another image behind the device.
+    pub backing_file_swaps: u64,
 }
 
 /// What the device needs once activated.
@@ -120,6 +137,7 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
     bufs: ChainBuffers,
+    throttle: Throttle,
 }
 
 impl fmt::Debug for Block {
@@ -129,6 +147,7 @@ impl fmt::Debug for Block {
             .field("read_only", &self.disk.read_only)
             .field("id", &String::from_utf8_lossy(&self.disk.id))
             .field("active", &self.active.is_some())
+            .field("throttle", &self.throttle)
             .field("stats", &self.disk.stats)
             .finish()
     }
@@ -139,32 +158,78 @@ impl Block {
     /// `read_only`. `id` (at most [`ID_BYTES`] bytes of ASCII) is what GET_ID answers.
     ///
     /// The capacity is the file's size in 512-byte sectors, rounded down: a size that is not
-    /// a multiple of 512 leaves its last partial sector out of reach.
+    /// a multiple of 512 leaves its last partial sector out of reach. No rate limit.
     pub fn new(mut file: File, read_only: bool, id: String) -> Result<Block, Error> {
         if id.len() > ID_BYTES || !id.is_ascii() {
             return Err(Error::BlockId { id });
         }
-        let len = file.seek(SeekFrom::End(0)).map_err(Error::BlockFileSize)?;
-        let capacity = len / SECTOR_SIZE;
+        let len = file_len(&mut file)?;
         let mut id_bytes = [0u8; ID_BYTES];
         id_bytes[..id.len()].copy_from_slice(id.as_bytes());
         let mut config = [0u8; CONFIG_LEN];
-        config[0..8].copy_from_slice(&capacity.to_le_bytes());
         config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        Ok(Block {
+        let mut block = Block {
             disk: Disk {
                 file,
                 read_only,
-                size: capacity * SECTOR_SIZE,
+                size: 0,
                 id: id_bytes,
                 stats: BlockStats::default(),
             },
-            ignored_tail: len % SECTOR_SIZE,
+            ignored_tail: 0,
             config,
             active: None,
             bufs: ChainBuffers::default(),
-        })
+            throttle: Throttle::new(&RateLimiterConfig::default())?,
+        };
+        block.set_len(len);
+        Ok(block)
+    }
+
+    /// Sets the size and capacity from a file of `len` bytes.
+    fn set_len(&mut self, len: u64) {
+        let capacity = len / SECTOR_SIZE;
+        self.disk.size = capacity * SECTOR_SIZE;
+        self.ignored_tail = len % SECTOR_SIZE;
+        self.config[0..8].copy_from_slice(&capacity.to_le_bytes());
+    }
+
+    /// Puts `file` behind the device in place of the current image (which is closed), and
+    /// returns the new capacity in sectors. For Firecracker's `PATCH /drives/{id}` with a new
+    /// `path_on_host`.
+    ///
+    /// The device stays read-only or writable as it was (VIRTIO_BLK_F_RO was negotiated and
+    /// cannot change under the driver): open `file` for writing unless
+    /// [`read_only`](Self::read_only). The ID and counters stay; requests are served
+    /// synchronously, so none is in flight on the old file, and those waiting in the ring (or
+    /// for the rate limiter) go to the new one.
+    ///
+    /// The capacity in the configuration space changes at once; the caller then tells the
+    /// driver with [`VirtioMmio::notify_config_change`](super::VirtioMmio::notify_config_change)
+    /// (ConfigGeneration moves on, and a configuration-change interrupt is raised), after which
+    /// Linux's virtio_blk re-reads the capacity and resizes the disk. If the size cannot be
+    /// read, nothing changes.
+    pub fn replace_backing_file(&mut self, mut file: File) -> Result<u64, Error> {
+        let len = file_len(&mut file)?;
+        self.disk.file = file;
+        self.set_len(len);
+        self.disk.stats.backing_file_swaps += 1;
+        Ok(self.capacity())
+    }
+
+    /// Changes the rate limit with Firecracker's PATCH semantics
+    /// ([`RateLimiter::update`](crate::RateLimiter::update)): a bucket given is replaced by a
+    /// new full one (removed if its size or refill time is 0), a bucket not given is kept. On a
+    /// new device (no limit) this sets the limiter of Firecracker's `PUT /drives`. A device
+    /// waiting for tokens tries again at once.
+    pub fn set_rate_limiter(&mut self, patch: &RateLimiterConfig) {
+        self.throttle.update(patch);
+    }
+
+    /// The limiter's current parameters (`None` for an absent bucket).
+    pub fn rate_limiter(&self) -> RateLimiterConfig {
+        self.throttle.config()
     }
 
     /// The disk's size in 512-byte sectors.
@@ -184,7 +249,68 @@ impl Block {
 
     /// The device's counters.
     pub fn stats(&self) -> BlockStats {
-        self.disk.stats
+        BlockStats {
+            throttled: self.throttle.throttled(),
+            ..self.disk.stats
+        }
+    }
+
+    /// Serves requests within one wake-up's budget, stopping when the rate limiter holds one
+    /// back.
+    fn process(&mut self, now: Instant) -> Result<Processed, Error> {
+        let fault = |fault| Error::VirtioFault {
+            device: "virtio-blk",
+            queue: 0,
+            fault,
+        };
+        let Block {
+            disk,
+            active,
+            bufs,
+            throttle,
+            ..
+        } = self;
+        let Some(Active { mem, queue }) = active.as_mut() else {
+            return Ok(Processed::IDLE);
+        };
+        let mut budget = Budget::new();
+        let batch = chain::process_chains(queue, mem, bufs, &mut budget, |bufs| {
+            if !throttle.admit(1, data_bytes(mem, bufs), now) {
+                return Ok(Step::Wait);
+            }
+            let before = disk.stats.read_bytes + disk.stats.write_bytes;
+            let len = disk.execute(mem, bufs)?;
+            let bytes = disk.stats.read_bytes + disk.stats.write_bytes - before;
+            Ok(Step::Done { len, bytes })
+        })
+        .map_err(fault)?;
+        let mut done = Processed::interrupt(batch.interrupt);
+        if batch.more() {
+            done.rearm_queue(0);
+        }
+        Ok(done)
+    }
+}
+
+/// The size of `file`, in bytes.
+fn file_len(file: &mut File) -> Result<u64, Error> {
+    file.seek(SeekFrom::End(0)).map_err(Error::BlockFileSize)
+}
+
+/// The data bytes a request moves, as the rate limiter counts them: the data part of an IN or
+/// OUT request as the driver laid it out (checked only later), 0 for the other types and for
+/// a request whose type cannot be read.
+fn data_bytes(mem: &GuestMemoryMmap, bufs: &ChainBuffers) -> u64 {
+    let mut request_type = [0u8; 4];
+    if !gather(mem, &bufs.readable, 0, &mut request_type) {
+        return 0;
+    }
+    match u32::from_le_bytes(request_type) {
+        VIRTIO_BLK_T_IN => bufs.writable_len().saturating_sub(1),
+        VIRTIO_BLK_T_OUT => bufs
+            .readable_len()
+            .saturating_sub(REQUEST_HEADER_LEN as u64),
+        _ => 0,
     }
 }
 
@@ -200,6 +326,10 @@ impl VirtioDevice for Block {
             ("write_bytes", s.write_bytes),
             ("bad_requests", s.bad_requests),
             ("read_only_writes", s.read_only_writes),
+            ("unsupported", s.unsupported),
+            ("io_errors", s.io_errors),
+            ("throttled", s.throttled),
+            ("backing_file_swaps", s.backing_file_swaps),
         ]
     }
 
@@ -248,37 +378,38 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
-        let fault = |fault| Error::VirtioFault {
-            device: "virtio-blk",
-            queue: index,
-            fault,
-        };
-        let Block {
-            disk, active, bufs, ..
-        } = self;
-        let Some(Active { mem, queue }) = active.as_mut() else {
-            return Ok(Processed::IDLE);
-        };
-        if index != 0 {
+        let now = Instant::now();
+        // Throttled: the timer brings the device back; notifications meanwhile change nothing.
+        if index != 0 || self.throttle.waiting(now) {
             return Ok(Processed::IDLE);
         }
-        let mut budget = Budget::new();
-        let batch = chain::process_chains(queue, mem, bufs, &mut budget, |bufs| {
-            let before = disk.stats.read_bytes + disk.stats.write_bytes;
-            let len = disk.execute(mem, bufs)?;
-            let bytes = disk.stats.read_bytes + disk.stats.write_bytes - before;
-            Ok(Step::Done { len, bytes })
-        })
-        .map_err(fault)?;
-        let mut done = Processed::interrupt(batch.interrupt);
-        if batch.more() {
-            done.rearm_queue(0);
+        self.process(now)
+    }
+
+    fn event_sources(&self) -> Vec<EventSource> {
+        vec![EventSource {
+            fd: self.throttle.timer_fd(),
+            token: TIMER_TOKEN,
+            edge_triggered: false,
+        }]
+    }
+
+    fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
+        if token != TIMER_TOKEN {
+            return Ok(Processed::IDLE);
         }
-        Ok(done)
+        self.throttle.fired();
+        self.process(Instant::now())
     }
 
     fn reset(&mut self) {
+        // The limiter is kept: a reset does not buy the guest a fresh budget.
         self.active = None;
+        self.throttle.reset();
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
 }
 
@@ -500,6 +631,7 @@ mod tests {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 
@@ -509,10 +641,11 @@ mod tests {
     use vmm_sys_util::tempfile::TempFile;
 
     use super::*;
+    use crate::rate_limiter::TokenBucketConfig;
     use crate::virtio::testutil::*;
     use crate::virtio::{
-        VirtioMmio, INTERRUPT_VRING, MAX_BYTES_PER_WAKEUP, MAX_CHAINS_PER_WAKEUP,
-        STATUS_DEVICE_NEEDS_RESET,
+        Rng, VirtioMmio, INTERRUPT_CONFIG, INTERRUPT_VRING, MAX_BYTES_PER_WAKEUP,
+        MAX_CHAINS_PER_WAKEUP, STATUS_DEVICE_NEEDS_RESET,
     };
 
     const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
@@ -609,6 +742,197 @@ mod tests {
 
     const IN: u32 = VIRTIO_BLK_T_IN;
     const OUT: u32 = VIRTIO_BLK_T_OUT;
+
+    /// Publishes a request with its own header and status byte (`slot` picks them), without
+    /// running the queue; returns its head.
+    fn publish_request(r: &mut Rig, slot: u64, t: u32, sector: u64, data: &[Buf]) -> u16 {
+        let hdr = HDR + slot * 0x100;
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&t.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        r.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+        r.mem
+            .write_obj(0xffu8, GuestAddress(STATUS + slot))
+            .unwrap();
+        let mut bufs = vec![(hdr, 16, false)];
+        bufs.extend_from_slice(data);
+        bufs.push((STATUS + slot, 1, true));
+        let head = r.q.chain(&r.mem, r.next, &bufs);
+        r.next += bufs.len() as u16;
+        r.q.publish(&r.mem, head);
+        head
+    }
+
+    fn bucket(size: u64, one_time_burst: u64, refill_time_ms: u64) -> Option<TokenBucketConfig> {
+        Some(TokenBucketConfig {
+            size,
+            one_time_burst,
+            refill_time_ms,
+        })
+    }
+
+    #[test]
+    fn rate_limited_requests_wait_whole_and_go_on_later() {
+        let mut r = rig();
+        assert_eq!(r.m.device().rate_limiter(), RateLimiterConfig::default());
+        let limits = RateLimiterConfig {
+            bandwidth: bucket(1024, 0, 1000),
+            ops: bucket(2, 1, 1000),
+        };
+        r.m.device_as_mut::<Block>()
+            .unwrap()
+            .set_rate_limiter(&limits);
+        assert_eq!(r.m.device().rate_limiter(), limits);
+        let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 3) as u8).collect();
+        r.mem.write_slice(&pattern, GuestAddress(BIG_DATA)).unwrap();
+        // A read of one sector, a flush, a write of two sectors, a read of one sector.
+        let a = publish_request(&mut r, 0, IN, 0, &[(DATA, 512, true)]);
+        let b = publish_request(&mut r, 1, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        let c = publish_request(&mut r, 2, OUT, 4, &[(BIG_DATA, 1024, false)]);
+        let d = publish_request(&mut r, 3, IN, 0, &[(DATA, 512, true)]);
+        let start = Instant::now();
+        r.m.process_queue_event(0);
+        // The write needs 1024 bytes and 512 are left: it waits, and so does the read after it.
+        assert_eq!(r.q.used_idx(&r.mem), 2);
+        assert_eq!(r.m.device().stats().throttled, 1);
+        let wait = r.m.device().throttle.next_wake().unwrap();
+        assert!(wait <= Duration::from_millis(500), "{wait:?}");
+        // A notification while waiting changes nothing.
+        r.m.process_queue_event(0);
+        assert_eq!(r.q.used_idx(&r.mem), 2);
+        assert!(r.disk().iter().all(|&b| b == 0));
+        // 600 ms later (injected) the write goes through; the read finds the bucket empty.
+        let blk = r.m.device_mut();
+        blk.throttle.fired();
+        assert!(
+            blk.process(start + Duration::from_millis(600))
+                .unwrap()
+                .interrupt
+        );
+        assert_eq!(r.q.used_idx(&r.mem), 3);
+        assert_eq!(&r.disk()[4 * 512..6 * 512], &pattern[..]);
+        assert_eq!(r.m.device().stats().throttled, 2);
+        // The host lifts the bandwidth limit (PATCH with size 0); ops stay limited. The device
+        // was waiting, so its timer fires at once and the read completes.
+        r.m.device_as_mut::<Block>()
+            .unwrap()
+            .set_rate_limiter(&RateLimiterConfig {
+                bandwidth: bucket(0, 0, 0),
+                ops: None,
+            });
+        assert_eq!(
+            r.m.device().rate_limiter(),
+            RateLimiterConfig {
+                bandwidth: None,
+                ops: limits.ops,
+            }
+        );
+        r.m.process_device_event(TIMER_TOKEN);
+        assert_eq!(r.q.used_idx(&r.mem), 4);
+        let heads: Vec<u32> = (0..4).map(|i| r.q.used_elem(&r.mem, i).0).collect();
+        assert_eq!(heads, [a, b, c, d].map(u32::from));
+        for slot in 0..4 {
+            let status: u8 = r.mem.read_obj(GuestAddress(STATUS + slot)).unwrap();
+            assert_eq!(status, VIRTIO_BLK_S_OK, "request {slot}");
+        }
+        let s = r.m.device().stats();
+        assert_eq!((s.reads, s.writes, s.flushes, s.throttled), (2, 1, 1, 2));
+        assert!(r.m.device().counters().contains(&("throttled", 2)));
+    }
+
+    #[test]
+    fn the_limiter_timer_brings_the_device_back_through_the_event_loop() {
+        let mut r = rig();
+        // One request per 20 ms.
+        r.m.device_mut().set_rate_limiter(&RateLimiterConfig {
+            bandwidth: None,
+            ops: bucket(1, 0, 20),
+        });
+        for slot in 0..3 {
+            publish_request(&mut r, slot, IN, slot, &[(DATA, 512, true)]);
+        }
+        let Rig { m, mem, q, .. } = r;
+        let dev = Arc::new(Mutex::new(m));
+        let mut em: Em = EventManager::new().unwrap();
+        em.add_subscriber(dev.clone());
+        dev.lock().unwrap().queue_events()[0].write(1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while q.used_idx(&mem) < 3 && Instant::now() < deadline {
+            em.run_with_timeout(100).unwrap();
+        }
+        assert_eq!(q.used_idx(&mem), 3);
+        let m = dev.lock().unwrap();
+        assert_eq!(m.device().stats().throttled, 2);
+        assert_eq!(m.stats().event_registration_failures, 0);
+    }
+
+    #[test]
+    fn a_new_backing_file_changes_the_capacity_and_interrupts_the_driver() {
+        let mut r = rig_with(4 * 512, false);
+        let irq = r.m.interrupt_evt().try_clone().unwrap();
+        let _ = irq.read();
+        let pending = rd(&mut r.m, 0x60);
+        wr(&mut r.m, 0x64, pending);
+        let gen = rd(&mut r.m, 0xfc);
+        assert_eq!(read_config(&mut r.m, 0, 8), 4u64.to_le_bytes());
+        let bigger = TempFile::new().unwrap();
+        bigger.as_file().set_len(16 * 512 + 7).unwrap();
+        bigger
+            .as_file()
+            .write_all_at(&[0x5a; 512], 10 * 512)
+            .unwrap();
+        let file = bigger.as_file().try_clone().unwrap();
+        let blk = r.m.device_as_mut::<Block>().unwrap();
+        assert_eq!(blk.replace_backing_file(file).unwrap(), 16);
+        assert_eq!(blk.ignored_tail_bytes(), 7);
+        // The configuration space has the new capacity at once...
+        assert_eq!(read_config(&mut r.m, 0, 8), 16u64.to_le_bytes());
+        // ...and the transport tells the driver: generation, InterruptStatus bit 1, the irqfd.
+        assert!(r.m.notify_config_change());
+        assert_eq!(rd(&mut r.m, 0xfc), gen.wrapping_add(1));
+        assert_eq!(rd(&mut r.m, 0x60), INTERRUPT_CONFIG);
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(r.m.stats().config_changes, 1);
+        // Requests now reach the new image, up to its new end.
+        r.mem.write_slice(&[0u8; 512], GuestAddress(DATA)).unwrap();
+        assert_eq!(
+            r.request(IN, 10, &[(DATA, 512, true)]),
+            (VIRTIO_BLK_S_OK, 513)
+        );
+        let mut back = [0u8; 512];
+        r.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        assert_eq!(back, [0x5a; 512]);
+        assert_eq!(r.request(IN, 15, &[(DATA, 512, true)]).0, VIRTIO_BLK_S_OK);
+        assert_eq!(
+            r.request(IN, 16, &[(DATA, 512, true)]).0,
+            VIRTIO_BLK_S_IOERR
+        );
+        // The old image is untouched by later writes.
+        assert_eq!(r.request(OUT, 0, &[(DATA, 512, false)]).0, VIRTIO_BLK_S_OK);
+        assert!(r.disk().iter().all(|&b| b == 0));
+        assert_eq!(r.m.device().stats().backing_file_swaps, 1);
+    }
+
+    #[test]
+    fn a_swap_before_driver_ok_moves_the_generation_without_an_interrupt() {
+        let image = TempFile::new().unwrap();
+        image.as_file().set_len(512).unwrap();
+        let blk = Block::new(image.as_file().try_clone().unwrap(), true, "d".into()).unwrap();
+        // As a VMM holds it: behind a `Box<dyn VirtioDevice>`.
+        let boxed: Box<dyn VirtioDevice> = Box::new(blk);
+        let mut m = VirtioMmio::new(boxed, guest_mem()).unwrap();
+        assert!(m.device_as_mut::<Rng>().is_none());
+        let other = TempFile::new().unwrap();
+        other.as_file().set_len(3 * 512).unwrap();
+        let blk = m.device_as_mut::<Block>().unwrap();
+        assert_eq!(blk.replace_backing_file(other.into_file()).unwrap(), 3);
+        assert!(blk.read_only());
+        assert!(!m.notify_config_change());
+        assert_eq!(rd(&mut m, 0xfc), 1);
+        assert_eq!(rd(&mut m, 0x60), 0);
+        assert!(m.interrupt_evt().read().is_err());
+        assert_eq!(read_config(&mut m, 0, 8), 3u64.to_le_bytes());
+    }
 
     #[test]
     fn config_and_features() {

@@ -147,6 +147,8 @@ pub struct VirtioMmioStats {
     pub rearms: u64,
     /// Panics of the device caught by the transport (each put it into DEVICE_NEEDS_RESET).
     pub device_panics: u64,
+    /// Configuration-change interrupts raised by [`VirtioMmio::notify_config_change`].
+    pub config_changes: u64,
 }
 
 /// One queue's configuration as the driver wrote it, before DRIVER_OK.
@@ -328,6 +330,33 @@ impl<D: VirtioDevice> VirtioMmio<D> {
     /// The device, mutably (e.g. for host-side configuration between runs).
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
+    }
+
+    /// The device as its concrete type `T`, through [`VirtioDevice::as_any_mut`]: how a VMM
+    /// holding `VirtioMmio<Box<dyn VirtioDevice>>` reaches e.g.
+    /// [`Block::set_rate_limiter`](super::Block::set_rate_limiter). `None` when the device is
+    /// not a `T` (or does not offer `as_any_mut`).
+    pub fn device_as_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.device.as_any_mut()?.downcast_mut::<T>()
+    }
+
+    /// Tells the driver that the device's configuration space changed (after e.g.
+    /// [`Block::replace_backing_file`](super::Block::replace_backing_file)): ConfigGeneration
+    /// moves on, and once the driver has set DRIVER_OK the transport sets InterruptStatus bit 1
+    /// (configuration change) and raises the interrupt (virtio v1.2, 4.2.2 MMIO Device Register
+    /// Layout: InterruptStatus, ConfigGeneration; 2.5.2 Configuration change notification).
+    /// Before DRIVER_OK only the generation moves: the driver is still reading the
+    /// configuration and checks the generation as it does. Returns whether an interrupt was
+    /// raised.
+    pub fn notify_config_change(&mut self) -> bool {
+        if self.status & STATUS_DRIVER_OK != 0 {
+            self.interrupt.signal_config_change();
+            self.stats.config_changes += 1;
+            true
+        } else {
+            self.interrupt.bump_config_generation();
+            false
+        }
     }
 
     /// The interrupt `EventFd`: register it with KVM as an irqfd for the window's GSI.

@@ -435,6 +435,12 @@ impl Interrupt {
         self.raise(INTERRUPT_CONFIG);
     }
 
+    /// Records a change of the configuration space without raising the interrupt (before
+    /// DRIVER_OK: the driver reads the configuration anyway).
+    pub(crate) fn bump_config_generation(&self) {
+        self.0.config_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Sets [`INTERRUPT_CONFIG`] and raises the interrupt without a configuration change (how
     /// the driver learns of DEVICE_NEEDS_RESET; virtio v1.2, 2.1.2).
     pub(crate) fn signal_status_change(&self) {
