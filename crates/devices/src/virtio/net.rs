@@ -15,26 +15,37 @@
 //!   never dropped, and delivered when the guest adds buffers. A frame larger than the chain
 //!   offered can never be delivered in it: that frame is dropped and counted, the chain kept.
 //!
+//! Each direction has its own [`RateLimiter`](crate::RateLimiter) (none unless
+//! [`Net::set_rate_limiters`] sets them), as Firecracker's `rx_rate_limiter` and
+//! `tx_rate_limiter`: a frame costs one operation and its length in bytes, header included.
+//! A transmit chain the limiter holds back stays in the ring; a received frame stays with the
+//! device (and the frames after it in the tap). Either way the direction stops until its timer,
+//! one of the device's [`event_sources`](VirtioDevice::event_sources), fires: frames are
+//! delayed, never dropped for the limit.
+//!
 //! Chains in the wrong direction (a device-writable buffer to transmit, a device-readable one
 //! to receive into), with buffers outside guest RAM, or too short for the header are returned
 //! unused and counted; broken chains stop the device (DEVICE_NEEDS_RESET). The tap is
 //! non-blocking: no guest action can make the event loop wait on it.
 
+use std::any::Any;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::Instant;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, BatchEnd, Budget, ChainBuffers, Step};
 use super::{
-    read_config_bytes, set_nonblocking, EventSource, GuestFault, Interrupt, Processed,
+    read_config_bytes, set_nonblocking, EventSource, GuestFault, Interrupt, Processed, Throttle,
     VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
 };
+use crate::rate_limiter::RateLimiterConfig;
 use crate::Error;
 
 /// Size of each queue.
@@ -56,6 +67,10 @@ const VIRTIO_NET_F_MAC: u32 = 5;
 const NUM_BUFFERS_OFFSET: usize = 10;
 /// The token of the tap among the device's event sources.
 const TAP_TOKEN: u32 = 0;
+/// The token of the receive rate limiter's timer.
+const RX_TIMER_TOKEN: u32 = 1;
+/// The token of the transmit rate limiter's timer.
+const TX_TIMER_TOKEN: u32 = 2;
 
 /// `TUNSETIFF` = `_IOW('T', 202, int)` (linux/if_tun.h).
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -107,6 +122,10 @@ pub struct NetStats {
     pub tx_bad_chains: u64,
     /// Writes to the tap that failed (the frame is dropped, as a full NIC queue would).
     pub tx_errors: u64,
+    /// Times the receive rate limiter held a frame back.
+    pub rx_throttled: u64,
+    /// Times the transmit rate limiter held a frame back.
+    pub tx_throttled: u64,
 }
 
 /// What the device needs once activated.
@@ -128,6 +147,8 @@ pub struct Net {
     tx_buf: Vec<u8>,
     bufs: ChainBuffers,
     stats: NetStats,
+    rx_throttle: Throttle,
+    tx_throttle: Throttle,
 }
 
 impl fmt::Debug for Net {
@@ -137,6 +158,8 @@ impl fmt::Debug for Net {
             .field("mac", &self.config)
             .field("active", &self.active.is_some())
             .field("rx_pending", &self.rx_pending)
+            .field("rx_throttle", &self.rx_throttle)
+            .field("tx_throttle", &self.tx_throttle)
             .field("stats", &self.stats)
             .finish()
     }
@@ -207,6 +230,7 @@ impl Net {
     /// A device on an already configured tap-like descriptor: each read returns one frame and
     /// each write sends one, both with the 12-byte virtio-net header in front. For a tap the
     /// VMM opened itself, or a datagram socket in tests. The descriptor is made non-blocking.
+    /// No rate limits.
     pub fn from_tap_file(tap: File, name: String, mac: [u8; 6]) -> Result<Net, Error> {
         set_nonblocking(&tap).map_err(|source| Error::OpenTap {
             name: name.clone(),
@@ -222,7 +246,26 @@ impl Net {
             tx_buf: vec![0; MAX_FRAME_LEN],
             bufs: ChainBuffers::default(),
             stats: NetStats::default(),
+            rx_throttle: Throttle::new(&RateLimiterConfig::default())?,
+            tx_throttle: Throttle::new(&RateLimiterConfig::default())?,
         })
+    }
+
+    /// Changes the receive and transmit rate limits with Firecracker's PATCH semantics
+    /// ([`RateLimiter::update`](crate::RateLimiter::update)), each direction on its own: a
+    /// bucket given is replaced by a new full one (removed if its size or refill time is 0), a
+    /// bucket not given is kept (an empty config leaves that direction as it is). On a new
+    /// device (no limits) this sets the limiters of Firecracker's `PUT /network-interfaces`. A
+    /// direction waiting for tokens tries again at once.
+    pub fn set_rate_limiters(&mut self, rx: &RateLimiterConfig, tx: &RateLimiterConfig) {
+        self.rx_throttle.update(rx);
+        self.tx_throttle.update(tx);
+    }
+
+    /// The current parameters of the receive and transmit limiters (`None` for absent
+    /// buckets).
+    pub fn rate_limiters(&self) -> (RateLimiterConfig, RateLimiterConfig) {
+        (self.rx_throttle.config(), self.tx_throttle.config())
     }
 
     /// The tap's name.
@@ -237,7 +280,11 @@ impl Net {
 
     /// The device's counters.
     pub fn stats(&self) -> NetStats {
-        self.stats
+        NetStats {
+            rx_throttled: self.rx_throttle.throttled(),
+            tx_throttled: self.tx_throttle.throttled(),
+            ..self.stats
+        }
     }
 
     /// Sends transmit chains to the tap, one wake-up's budget of them.
@@ -253,17 +300,26 @@ impl Net {
             tx_buf,
             bufs,
             stats,
+            tx_throttle,
             ..
         } = self;
         let Some(Active { mem, tx, .. }) = active.as_mut() else {
             return Ok(Processed::IDLE);
         };
+        let now = Instant::now();
+        // Throttled: the timer brings the device back; notifications meanwhile change nothing.
+        if tx_throttle.waiting(now) {
+            return Ok(Processed::IDLE);
+        }
         let mut budget = Budget::new();
         let batch = chain::process_chains(tx, mem, bufs, &mut budget, |bufs| {
             let len = bufs.readable_len();
             let ok = bufs.writable.is_empty()
                 && !bufs.outside_ram
                 && (NET_HDR_LEN as u64..=MAX_FRAME_LEN as u64).contains(&len);
+            if ok && !tx_throttle.admit(1, len, now) {
+                return Ok(Step::Wait);
+            }
             // `len <= MAX_FRAME_LEN` when `ok`.
             let frame = &mut tx_buf[..if ok { len as usize } else { 0 }];
             if !ok || !chain::gather(mem, &bufs.readable, 0, frame) {
@@ -310,12 +366,18 @@ impl Net {
             rx_buf,
             bufs,
             stats,
+            rx_throttle,
             ..
         } = self;
         let Some(Active { mem, rx, .. }) = active.as_mut() else {
             // Frames wait in the tap until the driver is ready and adds buffers.
             return Ok(Processed::IDLE);
         };
+        let now = Instant::now();
+        // Throttled: frames wait (in `rx_pending` and the tap) until the timer fires.
+        if rx_throttle.waiting(now) {
+            return Ok(Processed::IDLE);
+        }
         let mut budget = Budget::new();
         let batch = chain::process_chains(rx, mem, bufs, &mut budget, |bufs| {
             let len = match *rx_pending {
@@ -337,6 +399,10 @@ impl Net {
                 stats.rx_too_large += 1;
                 *rx_pending = None;
                 return Ok(Step::Retry);
+            }
+            if !rx_throttle.admit(1, len as u64, now) {
+                // The frame stays pending, the chain in the ring.
+                return Ok(Step::Wait);
             }
             let frame = &mut rx_buf[..len];
             // virtio v1.2, 5.1.6.4.1: without VIRTIO_NET_F_MRG_RXBUF, num_buffers is 1.
@@ -412,6 +478,8 @@ impl VirtioDevice for Net {
             ("tx_bytes", s.tx_bytes),
             ("tx_bad_chains", s.tx_bad_chains),
             ("tx_errors", s.tx_errors),
+            ("rx_throttled", s.rx_throttled),
+            ("tx_throttled", s.tx_throttled),
         ]
     }
 
@@ -465,24 +533,50 @@ impl VirtioDevice for Net {
     }
 
     fn event_sources(&self) -> Vec<EventSource> {
-        vec![EventSource {
-            fd: self.tap.as_raw_fd(),
-            token: TAP_TOKEN,
-            edge_triggered: true,
-        }]
+        vec![
+            EventSource {
+                fd: self.tap.as_raw_fd(),
+                token: TAP_TOKEN,
+                edge_triggered: true,
+            },
+            EventSource {
+                fd: self.rx_throttle.timer_fd(),
+                token: RX_TIMER_TOKEN,
+                edge_triggered: false,
+            },
+            EventSource {
+                fd: self.tx_throttle.timer_fd(),
+                token: TX_TIMER_TOKEN,
+                edge_triggered: false,
+            },
+        ]
     }
 
     fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
-        if token == TAP_TOKEN {
-            self.process_rx()
-        } else {
-            Ok(Processed::IDLE)
+        match token {
+            TAP_TOKEN => self.process_rx(),
+            RX_TIMER_TOKEN => {
+                self.rx_throttle.fired();
+                self.process_rx()
+            }
+            TX_TIMER_TOKEN => {
+                self.tx_throttle.fired();
+                self.process_tx()
+            }
+            _ => Ok(Processed::IDLE),
         }
     }
 
     fn reset(&mut self) {
-        // A frame already read from the tap is kept for the next activation.
+        // A frame already read from the tap is kept for the next activation; so are the
+        // limiters' tokens (a reset does not buy the guest a fresh budget).
         self.active = None;
+        self.rx_throttle.reset();
+        self.tx_throttle.reset();
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
 }
 
@@ -659,6 +753,91 @@ mod tests {
         // A good one still goes through.
         r.send(&f, &[(TXB, f.len() as u32, false)]);
         assert_eq!(r.peer_recv().unwrap(), f);
+    }
+
+    /// One bucket of `size` tokens refilled over 100 s: in a test, what is taken is gone.
+    fn slow(size: u64) -> Option<crate::rate_limiter::TokenBucketConfig> {
+        Some(crate::rate_limiter::TokenBucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time_ms: 100_000,
+        })
+    }
+
+    #[test]
+    fn transmit_waits_for_the_tx_limiter() {
+        let mut r = rig();
+        let none = RateLimiterConfig::default();
+        let tx = RateLimiterConfig {
+            bandwidth: None,
+            ops: slow(1),
+        };
+        r.m.device_as_mut::<Net>()
+            .unwrap()
+            .set_rate_limiters(&none, &tx);
+        assert_eq!(r.m.device().rate_limiters(), (none, tx));
+        let f = frame(0, &[1; 50]);
+        r.send(&f, &[(TXB, f.len() as u32, false)]);
+        r.send(&f, &[(TXB, f.len() as u32, false)]);
+        // One frame out; the second chain waits in the ring.
+        assert_eq!(r.peer_recv().unwrap(), f);
+        assert_eq!(r.peer_recv(), None);
+        assert_eq!(r.tx.used_idx(&r.mem), 1);
+        let s = r.m.device().stats();
+        assert_eq!((s.tx_frames, s.tx_throttled, s.rx_throttled), (1, 1, 0));
+        // Still waiting on a new notification.
+        r.m.process_queue_event(TX_QUEUE);
+        assert_eq!(r.tx.used_idx(&r.mem), 1);
+        // The host lifts the limit; the waiting direction is woken through its timer.
+        r.m.device_mut().set_rate_limiters(
+            &none,
+            &RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(Default::default()),
+            },
+        );
+        r.m.process_device_event(TX_TIMER_TOKEN);
+        assert_eq!(r.peer_recv().unwrap(), f);
+        assert_eq!(r.tx.used_idx(&r.mem), 2);
+        assert_eq!(r.m.device().rate_limiters(), (none, none));
+        assert!(r.m.device().counters().contains(&("tx_throttled", 1)));
+    }
+
+    #[test]
+    fn received_frames_wait_for_the_rx_limiter() {
+        let mut r = rig();
+        let rx = RateLimiterConfig {
+            bandwidth: slow(100),
+            ops: None,
+        };
+        r.m.device_mut()
+            .set_rate_limiters(&rx, &RateLimiterConfig::default());
+        for i in 0..2 {
+            r.add_rx(&[(RXB + 0x1000 * i, 2048, true)], true);
+        }
+        let (a, b) = (frame(0, &[0xa; 48]), frame(0, &[0xb; 48]));
+        r.peer.send(&a).unwrap();
+        r.peer.send(&b).unwrap();
+        r.tap_readable();
+        // 60 bytes fit in the bucket of 100, the next 60 do not: the frame is kept.
+        assert_eq!(r.rx_used(), [(0, 60)]);
+        assert_eq!(r.m.device().stats().rx_throttled, 1);
+        assert_eq!(r.m.device().stats().rx_frames, 1);
+        // The tap firing again changes nothing while the device waits.
+        r.tap_readable();
+        assert_eq!(r.rx_used().len(), 1);
+        // A PATCH that gives the rx bandwidth a new, full bucket; tx not given, kept.
+        r.m.device_mut().set_rate_limiters(
+            &RateLimiterConfig {
+                bandwidth: slow(1000),
+                ops: None,
+            },
+            &RateLimiterConfig::default(),
+        );
+        r.m.process_device_event(RX_TIMER_TOKEN);
+        assert_eq!(r.rx_used(), [(0, 60), (1, 60)]);
+        assert_eq!(&r.read_guest(RXB + 0x1000 + 12, 48), &[0xb; 48]);
+        assert_eq!(r.m.device().stats().rx_frames, 2);
     }
 
     #[test]
