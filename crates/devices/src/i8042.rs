@@ -15,8 +15,19 @@
 //! PIT, before any exit reaches the bus.
 //!
 //! The keyboard interrupt ([`I8042_KBD_IRQ`]) is raised only when a byte from the keyboard
-//! (its answers to commands written to port 0x60, or a byte written with command 0xD2) reaches
-//! the output buffer while CTR bit 0 enables it; controller replies and reset never raise it.
+//! (its answers to commands written to port 0x60, a byte written with command 0xD2, or a key
+//! the host sends) reaches the output buffer while CTR bit 0 enables it; controller replies and
+//! reset never raise it.
+//!
+//! The host can press keys: [`I8042::send_ctrl_alt_del`] (Firecracker's `SendCtrlAltDel`
+//! action) queues Ctrl-Alt-Del as the keyboard would send it. A real keyboard sends scan code
+//! set 2 (its default, and what Linux's atkbd keeps when the controller translates), and the
+//! controller translates it to set 1 while CTR bit 6 is set, which is how a PC BIOS leaves it
+//! and how this model starts; so the guest reads set-1 codes, or set-2 codes if it turned
+//! translation off (Linux `i8042.direct`), or set-1 codes from a keyboard it switched to set 1.
+//! Linux's atkbd turns the keys into input events, and the VT keyboard handler maps
+//! Ctrl-Alt-Del to `ctrl_alt_del()` (drivers/tty/vt/keyboard.c `fn_boot_it`), which reboots or
+//! signals init.
 
 use std::collections::VecDeque;
 
@@ -24,7 +35,7 @@ use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::trigger::EventFdTrigger;
-use crate::{BusDevice, BusOutcome, StopRequest};
+use crate::{BusDevice, BusOutcome, Error, StopRequest};
 
 /// First port of the controller: the data port (IBM PC/AT Technical Reference, system I/O map).
 pub const I8042_BASE: u64 = 0x60;
@@ -130,6 +141,39 @@ const KBD_ID_MF2: u8 = 0x83;
 const KBD_ID_MF2_TRANSLATED: u8 = 0x41;
 const KBD_DEFAULT_SCAN_SET: u8 = 2;
 
+/// A key by its make codes in scan code sets 1 and 2 (Microsoft, "Keyboard Scan Code
+/// Specification", rev. 1.3a, 2000, its table of keys and codes: Left Ctrl = set 1 `1D`,
+/// set 2 `14`; Left Alt = `38`, `11`; Delete = `E0 53`, `E0 71`).
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    set1: u8,
+    set2: u8,
+    /// The key's codes carry the 0xE0 prefix (an "extended" key).
+    extended: bool,
+}
+
+const KEY_LEFT_CTRL: Key = Key {
+    set1: 0x1d,
+    set2: 0x14,
+    extended: false,
+};
+const KEY_LEFT_ALT: Key = Key {
+    set1: 0x38,
+    set2: 0x11,
+    extended: false,
+};
+const KEY_DELETE: Key = Key {
+    set1: 0x53,
+    set2: 0x71,
+    extended: true,
+};
+/// Prefix of an extended key's codes, make and break, in sets 1 and 2 (same specification).
+const SCAN_EXTENDED: u8 = 0xe0;
+/// Set 2: a break (release) code is the make code after this prefix (same specification).
+const SCAN2_BREAK_PREFIX: u8 = 0xf0;
+/// Set 1: a break code is the make code with this bit set (same specification).
+const SCAN1_BREAK_BIT: u8 = 0x80;
+
 /// Keyboard bytes waiting for the output buffer. A keyboard answers any command with at most
 /// three bytes; a guest that writes commands without reading the answers fills this and the
 /// rest is dropped and counted.
@@ -167,6 +211,8 @@ pub struct I8042Stats {
     pub invalid_accesses: u64,
     /// Times raising the interrupt failed.
     pub trigger_failures: u64,
+    /// Scan code bytes queued by the host ([`I8042::send_ctrl_alt_del`]).
+    pub host_keys_sent: u64,
 }
 
 /// The i8042 controller; see the [module docs](self).
@@ -214,6 +260,69 @@ impl I8042 {
     /// The controller's counters.
     pub fn stats(&self) -> I8042Stats {
         self.stats
+    }
+
+    /// Presses and releases Ctrl-Alt-Del, as Firecracker's `SendCtrlAltDel`: Left Ctrl, Left
+    /// Alt and Delete down, then Delete, Left Alt and Left Ctrl up, in the codes the guest
+    /// reads (see the [module docs](self)): with translation on (the default),
+    /// `1D 38 E0 53 E0 D3 B8 9D`; in set 2 untranslated,
+    /// `14 11 E0 71 E0 F0 71 F0 11 F0 14`. The first byte goes to the output buffer at once
+    /// if it is free, raising IRQ 1; each next one when the guest has read the one before.
+    ///
+    /// All or nothing: fails without queueing a byte when the keyboard buffer cannot take the
+    /// whole sequence ([`Error::I8042BufferFull`]: the guest is not reading its keyboard), or
+    /// when the guest switched the keyboard to a scan code set the sequence cannot be sent in
+    /// ([`Error::I8042ScanSet`]).
+    pub fn send_ctrl_alt_del(&mut self) -> Result<(), Error> {
+        const KEYS: &str = "Ctrl-Alt-Del";
+        let presses = [
+            (KEY_LEFT_CTRL, true),
+            (KEY_LEFT_ALT, true),
+            (KEY_DELETE, true),
+            (KEY_DELETE, false),
+            (KEY_LEFT_ALT, false),
+            (KEY_LEFT_CTRL, false),
+        ];
+        let translated = self.ctr() & CTR_XLATE != 0;
+        let set1 = match (self.kbd_scan_set, translated) {
+            // The controller turns the keyboard's set 2 into set 1.
+            (2, true) | (1, false) => true,
+            (2, false) => false,
+            (set, translated) => {
+                return Err(Error::I8042ScanSet {
+                    keys: KEYS,
+                    set,
+                    translated,
+                })
+            }
+        };
+        let mut bytes = Vec::with_capacity(12);
+        for (key, down) in presses {
+            if key.extended {
+                bytes.push(SCAN_EXTENDED);
+            }
+            match (set1, down) {
+                (true, true) => bytes.push(key.set1),
+                (true, false) => bytes.push(key.set1 | SCAN1_BREAK_BIT),
+                (false, true) => bytes.push(key.set2),
+                (false, false) => bytes.extend([SCAN2_BREAK_PREFIX, key.set2]),
+            }
+        }
+        let free = KBD_QUEUE_LEN - self.kbd_queue.len();
+        if bytes.len() > free {
+            return Err(Error::I8042BufferFull {
+                keys: KEYS,
+                needed: bytes.len(),
+                free,
+            });
+        }
+        self.kbd_queue.extend(&bytes);
+        if let Some(&last) = bytes.last() {
+            self.kbd_last_sent = last;
+        }
+        self.stats.host_keys_sent += bytes.len() as u64;
+        self.pump();
+        Ok(())
     }
 
     fn ctr(&self) -> u8 {
@@ -665,6 +774,116 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 1 + KBD_QUEUE_LEN);
+    }
+
+    /// Reads the keyboard bytes the way Linux's i8042 interrupt handler does (status, then
+    /// data), checking that each came with one interrupt, as keyboard (not AUX) data.
+    fn read_keys(r: &mut Rig) -> Vec<u8> {
+        let mut got = Vec::new();
+        loop {
+            let status = r.rd(CMD);
+            if status & STR_OBF == 0 {
+                break;
+            }
+            // No AUX-data bit (0x20), and the byte's interrupt was raised.
+            assert_eq!(status & 0x20, 0);
+            assert_eq!(r.irqs(), 1, "one interrupt per byte");
+            got.push(r.rd(DATA));
+        }
+        assert_eq!(r.irqs(), 0);
+        got
+    }
+
+    #[test]
+    fn ctrl_alt_del_reaches_a_translating_controller_as_set_1() {
+        let mut r = Rig::new();
+        r.dev.send_ctrl_alt_del().unwrap();
+        assert_eq!(
+            read_keys(&mut r),
+            [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]
+        );
+        assert_eq!(r.dev.stats().kbd_irqs, 8);
+        assert_eq!(r.dev.stats().host_keys_sent, 8);
+        // Again, after the guest read everything.
+        r.dev.send_ctrl_alt_del().unwrap();
+        assert_eq!(read_keys(&mut r).len(), 8);
+    }
+
+    #[test]
+    fn ctrl_alt_del_in_set_2_without_translation() {
+        let mut r = Rig::new();
+        r.cmd(0x60);
+        r.wr(DATA, CTR_DEFAULT & !CTR_XLATE);
+        r.dev.send_ctrl_alt_del().unwrap();
+        assert_eq!(
+            read_keys(&mut r),
+            [0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14]
+        );
+        // A keyboard the guest switched to set 1 sends set 1 itself.
+        r.wr(DATA, KBD_CMD_SCAN_SET);
+        r.wr(DATA, 1);
+        assert_eq!(read_keys(&mut r), [KBD_ACK, KBD_ACK]);
+        r.dev.send_ctrl_alt_del().unwrap();
+        assert_eq!(
+            read_keys(&mut r),
+            [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]
+        );
+        // Set 3 is refused, and nothing is queued.
+        r.wr(DATA, KBD_CMD_SCAN_SET);
+        r.wr(DATA, 3);
+        assert_eq!(read_keys(&mut r), [KBD_ACK, KBD_ACK]);
+        assert!(matches!(
+            r.dev.send_ctrl_alt_del(),
+            Err(Error::I8042ScanSet {
+                set: 3,
+                translated: false,
+                ..
+            })
+        ));
+        assert_eq!(read_keys(&mut r), []);
+    }
+
+    #[test]
+    fn ctrl_alt_del_waits_while_the_keyboard_is_disabled() {
+        let mut r = Rig::new();
+        r.cmd(CMD_KBD_DISABLE);
+        r.dev.send_ctrl_alt_del().unwrap();
+        assert_eq!(read_keys(&mut r), []);
+        r.cmd(CMD_KBD_ENABLE);
+        assert_eq!(read_keys(&mut r).len(), 8);
+    }
+
+    #[test]
+    fn ctrl_alt_del_into_a_full_buffer_is_refused_whole() {
+        let mut r = Rig::new();
+        // The guest does not read: one byte in the output buffer, 10 of 16 queued.
+        for _ in 0..11 {
+            r.wr(DATA, KBD_CMD_ECHO);
+        }
+        let err = r.dev.send_ctrl_alt_del().unwrap_err();
+        assert!(matches!(
+            err,
+            Error::I8042BufferFull {
+                needed: 8,
+                free: 6,
+                ..
+            }
+        ));
+        assert!(
+            err.to_string().contains("not reading the keyboard"),
+            "{err}"
+        );
+        // Nothing of it was queued: the guest reads only its echoes.
+        let mut got = Vec::new();
+        while let Some(b) = r.reply() {
+            got.push(b);
+        }
+        assert_eq!(got, [KBD_CMD_ECHO; 11]);
+        assert_eq!(r.irqs(), 11);
+        assert_eq!(r.dev.stats().host_keys_sent, 0);
+        // With room again it goes through.
+        r.dev.send_ctrl_alt_del().unwrap();
+        assert_eq!(read_keys(&mut r).len(), 8);
     }
 
     #[test]

@@ -228,6 +228,33 @@ pub enum Error {
     /// The rate-limiter timer of a virtio device could not be created.
     #[error("cannot create a timerfd")]
     CreateTimer(#[source] std::io::Error),
+    /// The i8042 keyboard buffer has no room for a whole key sequence (the guest is not reading
+    /// its keyboard); nothing was queued.
+    #[error(
+        "cannot send {keys}: the i8042 keyboard buffer has room for {free} of its {needed} bytes (the guest is not reading the keyboard)"
+    )]
+    I8042BufferFull {
+        /// The key sequence.
+        keys: &'static str,
+        /// Bytes the sequence takes.
+        needed: usize,
+        /// Bytes free in the buffer.
+        free: usize,
+    },
+    /// The guest set its keyboard to a scan code set the host cannot send keys in (set 3, or
+    /// set 1 with the controller translating); nothing was queued.
+    #[error(
+        "cannot send {keys}: the guest keyboard uses scan code set {set} with translation {}",
+        if *translated { "on" } else { "off" }
+    )]
+    I8042ScanSet {
+        /// The key sequence.
+        keys: &'static str,
+        /// The keyboard's scan code set.
+        set: u8,
+        /// Whether the controller translates (CTR bit 6).
+        translated: bool,
+    },
     /// A tap name that cannot be an interface name.
     #[error("tap name {name:?} is not a valid interface name (1 to 15 bytes, no '/')")]
     TapName {
