@@ -57,6 +57,8 @@
 //! [`virtio`] provides the virtio-mmio transport, [`VirtioMmio`], a [`BusDevice`] for the MMIO
 //! bus and an `event_manager` subscriber, and the devices behind it: [`Block`] (virtio-blk over
 //! a raw image), [`Rng`] (entropy, rate limited) and [`Net`] (virtio-net over a tap).
+//! [`rate_limiter`] provides the [`RateLimiter`] they use, in the shape of Firecracker's API
+//! (`bandwidth` and `ops` token buckets).
 //!
 //! Wiring the legacy devices of a PC the way a VMM would:
 //!

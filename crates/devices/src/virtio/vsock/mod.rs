@@ -468,6 +468,10 @@ impl VirtioDevice for Vsock {
         self.mux.reset();
     }
 
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = self.stats();
         vec![
