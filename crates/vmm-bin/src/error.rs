@@ -51,7 +51,7 @@ pub fn flag_for_field(field: &str) -> Option<&'static str> {
         "vcpus" => "--vcpus",
         "mem_size" => "--mem",
         "disks" => "--disk",
-        "net" => "--net",
+        "nets" => "--net",
         "vsock" => "--vsock",
         "virtio devices" => "virtio devices",
         _ => return None,
@@ -98,7 +98,7 @@ mod tests {
     fn fields_are_shown_as_flags() {
         assert_eq!(flag_for_field("vcpus"), Some("--vcpus"));
         assert_eq!(flag_for_field("disks[1].path"), Some("--disk"));
-        assert_eq!(flag_for_field("net.mac"), Some("--net"));
+        assert_eq!(flag_for_field("nets[0].mac"), Some("--net"));
         assert_eq!(flag_for_field("vsock.uds"), Some("--vsock"));
         assert_eq!(flag_for_field("boot_source"), None);
         let e = CliError::from(petrel_vmm::Error::InvalidConfig {

@@ -85,6 +85,7 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig> {
         path: PathBuf::from(path),
         read_only: false,
         id: None,
+        rate_limit: Default::default(),
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -149,6 +150,8 @@ pub fn parse_net(s: &str) -> Result<NetConfig> {
     Ok(NetConfig {
         tap: tap.to_string(),
         mac,
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
     })
 }
 

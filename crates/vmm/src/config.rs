@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub use petrel_devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+
 /// Default guest memory: 256 MiB.
 pub const DEFAULT_MEM_SIZE: u64 = 256 << 20;
 /// Default load address of a raw real-mode payload (0x1000: clear of the real-mode IVT and BDA).
@@ -214,6 +216,8 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// The serial the guest reads with GET_ID (at most 20 bytes); default `vdN`.
     pub id: Option<String>,
+    /// Limits on the guest's requests and bytes.
+    pub rate_limit: RateLimiterConfig,
 }
 
 /// A virtio-net interface over an existing tap (`--net tap=NAME[,mac=MAC]`).
@@ -223,6 +227,10 @@ pub struct NetConfig {
     pub tap: String,
     /// The guest's MAC address; default a locally administered one.
     pub mac: [u8; 6],
+    /// Limits on what the guest receives.
+    pub rx_rate_limit: RateLimiterConfig,
+    /// Limits on what the guest sends.
+    pub tx_rate_limit: RateLimiterConfig,
 }
 
 /// A virtio-vsock device (`--vsock cid=N,uds=PATH`), with host connections through a Unix
@@ -259,10 +267,12 @@ pub struct VmConfig {
     pub host_compat: bool,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
-    /// A virtio-net interface.
-    pub net: Option<NetConfig>,
+    /// virtio-net interfaces, in the order the guest sees them (eth0, eth1, ...).
+    pub nets: Vec<NetConfig>,
     /// A virtio-rng device.
     pub rng: bool,
+    /// Limits on the entropy the guest takes; `None` keeps the device's default (1 MiB/s).
+    pub rng_rate_limit: Option<RateLimiterConfig>,
     /// A virtio-vsock device.
     pub vsock: Option<VsockConfig>,
     /// Rewrite this file with the timeline and KVM's counters every second while the VM runs.
@@ -300,8 +310,9 @@ impl VmConfig {
             max_exits: None,
             host_compat: true,
             disks: Vec::new(),
-            net: None,
+            nets: Vec::new(),
             rng: false,
+            rng_rate_limit: None,
             vsock: None,
             metrics: None,
         }

@@ -121,6 +121,14 @@ pub enum Error {
         /// The state it was asked to reach.
         want: String,
     },
+    /// The VM has no such device.
+    #[error("the VM has no {what} number {index}")]
+    NoSuchDevice {
+        /// The kind of device.
+        what: &'static str,
+        /// Its index among the devices of its kind.
+        index: usize,
+    },
     /// The operation is not valid in the VM's current state.
     #[error("cannot {op}: the VM is {}", state.api_name())]
     InvalidState {

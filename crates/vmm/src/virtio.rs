@@ -23,10 +23,31 @@ use crate::config::{DiskConfig, VmConfig};
 use crate::error_chain;
 use crate::{Error, Result};
 
+/// A device opened, of its own type (so that the VMM can reach it later: a new backing file
+/// for a disk, new rate limits).
+#[derive(Debug)]
+enum Opened {
+    Block(Block),
+    Net(Net),
+    Rng(Rng),
+    Vsock(Vsock),
+}
+
+impl Opened {
+    fn name(&self) -> &'static str {
+        match self {
+            Opened::Block(d) => d.name(),
+            Opened::Net(d) => d.name(),
+            Opened::Rng(d) => d.name(),
+            Opened::Vsock(d) => d.name(),
+        }
+    }
+}
+
 /// A device opened and placed, not yet attached to a VM.
 #[derive(Debug)]
 struct Planned {
-    device: Box<dyn VirtioDevice>,
+    device: Opened,
     base: u64,
     gsi: u32,
 }
@@ -71,14 +92,17 @@ fn open_disk(disk: &DiskConfig, index: usize, id: String) -> Result<Block> {
             "not a regular file (a raw disk image)".into(),
         ));
     }
-    Block::new(file, disk.read_only, id).map_err(|e| bad(field(), &shown, e.to_string()))
+    let mut block =
+        Block::new(file, disk.read_only, id).map_err(|e| bad(field(), &shown, e.to_string()))?;
+    block.set_rate_limiter(&disk.rate_limit);
+    Ok(block)
 }
 
 /// Opens every virtio device `config` names and gives each a window and an interrupt line.
 /// Everything here is user input: errors are [`Error::InvalidConfig`] (exit code 2), naming
 /// the config field.
 pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
-    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut devices: Vec<Opened> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
         // vda, vdb, ... as Linux names them when no id is given.
@@ -94,20 +118,28 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
             ));
         }
         ids.push(id.clone());
-        devices.push(Box::new(open_disk(disk, i, id)?));
+        devices.push(Opened::Block(open_disk(disk, i, id)?));
     }
-    if let Some(net) = &config.net {
+    for (i, net) in config.nets.iter().enumerate() {
         if net.mac[0] & 1 != 0 {
             let mac = net.mac.map(|b| format!("{b:02x}")).join(":");
             return Err(bad(
-                "net.mac".into(),
+                format!("nets[{i}].mac"),
                 &mac,
                 "a multicast address; a NIC needs a unicast one".into(),
             ));
         }
-        let dev = Net::open_tap(&net.tap, net.mac)
-            .map_err(|e| bad("net.tap".into(), &net.tap, error_chain(&e)))?;
-        devices.push(Box::new(dev));
+        if config.nets[..i].iter().any(|n| n.tap == net.tap) {
+            return Err(bad(
+                format!("nets[{i}].tap"),
+                &net.tap,
+                "the tap is used by another interface already".into(),
+            ));
+        }
+        let mut dev = Net::open_tap(&net.tap, net.mac)
+            .map_err(|e| bad(format!("nets[{i}].tap"), &net.tap, error_chain(&e)))?;
+        dev.set_rate_limiters(&net.rx_rate_limit, &net.tx_rate_limit);
+        devices.push(Opened::Net(dev));
     }
     if let Some(v) = &config.vsock {
         // 0-2 are reserved (hypervisor, local, host): virtio v1.2, 5.10.4.
@@ -121,10 +153,14 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
         let shown = v.uds.display().to_string();
         let dev = Vsock::new(v.cid, v.uds.clone())
             .map_err(|e| bad("vsock.uds".into(), &shown, error_chain(&e)))?;
-        devices.push(Box::new(dev));
+        devices.push(Opened::Vsock(dev));
     }
     if config.rng {
-        devices.push(Box::new(Rng::new().map_err(Error::Devices)?));
+        let rng = match &config.rng_rate_limit {
+            Some(limit) => Rng::with_rate_limiter(limit),
+            None => Rng::new(),
+        };
+        devices.push(Opened::Rng(rng.map_err(Error::Devices)?));
     }
     let mut windows = MmioAllocator::default();
     let mut irqs = IrqAllocator::default();
@@ -146,7 +182,20 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
     Ok(plan)
 }
 
-/// A device attached to a VM, kept for reporting.
+/// A transport and its device, by the device's type.
+#[derive(Debug, Clone)]
+pub enum DeviceHandle {
+    /// A virtio-blk disk.
+    Block(Arc<Mutex<VirtioMmio<Block>>>),
+    /// A virtio-net interface.
+    Net(Arc<Mutex<VirtioMmio<Net>>>),
+    /// A virtio-rng device.
+    Rng(Arc<Mutex<VirtioMmio<Rng>>>),
+    /// A virtio-vsock device.
+    Vsock(Arc<Mutex<VirtioMmio<Vsock>>>),
+}
+
+/// A device attached to a VM, kept for reporting and for changes while the VM runs.
 #[derive(Debug, Clone)]
 pub struct AttachedDevice {
     /// Window base.
@@ -154,7 +203,7 @@ pub struct AttachedDevice {
     /// Interrupt line.
     pub gsi: u32,
     /// The transport and its device.
-    pub transport: Arc<Mutex<VirtioMmio<Box<dyn VirtioDevice>>>>,
+    pub handle: DeviceHandle,
 }
 
 /// What one virtio device did, for `--exit-stats` and `--metrics`.
@@ -177,7 +226,16 @@ pub struct DeviceReport {
 impl AttachedDevice {
     /// The device's report now.
     pub fn report(&self) -> DeviceReport {
-        let t = self.transport.lock().unwrap_or_else(|p| p.into_inner());
+        match &self.handle {
+            DeviceHandle::Block(t) => self.report_of(t),
+            DeviceHandle::Net(t) => self.report_of(t),
+            DeviceHandle::Rng(t) => self.report_of(t),
+            DeviceHandle::Vsock(t) => self.report_of(t),
+        }
+    }
+
+    fn report_of<D: VirtioDevice>(&self, transport: &Mutex<VirtioMmio<D>>) -> DeviceReport {
+        let t = transport.lock().unwrap_or_else(|p| p.into_inner());
         DeviceReport {
             name: t.device().name().to_string(),
             base: format!("{:#x}", self.base),
@@ -197,6 +255,42 @@ impl AttachedDevice {
 /// The event-loop subscribers that run the devices' work.
 pub type Subscribers = Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
+/// Where one device goes.
+struct Wiring<'a> {
+    vm: &'a Vm,
+    ram: &'a GuestRam,
+    base: u64,
+    gsi: u32,
+}
+
+impl Wiring<'_> {
+    /// Puts `device` behind a transport: its window on the bus, its irqfd, one ioeventfd per
+    /// queue, and the transport on the event loop.
+    fn attach<D: VirtioDevice + 'static>(
+        &self,
+        device: D,
+        mmio: &mut BusBuilder,
+        subscribers: &mut Subscribers,
+    ) -> Result<Arc<Mutex<VirtioMmio<D>>>> {
+        let transport =
+            VirtioMmio::new(device, self.ram.memory().clone()).map_err(Error::Devices)?;
+        self.vm
+            .register_irqfd(transport.interrupt_evt(), self.gsi)?;
+        for (index, evt) in transport.queue_events().iter().enumerate() {
+            let addr = IoEventAddress::Mmio(self.base + QUEUE_NOTIFY_OFFSET);
+            self.vm.register_ioeventfd(evt, addr, Some(index as u32))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(
+            BusRange::new(self.base, MMIO_WINDOW_SIZE),
+            transport.clone(),
+        )
+        .map_err(Error::Devices)?;
+        subscribers.push(transport.clone());
+        Ok(transport)
+    }
+}
+
 /// Attaches the planned devices: MMIO window on the bus, irqfd for the interrupt, one
 /// ioeventfd per queue (datamatch = queue index).
 pub fn attach(
@@ -208,21 +302,14 @@ pub fn attach(
     let mut subscribers: Subscribers = Vec::new();
     let mut attached = Vec::new();
     for Planned { device, base, gsi } in plan.devices {
-        let transport = VirtioMmio::new(device, ram.memory().clone()).map_err(Error::Devices)?;
-        vm.register_irqfd(transport.interrupt_evt(), gsi)?;
-        for (index, evt) in transport.queue_events().iter().enumerate() {
-            let addr = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
-            vm.register_ioeventfd(evt, addr, Some(index as u32))?;
-        }
-        let transport = Arc::new(Mutex::new(transport));
-        mmio.insert(BusRange::new(base, MMIO_WINDOW_SIZE), transport.clone())
-            .map_err(Error::Devices)?;
-        subscribers.push(transport.clone());
-        attached.push(AttachedDevice {
-            base,
-            gsi,
-            transport,
-        });
+        let wire = Wiring { vm, ram, base, gsi };
+        let handle = match device {
+            Opened::Block(d) => DeviceHandle::Block(wire.attach(d, mmio, &mut subscribers)?),
+            Opened::Net(d) => DeviceHandle::Net(wire.attach(d, mmio, &mut subscribers)?),
+            Opened::Rng(d) => DeviceHandle::Rng(wire.attach(d, mmio, &mut subscribers)?),
+            Opened::Vsock(d) => DeviceHandle::Vsock(wire.attach(d, mmio, &mut subscribers)?),
+        };
+        attached.push(AttachedDevice { base, gsi, handle });
     }
     Ok((subscribers, attached))
 }

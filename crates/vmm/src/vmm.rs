@@ -36,8 +36,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use crate::config::{
-    BootProtocol, KernelImage, LinuxPayload, Payload, RawPayload, SerialConfig, VmConfig,
-    DEFAULT_CMDLINE, EMULATED_HOST_CMDLINE,
+    BootProtocol, KernelImage, LinuxPayload, Payload, RateLimiterConfig, RawPayload, SerialConfig,
+    VmConfig, DEFAULT_CMDLINE, EMULATED_HOST_CMDLINE,
 };
 use crate::console::SerialInput;
 use crate::debug_port::{DebugPort, DEBUG_PORT, DEBUG_PORT_LEN};
@@ -145,6 +145,8 @@ struct Shared {
     io: Arc<PlatformIo>,
     kvm_stats: Arc<Mutex<KvmStatsReaders>>,
     virtio_devices: Vec<virtio::AttachedDevice>,
+    /// The keyboard controller (Linux guests only), for Ctrl-Alt-Del.
+    i8042: Option<Arc<Mutex<I8042>>>,
     /// The statistics of the vCPUs once they were joined.
     final_stats: Mutex<Option<(Vec<ExitStats>, EmulationCounts)>>,
 }
@@ -220,6 +222,84 @@ impl VmmHandle {
         }
         drop(vcpus);
         let _ = self.shared.stop_evt.write(1);
+    }
+
+    /// Presses and releases Ctrl-Alt-Del on the guest's keyboard (Firecracker's
+    /// `SendCtrlAltDel`): a Linux guest reboots, which with `reboot=k` ends the VM.
+    pub fn send_ctrl_alt_del(&self) -> Result<()> {
+        let kbd = self.shared.i8042.as_ref().ok_or(Error::NoSuchDevice {
+            what: "keyboard controller (a raw payload has none)",
+            index: 0,
+        })?;
+        lock(kbd).send_ctrl_alt_del().map_err(Error::Devices)
+    }
+
+    /// The `index`-th device of the kind `pick` selects (disks and network interfaces count in
+    /// the order of the config).
+    fn nth_device<T>(
+        &self,
+        what: &'static str,
+        index: usize,
+        pick: impl Fn(&virtio::DeviceHandle) -> Option<&T>,
+    ) -> Result<&T> {
+        self.shared
+            .virtio_devices
+            .iter()
+            .filter_map(|d| pick(&d.handle))
+            .nth(index)
+            .ok_or(Error::NoSuchDevice { what, index })
+    }
+
+    /// Gives disk `index` (in the order of [`VmConfig::disks`]) a new backing file, opened as
+    /// the disk was (read-only or read-write); the guest gets a configuration-change interrupt
+    /// and sees the new capacity. Firecracker's `PATCH /drives/{id}` with a `path_on_host`.
+    pub fn replace_disk(&self, index: usize, path: &std::path::Path) -> Result<()> {
+        let disk = self.nth_device("disk", index, |h| match h {
+            virtio::DeviceHandle::Block(b) => Some(b),
+            _ => None,
+        })?;
+        let mut transport = lock(disk);
+        let read_only = transport.device().read_only();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|e| Error::InvalidConfig {
+                field: format!("disks[{index}].path"),
+                value: path.display().to_string(),
+                why: e.to_string(),
+            })?;
+        transport
+            .device_mut()
+            .replace_backing_file(file)
+            .map_err(Error::Devices)?;
+        transport.notify_config_change();
+        Ok(())
+    }
+
+    /// New rate limits for disk `index` (Firecracker's `PATCH /drives/{id}` `rate_limiter`).
+    pub fn set_disk_rate_limit(&self, index: usize, limit: RateLimiterConfig) -> Result<()> {
+        let disk = self.nth_device("disk", index, |h| match h {
+            virtio::DeviceHandle::Block(b) => Some(b),
+            _ => None,
+        })?;
+        lock(disk).device_mut().set_rate_limiter(&limit);
+        Ok(())
+    }
+
+    /// New rate limits for network interface `index`, each direction.
+    pub fn set_net_rate_limits(
+        &self,
+        index: usize,
+        rx: RateLimiterConfig,
+        tx: RateLimiterConfig,
+    ) -> Result<()> {
+        let net = self.nth_device("network interface", index, |h| match h {
+            virtio::DeviceHandle::Net(n) => Some(n),
+            _ => None,
+        })?;
+        lock(net).device_mut().set_rate_limiters(&rx, &tx);
+        Ok(())
     }
 
     /// Exit statistics so far, of every vCPU, with the devices' counters and KVM's own. While
@@ -464,6 +544,7 @@ impl Vmm {
             io: devices.io,
             kvm_stats,
             virtio_devices: devices.virtio_devices,
+            i8042: devices.i8042,
             final_stats: Mutex::new(None),
         });
         let mut em: EventManager<Subscriber> = EventManager::new().map_err(Error::EventLoop)?;
@@ -840,6 +921,7 @@ fn interrupt(vm: &Vm, gsi: u32, irqchip: bool) -> Result<EventFd> {
 struct Devices {
     io: Arc<PlatformIo>,
     serial: Arc<Mutex<Serial>>,
+    i8042: Option<Arc<Mutex<I8042>>>,
     input_ready: EventFd,
     /// Devices whose work runs on the event loop (virtio).
     subscribers: Vec<Subscriber>,
@@ -856,6 +938,7 @@ fn build_devices(
     virtio_plan: VirtioPlan,
 ) -> Result<Devices> {
     let irqchip = loaded.linux;
+    let mut i8042 = None;
     let mut pio = BusBuilder::new("port I/O");
     let serial_irq = interrupt(vm, COM1_IRQ, irqchip)?;
     let input_ready = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
@@ -869,11 +952,10 @@ fn build_devices(
         .map_err(Error::Devices)?;
     if loaded.linux {
         let kbd_irq = interrupt(vm, I8042_KBD_IRQ, irqchip)?;
-        pio.insert(
-            BusRange::new(I8042_BASE, I8042_PORT_LEN),
-            device(I8042::new(kbd_irq)),
-        )
-        .map_err(Error::Devices)?;
+        let kbd = Arc::new(Mutex::new(I8042::new(kbd_irq)));
+        pio.insert(BusRange::new(I8042_BASE, I8042_PORT_LEN), kbd.clone())
+            .map_err(Error::Devices)?;
+        i8042 = Some(kbd);
         let rtc = CmosRtc::new(Box::new(SystemClock), ram.size());
         pio.insert(BusRange::new(RTC_BASE, RTC_PORT_LEN), device(rtc))
             .map_err(Error::Devices)?;
@@ -905,6 +987,7 @@ fn build_devices(
     Ok(Devices {
         io,
         serial,
+        i8042,
         input_ready,
         subscribers,
         virtio_devices,
