@@ -7,6 +7,7 @@ use petrel_vmm::config::{KernelImage, LinuxPayload, RawPayload, DEFAULT_RAW_LOAD
 use petrel_vmm::{StatsFormat, VmConfig};
 
 use crate::error::CliError as Error;
+use crate::fc::flags::FirecrackerFlags;
 use crate::parse::{
     parse_disk, parse_net, parse_reg_assignment, parse_serial, parse_size, parse_u64, parse_vsock,
 };
@@ -106,6 +107,23 @@ struct BootArgs {
     linux: LinuxArgs,
     #[command(flatten)]
     machine: MachineArgs,
+    /// Firecracker's flags: `--api-sock` or `--config-file` run Petrel as Firecracker runs.
+    #[command(flatten)]
+    firecracker: FirecrackerFlags,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Launch {
+    /// A VM described by Petrel's own flags, and what to report when it ends.
+    Direct(Box<VmConfig>, Outputs),
+    /// Firecracker's way: configured through its API or config file.
+    Firecracker {
+        /// Firecracker's flags.
+        flags: FirecrackerFlags,
+        /// `--boot-timer`: print the timeline at the end.
+        boot_timer: bool,
+    },
 }
 
 /// Options of Linux guests (the kernel and the demo).
@@ -192,6 +210,27 @@ impl LinuxArgs {
 }
 
 impl Cli {
+    /// What to run: Petrel's own VM, or Firecracker's way when its flags ask for it.
+    pub fn into_launch(self) -> Result<Launch, Error> {
+        if self.command.is_none() && self.boot.firecracker.wanted() {
+            if let Some(kernel) = &self.boot.kernel {
+                return Err(Error::InvalidFlag {
+                    flag: "--kernel",
+                    value: kernel.display().to_string(),
+                    why: "give either --kernel (Petrel's command line) or --api-sock / \
+                          --config-file (Firecracker's), not both"
+                        .into(),
+                });
+            }
+            return Ok(Launch::Firecracker {
+                boot_timer: self.boot.machine.boot_timer,
+                flags: self.boot.firecracker,
+            });
+        }
+        let (config, outputs) = self.into_config()?;
+        Ok(Launch::Direct(Box::new(config), outputs))
+    }
+
     /// The VM configuration and what to report when it ends.
     pub fn into_config(self) -> Result<(VmConfig, Outputs), Error> {
         match self.command {
@@ -253,7 +292,13 @@ impl Cli {
                     .iter()
                     .map(|d| parse_disk(d))
                     .collect::<Result<_, _>>()?;
-                config.net = b.net.as_deref().map(parse_net).transpose()?;
+                config.nets = b
+                    .net
+                    .as_deref()
+                    .map(parse_net)
+                    .transpose()?
+                    .into_iter()
+                    .collect();
                 config.rng = b.rng;
                 config.vsock = b.vsock.as_deref().map(parse_vsock).transpose()?;
                 b.linux.apply(&mut config)?;

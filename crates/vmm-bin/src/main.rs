@@ -16,6 +16,7 @@
 
 mod cli;
 mod error;
+mod fc;
 mod parse;
 mod signals;
 mod terminal;
@@ -37,9 +38,27 @@ use crate::watch::SignalWatcher;
 
 fn main() -> ExitCode {
     let timeline = Timeline::new(Instant::now());
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if fc::flags::called_firecracker(&argv0) {
+        let cli = fc::flags::FirecrackerCli::parse();
+        if cli.version {
+            print!(
+                "{}",
+                fc::flags::version_text(petrel_api::model::FIRECRACKER_API_VERSION)
+            );
+            return ExitCode::SUCCESS;
+        }
+        timeline.mark("command line parsed");
+        let default_sock = Some(fc::flags::DEFAULT_API_SOCK);
+        return fc::run(cli.flags, cli.boot_timer, default_sock, timeline);
+    }
     let cli = cli::Cli::parse();
-    let (config, outputs) = match cli.into_config() {
-        Ok(c) => c,
+    let (config, outputs) = match cli.into_launch() {
+        Ok(cli::Launch::Direct(config, outputs)) => (*config, outputs),
+        Ok(cli::Launch::Firecracker { flags, boot_timer }) => {
+            timeline.mark("command line parsed");
+            return fc::run(flags, boot_timer, None, timeline);
+        }
         Err(e) => return fail(&e),
     };
     timeline.mark("command line parsed");
@@ -107,7 +126,7 @@ fn boot(
 /// non-blocking too; a terminal or a pipe is opened afresh through `/proc/self/fd/0` instead
 /// (a new open file description of the same tty or pipe). Anything else (a regular file, a
 /// socket) is duplicated.
-fn console_input() -> std::io::Result<OwnedFd> {
+pub(crate) fn console_input() -> std::io::Result<OwnedFd> {
     let stdin = std::io::stdin();
     let kind = std::fs::metadata("/proc/self/fd/0").map(|m| m.file_type());
     let reopen = std::io::IsTerminal::is_terminal(&stdin)

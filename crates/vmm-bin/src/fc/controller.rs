@@ -1,0 +1,640 @@
+//! Firecracker's API, answered: what each request does before and after the guest starts.
+//!
+//! Before `InstanceStart` the controller collects the configuration in Firecracker's own types
+//! (the same ones `GET /vm/config` returns and the config file uses); `InstanceStart` turns it
+//! into a [`VmConfig`], builds and starts the VM. After that, requests go to the running VM
+//! through its [`VmmHandle`]: pause and resume, Ctrl-Alt-Del, a new backing file or new rate
+//! limits for a drive, new rate limits for a network interface, metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use petrel_api::http::{Request, Response};
+use petrel_api::model::{
+    ActionType, BootSource, Drive, EntropyDevice, FirecrackerVersion, FullVmConfiguration,
+    InstanceInfo, InstanceState, MachineConfiguration, NetworkInterface, RateLimiter, TokenBucket,
+    VmState, Vsock, FIRECRACKER_API_VERSION,
+};
+use petrel_api::routes::{self, ApiRequest};
+use petrel_vmm::config::{
+    DiskConfig, KernelImage, LinuxPayload, NetConfig, RateLimiterConfig, SerialConfig,
+    TokenBucketConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE, DEFAULT_MAC,
+};
+use petrel_vmm::{RunSummary, Timeline, Vmm, VmmHandle};
+
+use super::logger::{Level, LogFormat, Logger};
+use super::metrics::{self, ApiCounters, MetricsSink};
+
+/// How Petrel names itself in `GET /`'s `app_name`.
+pub const APP_NAME: &str = "Petrel";
+/// The longest virtio-blk serial (GET_ID) a drive id can become (virtio v1.2, 5.2.6:
+/// VIRTIO_BLK_ID_BYTES).
+const BLK_ID_BYTES: usize = 20;
+
+/// What the VMM thread does with an answered request.
+#[derive(Debug)]
+pub enum Handled {
+    /// Send this response.
+    Reply(Response),
+    /// `InstanceStart` was accepted: build and start the VM ([`Controller::start_vm`]), then
+    /// answer.
+    Start,
+}
+
+/// The API's state: the configuration before the guest starts, the VM after.
+#[derive(Debug)]
+pub struct Controller {
+    id: String,
+    timeline: Timeline,
+    logger: Option<Arc<Logger>>,
+    metrics: Option<MetricsSink>,
+    counters: ApiCounters,
+    start_time_us: Option<u64>,
+    start_time_cpu_us: Option<u64>,
+    config: FullVmConfiguration,
+    vm: Option<VmmHandle>,
+    /// Set when the guest has ended.
+    ended: bool,
+}
+
+fn done() -> Handled {
+    Handled::Reply(Response::no_content())
+}
+
+fn fault(message: impl Into<String>) -> Handled {
+    Handled::Reply(Response::fault(message))
+}
+
+fn bucket(b: &Option<TokenBucket>) -> Option<TokenBucketConfig> {
+    b.filter(TokenBucket::is_enabled)
+        .map(|b| TokenBucketConfig {
+            size: b.size,
+            one_time_burst: b.one_time_burst.unwrap_or(0),
+            refill_time_ms: b.refill_time,
+        })
+}
+
+/// Firecracker's rate limiter as Petrel's.
+pub fn rate_limit(limiter: &Option<RateLimiter>) -> RateLimiterConfig {
+    match limiter {
+        None => RateLimiterConfig::default(),
+        Some(l) => RateLimiterConfig {
+            bandwidth: bucket(&l.bandwidth),
+            ops: bucket(&l.ops),
+        },
+    }
+}
+
+impl Controller {
+    /// A controller for instance `id`, logging to `logger` if there is one.
+    pub fn new(id: String, logger: Option<Arc<Logger>>, timeline: Timeline) -> Self {
+        Controller {
+            id,
+            timeline,
+            logger,
+            metrics: None,
+            counters: ApiCounters::default(),
+            start_time_us: None,
+            start_time_cpu_us: None,
+            config: FullVmConfiguration::default(),
+            vm: None,
+            ended: false,
+        }
+    }
+
+    /// The start times a launcher passed (`--start-time-us`, `--start-time-cpu-us`), for the
+    /// metrics.
+    pub fn set_start_times(&mut self, us: Option<u64>, cpu_us: Option<u64>) {
+        self.start_time_us = us;
+        self.start_time_cpu_us = cpu_us;
+    }
+
+    /// Logs one line, if a logger is configured.
+    pub fn log(&self, level: Level, file: &str, line: u32, message: &str) {
+        if let Some(l) = &self.logger {
+            l.log(level, file, line, message);
+        }
+    }
+
+    /// Opens the metrics destination (`--metrics-path` or `PUT /metrics`).
+    pub fn open_metrics(&mut self, path: &Path) -> std::io::Result<()> {
+        self.metrics = Some(MetricsSink::open(path)?);
+        Ok(())
+    }
+
+    /// Takes a whole configuration from Firecracker's config file (`--config-file`).
+    pub fn apply_config_file(&mut self, text: &str) -> Result<(), String> {
+        let file = petrel_api::config_file::parse_config_file(text).map_err(|e| e.to_string())?;
+        if let Some(l) = &file.logger {
+            self.configure_logger(l)?;
+        }
+        if let Some(m) = &file.metrics {
+            self.open_metrics(Path::new(&m.metrics_path))
+                .map_err(|e| format!("cannot open metrics_path {}: {e}", m.metrics_path))?;
+        }
+        self.config = file.into();
+        Ok(())
+    }
+
+    fn configure_logger(&mut self, l: &petrel_api::model::Logger) -> Result<(), String> {
+        if self.logger.is_some() {
+            return Err("the logger is configured already (it can be set once)".into());
+        }
+        let Some(path) = &l.log_path else {
+            return Err("logger: log_path is required".into());
+        };
+        let format = LogFormat {
+            instance_id: self.id.clone(),
+            level: l
+                .level
+                .and_then(|lv| Level::parse(lv.as_str()))
+                .unwrap_or(Level::Info),
+            show_level: l.show_level.unwrap_or(false),
+            show_log_origin: l.show_log_origin.unwrap_or(false),
+        };
+        let logger = Logger::open(Path::new(path), format)
+            .map_err(|e| format!("cannot open log_path {path}: {e}"))?;
+        self.logger = Some(Arc::new(logger));
+        Ok(())
+    }
+
+    fn state(&self) -> InstanceState {
+        match &self.vm {
+            None => InstanceState::NotStarted,
+            Some(h) if h.state() == petrel_vmm::VmState::Paused => InstanceState::Paused,
+            Some(_) => InstanceState::Running,
+        }
+    }
+
+    /// Answers one request (parsing it first).
+    pub fn handle(&mut self, request: &Request) -> Handled {
+        self.counters.requests += 1;
+        self.log(
+            Level::Info,
+            file!(),
+            line!(),
+            &format!(
+                "The API server received a {:?} request on \"{}\".",
+                request.method, request.path
+            ),
+        );
+        let handled = match routes::parse_request(request) {
+            Ok(req) => self.dispatch(req),
+            Err(e) => fault(e.to_string()),
+        };
+        if let Handled::Reply(r) = &handled {
+            if r.status >= 400 {
+                self.counters.faults += 1;
+                let body = r.body.as_deref().unwrap_or_default();
+                self.log(
+                    Level::Error,
+                    file!(),
+                    line!(),
+                    &format!("Received error: {body}"),
+                );
+            }
+        }
+        handled
+    }
+
+    fn pre_boot(&self, what: &str) -> Result<(), Handled> {
+        if self.vm.is_some() {
+            return Err(fault(format!(
+                "{what} is only allowed before the VM starts (the VM runs already)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn running(&self, what: &str) -> Result<VmmHandle, Handled> {
+        self.vm.clone().ok_or_else(|| {
+            fault(format!(
+                "{what} needs a running VM: send InstanceStart first"
+            ))
+        })
+    }
+
+    fn dispatch(&mut self, req: ApiRequest) -> Handled {
+        let result = match req {
+            ApiRequest::GetInstanceInfo => Ok(Handled::Reply(routes::ok_json(&InstanceInfo {
+                app_name: APP_NAME.into(),
+                id: self.id.clone(),
+                state: self.state(),
+                vmm_version: FIRECRACKER_API_VERSION.into(),
+            }))),
+            ApiRequest::GetVersion => Ok(Handled::Reply(routes::ok_json(&FirecrackerVersion {
+                firecracker_version: FIRECRACKER_API_VERSION.into(),
+            }))),
+            ApiRequest::GetVmConfig => Ok(Handled::Reply(routes::ok_json(&self.full_config()))),
+            ApiRequest::GetMachineConfig => Ok(Handled::Reply(routes::ok_json(&self.machine()))),
+            ApiRequest::PutBootSource(b) => self.pre_boot("PUT /boot-source").map(|()| {
+                self.config.boot_source = Some(b);
+                done()
+            }),
+            ApiRequest::PutMachineConfig(m) => {
+                self.pre_boot("PUT /machine-config").and_then(|()| {
+                    check_machine(&m)?;
+                    self.config.machine_config = Some(m);
+                    Ok(done())
+                })
+            }
+            ApiRequest::PatchMachineConfig(update) => {
+                self.pre_boot("PATCH /machine-config").and_then(|()| {
+                    let m = self.machine().apply(&update);
+                    m.validate().map_err(|e| fault(e.to_string()))?;
+                    check_machine(&m)?;
+                    self.config.machine_config = Some(m);
+                    Ok(done())
+                })
+            }
+            ApiRequest::PutDrive(d) => self
+                .pre_boot("PUT /drives")
+                .and_then(|()| self.put_drive(d)),
+            ApiRequest::PutNetworkInterface(n) => self
+                .pre_boot("PUT /network-interfaces")
+                .and_then(|()| self.put_network_interface(n)),
+            ApiRequest::PutVsock(v) => self.pre_boot("PUT /vsock").map(|()| {
+                self.config.vsock = Some(v);
+                done()
+            }),
+            ApiRequest::PutEntropy(e) => self.pre_boot("PUT /entropy").map(|()| {
+                self.config.entropy = Some(e);
+                done()
+            }),
+            ApiRequest::PutLogger(l) => self.pre_boot("PUT /logger").and_then(|()| {
+                self.configure_logger(&l).map_err(fault)?;
+                self.config.logger = Some(l);
+                Ok(done())
+            }),
+            ApiRequest::PutMetrics(m) => self.pre_boot("PUT /metrics").and_then(|()| {
+                if self.metrics.is_some() {
+                    return Err(fault(
+                        "the metrics are configured already (they can be set once)",
+                    ));
+                }
+                self.open_metrics(Path::new(&m.metrics_path)).map_err(|e| {
+                    fault(format!("cannot open metrics_path {}: {e}", m.metrics_path))
+                })?;
+                self.config.metrics = Some(m);
+                Ok(done())
+            }),
+            ApiRequest::Action(ActionType::InstanceStart) => {
+                self.pre_boot("InstanceStart").and_then(|()| {
+                    if self.config.boot_source.is_none() {
+                        return Err(fault(
+                            "InstanceStart needs a boot source: PUT /boot-source first",
+                        ));
+                    }
+                    Ok(Handled::Start)
+                })
+            }
+            ApiRequest::Action(ActionType::SendCtrlAltDel) => {
+                self.running("SendCtrlAltDel").and_then(|vm| {
+                    vm.send_ctrl_alt_del().map_err(|e| fault(e.to_string()))?;
+                    Ok(done())
+                })
+            }
+            ApiRequest::Action(ActionType::FlushMetrics) => {
+                if self.metrics.is_none() {
+                    Err(fault(
+                        "FlushMetrics needs metrics: PUT /metrics or --metrics-path first",
+                    ))
+                } else {
+                    self.flush_metrics();
+                    Ok(done())
+                }
+            }
+            ApiRequest::PatchVm(state) => self.running("PATCH /vm").and_then(|vm| {
+                let started = Instant::now();
+                let (result, what) = match state {
+                    VmState::Paused => (vm.pause(), "paused"),
+                    VmState::Resumed => (vm.resume(), "resumed"),
+                };
+                result.map_err(|e| fault(format!("the VM could not be {what}: {e}")))?;
+                let us = Some(started.elapsed().as_micros() as u64);
+                match state {
+                    VmState::Paused => self.counters.last_pause_us = us,
+                    VmState::Resumed => self.counters.last_resume_us = us,
+                }
+                Ok(done())
+            }),
+            ApiRequest::PatchDrive(p) => self.running("PATCH /drives").and_then(|vm| {
+                let index = self
+                    .config
+                    .drives
+                    .iter()
+                    .position(|d| d.drive_id == p.drive_id)
+                    .ok_or_else(|| fault(format!("no drive `{}` to update", p.drive_id)))?;
+                if let Some(path) = &p.path_on_host {
+                    vm.replace_disk(index, Path::new(path))
+                        .map_err(|e| fault(format!("drive `{}`: {e}", p.drive_id)))?;
+                }
+                if p.rate_limiter.is_some() {
+                    vm.set_disk_rate_limit(index, rate_limit(&p.rate_limiter))
+                        .map_err(|e| fault(format!("drive `{}`: {e}", p.drive_id)))?;
+                }
+                let drive = &mut self.config.drives[index];
+                if let Some(path) = p.path_on_host {
+                    drive.path_on_host = Some(path);
+                }
+                if p.rate_limiter.is_some() {
+                    drive.rate_limiter = p.rate_limiter;
+                }
+                Ok(done())
+            }),
+            ApiRequest::PatchNetworkInterface(p) => {
+                self.running("PATCH /network-interfaces").and_then(|vm| {
+                    let index = self
+                        .config
+                        .network_interfaces
+                        .iter()
+                        .position(|n| n.iface_id == p.iface_id)
+                        .ok_or_else(|| {
+                            fault(format!("no network interface `{}` to update", p.iface_id))
+                        })?;
+                    let iface = &mut self.config.network_interfaces[index];
+                    if p.rx_rate_limiter.is_some() {
+                        iface.rx_rate_limiter = p.rx_rate_limiter;
+                    }
+                    if p.tx_rate_limiter.is_some() {
+                        iface.tx_rate_limiter = p.tx_rate_limiter;
+                    }
+                    vm.set_net_rate_limits(
+                        index,
+                        rate_limit(&iface.rx_rate_limiter),
+                        rate_limit(&iface.tx_rate_limiter),
+                    )
+                    .map_err(|e| fault(format!("network interface `{}`: {e}", p.iface_id)))?;
+                    Ok(done())
+                })
+            }
+        };
+        result.unwrap_or_else(|h| h)
+    }
+
+    fn machine(&self) -> MachineConfiguration {
+        self.config.machine_config.clone().unwrap_or_default()
+    }
+
+    fn full_config(&self) -> FullVmConfiguration {
+        let mut c = self.config.clone();
+        c.machine_config = Some(self.machine());
+        c
+    }
+
+    fn put_drive(&mut self, d: Drive) -> Result<Handled, Handled> {
+        if d.socket.is_some() {
+            return Err(fault(format!(
+                "drive `{}`: vhost-user-block (socket) is not supported by Petrel yet",
+                d.drive_id
+            )));
+        }
+        if d.is_root_device
+            && self
+                .config
+                .drives
+                .iter()
+                .any(|o| o.is_root_device && o.drive_id != d.drive_id)
+        {
+            return Err(fault(format!(
+                "drive `{}`: another drive is the root device already",
+                d.drive_id
+            )));
+        }
+        match self
+            .config
+            .drives
+            .iter_mut()
+            .find(|o| o.drive_id == d.drive_id)
+        {
+            Some(old) => *old = d,
+            None => self.config.drives.push(d),
+        }
+        Ok(done())
+    }
+
+    fn put_network_interface(&mut self, n: NetworkInterface) -> Result<Handled, Handled> {
+        if n.mtu.is_some() {
+            return Err(fault(format!(
+                "network interface `{}`: mtu is not supported by Petrel yet",
+                n.iface_id
+            )));
+        }
+        if self
+            .config
+            .network_interfaces
+            .iter()
+            .any(|o| o.iface_id != n.iface_id && o.host_dev_name == n.host_dev_name)
+        {
+            return Err(fault(format!(
+                "network interface `{}`: host_dev_name {} is used by another interface",
+                n.iface_id, n.host_dev_name
+            )));
+        }
+        match self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|o| o.iface_id == n.iface_id)
+        {
+            Some(old) => *old = n,
+            None => self.config.network_interfaces.push(n),
+        }
+        Ok(done())
+    }
+
+    /// The drives in the order the guest sees them: the root device first (`/dev/vda`), the
+    /// others in the order they were added.
+    fn ordered_drives(&mut self) {
+        if let Some(i) = self.config.drives.iter().position(|d| d.is_root_device) {
+            let root = self.config.drives.remove(i);
+            self.config.drives.insert(0, root);
+        }
+    }
+
+    /// The VM configuration the API built, as Petrel's.
+    pub fn vm_config(&mut self) -> Result<VmConfig, String> {
+        self.ordered_drives();
+        let c = &self.config;
+        let boot: &BootSource = c
+            .boot_source
+            .as_ref()
+            .ok_or("no boot source: PUT /boot-source first")?;
+        let m = self.machine();
+        let mut cmdline = boot
+            .boot_args
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        if let Some(root) = c.drives.iter().find(|d| d.is_root_device) {
+            // Firecracker's convention: the root drive is /dev/vda (or a PARTUUID), read-only
+            // unless said otherwise.
+            let dev = match &root.partuuid {
+                Some(uuid) => format!("PARTUUID={uuid}"),
+                None => "/dev/vda".to_string(),
+            };
+            let mode = if root.is_read_only.unwrap_or(false) {
+                "ro"
+            } else {
+                "rw"
+            };
+            cmdline.push_str(&format!(" root={dev} {mode}"));
+        }
+        let mut config = VmConfig::linux(LinuxPayload {
+            kernel: KernelImage::File(PathBuf::from(&boot.kernel_image_path)),
+            initrd: boot.initrd_path.as_ref().map(PathBuf::from),
+            cmdline: Some(cmdline),
+        });
+        config.vcpus = u8::try_from(m.vcpu_count).map_err(|_| "vcpu_count is too large")?;
+        config.mem_size = m
+            .mem_size_mib
+            .checked_mul(1 << 20)
+            .ok_or("mem_size_mib is too large")?;
+        config.serial = SerialConfig::Stdio;
+        for d in &c.drives {
+            let path = d
+                .path_on_host
+                .as_ref()
+                .ok_or_else(|| format!("drive `{}` has no path_on_host", d.drive_id))?;
+            let id: String = d.drive_id.chars().take(BLK_ID_BYTES).collect();
+            config.disks.push(DiskConfig {
+                path: PathBuf::from(path),
+                read_only: d.is_read_only.unwrap_or(false),
+                id: Some(id),
+                rate_limit: rate_limit(&d.rate_limiter),
+            });
+        }
+        for n in &c.network_interfaces {
+            let mac = match &n.guest_mac {
+                Some(text) => petrel_api::model::parse_mac(text).map_err(|e| e.to_string())?,
+                None => DEFAULT_MAC,
+            };
+            config.nets.push(NetConfig {
+                tap: n.host_dev_name.clone(),
+                mac,
+                rx_rate_limit: rate_limit(&n.rx_rate_limiter),
+                tx_rate_limit: rate_limit(&n.tx_rate_limiter),
+            });
+        }
+        if let Some(Vsock {
+            guest_cid,
+            uds_path,
+            ..
+        }) = &c.vsock
+        {
+            config.vsock = Some(VsockConfig {
+                cid: *guest_cid,
+                uds: PathBuf::from(uds_path),
+            });
+        }
+        if let Some(EntropyDevice { rate_limiter }) = &c.entropy {
+            config.rng = true;
+            config.rng_rate_limit = Some(rate_limit(rate_limiter));
+        }
+        Ok(config)
+    }
+
+    /// Builds the VM from the configuration so far and starts its vCPUs (`InstanceStart`, or
+    /// a config file). Errors name the API's fields where Petrel's name the config's.
+    pub fn start_vm(&mut self) -> Result<Vmm, String> {
+        let started = Instant::now();
+        let config = self.vm_config()?;
+        let mut vmm = Vmm::build_with_timeline(&config, self.timeline.clone())
+            .map_err(|e| self.explain(&e))?;
+        for notice in vmm.notices() {
+            self.log(Level::Warn, file!(), line!(), &notice.to_string());
+            eprintln!("petrel: {notice}");
+        }
+        vmm.set_vcpu_thread_prefix("fc_vcpu ");
+        if crate::terminal::may_use_stdin() {
+            if let Ok(fd) = crate::console_input() {
+                let _ = vmm.attach_serial_input(fd);
+            }
+        }
+        vmm.start().map_err(|e| self.explain(&e))?;
+        self.counters.instance_start_us = Some(started.elapsed().as_micros() as u64);
+        self.vm = Some(vmm.handle());
+        self.log(Level::Info, file!(), line!(), "The guest started.");
+        Ok(vmm)
+    }
+
+    /// A VMM error in the API's words: `disks[1].path` becomes drive `data`'s path_on_host.
+    fn explain(&self, e: &petrel_vmm::Error) -> String {
+        let text = petrel_vmm::error_chain(e);
+        let petrel_vmm::Error::InvalidConfig { field, .. } = e else {
+            return text;
+        };
+        let index = |prefix: &str| -> Option<usize> {
+            field.strip_prefix(prefix)?.split(']').next()?.parse().ok()
+        };
+        let api_name = if let Some(d) = index("disks[").and_then(|i| self.config.drives.get(i)) {
+            format!("drive `{}`", d.drive_id)
+        } else if let Some(n) = index("nets[").and_then(|i| self.config.network_interfaces.get(i)) {
+            format!("network interface `{}`", n.iface_id)
+        } else {
+            return text;
+        };
+        format!("{api_name}: {text}")
+    }
+
+    fn count_missed(&mut self) {
+        self.counters.missed_log_count = self.logger.as_ref().map_or(0, |l| l.dropped());
+        self.counters.missed_metrics_count = self.metrics.as_ref().map_or(0, |m| m.failures);
+    }
+
+    /// Writes one metrics line now.
+    pub fn flush_metrics(&mut self) {
+        let stats = self.vm.as_ref().map(|vm| vm.stats());
+        self.count_missed();
+        let Some(sink) = &mut self.metrics else {
+            return;
+        };
+        let doc = metrics::document(
+            stats.as_ref(),
+            &self.counters,
+            self.start_time_us,
+            self.start_time_cpu_us,
+        );
+        sink.write(&doc);
+    }
+
+    /// The VM ended: a last metrics line and a log line.
+    pub fn finish(&mut self, summary: &RunSummary) {
+        self.ended = true;
+        self.count_missed();
+        if let Some(sink) = &mut self.metrics {
+            let doc = metrics::document(
+                Some(&summary.stats),
+                &self.counters,
+                self.start_time_us,
+                self.start_time_cpu_us,
+            );
+            sink.write(&doc);
+        }
+        self.log(
+            Level::Info,
+            file!(),
+            line!(),
+            &format!("The guest stopped: {:?}", summary.stop),
+        );
+    }
+}
+
+/// What Petrel cannot do of a machine configuration Firecracker accepts.
+fn check_machine(m: &MachineConfiguration) -> Result<(), Handled> {
+    use petrel_api::model::{CpuTemplate, HugePages};
+    if m.cpu_template.is_some_and(|t| t != CpuTemplate::None) {
+        return Err(fault(
+            "machine-config: cpu_template is not supported by Petrel yet",
+        ));
+    }
+    if m.huge_pages.is_some_and(|h| h != HugePages::None) {
+        return Err(fault(
+            "machine-config: huge_pages is not supported by Petrel yet",
+        ));
+    }
+    if m.smt == Some(true) {
+        return Err(fault("machine-config: smt is not supported by Petrel yet"));
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Running as Firecracker does: configured through Firecracker's REST API on a Unix socket
+//! (`--api-sock`) or its JSON config file (`--config-file`), so that the tools built on
+//! Firecracker (its SDKs, Kata Containers, flintlock, sandbox libraries) drive Petrel unchanged.
+//!
+//! Threads: the API server runs on its own thread (`fc_api`) and hands each parsed request to
+//! the VMM thread ([`pump`]); before the guest starts, the VMM thread waits for requests and
+//! stop signals; after `InstanceStart`, requests arrive on the VM's event loop beside the
+//! devices. vCPU threads are named `fc_vcpu N`, as tools that pin them look for.
+
+pub mod controller;
+pub mod flags;
+pub mod logger;
+pub mod metrics;
+pub mod pump;
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use petrel_api::model::FIRECRACKER_API_VERSION;
+use petrel_api::server::ApiServer;
+use petrel_vmm::{StopReason, Timeline, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK};
+
+use self::controller::{Controller, Handled};
+use self::flags::{FirecrackerFlags, DEFAULT_INSTANCE_ID};
+use self::logger::{Level, LogFormat, Logger};
+use crate::signals::{self, StopSignals};
+use crate::watch::SignalWatcher;
+
+/// How the VMM thread's wait for the first requests ended.
+enum PreBoot {
+    /// `InstanceStart` built and started the VM.
+    Started(Box<petrel_vmm::Vmm>),
+    /// A stop signal arrived before the guest started.
+    Signal(&'static str),
+}
+
+fn bad_input(what: &str) -> ExitCode {
+    eprintln!("petrel: {what}");
+    ExitCode::from(EXIT_BAD_INPUT as u8)
+}
+
+fn failure(what: &str) -> ExitCode {
+    eprintln!("petrel: {what}");
+    ExitCode::from(EXIT_FAILURE as u8)
+}
+
+/// Runs Petrel the way Firecracker runs, with these flags. `default_api_sock` is Firecracker's
+/// default socket path when the program is called `firecracker` (Petrel's own command line
+/// serves an API only when asked).
+pub fn run(
+    flags: FirecrackerFlags,
+    boot_timer: bool,
+    default_api_sock: Option<&str>,
+    timeline: Timeline,
+) -> ExitCode {
+    let id = flags
+        .id
+        .clone()
+        .unwrap_or_else(|| DEFAULT_INSTANCE_ID.to_string());
+    if let Err(why) = flags::check_instance_id(&id) {
+        return bad_input(&format!("invalid --id `{id}`: {why}"));
+    }
+    if flags.no_api && flags.config_file.is_none() {
+        return bad_input(
+            "--no-api needs --config-file: without both there is no way to configure the VM",
+        );
+    }
+    if flags.no_seccomp || flags.seccomp_filter.is_some() {
+        eprintln!(
+            "petrel: --no-seccomp and --seccomp-filter are accepted for Firecracker compatibility; \
+             Petrel installs no seccomp filter yet"
+        );
+    }
+    let level = match flags.level.as_deref().map(Level::parse) {
+        None => Level::Info,
+        Some(Some(l)) => l,
+        Some(None) => {
+            return bad_input(&format!(
+                "invalid --level `{}`: use Error, Warning, Info, Debug, Trace or Off",
+                flags.level.as_deref().unwrap_or_default()
+            ))
+        }
+    };
+    let logger = match &flags.log_path {
+        None => None,
+        Some(path) => {
+            let format = LogFormat {
+                instance_id: id.clone(),
+                level,
+                show_level: flags.show_level,
+                show_log_origin: flags.show_log_origin,
+            };
+            match Logger::open(path, format) {
+                Ok(l) => Some(Arc::new(l)),
+                Err(e) => {
+                    return bad_input(&format!("cannot open --log-path {}: {e}", path.display()))
+                }
+            }
+        }
+    };
+    let mut controller = Controller::new(id, logger, timeline.clone());
+    controller.set_start_times(flags.start_time_us, flags.start_time_cpu_us);
+    if let Some(path) = &flags.metrics_path {
+        if let Err(e) = controller.open_metrics(path) {
+            return bad_input(&format!(
+                "cannot open --metrics-path {}: {e}",
+                path.display()
+            ));
+        }
+    }
+    controller.log(
+        Level::Info,
+        file!(),
+        line!(),
+        &format!(
+            "Running Petrel v{} as Firecracker v{FIRECRACKER_API_VERSION}",
+            env!("CARGO_PKG_VERSION")
+        ),
+    );
+    if let Some(path) = &flags.config_file {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                return bad_input(&format!(
+                    "cannot read --config-file {}: {e}",
+                    path.display()
+                ))
+            }
+        };
+        if let Err(why) = controller.apply_config_file(&text) {
+            return bad_input(&format!("--config-file {}: {why}", path.display()));
+        }
+    }
+
+    // Blocked before any thread starts (the API thread, the console writer), so that every
+    // thread inherits the mask and the signals arrive only through the signalfd.
+    let signals = match StopSignals::new() {
+        Ok(s) => s,
+        Err(e) => return failure(&format!("cannot set up signal handling: {e}")),
+    };
+    let (sender, queue) = match pump::channel() {
+        Ok(c) => c,
+        Err(e) => return failure(&format!("cannot create the API's request channel: {e}")),
+    };
+    let api_path = flags
+        .api_sock
+        .clone()
+        .or_else(|| default_api_sock.map(Into::into))
+        .filter(|_| !flags.no_api);
+    let server = match &api_path {
+        None => None,
+        Some(path) => match ApiServer::spawn(path, Box::new(move |req| sender.call(req))) {
+            Ok(s) => Some(s),
+            Err(e) => return bad_input(&format!("--api-sock {}: {e}", path.display())),
+        },
+    };
+    timeline.mark("API socket ready");
+
+    let controller = Arc::new(Mutex::new(controller));
+    let started = if flags.config_file.is_some() {
+        let built = lock(&controller).start_vm();
+        match built {
+            Ok(vmm) => PreBoot::Started(Box::new(vmm)),
+            Err(why) => {
+                drop(server);
+                return failure(&format!("cannot start the VM from --config-file: {why}"));
+            }
+        }
+    } else {
+        match wait_for_start(&controller, &queue, &signals) {
+            Ok(p) => p,
+            Err(e) => return failure(&e),
+        }
+    };
+    let mut vmm = match started {
+        PreBoot::Started(vmm) => vmm,
+        PreBoot::Signal(name) => {
+            drop(server);
+            eprintln!("petrel: stopped on {name} before the guest started");
+            return ExitCode::from(EXIT_OK as u8);
+        }
+    };
+    let received = Arc::new(Mutex::new(None));
+    vmm.add_subscriber(Arc::new(Mutex::new(SignalWatcher::new(
+        signals,
+        vmm.handle(),
+        timeline.clone(),
+        received.clone(),
+    ))));
+    let metrics_controller = controller.clone();
+    match metrics::MetricsTimer::new(metrics::METRICS_PERIOD, move || {
+        lock(&metrics_controller).flush_metrics()
+    }) {
+        Ok(timer) => {
+            vmm.add_subscriber(Arc::new(Mutex::new(timer)));
+        }
+        Err(e) => eprintln!("petrel: no periodic metrics: cannot create a timer: {e}"),
+    }
+    let pump_controller = controller.clone();
+    vmm.add_subscriber(pump::RequestPump::new(queue, move |req| {
+        match lock(&pump_controller).handle(req) {
+            Handled::Reply(r) => r,
+            // The VM runs already: the controller answers a second InstanceStart itself.
+            Handled::Start => petrel_api::http::Response::fault("the VM was started already"),
+        }
+    }));
+    let summary = vmm.run_until_stopped();
+    drop(server);
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => return failure(&petrel_vmm::error_chain(&e)),
+    };
+    lock(&controller).finish(&summary);
+    match &summary.stop {
+        StopReason::GuestFault { what, details } => {
+            eprintln!("petrel: guest error: {what}\n{details}")
+        }
+        StopReason::VmmError(msg) => eprintln!("petrel: error: {msg}"),
+        _ => {}
+    }
+    if let Some(sig) = *lock(&received) {
+        eprintln!("petrel: stopped the guest on {sig}");
+    }
+    if boot_timer {
+        summary.timeline.mark("process end");
+        eprint!("{}", summary.timeline.table());
+    }
+    ExitCode::from(summary.exit_code() as u8)
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Before the guest starts: answers API requests until `InstanceStart` builds and starts the
+/// VM, or a stop signal arrives.
+fn wait_for_start(
+    controller: &Arc<Mutex<Controller>>,
+    queue: &pump::RequestQueue,
+    signals: &StopSignals,
+) -> Result<PreBoot, String> {
+    use std::os::fd::AsRawFd;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: queue.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two pollfds we own; no timeout: the API thread or a signal wakes us.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("waiting for API requests failed: {e}"));
+        }
+        if fds[1].revents != 0 {
+            if let Some(sig) = signals.read() {
+                return Ok(PreBoot::Signal(signals::name(sig)));
+            }
+        }
+        for (request, reply) in queue.drain() {
+            let mut c = lock(controller);
+            match c.handle(&request) {
+                Handled::Reply(r) => {
+                    let _ = reply.send(r);
+                }
+                Handled::Start => match c.start_vm() {
+                    Ok(vmm) => {
+                        let _ = reply.send(petrel_api::http::Response::no_content());
+                        return Ok(PreBoot::Started(Box::new(vmm)));
+                    }
+                    Err(why) => {
+                        let _ = reply.send(petrel_api::http::Response::fault(&why));
+                    }
+                },
+            }
+        }
+    }
+}
