@@ -128,31 +128,7 @@ impl ApiError {
 
     /// The response: `400` with `{"fault_message": ...}`.
     pub fn to_response(&self) -> Response {
-        fault(&self.fault_message())
-    }
-}
-
-/// The body of an error response.
-#[derive(Serialize)]
-struct Fault<'a> {
-    fault_message: &'a str,
-}
-
-/// `400 Bad Request` with `{"fault_message": message}` (the message is JSON-escaped).
-pub fn fault(message: &str) -> Response {
-    fault_with_status(400, message)
-}
-
-/// A fault with another status (for the VMM's own failures, e.g. `500`).
-pub fn fault_with_status(status: u16, message: &str) -> Response {
-    let body = serde_json::to_string(&Fault {
-        fault_message: message,
-    })
-    // A struct of one string always serializes; keep a valid body regardless.
-    .unwrap_or_else(|_| String::from(r#"{"fault_message":"internal error"}"#));
-    Response {
-        status,
-        body: Some(body),
+        Response::fault(self.fault_message())
     }
 }
 
@@ -160,19 +136,10 @@ pub fn fault_with_status(status: u16, message: &str) -> Response {
 /// which none of [`crate::model`]'s types can fail to be).
 pub fn ok_json<T: Serialize + ?Sized>(value: &T) -> Response {
     match serde_json::to_string(value) {
-        Ok(body) => Response {
-            status: 200,
-            body: Some(body),
-        },
-        Err(err) => fault_with_status(500, &format!("cannot serialize the response: {err}")),
-    }
-}
-
-/// `204 No Content`: the answer to a successful `PUT` or `PATCH`.
-pub fn no_content() -> Response {
-    Response {
-        status: 204,
-        body: None,
+        Ok(body) => Response::json(200, body),
+        Err(err) => {
+            Response::fault_with_status(500, format!("cannot serialize the response: {err}"))
+        }
     }
 }
 
@@ -916,13 +883,13 @@ mod tests {
     #[test]
     fn responses() {
         let response = refused(get("/nope"));
-        let response = fault(&response);
+        let response = Response::fault(response);
         assert_eq!(response.status, 400);
         assert_eq!(
             response.body.as_deref(),
             Some(r#"{"fault_message":"invalid request: no route for GET /nope"}"#)
         );
-        let quoted = fault("a \"quoted\"\nline");
+        let quoted = Response::fault("a \"quoted\"\nline");
         assert_eq!(
             quoted.body.as_deref(),
             Some(r#"{"fault_message":"a \"quoted\"\nline"}"#)
@@ -937,13 +904,5 @@ mod tests {
             version.body.as_deref(),
             Some(r#"{"firecracker_version":"1.17.0-dev"}"#)
         );
-        assert_eq!(
-            no_content(),
-            Response {
-                status: 204,
-                body: None
-            }
-        );
-        assert_eq!(fault_with_status(500, "boom").status, 500);
     }
 }

@@ -136,6 +136,11 @@ struct LinuxArgs {
     /// workarounds it needs (on) or leave the command line alone (off).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
     host_compat: String,
+    /// How to start the kernel: auto (PVH when the kernel has a PVH entry, as Firecracker
+    /// does; else the Linux 64-bit boot protocol), pvh, or linux64.
+    #[arg(long, value_name = "auto|pvh|linux64", default_value = "auto",
+          value_parser = ["auto", "pvh", "linux64"])]
+    boot_protocol: String,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +210,7 @@ impl LinuxArgs {
             why: "at most 255".into(),
         })?;
         config.host_compat = self.host_compat == "on";
+        config.boot_protocol = self.boot_protocol.parse()?;
         Ok(())
     }
 }

@@ -267,22 +267,25 @@ fn wait_for_start(
                 return Ok(PreBoot::Signal(signals::name(sig)));
             }
         }
+        let mut started = None;
         for (request, reply) in queue.drain() {
             let mut c = lock(controller);
-            match c.handle(&request) {
-                Handled::Reply(r) => {
-                    let _ = reply.send(r);
-                }
+            let response = match c.handle(&request) {
+                Handled::Reply(r) => r,
+                // Once this succeeds the controller knows the VM runs: a second InstanceStart,
+                // even in the same batch, is refused as pre-boot only.
                 Handled::Start => match c.start_vm() {
                     Ok(vmm) => {
-                        let _ = reply.send(petrel_api::http::Response::no_content());
-                        return Ok(PreBoot::Started(Box::new(vmm)));
+                        started = Some(Box::new(vmm));
+                        petrel_api::http::Response::no_content()
                     }
-                    Err(why) => {
-                        let _ = reply.send(petrel_api::http::Response::fault(&why));
-                    }
+                    Err(why) => petrel_api::http::Response::fault(why),
                 },
-            }
+            };
+            let _ = reply.send(response);
+        }
+        if let Some(vmm) = started {
+            return Ok(PreBoot::Started(vmm));
         }
     }
 }
