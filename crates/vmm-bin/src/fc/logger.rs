@@ -83,15 +83,9 @@ pub struct Logger {
 }
 
 impl Logger {
-    /// Opens `path` for appending (a regular file is created if missing; a named pipe is
-    /// opened non-blocking for writing, which fails while no reader has it open, as it does for
-    /// Firecracker).
+    /// Opens `path` (see [`open_destination`]).
     pub fn open(path: &Path, format: LogFormat) -> std::io::Result<Logger> {
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)?;
+        let out = open_destination(path)?;
         Ok(Logger {
             format,
             out: Mutex::new(out),
@@ -120,6 +114,25 @@ impl Logger {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Opens a log or metrics destination without ever blocking on it: a regular file is created
+/// if missing and appended to; a named pipe is opened read-write (so the open does not wait
+/// for a reader and a write never raises SIGPIPE while none is there) and non-blocking (a
+/// line that does not fit in a full pipe is dropped and counted by the caller).
+pub fn open_destination(path: &Path) -> std::io::Result<File> {
+    let is_fifo = std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
+        .unwrap_or(false);
+    let mut options = OpenOptions::new();
+    if is_fifo {
+        options.read(true).write(true);
+    } else {
+        options.create(true).append(true);
+    }
+    options
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// One line in Firecracker's format, ending in a newline.
@@ -212,6 +225,14 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.contains(":INFO] kept\n") && text.contains(":ERROR] kept too\n"));
+        // A named pipe with no reader: the open does not wait, and the line waits in the pipe.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let logger = Logger::open(&fifo, fmt(false, false)).unwrap();
+        logger.log(Level::Info, "x.rs", 1, "into the pipe");
+        assert_eq!(logger.dropped(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,10 +6,9 @@
 //! since the last flush), and the `petrel` group carries the whole exit statistics document.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -51,14 +50,9 @@ pub struct MetricsSink {
 }
 
 impl MetricsSink {
-    /// Opens `path` for appending: a regular file is created if missing; a named pipe is
-    /// opened non-blocking (a write never blocks the VMM).
+    /// Opens `path` (a file or a named pipe; see [`super::logger::open_destination`]).
     pub fn open(path: &Path) -> std::io::Result<MetricsSink> {
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)?;
+        let out = super::logger::open_destination(path)?;
         Ok(MetricsSink {
             out,
             failures: 0,
