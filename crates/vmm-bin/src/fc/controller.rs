@@ -146,10 +146,7 @@ impl Controller {
         };
         let format = LogFormat {
             instance_id: self.id.clone(),
-            level: l
-                .level
-                .and_then(|lv| Level::parse(lv.as_str()))
-                .unwrap_or(Level::Info),
+            level: l.level.unwrap_or(Level::Info),
             show_level: l.show_level.unwrap_or(false),
             show_log_origin: l.show_log_origin.unwrap_or(false),
         };
@@ -542,7 +539,7 @@ impl Controller {
         let mut vmm = Vmm::build_with_timeline(&config, self.timeline.clone())
             .map_err(|e| self.explain(&e))?;
         for notice in vmm.notices() {
-            self.log(Level::Warn, file!(), line!(), &notice.to_string());
+            self.log(Level::Warning, file!(), line!(), &notice.to_string());
             eprintln!("petrel: {notice}");
         }
         vmm.set_vcpu_thread_prefix("fc_vcpu ");

@@ -17,47 +17,18 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// A message's level, most severe first (Firecracker's `level`: Error, Warning, Info, Debug,
-/// Trace, and Off for nothing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    /// Nothing is logged.
-    Off,
-    /// Errors.
-    Error,
-    /// Warnings.
-    Warn,
-    /// The default.
-    Info,
-    /// Details.
-    Debug,
-    /// Everything.
-    Trace,
-}
+/// A message's level: Firecracker's levels, most severe first (`Off` logs nothing).
+pub use petrel_api::model::LogLevel as Level;
 
-impl Level {
-    /// Parses Firecracker's level names, case-insensitively (`Warning` and `Warn` both).
-    pub fn parse(s: &str) -> Option<Level> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "off" => Level::Off,
-            "error" => Level::Error,
-            "warning" | "warn" => Level::Warn,
-            "info" => Level::Info,
-            "debug" => Level::Debug,
-            "trace" => Level::Trace,
-            _ => return None,
-        })
-    }
-
-    fn tag(self) -> &'static str {
-        match self {
-            Level::Off => "OFF",
-            Level::Error => "ERROR",
-            Level::Warn => "WARN",
-            Level::Info => "INFO",
-            Level::Debug => "DEBUG",
-            Level::Trace => "TRACE",
-        }
+/// How a level appears in a line (the `log` crate's spelling, which Firecracker's lines use).
+fn tag(level: Level) -> &'static str {
+    match level {
+        Level::Off => "OFF",
+        Level::Error => "ERROR",
+        Level::Warning => "WARN",
+        Level::Info => "INFO",
+        Level::Debug => "DEBUG",
+        Level::Trace => "TRACE",
     }
 }
 
@@ -149,7 +120,7 @@ fn format_line(
     let mut prefix = format!("{}:{thread}", f.instance_id);
     if f.show_level {
         prefix.push(':');
-        prefix.push_str(level.tag());
+        prefix.push_str(tag(level));
     }
     if f.show_log_origin {
         prefix.push_str(&format!(":{file}:{line}"));
@@ -203,7 +174,7 @@ mod tests {
             .to_string();
         let plain = format_line(&fmt(false, false), Level::Info, "a.rs", 7, "hello", t);
         assert_eq!(plain, format!("{t} [vm1:{thread}] hello\n"));
-        let full = format_line(&fmt(true, true), Level::Warn, "a.rs", 7, "hello", t);
+        let full = format_line(&fmt(true, true), Level::Warning, "a.rs", 7, "hello", t);
         assert_eq!(full, format!("{t} [vm1:{thread}:WARN:a.rs:7] hello\n"));
         let ts = timestamp();
         assert_eq!(ts.len(), t.len(), "{ts}");
@@ -212,7 +183,7 @@ mod tests {
 
     #[test]
     fn levels_parse_and_filter() {
-        assert_eq!(Level::parse("Warning"), Some(Level::Warn));
+        assert_eq!(Level::parse("warning"), Some(Level::Warning));
         assert_eq!(Level::parse("DEBUG"), Some(Level::Debug));
         assert_eq!(Level::parse("loud"), None);
         let dir = std::env::temp_dir().join(format!("petrel-log-{}", std::process::id()));
