@@ -60,10 +60,10 @@ pub struct FirecrackerFlags {
 }
 
 impl FirecrackerFlags {
-    /// Whether these flags ask for Firecracker's way of running (an API socket or a config
-    /// file) rather than Petrel's own command line.
+    /// Whether these flags ask for Firecracker's way of running (an API socket, a config
+    /// file, or no API) rather than Petrel's own command line.
     pub fn wanted(&self) -> bool {
-        self.api_sock.is_some() || self.config_file.is_some()
+        self.api_sock.is_some() || self.config_file.is_some() || self.no_api
     }
 }
 
