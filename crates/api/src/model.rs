@@ -696,7 +696,10 @@ impl LogLevel {
         .into_iter()
         .find(|level| level.as_str().eq_ignore_ascii_case(text))
         // `warn` is the `log` crate's spelling, which Firecracker's parser takes too.
-        .or_else(|| text.eq_ignore_ascii_case("warn").then_some(LogLevel::Warning))
+        .or_else(|| {
+            text.eq_ignore_ascii_case("warn")
+                .then_some(LogLevel::Warning)
+        })
     }
 }
 

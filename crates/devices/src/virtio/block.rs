@@ -387,11 +387,7 @@ impl VirtioDevice for Block {
     }
 
     fn event_sources(&self) -> Vec<EventSource> {
-        vec![EventSource {
-            fd: self.throttle.timer_fd(),
-            token: TIMER_TOKEN,
-            edge_triggered: false,
-        }]
+        vec![self.throttle.event_source(TIMER_TOKEN)]
     }
 
     fn process_event(&mut self, token: u32) -> Result<Processed, Error> {

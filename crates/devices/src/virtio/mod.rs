@@ -662,9 +662,14 @@ impl Throttle {
         self.throttled
     }
 
-    /// The timer's descriptor, for [`VirtioDevice::event_sources`].
-    pub(crate) fn timer_fd(&self) -> RawFd {
-        self.timer.as_raw_fd()
+    /// The timer as one of the device's [`VirtioDevice::event_sources`], named `token`
+    /// (level-triggered: the device reads it in [`Throttle::fired`]).
+    pub(crate) fn event_source(&self, token: u32) -> EventSource {
+        EventSource {
+            fd: self.timer.as_raw_fd(),
+            token,
+            edge_triggered: false,
+        }
     }
 }
 

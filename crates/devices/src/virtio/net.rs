@@ -539,16 +539,8 @@ impl VirtioDevice for Net {
                 token: TAP_TOKEN,
                 edge_triggered: true,
             },
-            EventSource {
-                fd: self.rx_throttle.timer_fd(),
-                token: RX_TIMER_TOKEN,
-                edge_triggered: false,
-            },
-            EventSource {
-                fd: self.tx_throttle.timer_fd(),
-                token: TX_TIMER_TOKEN,
-                edge_triggered: false,
-            },
+            self.rx_throttle.event_source(RX_TIMER_TOKEN),
+            self.tx_throttle.event_source(TX_TIMER_TOKEN),
         ]
     }
 
