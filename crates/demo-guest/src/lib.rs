@@ -6,6 +6,9 @@
 //! source, is in `crates/demo-guest/guest/demo_guest.S`; a unit test reassembles that listing when
 //! binutils are installed and checks that it gives the same bytes.
 //!
+//! A second guest, [`keyboard_guest_elf`] (module [`keyboard`]), waits for Ctrl-Alt-Del on the
+//! i8042 instead of resetting at once, for tests that need a guest that keeps running.
+//!
 //! The file has two entry points: `e_entry` ([`ENTRY_ADDR`]) for the Linux x86 64-bit boot
 //! protocol, which Petrel uses, and a PVH entry ([`PVH_ENTRY_ADDR`]) so that QEMU
 //! (`qemu-system-x86_64 -M microvm -kernel demo.elf`) and other PVH loaders can boot the same
@@ -90,8 +93,17 @@
 //! which KVM's instruction emulator handles; on the development host guest kernel code runs
 //! in that emulator.
 
+mod elf;
+pub mod keyboard;
+
+use elf::CODE_OFFSET;
+#[cfg(test)]
+use elf::{EHDR_SIZE, NOTE_OFFSET, PHDR_SIZE};
+
+pub use keyboard::keyboard_guest_elf;
+
 /// Guest-physical (= virtual) address at which the `PT_LOAD` segment is loaded: 1 MiB.
-pub const LOAD_ADDR: u64 = 0x10_0000;
+pub const LOAD_ADDR: u64 = elf::LOAD_ADDR;
 
 /// The 64-bit entry point (`e_entry`): the first byte of the code, at file offset 0x100.
 pub const ENTRY_ADDR: u64 = LOAD_ADDR + CODE_OFFSET as u64;
@@ -110,27 +122,9 @@ pub const GREETING_LINE: &str = "Petrel demo guest: hello from a 64-bit guest";
 /// to the i8042 command port (0x64) to reset the machine.
 pub const RESETTING_LINE: &str = "Petrel demo guest: resetting";
 
-/// File offset (and offset from [`LOAD_ADDR`]) of the first code byte.
-const CODE_OFFSET: usize = 0x100;
-
 /// Size of the loaded segment in memory: the file, then room for the PVH page tables
 /// (0x101000..0x107000) and the stack (0x107000..0x108000).
 const SEGMENT_MEMSZ: u64 = 0x8000;
-
-/// Size of an ELF64 file header.
-const EHDR_SIZE: usize = 64;
-
-/// Size of an ELF64 program header.
-const PHDR_SIZE: usize = 56;
-
-/// Number of program headers: `PT_LOAD` and `PT_NOTE`.
-const PHNUM: usize = 2;
-
-/// File offset of the PVH note: right after the program headers.
-const NOTE_OFFSET: usize = EHDR_SIZE + PHNUM * PHDR_SIZE;
-
-/// Size of the PVH note: 12-byte header, name `"Xen\0"`, 8-byte desc.
-const NOTE_SIZE: usize = 24;
 
 /// The 64-bit code. Offsets in the comments are from the start of this array (file offset
 /// 0x100, address 0x100100); `(-> 0x...)` is the target of a relative jump, call or
@@ -425,78 +419,7 @@ fn body() -> Vec<u8> {
 /// Builds the demo guest: a complete ELF64 x86-64 executable, described in the module
 /// documentation. The result is the same on every call (about 1.2 KiB).
 pub fn demo_kernel_elf() -> Vec<u8> {
-    let body = body();
-    let file_len = CODE_OFFSET + body.len();
-    let mut elf = Vec::with_capacity(file_len);
-
-    // ELF header.
-    elf.extend_from_slice(b"\x7fELF"); // e_ident[EI_MAG0..=EI_MAG3]
-    elf.push(2); // EI_CLASS: ELFCLASS64
-    elf.push(1); // EI_DATA: ELFDATA2LSB
-    elf.push(1); // EI_VERSION: EV_CURRENT
-    elf.push(0); // EI_OSABI: System V
-    elf.extend_from_slice(&[0; 8]); // EI_ABIVERSION and padding
-    put_u16(&mut elf, 2); // e_type: ET_EXEC
-    put_u16(&mut elf, 0x3e); // e_machine: EM_X86_64
-    put_u32(&mut elf, 1); // e_version: EV_CURRENT
-    put_u64(&mut elf, ENTRY_ADDR); // e_entry
-    put_u64(&mut elf, EHDR_SIZE as u64); // e_phoff: right after this header
-    put_u64(&mut elf, 0); // e_shoff: no section headers
-    put_u32(&mut elf, 0); // e_flags
-    put_u16(&mut elf, EHDR_SIZE as u16); // e_ehsize
-    put_u16(&mut elf, PHDR_SIZE as u16); // e_phentsize
-    put_u16(&mut elf, PHNUM as u16); // e_phnum
-    put_u16(&mut elf, 64); // e_shentsize (no sections, but the usual size)
-    put_u16(&mut elf, 0); // e_shnum
-    put_u16(&mut elf, 0); // e_shstrndx: SHN_UNDEF
-
-    // PT_LOAD: the whole file at LOAD_ADDR, then room for the page tables and the stack.
-    put_u32(&mut elf, 1); // p_type: PT_LOAD
-    put_u32(&mut elf, 7); // p_flags: PF_R | PF_W | PF_X
-    put_u64(&mut elf, 0); // p_offset
-    put_u64(&mut elf, LOAD_ADDR); // p_vaddr
-    put_u64(&mut elf, LOAD_ADDR); // p_paddr
-    put_u64(&mut elf, file_len as u64); // p_filesz
-    put_u64(&mut elf, SEGMENT_MEMSZ); // p_memsz
-    put_u64(&mut elf, 0x1000); // p_align
-
-    // PT_NOTE: the PVH entry note (inside the PT_LOAD range too, as in Linux's vmlinux).
-    put_u32(&mut elf, 4); // p_type: PT_NOTE
-    put_u32(&mut elf, 4); // p_flags: PF_R
-    put_u64(&mut elf, NOTE_OFFSET as u64); // p_offset
-    put_u64(&mut elf, LOAD_ADDR + NOTE_OFFSET as u64); // p_vaddr
-    put_u64(&mut elf, LOAD_ADDR + NOTE_OFFSET as u64); // p_paddr
-    put_u64(&mut elf, NOTE_SIZE as u64); // p_filesz
-    put_u64(&mut elf, NOTE_SIZE as u64); // p_memsz
-    put_u64(&mut elf, 4); // p_align: notes are 4-byte aligned (QEMU pads the name to this)
-
-    // The note: XEN_ELFNOTE_PHYS32_ENTRY.
-    assert_eq!(elf.len(), NOTE_OFFSET);
-    put_u32(&mut elf, 4); // n_namesz: "Xen\0"
-    put_u32(&mut elf, 8); // n_descsz: a u64, like Linux's vmlinux on x86-64
-    put_u32(&mut elf, 18); // n_type: XEN_ELFNOTE_PHYS32_ENTRY
-    elf.extend_from_slice(b"Xen\0"); // name, already a multiple of 4 bytes
-    put_u64(&mut elf, PVH_ENTRY_ADDR); // desc: the 32-bit entry, zero-extended
-
-    assert!(elf.len() <= CODE_OFFSET, "ELF headers overlap the code");
-    elf.resize(CODE_OFFSET, 0);
-    elf.extend_from_slice(&body);
-    elf
-}
-
-/// Appends a little-endian `u16`.
-fn put_u16(out: &mut Vec<u8>, v: u16) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-/// Appends a little-endian `u32`.
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-/// Appends a little-endian `u64`.
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
+    elf::kernel_elf(&body(), SEGMENT_MEMSZ, Some(PVH_ENTRY_ADDR))
 }
 
 #[cfg(test)]
@@ -739,52 +662,8 @@ mod tests {
 
     #[test]
     fn reference_listing_assembles_to_the_same_bytes() {
-        use std::path::PathBuf;
-        use std::process::Command;
-        let src = match option_env!("CARGO_MANIFEST_DIR") {
-            Some(dir) => PathBuf::from(dir).join("guest/demo_guest.S"),
-            // Built by hand with `rustc --test crates/demo-guest/src/lib.rs` from the root.
-            None => std::path::Path::new(file!())
-                .ancestors()
-                .nth(2)
-                .unwrap()
-                .join("guest/demo_guest.S"),
-        };
-        let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
-        if !have("as") || !have("objcopy") {
-            eprintln!(
-                "NOTE: GNU as/objcopy not found: the check that {} assembles to the bytes of \
-                 demo_guest.rs did NOT run (install binutils to run it)",
-                src.display()
-            );
-            return;
+        if let Some(assembled) = elf::assemble_listing("demo_guest.S") {
+            elf::assert_same_bytes(&body(), &assembled);
         }
-        let dir = std::env::temp_dir().join(format!("petrel-demo-guest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let obj = dir.join("demo_guest.o");
-        let bin = dir.join("demo_guest.bin");
-        let status = Command::new("as")
-            .arg("--64")
-            .arg("-o")
-            .arg(&obj)
-            .arg(&src)
-            .status();
-        assert!(status.unwrap().success(), "as failed on {}", src.display());
-        let status = Command::new("objcopy")
-            .args(["-O", "binary", "-j", ".text"])
-            .arg(&obj)
-            .arg(&bin)
-            .status();
-        assert!(status.unwrap().success(), "objcopy failed");
-        let assembled = std::fs::read(&bin).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        let ours = body();
-        if let Some(i) = ours.iter().zip(&assembled).position(|(a, b)| a != b) {
-            panic!(
-                "first difference at body offset {i:#x}: ours {:#04x}, as {:#04x}",
-                ours[i], assembled[i]
-            );
-        }
-        assert_eq!(ours.len(), assembled.len(), "same bytes, different lengths");
     }
 }
