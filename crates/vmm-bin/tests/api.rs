@@ -1,0 +1,713 @@
+//! Firecracker's REST API, end to end: `petrel --api-sock` driven over plain HTTP/1.1 on its
+//! Unix socket, as Firecracker's clients drive it; `--config-file --no-api`; the command-line
+//! mistakes; and clients that misbehave while a guest runs.
+//!
+//! The running-guest tests boot the keyboard guest (`petrel_demo_guest::keyboard_guest_elf`),
+//! which prints a line and then waits for Ctrl-Alt-Del, so that there is time to inspect,
+//! pause and resume it; `SendCtrlAltDel` makes it reset, and `petrel` exits 0.
+
+mod support;
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use petrel_demo_guest::keyboard;
+use petrel_tests::kvm_present_or_skip;
+use serde_json::Value;
+use support::{wait_until, TempDir};
+
+/// How long `petrel` may take to create its socket, to print a guest line, or to exit after
+/// the guest resets. Generous: the guest's kernel code runs emulated on the development host.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a client waits for one answer before the test fails (no test waits this long
+/// when Petrel works).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Firecracker's (and Petrel's) largest request body.
+const MAX_PAYLOAD: usize = 51_200;
+
+/// One HTTP response.
+#[derive(Debug)]
+struct Reply {
+    /// The status code.
+    status: u16,
+    /// Header names (lower case) and values.
+    headers: Vec<(String, String)>,
+    /// The body, `Content-Length` bytes.
+    body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as JSON.
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "the body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `fault_message` of a 400 answer.
+    fn fault(&self) -> String {
+        assert_eq!(self.status, 400, "expected a fault, got {self:?}");
+        let json = self.json();
+        json["fault_message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fault_message in {json}"))
+            .to_string()
+    }
+
+    /// The value of header `name` (lower case), if present.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 client on one connection to the API socket (kept alive between requests).
+struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects to the API socket.
+    fn connect(sock: &Path) -> Client {
+        let stream = UnixStream::connect(sock)
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", sock.display()));
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        let writer = stream.try_clone().unwrap();
+        Client {
+            reader: BufReader::new(stream),
+            writer,
+        }
+    }
+
+    /// Sends one request (with a JSON body if `body` is given) and reads the answer.
+    fn send(&mut self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n");
+        if let Some(body) = body {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body.unwrap_or_default());
+        self.writer
+            .write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot send {method} {path}: {e}"));
+        self.read_reply()
+            .unwrap_or_else(|e| panic!("no answer to {method} {path}: {e}"))
+    }
+
+    /// Reads one response: the status line, the headers, then `Content-Length` bytes.
+    fn read_reply(&mut self) -> io::Result<Reply> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        let status = line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let header = line.trim_end_matches(['\r', '\n']);
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header
+                .split_once(':')
+                .ok_or_else(|| io::Error::other(format!("bad header {header:?}")))?;
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let len = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(Ok(0), |(_, v)| v.parse::<usize>())
+            .map_err(io::Error::other)?;
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body)?;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Whether the server has closed the connection: a read finds its end (or a reset, which
+    /// is how a Unix socket closed with unread input ends).
+    fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+/// One request on a fresh connection.
+fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Reply {
+    Client::connect(sock).send(method, path, body)
+}
+
+/// Reads `from` to its end on a thread, into `into`.
+fn capture<R: Read + Send + 'static>(mut from: R, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // A read error ends the capture; the assertions on what arrived tell the rest.
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    })
+}
+
+/// A `petrel` process with its stdout and stderr captured; killed when dropped if still
+/// running.
+struct Petrel {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Petrel {
+    /// Starts `petrel` with `args`, stdin null.
+    fn start(args: &[&str]) -> Petrel {
+        Petrel::start_program(Path::new(env!("CARGO_BIN_EXE_petrel")), args)
+    }
+
+    /// Starts `program` (`petrel` or a link to it) with `args`, stdin null.
+    fn start_program(program: &Path, args: &[&str]) -> Petrel {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start petrel");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            capture(child.stdout.take().unwrap(), stdout.clone()),
+            capture(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Petrel {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    /// Starts `petrel --api-sock <sock> --id <id>` and waits until the socket takes
+    /// connections. (The file appears when the socket is bound, a moment before it listens:
+    /// a connection in between is refused, so the wait is for a connection, not the file.)
+    fn serve(sock: &Path, id: &str) -> Petrel {
+        let mut petrel = Petrel::start(&["--api-sock", sock.to_str().unwrap(), "--id", id]);
+        let deadline = Instant::now() + DEADLINE;
+        while UnixStream::connect(sock).is_err() {
+            if let Some(status) = petrel.child.try_wait().unwrap() {
+                panic!(
+                    "petrel exited ({status}) before creating {}: {}",
+                    sock.display(),
+                    petrel.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} takes no connections after {DEADLINE:?}",
+                sock.display()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        petrel
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the guest's output contains `text`; fails past [`DEADLINE`].
+    fn wait_for_output(&mut self, text: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.stdout().contains(text) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "petrel exited ({status}) before printing {text:?}; stdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} after {DEADLINE:?}; stdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the process to exit (fails past [`DEADLINE`]) and for its output to end.
+    fn finish(mut self) -> (ExitStatus, String, String) {
+        let status = wait_until(&mut self.child, Instant::now() + DEADLINE);
+        for reader in self.readers.drain(..) {
+            reader.join().expect("output reader");
+        }
+        let (out, err) = (self.stdout(), self.stderr());
+        let status = status.unwrap_or_else(|| {
+            panic!("petrel still ran after {DEADLINE:?}, killed; stdout:\n{out}\nstderr:\n{err}")
+        });
+        (status, out, err)
+    }
+}
+
+impl Drop for Petrel {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes the keyboard guest and a 1 MiB disk image into `dir`; returns their paths.
+fn guest_files(dir: &TempDir) -> (PathBuf, PathBuf) {
+    let kernel = dir.join("keyboard.elf");
+    std::fs::write(&kernel, keyboard::keyboard_guest_elf()).unwrap();
+    let disk = dir.join("rootfs.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    (kernel, disk)
+}
+
+/// `GET /`'s state.
+fn state(sock: &Path) -> String {
+    let reply = call(sock, "GET", "/", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()["state"].as_str().unwrap().to_string()
+}
+
+/// Configures the keyboard guest with `vcpus` vCPUs and 128 MiB, and a root drive.
+fn configure(sock: &Path, kernel: &Path, disk: &Path, vcpus: u32) {
+    let boot = serde_json::json!({
+        "kernel_image_path": kernel,
+        "boot_args": "console=ttyS0 reboot=k panic=1",
+    });
+    let reply = call(sock, "PUT", "/boot-source", Some(&boot.to_string()));
+    assert_eq!(reply.status, 204, "PUT /boot-source: {reply:?}");
+    let machine = serde_json::json!({ "vcpu_count": vcpus, "mem_size_mib": 128 });
+    let reply = call(sock, "PUT", "/machine-config", Some(&machine.to_string()));
+    assert_eq!(reply.status, 204, "PUT /machine-config: {reply:?}");
+    let drive = serde_json::json!({
+        "drive_id": "rootfs",
+        "path_on_host": disk,
+        "is_root_device": true,
+        "is_read_only": false,
+    });
+    let reply = call(sock, "PUT", "/drives/rootfs", Some(&drive.to_string()));
+    assert_eq!(reply.status, 204, "PUT /drives/rootfs: {reply:?}");
+}
+
+/// `InstanceStart`, then waits for the guest's first line.
+fn start_guest(petrel: &mut Petrel, sock: &Path) {
+    let reply = call(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(reply.status, 204, "InstanceStart: {reply:?}");
+    petrel.wait_for_output(keyboard::WAITING_LINE);
+}
+
+/// `SendCtrlAltDel`, then checks that the guest saw it, that `petrel` exits 0 and that the
+/// socket file is gone.
+fn ctrl_alt_del_ends_it(petrel: Petrel, sock: &Path) {
+    let reply = call(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
+    );
+    assert_eq!(reply.status, 204, "SendCtrlAltDel: {reply:?}");
+    let (status, out, err) = petrel.finish();
+    assert!(
+        out.contains(keyboard::RESETTING_LINE),
+        "the guest did not see Ctrl-Alt-Del; stdout:\n{out}\nstderr:\n{err}"
+    );
+    assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(!sock.exists(), "{} is left behind", sock.display());
+}
+
+#[test]
+fn configure_start_pause_resume_and_ctrl_alt_del() {
+    if !kvm_present_or_skip("configure_start_pause_resume_and_ctrl_alt_del") {
+        return;
+    }
+    let started = Instant::now();
+    let dir = TempDir::new("api-life");
+    let (kernel, disk) = guest_files(&dir);
+    let sock = dir.join("api.sock");
+    let mut petrel = Petrel::serve(&sock, "test-vm");
+
+    let info = call(&sock, "GET", "/", None);
+    assert_eq!(info.status, 200, "{info:?}");
+    assert_eq!(info.header("content-type"), Some("application/json"));
+    let info = info.json();
+    assert_eq!(info["id"], "test-vm", "{info}");
+    assert_eq!(info["state"], "Not started", "{info}");
+
+    configure(&sock, &kernel, &disk, 2);
+    let config = call(&sock, "GET", "/vm/config", None);
+    assert_eq!(config.status, 200, "{config:?}");
+    let config = config.json();
+    assert_eq!(
+        config["boot-source"]["kernel_image_path"],
+        kernel.to_str().unwrap(),
+        "{config}"
+    );
+    assert_eq!(config["machine-config"]["vcpu_count"], 2, "{config}");
+    assert_eq!(config["machine-config"]["mem_size_mib"], 128, "{config}");
+    let drives = config["drives"].as_array().expect("drives");
+    assert_eq!(drives.len(), 1, "{config}");
+    assert_eq!(drives[0]["drive_id"], "rootfs");
+    assert_eq!(drives[0]["path_on_host"], disk.to_str().unwrap());
+    assert_eq!(drives[0]["is_root_device"], true);
+
+    start_guest(&mut petrel, &sock);
+    assert_eq!(state(&sock), "Running");
+
+    // The configuration is fixed once the guest runs.
+    let boot = serde_json::json!({ "kernel_image_path": kernel }).to_string();
+    let fault = call(&sock, "PUT", "/boot-source", Some(&boot)).fault();
+    assert!(fault.contains("before the VM starts"), "{fault}");
+    let fault = call(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    )
+    .fault();
+    assert!(fault.contains("InstanceStart"), "{fault}");
+
+    let reply = call(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    assert_eq!(reply.status, 204, "pause: {reply:?}");
+    assert_eq!(state(&sock), "Paused");
+    let reply = call(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    assert_eq!(reply.status, 204, "resume: {reply:?}");
+    assert_eq!(state(&sock), "Running");
+
+    ctrl_alt_del_ends_it(petrel, &sock);
+    eprintln!(
+        "configured, ran, paused, resumed and reset in {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn bad_requests_get_400_with_a_fault_message_naming_the_problem() {
+    // No guest starts here: this needs no KVM.
+    let dir = TempDir::new("api-bad");
+    let (kernel, disk) = guest_files(&dir);
+    let sock = dir.join("api.sock");
+    let petrel = Petrel::serve(&sock, "test-vm");
+
+    let drive = |body_id: &str| {
+        serde_json::json!({
+            "drive_id": body_id,
+            "path_on_host": disk,
+            "is_root_device": true,
+        })
+        .to_string()
+    };
+    // (method, path, body, words the fault_message must contain)
+    let cases: Vec<(&str, String, Option<String>, Vec<&str>)> = vec![
+        (
+            "PUT",
+            "/machine-config".into(),
+            Some(r#"{"vcpu_count":1,"mem_size_mib":128,"bogus":1}"#.into()),
+            vec!["unknown field", "bogus"],
+        ),
+        (
+            "PUT",
+            "/drives/rootfs".into(),
+            Some(drive("other")),
+            vec!["rootfs", "other", "does not match"],
+        ),
+        (
+            "PUT",
+            "/drives/bad.id".into(),
+            Some(drive("bad.id")),
+            vec!["drive_id", "bad.id"],
+        ),
+        (
+            "PUT",
+            "/boot-source".into(),
+            None,
+            vec!["empty", "/boot-source"],
+        ),
+        ("GET", "/no-such-route".into(), None, vec!["/no-such-route"]),
+        (
+            "PUT",
+            "/actions".into(),
+            Some(r#"{"action_type":"InstanceStart"}"#.into()),
+            vec!["boot source"],
+        ),
+        (
+            "PATCH",
+            "/vm".into(),
+            Some(r#"{"state":"Paused"}"#.into()),
+            vec!["InstanceStart"],
+        ),
+    ];
+    let mut client = Client::connect(&sock);
+    for (method, path, body, words) in &cases {
+        let fault = client.send(method, path, body.as_deref()).fault();
+        for word in words {
+            assert!(
+                fault.contains(word),
+                "{method} {path}: {fault:?} does not mention {word:?}"
+            );
+        }
+        eprintln!("{method} {path}: 400 {fault}");
+    }
+
+    // A body over the limit is refused, and that connection closed.
+    let big = format!(r#"{{"kernel_image_path":"{}"}}"#, "a".repeat(MAX_PAYLOAD));
+    let mut client = Client::connect(&sock);
+    let fault = client.send("PUT", "/boot-source", Some(&big)).fault();
+    assert!(fault.contains(&MAX_PAYLOAD.to_string()), "{fault}");
+    assert!(
+        client.is_closed(),
+        "the connection stays open after an oversized body"
+    );
+
+    // None of that configured anything.
+    let config = call(&sock, "GET", "/vm/config", None).json();
+    assert_eq!(
+        config["drives"].as_array().map(Vec::len),
+        Some(0),
+        "{config}"
+    );
+    assert!(config["boot-source"].is_null(), "{config}");
+    assert_eq!(state(&sock), "Not started");
+    // A good request still works.
+    let boot = serde_json::json!({ "kernel_image_path": kernel }).to_string();
+    assert_eq!(call(&sock, "PUT", "/boot-source", Some(&boot)).status, 204);
+
+    // SIGTERM before the guest starts: exit 0, socket removed.
+    // SAFETY: kill(2) on the pid of our own child, which has not been waited for yet.
+    let rc = unsafe { libc::kill(petrel.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+    let (status, _, err) = petrel.finish();
+    assert_eq!(status.code(), Some(0), "stderr:\n{err}");
+    assert!(!sock.exists(), "{} is left behind", sock.display());
+}
+
+#[test]
+fn config_file_without_api_boots_the_demo_guest() {
+    if !kvm_present_or_skip("config_file_without_api_boots_the_demo_guest") {
+        return;
+    }
+    let dir = TempDir::new("api-config");
+    let kernel = dir.join("demo.elf");
+    std::fs::write(&kernel, petrel_demo_guest::demo_kernel_elf()).unwrap();
+    let config = dir.join("vm.json");
+    let doc = serde_json::json!({
+        "boot-source": { "kernel_image_path": kernel },
+        "drives": [],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+    });
+    std::fs::write(&config, doc.to_string()).unwrap();
+    let petrel = Petrel::start(&[
+        "--config-file",
+        config.to_str().unwrap(),
+        "--no-api",
+        "--id",
+        "from-file",
+    ]);
+    let (status, out, err) = petrel.finish();
+    assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for line in [
+        petrel_demo_guest::GREETING_LINE,
+        "memory: ",
+        petrel_demo_guest::RESETTING_LINE,
+    ] {
+        assert!(out.contains(line), "{line:?} missing; stdout:\n{out}");
+    }
+}
+
+/// Runs `program args` (stdin null) and checks that it exits 2 with one line on stderr that
+/// contains every one of `words`.
+fn exits_2_with_one_line_from(program: &Path, args: &[&str], words: &[&str]) {
+    let (status, out, err) = Petrel::start_program(program, args).finish();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "{args:?}: stdout:\n{out}\nstderr:\n{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{args:?}: one line wanted:\n{err}");
+    for word in words {
+        assert!(
+            err.contains(word),
+            "{args:?}: {err:?} does not mention {word:?}"
+        );
+    }
+}
+
+/// [`exits_2_with_one_line_from`] for `petrel` itself.
+fn exits_2_with_one_line(args: &[&str], words: &[&str]) {
+    exits_2_with_one_line_from(Path::new(env!("CARGO_BIN_EXE_petrel")), args, words);
+}
+
+#[test]
+fn command_line_mistakes_exit_2_with_one_line() {
+    let dir = TempDir::new("api-cli");
+    let sock = dir.join("api.sock");
+    let sock = sock.to_str().unwrap();
+    // Under Firecracker's name the message names both flags. (`petrel --no-api` takes
+    // Petrel's own command line, which says only that there is nothing to run.)
+    let firecracker = dir.join("firecracker");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_petrel"), &firecracker).unwrap();
+    exits_2_with_one_line_from(&firecracker, &["--no-api"], &["--no-api", "--config-file"]);
+    exits_2_with_one_line(&["--no-api"], &[]);
+    exits_2_with_one_line(
+        &["--api-sock", sock, "--id", "bad_id!"],
+        &["--id", "bad_id!"],
+    );
+    assert!(!Path::new(sock).exists(), "a refused start left {sock}");
+
+    // A socket someone else serves is neither taken over nor removed.
+    let _other = UnixListener::bind(sock).unwrap();
+    exits_2_with_one_line(&["--api-sock", sock, "--id", "second"], &[sock]);
+    assert!(
+        UnixStream::connect(sock).is_ok(),
+        "the other server's socket was removed"
+    );
+}
+
+#[test]
+fn hostile_clients_leave_the_api_and_the_guest_running() {
+    if !kvm_present_or_skip("hostile_clients_leave_the_api_and_the_guest_running") {
+        return;
+    }
+    let dir = TempDir::new("api-hostile");
+    let (kernel, disk) = guest_files(&dir);
+    let sock = dir.join("api.sock");
+    let mut petrel = Petrel::serve(&sock, "test-vm");
+    configure(&sock, &kernel, &disk, 1);
+    start_guest(&mut petrel, &sock);
+
+    // 1 000 connections, opened and dropped at once.
+    let started = Instant::now();
+    for _ in 0..1000 {
+        drop(UnixStream::connect(&sock).expect("connect"));
+    }
+    eprintln!(
+        "1000 connections opened and dropped in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(state(&sock), "Running");
+
+    // Garbage: not HTTP at all. Petrel answers 400 and closes the connection.
+    let mut client = Client::connect(&sock);
+    let mut garbage = vec![0u8, 0xff, 0x7f, b'\r', b'\n', 0x1b];
+    let mut x: u32 = 0x1234_5678;
+    garbage.extend((0..2048).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x.to_le_bytes()[0]
+    }));
+    garbage.extend_from_slice(b"\r\n\r\n");
+    client.writer.write_all(&garbage).unwrap();
+    let reply = client.read_reply().expect("an answer to garbage");
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(
+        client.is_closed(),
+        "the connection stays open after garbage"
+    );
+
+    // Slowloris: one byte per 100 ms of a request that never ends (30 bytes, about 3 s),
+    // while another client's requests, sent all along, are answered.
+    const SLOW_BYTES: usize = 30;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let (stop, sent, sock) = (stop.clone(), sent.clone(), sock.clone());
+        thread::spawn(move || -> io::Result<()> {
+            let mut stream = UnixStream::connect(&sock)?;
+            let request = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+            let mut bytes = request.iter().copied().chain(std::iter::repeat(b'a'));
+            while !stop.load(Ordering::Relaxed) {
+                if sent.load(Ordering::Relaxed) < SLOW_BYTES {
+                    stream.write_all(&[bytes.next().unwrap()])?;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        })
+    };
+    let mut client = Client::connect(&sock);
+    let mut answered = 0;
+    while answered < 20 || sent.load(Ordering::Relaxed) < SLOW_BYTES {
+        // Half on the kept-alive connection, half on new ones.
+        let reply = if answered % 2 == 0 {
+            client.send("GET", "/", None)
+        } else {
+            call(&sock, "GET", "/", None)
+        };
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.json()["state"], "Running");
+        answered += 1;
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    slow.join()
+        .unwrap()
+        .expect("the slow client was cut off early");
+    eprintln!("{answered} requests answered while a slow client sent {SLOW_BYTES} bytes");
+
+    // An oversized body: 400, then the connection is closed.
+    let mut client = Client::connect(&sock);
+    let big = "x".repeat(MAX_PAYLOAD + 1);
+    let fault = client.send("PUT", "/drives/data", Some(&big)).fault();
+    assert!(fault.contains(&MAX_PAYLOAD.to_string()), "{fault}");
+    assert!(client.is_closed(), "the connection stays open");
+
+    // The API answers and the guest still runs: it sees Ctrl-Alt-Del and resets.
+    assert_eq!(state(&sock), "Running");
+    assert!(petrel.running(), "stderr:\n{}", petrel.stderr());
+    ctrl_alt_del_ends_it(petrel, &sock);
+}
