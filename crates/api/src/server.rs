@@ -116,6 +116,42 @@ pub struct ApiServer {
     socket: SocketFile,
 }
 
+/// Binds a listening socket at `path` so that the file appears only once the socket listens:
+/// bound and listening under a temporary name beside it, then hard-linked into place (which
+/// fails if `path` appeared meanwhile: nobody else's file is ever replaced). A client that
+/// connects as soon as it sees the file is never refused. Where the temporary name would not
+/// fit in a socket address, or is taken, it binds at `path` directly.
+fn bind_listening(path: &Path) -> Result<UnixListener, ServerError> {
+    let bind_direct = |path: &Path| match UnixListener::bind(path) {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Err(ServerError::PathExists(path.to_path_buf()))
+        }
+        Err(source) => Err(ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }),
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let Ok(listener) = UnixListener::bind(&tmp) else {
+        return bind_direct(path);
+    };
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(listener),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(ServerError::PathExists(path.to_path_buf()))
+        }
+        Err(source) => Err(ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 impl ApiServer {
     /// Binds a socket at `path` and serves it on a new thread with `handler` and the default
     /// [`Timeouts`]. Fails, naming the path, if something already exists there.
@@ -139,13 +175,7 @@ impl ApiServer {
         if fs::symlink_metadata(&path).is_ok() {
             return Err(ServerError::PathExists(path));
         }
-        let listener = match UnixListener::bind(&path) {
-            Ok(listener) => listener,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                return Err(ServerError::PathExists(path));
-            }
-            Err(source) => return Err(ServerError::Bind { path, source }),
-        };
+        let listener = bind_listening(&path)?;
         // Clients can connect from here on; they are served once the thread runs.
         let accepting_since = Instant::now();
         let metadata = fs::symlink_metadata(&path).map_err(|source| ServerError::Bind {

@@ -595,12 +595,11 @@ fn command_line_mistakes_exit_2_with_one_line() {
     let dir = TempDir::new("api-cli");
     let sock = dir.join("api.sock");
     let sock = sock.to_str().unwrap();
-    // Under Firecracker's name the message names both flags. (`petrel --no-api` takes
-    // Petrel's own command line, which says only that there is nothing to run.)
+    // Under either name the message names both flags.
     let firecracker = dir.join("firecracker");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_petrel"), &firecracker).unwrap();
     exits_2_with_one_line_from(&firecracker, &["--no-api"], &["--no-api", "--config-file"]);
-    exits_2_with_one_line(&["--no-api"], &[]);
+    exits_2_with_one_line(&["--no-api"], &["--no-api", "--config-file"]);
     exits_2_with_one_line(
         &["--api-sock", sock, "--id", "bad_id!"],
         &["--id", "bad_id!"],
