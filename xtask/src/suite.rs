@@ -15,10 +15,17 @@ use crate::host;
 
 /// Packages the suite needs beyond [`host::GUEST_BUILD_PACKAGES`]: `mkfs.ext4` for the
 /// virtio-blk boot tests' disk images, `ip` and dnsmasq for the virtio-net boot test's
-/// namespace and DHCP server, and QEMU for `qemu-check` and side-by-side benchmarks. (The
-/// boot tests also check for their own; installing all here, first, keeps the install in
-/// one place in the log.)
-pub const EXTRA_PACKAGES: &[&str] = &["e2fsprogs", "iproute2", "dnsmasq-base", "qemu-system-x86"];
+/// namespace and DHCP server, QEMU for `qemu-check` and side-by-side benchmarks, and
+/// Python's venv for the test that drives Petrel through a Firecracker client library from
+/// PyPI (`crates/vmm-bin/tests/fc_client.rs`). (The boot tests also check for their own;
+/// installing all here, first, keeps the install in one place in the log.)
+pub const EXTRA_PACKAGES: &[&str] = &[
+    "e2fsprogs",
+    "iproute2",
+    "dnsmasq-base",
+    "qemu-system-x86",
+    "python3-venv",
+];
 
 /// The environment variable that makes KVM tests fail, not skip, without /dev/kvm.
 const REQUIRE_KVM_VAR: &str = "VMM_REQUIRE_KVM";
