@@ -9,12 +9,17 @@
 //! 3. exit cost: time per port-write exit through the whole VMM against a bare `KVM_RUN`
 //!    loop on the same guest;
 //! 4. density: demo VMs started and stopped per second, one after another and two at a time;
-//! 5. Linux: time for the boot-test kernel to reach `Run /init as init process`.
+//! 5. Linux: time for the boot-test kernel to reach `Run /init as init process`;
+//! 6. Firecracker's API (`petrel --api-sock`): spawn to the socket accepting, `InstanceStart`
+//!    to the first guest byte, and what serving the API adds to the VMM's memory, against
+//!    Firecracker's figures measured earlier (it is not installed here) and against Petrel
+//!    started from its command line.
 //!
 //! QEMU runs the same demo guest ELF (through its PVH entry) on `-M microvm` with KVM. A
 //! missing QEMU or `/dev/kvm` is shown in the table and makes the run fail unless
 //! `--allow-missing` is given; a missed target makes it fail too.
 
+mod api;
 mod floor;
 mod proc;
 mod procfs;
@@ -37,7 +42,16 @@ use proc::{MemWatch, Timed};
 use report::{Cell, Context, Row, Target, Unit, Verdict};
 
 /// The cases, by the names `--only` takes.
-pub const CASES: &[&str] = &["startup", "memory", "exits", "density", "linux"];
+pub const CASES: &[&str] = &[
+    "startup",
+    "memory",
+    "exits",
+    "density",
+    "linux",
+    "api-socket",
+    "api-start",
+    "api-memory",
+];
 
 /// Guest memory of every VM in the bench, MiB (Petrel's default, and what QEMU is given).
 const GUEST_MIB: u64 = 256;
@@ -85,8 +99,10 @@ struct Bench {
     petrel: PathBuf,
     /// `target/bench`.
     dir: PathBuf,
-    /// The demo guest ELF, for QEMU.
+    /// The demo guest ELF, for QEMU and the API.
     demo_elf: PathBuf,
+    /// An ELF kernel that spins (`jmp $`), for the API's memory case.
+    spin_elf: PathBuf,
     /// `Err(why)` when /dev/kvm cannot be used.
     kvm: std::result::Result<(), String>,
     /// QEMU's `-M` argument, or why QEMU cannot be used.
@@ -154,6 +170,25 @@ pub fn run(args: &BenchArgs) -> u8 {
             });
         }
     }
+    if wanted("api-socket") {
+        println!(
+            "==> API: spawn to socket accepting ({} runs, after one warm-up run)",
+            args.runs
+        );
+        rows.extend(api::socket(&bench, args.runs));
+    }
+    if wanted("api-start") {
+        println!(
+            "==> API: InstanceStart to first guest byte ({} runs, after one warm-up run)",
+            args.runs
+        );
+        rows.extend(api::start(&bench, args.runs));
+    }
+    if wanted("api-memory") {
+        let runs = args.runs.min(MEMORY_RUNS);
+        println!("==> API: memory ({runs} runs each)");
+        rows.extend(api::memory(&bench, runs));
+    }
     let ctx = Context {
         date: report::utc_now(),
         host: host_description(bench.emulated),
@@ -208,6 +243,8 @@ fn setup(args: &BenchArgs) -> Result<Bench> {
     let demo_elf = dir.join("demo.elf");
     write(&demo_elf, &demo_guest::demo_kernel_elf())?;
     write(&dir.join("spin.bin"), &SPIN)?;
+    let spin_elf = dir.join("spin.elf");
+    write(&spin_elf, &crate::elf::spin_kernel_elf())?;
     write(&dir.join("exit-loop.bin"), &EXIT_LOOP)?;
     fs::create_dir_all(dir.join("logs")).ctx(|| "creating target/bench/logs".into())?;
     let kvm = kvm_ioctls::Kvm::new()
@@ -220,6 +257,7 @@ fn setup(args: &BenchArgs) -> Result<Bench> {
         petrel,
         dir,
         demo_elf,
+        spin_elf,
         kvm,
         qemu: Err(String::new()),
         emulated: Path::new("/sys/module/kvm_pvm").exists(),

@@ -34,7 +34,9 @@ COMMANDS:
                   the guest itself: the init marker must appear.
     bench         Build petrel (release) and measure its VMM-side costs side by side with
                   QEMU (microvm, KVM) on the same demo guest: start-up, memory overhead,
-                  exit cost (against a bare KVM_RUN loop), density, and Linux boot time.
+                  exit cost (against a bare KVM_RUN loop), density, Linux boot time, and
+                  Firecracker's API (socket ready, InstanceStart to the first guest byte,
+                  memory added; against Firecracker's figures measured earlier).
                   Prints a table with PASS/FAIL per target and writes
                   target/bench/results.json; exits 1 when a target is missed, a measurement
                   fails, or QEMU or /dev/kvm is missing (unless --allow-missing).
@@ -66,7 +68,7 @@ BENCH OPTIONS:
     --linux-runs N   Linux boots per VMM (default 1).
     --linux-timeout SECS  Limit for one Linux boot (default 600).
     --only NAME      Run only this case (may be repeated): startup, memory, exits,
-                     density, linux.
+                     density, linux, api-socket, api-start, api-memory.
     --allow-missing  Exit 0 even if QEMU or /dev/kvm is missing (still shown as MISSING).
     --petrel PATH    Use this petrel binary instead of building target/release/petrel.
 

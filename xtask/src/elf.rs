@@ -1,6 +1,7 @@
 //! Just enough ELF64 reading to check the two properties the boot test depends on: the
 //! busybox put into the initramfs is static (no program interpreter), and the kernel's
-//! vmlinux carries the PVH entry note that an ELF-loading VMM starts it through.
+//! vmlinux carries the PVH entry note that an ELF-loading VMM starts it through; and just
+//! enough writing to make the bench's smallest "kernel", one that spins.
 
 /// `PT_INTERP`: the program asks for a dynamic loader.
 const PT_INTERP: u32 = 3;
@@ -98,6 +99,50 @@ fn notes_contain(mut notes: &[u8], name: &[u8], kind: u32) -> bool {
     false
 }
 
+/// Where [`spin_kernel_elf`]'s segment is loaded and entered: 1 MiB, as Linux's is.
+pub const SPIN_LOAD_ADDR: u64 = 0x10_0000;
+
+/// A complete ELF64 x86-64 executable whose entry point (the Linux 64-bit boot protocol's,
+/// `e_entry`) is `jmp $` (`eb fe`): a kernel that a VMM boots as it boots Linux and that
+/// then runs forever without a single exit. One `PT_LOAD` segment (the whole 122-byte file
+/// at [`SPIN_LOAD_ADDR`]), no PVH note, no sections.
+pub fn spin_kernel_elf() -> Vec<u8> {
+    const EHDR: u16 = 64;
+    const PHDR: u16 = 56;
+    const CODE: [u8; 2] = [0xeb, 0xfe];
+    let file_len = u64::from(EHDR + PHDR) + CODE.len() as u64;
+    let entry = SPIN_LOAD_ADDR + u64::from(EHDR + PHDR);
+    let mut f = Vec::with_capacity(file_len as usize);
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01"); // ELFCLASS64, little-endian, EV_CURRENT
+    f.extend_from_slice(&[0; 9]); // OS ABI (System V), ABI version, padding
+    f.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // e_machine: EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    f.extend_from_slice(&entry.to_le_bytes()); // e_entry: the jmp
+    f.extend_from_slice(&u64::from(EHDR).to_le_bytes()); // e_phoff: right after this header
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff: no sections
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for half in [EHDR, PHDR, 1, 64, 0, 0] {
+        // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+        f.extend_from_slice(&half.to_le_bytes());
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // p_type: PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // p_flags: PF_R | PF_X
+    for word in [
+        0,
+        SPIN_LOAD_ADDR,
+        SPIN_LOAD_ADDR,
+        file_len,
+        file_len,
+        0x1000,
+    ] {
+        // p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+        f.extend_from_slice(&word.to_le_bytes());
+    }
+    f.extend_from_slice(&CODE);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +215,29 @@ mod tests {
         let mut notes = note(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY, &[0; 4]);
         notes.truncate(14);
         assert!(!has_pvh_note(&elf(&[(PT_NOTE, &notes)])));
+    }
+
+    #[test]
+    fn spin_kernel_reads_back() {
+        let f = spin_kernel_elf();
+        assert_eq!(f.len(), 122);
+        assert_eq!(is_static(&f), Some(true));
+        assert!(!has_pvh_note(&f));
+        let segs = segments(&f).unwrap();
+        assert_eq!(
+            segs,
+            [Segment {
+                kind: 1,
+                offset: 0,
+                size: f.len()
+            }]
+        );
+        // e_entry is the address of the file's last two bytes, `jmp $`.
+        let entry = u64_at(&f, 0x18).unwrap();
+        let at = usize::try_from(entry - SPIN_LOAD_ADDR).unwrap();
+        assert_eq!(&f[at..], [0xeb, 0xfe]);
+        assert_eq!(u64_at(&f, 64 + 16), Some(SPIN_LOAD_ADDR), "p_vaddr");
+        assert_eq!(u16_at(&f, 0x10), Some(2), "ET_EXEC");
+        assert_eq!(u16_at(&f, 0x12), Some(0x3e), "EM_X86_64");
     }
 }

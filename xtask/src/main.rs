@@ -15,6 +15,7 @@ mod cache;
 mod cli;
 mod elf;
 mod error;
+mod fcapi;
 mod host;
 mod initramfs;
 mod kernel;

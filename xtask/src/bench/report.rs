@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 pub enum Unit {
     /// Milliseconds.
     Ms,
+    /// Milliseconds, for times under a few milliseconds (two decimals).
+    MsFine,
     /// Microseconds.
     Us,
     /// Seconds.
@@ -24,7 +26,7 @@ impl Unit {
     /// The unit's symbol.
     pub fn symbol(self) -> &'static str {
         match self {
-            Unit::Ms => "ms",
+            Unit::Ms | Unit::MsFine => "ms",
             Unit::Us => "µs",
             Unit::S => "s",
             Unit::MiB => "MiB",
@@ -36,7 +38,7 @@ impl Unit {
     fn decimals(self) -> usize {
         match self {
             Unit::Ms | Unit::MiB | Unit::PerS | Unit::S => 1,
-            Unit::Us => 2,
+            Unit::Us | Unit::MsFine => 2,
         }
     }
 
@@ -88,6 +90,14 @@ pub enum Cell {
     Error(String),
     /// Nothing to measure on this side (the reason, e.g. a row that has no comparison).
     None(String),
+    /// Not measured in this run: a median measured earlier, and where it comes from (for a
+    /// VMM that is not installed here).
+    Reference {
+        /// The median, in the row's unit.
+        median: f64,
+        /// Where and how it was measured, for the notes.
+        source: String,
+    },
 }
 
 impl Cell {
@@ -96,6 +106,14 @@ impl Cell {
         match self {
             Cell::Measured(v) => summarise(v),
             _ => None,
+        }
+    }
+
+    /// The median of a measured cell, or a reference's.
+    pub fn median(&self) -> Option<f64> {
+        match self {
+            Cell::Reference { median, .. } => Some(*median),
+            _ => self.summary().map(|s| s.median),
         }
     }
 
@@ -119,6 +137,11 @@ impl Cell {
             Cell::Missing(_) => "MISSING (see notes)".to_owned(),
             Cell::Error(_) => "ERROR (see notes)".to_owned(),
             Cell::None(why) => why.clone(),
+            Cell::Reference { median, .. } => format!(
+                "{} {} median (earlier, see notes)",
+                unit.format(*median),
+                unit.symbol()
+            ),
         }
     }
 
@@ -127,6 +150,7 @@ impl Cell {
         match self {
             Cell::Missing(why) => Some(format!("MISSING: {why}")),
             Cell::Error(why) => Some(format!("ERROR: {why}")),
+            Cell::Reference { source, .. } => Some(format!("not measured in this run: {source}")),
             Cell::Measured(_) | Cell::None(_) => None,
         }
     }
@@ -145,6 +169,9 @@ impl Cell {
             Cell::Missing(why) => json!({ "missing": why }),
             Cell::Error(why) => json!({ "error": why }),
             Cell::None(why) => json!({ "none": why }),
+            Cell::Reference { median, source } => {
+                json!({ "reference_median": median, "source": source })
+            }
         }
     }
 }
@@ -160,6 +187,9 @@ pub enum Target {
     RatioAtLeast(f64),
     /// Petrel's median at most this value, in the row's unit.
     ValueAtMost(f64),
+    /// Petrel's median less than the comparison's median plus this, in the row's unit: what
+    /// a feature adds to a baseline.
+    AddedBelow(f64),
 }
 
 /// A row's verdict.
@@ -209,11 +239,11 @@ pub struct Row {
 }
 
 impl Row {
-    /// Petrel's median over the comparison's, when both were measured.
+    /// Petrel's median over the comparison's, when both are known.
     pub fn ratio(&self) -> Option<f64> {
         let p = self.petrel.summary()?;
-        let c = self.comparison.summary()?;
-        (c.median > 0.0).then(|| p.median / c.median)
+        let c = self.comparison.median()?;
+        (c > 0.0).then(|| p.median / c)
     }
 
     /// The verdict against the target.
@@ -221,7 +251,7 @@ impl Row {
         let missing = |c: &Cell| matches!(c, Cell::Missing(_));
         let needs_comparison = matches!(
             self.target,
-            Target::RatioAtMost(_) | Target::RatioAtLeast(_)
+            Target::RatioAtMost(_) | Target::RatioAtLeast(_) | Target::AddedBelow(_)
         );
         if missing(&self.petrel) || (needs_comparison && missing(&self.comparison)) {
             return Verdict::Missing;
@@ -234,6 +264,11 @@ impl Row {
             Target::RatioAtMost(limit) => self.ratio().map(|r| r <= limit),
             Target::RatioAtLeast(limit) => self.ratio().map(|r| r >= limit),
             Target::ValueAtMost(limit) => self.petrel.summary().map(|s| s.median <= limit),
+            Target::AddedBelow(limit) => self
+                .petrel
+                .summary()
+                .zip(self.comparison.median())
+                .map(|(p, c)| p.median - c < limit),
         };
         match pass {
             Some(true) => Verdict::Pass,
@@ -249,6 +284,9 @@ impl Row {
             Target::RatioAtMost(r) => format!("ratio ≤ {r:.2}"),
             Target::RatioAtLeast(r) => format!("ratio ≥ {r:.1}"),
             Target::ValueAtMost(v) => format!("≤ {} {}", self.unit.format(v), self.unit.symbol()),
+            Target::AddedBelow(v) => {
+                format!("added < {} {}", self.unit.format(v), self.unit.symbol())
+            }
         }
     }
 
@@ -482,6 +520,41 @@ mod tests {
             row(m(&[1.0]), no_comparison, Target::None).verdict(),
             Verdict::Info
         );
+    }
+
+    #[test]
+    fn references_and_added_targets() {
+        let m = |v: &[f64]| Cell::Measured(v.to_vec());
+        let fc = Cell::Reference {
+            median: 1.31,
+            source: "Firecracker, earlier".into(),
+        };
+        let mut r = row(m(&[0.5, 0.6, 0.7]), fc.clone(), Target::ValueAtMost(0.65));
+        r.unit = Unit::MsFine;
+        assert_eq!(r.verdict(), Verdict::Pass);
+        assert!((r.ratio().unwrap() - 0.6 / 1.31).abs() < 1e-12);
+        assert_eq!(fc.text(Unit::MsFine), "1.31 ms median (earlier, see notes)");
+        assert_eq!(
+            fc.reason().unwrap(),
+            "not measured in this run: Firecracker, earlier"
+        );
+        assert_eq!(
+            r.petrel.text(Unit::MsFine),
+            "0.50 / 0.60 / 0.70 ms (3 runs)"
+        );
+        assert_eq!(r.target_text(), "≤ 0.65 ms");
+
+        let added = Target::AddedBelow(0.5);
+        let mut mem = row(m(&[3.1, 3.2]), m(&[2.7, 2.8]), added);
+        mem.unit = Unit::MiB;
+        assert_eq!(mem.verdict(), Verdict::Pass, "0.4 MiB added");
+        assert_eq!(mem.target_text(), "added < 0.5 MiB");
+        mem.petrel = m(&[3.25, 3.35]);
+        assert_eq!(mem.verdict(), Verdict::Fail, "0.55 MiB added");
+        mem.comparison = Cell::Error("baseline failed".into());
+        assert_eq!(mem.verdict(), Verdict::Fail, "no baseline, no pass");
+        mem.comparison = Cell::Missing("no KVM".into());
+        assert_eq!(mem.verdict(), Verdict::Missing);
     }
 
     #[test]
