@@ -72,6 +72,9 @@ pub struct Scenario {
     pub after: Option<crate::virtio_boot::AfterCheck>,
     /// A network namespace with a tap, DHCP server and netconsole listener to run in.
     pub net: Option<crate::virtio_boot::NetSetup>,
+    /// Configured as Firecracker is (API socket or config file) instead of by petrel's
+    /// command line; the serial log is then petrel's stdout.
+    pub fc: Option<crate::api_boot::FcBoot>,
 }
 
 impl Scenario {
@@ -88,14 +91,19 @@ impl Scenario {
             expect: Vec::new(),
             after: None,
             net: None,
+            fc: None,
         }
     }
 }
 
 impl Vmm {
-    /// The command line that boots `s` with its serial output going to `serial_log`.
+    /// The command line that boots `s` with its serial output going to `serial_log` (for a
+    /// Firecracker-style scenario, to stdout: see [`Scenario::fc`]).
     pub fn command(&self, s: &Scenario, serial_log: &Path) -> Command {
         match self {
+            Vmm::Petrel(bin) if s.fc.is_some() => {
+                crate::api_boot::command(bin, s.fc.as_ref().expect("checked"))
+            }
             Vmm::Petrel(bin) => {
                 let mut cmd = match &s.net {
                     // The tap lives in the scenario's namespace: petrel must run there.
@@ -315,6 +323,14 @@ pub fn run_scenario(
     println!("==> {}: {}", scenario.name, host::describe(&cmd));
     let out = fs::File::create(&vmm_log).ctx(|| format!("creating {}", vmm_log.display()))?;
     let err = out.try_clone().ctx(|| "duplicating a file".into())?;
+    // A Firecracker-style petrel writes the serial port to its stdout.
+    let out = match (&scenario.fc, vmm) {
+        (Some(fc), Vmm::Petrel(_)) => {
+            fc.prepare();
+            fs::File::create(&serial_log).ctx(|| format!("creating {}", serial_log.display()))?
+        }
+        _ => out,
+    };
     // In its own process group, so that a hung VMM and anything it started can be killed
     // together. A Ctrl-C at the terminal then reaches only xtask: the guard turns it into
     // killing the group before xtask exits.
@@ -331,6 +347,13 @@ pub fn run_scenario(
         .process_group(0)
         .spawn()
         .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
+    let mut configured = Ok(Vec::new());
+    if let (Some(fc), Vmm::Petrel(_)) = (&scenario.fc, vmm) {
+        configured = fc.configure(start, || matches!(child.try_wait(), Ok(None)));
+        if configured.is_err() {
+            kill_vmm(&mut child);
+        }
+    }
     let mut watch = LogWatch::new(&serial_log, RUN_INIT_LINE);
     let exit = loop {
         let status = child.try_wait();
@@ -366,6 +389,12 @@ pub fn run_scenario(
     let serial = fs::read(&serial_log).unwrap_or_default();
     let serial = String::from_utf8_lossy(&serial);
     let mut verdict = evaluate(&serial, &exit, user_mode);
+    match configured {
+        Ok(notes) => verdict.notes.extend(notes),
+        Err(e) => verdict
+            .failures
+            .push(format!("configuring the VM over the API failed: {e}")),
+    }
     for line in &scenario.expect {
         if !serial.contains(line) {
             verdict

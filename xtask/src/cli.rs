@@ -27,7 +27,11 @@ COMMANDS:
                   fail rather than skip where /dev/kvm is missing.
     boot-test     Build the guest kernel, initramfs and petrel (release), boot Linux under
                   petrel in each scenario and check the serial log and exit status.
-                  Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu.
+                  Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu, virtio-blk-root,
+                  virtio-blk-ro, virtio-net-dhcp, api-vmlinux-blk (kernel, initramfs and a
+                  drive configured over Firecracker's API socket); and, only when named
+                  with --only, config-file-vmlinux-blk (the same through --config-file
+                  and --no-api).
     build-guest   Build (or find in the cache) the guest kernel and initramfs and print
                   their paths, also as PETREL_GUEST_* lines.
     qemu-check    Boot the guest kernel and initramfs under QEMU with TCG (no KVM) to check

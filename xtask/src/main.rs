@@ -9,6 +9,7 @@
 //!
 //! Run `cargo xtask --help` for the options.
 
+mod api_boot;
 mod bench;
 mod boottest;
 mod cache;
@@ -185,6 +186,21 @@ fn select<'a>(all: &[&'a str], only: &[String]) -> Result<Vec<&'a str>> {
         .collect())
 }
 
+/// Like [`select`], where `only` may also name the `opt_in` scenarios, which run only when
+/// named; with no `only`, the `defaults`.
+fn select_with_opt_in<'a>(
+    defaults: &[&'a str],
+    opt_in: &[&'a str],
+    only: &[String],
+) -> Result<Vec<&'a str>> {
+    let all: Vec<&str> = defaults.iter().chain(opt_in).copied().collect();
+    if only.is_empty() {
+        Ok(defaults.to_vec())
+    } else {
+        select(&all, only)
+    }
+}
+
 /// The standard scenarios named in `names`, booting the built kernel with `initrd`.
 fn standard_scenarios(names: &[&str], guest: &Guest, initrd: &Path) -> Vec<Scenario> {
     SCENARIOS
@@ -203,15 +219,17 @@ fn standard_scenarios(names: &[&str], guest: &Guest, initrd: &Path) -> Vec<Scena
 /// Runs `boot-test`; returns the exit code: 0 when every scenario passed, 1 when one failed
 /// or setup did, 2 for a bad scenario name.
 fn boot_test(args: &BootTestArgs) -> u8 {
-    let all: Vec<&str> = if args.kernel.is_some() {
-        vec![CUSTOM_SCENARIO]
+    let (defaults, opt_in): (Vec<&str>, &[&str]) = if args.kernel.is_some() {
+        (vec![CUSTOM_SCENARIO], &[])
     } else {
         let standard = SCENARIOS.iter().map(|s| s.0);
-        standard
+        let all = standard
             .chain(virtio_boot::SCENARIOS.iter().copied())
-            .collect()
+            .chain(api_boot::SCENARIOS.iter().copied())
+            .collect();
+        (all, api_boot::OPT_IN_SCENARIOS)
     };
-    let names = match select(&all, &args.only) {
+    let names = match select_with_opt_in(&defaults, opt_in, &args.only) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: {e}");
@@ -241,6 +259,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
                 let disks = target_dir(&workspace_root()).join("boot-test");
                 let vmlinux = &guest.kernel.vmlinux;
                 scenarios.extend(virtio_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
+                scenarios.extend(api_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios
             }
         };
@@ -364,6 +383,21 @@ mod tests {
             vec!["a", "c"]
         );
         assert!(matches!(select(&all, &["d".into()]), Err(Error::Usage(_))));
+    }
+
+    #[test]
+    fn opt_in_scenarios_run_only_when_named() {
+        let (defaults, opt_in) = (["a", "b"], ["x"]);
+        assert_eq!(
+            select_with_opt_in(&defaults, &opt_in, &[]).unwrap(),
+            ["a", "b"]
+        );
+        assert_eq!(
+            select_with_opt_in(&defaults, &opt_in, &["x".into(), "a".into()]).unwrap(),
+            ["a", "x"]
+        );
+        let e = select_with_opt_in(&defaults, &opt_in, &["y".into()]).unwrap_err();
+        assert!(e.to_string().contains("a, b, x"), "{e}");
     }
 
     #[test]
