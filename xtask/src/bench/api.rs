@@ -27,9 +27,9 @@ const FIRECRACKER_SOCKET_MS: f64 = 1.31;
 const FIRECRACKER_START_MS: f64 = 10.7;
 
 /// Where Firecracker's figures come from.
-const FIRECRACKER_SOURCE: &str = "Firecracker 1.17-dev's median, measured earlier on this \
-                                  kind of machine (PVM, 2 CPUs) by the same method; \
-                                  Firecracker is not installed here";
+const FIRECRACKER_SOURCE: &str = "Firecracker's median, measured earlier on this kind of \
+                                  machine (PVM, 2 CPUs) to the same point; Firecracker is not \
+                                  installed here";
 
 /// Spawn to the socket accepting must not take longer, ms.
 const SOCKET_TARGET_MS: f64 = 0.65;
