@@ -152,25 +152,20 @@ fn bind_listening(path: &Path) -> Result<UnixListener, ServerError> {
     }
 }
 
-impl ApiServer {
-    /// Binds a socket at `path` and serves it on a new thread with `handler` and the default
-    /// [`Timeouts`]. Fails, naming the path, if something already exists there.
-    pub fn spawn<H>(path: impl AsRef<Path>, handler: H) -> Result<ApiServer, ServerError>
-    where
-        H: FnMut(Request) -> Response + Send + 'static,
-    {
-        ApiServer::spawn_with_timeouts(path, handler, Timeouts::default())
-    }
+/// A listening API socket whose server thread has not started yet: clients can connect (the
+/// kernel queues them) and are served once [`ApiSocket::serve`] starts the thread. Binding
+/// first lets a VMM make its socket available as early as it can, before the set-up that must
+/// precede any thread (blocking signals, say). Dropping it removes the socket file.
+#[derive(Debug)]
+pub struct ApiSocket {
+    listener: UnixListener,
+    accepting_since: Instant,
+    socket: SocketFile,
+}
 
-    /// [`ApiServer::spawn`] with other timeouts.
-    pub fn spawn_with_timeouts<H>(
-        path: impl AsRef<Path>,
-        handler: H,
-        timeouts: Timeouts,
-    ) -> Result<ApiServer, ServerError>
-    where
-        H: FnMut(Request) -> Response + Send + 'static,
-    {
+impl ApiSocket {
+    /// Binds and listens at `path` (an existing path is an error: [`ServerError::PathExists`]).
+    pub fn bind(path: impl AsRef<Path>) -> Result<ApiSocket, ServerError> {
         let path = path.as_ref().to_path_buf();
         if fs::symlink_metadata(&path).is_ok() {
             return Err(ServerError::PathExists(path));
@@ -187,7 +182,40 @@ impl ApiServer {
             path,
             id: (metadata.dev(), metadata.ino()),
         };
+        Ok(ApiSocket {
+            listener,
+            accepting_since,
+            socket,
+        })
+    }
 
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.socket.path
+    }
+
+    /// Starts the server thread with the default [`Timeouts`].
+    pub fn serve<H>(self, handler: H) -> Result<ApiServer, ServerError>
+    where
+        H: FnMut(Request) -> Response + Send + 'static,
+    {
+        self.serve_with_timeouts(handler, Timeouts::default())
+    }
+
+    /// Starts the server thread (named [`API_THREAD_NAME`]) answering with `handler`.
+    pub fn serve_with_timeouts<H>(
+        self,
+        handler: H,
+        timeouts: Timeouts,
+    ) -> Result<ApiServer, ServerError>
+    where
+        H: FnMut(Request) -> Response + Send + 'static,
+    {
+        let ApiSocket {
+            listener,
+            accepting_since,
+            socket,
+        } = self;
         listener.set_nonblocking(true).map_err(ServerError::Setup)?;
         let stop =
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(ServerError::Setup)?;
@@ -207,6 +235,29 @@ impl ApiServer {
             accepting_since,
             socket,
         })
+    }
+}
+
+impl ApiServer {
+    /// Binds a socket at `path` and serves it on a new thread with `handler` and the default
+    /// [`Timeouts`]. Fails, naming the path, if something already exists there.
+    pub fn spawn<H>(path: impl AsRef<Path>, handler: H) -> Result<ApiServer, ServerError>
+    where
+        H: FnMut(Request) -> Response + Send + 'static,
+    {
+        ApiServer::spawn_with_timeouts(path, handler, Timeouts::default())
+    }
+
+    /// [`ApiServer::spawn`] with other timeouts.
+    pub fn spawn_with_timeouts<H>(
+        path: impl AsRef<Path>,
+        handler: H,
+        timeouts: Timeouts,
+    ) -> Result<ApiServer, ServerError>
+    where
+        H: FnMut(Request) -> Response + Send + 'static,
+    {
+        ApiSocket::bind(path)?.serve_with_timeouts(handler, timeouts)
     }
 
     /// The socket's path.

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use petrel_api::model::FIRECRACKER_API_VERSION;
-use petrel_api::server::ApiServer;
+use petrel_api::server::ApiSocket;
 use petrel_vmm::{StopReason, Timeline, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK};
 
 use self::controller::{Controller, Handled};
@@ -64,6 +64,23 @@ pub fn run(
         return bad_input(
             "--no-api needs --config-file: without both there is no way to configure the VM",
         );
+    }
+    // The socket listens first of all, so that a launcher waiting for it waits least; the
+    // kernel queues connections until the API thread starts below.
+    let api_path = flags
+        .api_sock
+        .clone()
+        .or_else(|| default_api_sock.map(Into::into))
+        .filter(|_| !flags.no_api);
+    let socket = match &api_path {
+        None => None,
+        Some(path) => match ApiSocket::bind(path) {
+            Ok(s) => Some(s),
+            Err(e) => return bad_input(&format!("--api-sock {}: {e}", path.display())),
+        },
+    };
+    if socket.is_some() {
+        timeline.mark("API socket listening");
     }
     if flags.no_seccomp || flags.seccomp_filter.is_some() {
         eprintln!(
@@ -142,19 +159,11 @@ pub fn run(
         Ok(c) => c,
         Err(e) => return failure(&format!("cannot create the API's request channel: {e}")),
     };
-    let api_path = flags
-        .api_sock
-        .clone()
-        .or_else(|| default_api_sock.map(Into::into))
-        .filter(|_| !flags.no_api);
-    let server = match &api_path {
+    let server = match socket.map(|s| s.serve(move |req| sender.call(req))) {
         None => None,
-        Some(path) => match ApiServer::spawn(path, Box::new(move |req| sender.call(req))) {
-            Ok(s) => Some(s),
-            Err(e) => return bad_input(&format!("--api-sock {}: {e}", path.display())),
-        },
+        Some(Ok(server)) => Some(server),
+        Some(Err(e)) => return failure(&format!("cannot start the API server: {e}")),
     };
-    timeline.mark("API socket ready");
 
     let controller = Arc::new(Mutex::new(controller));
     let started = if flags.config_file.is_some() {
