@@ -50,6 +50,7 @@ pub struct Controller {
     logger: Option<Arc<Logger>>,
     metrics: Option<MetricsSink>,
     counters: ApiCounters,
+    /// Start-up time to the API being served, wall-clock and CPU (see `set_start_times`).
     start_time_us: Option<u64>,
     start_time_cpu_us: Option<u64>,
     config: FullVmConfiguration,
@@ -103,8 +104,9 @@ impl Controller {
         }
     }
 
-    /// The start times a launcher passed (`--start-time-us`, `--start-time-cpu-us`), for the
-    /// metrics.
+    /// How long start-up took from the launcher's timestamps (`--start-time-us`,
+    /// `--start-time-cpu-us` plus `--parent-cpu-time-us`) to the API being served, wall-clock
+    /// and CPU time, for the metrics' `process_startup_time_us` and `..._cpu_us`.
     pub fn set_start_times(&mut self, us: Option<u64>, cpu_us: Option<u64>) {
         self.start_time_us = us;
         self.start_time_cpu_us = cpu_us;

@@ -116,7 +116,6 @@ pub fn run(
         }
     };
     let mut controller = Controller::new(id, logger, timeline.clone());
-    controller.set_start_times(flags.start_time_us, flags.start_time_cpu_us);
     if let Some(path) = &flags.metrics_path {
         if let Err(e) = controller.open_metrics(path) {
             return bad_input(&format!(
@@ -165,6 +164,16 @@ pub fn run(
         Some(Err(e)) => return failure(&format!("cannot start the API server: {e}")),
     };
 
+    // Firecracker's start-up metrics: from the launcher's timestamps to the API being served.
+    controller.set_start_times(
+        flags
+            .start_time_us
+            .map(|t| clock_us(libc::CLOCK_MONOTONIC).saturating_sub(t)),
+        flags.start_time_cpu_us.map(|t| {
+            (clock_us(libc::CLOCK_PROCESS_CPUTIME_ID) + flags.parent_cpu_time_us.unwrap_or(0))
+                .saturating_sub(t)
+        }),
+    );
     let controller = Arc::new(Mutex::new(controller));
     let started = if flags.config_file.is_some() {
         let built = lock(&controller).start_vm();
@@ -235,6 +244,17 @@ pub fn run(
         eprint!("{}", summary.timeline.table());
     }
     ExitCode::from(summary.exit_code() as u8)
+}
+
+/// A clock's reading in microseconds.
+fn clock_us(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
