@@ -350,16 +350,26 @@ fn jailed_vmm_shows_its_uid_chroot_cgroup_and_limits() {
 }
 
 #[test]
-fn new_pid_ns_and_daemonize_leave_a_pid_file_and_a_detached_vmm() {
-    let name = "new_pid_ns_and_daemonize_leave_a_pid_file_and_a_detached_vmm";
+fn new_pid_ns_daemonize_and_netns_leave_a_pid_file_and_a_detached_vmm() {
+    let name = "new_pid_ns_daemonize_and_netns_leave_a_pid_file_and_a_detached_vmm";
     if !root_and_kvm_or_skip(name) {
         return;
     }
     let jail = Jail::new("pidns");
     jail.provision(&spin_kernel());
     let uid = free_uid();
+    // A network namespace of its own, held by a bind mount on a file (util-linux's unshare).
+    let netns = jail.base.join("netns");
+    std::fs::write(&netns, "").unwrap();
+    let made = Command::new("unshare")
+        .arg(format!("--net={}", netns.display()))
+        .arg("true")
+        .status()
+        .expect("run unshare (util-linux)");
+    assert!(made.success(), "unshare --net={} failed", netns.display());
+    let netns_arg = netns.display().to_string();
     let out = jail
-        .command(uid, &["--new-pid-ns", "--daemonize"])
+        .command(uid, &["--new-pid-ns", "--daemonize", "--netns", &netns_arg])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_line(&out));
@@ -379,6 +389,9 @@ fn new_pid_ns_and_daemonize_leave_a_pid_file_and_a_detached_vmm() {
     let sid: i32 = after_name.split(' ').nth(3).unwrap().parse().unwrap();
     // SAFETY: getsid(0) only reads this process's session id.
     assert_ne!(sid, unsafe { libc::getsid(0) });
+    // In the network namespace given.
+    let ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_eq!(ns.ino(), std::fs::metadata(&netns).unwrap().ino());
     let null = std::fs::metadata("/dev/null").unwrap().rdev();
     for fd in 0..=2 {
         let m = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).unwrap();
@@ -392,6 +405,8 @@ fn new_pid_ns_and_daemonize_leave_a_pid_file_and_a_detached_vmm() {
         assert!(Instant::now() < deadline, "pid {pid} survived SIGKILL");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let unmounted = Command::new("umount").arg(&netns).status().unwrap();
+    assert!(unmounted.success());
 }
 
 #[test]
