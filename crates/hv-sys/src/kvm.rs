@@ -84,8 +84,26 @@ impl Hypervisor {
 
 /// Whether this host's KVM runs guest kernel code in its instruction emulator (the PVM vendor
 /// module, no VT-x/AMD-V): such hosts need the workarounds in `../shared/HOST-KVM.md`.
+///
+/// Where sysfs shows the loaded modules, the `kvm_pvm` module decides. Where it is not mounted
+/// (a jail's chroot), the CPU does: a KVM that works on a CPU without VMX and SVM cannot use
+/// hardware virtualization, so it emulates.
 pub fn host_emulates_guest_kernel() -> bool {
-    Path::new("/sys/module/kvm_pvm").exists()
+    if Path::new("/sys/module").exists() {
+        return Path::new("/sys/module/kvm_pvm").exists();
+    }
+    !cpu_has_hardware_virtualization()
+}
+
+/// CPUID.1:ECX bit 5 (VMX) or CPUID.80000001h:ECX bit 2 (SVM) (Intel SDM vol. 2A, CPUID;
+/// AMD APM vol. 3, CPUID Fn8000_0001_ECX).
+fn cpu_has_hardware_virtualization() -> bool {
+    // CPUID is available on every x86-64 CPU (a safe intrinsic); leaf 0x80000001 is read only
+    // when the highest extended leaf reaches it.
+    use std::arch::x86_64::__cpuid;
+    let vmx = __cpuid(1).ecx & (1 << 5) != 0;
+    let svm = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 2) != 0;
+    vmx || svm
 }
 
 fn path_cstring(path: &Path) -> Result<std::ffi::CString> {

@@ -112,6 +112,39 @@ struct BootArgs {
     firecracker: FirecrackerFlags,
 }
 
+/// Flags a launcher puts before everything else (Firecracker's jailer runs
+/// `VMM --id ID ARGS...`, and may add the start times) that Petrel's subcommands take too.
+const LEADING_GLOBAL_FLAGS: [&str; 4] = [
+    "--id",
+    "--start-time-us",
+    "--start-time-cpu-us",
+    "--parent-cpu-time-us",
+];
+
+/// Moves [`LEADING_GLOBAL_FLAGS`] (with their values) that stand before a subcommand (`demo`,
+/// `run`) to just after it, where clap takes them: `petrel --id vm1 demo` runs the demo with
+/// that id. Anything else is left as it is.
+pub fn hoist_global_flags<S: AsRef<std::ffi::OsStr> + Clone>(args: Vec<S>) -> Vec<S> {
+    let text = |a: &S| a.as_ref().to_str().map(str::to_owned);
+    let mut leading = Vec::new();
+    let mut i = 1;
+    while i + 1 < args.len()
+        && text(&args[i]).is_some_and(|a| LEADING_GLOBAL_FLAGS.contains(&a.as_str()))
+    {
+        leading.extend_from_slice(&args[i..i + 2]);
+        i += 2;
+    }
+    match args.get(i).and_then(text).as_deref() {
+        Some("demo" | "run") if !leading.is_empty() => {
+            let mut out = vec![args[0].clone(), args[i].clone()];
+            out.extend(leading);
+            out.extend_from_slice(&args[i + 1..]);
+            out
+        }
+        _ => args,
+    }
+}
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Launch {
@@ -439,6 +472,32 @@ mod tests {
             o.metrics.as_deref(),
             Some(std::path::Path::new("/tmp/m.json"))
         );
+    }
+
+    #[test]
+    fn a_launchers_leading_id_reaches_the_subcommand() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            hoist_global_flags(args(&["petrel", "--id", "vm1", "demo", "--vcpus", "2"])),
+            args(&["petrel", "demo", "--id", "vm1", "--vcpus", "2"])
+        );
+        let kernel = args(&["petrel", "--id", "vm1", "--kernel", "k"]);
+        assert_eq!(hoist_global_flags(kernel.clone()), kernel);
+        let plain = args(&["petrel", "demo"]);
+        assert_eq!(hoist_global_flags(plain.clone()), plain);
+        let cli = Cli::try_parse_from(hoist_global_flags(args(&[
+            "petrel",
+            "--id",
+            "vm1",
+            "--start-time-us",
+            "5",
+            "run",
+            "--raw",
+            "x",
+            "--real-mode",
+        ])))
+        .expect("clap takes the hoisted flags");
+        assert!(matches!(cli.into_launch(), Ok(Launch::Direct(..))));
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         let default_sock = Some(fc::flags::DEFAULT_API_SOCK);
         return fc::run(cli.flags, cli.boot_timer, default_sock, timeline);
     }
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(cli::hoist_global_flags(std::env::args_os().collect()));
     let (config, outputs) = match cli.into_launch() {
         Ok(cli::Launch::Direct(config, outputs)) => (*config, outputs),
         Ok(cli::Launch::Firecracker { flags, boot_timer }) => {

@@ -165,6 +165,15 @@ impl fmt::Debug for Net {
     }
 }
 
+/// Whether a network interface named `name` exists (`if_nametoindex(3)`).
+fn interface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
 impl Net {
     /// Opens the existing tap `name` and makes a device with MAC address `mac` on it.
     ///
@@ -181,12 +190,15 @@ impl Net {
             return Err(Error::TapName { name: name.into() });
         }
         // TUNSETIFF on a name that does not exist would create a new tap, which is not what
-        // the user asked for; tun and tap interfaces have a `tun_flags` attribute.
-        if !Path::new("/sys/class/net")
-            .join(name)
-            .join("tun_flags")
-            .exists()
-        {
+        // the user asked for; tun and tap interfaces have a `tun_flags` attribute. Where sysfs
+        // is not mounted (a jail's chroot), ask the kernel for the interface's index instead.
+        let sysfs = Path::new("/sys/class/net");
+        let exists = if sysfs.exists() {
+            sysfs.join(name).join("tun_flags").exists()
+        } else {
+            interface_exists(name)
+        };
+        if !exists {
             return Err(Error::TapNotFound { name: name.into() });
         }
         let tap = OpenOptions::new()

@@ -18,8 +18,9 @@ pub struct FirecrackerFlags {
     /// Serve Firecracker's REST API on this Unix socket and wait for configuration.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
-    /// The instance id (letters, digits and `-`, at most 64), shown in logs and `GET /`.
-    #[arg(long, value_name = "ID")]
+    /// The instance id (letters, digits and `-`, at most 64), shown in logs and `GET /`
+    /// (taken with `demo` and `run` too, which a jailer passes it to).
+    #[arg(long, value_name = "ID", global = true)]
     pub id: Option<String>,
     /// Configure from Firecracker's JSON config file and boot at once.
     #[arg(long, value_name = "FILE")]
@@ -49,13 +50,13 @@ pub struct FirecrackerFlags {
     #[arg(long, value_name = "FILE")]
     pub seccomp_filter: Option<PathBuf>,
     /// When the process that started Petrel began, in microseconds (CLOCK_MONOTONIC).
-    #[arg(long, value_name = "US")]
+    #[arg(long, value_name = "US", global = true)]
     pub start_time_us: Option<u64>,
     /// The starting process's CPU time at that moment, in microseconds.
-    #[arg(long, value_name = "US")]
+    #[arg(long, value_name = "US", global = true)]
     pub start_time_cpu_us: Option<u64>,
     /// The parent's CPU time, in microseconds (the jailer passes it).
-    #[arg(long, value_name = "US")]
+    #[arg(long, value_name = "US", global = true)]
     pub parent_cpu_time_us: Option<u64>,
 }
 
