@@ -227,7 +227,11 @@ impl ApiSocket {
         )?;
         let thread = std::thread::Builder::new()
             .name(API_THREAD_NAME.to_string())
-            .spawn(move || event_loop.run())
+            .spawn(move || {
+                // Before any client is read: the embedder's hook (the binary's seccomp filter).
+                petrel_thread_hook::thread_started(petrel_thread_hook::ThreadKind::Api);
+                event_loop.run()
+            })
             .map_err(ServerError::Spawn)?;
         Ok(ApiServer {
             thread: Some(thread),

@@ -144,7 +144,11 @@ impl NonBlockingWriter {
         let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name(thread_name.to_owned())
-            .spawn(move || drain(&for_thread, dest, capacity))
+            .spawn(move || {
+                // Before any guest output: the embedder's hook (the binary's seccomp filter).
+                petrel_thread_hook::thread_started(petrel_thread_hook::ThreadKind::Console);
+                drain(&for_thread, dest, capacity)
+            })
             .map_err(Error::SpawnOutputThread)?;
         Ok((
             NonBlockingWriter {

@@ -508,6 +508,8 @@ pub fn spawn_named<H: IoHandler + ?Sized + 'static>(
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
+            // Before the guest runs: the embedder's hook (the binary's seccomp filter).
+            petrel_thread_hook::thread_started(petrel_thread_hook::ThreadKind::Vcpu);
             let outcome = catch_unwind(AssertUnwindSafe(|| runner.run())).unwrap_or_else(|p| {
                 let msg = p
                     .downcast_ref::<&str>()
