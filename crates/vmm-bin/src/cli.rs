@@ -67,9 +67,11 @@ struct MachineArgs {
     metrics: Option<PathBuf>,
 }
 
-/// What to report when the VM ends.
+/// What to report when the VM ends, and how its threads are confined.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Outputs {
+    /// `--no-seccomp` / `--seccomp-filter FILE`.
+    pub seccomp: crate::seccomp::Choice,
     /// `--exit-stats`.
     pub stats: Option<StatsFormat>,
     /// `--boot-timer`.
@@ -182,6 +184,26 @@ struct DemoArgs {
     linux: LinuxArgs,
     #[command(flatten)]
     machine: MachineArgs,
+    #[command(flatten)]
+    seccomp: SeccompArgs,
+}
+
+/// The seccomp flags of `demo` and `run` (the kernel command line has them among
+/// Firecracker's flags).
+#[derive(Debug, Args)]
+struct SeccompArgs {
+    /// Install no seccomp filters (by default each thread gets Petrel's built-in filter).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Compile the threads' seccomp filters from FILE (seccompiler's JSON format).
+    #[arg(long, value_name = "FILE")]
+    seccomp_filter: Option<PathBuf>,
+}
+
+impl SeccompArgs {
+    fn choice(self) -> Result<crate::seccomp::Choice, Error> {
+        crate::seccomp::Choice::from_flags(self.no_seccomp, self.seccomp_filter)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +225,8 @@ struct RunArgs {
     regs: Vec<String>,
     #[command(flatten)]
     machine: MachineArgs,
+    #[command(flatten)]
+    seccomp: SeccompArgs,
 }
 
 fn number(what: &'static str, s: &str) -> Result<u64, Error> {
@@ -230,6 +254,7 @@ impl MachineArgs {
             }),
             boot_timer: self.boot_timer,
             metrics: self.metrics.clone(),
+            seccomp: Default::default(),
         })
     }
 }
@@ -279,8 +304,9 @@ impl Cli {
                     petrel_demo_guest::demo_kernel_elf(),
                 );
                 a.linux.apply(&mut config)?;
-                let stats = a.machine.apply(&mut config)?;
-                Ok((config, stats))
+                let mut outputs = a.machine.apply(&mut config)?;
+                outputs.seccomp = a.seccomp.choice()?;
+                Ok((config, outputs))
             }
             Some(Command::Run(a)) => {
                 if !a.real_mode {
@@ -309,8 +335,9 @@ impl Cli {
                     entry,
                     regs,
                 });
-                let stats = a.machine.apply(&mut config)?;
-                Ok((config, stats))
+                let mut outputs = a.machine.apply(&mut config)?;
+                outputs.seccomp = a.seccomp.choice()?;
+                Ok((config, outputs))
             }
             None => {
                 let b = self.boot;
@@ -341,8 +368,12 @@ impl Cli {
                 config.rng = b.rng;
                 config.vsock = b.vsock.as_deref().map(parse_vsock).transpose()?;
                 b.linux.apply(&mut config)?;
-                let stats = b.machine.apply(&mut config)?;
-                Ok((config, stats))
+                let mut outputs = b.machine.apply(&mut config)?;
+                outputs.seccomp = crate::seccomp::Choice::from_flags(
+                    b.firecracker.no_seccomp,
+                    b.firecracker.seccomp_filter,
+                )?;
+                Ok((config, outputs))
             }
         }
     }

@@ -25,6 +25,15 @@ pub enum CliError {
     /// Console input could not be set up.
     #[error("cannot read the console input from stdin")]
     Stdin(#[source] std::io::Error),
+    /// The seccomp filters could not be compiled or installed.
+    #[error("cannot {what} the seccomp filters")]
+    Seccomp {
+        /// What failed: `compile`, `install`...
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl From<petrel_vmm::Error> for CliError {
@@ -39,7 +48,7 @@ impl CliError {
         match self {
             CliError::InvalidFlag { .. } => EXIT_BAD_INPUT,
             CliError::Vmm(e) => e.exit_code(),
-            CliError::Signals(_) | CliError::Stdin(_) => EXIT_FAILURE,
+            CliError::Signals(_) | CliError::Stdin(_) | CliError::Seccomp { .. } => EXIT_FAILURE,
         }
     }
 }

@@ -18,6 +18,7 @@ mod cli;
 mod error;
 mod fc;
 mod parse;
+mod seccomp;
 mod signals;
 mod terminal;
 mod watch;
@@ -39,6 +40,10 @@ use crate::watch::SignalWatcher;
 fn main() -> ExitCode {
     let timeline = Timeline::new(Instant::now());
     let argv0 = std::env::args().next().unwrap_or_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("__seccomp-selftest") {
+        return seccomp::selftest(&args[1..]);
+    }
     if fc::flags::called_firecracker(&argv0) {
         let cli = fc::flags::FirecrackerCli::parse();
         if cli.version {
@@ -62,8 +67,13 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     timeline.mark("command line parsed");
+    // Before any thread starts (building the VM starts the console writer).
+    let filters = match seccomp::enable(&outputs.seccomp) {
+        Ok(f) => f,
+        Err(e) => return fail(&e),
+    };
     let received = Arc::new(Mutex::new(None));
-    let summary = match boot(&config, timeline, received.clone()) {
+    let summary = match boot(&config, timeline, received.clone(), filters.as_deref()) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -94,6 +104,7 @@ fn boot(
     config: &petrel_vmm::VmConfig,
     timeline: Timeline,
     received: Arc<Mutex<Option<&'static str>>>,
+    filters: Option<&seccomp::Filters>,
 ) -> Result<RunSummary, CliError> {
     // Blocked before any thread starts (building starts the console writer), so that every
     // thread inherits the mask and the signals arrive only through the signalfd.
@@ -116,6 +127,10 @@ fn boot(
     }
     vmm.start()?;
     let _raw_terminal = interactive.then(RawTerminal::enter);
+    if let Some(filters) = filters {
+        // The event loop handles the guest's I/O from here on.
+        seccomp::confine_current_thread(filters, seccomp::Kind::Vmm)?;
+    }
     Ok(vmm.run_until_stopped()?)
 }
 

@@ -43,10 +43,11 @@ pub struct FirecrackerFlags {
     /// Write Firecracker-format metrics (one JSON object per line) to this file or named pipe.
     #[arg(long, value_name = "PATH")]
     pub metrics_path: Option<PathBuf>,
-    /// Accepted for Firecracker compatibility; Petrel does not install seccomp filters yet.
+    /// Install no seccomp filters (by default each thread gets Petrel's built-in filter).
     #[arg(long)]
     pub no_seccomp: bool,
-    /// Accepted for Firecracker compatibility; Petrel does not install seccomp filters yet.
+    /// Compile the threads' seccomp filters from FILE (seccompiler's JSON format, with the
+    /// filters `vmm`, `api`, `vcpu` and optionally `console`) instead of the built-in ones.
     #[arg(long, value_name = "FILE")]
     pub seccomp_filter: Option<PathBuf>,
     /// When the process that started Petrel began, in microseconds (CLOCK_MONOTONIC).

@@ -82,12 +82,18 @@ pub fn run(
     if socket.is_some() {
         timeline.mark("API socket listening");
     }
-    if flags.no_seccomp || flags.seccomp_filter.is_some() {
-        eprintln!(
-            "petrel: --no-seccomp and --seccomp-filter are accepted for Firecracker compatibility; \
-             Petrel installs no seccomp filter yet"
-        );
-    }
+    // Compiled and hooked before any thread starts; the VMM thread confines itself once the
+    // VM runs (before that it carries out the pre-boot API requests, which open files).
+    let filters =
+        match crate::seccomp::Choice::from_flags(flags.no_seccomp, flags.seccomp_filter.clone())
+            .and_then(|choice| crate::seccomp::enable(&choice))
+        {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("petrel: {}", crate::error::chain(&e));
+                return ExitCode::from(e.exit_code() as u8);
+            }
+        };
     let level = match flags.level.as_deref().map(Level::parse) {
         None => Level::Info,
         Some(Some(l)) => l,
@@ -222,6 +228,12 @@ pub fn run(
             Handled::Start => petrel_api::http::Response::fault("the VM was started already"),
         }
     }));
+    if let Some(filters) = &filters {
+        if let Err(e) = crate::seccomp::confine_current_thread(filters, crate::seccomp::Kind::Vmm) {
+            drop(server);
+            return failure(&crate::error::chain(&e));
+        }
+    }
     let summary = vmm.run_until_stopped();
     drop(server);
     let summary = match summary {

@@ -1,0 +1,382 @@
+//! Petrel's built-in allow-lists, one per thread kind.
+//!
+//! Each rule allows one system call, with the argument values it needs where they are known
+//! in advance (ioctl requests, fcntl commands, futex operations, socket families, mmap flags);
+//! everything else traps (see `sigsys`). The lists were found by tracing every thread
+//! (`strace -f`) through the test suite, the demo guest and the Linux boot scenarios (virtio
+//! disk, rng and net), and hold only what a thread calls after its filter is installed.
+
+use std::collections::BTreeMap;
+
+use libc::c_long;
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use super::Kind;
+
+/// An allow-list under construction: system call number to the rules that allow it (an empty
+/// list allows it with any arguments).
+#[derive(Debug, Default)]
+pub struct AllowList {
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    /// How many rules the list has (an unconditional system call counts as one).
+    count: usize,
+}
+
+/// A condition: argument `index` (from 0) equals `value` (compared as 32 bits, as the kernel
+/// ABI gives these arguments as `int`).
+type ArgEq = (u8, u64);
+
+impl AllowList {
+    /// Allows `nr` with any arguments.
+    fn allow(&mut self, nr: c_long) -> &mut Self {
+        let previous = self.rules.insert(nr, Vec::new());
+        debug_assert!(previous.is_none(), "system call {nr} listed twice");
+        self.count += 1;
+        self
+    }
+
+    /// Allows `nr` when every argument in `args` has its value.
+    fn allow_if(&mut self, nr: c_long, args: &[ArgEq]) -> Result<&mut Self, seccompiler::Error> {
+        let conditions = args
+            .iter()
+            .map(|&(index, value)| {
+                SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.push(nr, conditions)
+    }
+
+    /// Allows `nr` when argument `index` has none of the bits of `mask` set, and every
+    /// argument in `args` has its value.
+    fn allow_without_bits(
+        &mut self,
+        nr: c_long,
+        (index, mask): (u8, u64),
+        args: &[ArgEq],
+    ) -> Result<&mut Self, seccompiler::Error> {
+        let mut conditions = vec![SeccompCondition::new(
+            index,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(mask),
+            0,
+        )?];
+        for &(index, value) in args {
+            conditions.push(SeccompCondition::new(
+                index,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                value,
+            )?);
+        }
+        self.push(nr, conditions)
+    }
+
+    fn push(
+        &mut self,
+        nr: c_long,
+        conditions: Vec<SeccompCondition>,
+    ) -> Result<&mut Self, seccompiler::Error> {
+        let rule = SeccompRule::new(conditions)?;
+        match self.rules.get_mut(&nr) {
+            // An empty list allows every call: a conditional rule added to it would narrow it.
+            Some(rules) => {
+                debug_assert!(
+                    !rules.is_empty(),
+                    "system call {nr} allowed outright already"
+                );
+                rules.push(rule);
+            }
+            None => {
+                self.rules.insert(nr, vec![rule]);
+            }
+        }
+        self.count += 1;
+        Ok(self)
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// How many distinct system calls the list allows.
+    pub fn syscalls(&self) -> usize {
+        self.rules.len()
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// How many rules it has (a system call allowed with several argument sets counts once
+    /// per set).
+    pub fn rules(&self) -> usize {
+        self.count
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// Whether `nr` is allowed with some arguments.
+    pub fn allows(&self, nr: c_long) -> bool {
+        self.rules.contains_key(&nr)
+    }
+
+    /// Compiles the list into a BPF program whose mismatch action is
+    /// [`SeccompAction::Trap`].
+    pub fn compile(self) -> Result<BpfProgram, seccompiler::Error> {
+        let filter = SeccompFilter::new(
+            self.rules,
+            SeccompAction::Trap,
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )?;
+        Ok(filter.try_into()?)
+    }
+}
+
+/// `_IOC` as the kernel's `asm-generic/ioctl.h` builds it.
+const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | ((kvm_bindings::KVMIO as u64) << 8) | nr
+}
+const IOC_WRITE: u64 = 1;
+const IOC_READ: u64 = 2;
+
+/// The KVM vCPU ioctls a vCPU thread makes once it runs: `KVM_RUN`, and the register and
+/// event reads and writes of the emulation-failure handling (int3 injection, `fwait`) and of
+/// the fault report.
+pub const KVM_RUN: u64 = ioc(0, 0x80, 0);
+/// `KVM_GET_REGS`.
+pub const KVM_GET_REGS: u64 = ioc(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_regs>());
+/// `KVM_SET_REGS`.
+pub const KVM_SET_REGS: u64 = ioc(IOC_WRITE, 0x82, size_of::<kvm_bindings::kvm_regs>());
+/// `KVM_GET_SREGS`.
+pub const KVM_GET_SREGS: u64 = ioc(IOC_READ, 0x83, size_of::<kvm_bindings::kvm_sregs>());
+/// `KVM_GET_FPU`.
+pub const KVM_GET_FPU: u64 = ioc(IOC_READ, 0x8c, size_of::<kvm_bindings::kvm_fpu>());
+/// `KVM_GET_VCPU_EVENTS`.
+pub const KVM_GET_VCPU_EVENTS: u64 =
+    ioc(IOC_READ, 0x9f, size_of::<kvm_bindings::kvm_vcpu_events>());
+/// `KVM_SET_VCPU_EVENTS`.
+pub const KVM_SET_VCPU_EVENTS: u64 =
+    ioc(IOC_WRITE, 0xa0, size_of::<kvm_bindings::kvm_vcpu_events>());
+
+/// `PROT_EXEC`, as a mask of mmap's and mprotect's `prot`.
+const EXEC: u64 = libc::PROT_EXEC as u64;
+/// futex(2) operations (`linux/futex.h`).
+const OP_WAIT_BITSET: u64 = 9;
+const OP_WAKE: u64 = 1;
+const OP_WAIT: u64 = 0;
+const OP_PRIVATE: u64 = 128;
+const OP_CLOCK_REALTIME: u64 = 256;
+
+/// What every thread calls: Rust's and glibc's memory allocation, locks and channels, thread
+/// exit, the SIGSYS report itself (`write`, `exit_group`), and `abort`.
+fn common(l: &mut AllowList) -> Result<(), seccompiler::Error> {
+    use libc::*;
+    l.allow(SYS_write)
+        .allow(SYS_close)
+        .allow(SYS_exit)
+        .allow(SYS_exit_group)
+        .allow(SYS_brk)
+        .allow(SYS_munmap)
+        .allow(SYS_mremap)
+        .allow(SYS_rt_sigreturn)
+        .allow(SYS_rt_sigprocmask)
+        .allow(SYS_sigaltstack)
+        .allow(SYS_sched_yield)
+        .allow(SYS_clock_gettime)
+        .allow(SYS_getpid)
+        .allow(SYS_gettid);
+    // The allocator: anonymous private memory, and glibc's per-thread heaps (reserved with
+    // MAP_NORESERVE, then made accessible with mprotect); never executable.
+    let anon = (MAP_PRIVATE | MAP_ANONYMOUS) as u64;
+    l.allow_without_bits(SYS_mmap, (2, EXEC), &[(3, anon)])?
+        .allow_without_bits(SYS_mmap, (2, EXEC), &[(3, anon | MAP_NORESERVE as u64)])?
+        .allow_without_bits(SYS_mprotect, (2, EXEC), &[])?
+        .allow_if(SYS_madvise, &[(2, MADV_DONTNEED as u64)])?;
+    // std's locks, condition variables, parkers and channels.
+    for op in [OP_WAIT, OP_WAKE, OP_WAIT_BITSET] {
+        l.allow_if(SYS_futex, &[(1, op | OP_PRIVATE)])?;
+    }
+    // Debug builds of std check a descriptor is open before closing it.
+    l.allow_if(SYS_fcntl, &[(1, F_GETFD as u64)])?;
+    // A thread's first HashMap seeds itself.
+    l.allow_if(SYS_getrandom, &[(2, GRND_INSECURE as u64)])?;
+    // abort(): SIGABRT back to its default action, then raised.
+    l.allow_if(SYS_rt_sigaction, &[(0, SIGABRT as u64)])?
+        .allow_if(SYS_tgkill, &[(2, SIGABRT as u64)])?;
+    Ok(())
+}
+
+/// A vCPU thread: `KVM_RUN` and the few vCPU ioctls above, the eventfd writes that wake the
+/// event loop, and the kick signal's return.
+fn vcpu(l: &mut AllowList) -> Result<(), seccompiler::Error> {
+    for request in [
+        KVM_RUN,
+        KVM_GET_REGS,
+        KVM_SET_REGS,
+        KVM_GET_SREGS,
+        KVM_GET_FPU,
+        KVM_GET_VCPU_EVENTS,
+        KVM_SET_VCPU_EVENTS,
+    ] {
+        l.allow_if(libc::SYS_ioctl, &[(1, request)])?;
+    }
+    Ok(())
+}
+
+/// The console output thread: it writes the guest's serial output (in `common`) and waits
+/// on a condition variable.
+fn console(_: &mut AllowList) -> Result<(), seccompiler::Error> {
+    Ok(())
+}
+
+/// The API thread: accepts connections on the listening socket it was given, reads
+/// requests, writes answers, and hands requests to the VMM thread.
+fn api(l: &mut AllowList) -> Result<(), seccompiler::Error> {
+    use libc::*;
+    l.allow(SYS_recvfrom)
+        .allow(SYS_sendto)
+        .allow(SYS_epoll_wait)
+        .allow(SYS_epoll_ctl)
+        .allow_if(SYS_accept4, &[(3, SOCK_CLOEXEC as u64)])?
+        .allow_if(SYS_ioctl, &[(1, FIONBIO)])?;
+    Ok(())
+}
+
+/// The VMM thread (the event loop, from the moment it runs the VM): the devices' I/O, the
+/// vCPU kicks and joins, and (in Firecracker's mode) the API requests it executes.
+fn vmm(l: &mut AllowList) -> Result<(), seccompiler::Error> {
+    use libc::*;
+    // The event loop, eventfds, timers; the block device (a seek, then read/write at the
+    // position, and fdatasync for a flush), the tap, the serial input; the KVM statistics
+    // (pread64 on their descriptors); the file size after PATCH /drives (statx).
+    l.allow(SYS_read)
+        .allow(SYS_lseek)
+        .allow(SYS_pread64)
+        .allow(SYS_fdatasync)
+        .allow(SYS_statx)
+        .allow(SYS_epoll_wait)
+        .allow(SYS_epoll_ctl)
+        .allow(SYS_timerfd_settime);
+    // The vCPU kick (pthread_kill) and the joins of the threads it started.
+    l.allow_if(SYS_tgkill, &[(2, SIGRTMIN() as u64)])?
+        .allow_if(SYS_futex, &[(1, OP_WAIT_BITSET | OP_CLOCK_REALTIME)])?;
+    // The serial input: how much is waiting, and its flags back when the VM ends.
+    l.allow_if(SYS_ioctl, &[(1, FIONREAD)])?
+        .allow_if(SYS_fcntl, &[(1, F_GETFL as u64)])?
+        .allow_if(SYS_fcntl, &[(1, F_SETFL as u64)])?;
+    // The terminal, restored when the VM ends.
+    l.allow_if(SYS_ioctl, &[(1, TCGETS)])?
+        .allow_if(SYS_ioctl, &[(1, TCSETS)])?;
+    // The virtio-rng device.
+    l.allow_if(SYS_getrandom, &[(2, GRND_NONBLOCK as u64)])?;
+    // virtio-vsock: connections to the host's Unix sockets (PATH_port), connections accepted
+    // on PATH, and the data both ways.
+    l.allow_if(
+        SYS_socket,
+        &[
+            (0, AF_UNIX as u64),
+            (1, (SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC) as u64),
+            (2, 0),
+        ],
+    )?
+    .allow(SYS_connect)
+    .allow_if(SYS_accept4, &[(3, SOCK_CLOEXEC as u64)])?
+    .allow_if(SYS_ioctl, &[(1, FIONBIO)])?
+    .allow_if(SYS_sendto, &[(3, (MSG_NOSIGNAL | MSG_DONTWAIT) as u64)])?
+    .allow(SYS_shutdown);
+    // --metrics: the file is written afresh under a temporary name, then renamed.
+    l.allow_if(
+        SYS_openat,
+        &[(2, (O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC) as u64)],
+    )?
+    .allow(SYS_rename);
+    // Firecracker's mode: PATCH /drives opens the new backing file (read-write or read-only),
+    // and the API socket's file is removed at the end.
+    for flags in [O_RDWR | O_CLOEXEC, O_RDONLY | O_CLOEXEC] {
+        l.allow_if(SYS_openat, &[(2, flags as u64)])?;
+    }
+    l.allow(SYS_unlink);
+    Ok(())
+}
+
+/// The built-in allow-list of `kind`.
+pub fn builtin(kind: Kind) -> Result<AllowList, seccompiler::Error> {
+    let mut l = AllowList::default();
+    common(&mut l)?;
+    match kind {
+        Kind::Vmm => vmm(&mut l)?,
+        Kind::Api => api(&mut l)?,
+        Kind::Vcpu => vcpu(&mut l)?,
+        Kind::Console => console(&mut l)?,
+    }
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counts_in_the_readme_are_these() {
+        let counts: Vec<(&str, usize, usize)> = Kind::ALL
+            .into_iter()
+            .map(|k| {
+                let l = builtin(k).unwrap();
+                (k.name(), l.syscalls(), l.rules())
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("vmm", 39, 52),
+                ("api", 28, 31),
+                ("vcpu", 23, 32),
+                ("console", 22, 25)
+            ],
+            "update README.md's seccomp table with these (system calls, rules)"
+        );
+    }
+
+    #[test]
+    fn kvm_ioctl_numbers_are_the_kernels() {
+        // From linux/kvm.h on x86_64.
+        assert_eq!(KVM_RUN, 0xae80);
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_SET_REGS, 0x4090_ae82);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(KVM_GET_FPU, 0x81a0_ae8c);
+        assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
+        assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
+    }
+
+    #[test]
+    fn no_thread_may_start_programs_and_only_the_vmm_thread_opens_files_or_sockets() {
+        for kind in Kind::ALL {
+            let l = builtin(kind).unwrap();
+            for forbidden in [
+                libc::SYS_execve,
+                libc::SYS_execveat,
+                libc::SYS_fork,
+                libc::SYS_clone,
+                libc::SYS_clone3,
+                libc::SYS_ptrace,
+                libc::SYS_open,
+                libc::SYS_mount,
+                libc::SYS_setuid,
+                libc::SYS_kill,
+            ] {
+                assert!(!l.allows(forbidden), "{kind:?} allows {forbidden}");
+            }
+            // The SIGSYS report needs these in every filter.
+            assert!(l.allows(libc::SYS_write) && l.allows(libc::SYS_exit_group));
+            assert!(l.rules() >= l.syscalls());
+            l.compile().unwrap();
+        }
+        for kind in [Kind::Api, Kind::Vcpu, Kind::Console] {
+            let l = builtin(kind).unwrap();
+            for forbidden in [libc::SYS_openat, libc::SYS_socket, libc::SYS_connect] {
+                assert!(!l.allows(forbidden), "{kind:?} allows {forbidden}");
+            }
+        }
+        let vcpu = builtin(Kind::Vcpu).unwrap();
+        assert!(!vcpu.allows(libc::SYS_lseek) && !vcpu.allows(libc::SYS_read));
+        assert!(builtin(Kind::Vmm).unwrap().allows(libc::SYS_lseek));
+    }
+}
