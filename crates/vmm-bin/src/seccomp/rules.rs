@@ -204,7 +204,7 @@ fn common(l: &mut AllowList) -> Result<(), seccompiler::Error> {
 }
 
 /// A vCPU thread: `KVM_RUN` and the few vCPU ioctls above, the eventfd writes that wake the
-/// event loop, and the kick signal's return.
+/// event loop and the eventfd reads of a device reset, and the kick signal's return.
 fn vcpu(l: &mut AllowList) -> Result<(), seccompiler::Error> {
     for request in [
         KVM_RUN,
@@ -217,6 +217,9 @@ fn vcpu(l: &mut AllowList) -> Result<(), seccompiler::Error> {
     ] {
         l.allow_if(libc::SYS_ioctl, &[(1, request)])?;
     }
+    // A virtio device reset (the guest writes 0 to Status) drains the queue EventFds: 8-byte
+    // reads.
+    l.allow_if(libc::SYS_read, &[(2, 8)])?;
     Ok(())
 }
 
@@ -327,7 +330,7 @@ mod tests {
             [
                 ("vmm", 39, 52),
                 ("api", 28, 31),
-                ("vcpu", 23, 32),
+                ("vcpu", 24, 33),
                 ("console", 22, 25)
             ],
             "update README.md's seccomp table with these (system calls, rules)"
@@ -376,7 +379,7 @@ mod tests {
             }
         }
         let vcpu = builtin(Kind::Vcpu).unwrap();
-        assert!(!vcpu.allows(libc::SYS_lseek) && !vcpu.allows(libc::SYS_read));
+        assert!(!vcpu.allows(libc::SYS_lseek) && !vcpu.allows(libc::SYS_pread64));
         assert!(builtin(Kind::Vmm).unwrap().allows(libc::SYS_lseek));
     }
 }
