@@ -217,9 +217,10 @@ fn vcpu(l: &mut AllowList) -> Result<(), seccompiler::Error> {
     ] {
         l.allow_if(libc::SYS_ioctl, &[(1, request)])?;
     }
-    // A virtio device reset (the guest writes 0 to Status) drains the queue EventFds: 8-byte
-    // reads.
-    l.allow_if(libc::SYS_read, &[(2, 8)])?;
+    // A virtio device reset (the guest writes 0 to Status) drains the queue EventFds (8-byte
+    // reads) and disarms the rate limiters' timers (timerfd_settime, flags 0).
+    l.allow_if(libc::SYS_read, &[(2, 8)])?
+        .allow_if(libc::SYS_timerfd_settime, &[(1, 0)])?;
     Ok(())
 }
 
@@ -330,7 +331,7 @@ mod tests {
             [
                 ("vmm", 39, 52),
                 ("api", 28, 31),
-                ("vcpu", 24, 33),
+                ("vcpu", 25, 34),
                 ("console", 22, 25)
             ],
             "update README.md's seccomp table with these (system calls, rules)"
