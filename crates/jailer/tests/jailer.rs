@@ -289,6 +289,17 @@ fn jailed_vmm_shows_its_uid_chroot_cgroup_and_limits() {
     assert_eq!(status_field(pid, "Gid").as_deref(), Some(ids.as_str()));
     assert_eq!(status_field(pid, "Groups").as_deref(), Some(""));
     assert_eq!(status_field(pid, "NoNewPrivs").as_deref(), Some("1"));
+    // Petrel's main thread confines itself with its seccomp filter (mode 2) once the vCPUs
+    // run, a moment after the VM starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status_field(pid, "Seccomp").as_deref() != Some("2") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the jailed VMM has no seccomp filter: Seccomp {:?}",
+            status_field(pid, "Seccomp")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 
     // Its root is the chroot (a bind mount of it: same device and inode).
     let root = std::fs::metadata(format!("/proc/{pid}/root")).unwrap();
