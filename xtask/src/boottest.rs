@@ -75,6 +75,9 @@ pub struct Scenario {
     /// Configured as Firecracker is (API socket or config file) instead of by petrel's
     /// command line; the serial log is then petrel's stdout.
     pub fc: Option<crate::api_boot::FcBoot>,
+    /// Run by `petrel-jailer` in a jail (the static petrel there, not the VMM's binary); the
+    /// serial log is then petrel's stdout.
+    pub jail: Option<crate::jail_boot::JailBoot>,
 }
 
 impl Scenario {
@@ -92,6 +95,7 @@ impl Scenario {
             after: None,
             net: None,
             fc: None,
+            jail: None,
         }
     }
 }
@@ -104,6 +108,7 @@ impl Vmm {
             Vmm::Petrel(bin) if s.fc.is_some() => {
                 crate::api_boot::command(bin, s.fc.as_ref().expect("checked"))
             }
+            Vmm::Petrel(_) if s.jail.is_some() => s.jail.as_ref().expect("checked").command(s),
             Vmm::Petrel(bin) => {
                 let mut cmd = match &s.net {
                     // The tap lives in the scenario's namespace: petrel must run there.
@@ -329,6 +334,9 @@ pub fn run_scenario(
             fc.prepare();
             fs::File::create(&serial_log).ctx(|| format!("creating {}", serial_log.display()))?
         }
+        (None, Vmm::Petrel(_)) if scenario.jail.is_some() => {
+            fs::File::create(&serial_log).ctx(|| format!("creating {}", serial_log.display()))?
+        }
         _ => out,
     };
     // In its own process group, so that a hung VMM and anything it started can be killed
@@ -419,6 +427,12 @@ pub fn run_scenario(
     }
     if let Some(after) = &scenario.after {
         match after.check() {
+            Ok(notes) => verdict.notes.extend(notes),
+            Err(failures) => verdict.failures.extend(failures),
+        }
+    }
+    if let (Some(jail), Vmm::Petrel(_)) = (&scenario.jail, vmm) {
+        match jail.finish() {
             Ok(notes) => verdict.notes.extend(notes),
             Err(failures) => verdict.failures.extend(failures),
         }

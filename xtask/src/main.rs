@@ -19,6 +19,7 @@ mod error;
 mod fcapi;
 mod host;
 mod initramfs;
+mod jail_boot;
 mod kernel;
 mod sha256;
 mod suite;
@@ -226,6 +227,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
         let all = standard
             .chain(virtio_boot::SCENARIOS.iter().copied())
             .chain(api_boot::SCENARIOS.iter().copied())
+            .chain(jail_boot::SCENARIOS.iter().copied())
             .collect();
         (all, api_boot::OPT_IN_SCENARIOS)
     };
@@ -260,6 +262,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
                 let vmlinux = &guest.kernel.vmlinux;
                 scenarios.extend(virtio_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(api_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
+                scenarios.extend(jail_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios
             }
         };
