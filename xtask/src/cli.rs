@@ -29,7 +29,9 @@ COMMANDS:
                   petrel in each scenario and check the serial log and exit status.
                   Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu, virtio-blk-root,
                   virtio-blk-ro, virtio-net-dhcp, api-vmlinux-blk (kernel, initramfs and a
-                  drive configured over Firecracker's API socket); and, only when named
+                  drive configured over Firecracker's API socket), jailer-vmlinux-blk (a
+                  static petrel with a disk under petrel-jailer as an unprivileged uid);
+                  and, only when named
                   with --only, config-file-vmlinux-blk (the same through --config-file
                   and --no-api).
     build-guest   Build (or find in the cache) the guest kernel and initramfs and print
