@@ -59,7 +59,8 @@ BOOT-TEST OPTIONS:
     --timeout SECS   Per-scenario time limit (default 600); the VMM and its process group
                      are killed after it, its logs kept, and the next scenario runs.
     --only NAME      Run only this scenario (may be repeated).
-    --petrel PATH    Use this petrel binary instead of building target/release/petrel.
+    --petrel PATH    Use this petrel binary instead of building the static one
+                     (target/x86_64-unknown-linux-gnu/release/petrel).
 
 QEMU-CHECK OPTIONS:
     --timeout SECS   Per-boot time limit (default 300).
@@ -76,7 +77,8 @@ BENCH OPTIONS:
     --only NAME      Run only this case (may be repeated): startup, memory, exits,
                      density, linux, api-socket, api-start, api-memory.
     --allow-missing  Exit 0 even if QEMU or /dev/kvm is missing (still shown as MISSING).
-    --petrel PATH    Use this petrel binary instead of building target/release/petrel.
+    --petrel PATH    Use this petrel binary instead of building the static one
+                     (target/x86_64-unknown-linux-gnu/release/petrel).
 
 ENVIRONMENT:
     PETREL_CACHE     Cache directory (default $XDG_CACHE_HOME/petrel, else ~/.cache/petrel).

@@ -19,7 +19,7 @@ use std::process::Command;
 
 use crate::api_boot::DISK_SEEN;
 use crate::boottest::{KernelFormat, Scenario, GUEST_CMDLINE};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::host;
 use crate::virtio_boot::AfterCheck;
 
@@ -28,10 +28,6 @@ pub const JAILER_SCENARIO: &str = "jailer-vmlinux-blk";
 
 /// The jailed scenarios in the default set.
 pub const SCENARIOS: &[&str] = &[JAILER_SCENARIO];
-
-/// The target the static petrel is built for (a `--target` build keeps its artefacts apart
-/// from the ordinary, dynamically linked petrel's).
-const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// The first uid (and gid) tried for the VMM; the first one that no account and no group
 /// has is taken.
@@ -206,40 +202,6 @@ pub fn place(source: &Path, target: &Path, uid: u32) -> Result<()> {
         .ctx(|| format!("giving {} to uid {uid}", target.display()))
 }
 
-/// Builds `package`'s release binaries: statically linked for [`STATIC_TARGET`] when
-/// `static_target`; returns the binary `bin`'s path under `target`.
-fn build_release(
-    root: &Path,
-    target: &Path,
-    package: &str,
-    bin: &str,
-    static_target: bool,
-) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args(["build", "--release", "-p", package]);
-    let path = if static_target {
-        // The jail has no ld.so: the jailer refuses a dynamically linked exec file.
-        cmd.args(["--target", STATIC_TARGET])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS");
-        target.join(STATIC_TARGET).join("release").join(bin)
-    } else {
-        target.join("release").join(bin)
-    };
-    println!("{bin}: {}", host::describe(&cmd));
-    host::run(&mut cmd)?;
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(Error::Other(format!(
-            "cargo built {package} but {} is not there",
-            path.display()
-        )))
-    }
-}
-
 /// The jailed scenarios named in `names`, booting `vmlinux` with `initrd`: builds (or finds
 /// fresh) the static petrel and `petrel-jailer`, and prepares the jail under `<dir>/jail`.
 pub fn scenarios(
@@ -256,8 +218,8 @@ pub fn scenarios(
         crate::workspace_root(),
         crate::target_dir(&crate::workspace_root()),
     );
-    let petrel = build_release(&root, &target, "petrel", "petrel", true)?;
-    let jailer = build_release(&root, &target, "petrel-jailer", "petrel-jailer", false)?;
+    let petrel = crate::build_release(&root, &target, "petrel", "petrel", true)?;
+    let jailer = crate::build_release(&root, &target, "petrel-jailer", "petrel-jailer", false)?;
     let read = |f: &str| fs::read_to_string(f).unwrap_or_default();
     let jail = JailBoot {
         jailer,

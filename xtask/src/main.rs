@@ -142,21 +142,48 @@ fn build_guest_command() -> Result<()> {
     Ok(())
 }
 
-/// Builds petrel in release mode and returns the binary's path.
+/// The target the static petrel is built for (a `--target` build keeps its artefacts apart
+/// from the ordinary, dynamically linked petrel's).
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds petrel in release mode, statically linked (as it is shipped: the jailer needs a
+/// binary that runs alone in a chroot, and without the shared libraries the VMM holds less
+/// memory and starts sooner), and returns the binary's path.
 fn build_petrel(root: &Path) -> Result<PathBuf> {
+    build_release(root, &target_dir(root), "petrel", "petrel", true)
+}
+
+/// Builds `package`'s release binaries: statically linked for [`STATIC_TARGET`] when
+/// `static_target`; returns the binary `bin`'s path under `target`.
+pub fn build_release(
+    root: &Path,
+    target: &Path,
+    package: &str,
+    bin: &str,
+    static_target: bool,
+) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--release", "-p", "petrel"]);
-    println!("petrel: {}", host::describe(&cmd));
+        .args(["build", "--release", "-p", package]);
+    let path = if static_target {
+        // crt-static for an explicit --target only: a host build would also apply it to
+        // proc-macro crates, which cannot be linked statically.
+        cmd.args(["--target", STATIC_TARGET])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS");
+        target.join(STATIC_TARGET).join("release").join(bin)
+    } else {
+        target.join("release").join(bin)
+    };
+    println!("{bin}: {}", host::describe(&cmd));
     host::run(&mut cmd)?;
-    let bin = target_dir(root).join("release").join("petrel");
-    if bin.is_file() {
-        Ok(bin)
+    if path.is_file() {
+        Ok(path)
     } else {
         Err(Error::Other(format!(
-            "cargo built petrel but {} is not there",
-            bin.display()
+            "cargo built {package} but {} is not there",
+            path.display()
         )))
     }
 }
