@@ -46,6 +46,13 @@ COMMANDS:
                   Prints a table with PASS/FAIL per target and writes
                   target/bench/results.json; exits 1 when a target is missed, a measurement
                   fails, or QEMU or /dev/kvm is missing (unless --allow-missing).
+    boot-profile  Boot the guest kernel under petrel (release) with `initcall_debug
+                  ignore_loglevel printk.time=1` added, keep the serial log in
+                  target/boot-profile/, and print where the boot went: the slowest 15
+                  initcalls, the 10 biggest gaps between log lines (with the line before
+                  and the initcall running), beside petrel's --boot-timer timeline.
+                  Initcalls printed as addresses (no kallsyms) are named from the
+                  vmlinux's symbol table.
     help          Print this help (also -h, --help; `<COMMAND> --help` too).
 
 TEST OPTIONS:
@@ -61,6 +68,15 @@ BOOT-TEST OPTIONS:
     --only NAME      Run only this scenario (may be repeated).
     --petrel PATH    Use this petrel binary instead of building the static one
                      (target/x86_64-unknown-linux-gnu/release/petrel).
+
+BOOT-PROFILE OPTIONS:
+    --kernel PATH    Profile this kernel (ELF vmlinux for symbol names) instead of the
+                     built one; with it, no initramfs unless --initrd names one.
+    --initrd PATH    Use this initramfs instead of the built one.
+    --cmdline EXTRA  Append EXTRA to the guest's command line (e.g. `pty.legacy_count=0`).
+    --log PATH       Do not boot: profile this serial log (names from --kernel's symbols).
+    --timeout SECS   Time limit for the boot (default 600); the log so far is profiled.
+    --petrel PATH    Use this petrel binary instead of building target/release/petrel.
 
 QEMU-CHECK OPTIONS:
     --timeout SECS   Per-boot time limit (default 300).
@@ -114,6 +130,37 @@ impl Default for BootTestArgs {
             initrd: None,
             timeout: DEFAULT_BOOT_TIMEOUT,
             only: Vec::new(),
+            petrel: None,
+        }
+    }
+}
+
+/// Options of `boot-profile`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootProfileArgs {
+    /// A kernel to boot instead of the built one.
+    pub kernel: Option<PathBuf>,
+    /// An initramfs to use instead of the built one.
+    pub initrd: Option<PathBuf>,
+    /// Words appended to the guest's command line.
+    pub cmdline: Option<String>,
+    /// A serial log to profile instead of booting.
+    pub log: Option<PathBuf>,
+    /// Limit for the boot.
+    pub timeout: Duration,
+    /// A petrel binary to use instead of building one.
+    pub petrel: Option<PathBuf>,
+}
+
+impl Default for BootProfileArgs {
+    /// The built kernel and initramfs, booted by a freshly built petrel.
+    fn default() -> Self {
+        Self {
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            log: None,
+            timeout: DEFAULT_BOOT_TIMEOUT,
             petrel: None,
         }
     }
@@ -192,6 +239,8 @@ pub enum Cmd {
     Test(TestArgs),
     /// `bench`.
     Bench(BenchArgs),
+    /// `boot-profile`.
+    BootProfile(BootProfileArgs),
 }
 
 /// Parses the arguments after the program name.
@@ -238,6 +287,21 @@ where
                 }
             }
             Cmd::BootTest(a)
+        }
+        "boot-profile" => {
+            let mut a = BootProfileArgs::default();
+            while let Some((flag, value)) = next_option(&mut rest)? {
+                match flag.as_str() {
+                    "--kernel" => a.kernel = Some(value.into()),
+                    "--initrd" => a.initrd = Some(value.into()),
+                    "--cmdline" => a.cmdline = Some(value),
+                    "--log" => a.log = Some(value.into()),
+                    "--timeout" => a.timeout = parse_secs(&value)?,
+                    "--petrel" => a.petrel = Some(value.into()),
+                    _ => return Err(Error::Usage(format!("boot-profile: unknown option {flag}"))),
+                }
+            }
+            Cmd::BootProfile(a)
         }
         "qemu-check" => {
             let mut a = QemuCheckArgs {
@@ -493,6 +557,55 @@ mod tests {
             );
         }
         assert!(HELP.contains("    bench ") && HELP.contains("--allow-missing"));
+    }
+
+    #[test]
+    fn boot_profile_command() {
+        assert_eq!(
+            parse(["boot-profile"]).unwrap(),
+            Cmd::BootProfile(BootProfileArgs::default())
+        );
+        let a = match parse([
+            "boot-profile",
+            "--kernel",
+            "/k/vmlinux",
+            "--initrd=/i.cpio",
+            "--cmdline",
+            "pty.legacy_count=0 quiet",
+            "--timeout",
+            "120",
+            "--petrel",
+            "/p",
+            "--log",
+            "/s.log",
+        ])
+        .unwrap()
+        {
+            Cmd::BootProfile(a) => a,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            a,
+            BootProfileArgs {
+                kernel: Some("/k/vmlinux".into()),
+                initrd: Some("/i.cpio".into()),
+                cmdline: Some("pty.legacy_count=0 quiet".into()),
+                log: Some("/s.log".into()),
+                timeout: Duration::from_secs(120),
+                petrel: Some("/p".into()),
+            }
+        );
+        for bad in [
+            &["boot-profile", "--cmdline"][..],
+            &["boot-profile", "--only", "x"],
+            &["boot-profile", "stray"],
+        ] {
+            assert!(
+                matches!(parse(bad.iter().copied()), Err(Error::Usage(_))),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(HELP.contains("    boot-profile ") && HELP.contains("--log PATH"));
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Just enough ELF64 reading to check the two properties the boot test depends on: the
-//! busybox put into the initramfs is static (no program interpreter), and the kernel's
-//! vmlinux carries the PVH entry note that an ELF-loading VMM starts it through; and just
-//! enough writing to make the bench's smallest "kernel", one that spins.
+//! Just enough ELF64 reading for xtask: the busybox put into the initramfs is static (no
+//! program interpreter), the kernel's vmlinux carries the PVH entry note that an
+//! ELF-loading VMM starts it through, and the vmlinux's function symbols name the addresses
+//! that a kernel without kallsyms prints in its `initcall_debug` lines; and just enough
+//! writing to make the bench's smallest "kernel", one that spins.
+
+use std::collections::HashMap;
 
 /// `PT_INTERP`: the program asks for a dynamic loader.
 const PT_INTERP: u32 = 3;
@@ -143,6 +146,68 @@ pub fn spin_kernel_elf() -> Vec<u8> {
     f
 }
 
+/// `SHT_SYMTAB`: a section holding the static symbol table.
+const SHT_SYMTAB: u32 = 2;
+/// `STT_FUNC`: a symbol that names a function.
+const STT_FUNC: u8 = 2;
+/// Size of one ELF64 section header.
+const SHDR_LEN: usize = 64;
+/// Size of one ELF64 symbol.
+const SYM_LEN: usize = 24;
+
+/// The function symbols of an ELF64 file's `.symtab`, by address (the first name wins
+/// where two share one). Empty when the file is not a little-endian ELF64 file or was
+/// stripped.
+pub fn function_symbols(file: &[u8]) -> HashMap<u64, String> {
+    function_symbols_inner(file).unwrap_or_default()
+}
+
+fn function_symbols_inner(file: &[u8]) -> Option<HashMap<u64, String>> {
+    if file.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = usize::try_from(u64_at(file, 0x28)?).ok()?;
+    let shentsize = usize::from(u16_at(file, 0x3a)?);
+    let shnum = usize::from(u16_at(file, 0x3c)?);
+    if shentsize < SHDR_LEN {
+        return None;
+    }
+    // (type, offset, size, link) of section `i`.
+    let section = |i: usize| -> Option<(u32, usize, usize, usize)> {
+        let sh = shoff.checked_add(i.checked_mul(shentsize)?)?;
+        Some((
+            u32_at(file, sh + 4)?,
+            usize::try_from(u64_at(file, sh + 0x18)?).ok()?,
+            usize::try_from(u64_at(file, sh + 0x20)?).ok()?,
+            usize::try_from(u32_at(file, sh + 0x28)?).ok()?,
+        ))
+    };
+    let (_, sym_off, sym_size, link) =
+        (0..shnum).filter_map(section).find(|s| s.0 == SHT_SYMTAB)?;
+    let (_, str_off, str_size, _) = section(link)?;
+    let strtab = file.get(str_off..str_off.checked_add(str_size)?)?;
+    let symtab = file.get(sym_off..sym_off.checked_add(sym_size)?)?;
+    let mut out = HashMap::new();
+    for sym in symtab.chunks_exact(SYM_LEN) {
+        let info = sym[4];
+        let value = u64_at(sym, 8)?;
+        if info & 0xf != STT_FUNC || value == 0 {
+            continue;
+        }
+        let name_at = usize::try_from(u32_at(sym, 0)?).ok()?;
+        let Some(rest) = strtab.get(name_at..) else {
+            continue;
+        };
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        if end == 0 {
+            continue;
+        }
+        out.entry(value)
+            .or_insert_with(|| String::from_utf8_lossy(&rest[..end]).into_owned());
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +304,59 @@ mod tests {
         assert_eq!(u64_at(&f, 64 + 16), Some(SPIN_LOAD_ADDR), "p_vaddr");
         assert_eq!(u16_at(&f, 0x10), Some(2), "ET_EXEC");
         assert_eq!(u16_at(&f, 0x12), Some(0x3e), "EM_X86_64");
+    }
+
+    /// A minimal ELF64 file with a `.symtab` of `(name, info, value)` and its string table.
+    fn elf_with_symbols(syms: &[(&str, u8, u64)]) -> Vec<u8> {
+        let mut strtab = vec![0u8];
+        let mut symtab = vec![0u8; SYM_LEN]; // symbol 0 is the null symbol
+        for (name, info, value) in syms {
+            let mut s = [0u8; SYM_LEN];
+            s[..4].copy_from_slice(&(strtab.len() as u32).to_le_bytes());
+            s[4] = *info;
+            s[8..16].copy_from_slice(&value.to_le_bytes());
+            symtab.extend_from_slice(&s);
+            strtab.extend_from_slice(name.as_bytes());
+            strtab.push(0);
+        }
+        let mut f = vec![0u8; 64];
+        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        let sym_off = f.len();
+        f.extend_from_slice(&symtab);
+        let str_off = f.len();
+        f.extend_from_slice(&strtab);
+        let shoff = f.len();
+        // Sections: 0 null, 1 .symtab (link 2), 2 .strtab.
+        let mut shdr = |kind: u32, off: usize, size: usize, link: u32| {
+            let mut h = [0u8; SHDR_LEN];
+            h[4..8].copy_from_slice(&kind.to_le_bytes());
+            h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
+            h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+            h[0x28..0x2c].copy_from_slice(&link.to_le_bytes());
+            f.extend_from_slice(&h);
+        };
+        shdr(0, 0, 0, 0);
+        shdr(SHT_SYMTAB, sym_off, symtab.len(), 2);
+        shdr(3, str_off, strtab.len(), 0);
+        f[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        f[0x3a..0x3c].copy_from_slice(&(SHDR_LEN as u16).to_le_bytes());
+        f[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn function_symbols_by_address() {
+        let f = elf_with_symbols(&[
+            ("pty_init", STT_FUNC, 0xffff_ffff_8190_0000),
+            ("a_variable", 1, 0xffff_ffff_8200_0000),
+            ("alias_of_pty_init", STT_FUNC, 0xffff_ffff_8190_0000),
+            ("chr_dev_init", 0x10 | STT_FUNC, 0xffff_ffff_8190_0100),
+        ]);
+        let syms = function_symbols(&f);
+        assert_eq!(syms.len(), 2);
+        assert_eq!(syms[&0xffff_ffff_8190_0000], "pty_init");
+        assert_eq!(syms[&0xffff_ffff_8190_0100], "chr_dev_init");
+        assert!(function_symbols(b"not an elf").is_empty());
+        assert!(function_symbols(&f[..100]).is_empty());
     }
 }

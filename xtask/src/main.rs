@@ -5,12 +5,14 @@
 //! - `build-guest`: builds and caches the guest kernel and initramfs, printing their paths;
 //! - `qemu-check`: boots the same guest under QEMU with TCG to check the guest itself;
 //! - `test`: the whole test suite (packages, fmt, clippy, `cargo test`, boot-test);
-//! - `bench`: Petrel's VMM-side costs side by side with QEMU, as a table and JSON.
+//! - `bench`: Petrel's VMM-side costs side by side with QEMU, as a table and JSON;
+//! - `boot-profile`: where a guest's boot goes: slowest initcalls, biggest log gaps.
 //!
 //! Run `cargo xtask --help` for the options.
 
 mod api_boot;
 mod bench;
+mod bootprof;
 mod boottest;
 mod cache;
 mod cli;
@@ -66,6 +68,13 @@ fn main() -> ExitCode {
         Ok(Cmd::QemuCheck(args)) => ExitCode::from(qemu_check(&args)),
         Ok(Cmd::Test(args)) => ExitCode::from(suite::run(&args)),
         Ok(Cmd::Bench(args)) => ExitCode::from(bench::run(&args)),
+        Ok(Cmd::BootProfile(args)) => match bootprof::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
