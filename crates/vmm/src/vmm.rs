@@ -101,7 +101,9 @@ impl std::fmt::Display for Notice {
         match self {
             Notice::EmulatedHostWorkarounds => f.write_str(
                 "this host's KVM runs guest kernel code in its instruction emulator (PVM): \
-                 expect a slow guest; added guest workarounds to the command line",
+                 expect a slow guest; added guest workarounds to the command line (CPU \
+                 features the emulator lacks turned off; pty.legacy_count=0: no legacy BSD \
+                 ptys, 40 s of boot there)",
             ),
         }
     }
