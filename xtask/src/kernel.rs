@@ -357,9 +357,13 @@ mod tests {
             "CONFIG_MODULES",
             "CONFIG_RELOCATABLE",
             "CONFIG_RANDOMIZE_BASE",
+            // 40 s of an emulated boot (see docs/guest-kernel.md).
+            "CONFIG_LEGACY_PTYS",
         ] {
             assert!(reqs.contains(&req(o, None)), "{o} should be off");
         }
+        // Petrel has one UART: the driver probes no other.
+        assert!(reqs.contains(&req("CONFIG_SERIAL_8250_RUNTIME_UARTS", Some("1"))));
         assert!(
             host::GUEST_BUILD_PACKAGES.contains(&"lz4"),
             "an LZ4 kernel needs the lz4 tool"
