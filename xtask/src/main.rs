@@ -279,10 +279,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
             Some(kernel) => {
                 let initrd = match &args.initrd {
                     Some(i) => i.clone(),
-                    None => {
-                        host::ensure_packages(&["busybox-static"])?;
-                        initramfs::build(&Cache::from_env()?)?
-                    }
+                    None => initramfs::build(&Cache::from_env()?)?,
                 };
                 let format = kernel_format(kernel)?;
                 vec![Scenario::new(CUSTOM_SCENARIO, kernel, format, &initrd, 1)]
