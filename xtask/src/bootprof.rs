@@ -299,8 +299,35 @@ struct Outputs {
     petrel: PathBuf,
 }
 
+/// CPU time (user, system) used by this process's waited-for children so far.
+fn children_cpu() -> (Duration, Duration) {
+    // SAFETY: getrusage writes only into the struct it is given, which is zeroed and ours.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) != 0 {
+            return (Duration::ZERO, Duration::ZERO);
+        }
+        u
+    };
+    let d = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    (d(usage.ru_utime), d(usage.ru_stime))
+}
+
+/// How long a boot took and what it cost the host.
+#[derive(Debug, Clone, Copy)]
+struct BootCost {
+    /// Petrel's wall time.
+    wall: Duration,
+    /// Petrel's user-mode CPU time.
+    user: Duration,
+    /// Petrel's kernel-mode CPU time: on an emulating host, mostly KVM emulating the guest.
+    system: Duration,
+}
+
 /// Boots `kernel` under `petrel` with the profiling command line and waits for the VMM
-/// to exit (or kills it after `timeout`). Returns the VMM's wall time.
+/// to exit (or kills it after `timeout`).
 fn boot(
     petrel: &Path,
     kernel: &Path,
@@ -308,7 +335,7 @@ fn boot(
     cmdline: &str,
     out: &Outputs,
     timeout: Duration,
-) -> Result<Duration> {
+) -> Result<BootCost> {
     let _ = fs::remove_file(&out.serial);
     let mut cmd = Command::new(petrel);
     cmd.arg("--kernel").arg(kernel);
@@ -323,6 +350,7 @@ fn boot(
     println!("boot-profile: {}", host::describe(&cmd));
     let log = fs::File::create(&out.petrel).ctx(|| format!("creating {}", out.petrel.display()))?;
     let err = log.try_clone().ctx(|| "duplicating a file".into())?;
+    let (user0, system0) = children_cpu();
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -335,7 +363,7 @@ fn boot(
             if !status.success() {
                 println!("boot-profile: petrel ended with {status}");
             }
-            return Ok(start.elapsed());
+            break;
         }
         if start.elapsed() >= timeout {
             let _ = child.kill();
@@ -344,10 +372,17 @@ fn boot(
                 "boot-profile: no exit within {} s; petrel killed; the log so far is profiled",
                 timeout.as_secs()
             );
-            return Ok(start.elapsed());
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let wall = start.elapsed();
+    let (user1, system1) = children_cpu();
+    Ok(BootCost {
+        wall,
+        user: user1.saturating_sub(user0),
+        system: system1.saturating_sub(system0),
+    })
 }
 
 /// Runs `boot-profile`: boot (unless `--log` names a log to read instead), then print the
@@ -383,7 +418,7 @@ pub fn run(args: &BootProfileArgs) -> Result<()> {
                 petrel: dir.join("petrel-output.log"),
             };
             let cmdline = profile_cmdline(args.cmdline.as_deref());
-            let wall = boot(
+            let cost = boot(
                 &petrel,
                 &kernel,
                 initrd.as_deref(),
@@ -392,10 +427,18 @@ pub fn run(args: &BootProfileArgs) -> Result<()> {
                 args.timeout,
             )?;
             println!(
-                "boot-profile: petrel ran {:.1} s; serial log {}, petrel's output {}",
-                wall.as_secs_f64(),
+                "boot-profile: petrel ran {:.1} s and used {:.1} s of CPU (user {:.1} s, \
+                 system {:.1} s); serial log {}, petrel's output {}",
+                cost.wall.as_secs_f64(),
+                (cost.user + cost.system).as_secs_f64(),
+                cost.user.as_secs_f64(),
+                cost.system.as_secs_f64(),
                 out.serial.display(),
                 out.petrel.display()
+            );
+            println!(
+                "    (guest time is wall-clock time: other load on the host stretches it; \
+                 CPU time barely changes with load)"
             );
             let text = fs::read_to_string(&out.petrel).unwrap_or_default();
             (out.serial, Some(text))
