@@ -299,7 +299,8 @@ struct Outputs {
     petrel: PathBuf,
 }
 
-/// CPU time (user, system) used by this process's waited-for children so far.
+/// CPU time (user, system) used by this process's waited-for children so far: the
+/// difference across one boot is what that petrel used.
 fn children_cpu() -> (Duration, Duration) {
     // SAFETY: getrusage writes only into the struct it is given, which is zeroed and ours.
     let usage = unsafe {
@@ -437,8 +438,8 @@ pub fn run(args: &BootProfileArgs) -> Result<()> {
                 out.petrel.display()
             );
             println!(
-                "    (guest time is wall-clock time: other load on the host stretches it; \
-                 CPU time barely changes with load)"
+                "    (guest time is wall-clock time: on a busy host it includes the wait for a \
+                 CPU, which the CPU time does not)"
             );
             let text = fs::read_to_string(&out.petrel).unwrap_or_default();
             (out.serial, Some(text))

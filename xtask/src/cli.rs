@@ -52,7 +52,7 @@ COMMANDS:
                   initcalls, the 10 biggest gaps between log lines (with the line before
                   and the initcall running), beside petrel's --boot-timer timeline.
                   Initcalls printed as addresses (no kallsyms) are named from the
-                  vmlinux's symbol table.
+                  vmlinux's symbol table. docs/guest-kernel.md says what to do with it.
     help          Print this help (also -h, --help; `<COMMAND> --help` too).
 
 TEST OPTIONS:
