@@ -359,6 +359,9 @@ mod tests {
             "CONFIG_RANDOMIZE_BASE",
             // 40 s of an emulated boot (see docs/guest-kernel.md).
             "CONFIG_LEGACY_PTYS",
+            // Hardware Petrel does not have.
+            "CONFIG_INPUT_MOUSE",
+            "CONFIG_SERIO_SERPORT",
         ] {
             assert!(reqs.contains(&req(o, None)), "{o} should be off");
         }
