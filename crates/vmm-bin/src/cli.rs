@@ -172,7 +172,8 @@ struct LinuxArgs {
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
     host_compat: String,
     /// How to start the kernel: auto (PVH when the kernel has a PVH entry, as Firecracker
-    /// does; else the Linux 64-bit boot protocol), pvh, or linux64.
+    /// does, except on hosts that emulate guest kernel code, where Petrel's page tables make
+    /// the 64-bit protocol faster; else the Linux 64-bit boot protocol), pvh, or linux64.
     #[arg(long, value_name = "auto|pvh|linux64", default_value = "auto",
           value_parser = ["auto", "pvh", "linux64"])]
     boot_protocol: String,

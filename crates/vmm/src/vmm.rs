@@ -887,9 +887,12 @@ fn load_linux(
         emulated,
         config.host_compat,
     );
-    // Auto follows Firecracker: PVH when the kernel has the entry note. Asking for PVH when it
-    // has none is refused by the loader, naming the kernel.
+    // Auto follows Firecracker: PVH when the kernel has the entry note, except on hosts that
+    // emulate guest kernel code (with the host workarounds on), where the 64-bit protocol's
+    // page tables, built by Petrel, save the guest from building its own in the emulator.
+    // Asking for PVH when the kernel has no note is refused by the loader, naming the kernel.
     let protocol = match config.boot_protocol {
+        BootProtocol::Auto if emulated && config.host_compat => BootProtocol::Linux64,
         BootProtocol::Auto if kernel.pvh_entry.is_some() => BootProtocol::Pvh,
         BootProtocol::Auto => BootProtocol::Linux64,
         p => p,
