@@ -39,13 +39,29 @@ use crate::watch::SignalWatcher;
 
 fn main() -> ExitCode {
     let timeline = Timeline::new(Instant::now());
-    let argv0 = std::env::args().next().unwrap_or_default();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("__seccomp-selftest") {
-        return seccomp::selftest(&args[1..]);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv0 = argv.first().and_then(|a| a.to_str()).unwrap_or_default();
+    if argv.get(1).is_some_and(|a| a == "__seccomp-selftest") {
+        let args: Vec<String> = argv[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return seccomp::selftest(&args);
     }
-    if fc::flags::called_firecracker(&argv0) {
-        let cli = fc::flags::FirecrackerCli::parse();
+    let as_firecracker = fc::flags::called_firecracker(argv0);
+    let default_sock = as_firecracker.then_some(fc::flags::DEFAULT_API_SOCK);
+    // The API socket listens before the command line is even parsed: a launcher that waits
+    // for it waits least. A command line that turns out wrong drops it (the file goes).
+    let early_socket = fc::early_api_socket(&argv[1..], default_sock);
+    if as_firecracker {
+        let cli = match fc::flags::FirecrackerCli::try_parse_from(&argv) {
+            Ok(cli) => cli,
+            Err(e) => {
+                // clap's exit would skip the socket's removal.
+                drop(early_socket);
+                e.exit()
+            }
+        };
         if cli.version {
             print!(
                 "{}",
@@ -54,18 +70,32 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         timeline.mark("command line parsed");
-        let default_sock = Some(fc::flags::DEFAULT_API_SOCK);
-        return fc::run(cli.flags, cli.boot_timer, default_sock, timeline);
+        return fc::run(
+            cli.flags,
+            cli.boot_timer,
+            default_sock,
+            early_socket,
+            timeline,
+        );
     }
-    let cli = cli::Cli::parse_from(cli::hoist_global_flags(std::env::args_os().collect()));
+    let cli = match cli::Cli::try_parse_from(cli::hoist_global_flags(argv)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap's exit would skip the socket's removal.
+            drop(early_socket);
+            e.exit()
+        }
+    };
     let (config, outputs) = match cli.into_launch() {
         Ok(cli::Launch::Direct(config, outputs)) => (*config, outputs),
         Ok(cli::Launch::Firecracker { flags, boot_timer }) => {
             timeline.mark("command line parsed");
-            return fc::run(flags, boot_timer, None, timeline);
+            return fc::run(flags, boot_timer, None, early_socket, timeline);
         }
         Err(e) => return fail(&e),
     };
+    // Petrel's own command line serves no API (an --api-sock would have made it Firecracker's).
+    drop(early_socket);
     timeline.mark("command line parsed");
     // Before any thread starts (building the VM starts the console writer).
     let filters = match seccomp::enable(&outputs.seccomp) {

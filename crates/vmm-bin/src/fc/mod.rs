@@ -13,6 +13,7 @@ pub mod logger;
 pub mod metrics;
 pub mod pump;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +26,31 @@ use self::flags::{FirecrackerFlags, DEFAULT_INSTANCE_ID};
 use self::logger::{Level, LogFormat, Logger};
 use crate::signals::{self, StopSignals};
 use crate::watch::SignalWatcher;
+
+/// The API socket bound before the command line was parsed, and the path it was bound at.
+pub type EarlySocket = (PathBuf, Result<ApiSocket, petrel_api::server::ServerError>);
+
+/// Binds the API socket a command line names (`--api-sock PATH`, `--api-sock=PATH`, or
+/// `default` when it names none), before the command line is parsed, so that it listens as
+/// early as the process can make it. `None` when there is nothing to bind: no socket named,
+/// `--no-api`, or a request for help or the version.
+pub fn early_api_socket(args: &[std::ffi::OsString], default: Option<&str>) -> Option<EarlySocket> {
+    let mut path = default.map(PathBuf::from);
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.to_str() {
+            Some("--no-api" | "--help" | "-h" | "--version" | "-V") => return None,
+            Some("--api-sock") => path = iter.next().map(PathBuf::from),
+            Some(a) if a.starts_with("--api-sock=") => {
+                path = Some(PathBuf::from(&a["--api-sock=".len()..]))
+            }
+            _ => {}
+        }
+    }
+    let path = path?;
+    let bound = ApiSocket::bind(&path);
+    Some((path, bound))
+}
 
 /// How the VMM thread's wait for the first requests ended.
 enum PreBoot {
@@ -51,6 +77,7 @@ pub fn run(
     flags: FirecrackerFlags,
     boot_timer: bool,
     default_api_sock: Option<&str>,
+    early_socket: Option<EarlySocket>,
     timeline: Timeline,
 ) -> ExitCode {
     let id = flags
@@ -74,10 +101,16 @@ pub fn run(
         .filter(|_| !flags.no_api);
     let socket = match &api_path {
         None => None,
-        Some(path) => match ApiSocket::bind(path) {
-            Ok(s) => Some(s),
-            Err(e) => return bad_input(&format!("--api-sock {}: {e}", path.display())),
-        },
+        Some(path) => {
+            let bound = match early_socket {
+                Some((early, bound)) if early == *path => bound,
+                _ => ApiSocket::bind(path),
+            };
+            match bound {
+                Ok(s) => Some(s),
+                Err(e) => return bad_input(&format!("--api-sock {}: {e}", path.display())),
+            }
+        }
     };
     if socket.is_some() {
         timeline.mark("API socket listening");
