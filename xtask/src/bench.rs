@@ -1011,7 +1011,7 @@ fn linux(b: &Bench, runs: u32, limit: Duration) -> Row {
         comparison: Cell::None(String::new()),
         target: Target::None,
         measures: format!(
-            "The boot-test kernel and initramfs (cargo xtask build-guest; vmlinux through PVH, \
+            "The boot-test kernel and initramfs (cargo xtask build-guest; vmlinux, \
              {GUEST_MIB} MiB, 1 vCPU): seconds from the spawn until `{RUN_INIT_LINE}` appears in \
              the serial log file (polled every 20 ms), then the VMM is stopped. Petrel: `petrel \
              --kernel vmlinux --initrd initramfs.cpio --cmdline '{GUEST_CMDLINE}' --serial \
