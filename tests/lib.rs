@@ -10,7 +10,8 @@ use petrel_guest_mem::GuestRam;
 use petrel_hv_sys::{Hypervisor, Vm};
 use petrel_loader::{gdt, paging, BootCpuState, CpuMode};
 use petrel_vcpu::{
-    cpuid, setup, spawn, IoHandler, IoOutcome, RunOptions, VcpuCommand, VcpuOutcome, VcpuRunner,
+    cpuid, setup, spawn, IoHandler, IoOutcome, RunOptions, VcpuCommand, VcpuHandle, VcpuOutcome,
+    VcpuRunner,
 };
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
@@ -181,8 +182,9 @@ impl TinyGuest {
         }
     }
 
-    /// Runs the guest on this thread with `io` until it stops.
-    pub fn run(self, hv: &Hypervisor, io: Arc<Recorder>) -> VcpuOutcome {
+    /// Starts the guest's vCPU on its own thread with `io`; returns the VM (keep it while the
+    /// vCPU runs) and the vCPU's handle.
+    pub fn spawn(self, hv: &Hypervisor, io: Arc<Recorder>) -> (Vm, VcpuHandle) {
         let mut vm = Vm::new(hv).expect("create VM");
         vm.register_ram(&self.ram).expect("memory slot");
         vm.setup_tss_and_identity_map().expect("tss");
@@ -202,8 +204,14 @@ impl TinyGuest {
         };
         let runner = VcpuRunner::new(vcpu, io, self.ram, options);
         let exited = EventFd::new(0).expect("eventfd");
-        let mut handle = spawn(runner, exited).expect("vCPU thread");
-        if let Some(outcome) = handle.join(self.deadline) {
+        (vm, spawn(runner, exited).expect("vCPU thread"))
+    }
+
+    /// Runs the guest on its own thread with `io` until it stops.
+    pub fn run(self, hv: &Hypervisor, io: Arc<Recorder>) -> VcpuOutcome {
+        let deadline = self.deadline;
+        let (_vm, mut handle) = self.spawn(hv, io);
+        if let Some(outcome) = handle.join(deadline) {
             return outcome;
         }
         // The guest is still running (spinning without exits): kick it out and stop it.

@@ -234,23 +234,17 @@ fn pause_holds_the_vcpu_and_resume_lets_it_go_on() {
     let Some(hv) = kvm_or_skip("pause_holds_the_vcpu_and_resume_lets_it_go_on") else {
         return;
     };
-    use petrel_vcpu::{spawn, RunOptions, VcpuCommand, VcpuRunner, VcpuState};
+    use petrel_vcpu::{VcpuCommand, VcpuState};
     use std::time::Duration;
     let code = [
         0xe7, 0x10, // out 0x10, ax   ; an exit per iteration: progress we can watch
         0x40, //       inc ax
         0xeb, 0xfb, // jmp -5
     ];
-    let guest = TinyGuest::real_mode(&code, 1 << 20);
-    let mut vm = petrel_hv_sys::Vm::new(&hv).unwrap();
-    vm.register_ram(&guest.ram).unwrap();
-    vm.setup_tss_and_identity_map().unwrap();
-    let vcpu = vm.create_vcpu(0).unwrap();
-    petrel_vcpu::setup::apply_boot_state(&vcpu, &guest.state).unwrap();
+    let mut guest = TinyGuest::real_mode(&code, 1 << 20);
+    guest.max_exits = None;
     let io = Arc::new(Recorder::default());
-    let runner = VcpuRunner::new(vcpu, io.clone(), guest.ram.clone(), RunOptions::default());
-    let exited = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
-    let mut handle = spawn(runner, exited).unwrap();
+    let (_vm, mut handle) = guest.spawn(&hv, io.clone());
     let progress = || io.accesses.lock().unwrap().len();
 
     std::thread::sleep(Duration::from_millis(50));
@@ -286,7 +280,7 @@ fn a_stop_sent_before_the_first_run_is_not_lost() {
     let Some(hv) = kvm_or_skip("a_stop_sent_before_the_first_run_is_not_lost") else {
         return;
     };
-    use petrel_vcpu::{spawn, RunOptions, VcpuCommand, VcpuRunner};
+    use petrel_vcpu::VcpuCommand;
     use std::time::Duration;
     let code = [
         0xeb, 0xfe, // jmp $   ; spin forever without a single exit: only a kick ends it
@@ -295,15 +289,7 @@ fn a_stop_sent_before_the_first_run_is_not_lost() {
     // round 1 lost the kick and the vCPU spun on). Each try must end within the deadline.
     for attempt in 0..50 {
         let guest = TinyGuest::real_mode(&code, 1 << 20);
-        let mut vm = petrel_hv_sys::Vm::new(&hv).unwrap();
-        vm.register_ram(&guest.ram).unwrap();
-        vm.setup_tss_and_identity_map().unwrap();
-        let vcpu = vm.create_vcpu(0).unwrap();
-        petrel_vcpu::setup::apply_boot_state(&vcpu, &guest.state).unwrap();
-        let io = Arc::new(Recorder::default());
-        let runner = VcpuRunner::new(vcpu, io, guest.ram.clone(), RunOptions::default());
-        let exited = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
-        let mut handle = spawn(runner, exited).unwrap();
+        let (_vm, mut handle) = guest.spawn(&hv, Arc::new(Recorder::default()));
         handle.send(VcpuCommand::Stop).unwrap();
         let out = handle
             .join(Duration::from_secs(5))
