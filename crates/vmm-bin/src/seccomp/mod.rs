@@ -138,7 +138,7 @@ impl Filters {
         let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
         let mut map =
             seccompiler::compile_from_json(std::io::BufReader::new(file), TargetArch::x86_64)
-                .map_err(|e| bad(error_text(&e)))?;
+                .map_err(|e| bad(petrel_vmm::error_chain(&e)))?;
         Filters::from_map(&mut map).map_err(bad)
     }
 
@@ -173,18 +173,6 @@ impl Filters {
     pub fn get(&self, kind: Kind) -> &BpfProgram {
         &self.programs[kind.index()]
     }
-}
-
-/// An error and its causes on one line.
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// Loads the filters `choice` asks for and, unless it is `--no-seccomp`, installs the SIGSYS
