@@ -147,24 +147,42 @@ fn socket_run(b: &Bench) -> Result<(f64, f64)> {
     Ok((ms(accepted), ms(answered)))
 }
 
-/// Case: spawn to the API socket accepting, and to `GET /` answered.
-pub fn socket(b: &Bench, runs: u32) -> Vec<Row> {
-    let mut values: std::result::Result<Vec<(f64, f64)>, Cell> =
-        missing(b, false).map_or(Ok(vec![]), Err);
-    // One untimed warm-up run (page cache, first mapping of the binary), as for start-up.
+/// `runs` timings of two figures each from `run`, after one untimed warm-up run (page cache,
+/// first mapping of the binary), as for start-up; the first failing run ends the case.
+fn timed_pairs(
+    b: &Bench,
+    runs: u32,
+    run: fn(&Bench) -> Result<(f64, f64)>,
+) -> std::result::Result<Vec<(f64, f64)>, Cell> {
+    if let Some(cell) = missing(b, false) {
+        return Err(cell);
+    }
+    let mut values = Vec::with_capacity(runs as usize);
     for i in 0..=runs {
-        if let Ok(v) = &mut values {
-            match socket_run(b) {
-                Ok(t) if i > 0 => v.push(t),
-                Ok(_) => {}
-                Err(e) => values = Err(Cell::Error(format!("run {}: {e}", i + 1))),
-            }
+        match run(b) {
+            Ok(t) if i > 0 => values.push(t),
+            Ok(_) => {}
+            Err(e) => return Err(Cell::Error(format!("run {}: {e}", i + 1))),
         }
     }
-    let cell = |pick: fn(&(f64, f64)) -> f64| match &values {
+    Ok(values)
+}
+
+/// One of the two figures of [`timed_pairs`]' runs as a table cell.
+fn pair_cell(
+    values: &std::result::Result<Vec<(f64, f64)>, Cell>,
+    pick: fn(&(f64, f64)) -> f64,
+) -> Cell {
+    match values {
         Ok(v) => Cell::Measured(v.iter().map(pick).collect()),
         Err(c) => c.clone(),
-    };
+    }
+}
+
+/// Case: spawn to the API socket accepting, and to `GET /` answered.
+pub fn socket(b: &Bench, runs: u32) -> Vec<Row> {
+    let values = timed_pairs(b, runs, socket_run);
+    let cell = |pick: fn(&(f64, f64)) -> f64| pair_cell(&values, pick);
     vec![
         Row {
             id: "api_socket_accepting",
@@ -276,21 +294,8 @@ fn start_run(b: &Bench) -> Result<(f64, f64)> {
 
 /// Case: `InstanceStart` to the demo guest's first serial byte.
 pub fn start(b: &Bench, runs: u32) -> Vec<Row> {
-    let mut values: std::result::Result<Vec<(f64, f64)>, Cell> =
-        missing(b, false).map_or(Ok(vec![]), Err);
-    for i in 0..=runs {
-        if let Ok(v) = &mut values {
-            match start_run(b) {
-                Ok(t) if i > 0 => v.push(t),
-                Ok(_) => {}
-                Err(e) => values = Err(Cell::Error(format!("run {}: {e}", i + 1))),
-            }
-        }
-    }
-    let cell = |pick: fn(&(f64, f64)) -> f64| match &values {
-        Ok(v) => Cell::Measured(v.iter().map(pick).collect()),
-        Err(c) => c.clone(),
-    };
+    let values = timed_pairs(b, runs, start_run);
+    let cell = |pick: fn(&(f64, f64)) -> f64| pair_cell(&values, pick);
     vec![
         Row {
             id: "api_instance_start_first_byte",
