@@ -20,8 +20,9 @@ pub mod layout;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 pub use vm_memory;
-/// The vm-memory type that backs guest RAM.
-pub use vm_memory::GuestMemoryMmap;
+/// The vm-memory type that backs guest RAM: mmap regions with a dirty bitmap per page, which
+/// records the pages the VMM and its devices write (KVM's dirty log records the guest's own).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// Guest RAM must be a whole number of these (4 KiB pages, the KVM memory-slot granularity).
 pub const RAM_ALIGNMENT: u64 = 0x1000;

@@ -33,8 +33,9 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::time::Instant;
 
+use crate::virtio::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::chain::{self, gather, pieces, Budget, ChainBuffers, Step};
 use super::{

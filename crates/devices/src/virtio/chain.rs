@@ -15,9 +15,10 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
+use crate::virtio::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 pub(crate) use super::in_ram;
 use super::GuestFault;
@@ -520,7 +521,7 @@ mod tests {
 
     #[test]
     fn gather_and_scatter_refuse_short_or_outside_buffers() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let s = segs();
         assert!(scatter(&mem, &s, 0, b"abcdefghijkl"));
         let mut buf = [0u8; 12];

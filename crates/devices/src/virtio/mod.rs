@@ -83,7 +83,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use virtio_queue::{Queue, QueueT};
-pub use vm_memory::GuestMemoryMmap;
+/// The guest memory type every virtio device works on: vm-memory's mmap backend with a dirty
+/// bitmap, so that pages a device writes are known to a Diff snapshot.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;

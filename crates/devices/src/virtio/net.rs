@@ -37,8 +37,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::virtio::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, BatchEnd, Budget, ChainBuffers, Step};
 use super::{

@@ -23,8 +23,8 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::virtio::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, Budget, ChainBuffers, Step};
 use super::{

@@ -4,10 +4,11 @@
 // Shared by the tests of every virtio device; not each uses every helper.
 #![allow(dead_code)]
 
+use crate::virtio::GuestMemoryMmap;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::{VirtioMmio, CONFIG_SPACE_OFFSET};

@@ -56,8 +56,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::virtio::GuestMemoryMmap;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 use self::muxer::Muxer;
 use self::packet::{Header, HDR_LEN, OP_RW};
