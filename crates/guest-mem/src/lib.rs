@@ -17,7 +17,14 @@
 pub mod alloc;
 pub mod layout;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
+};
 
 pub use vm_memory;
 /// The vm-memory type that backs guest RAM: mmap regions with a dirty bitmap per page, which
@@ -60,6 +67,32 @@ pub enum Error {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    /// A memory file is not the size of the guest's RAM.
+    #[error("the memory file is {actual} bytes, but the guest has {expected} bytes of RAM")]
+    FileSize {
+        /// The guest's RAM size.
+        expected: u64,
+        /// The file's size.
+        actual: u64,
+    },
+    /// The host refused to map a memory file.
+    #[error("cannot map the memory file")]
+    MapFile(#[source] vm_memory::mmap::MmapRegionError),
+    /// Reading or writing a memory file failed.
+    #[error("memory file I/O failed")]
+    FileIo(#[source] std::io::Error),
+    /// A dirty-page bitmap does not cover the region it is for.
+    #[error(
+        "the dirty-page bitmap of region {region} has {words} words, too few for its {pages} pages"
+    )]
+    DirtyBitmap {
+        /// Index of the region.
+        region: usize,
+        /// Words given.
+        words: usize,
+        /// Pages in the region.
+        pages: u64,
+    },
     /// An access reached outside guest RAM.
     #[error("guest memory access of {len} bytes at {addr:#x} is outside guest RAM")]
     OutOfRange {
@@ -94,16 +127,7 @@ pub struct GuestRam {
 impl GuestRam {
     /// Allocates `size` bytes of guest RAM (lazily: pages are backed when first touched).
     pub fn new(size: u64) -> Result<Self> {
-        if size == 0 {
-            return Err(Error::ZeroSize);
-        }
-        if size % RAM_ALIGNMENT != 0 {
-            return Err(Error::Unaligned { size });
-        }
-        let host = host_memory_bytes();
-        if size > host {
-            return Err(Error::TooLarge { size, host });
-        }
+        Self::check_size(size)?;
         let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(size)
             .into_iter()
             .map(|(start, len)| (GuestAddress(start), len as usize))
@@ -111,6 +135,137 @@ impl GuestRam {
         let mem =
             GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map { size, source })?;
         Ok(GuestRam { mem, size })
+    }
+
+    /// Maps guest RAM of `size` bytes from a memory file written by [`write_full`]
+    /// (Self::write_full), privately: pages are read from the file on first touch and copied on
+    /// first write, so the file is never changed and many guests can share it. The time this
+    /// takes does not grow with `size`.
+    pub fn from_file(size: u64, file: &File) -> Result<Self> {
+        Self::check_size(size)?;
+        let actual = file.metadata().map_err(Error::FileIo)?.len();
+        if actual != size {
+            return Err(Error::FileSize {
+                expected: size,
+                actual,
+            });
+        }
+        let mut regions = Vec::new();
+        let mut offset = 0u64;
+        for (start, len) in layout::ram_ranges(size) {
+            let fd = file.try_clone().map_err(Error::FileIo)?;
+            let bitmap = AtomicBitmap::new(len as usize, PAGE_SIZE_NZ);
+            let mapping = MmapRegionBuilder::new_with_bitmap(len as usize, bitmap)
+                .with_file_offset(FileOffset::new(fd, offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(Error::MapFile)?;
+            let region = GuestRegionMmap::new(mapping, GuestAddress(start)).ok_or(Error::Map {
+                size,
+                source: vm_memory::mmap::FromRangesError::InvalidGuestRegion,
+            })?;
+            regions.push(region);
+            offset += len;
+        }
+        let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Map {
+            size,
+            source: e.into(),
+        })?;
+        Ok(GuestRam { mem, size })
+    }
+
+    /// Writes all of guest RAM to `out`, region after region (the layout
+    /// [`from_file`](Self::from_file) reads). Pages of zeros are left as holes, so the file is
+    /// sparse. Returns the bytes of data written.
+    pub fn write_full(&self, out: &File) -> Result<u64> {
+        out.set_len(0).map_err(Error::FileIo)?;
+        out.set_len(self.size).map_err(Error::FileIo)?;
+        let mut written = 0;
+        let mut buf = vec![0u8; COPY_CHUNK];
+        for (file_offset, region) in self.file_layout() {
+            let mut done = 0u64;
+            while done < region.len() {
+                let n = (region.len() - done).min(COPY_CHUNK as u64) as usize;
+                let chunk = &mut buf[..n];
+                self.read(region.start_addr().0 + done, chunk)?;
+                let pages = (n as u64).div_ceil(PAGE);
+                let keep = |p: u64| !is_zero(page_of(chunk, p));
+                written += write_runs(out, file_offset + done, chunk, pages, keep)?;
+                done += n as u64;
+            }
+        }
+        // Dirty tracking starts over from this full copy.
+        self.clear_dirty_bitmap();
+        Ok(written)
+    }
+
+    /// Writes to `out` only the pages written since the last [`write_full`](Self::write_full)
+    /// or `write_dirty`: those set in `kvm_dirty` (one bitmap per region, one bit per 4 KiB
+    /// page, as KVM's dirty log gives them: the guest's own writes) or in this memory's own
+    /// dirty bitmap (what the VMM and its devices wrote). `out` gets the size of guest RAM and
+    /// holes everywhere else, so it applies on top of the previous file. Returns the bytes of
+    /// data written.
+    pub fn write_dirty(&self, out: &File, kvm_dirty: &[Vec<u64>]) -> Result<u64> {
+        out.set_len(0).map_err(Error::FileIo)?;
+        out.set_len(self.size).map_err(Error::FileIo)?;
+        let mut written = 0;
+        for (i, (file_offset, region)) in self.file_layout().into_iter().enumerate() {
+            let pages = region.len().div_ceil(PAGE);
+            let kvm = kvm_dirty.get(i).map(Vec::as_slice).unwrap_or(&[]);
+            if (kvm.len() as u64) < pages.div_ceil(64) {
+                return Err(Error::DirtyBitmap {
+                    region: i,
+                    words: kvm.len(),
+                    pages,
+                });
+            }
+            let ours = region.get_mmap().bitmap().get_and_reset();
+            let dirty = |p: u64| {
+                let (w, b) = ((p / 64) as usize, p % 64);
+                (kvm[w] | ours.get(w).copied().unwrap_or(0)) & (1 << b) != 0
+            };
+            // Runs of dirty pages, copied a chunk at a time.
+            let mut p = 0;
+            while p < pages {
+                if !dirty(p) {
+                    p += 1;
+                    continue;
+                }
+                let mut end = p;
+                while end < pages && dirty(end) && end - p < COPY_CHUNK as u64 / PAGE {
+                    end += 1;
+                }
+                let len = ((end - p) * PAGE).min(region.len() - p * PAGE) as usize;
+                let mut buf = vec![0u8; len];
+                self.read(region.start_addr().0 + p * PAGE, &mut buf)?;
+                out.write_all_at(&buf, file_offset + p * PAGE)
+                    .map_err(Error::FileIo)?;
+                written += len as u64;
+                p = end;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Forgets which pages the VMM and its devices wrote (as after a full copy).
+    pub fn clear_dirty_bitmap(&self) {
+        for r in self.mem.iter() {
+            r.get_mmap().bitmap().reset();
+        }
+    }
+
+    /// Each region with its offset in a memory file.
+    fn file_layout(&self) -> Vec<(u64, &GuestRegionMmap<AtomicBitmap>)> {
+        let mut offset = 0;
+        self.mem
+            .iter()
+            .map(|r| {
+                let at = offset;
+                offset += r.len();
+                (at, r)
+            })
+            .collect()
     }
 
     /// Total RAM size in bytes.
@@ -181,6 +336,20 @@ impl GuestRam {
         Ok(val)
     }
 
+    fn check_size(size: u64) -> Result<()> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        if size % RAM_ALIGNMENT != 0 {
+            return Err(Error::Unaligned { size });
+        }
+        let host = host_memory_bytes();
+        if size > host {
+            return Err(Error::TooLarge { size, host });
+        }
+        Ok(())
+    }
+
     fn check(&self, addr: u64, len: usize) -> Result<()> {
         if self.contains(addr, len as u64) {
             Ok(())
@@ -188,6 +357,54 @@ impl GuestRam {
             Err(Error::OutOfRange { addr, len })
         }
     }
+}
+
+/// The page size of memory files and dirty bitmaps (x86's 4 KiB).
+const PAGE: u64 = 0x1000;
+const PAGE_SIZE_NZ: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(PAGE as usize) {
+    Some(n) => n,
+    None => panic!("page size is not zero"),
+};
+/// How much of guest RAM is copied at a time when a memory file is written.
+const COPY_CHUNK: usize = 2 << 20;
+
+fn page_of(chunk: &[u8], p: u64) -> &[u8] {
+    let start = (p * PAGE) as usize;
+    &chunk[start..(start + PAGE as usize).min(chunk.len())]
+}
+
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+/// Writes the runs of pages of `chunk` for which `keep` holds at `offset` onwards in `out`;
+/// returns the bytes written.
+fn write_runs(
+    out: &File,
+    offset: u64,
+    chunk: &[u8],
+    pages: u64,
+    keep: impl Fn(u64) -> bool,
+) -> Result<u64> {
+    let mut written = 0;
+    let mut p = 0;
+    while p < pages {
+        if !keep(p) {
+            p += 1;
+            continue;
+        }
+        let mut end = p + 1;
+        while end < pages && keep(end) {
+            end += 1;
+        }
+        let start = (p * PAGE) as usize;
+        let stop = ((end * PAGE) as usize).min(chunk.len());
+        out.write_all_at(&chunk[start..stop], offset + start as u64)
+            .map_err(Error::FileIo)?;
+        written += (stop - start) as u64;
+        p = end;
+    }
+    Ok(written)
 }
 
 /// The host's physical memory in bytes (the ceiling for one guest's RAM).
@@ -239,6 +456,92 @@ mod tests {
         let ram = GuestRam::new(0x10000).unwrap();
         ram.write_obj(0x100, 0xdead_beef_u32).unwrap();
         assert_eq!(ram.read_obj::<u32>(0x100).unwrap(), 0xdead_beef);
+    }
+
+    fn temp_file(name: &str) -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("petrel-mem-{}-{name}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        (path, f)
+    }
+
+    #[test]
+    fn full_file_round_trips_privately_and_sparsely() {
+        use std::os::unix::fs::MetadataExt;
+        let ram = GuestRam::new(16 << 20).unwrap();
+        ram.write(0x1000, b"first page").unwrap();
+        ram.write(0xa0_0000 - 4, b"edge").unwrap();
+        let (path, f) = temp_file("full");
+        let written = ram.write_full(&f).unwrap();
+        assert_eq!(written, 2 * PAGE, "two pages hold data");
+        let meta = f.metadata().unwrap();
+        assert_eq!(meta.len(), 16 << 20);
+        assert!(meta.blocks() * 512 < 1 << 20, "zero pages are holes");
+
+        let restored = GuestRam::from_file(16 << 20, &f).unwrap();
+        let mut b = [0u8; 10];
+        restored.read(0x1000, &mut b).unwrap();
+        assert_eq!(&b, b"first page");
+        let mut e = [0u8; 8];
+        restored.read(0xa0_0000 - 4, &mut e).unwrap();
+        assert_eq!(&e[..4], b"edge");
+        // Writes stay in this guest: the file is unchanged.
+        restored.write(0x1000, b"FIRST").unwrap();
+        let mut on_disk = [0u8; 5];
+        f.read_exact_at(&mut on_disk, 0x1000).unwrap();
+        assert_eq!(&on_disk, b"first");
+
+        let other = GuestRam::from_file(16 << 20, &f).unwrap();
+        other.read(0x1000, &mut b).unwrap();
+        assert_eq!(
+            &b, b"first page",
+            "a second guest from the same file sees the file"
+        );
+
+        assert!(matches!(
+            GuestRam::from_file(32 << 20, &f),
+            Err(Error::FileSize { expected, actual }) if expected == 32 << 20 && actual == 16 << 20
+        ));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn dirty_file_holds_only_the_pages_written_since() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        ram.write(0x5000, b"base").unwrap();
+        let (base_path, base) = temp_file("base");
+        ram.write_full(&base).unwrap();
+
+        // The VMM writes one page (its bitmap); "KVM" reports another.
+        ram.write(0x7000, b"device").unwrap();
+        let mut kvm = vec![0u64; (8 << 20) / 4096 / 64];
+        kvm[0] |= 1 << 9; // page 9: 0x9000
+        ram.write(0x9000, b"guest").unwrap();
+        let (diff_path, diff) = temp_file("diff");
+        let written = ram.write_dirty(&diff, &[kvm.clone()]).unwrap();
+        assert_eq!(written, 2 * PAGE);
+        assert_eq!(diff.metadata().unwrap().len(), 8 << 20);
+        let mut b = [0u8; 6];
+        diff.read_exact_at(&mut b, 0x7000).unwrap();
+        assert_eq!(&b, b"device");
+        let mut untouched = [0xffu8; 4];
+        diff.read_exact_at(&mut untouched, 0x5000).unwrap();
+        assert_eq!(untouched, [0; 4], "pages not dirtied are holes");
+
+        // A second diff with nothing new is empty.
+        let written = ram.write_dirty(&diff, &[vec![0; kvm.len()]]).unwrap();
+        assert_eq!(written, 0);
+        assert!(matches!(
+            ram.write_dirty(&diff, &[vec![0; 1]]),
+            Err(Error::DirtyBitmap { .. })
+        ));
+        std::fs::remove_file(base_path).unwrap();
+        std::fs::remove_file(diff_path).unwrap();
     }
 
     #[test]

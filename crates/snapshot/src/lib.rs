@@ -285,7 +285,10 @@ mod tests {
         let good = encode(&body()).unwrap();
         let problem = |b: &[u8]| decode_problem::<Body>(b).unwrap_err();
 
-        assert!(matches!(problem(&good[..10]), Problem::TooShort { len: 10 }));
+        assert!(matches!(
+            problem(&good[..10]),
+            Problem::TooShort { len: 10 }
+        ));
         let truncated = problem(&good[..good.len() - 1]);
         assert!(matches!(truncated, Problem::Length { .. }), "{truncated}");
         assert!(truncated.to_string().contains("truncated"));
