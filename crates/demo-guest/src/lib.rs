@@ -7,7 +7,9 @@
 //! binutils are installed and checks that it gives the same bytes.
 //!
 //! A second guest, [`keyboard_guest_elf`] (module [`keyboard`]), waits for Ctrl-Alt-Del on the
-//! i8042 instead of resetting at once, for tests that need a guest that keeps running.
+//! i8042 instead of resetting at once, for tests that need a guest that keeps running. A
+//! third, [`counter_guest_elf`] (module [`counter`]), prints a count once a second forever,
+//! for the snapshot tests.
 //!
 //! The file has two entry points: `e_entry` ([`ENTRY_ADDR`]) for the Linux x86 64-bit boot
 //! protocol, which Petrel uses, and a PVH entry ([`PVH_ENTRY_ADDR`]) so that QEMU
@@ -93,6 +95,7 @@
 //! which KVM's instruction emulator handles; on the development host guest kernel code runs
 //! in that emulator.
 
+pub mod counter;
 mod elf;
 pub mod keyboard;
 
@@ -100,6 +103,7 @@ use elf::CODE_OFFSET;
 #[cfg(test)]
 use elf::{EHDR_SIZE, NOTE_OFFSET, PHDR_SIZE};
 
+pub use counter::counter_guest_elf;
 pub use keyboard::keyboard_guest_elf;
 
 /// Guest-physical (= virtual) address at which the `PT_LOAD` segment is loaded: 1 MiB.
