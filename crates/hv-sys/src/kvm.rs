@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use kvm_ioctls::{Cap, Kvm};
 
@@ -29,6 +30,7 @@ pub const REQUIRED_CAPS: &[(Cap, &str)] = &[
 pub struct Hypervisor {
     kvm: Kvm,
     vcpu_mmap_size: usize,
+    msr_index_list: Arc<[u32]>,
 }
 
 impl Hypervisor {
@@ -53,9 +55,18 @@ impl Hypervisor {
             return Err(Error::MissingCapabilities(missing.join(", ")));
         }
         let vcpu_mmap_size = kvm.get_vcpu_mmap_size().map_err(Error::VcpuMmapSize)?;
+        let msr_index_list = kvm
+            .get_msr_index_list()
+            .map_err(|e| Error::Platform {
+                what: "KVM_GET_MSR_INDEX_LIST",
+                source: e,
+            })?
+            .as_slice()
+            .into();
         Ok(Hypervisor {
             kvm,
             vcpu_mmap_size,
+            msr_index_list,
         })
     }
 
@@ -67,6 +78,13 @@ impl Hypervisor {
     /// Size of each vCPU's `kvm_run` mapping (`KVM_GET_VCPU_MMAP_SIZE`).
     pub fn vcpu_mmap_size(&self) -> usize {
         self.vcpu_mmap_size
+    }
+
+    /// The MSRs KVM saves and restores for a vCPU (`KVM_GET_MSR_INDEX_LIST`, api.rst 4.3: "the
+    /// list of MSRs supported by the get/set msr ioctls", asked once when the device is opened).
+    /// [`Vcpu::save_state`](crate::Vcpu::save_state) reads these.
+    pub fn msr_index_list(&self) -> &[u32] {
+        &self.msr_index_list
     }
 
     /// The most vCPUs one VM may have (`KVM_CAP_MAX_VCPUS`).

@@ -5,6 +5,9 @@
 //! - [`Vm`] registers guest RAM, creates the in-kernel irqchip and PIT, irqfds and ioeventfds.
 //! - [`Vcpu::run`] returns Petrel's own [`VmExit`], decoded from `kvm_run` so that string port
 //!   I/O keeps its access size and count.
+//! - [`Vcpu::save_state`] / [`Vm::save_state`] and their `restore_state` move a paused VM's
+//!   KVM state into [`VcpuState`] / [`VmState`] (serde) and back; [`Vm::set_dirty_logging`] and
+//!   [`Vm::dirty_pages`] track the pages the guest writes.
 //! - [`StatsReader`] reads KVM's own per-VM and per-vCPU counters (`KVM_GET_STATS_FD`).
 //! - [`kick`] gets a vCPU thread out of `KVM_RUN`; [`Vcpu::complete_emulation_failure`] deals
 //!   with the instructions an emulating host cannot run.
@@ -33,6 +36,7 @@
 pub mod exit;
 pub mod kick;
 mod kvm;
+mod state;
 pub mod stats;
 mod vcpu;
 mod vm;
@@ -41,6 +45,7 @@ pub use exit::{SystemEvent, VmExit};
 pub use kvm::{host_emulates_guest_kernel, Hypervisor, KVM_API_VERSION, REQUIRED_CAPS};
 pub use kvm_bindings;
 pub use kvm_ioctls;
+pub use state::{VcpuState, VmState, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE};
 pub use stats::{Snapshot, StatDescriptor, StatKind, StatUnit, StatValue, StatsReader};
 pub use vcpu::{hex_bytes, EmulationOutcome, Vcpu};
 pub use vm::Vm;
@@ -163,6 +168,39 @@ pub enum Error {
     /// A KVM binary statistics file is malformed.
     #[error("malformed KVM statistics file: {0}")]
     StatsFormat(String),
+    /// The dirty page log was asked for while dirty logging is off.
+    #[error("KVM keeps no dirty page log: dirty logging is off (Vm::set_dirty_logging)")]
+    DirtyLoggingOff,
+    /// `KVM_GET_MSRS` did not return an MSR a saved vCPU state cannot do without.
+    #[error("KVM_GET_MSRS did not return MSR {index:#x} ({name}) on vCPU {id}: its state cannot be saved")]
+    MsrNotSaved {
+        /// The vCPU index.
+        id: u64,
+        /// The MSR.
+        index: u32,
+        /// Its name.
+        name: &'static str,
+    },
+    /// `KVM_SET_MSRS` stopped at an MSR of a saved state.
+    #[error("KVM_SET_MSRS refused MSR {index:#x} (value {data:#x}) on vCPU {id}")]
+    MsrRefused {
+        /// The vCPU index.
+        id: u64,
+        /// The first MSR not written.
+        index: u32,
+        /// The value it was to get.
+        data: u64,
+    },
+    /// A state has more entries than KVM's interface takes in one call.
+    #[error("{what}: {count} entries, more than the {max} KVM takes")]
+    TooManyEntries {
+        /// What was being built.
+        what: &'static str,
+        /// How many entries there were.
+        count: usize,
+        /// The most allowed.
+        max: usize,
+    },
 }
 
 /// A result with this crate's [`Error`].

@@ -49,6 +49,10 @@ pub struct Vcpu {
     fd: VcpuFd,
     mmap_size: usize,
     kick: Arc<KickSlot>,
+    /// The MSRs [`save_state`](Self::save_state) reads (`KVM_GET_MSR_INDEX_LIST`).
+    pub(crate) msr_index_list: Arc<[u32]>,
+    /// Bytes `KVM_GET_XSAVE2` fills, `None` where KVM lacks `KVM_CAP_XSAVE2`.
+    pub(crate) xsave2_size: Option<usize>,
     /// Dropped after `fd` (fields drop in declaration order).
     _ram: Arc<Mutex<Vec<GuestRam>>>,
 }
@@ -66,6 +70,8 @@ impl Vcpu {
             fd,
             mmap_size,
             kick,
+            msr_index_list: Arc::from(Vec::new()),
+            xsave2_size: None,
             _ram: ram,
         }
     }

@@ -1,9 +1,11 @@
 //! A KVM virtual machine: memory slots, the in-kernel irqchip and PIT, irqfd and ioeventfd.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, VmFd};
 use petrel_guest_mem::{layout, GuestRam};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -18,7 +20,14 @@ pub struct Vm {
     fd: VmFd,
     vcpu_mmap_size: usize,
     max_vcpus: usize,
-    next_slot: u32,
+    /// Every memory slot registered so far, in slot-number order (slot `i` is `slots[i]`).
+    slots: Vec<kvm_userspace_memory_region>,
+    /// Whether the slots carry `KVM_MEM_LOG_DIRTY_PAGES`.
+    dirty_logging: bool,
+    /// `KVM_GET_MSR_INDEX_LIST`, handed to each vCPU for its snapshots.
+    msr_index_list: Arc<[u32]>,
+    /// Bytes `KVM_GET_XSAVE2` fills (`KVM_CAP_XSAVE2`), `None` where KVM lacks it.
+    xsave2_size: Option<usize>,
     /// Dropped after `fd` (fields drop in declaration order); shared with every vCPU.
     ram: Arc<Mutex<Vec<GuestRam>>>,
 }
@@ -27,11 +36,19 @@ impl Vm {
     /// Creates a VM (`KVM_CREATE_VM`).
     pub fn new(hv: &Hypervisor) -> Result<Self> {
         let fd = hv.kvm().create_vm().map_err(Error::CreateVm)?;
+        // api.rst 4.42 (KVM_GET_XSAVE2): the size comes from KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)
+        // on the VM; 0 means the capability (and the ioctl) is missing.
+        let xsave2_size = usize::try_from(fd.check_extension_int(Cap::Xsave2))
+            .ok()
+            .filter(|&n| n > 0);
         Ok(Vm {
             fd,
             vcpu_mmap_size: hv.vcpu_mmap_size(),
             max_vcpus: hv.max_vcpus(),
-            next_slot: 0,
+            slots: Vec::new(),
+            dirty_logging: false,
+            msr_index_list: hv.msr_index_list().into(),
+            xsave2_size,
             ram: Arc::new(Mutex::new(Vec::new())),
         })
     }
@@ -41,7 +58,8 @@ impl Vm {
         &self.fd
     }
 
-    /// Registers every region of `ram` as a KVM memory slot (`KVM_SET_USER_MEMORY_REGION`).
+    /// Registers every region of `ram` as a KVM memory slot (`KVM_SET_USER_MEMORY_REGION`), with
+    /// dirty logging if [`set_dirty_logging`](Self::set_dirty_logging) turned it on.
     ///
     /// The VM and its vCPUs keep a clone of `ram` (the same mapping) for as long as they exist.
     pub fn register_ram(&mut self, ram: &GuestRam) -> Result<()> {
@@ -51,22 +69,95 @@ impl Vm {
             .push(ram.clone());
         for region in ram.regions() {
             let slot = kvm_userspace_memory_region {
-                slot: self.next_slot,
-                flags: 0,
+                slot: self.slots.len() as u32,
+                flags: self.slot_flags(),
                 guest_phys_addr: region.guest_addr,
                 memory_size: region.size,
                 userspace_addr: region.host_addr,
             };
-            // SAFETY: the host range belongs to `ram`'s mapping, which this VM and each of its
-            // vCPUs keep alive (the clone pushed above) for as long as KVM can use the slot;
-            // slots never overlap because `GuestRam` regions do not.
-            unsafe { self.fd.set_user_memory_region(slot) }.map_err(|e| Error::MemorySlot {
-                guest_addr: region.guest_addr,
-                source: e,
-            })?;
-            self.next_slot += 1;
+            self.set_slot(slot)?;
+            self.slots.push(slot);
         }
         Ok(())
+    }
+
+    fn slot_flags(&self) -> u32 {
+        if self.dirty_logging {
+            KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        }
+    }
+
+    fn set_slot(&self, slot: kvm_userspace_memory_region) -> Result<()> {
+        // SAFETY: every slot this VM registers comes from a `GuestRam` that this VM and each of
+        // its vCPUs keep alive (the clones in `ram`) for as long as KVM can use the slot; slots
+        // never overlap because `GuestRam` regions do not, and re-registering a slot changes
+        // only its flags (api.rst 4.35: the flags of an existing slot may be changed).
+        unsafe { self.fd.set_user_memory_region(slot) }.map_err(|e| Error::MemorySlot {
+            guest_addr: slot.guest_phys_addr,
+            source: e,
+        })
+    }
+
+    /// Turns KVM's dirty page log on or off for every memory slot, now and for RAM registered
+    /// later: each slot is registered again with or without `KVM_MEM_LOG_DIRTY_PAGES` (api.rst
+    /// 4.35, `KVM_SET_USER_MEMORY_REGION`). Turning it on starts a fresh, empty log.
+    ///
+    /// The log records the guest's own writes (and KVM's, e.g. kvmclock pages); writes the VMM
+    /// makes through its mapping are not in it.
+    pub fn set_dirty_logging(&mut self, on: bool) -> Result<()> {
+        if on == self.dirty_logging {
+            return Ok(());
+        }
+        let previous = self.dirty_logging;
+        self.dirty_logging = on;
+        let flags = self.slot_flags();
+        for i in 0..self.slots.len() {
+            let slot = kvm_userspace_memory_region {
+                flags,
+                ..self.slots[i]
+            };
+            if let Err(e) = self.set_slot(slot) {
+                // Put the slots already changed back, so the flags stay the same everywhere.
+                self.dirty_logging = previous;
+                for done in &self.slots[..i] {
+                    let _ = self.set_slot(*done);
+                }
+                return Err(e);
+            }
+            self.slots[i] = slot;
+        }
+        Ok(())
+    }
+
+    /// Whether [`set_dirty_logging`](Self::set_dirty_logging) has turned the dirty log on.
+    pub fn dirty_logging(&self) -> bool {
+        self.dirty_logging
+    }
+
+    /// KVM's dirty page log (`KVM_GET_DIRTY_LOG`, api.rst 4.7), one bitmap per memory slot in
+    /// slot order (the order of [`GuestRam::regions`] of each `GuestRam` registered, in turn):
+    /// bit `i % 64` of word `i / 64` is page `i` of the slot (4 KiB pages, from the slot's
+    /// guest address). Each call also clears KVM's log, so it reports the pages written since
+    /// the previous call (or since logging was turned on).
+    ///
+    /// An error if logging is off: KVM keeps no log then.
+    pub fn dirty_pages(&self) -> Result<Vec<Vec<u64>>> {
+        if !self.dirty_logging {
+            return Err(Error::DirtyLoggingOff);
+        }
+        self.slots
+            .iter()
+            .map(|s| {
+                self.fd
+                    .get_dirty_log(s.slot, s.memory_size as usize)
+                    .map_err(|e| Error::Platform {
+                        what: "KVM_GET_DIRTY_LOG",
+                        source: e,
+                    })
+            })
+            .collect()
     }
 
     /// Places the pages KVM needs for real-mode and TSS emulation on Intel hosts: the
@@ -146,6 +237,9 @@ impl Vm {
             .fd
             .create_vcpu(id)
             .map_err(|e| Error::CreateVcpu { id, source: e })?;
-        Ok(Vcpu::new(id, fd, self.vcpu_mmap_size, self.ram.clone()))
+        let mut vcpu = Vcpu::new(id, fd, self.vcpu_mmap_size, self.ram.clone());
+        vcpu.msr_index_list = self.msr_index_list.clone();
+        vcpu.xsave2_size = self.xsave2_size;
+        Ok(vcpu)
     }
 }
