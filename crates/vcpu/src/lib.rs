@@ -5,7 +5,8 @@
 //! - [`VcpuRunner`] runs the loop, sending port and MMIO accesses to an [`IoHandler`] (the
 //!   VMM's buses: this crate knows no devices), timing every exit into [`ExitStats`].
 //! - [`spawn`] puts a runner on its own named thread; [`VcpuHandle`] pauses, resumes, stops
-//!   (command plus kick) and joins it with a timeout.
+//!   (command plus kick) and joins it with a timeout, and reads a paused vCPU's KVM state
+//!   ([`VcpuHandle::save_state`]) for snapshots.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -61,6 +62,24 @@ pub enum Error {
     /// The vCPU thread could not be started.
     #[error("cannot start a vCPU thread")]
     Spawn(#[source] std::io::Error),
+    /// A command that needs a paused vCPU reached one that is not.
+    #[error("vCPU {id} is {state:?}, not paused: pause it before saving its state")]
+    NotPaused {
+        /// The vCPU index.
+        id: u64,
+        /// What the vCPU thread last reported.
+        state: VcpuState,
+    },
+    /// The vCPU thread did not answer a command in time.
+    #[error("vCPU {id} did not answer {what} within {timeout:?} (has its thread exited?)")]
+    NoReply {
+        /// The vCPU index.
+        id: u64,
+        /// The command.
+        what: &'static str,
+        /// How long the handle waited.
+        timeout: std::time::Duration,
+    },
 }
 
 /// A result with this crate's [`Error`].

@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use petrel_guest_mem::GuestRam;
-use petrel_hv_sys::{hex_bytes, kick, EmulationOutcome, SystemEvent, Vcpu, VmExit};
+use petrel_hv_sys::{
+    hex_bytes, kick, EmulationOutcome, SystemEvent, Vcpu, VcpuState as SavedState, VmExit,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::stats::{ExitKey, ExitStats};
@@ -55,6 +57,9 @@ pub enum VcpuCommand {
     Stop,
     /// Send a copy of the exit statistics so far (see [`VcpuHandle::stats`]).
     ReportStats,
+    /// Send the vCPU's KVM state (see [`VcpuHandle::save_state`]); only a paused vCPU does,
+    /// any other answers [`Error::NotPaused`].
+    SaveState,
 }
 
 /// Where a vCPU thread is in its life, as the thread itself last reported it.
@@ -175,6 +180,7 @@ pub struct VcpuRunner<H: IoHandler + ?Sized> {
     commands: Option<Receiver<VcpuCommand>>,
     shared: Option<Arc<SharedState>>,
     stats_reply: Option<Sender<(ExitStats, EmulationCounts)>>,
+    state_reply: Option<Sender<Result<SavedState>>>,
     stats: ExitStats,
     emulation: EmulationCounts,
     first_run_at: Option<Instant>,
@@ -182,6 +188,9 @@ pub struct VcpuRunner<H: IoHandler + ?Sized> {
 
 impl<H: IoHandler + ?Sized> VcpuRunner<H> {
     /// A runner for `vcpu`, sending I/O to `io`; `ram` is used to read instructions.
+    ///
+    /// `vcpu` is ready to run: set up for boot ([`crate::setup`]) or given a saved state with
+    /// [`Vcpu::restore_state`], which needs no boot set-up.
     pub fn new(vcpu: Vcpu, io: Arc<H>, ram: GuestRam, options: RunOptions) -> Self {
         VcpuRunner {
             vcpu,
@@ -191,6 +200,7 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
             commands: None,
             shared: None,
             stats_reply: None,
+            state_reply: None,
             stats: ExitStats::default(),
             emulation: EmulationCounts::default(),
             first_run_at: None,
@@ -337,6 +347,28 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
                         let _ = reply.send((self.stats.clone(), self.emulation));
                     }
                 }
+                Some(VcpuCommand::SaveState) => {
+                    let answer = if paused {
+                        // Parked here, this vCPU is not in KVM_RUN and holds no half-done
+                        // instruction. Commands are looked at only before the first KVM_RUN or
+                        // after one returned EINTR (`Step::Interrupted`), and KVM finishes a
+                        // pending port or MMIO access (complete_userspace_io) on entry, before
+                        // it honours immediate_exit or a pending signal: api.rst 5, kvm_run:
+                        // "userspace can re-enter the guest with an unmasked signal pending or
+                        // with the immediate_exit field set to complete pending operations".
+                        // A KVM_RUN whose completion needs another exit returns that exit, not
+                        // EINTR, and the loop handles it before coming back here.
+                        self.vcpu.save_state().map_err(Error::from)
+                    } else {
+                        Err(Error::NotPaused {
+                            id: self.vcpu.id(),
+                            state: self.shared.as_ref().map_or(VcpuState::Running, |s| s.get()),
+                        })
+                    };
+                    if let Some(reply) = &self.state_reply {
+                        let _ = reply.send(answer);
+                    }
+                }
                 // The VMM dropped its sender: it is gone, so stop.
                 None if paused => return Some(StopReason::Requested),
                 None => {
@@ -477,6 +509,7 @@ pub struct VcpuHandle {
     outcome: Receiver<VcpuOutcome>,
     shared: Arc<SharedState>,
     stats: Mutex<Receiver<(ExitStats, EmulationCounts)>>,
+    saved: Mutex<Receiver<Result<SavedState>>>,
 }
 
 /// Starts `runner` on a thread named `petrel-vcpu<N>`. When it stops, for whatever reason
@@ -500,10 +533,12 @@ pub fn spawn_named<H: IoHandler + ?Sized + 'static>(
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let (out_tx, out_rx) = mpsc::sync_channel(1);
     let (stats_tx, stats_rx) = mpsc::channel();
+    let (state_tx, state_rx) = mpsc::channel();
     let shared = SharedState::new();
     runner.commands = Some(cmd_rx);
     runner.shared = Some(shared.clone());
     runner.stats_reply = Some(stats_tx);
+    runner.state_reply = Some(state_tx);
     let thread_shared = shared.clone();
     let thread = std::thread::Builder::new()
         .name(name)
@@ -536,6 +571,7 @@ pub fn spawn_named<H: IoHandler + ?Sized + 'static>(
         outcome: out_rx,
         shared,
         stats: Mutex::new(stats_rx),
+        saved: Mutex::new(state_rx),
     })
 }
 
@@ -575,6 +611,27 @@ impl VcpuHandle {
         while replies.try_recv().is_ok() {}
         self.send(VcpuCommand::ReportStats).ok()?;
         replies.recv_timeout(timeout).ok()
+    }
+
+    /// The vCPU's KVM state ([`Vcpu::save_state`]), read by the vCPU thread itself while it is
+    /// paused: send [`VcpuCommand::Pause`] and wait for [`VcpuState::Paused`] first (and pause
+    /// every other vCPU of the VM too, for a consistent snapshot).
+    ///
+    /// [`Error::NotPaused`] if the thread is running; [`Error::NoReply`] if it did not answer
+    /// within `timeout` (it exited, say).
+    pub fn save_state(&self, timeout: Duration) -> Result<SavedState> {
+        let replies = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        // Answers to earlier requests that timed out are stale.
+        while replies.try_recv().is_ok() {}
+        self.send(VcpuCommand::SaveState)?;
+        match replies.recv_timeout(timeout) {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::NoReply {
+                id: self.id,
+                what: "SaveState",
+                timeout,
+            }),
+        }
     }
 
     /// Waits up to `timeout` for the thread to stop and joins it; `None` if it did not stop
