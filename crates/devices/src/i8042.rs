@@ -840,7 +840,7 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(read_keys(&mut r), []);
+        assert_eq!(read_keys(&mut r), [0u8; 0]);
     }
 
     #[test]
@@ -848,7 +848,7 @@ mod tests {
         let mut r = Rig::new();
         r.cmd(CMD_KBD_DISABLE);
         r.dev.send_ctrl_alt_del().unwrap();
-        assert_eq!(read_keys(&mut r), []);
+        assert_eq!(read_keys(&mut r), [0u8; 0]);
         r.cmd(CMD_KBD_ENABLE);
         assert_eq!(read_keys(&mut r).len(), 8);
     }

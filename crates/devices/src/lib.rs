@@ -113,7 +113,7 @@ pub use output::{NonBlockingWriter, OutputStats, OutputThread};
 pub use port80::{PostCode, PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
 pub use rate_limiter::{RateLimiter, RateLimiterConfig, TokenBucket, TokenBucketConfig};
 pub use rtc::{Clock, CmosRtc, FixedClock, RtcStats, SystemClock, RTC_BASE, RTC_PORT_LEN};
-pub use serial::{Serial, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
+pub use serial::{Serial, SerialState, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
 pub use virtio::{
     Block, Interrupt, Net, Rng, VirtioDevice, VirtioMmio, VirtioMmioStats, Vsock, MMIO_WINDOW_SIZE,
@@ -256,6 +256,16 @@ pub enum Error {
         set: u8,
         /// Whether the controller translates (CTR bit 6).
         translated: bool,
+    },
+    /// A saved serial state whose receive FIFO holds more than the UART's FIFO.
+    #[error(
+        "cannot restore the serial port: its receive FIFO holds {len} bytes, at most {max} fit"
+    )]
+    SerialFifoTooLong {
+        /// Bytes in the saved FIFO.
+        len: usize,
+        /// The FIFO's size.
+        max: usize,
     },
     /// A tap name that cannot be an interface name.
     #[error("tap name {name:?} is not a valid interface name (1 to 15 bytes, no '/')")]

@@ -18,15 +18,18 @@
 //! 8-bit device.
 
 use std::cell::Cell;
+use std::convert::Infallible;
 use std::fmt;
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use vm_superio::serial::{Error as UartError, SerialEvents};
+use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::trigger::EventFdTrigger;
-use crate::{BusDevice, BusOutcome};
+use crate::{BusDevice, BusOutcome, Error};
 
 /// I/O port base of COM1 (IBM PC/AT convention; Linux `8250` `SERIAL_PORT_DFNS`).
 pub const COM1_BASE: u64 = 0x3f8;
@@ -58,13 +61,126 @@ pub struct SerialStats {
     pub trigger_failures: u64,
 }
 
+/// The saved state of a [`Serial`]: every 16550 register and the receive FIFO, as
+/// `vm_superio` keeps them (mirrors `vm_superio::serial::SerialState`, with names of our own
+/// that are the on-disk format). Register names follow the 16550 datasheet's register table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    /// DLL: divisor latch, low byte.
+    pub divisor_latch_low: u8,
+    /// DLM: divisor latch, high byte.
+    pub divisor_latch_high: u8,
+    /// IER: interrupt enable register.
+    pub interrupt_enable: u8,
+    /// IIR: interrupt identification, i.e. which interrupt is pending (bit 0 set: none).
+    pub interrupt_identification: u8,
+    /// LCR: line control register (bit 7 is DLAB).
+    pub line_control: u8,
+    /// LSR: line status register (data ready, transmitter empty, ...).
+    pub line_status: u8,
+    /// MCR: modem control register (bit 4 is loopback).
+    pub modem_control: u8,
+    /// MSR: modem status register.
+    pub modem_status: u8,
+    /// SCR: scratch register.
+    pub scratch: u8,
+    /// Bytes in the receive FIFO not yet read by the guest, oldest first (at most
+    /// [`SERIAL_FIFO_SIZE`]).
+    pub rx_fifo: Vec<u8>,
+}
+
+impl From<vm_superio::serial::SerialState> for SerialState {
+    fn from(s: vm_superio::serial::SerialState) -> Self {
+        SerialState {
+            divisor_latch_low: s.baud_divisor_low,
+            divisor_latch_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            rx_fifo: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialState> for vm_superio::serial::SerialState {
+    fn from(s: &SerialState) -> Self {
+        vm_superio::serial::SerialState {
+            baud_divisor_low: s.divisor_latch_low,
+            baud_divisor_high: s.divisor_latch_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.rx_fifo.clone(),
+        }
+    }
+}
+
+/// The UART's interrupt line: an `EventFd` (a KVM irqfd). Raising it never fails towards
+/// `vm_superio` (a failed write is counted instead), so that no register access and no
+/// [`Serial::restore_state`] is cut short by an interrupt that could not be delivered.
+struct UartIrq {
+    evt: Arc<EventFd>,
+    failures: Cell<u64>,
+}
+
+impl UartIrq {
+    fn new(evt: Arc<EventFd>) -> Self {
+        UartIrq {
+            evt,
+            failures: Cell::new(0),
+        }
+    }
+}
+
+impl Trigger for UartIrq {
+    type E = Infallible;
+
+    fn trigger(&self) -> Result<(), Infallible> {
+        if self.evt.write(1).is_err() {
+            bump(&self.failures);
+        }
+        Ok(())
+    }
+}
+
 /// Receives `vm_superio`'s serial events; counts them and signals "input ready".
 struct UartEvents {
     tx_bytes: Cell<u64>,
     tx_lost_bytes: Cell<u64>,
     rbr_reads: Cell<u64>,
     trigger_failures: Cell<u64>,
-    input_ready: Option<EventFd>,
+    input_ready: Option<Arc<EventFd>>,
+}
+
+impl UartEvents {
+    fn new(input_ready: Option<Arc<EventFd>>) -> Self {
+        UartEvents {
+            tx_bytes: Cell::new(0),
+            tx_lost_bytes: Cell::new(0),
+            rbr_reads: Cell::new(0),
+            trigger_failures: Cell::new(0),
+            input_ready,
+        }
+    }
+
+    /// The same counters and the same "input ready" `EventFd`, for a rebuilt UART.
+    fn carry_over(&self) -> Self {
+        UartEvents {
+            tx_bytes: self.tx_bytes.clone(),
+            tx_lost_bytes: self.tx_lost_bytes.clone(),
+            rbr_reads: self.rbr_reads.clone(),
+            trigger_failures: self.trigger_failures.clone(),
+            input_ready: self.input_ready.clone(),
+        }
+    }
 }
 
 fn bump(c: &Cell<u64>) {
@@ -96,6 +212,15 @@ struct Output {
     first_byte_at: Option<Instant>,
 }
 
+impl Output {
+    fn new(dest: Box<dyn Write + Send>) -> Self {
+        Output {
+            dest,
+            first_byte_at: None,
+        }
+    }
+}
+
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.first_byte_at.is_none() && !buf.is_empty() {
@@ -110,7 +235,7 @@ impl Write for Output {
 
 /// A 16550A UART on the port bus.
 pub struct Serial {
-    uart: vm_superio::Serial<EventFdTrigger, UartEvents, Output>,
+    uart: vm_superio::Serial<UartIrq, UartEvents, Output>,
     /// Shadow of MCR bit 4, so [`Serial::input_space`] can say "none" in loopback mode, where
     /// the FIFO takes only what the guest itself transmits.
     loopback: bool,
@@ -146,22 +271,66 @@ impl Serial {
     }
 
     fn build(interrupt: EventFd, out: Box<dyn Write + Send>, input_ready: Option<EventFd>) -> Self {
-        let events = UartEvents {
-            tx_bytes: Cell::new(0),
-            tx_lost_bytes: Cell::new(0),
-            rbr_reads: Cell::new(0),
-            trigger_failures: Cell::new(0),
-            input_ready,
-        };
-        let out = Output {
-            dest: out,
-            first_byte_at: None,
-        };
+        let events = UartEvents::new(input_ready.map(Arc::new));
         Serial {
-            uart: vm_superio::Serial::with_events(EventFdTrigger::new(interrupt), events, out),
+            uart: vm_superio::Serial::with_events(
+                UartIrq::new(Arc::new(interrupt)),
+                events,
+                Output::new(out),
+            ),
             loopback: false,
             invalid_accesses: 0,
         }
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn save_state(&self) -> SerialState {
+        SerialState::from(self.uart.state())
+    }
+
+    /// Puts the registers and receive FIFO of `state` into this UART (one built anew with
+    /// [`Serial::new`] or [`Serial::with_input_ready`] when a VM is restored). The interrupt
+    /// `EventFd`, the output, the "input ready" `EventFd`, the time of the first output byte
+    /// and the counters stay this UART's. An interrupt that `state` has enabled and pending
+    /// (transmitter empty, received data) is raised once, as `vm_superio` does, so that a
+    /// guest waiting for it is not left waiting.
+    ///
+    /// Fails, changing nothing, when the FIFO holds more than [`SERIAL_FIFO_SIZE`] bytes.
+    pub fn restore_state(&mut self, state: &SerialState) -> Result<(), Error> {
+        if state.rx_fifo.len() > SERIAL_FIFO_SIZE {
+            return Err(Error::SerialFifoTooLong {
+                len: state.rx_fifo.len(),
+                max: SERIAL_FIFO_SIZE,
+            });
+        }
+        let old_irq = self.uart.interrupt_evt();
+        let irq = UartIrq {
+            evt: old_irq.evt.clone(),
+            failures: old_irq.failures.clone(),
+        };
+        let events = self.uart.events().carry_over();
+        // `vm_superio` builds a UART from a state only anew: take the output out of the old
+        // one, leaving a stand-in behind until the new one is in place.
+        let stand_in = vm_superio::Serial::with_events(
+            UartIrq::new(irq.evt.clone()),
+            UartEvents::new(None),
+            Output::new(Box::new(io::sink())),
+        );
+        let out = std::mem::replace(&mut self.uart, stand_in).into_writer();
+        let raw = vm_superio::serial::SerialState::from(state);
+        match vm_superio::Serial::from_state(&raw, irq, events, out) {
+            Ok(uart) => self.uart = uart,
+            // Only a FIFO longer than vm_superio's, which was refused above (the interrupt
+            // cannot fail: `UartIrq` counts failures instead).
+            Err(_) => {
+                return Err(Error::SerialFifoTooLong {
+                    len: state.rx_fifo.len(),
+                    max: SERIAL_FIFO_SIZE,
+                })
+            }
+        }
+        self.loopback = state.modem_control & MCR_LOOP_BIT != 0;
+        Ok(())
     }
 
     /// Queues host input for the guest; returns how many bytes were accepted.
@@ -175,11 +344,7 @@ impl Serial {
         }
         match self.uart.enqueue_raw_bytes(&bytes[..fits]) {
             Ok(n) => n,
-            // The bytes are in the FIFO; only raising the interrupt failed.
-            Err(UartError::Trigger(_)) => {
-                self.count_trigger_failure();
-                fits
-            }
+            Err(UartError::Trigger(never)) => match never {},
             Err(UartError::FullFifo) | Err(UartError::IOError(_)) => 0,
         }
     }
@@ -206,12 +371,11 @@ impl Serial {
             tx_lost_bytes: ev.tx_lost_bytes.get(),
             rbr_reads: ev.rbr_reads.get(),
             invalid_accesses: self.invalid_accesses,
-            trigger_failures: ev.trigger_failures.get(),
+            trigger_failures: ev
+                .trigger_failures
+                .get()
+                .wrapping_add(self.uart.interrupt_evt().failures.get()),
         }
-    }
-
-    fn count_trigger_failure(&self) {
-        bump(&self.uart.events().trigger_failures);
     }
 
     /// The register at `offset + i`, if it is one of the eight.
@@ -230,7 +394,7 @@ impl Serial {
         }
         match self.uart.write(reg, value) {
             Ok(()) => {}
-            Err(UartError::Trigger(_)) => self.count_trigger_failure(),
+            Err(UartError::Trigger(never)) => match never {},
             // Counted by `UartEvents::tx_lost_byte`.
             Err(UartError::IOError(_)) => {}
             // Only `enqueue_raw_bytes` reports this.
@@ -502,5 +666,96 @@ mod tests {
         assert_eq!(s.write(THR, b"b"), BusOutcome::Continue);
         let st = s.stats();
         assert_eq!((st.tx_bytes, st.tx_lost_bytes), (0, 2));
+    }
+
+    #[test]
+    fn a_restored_uart_carries_on_where_the_saved_one_was() {
+        let mut a = Rig::new();
+        a.wr(LCR, LCR_DLAB | 0x03);
+        a.wr(DLL, 0x0c);
+        a.wr(DLM, 0x01);
+        a.wr(LCR, 0x1b);
+        a.wr(7, 0x5a); // SCR
+        a.wr(IER, IER_RDA);
+        assert_eq!(a.serial.enqueue_input(b"xyz"), 3);
+        assert_eq!(a.rd(RBR), b'x');
+        // More input while the guest reads: RDA is pending again.
+        assert_eq!(a.serial.enqueue_input(b"w"), 1);
+        let state = a.serial.save_state();
+        assert_eq!(state.rx_fifo, b"yzw");
+        assert_eq!(
+            (state.divisor_latch_low, state.divisor_latch_high),
+            (0x0c, 0x01)
+        );
+
+        let mut b = Rig::new();
+        b.serial.restore_state(&state).unwrap();
+        assert_eq!(b.serial.save_state(), state);
+        // Data is waiting and RDA is enabled: the interrupt is raised for the guest.
+        assert_eq!(b.irqs(), 1);
+        assert_eq!(b.rd(IIR), IIR_RDA);
+        assert_eq!(b.rd(LCR), 0x1b);
+        assert_eq!(b.rd(IER), IER_RDA);
+        assert_eq!(b.rd(7), 0x5a);
+        assert_eq!(b.rd(RBR), b'y');
+        assert_eq!(b.serial.input_space(), SERIAL_FIFO_SIZE - 2);
+        assert_eq!(b.rd(RBR), b'z');
+        assert_eq!(b.rd(RBR), b'w');
+        assert_eq!(b.rd(LSR) & LSR_DR, 0);
+        b.wr(LCR, LCR_DLAB | 0x1b);
+        assert_eq!((b.rd(DLL), b.rd(DLM)), (0x0c, 0x01));
+        b.wr(LCR, 0x1b);
+        // Output still goes to the new UART's own destination.
+        b.wr(THR, b'!');
+        assert_eq!(b.output(), b"!");
+        assert!(a.output().is_empty());
+        assert!(b.serial.first_output_at().is_some());
+    }
+
+    #[test]
+    fn restore_keeps_the_input_ready_event_and_loopback() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let ready = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::with_input_ready(irq, Box::new(io::sink()), ready.try_clone().unwrap());
+        let mut state = s.save_state();
+        state.rx_fifo = b"q".to_vec();
+        state.line_status |= LSR_DR;
+        s.restore_state(&state).unwrap();
+        let mut byte = [0u8; 1];
+        s.read(RBR, &mut byte);
+        assert_eq!(byte, *b"q");
+        assert_eq!(ready.read().unwrap(), 1);
+
+        state.rx_fifo.clear();
+        state.modem_control = MCR_LOOP_BIT;
+        s.restore_state(&state).unwrap();
+        assert_eq!(s.input_space(), 0);
+    }
+
+    #[test]
+    fn an_overlong_fifo_is_refused_and_nothing_changes() {
+        let mut r = Rig::new();
+        r.wr(7, 0x11);
+        let mut state = r.serial.save_state();
+        state.scratch = 0x22;
+        state.rx_fifo = vec![0; SERIAL_FIFO_SIZE + 1];
+        let err = r.serial.restore_state(&state).unwrap_err();
+        assert!(
+            matches!(err, Error::SerialFifoTooLong { len: 65, max: 64 }),
+            "{err}"
+        );
+        assert_eq!(r.rd(7), 0x11);
+    }
+
+    #[test]
+    fn serial_state_round_trips_through_json() {
+        let mut r = Rig::new();
+        r.wr(IER, IER_THRE);
+        r.serial.enqueue_input(b"ab");
+        let state = r.serial.save_state();
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(json.contains("\"divisor_latch_low\""), "{json}");
+        let back: SerialState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
     }
 }
