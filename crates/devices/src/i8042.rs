@@ -31,6 +31,7 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -196,6 +197,62 @@ enum Pending {
     AuxDevice,
 }
 
+impl Pending {
+    /// The controller command that left this wait (the on-disk form of it).
+    fn command(self) -> u8 {
+        match self {
+            Pending::Ram(index) => CMD_WRITE_RAM_FIRST + index,
+            Pending::OutputPort => CMD_WRITE_OUTPUT_PORT,
+            Pending::KbdBuffer => CMD_WRITE_KBD_BUFFER,
+            Pending::AuxBuffer => CMD_WRITE_AUX_BUFFER,
+            Pending::AuxDevice => CMD_WRITE_AUX,
+        }
+    }
+
+    /// The wait a controller command leaves, if it takes a data byte.
+    fn from_command(cmd: u8) -> Option<Pending> {
+        match cmd {
+            CMD_WRITE_RAM_FIRST..=CMD_WRITE_RAM_LAST => {
+                Some(Pending::Ram(cmd - CMD_WRITE_RAM_FIRST))
+            }
+            CMD_WRITE_OUTPUT_PORT => Some(Pending::OutputPort),
+            CMD_WRITE_KBD_BUFFER => Some(Pending::KbdBuffer),
+            CMD_WRITE_AUX_BUFFER => Some(Pending::AuxBuffer),
+            CMD_WRITE_AUX => Some(Pending::AuxDevice),
+            _ => None,
+        }
+    }
+}
+
+/// The saved state of an [`I8042`] and its keyboard. The status register is not saved: it
+/// follows from these fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042State {
+    /// The controller's 32 bytes of internal RAM; byte 0 is the command byte (CTR).
+    pub ram: Vec<u8>,
+    /// The controller's output port (bit 0: reset line high, bit 1: A20).
+    pub output_port: u8,
+    /// The byte in the output buffer (status bit 0, OBF), if any.
+    pub output_buffer: Option<u8>,
+    /// Whether the byte in the output buffer came from the keyboard (it goes back to the
+    /// keyboard queue if a controller reply takes its place).
+    pub output_from_keyboard: bool,
+    /// What the data port reads with the output buffer empty: the last byte read.
+    pub last_output: u8,
+    /// Whether the last write went to the command port (status bit 3, A2).
+    pub last_write_was_command: bool,
+    /// The controller command (0x60-0x7f, 0xd1-0xd4) waiting for its data byte on port 0x60.
+    pub pending_command: Option<u8>,
+    /// Keyboard bytes waiting for the output buffer, oldest first (at most 16).
+    pub keyboard_queue: Vec<u8>,
+    /// The keyboard command (0xed, 0xf0, 0xf3) waiting for its parameter byte.
+    pub keyboard_pending_command: Option<u8>,
+    /// The keyboard's scan code set, 1 to 3.
+    pub keyboard_scan_set: u8,
+    /// The keyboard's last byte, for its resend command (0xfe).
+    pub keyboard_last_sent: u8,
+}
+
 /// Counters kept by an [`I8042`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct I8042Stats {
@@ -327,6 +384,89 @@ impl I8042 {
 
     fn ctr(&self) -> u8 {
         self.ram[0]
+    }
+
+    /// The controller's and keyboard's state, for a snapshot.
+    pub fn save_state(&self) -> I8042State {
+        I8042State {
+            ram: self.ram.to_vec(),
+            output_port: self.output_port,
+            output_buffer: self.out.map(|(byte, _)| byte),
+            output_from_keyboard: matches!(self.out, Some((_, true))),
+            last_output: self.last_out,
+            last_write_was_command: self.last_write_was_command,
+            pending_command: self.pending.map(Pending::command),
+            keyboard_queue: self.kbd_queue.iter().copied().collect(),
+            keyboard_pending_command: self.kbd_expect,
+            keyboard_scan_set: self.kbd_scan_set,
+            keyboard_last_sent: self.kbd_last_sent,
+        }
+    }
+
+    /// Puts `state` into this controller (one built anew with [`I8042::new`] when a VM is
+    /// restored); the interrupt `EventFd` and the counters stay this controller's. If a keyboard
+    /// byte is waiting in the output buffer with the keyboard interrupt enabled, IRQ 1 is raised
+    /// once, so that a guest that had not yet taken it is not left waiting.
+    ///
+    /// Fails, changing nothing ([`Error::InvalidState`]), when the RAM is not 32 bytes, the
+    /// keyboard queue is longer than 16, the pending commands are not ones that wait for a
+    /// byte, or the scan code set is not 1 to 3.
+    pub fn restore_state(&mut self, state: &I8042State) -> Result<(), Error> {
+        let invalid = |why: String| Error::InvalidState {
+            device: "i8042",
+            why,
+        };
+        let ram: [u8; RAM_LEN] = state.ram.as_slice().try_into().map_err(|_| {
+            invalid(format!(
+                "{} bytes of controller RAM, expected {RAM_LEN}",
+                state.ram.len()
+            ))
+        })?;
+        if state.keyboard_queue.len() > KBD_QUEUE_LEN {
+            return Err(invalid(format!(
+                "{} bytes in the keyboard queue, at most {KBD_QUEUE_LEN} fit",
+                state.keyboard_queue.len()
+            )));
+        }
+        let pending = match state.pending_command {
+            None => None,
+            Some(cmd) => Some(Pending::from_command(cmd).ok_or_else(|| {
+                invalid(format!("controller command {cmd:#04x} takes no data byte"))
+            })?),
+        };
+        if let Some(cmd) = state.keyboard_pending_command {
+            if ![KBD_CMD_SET_LEDS, KBD_CMD_TYPEMATIC, KBD_CMD_SCAN_SET].contains(&cmd) {
+                return Err(invalid(format!(
+                    "keyboard command {cmd:#04x} takes no parameter byte"
+                )));
+            }
+        }
+        if !(1..=3).contains(&state.keyboard_scan_set) {
+            return Err(invalid(format!(
+                "scan code set {} (the keyboard has sets 1 to 3)",
+                state.keyboard_scan_set
+            )));
+        }
+        self.ram = ram;
+        self.output_port = state.output_port;
+        self.out = state
+            .output_buffer
+            .map(|byte| (byte, state.output_from_keyboard));
+        self.last_out = state.last_output;
+        self.last_write_was_command = state.last_write_was_command;
+        self.pending = pending;
+        self.kbd_queue = state.keyboard_queue.iter().copied().collect();
+        self.kbd_expect = state.keyboard_pending_command;
+        self.kbd_scan_set = state.keyboard_scan_set;
+        self.kbd_last_sent = state.keyboard_last_sent;
+        if matches!(self.out, Some((_, true))) && self.ctr() & CTR_KBDINT != 0 {
+            if self.irq.trigger().is_ok() {
+                self.stats.kbd_irqs += 1;
+            } else {
+                self.stats.trigger_failures += 1;
+            }
+        }
+        Ok(())
     }
 
     fn status(&self) -> u8 {
@@ -896,5 +1036,91 @@ mod tests {
         assert_eq!(r.dev.stats().invalid_accesses, 4);
         r.cmd(0x01);
         assert_eq!(r.dev.stats().unknown_commands, 1);
+    }
+
+    #[test]
+    fn a_restored_controller_carries_on_where_the_saved_one_was() {
+        let mut a = Rig::new();
+        // The keyboard answers GET_ID with three bytes; the guest has read the first.
+        assert_eq!(a.wr(DATA, KBD_CMD_GET_ID), BusOutcome::Continue);
+        assert_eq!(a.irqs(), 1);
+        assert_eq!(a.rd(DATA), KBD_ACK);
+        // A controller command waiting for its data byte: write CTR.
+        a.cmd(CMD_WRITE_RAM_FIRST);
+        let state = a.dev.save_state();
+        assert_eq!(state.pending_command, Some(CMD_WRITE_RAM_FIRST));
+        assert_eq!(state.output_buffer, Some(KBD_ID));
+        assert_eq!(state.keyboard_queue, [KBD_ID_MF2_TRANSLATED]);
+
+        let mut b = Rig::new();
+        b.dev.restore_state(&state).unwrap();
+        assert_eq!(b.dev.save_state(), state);
+        // A keyboard byte waits with the interrupt enabled: raised once more.
+        assert_eq!(b.irqs(), 1);
+        assert_eq!(b.rd(CMD), a.rd(CMD));
+        // The pending command takes the next data byte: a CTR without interrupts.
+        assert_eq!(b.wr(DATA, CTR_DEFAULT & !CTR_KBDINT), BusOutcome::Continue);
+        b.cmd(CMD_READ_RAM_FIRST);
+        // The controller reply pushed the keyboard byte back into the queue.
+        assert_eq!(b.reply(), Some(CTR_DEFAULT & !CTR_KBDINT));
+        assert_eq!(b.reply(), Some(KBD_ID));
+        assert_eq!(b.reply(), Some(KBD_ID_MF2_TRANSLATED));
+        assert_eq!(b.reply(), None);
+        assert_eq!(b.irqs(), 0);
+    }
+
+    #[test]
+    fn bad_i8042_states_are_refused_and_change_nothing() {
+        let mut r = Rig::new();
+        let good = r.dev.save_state();
+        let bad = [
+            I8042State {
+                ram: vec![0; 31],
+                ..good.clone()
+            },
+            I8042State {
+                keyboard_queue: vec![0; 17],
+                ..good.clone()
+            },
+            I8042State {
+                pending_command: Some(CMD_SELF_TEST),
+                ..good.clone()
+            },
+            I8042State {
+                keyboard_pending_command: Some(KBD_CMD_ECHO),
+                ..good.clone()
+            },
+            I8042State {
+                keyboard_scan_set: 4,
+                ..good.clone()
+            },
+        ];
+        for state in bad {
+            let err = r.dev.restore_state(&state).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidState {
+                        device: "i8042",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert_eq!(r.dev.save_state(), good);
+        }
+    }
+
+    #[test]
+    fn i8042_state_round_trips_through_json() {
+        let mut r = Rig::new();
+        r.cmd(CMD_WRITE_OUTPUT_PORT);
+        assert_eq!(r.wr(DATA, 0xdf), BusOutcome::Continue);
+        r.wr(DATA, KBD_CMD_SCAN_SET);
+        let state = r.dev.save_state();
+        assert_eq!(state.keyboard_pending_command, Some(KBD_CMD_SCAN_SET));
+        let json = serde_json::to_string(&state).unwrap();
+        let back: I8042State = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
     }
 }

@@ -108,7 +108,7 @@ pub mod trigger;
 pub mod virtio;
 
 pub use bus::{Bus, BusBuilder, BusDevice, BusOutcome, BusRange, StopRequest};
-pub use i8042::{I8042Stats, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
+pub use i8042::{I8042State, I8042Stats, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
 pub use output::{NonBlockingWriter, OutputStats, OutputThread};
 pub use port80::{PostCode, PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
 pub use rate_limiter::{RateLimiter, RateLimiterConfig, TokenBucket, TokenBucketConfig};
@@ -256,6 +256,15 @@ pub enum Error {
         set: u8,
         /// Whether the controller translates (CTR bit 6).
         translated: bool,
+    },
+    /// A saved device state that this device cannot take (a value out of range, a length that
+    /// does not match); the device is left as it was, or reset where noted.
+    #[error("cannot restore {device}: {why}")]
+    InvalidState {
+        /// The device's name.
+        device: &'static str,
+        /// What is wrong with the state.
+        why: String,
     },
     /// A saved serial state whose receive FIFO holds more than the UART's FIFO.
     #[error(
