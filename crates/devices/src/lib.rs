@@ -112,7 +112,9 @@ pub use i8042::{I8042State, I8042Stats, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_
 pub use output::{NonBlockingWriter, OutputStats, OutputThread};
 pub use port80::{PostCode, PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
 pub use rate_limiter::{RateLimiter, RateLimiterConfig, TokenBucket, TokenBucketConfig};
-pub use rtc::{Clock, CmosRtc, FixedClock, RtcStats, SystemClock, RTC_BASE, RTC_PORT_LEN};
+pub use rtc::{
+    Clock, CmosRtc, FixedClock, RtcState, RtcStats, SystemClock, RTC_BASE, RTC_PORT_LEN,
+};
 pub use serial::{Serial, SerialState, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
 pub use virtio::{

@@ -17,7 +17,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{BusDevice, BusOutcome};
+use serde::{Deserialize, Serialize};
+
+use crate::{BusDevice, BusOutcome, Error};
 
 /// First port of the RTC: the index port (IBM PC/AT Technical Reference, system I/O map).
 pub const RTC_BASE: u64 = 0x70;
@@ -283,6 +285,26 @@ pub struct RtcStats {
     pub invalid_accesses: u64,
 }
 
+/// The saved state of a [`CmosRtc`].
+///
+/// The time is not saved, only how the guest's clock relates to the host's: after a restore
+/// the clock follows the host clock with the same offset, as Firecracker's and QEMU's do (the
+/// time that passed between snapshot and restore has passed for the guest too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtcState {
+    /// The register selected through the index port (0x70), NMI bit removed: 0 to 127.
+    pub index: u8,
+    /// The 128 bytes of CMOS RAM: registers A to D at 0x0a-0x0d (C and D are computed when
+    /// read), the time registers as last latched (they mean something only while register B's
+    /// SET bit is on), the memory-size bytes and whatever else the guest stored.
+    pub cmos: Vec<u8>,
+    /// Guest time minus host time, in seconds: what the guest set the clock to.
+    pub guest_offset_secs: i64,
+    /// Guest time (seconds since the Unix epoch) when register C was last read, for its
+    /// update-ended flag.
+    pub reg_c_read_at_secs: i64,
+}
+
 /// The CMOS RTC; see the [module docs](self).
 pub struct CmosRtc {
     clock: Box<dyn Clock>,
@@ -330,6 +352,45 @@ impl CmosRtc {
     /// The RTC's counters.
     pub fn stats(&self) -> RtcStats {
         self.stats
+    }
+
+    /// The CMOS RAM, the selected register and the guest's clock offset, for a snapshot.
+    pub fn save_state(&self) -> RtcState {
+        RtcState {
+            index: self.index,
+            cmos: self.ram.to_vec(),
+            guest_offset_secs: self.offset_secs,
+            reg_c_read_at_secs: self.c_read_at,
+        }
+    }
+
+    /// Puts `state` into this RTC (one built anew with [`CmosRtc::new`] when a VM is restored);
+    /// its clock and counters stay. The guest's time is this RTC's clock plus the saved offset.
+    ///
+    /// Fails, changing nothing ([`Error::InvalidState`]), when the CMOS RAM is not 128 bytes or
+    /// the index is past it.
+    pub fn restore_state(&mut self, state: &RtcState) -> Result<(), Error> {
+        let invalid = |why: String| Error::InvalidState {
+            device: "cmos-rtc",
+            why,
+        };
+        let ram: [u8; CMOS_LEN] = state.cmos.as_slice().try_into().map_err(|_| {
+            invalid(format!(
+                "{} bytes of CMOS RAM, expected {CMOS_LEN}",
+                state.cmos.len()
+            ))
+        })?;
+        if usize::from(state.index) >= CMOS_LEN {
+            return Err(invalid(format!(
+                "register index {:#04x} is past the {CMOS_LEN} bytes of CMOS RAM",
+                state.index
+            )));
+        }
+        self.index = state.index;
+        self.ram = ram;
+        self.offset_secs = state.guest_offset_secs;
+        self.c_read_at = state.reg_c_read_at_secs;
+        Ok(())
     }
 
     fn reg_b(&self) -> u8 {
@@ -752,5 +813,82 @@ mod tests {
         let mut rtc = CmosRtc::new(Box::new(SystemClock), 256 * MIB);
         let century = rd(&mut rtc, REG_CENTURY);
         assert!(from_bcd(century).is_some_and(|c| c >= 20));
+    }
+
+    #[test]
+    fn a_restored_rtc_keeps_the_guest_time_and_nvram_and_follows_the_host_clock() {
+        let (mut a, clock_a) = rtc_at(LEAP_DAY, 256 * MIB);
+        // The guest sets 2031-12-31 23:59:58 and stores bytes in NVRAM, binary mode.
+        wr(&mut a, REG_B, B_DEFAULT | B_SET);
+        for (reg, v) in [
+            (REG_YEAR, 0x31),
+            (REG_MONTH, 0x12),
+            (REG_DAY_OF_MONTH, 0x31),
+            (REG_HOURS, 0x23),
+            (REG_MINUTES, 0x59),
+            (REG_SECONDS, 0x58),
+        ] {
+            wr(&mut a, reg, v);
+        }
+        wr(&mut a, REG_B, B_DEFAULT);
+        assert_eq!(a.stats().time_sets, 1);
+        wr(&mut a, REG_B, B_DEFAULT | B_DM_BINARY);
+        wr(&mut a, 0x40, 0xab);
+        wr(&mut a, 0x7f, 0xcd);
+        a.write(INDEX_OFFSET, &[0x40]);
+        let state = a.save_state();
+        clock_a.advance(Duration::from_secs(1));
+
+        // Restored on a host whose clock is an hour later.
+        let (mut b, clock_b) = rtc_at(LEAP_DAY + 3600, 64 * MIB);
+        b.restore_state(&state).unwrap();
+        assert_eq!(b.save_state(), state);
+        // The selected register reads first, without an index write.
+        let mut byte = [0u8; 1];
+        b.read(DATA_OFFSET, &mut byte);
+        assert_eq!(byte[0], 0xab);
+        assert_eq!(rd(&mut b, 0x7f), 0xcd);
+        // The memory bytes are the saved VM's, not the new RTC's.
+        assert_eq!(
+            rd(&mut b, CMOS_EXT_MEM_LOW as u8),
+            rd(&mut a, CMOS_EXT_MEM_LOW as u8)
+        );
+        // Binary mode; the hour passed for the guest too: 2032-01-01 00:59:58.
+        assert_eq!(rd(&mut b, REG_B), B_DEFAULT | B_DM_BINARY);
+        assert_eq!(time_regs(&mut b), [58, 59, 0, 5, 1, 1, 32, 20]);
+        clock_b.advance(Duration::from_secs(2));
+        assert_eq!(rd(&mut b, REG_MINUTES), 0);
+        assert_eq!(rd(&mut b, REG_HOURS), 1);
+    }
+
+    #[test]
+    fn bad_rtc_states_are_refused_and_json_round_trips() {
+        let (mut rtc, _) = rtc_at(LEAP_DAY, 256 * MIB);
+        let good = rtc.save_state();
+        let short = RtcState {
+            cmos: vec![0; 64],
+            ..good.clone()
+        };
+        let err = rtc.restore_state(&short).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidState {
+                    device: "cmos-rtc",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let past = RtcState {
+            index: 0x80,
+            ..good.clone()
+        };
+        assert!(rtc.restore_state(&past).is_err());
+        assert_eq!(rtc.save_state(), good);
+
+        let json = serde_json::to_string(&good).unwrap();
+        let back: RtcState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, good);
     }
 }
