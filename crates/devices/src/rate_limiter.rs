@@ -29,12 +29,14 @@
 
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 /// Nanoseconds in a millisecond.
 const NANOS_PER_MILLI: u128 = 1_000_000;
 
 /// The parameters of one token bucket, as Firecracker's `TokenBucket` API object
 /// (`{"size", "one_time_burst", "refill_time"}`, refill time in milliseconds).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TokenBucketConfig {
     /// Tokens the bucket holds when full, and earns back per `refill_time_ms`.
     pub size: u64,
@@ -54,7 +56,7 @@ impl TokenBucketConfig {
 /// The parameters of a [`RateLimiter`], as Firecracker's `RateLimiter` API object
 /// (`{"bandwidth": {...}, "ops": {...}}`). `None` is "not given": no limit when the limiter is
 /// built from it, "keep what is there" when it patches one ([`RateLimiter::update`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RateLimiterConfig {
     /// The bucket counting bytes.
     pub bandwidth: Option<TokenBucketConfig>,
