@@ -118,7 +118,9 @@ pub use rtc::{
 pub use serial::{Serial, SerialState, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
 pub use virtio::{
-    Block, Interrupt, Net, Rng, VirtioDevice, VirtioMmio, VirtioMmioStats, Vsock, MMIO_WINDOW_SIZE,
+    Block, BlockState, DeviceState, Interrupt, Net, NetState, QueueState, Rng, RngState,
+    VirtioDevice, VirtioMmio, VirtioMmioState, VirtioMmioStats, Vsock, VsockState,
+    MMIO_WINDOW_SIZE,
 };
 
 /// Errors from building a bus and from setting up devices.
@@ -267,6 +269,26 @@ pub enum Error {
         device: &'static str,
         /// What is wrong with the state.
         why: String,
+    },
+    /// A virtio device was given the saved state of another device type.
+    #[error("cannot restore {device} from the saved state of a {saved} device")]
+    DeviceStateMismatch {
+        /// The device being restored.
+        device: &'static str,
+        /// The device type the state was saved from.
+        saved: &'static str,
+    },
+    /// A virtio-blk disk being restored is not the disk the guest knew.
+    #[error("cannot restore the virtio-blk disk {path}: its {what} is {current}, the saved disk's was {saved}")]
+    BlockMismatch {
+        /// The disk's path (or `(unknown path)` when the VMM did not give it).
+        path: String,
+        /// What differs (`"size in bytes"`, `"read-only flag"`, `"ID"`, `"features"`).
+        what: &'static str,
+        /// The saved value.
+        saved: String,
+        /// This disk's value.
+        current: String,
     },
     /// A saved serial state whose receive FIFO holds more than the UART's FIFO.
     #[error(

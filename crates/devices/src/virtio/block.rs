@@ -31,6 +31,7 @@ use std::any::Any;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::virtio::GuestMemoryMmap;
@@ -38,6 +39,7 @@ use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::chain::{self, gather, pieces, Budget, ChainBuffers, Step};
+use super::state::{BlockState, DeviceState};
 use super::{
     read_config_bytes, EventSource, GuestFault, Interrupt, Processed, Throttle, VirtioDevice,
     TYPE_BLOCK, VIRTIO_F_VERSION_1,
@@ -134,6 +136,10 @@ struct Disk {
 /// A virtio-blk device over a raw image file (or a host block device).
 pub struct Block {
     disk: Disk,
+    /// Where the image is, if the VMM said ([`Block::set_path`]).
+    path: Option<PathBuf>,
+    /// The features the driver accepted (0 until FEATURES_OK).
+    acked_features: u64,
     ignored_tail: u64,
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
@@ -178,6 +184,8 @@ impl Block {
                 id: id_bytes,
                 stats: BlockStats::default(),
             },
+            path: None,
+            acked_features: 0,
             ignored_tail: 0,
             config,
             active: None,
@@ -217,6 +225,23 @@ impl Block {
         self.set_len(len);
         self.disk.stats.backing_file_swaps += 1;
         Ok(self.capacity())
+    }
+
+    /// Records where the image lives, for the device's state and its errors (a restore into a
+    /// disk of another size names it). Set it again after
+    /// [`replace_backing_file`](Self::replace_backing_file) with a file from elsewhere.
+    pub fn set_path(&mut self, path: impl Into<PathBuf>) {
+        self.path = Some(path.into());
+    }
+
+    /// Where the image lives, if [`set_path`](Self::set_path) said.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The image's size in bytes, the last partial sector included.
+    fn size_bytes(&self) -> u64 {
+        self.disk.size + self.ignored_tail
     }
 
     /// Changes the rate limit with Firecracker's PATCH semantics
@@ -357,6 +382,10 @@ impl VirtioDevice for Block {
         f
     }
 
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
@@ -402,11 +431,90 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         // The limiter is kept: a reset does not buy the guest a fresh budget.
         self.active = None;
+        self.acked_features = 0;
         self.throttle.reset();
     }
 
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         Some(self)
+    }
+
+    fn queues(&self) -> Vec<&Queue> {
+        self.active.iter().map(|a| &a.queue).collect()
+    }
+
+    fn save_state(&self) -> DeviceState {
+        let id_len = self
+            .disk
+            .id
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(ID_BYTES);
+        DeviceState::Block(BlockState {
+            path: self.path.clone(),
+            size_bytes: self.size_bytes(),
+            read_only: self.disk.read_only,
+            id: String::from_utf8_lossy(&self.disk.id[..id_len]).into_owned(),
+            acked_features: self.acked_features,
+            rate_limiter: self.throttle.config(),
+        })
+    }
+
+    /// Checks that this is the disk the guest knew: the same size in bytes, read-only flag and
+    /// ID, and features the driver accepted that this disk offers; each difference is an
+    /// [`Error::BlockMismatch`] naming the disk's path and both values. Then takes the accepted
+    /// features and the rate limiter's parameters (with full buckets).
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), Error> {
+        let DeviceState::Block(state) = state else {
+            return Err(Error::DeviceStateMismatch {
+                device: self.name(),
+                saved: state.device_name(),
+            });
+        };
+        let path = self
+            .path
+            .as_ref()
+            .or(state.path.as_ref())
+            .map_or_else(|| "(unknown path)".to_string(), |p| p.display().to_string());
+        let mismatch = |what, saved: String, current: String| Error::BlockMismatch {
+            path: path.clone(),
+            what,
+            saved,
+            current,
+        };
+        if state.size_bytes != self.size_bytes() {
+            return Err(mismatch(
+                "size in bytes",
+                state.size_bytes.to_string(),
+                self.size_bytes().to_string(),
+            ));
+        }
+        if state.read_only != self.disk.read_only {
+            return Err(mismatch(
+                "read-only flag",
+                state.read_only.to_string(),
+                self.disk.read_only.to_string(),
+            ));
+        }
+        if let DeviceState::Block(current) = self.save_state() {
+            if current.id != state.id {
+                return Err(mismatch(
+                    "ID",
+                    format!("{:?}", state.id),
+                    format!("{:?}", current.id),
+                ));
+            }
+        }
+        if state.acked_features & !self.features() != 0 {
+            return Err(mismatch(
+                "features",
+                format!("{:#x} (accepted by the driver)", state.acked_features),
+                format!("{:#x} (offered)", self.features()),
+            ));
+        }
+        self.acked_features = state.acked_features;
+        self.throttle.restore(&state.rate_limiter);
+        Ok(())
     }
 }
 
@@ -641,8 +749,8 @@ mod tests {
     use crate::rate_limiter::TokenBucketConfig;
     use crate::virtio::testutil::*;
     use crate::virtio::{
-        Rng, VirtioMmio, INTERRUPT_CONFIG, INTERRUPT_VRING, MAX_BYTES_PER_WAKEUP,
-        MAX_CHAINS_PER_WAKEUP, STATUS_DEVICE_NEEDS_RESET,
+        Rng, VirtioMmio, VirtioMmioState, INTERRUPT_CONFIG, INTERRUPT_VRING, MAX_BYTES_PER_WAKEUP,
+        MAX_CHAINS_PER_WAKEUP, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
     };
 
     const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
@@ -1442,5 +1550,190 @@ mod tests {
         );
         assert_eq!(m.device().stats().io_errors, 1);
         assert!(m.is_running());
+    }
+
+    /// A Rig's disk reopened as a new process would: the same image, a fresh device and
+    /// transport over the same guest memory.
+    fn reopened(r: &Rig, read_only: bool) -> VirtioMmio<Block> {
+        let file = r.image.as_file().try_clone().unwrap();
+        let mut blk = Block::new(file, read_only, "petrel-disk-0".into()).unwrap();
+        blk.set_path("/images/disk0.img");
+        VirtioMmio::new(blk, r.mem.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_restored_disk_completes_the_next_request_at_the_next_used_index() {
+        let mut r = rig();
+        r.m.device_mut().set_path("/images/disk0.img");
+        let limits = RateLimiterConfig {
+            bandwidth: bucket(1 << 20, 0, 1000),
+            ops: None,
+        };
+        r.m.device_mut().set_rate_limiter(&limits);
+        r.mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+        assert_eq!(
+            r.request(OUT, 1, &[(DATA, 512, false)]),
+            (VIRTIO_BLK_S_OK, 1)
+        );
+        assert_eq!(r.request(VIRTIO_BLK_T_FLUSH, 0, &[]), (VIRTIO_BLK_S_OK, 1));
+        // The guest has not acknowledged the interrupt yet.
+        assert_eq!(r.m.interrupt().status(), INTERRUPT_VRING);
+        let state = r.m.save_state();
+        assert_eq!(
+            (state.queues[0].next_avail, state.queues[0].next_used),
+            (2, 2)
+        );
+        let DeviceState::Block(disk) = &state.device else {
+            panic!("{:?}", state.device)
+        };
+        assert_eq!(disk.size_bytes, 64 * 1024);
+        assert_eq!(disk.id, "petrel-disk-0");
+        assert_eq!(disk.acked_features, r.m.driver_features());
+        // The snapshot file holds JSON; it comes back unchanged.
+        let json = serde_json::to_string_pretty(&state).unwrap();
+        let back: VirtioMmioState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+
+        let mut m = reopened(&r, false);
+        m.restore_state(&back).unwrap();
+        assert!(m.is_running());
+        assert_eq!(m.save_state(), state);
+        assert_eq!(m.device().rate_limiter(), limits);
+        // The pending interrupt is raised once, without the guest doing anything.
+        assert_eq!(m.interrupt_evt().read().unwrap(), 1);
+        assert_eq!(m.interrupt().status(), INTERRUPT_VRING);
+        r.m = m;
+        // The activation kick finds nothing new.
+        run_rearmed(&mut r.m);
+        assert_eq!(r.q.used_idx(&r.mem), 2);
+        // The next request completes at used index 2 and reads what was written before.
+        assert_eq!(
+            r.request(IN, 1, &[(BIG_DATA, 512, true)]),
+            (VIRTIO_BLK_S_OK, 513)
+        );
+        let mut back = [0u8; 512];
+        r.mem.read_slice(&mut back, GuestAddress(BIG_DATA)).unwrap();
+        assert_eq!(back, [0x5a; 512]);
+        assert_eq!(r.m.device().stats().reads, 1);
+    }
+
+    #[test]
+    fn requests_made_available_before_the_snapshot_are_served_after_restore() {
+        let mut r = rig();
+        let head = publish_request(&mut r, 0, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        // Saved before the event loop got to the notification.
+        let state = r.m.save_state();
+        let mut m = reopened(&r, false);
+        m.restore_state(&state).unwrap();
+        // No interrupt was pending.
+        assert!(m.interrupt_evt().read().is_err());
+        run_rearmed(&mut m);
+        assert_eq!(r.q.used_idx(&r.mem), 1);
+        assert_eq!(r.q.used_elem(&r.mem, 0), (u32::from(head), 1));
+        assert_eq!(m.interrupt_evt().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_disk_of_another_size_or_mode_is_refused_naming_the_path_and_both_values() {
+        let r = rig();
+        let state = r.m.save_state();
+        r.image.as_file().set_len(128 * 1024).unwrap();
+        let mut m = reopened(&r, false);
+        let err = m.restore_state(&state).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BlockMismatch {
+                    what: "size in bytes",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        for part in ["/images/disk0.img", "65536", "131072"] {
+            assert!(msg.contains(part), "{msg}");
+        }
+        // Nothing raised, nothing running: as after a reset.
+        assert!(!m.is_running());
+        assert_eq!(m.status(), 0);
+        assert!(m.interrupt_evt().read().is_err());
+
+        r.image.as_file().set_len(64 * 1024).unwrap();
+        let mut m = reopened(&r, true);
+        let err = m.restore_state(&state).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BlockMismatch {
+                    what: "read-only flag",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The right disk restores fine.
+        let mut m = reopened(&r, false);
+        m.restore_state(&state).unwrap();
+        assert!(m.is_running());
+        // A state of another device type is refused by the device, naming both.
+        let err = m
+            .device_mut()
+            .restore_state(&DeviceState::Rng(crate::virtio::RngState {
+                rate_limiter: RateLimiterConfig::default(),
+            }))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot restore virtio-blk from the saved state of a virtio-rng device"
+        );
+    }
+
+    #[test]
+    fn bad_queue_configurations_in_a_state_are_errors_not_panics() {
+        let r = rig();
+        let good = r.m.save_state();
+        let mut cases = Vec::new();
+        let mut s = good.clone();
+        s.queues[0].used_ring = 0x10_0000 - 8; // runs past guest RAM
+        cases.push(s);
+        let mut s = good.clone();
+        s.queues[0].desc_table += 8; // misaligned
+        cases.push(s);
+        let mut s = good.clone();
+        s.queues[0].size = 100; // not a power of two
+        cases.push(s);
+        let mut s = good.clone();
+        s.queues[0].max_size = 1024;
+        cases.push(s);
+        let mut s = good.clone();
+        s.queues.push(s.queues[0]);
+        cases.push(s);
+        let mut s = good.clone();
+        s.status = STATUS_DRIVER_OK; // without the steps before it
+        cases.push(s);
+        let mut s = good.clone();
+        s.driver_features |= 1 << 40; // not offered
+        cases.push(s);
+        let mut s = good.clone();
+        s.device_type = crate::virtio::TYPE_RNG;
+        cases.push(s);
+        for state in cases {
+            let mut m = reopened(&r, false);
+            let err = m.restore_state(&state).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidState {
+                        device: "virtio-blk",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(!m.is_running());
+            assert_eq!(m.status(), 0);
+            assert!(m.interrupt_evt().read().is_err());
+        }
     }
 }

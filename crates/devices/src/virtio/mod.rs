@@ -70,6 +70,7 @@ mod chain;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod state;
 #[cfg(test)]
 mod testutil;
 pub mod vsock;
@@ -95,6 +96,9 @@ pub use chain::{MAX_BYTES_PER_WAKEUP, MAX_CHAINS_PER_WAKEUP};
 pub use mmio::{VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 pub use net::{Net, NetStats};
 pub use rng::{Rng, RngStats};
+pub use state::{
+    BlockState, DeviceState, NetState, QueueState, RngState, VirtioMmioState, VsockState,
+};
 pub use vsock::{Vsock, VsockStats};
 
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
@@ -333,6 +337,20 @@ pub trait VirtioDevice: Send + fmt::Debug {
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         None
     }
+
+    /// The queues handed over at [`activate`](Self::activate), by index, as they are now (the
+    /// transport saves their places in the rings); empty when the device is not active.
+    fn queues(&self) -> Vec<&Queue>;
+
+    /// The device's own state for a snapshot (the transport saves the queues and registers).
+    fn save_state(&self) -> DeviceState;
+
+    /// Checks `state` against this device, built anew from the VM's configuration, and takes
+    /// what it keeps of it; called by [`VirtioMmio::restore_state`] before the device is
+    /// activated again. A state of another device type is [`Error::DeviceStateMismatch`]; a
+    /// device that is not the one the guest knew (another disk size, MAC or CID) is an error
+    /// too, and the device is left for the transport to reset.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), Error>;
 }
 
 impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
@@ -382,6 +400,15 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     }
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         (**self).as_any_mut()
+    }
+    fn queues(&self) -> Vec<&Queue> {
+        (**self).queues()
+    }
+    fn save_state(&self) -> DeviceState {
+        (**self).save_state()
+    }
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), Error> {
+        (**self).restore_state(state)
     }
 }
 
@@ -469,6 +496,19 @@ impl Interrupt {
     /// Clears the whole status (device reset).
     pub(crate) fn clear(&self) {
         self.0.status.store(0, Ordering::Release);
+    }
+
+    /// Sets InterruptStatus and ConfigGeneration to saved values (snapshot restore), and raises
+    /// the interrupt once if a status bit is set: the guest had not acknowledged it, and the
+    /// injection may have been lost with the old process.
+    pub(crate) fn restore(&self, status: u32, config_generation: u32) {
+        self.0.status.store(status, Ordering::Release);
+        self.0
+            .config_generation
+            .store(config_generation, Ordering::Release);
+        if status != 0 && self.0.evt.write(1).is_err() {
+            self.0.trigger_failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The ConfigGeneration register.
@@ -646,6 +686,13 @@ impl Throttle {
         self.wake_at = None;
         let _ = self.timer.clear();
         drain_timer(&mut self.timer);
+    }
+
+    /// Starts over with `config`'s buckets, full, and no wait (snapshot restore: the saved
+    /// limiter's parameters with the fresh budget a new device has).
+    pub(crate) fn restore(&mut self, config: &RateLimiterConfig) {
+        self.limiter = RateLimiter::new(config, Instant::now());
+        self.reset();
     }
 
     /// How long until the device looks again, when it is waiting.

@@ -41,6 +41,7 @@ use crate::virtio::GuestMemoryMmap;
 use virtio_queue::Queue;
 
 use super::chain::{self, BatchEnd, Budget, ChainBuffers, Step};
+use super::state::{DeviceState, NetState};
 use super::{
     read_config_bytes, set_nonblocking, EventSource, GuestFault, Interrupt, Processed, Throttle,
     VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -582,6 +583,46 @@ impl VirtioDevice for Net {
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         Some(self)
     }
+
+    fn queues(&self) -> Vec<&Queue> {
+        self.active.iter().flat_map(|a| [&a.rx, &a.tx]).collect()
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Net(NetState {
+            mac: self.config,
+            tap_name: self.tap_name.clone(),
+            rx_rate_limiter: self.rx_throttle.config(),
+            tx_rate_limiter: self.tx_throttle.config(),
+        })
+    }
+
+    /// Checks the MAC address (the guest knows it; the VMM builds the device with the saved
+    /// one) and takes the rate limiters' parameters, with full buckets. The tap may have
+    /// another name than the saved one (the user's override).
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), Error> {
+        let DeviceState::Net(state) = state else {
+            return Err(Error::DeviceStateMismatch {
+                device: self.name(),
+                saved: state.device_name(),
+            });
+        };
+        if state.mac != self.config {
+            let show = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
+            return Err(Error::InvalidState {
+                device: self.name(),
+                why: format!(
+                    "the saved MAC address is {}, this device's {} (tap {})",
+                    show(state.mac),
+                    show(self.config),
+                    self.tap_name
+                ),
+            });
+        }
+        self.rx_throttle.restore(&state.rx_rate_limiter);
+        self.tx_throttle.restore(&state.tx_rate_limiter);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1120,5 +1161,60 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("no ARP reply from {ip} on {name}: {:?}", m.device().stats());
+    }
+
+    #[test]
+    fn a_restored_interface_transmits_at_the_next_used_index_on_a_new_tap() {
+        let mut r = rig();
+        let limits = RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(crate::rate_limiter::TokenBucketConfig {
+                size: 1000,
+                one_time_burst: 0,
+                refill_time_ms: 1000,
+            }),
+        };
+        r.m.device_mut()
+            .set_rate_limiters(&limits, &RateLimiterConfig::default());
+        let f = frame(0, b"before");
+        r.send(&f, &[(TXB, f.len() as u32, false)]);
+        assert_eq!(r.peer_recv().unwrap(), f);
+        let state = r.m.save_state();
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(
+            serde_json::from_str::<crate::virtio::VirtioMmioState>(&json).unwrap(),
+            state
+        );
+
+        // Another tap name (the user's override), the same MAC.
+        let (ours, peer) = UnixDatagram::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let tap = File::from(OwnedFd::from(ours));
+        let net = Net::from_tap_file(tap, "test1".into(), MAC).unwrap();
+        let mut m = VirtioMmio::new(net, r.mem.clone()).unwrap();
+        m.restore_state(&state).unwrap();
+        assert_eq!(
+            m.device().rate_limiters(),
+            (limits, RateLimiterConfig::default())
+        );
+        assert_eq!(m.device().tap_name(), "test1");
+        assert_eq!(m.interrupt_evt().read().unwrap(), 1);
+        r.m = m;
+        r.peer = peer;
+        run_rearmed(&mut r.m);
+        let f = frame(0, b"after");
+        r.send(&f, &[(TXB, f.len() as u32, false)]);
+        assert_eq!(r.peer_recv().unwrap(), f);
+        assert_eq!(r.tx.used_idx(&r.mem), 2);
+        assert_eq!(r.tx.used_elem(&r.mem, 1), (1, 0));
+
+        // Another MAC is not the interface the guest knew.
+        let (ours, _peer) = UnixDatagram::pair().unwrap();
+        let other = [0x06, 0, 0, 0, 0, 9];
+        let net =
+            Net::from_tap_file(File::from(OwnedFd::from(ours)), "test2".into(), other).unwrap();
+        let mut m = VirtioMmio::new(net, r.mem.clone()).unwrap();
+        let err = m.restore_state(&state).unwrap_err();
+        assert!(err.to_string().contains("06:00:ac:10:00:02"), "{err}");
     }
 }

@@ -2,7 +2,8 @@
 //! Device), following Firecracker's convention for the host side.
 //!
 //! Three queues: receive ([`RX_QUEUE`]), transmit ([`TX_QUEUE`]) and event ([`EVENT_QUEUE`],
-//! never used: the device sends no transport events). The configuration space is the guest's
+//! used for one thing only: after a snapshot is restored the device sends the guest
+//! VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, since no connection survives a restore). The configuration space is the guest's
 //! CID as a little-endian 64-bit value (virtio v1.2, 5.10.4). Only stream sockets are
 //! supported: no feature but VIRTIO_F_VERSION_1 is offered, which implies
 //! VIRTIO_VSOCK_F_STREAM (virtio v1.2, 5.10.3).
@@ -62,6 +63,7 @@ use virtio_queue::Queue;
 use self::muxer::Muxer;
 use self::packet::{Header, HDR_LEN, OP_RW};
 use super::chain::{self, BatchEnd, Budget, ChainBuffers, Step};
+use super::state::{DeviceState, VsockState};
 use super::{
     read_config_bytes, EventSource, GuestFault, Interrupt, Processed, VirtioDevice,
     VIRTIO_F_VERSION_1,
@@ -96,6 +98,12 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The token of the device's one event source (its epoll instance).
 const EVENT_TOKEN: u32 = 0;
+/// The event ID of a transport reset: the driver must reset its connections and read the
+/// guest CID again (virtio v1.2, 5.10.6.7 Device Events: `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`
+/// = 0, sent as `struct virtio_vsock_event { le32 id; }`).
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
+/// Bytes of a `struct virtio_vsock_event` (virtio v1.2, 5.10.6.7).
+const EVENT_LEN: u64 = 4;
 
 /// Counters of a [`Vsock`] device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -143,6 +151,11 @@ pub struct VsockStats {
     pub bad_host_requests: u64,
     /// Failed operations on host sockets, the epoll instance or the timer.
     pub host_errors: u64,
+    /// Transport reset events sent to the guest (one after each snapshot restore).
+    pub transport_resets_sent: u64,
+    /// Event queue chains returned unused: device-readable, outside guest RAM, or shorter
+    /// than an event.
+    pub event_bad_chains: u64,
 }
 
 /// What the device needs once activated.
@@ -150,8 +163,8 @@ struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
-    /// Kept so the driver's event buffers stay where they are; the device sends no events.
-    _event: Queue,
+    /// The driver's event buffers; the device uses one after a restore.
+    event: Queue,
 }
 
 /// A virtio-vsock device whose host side is a set of Unix sockets. See the
@@ -164,6 +177,9 @@ pub struct Vsock {
     bufs: ChainBuffers,
     /// A header and the largest payload, for both directions.
     scratch: Vec<u8>,
+    /// A transport reset event is owed to the guest (after a snapshot restore), sent as soon
+    /// as the event queue has a buffer.
+    reset_event_pending: bool,
 }
 
 impl fmt::Debug for Vsock {
@@ -197,6 +213,7 @@ impl Vsock {
             tx_stalled: false,
             bufs: ChainBuffers::default(),
             scratch: vec![0; HDR_LEN + MAX_PAYLOAD],
+            reset_event_pending: false,
         })
     }
 
@@ -358,6 +375,50 @@ impl Vsock {
     }
 }
 
+impl Vsock {
+    /// Sends the transport reset event owed after a restore into the first buffer of the
+    /// event queue, if there is one; otherwise it stays owed until the guest adds one.
+    fn send_reset_event(&mut self) -> Result<Processed, Error> {
+        let Vsock {
+            active,
+            mux,
+            bufs,
+            reset_event_pending,
+            ..
+        } = self;
+        let Some(Active { mem, event, .. }) = active.as_mut().filter(|_| *reset_event_pending)
+        else {
+            return Ok(Processed::IDLE);
+        };
+        let mut budget = Budget::new();
+        let batch = chain::process_chains(event, mem, bufs, &mut budget, |bufs| {
+            if !*reset_event_pending {
+                return Ok(Step::Wait);
+            }
+            if !bufs.readable.is_empty() || bufs.outside_ram || bufs.writable_len() < EVENT_LEN {
+                mux.stats.event_bad_chains += 1;
+                return Ok(Step::Done { len: 0, bytes: 0 });
+            }
+            if !chain::scatter(mem, &bufs.writable, 0, &EVENT_TRANSPORT_RESET.to_le_bytes()) {
+                mux.stats.event_bad_chains += 1;
+                return Ok(Step::Done { len: 0, bytes: 0 });
+            }
+            *reset_event_pending = false;
+            mux.stats.transport_resets_sent += 1;
+            Ok(Step::Done {
+                len: EVENT_LEN as u32,
+                bytes: EVENT_LEN,
+            })
+        })
+        .map_err(|fault| Error::VirtioFault {
+            device: "virtio-vsock",
+            queue: EVENT_QUEUE,
+            fault,
+        })?;
+        Ok(Processed::interrupt(batch.interrupt))
+    }
+}
+
 /// The header and payload length of the transmit chain in `bufs`, with the payload of an
 /// OP_RW copied into `scratch`; `None` if the chain cannot hold a valid packet.
 fn read_packet(
@@ -425,12 +486,7 @@ impl VirtioDevice for Vsock {
                 },
             });
         };
-        self.active = Some(Active {
-            mem,
-            rx,
-            tx,
-            _event: event,
-        });
+        self.active = Some(Active { mem, rx, tx, event });
         self.tx_stalled = false;
         // Host events that came while the device was stopped are handled on the event loop.
         self.mux.kick();
@@ -441,7 +497,8 @@ impl VirtioDevice for Vsock {
         match index {
             RX_QUEUE => self.pump(false),
             TX_QUEUE => self.pump(true),
-            // The device sends no events; the driver's buffers just wait there.
+            // Events are sent only after a restore; otherwise the buffers just wait there.
+            EVENT_QUEUE => self.send_reset_event(),
             _ => Ok(Processed::IDLE),
         }
     }
@@ -465,7 +522,49 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.tx_stalled = false;
+        self.reset_event_pending = false;
         self.mux.reset();
+    }
+
+    fn queues(&self) -> Vec<&Queue> {
+        self.active
+            .iter()
+            .flat_map(|a| [&a.rx, &a.tx, &a.event])
+            .collect()
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Vsock(VsockState {
+            guest_cid: self.guest_cid,
+            uds_path: self.mux.uds_path().to_path_buf(),
+        })
+    }
+
+    /// Checks the guest CID (the guest knows it; the VMM builds the device with the saved
+    /// one); the socket may be at another path than the saved one (the user's override).
+    /// Connections did not survive: any this device has are closed, and once activated it
+    /// sends the guest a transport reset event (virtio v1.2, 5.10.6.7; what Firecracker does),
+    /// after which the driver resets its sockets.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), Error> {
+        let DeviceState::Vsock(state) = state else {
+            return Err(Error::DeviceStateMismatch {
+                device: self.name(),
+                saved: state.device_name(),
+            });
+        };
+        if state.guest_cid != self.guest_cid {
+            return Err(Error::InvalidState {
+                device: self.name(),
+                why: format!(
+                    "the saved guest CID is {}, this device's {}",
+                    state.guest_cid, self.guest_cid
+                ),
+            });
+        }
+        self.mux.reset();
+        self.tx_stalled = false;
+        self.reset_event_pending = true;
+        Ok(())
     }
 
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
@@ -493,6 +592,8 @@ impl VirtioDevice for Vsock {
             ("timeouts", s.timeouts),
             ("bad_host_requests", s.bad_host_requests),
             ("host_errors", s.host_errors),
+            ("transport_resets_sent", s.transport_resets_sent),
+            ("event_bad_chains", s.event_bad_chains),
         ]
     }
 }

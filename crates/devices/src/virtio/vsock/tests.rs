@@ -1077,3 +1077,70 @@ fn a_host_client_giving_up_before_the_guest_answers_resets_the_request() {
     assert_eq!(r.recv_headers()[0].op, OP_RST);
     assert_eq!(r.stats().unknown_connection, 1);
 }
+
+/// Where the test driver puts its event buffers.
+const EVB: u64 = 0xc_0000;
+
+#[test]
+fn a_restored_device_sends_the_guest_a_transport_reset() {
+    let r = rig();
+    let ev = TestQueue::new(0x8000, QUEUE_SIZE);
+    // The driver keeps event buffers posted (Linux fills the event queue at probe).
+    r.mem.write_obj(0xffff_ffffu32, GuestAddress(EVB)).unwrap();
+    let head = ev.chain(&r.mem, 0, &[(EVB, 4, true)]);
+    ev.publish(&r.mem, head);
+    let state = r.m.save_state();
+    let json = serde_json::to_string(&state).unwrap();
+    let back: crate::virtio::VirtioMmioState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, state);
+    // The device did not touch the buffer before the snapshot.
+    assert_eq!(ev.used_idx(&r.mem), 0);
+
+    // A new process: the socket bound at another path (the user's override).
+    let uds2 = r._dir.0.join("restored.sock");
+    let dev = Vsock::new(CID, uds2.clone()).unwrap();
+    let mut m = VirtioMmio::new(dev, r.mem.clone()).unwrap();
+    m.restore_state(&back).unwrap();
+    assert!(m.is_running());
+    assert_eq!(m.device().uds_path(), uds2);
+    run_rearmed(&mut m);
+    assert_eq!(ev.used_idx(&r.mem), 1);
+    assert_eq!(ev.used_elem(&r.mem, 0), (u32::from(head), 4));
+    let id: u32 = r.mem.read_obj(GuestAddress(EVB)).unwrap();
+    assert_eq!(id, EVENT_TRANSPORT_RESET);
+    assert_eq!(m.interrupt_evt().read().unwrap(), 1);
+    assert_eq!(m.device().stats().transport_resets_sent, 1);
+
+    // One reset only: the next event buffer waits.
+    let head = ev.chain(&r.mem, 1, &[(EVB + 4, 4, true)]);
+    ev.publish(&r.mem, head);
+    m.process_queue_event(EVENT_QUEUE);
+    assert_eq!(ev.used_idx(&r.mem), 1);
+    // The restored device serves host clients at the new path.
+    assert!(UnixStream::connect(&uds2).is_ok());
+}
+
+#[test]
+fn the_reset_event_waits_for_an_event_buffer_and_a_wrong_cid_is_refused() {
+    let r = rig();
+    let ev = TestQueue::new(0x8000, QUEUE_SIZE);
+    let state = r.m.save_state();
+
+    let dev = Vsock::new(CID + 1, r._dir.0.join("other.sock")).unwrap();
+    let mut m = VirtioMmio::new(dev, r.mem.clone()).unwrap();
+    let err = m.restore_state(&state).unwrap_err();
+    assert!(err.to_string().contains("guest CID is 3"), "{err}");
+    assert!(!m.is_running());
+
+    let dev = Vsock::new(CID, r._dir.0.join("restored.sock")).unwrap();
+    let mut m = VirtioMmio::new(dev, r.mem.clone()).unwrap();
+    m.restore_state(&state).unwrap();
+    run_rearmed(&mut m);
+    assert_eq!(m.device().stats().transport_resets_sent, 0);
+    // The guest adds an event buffer and notifies.
+    let head = ev.chain(&r.mem, 0, &[(EVB, 4, true)]);
+    ev.publish(&r.mem, head);
+    m.process_queue_event(EVENT_QUEUE);
+    assert_eq!(ev.used_idx(&r.mem), 1);
+    assert_eq!(m.device().stats().transport_resets_sent, 1);
+}
