@@ -128,9 +128,11 @@ pub fn counter_guest_elf() -> Vec<u8> {
     elf::kernel_elf(&body(), SEGMENT_MEMSZ, None)
 }
 
-/// The counts in `output` (the guest's console output), in order, from every complete line.
+/// The counts in `output` (the guest's console output), in order, from every complete line
+/// (a last line without its line feed is left out: it may be cut short).
 pub fn ticks(output: &str) -> Vec<u64> {
-    output
+    let complete = output.rfind('\n').map_or("", |end| &output[..end]);
+    complete
         .lines()
         .filter_map(|l| l.trim_end_matches('\r').strip_prefix(TICK_PREFIX))
         .filter_map(|n| n.parse().ok())
@@ -190,6 +192,8 @@ mod tests {
     fn ticks_are_read_from_complete_lines_only() {
         let out = "Petrel counter guest: tick 0\r\nPetrel counter guest: tick 1\r\nPetrel coun";
         assert_eq!(ticks(out), [0, 1]);
+        let cut = "Petrel counter guest: tick 0\r\nPetrel counter guest: tick 1";
+        assert_eq!(ticks(cut), [0], "tick 1 might be tick 12 cut short");
         assert_eq!(ticks("noise\nPetrel counter guest: tick 12\r\n"), [12]);
     }
 

@@ -184,6 +184,8 @@ pub struct VcpuRunner<H: IoHandler + ?Sized> {
     stats: ExitStats,
     emulation: EmulationCounts,
     first_run_at: Option<Instant>,
+    /// Park before the first `KVM_RUN` until `Resume` (a restored VM loaded paused).
+    start_paused: bool,
 }
 
 impl<H: IoHandler + ?Sized> VcpuRunner<H> {
@@ -204,7 +206,15 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
             stats: ExitStats::default(),
             emulation: EmulationCounts::default(),
             first_run_at: None,
+            start_paused: false,
         }
+    }
+
+    /// Makes the thread park before its first `KVM_RUN`, reporting
+    /// [`VcpuState::Paused`], until it gets [`VcpuCommand::Resume`] (or `Stop`). Commands such
+    /// as [`VcpuCommand::SaveState`] are answered while it waits.
+    pub fn set_start_paused(&mut self, paused: bool) {
+        self.start_paused = paused;
     }
 
     /// The vCPU, e.g. to set registers before running.
@@ -328,7 +338,10 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
     }
 
     fn follow_commands(&mut self, commands: &Receiver<VcpuCommand>) -> Option<StopReason> {
-        let mut paused = false;
+        let mut paused = std::mem::take(&mut self.start_paused);
+        if paused {
+            self.report(VcpuState::Paused);
+        }
         loop {
             let cmd = if paused {
                 commands.recv().ok()

@@ -148,6 +148,8 @@ pub fn parse_net(s: &str) -> Result<NetConfig> {
     }
     let tap = tap.ok_or_else(|| bad("expected tap=NAME".into()))?;
     Ok(NetConfig {
+        // Petrel's command line has one interface; restore's --net-override calls it eth0.
+        id: Some("eth0".into()),
         tap: tap.to_string(),
         mac,
         rx_rate_limit: Default::default(),

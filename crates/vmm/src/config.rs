@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 pub use petrel_devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
 /// Default guest memory: 256 MiB.
@@ -220,8 +222,9 @@ pub enum Payload {
     Linux(LinuxPayload),
 }
 
-/// A virtio-blk disk (`--disk PATH[,ro][,id=NAME]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A virtio-blk disk (`--disk PATH[,ro][,id=NAME]`). Saved in snapshots, so the field names
+/// are part of the state-file format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskConfig {
     /// The raw image file.
     pub path: PathBuf,
@@ -233,9 +236,14 @@ pub struct DiskConfig {
     pub rate_limit: RateLimiterConfig,
 }
 
-/// A virtio-net interface over an existing tap (`--net tap=NAME[,mac=MAC]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A virtio-net interface over an existing tap (`--net tap=NAME[,mac=MAC]`). Saved in
+/// snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
+    /// The interface's name for the user (Firecracker's `iface_id`), which a restore's
+    /// network overrides refer to; `None` from the command line.
+    #[serde(default)]
+    pub id: Option<String>,
     /// The tap's name.
     pub tap: String,
     /// The guest's MAC address; default a locally administered one.
@@ -247,8 +255,8 @@ pub struct NetConfig {
 }
 
 /// A virtio-vsock device (`--vsock cid=N,uds=PATH`), with host connections through a Unix
-/// socket in Firecracker's convention.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// socket in Firecracker's convention. Saved in snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockConfig {
     /// The guest's context id (3 and up).
     pub cid: u64,
@@ -290,6 +298,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Rewrite this file with the timeline and KVM's counters every second while the VM runs.
     pub metrics: Option<PathBuf>,
+    /// Log the pages the guest and the devices write, so that Diff snapshots can be taken.
+    pub track_dirty_pages: bool,
 }
 
 impl VmConfig {
@@ -328,6 +338,7 @@ impl VmConfig {
             rng_rate_limit: None,
             vsock: None,
             metrics: None,
+            track_dirty_pages: false,
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod io;
 pub mod kvm_view;
 pub mod metrics;
 pub mod report;
+pub mod snapshot;
 pub mod timeline;
 pub mod virtio;
 mod vmm;
@@ -140,6 +141,29 @@ pub enum Error {
     /// The event loop failed.
     #[error("the event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    /// A snapshot to restore is unreadable, damaged, or does not fit (its state file or its
+    /// memory file): the user's input.
+    #[error("cannot restore from {}: {why}", path.display())]
+    BadSnapshot {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Writing a snapshot failed.
+    #[error("cannot write snapshot file {}: {why}", path.display())]
+    SnapshotWrite {
+        /// The file being written.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+    /// A Diff snapshot of a VM whose dirty pages are not tracked.
+    #[error(
+        "a Diff snapshot needs dirty page tracking: start the VM with track_dirty_pages \
+         (machine-config, `--track-dirty-pages`, or the snapshot load's track_dirty_pages)"
+    )]
+    DirtyPagesNotTracked,
 }
 
 impl Error {
@@ -149,7 +173,8 @@ impl Error {
             Error::InvalidConfig { .. }
             | Error::Memory(_)
             | Error::Load(_)
-            | Error::OpenSerialFile { .. } => EXIT_BAD_INPUT,
+            | Error::OpenSerialFile { .. }
+            | Error::BadSnapshot { .. } => EXIT_BAD_INPUT,
             _ => EXIT_FAILURE,
         }
     }

@@ -21,7 +21,9 @@ use serde::Serialize;
 
 use crate::config::{DiskConfig, VmConfig};
 use crate::error_chain;
+use crate::snapshot::SavedVirtio;
 use crate::{Error, Result};
+use petrel_devices::virtio::VirtioMmioState;
 
 /// A device opened, of its own type (so that the VMM can reach it later: a new backing file
 /// for a disk, new rate limits).
@@ -58,6 +60,13 @@ pub struct VirtioPlan {
     devices: Vec<Planned>,
     /// `virtio_mmio.device=4K@0xBASE:GSI` for each device, space-separated.
     pub cmdline: String,
+}
+
+impl VirtioPlan {
+    /// Each device's window base and interrupt line, in order.
+    pub fn windows(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.devices.iter().map(|d| (d.base, d.gsi))
+    }
 }
 
 fn bad(field: String, value: &str, why: String) -> Error {
@@ -206,6 +215,37 @@ pub struct AttachedDevice {
     pub handle: DeviceHandle,
 }
 
+/// A virtio device locked for a snapshot: no queue work runs on it until this is dropped.
+pub struct HeldDevice<'a> {
+    base: u64,
+    gsi: u32,
+    state: VirtioMmioState,
+    _guard: Box<dyn Held + 'a>,
+}
+
+/// Anything kept only to be dropped later (a lock guard).
+trait Held {}
+impl<T> Held for T {}
+
+impl std::fmt::Debug for HeldDevice<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldDevice")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeldDevice<'_> {
+    /// The device's window, line and state, as the state file keeps them.
+    pub fn save_state(&self) -> SavedVirtio {
+        SavedVirtio {
+            base: self.base,
+            gsi: self.gsi,
+            state: self.state.clone(),
+        }
+    }
+}
+
 /// What one virtio device did, for `--exit-stats` and `--metrics`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
@@ -224,6 +264,50 @@ pub struct DeviceReport {
 }
 
 impl AttachedDevice {
+    /// Locks the device and reads its state; it stays locked (no queue work, no guest memory
+    /// written by it) until the returned value is dropped.
+    pub fn hold(&self) -> HeldDevice<'_> {
+        fn held<'a, D: VirtioDevice + 'static>(
+            d: &'a AttachedDevice,
+            t: &'a Mutex<VirtioMmio<D>>,
+        ) -> HeldDevice<'a> {
+            let guard = t.lock().unwrap_or_else(|p| p.into_inner());
+            HeldDevice {
+                base: d.base,
+                gsi: d.gsi,
+                state: guard.save_state(),
+                _guard: Box::new(guard),
+            }
+        }
+        match &self.handle {
+            DeviceHandle::Block(t) => held(self, t),
+            DeviceHandle::Net(t) => held(self, t),
+            DeviceHandle::Rng(t) => held(self, t),
+            DeviceHandle::Vsock(t) => held(self, t),
+        }
+    }
+
+    /// Puts a saved state into this (freshly attached) device.
+    pub fn restore_state(
+        &self,
+        state: &VirtioMmioState,
+    ) -> std::result::Result<(), petrel_devices::Error> {
+        fn restore<D: VirtioDevice>(
+            t: &Mutex<VirtioMmio<D>>,
+            state: &VirtioMmioState,
+        ) -> std::result::Result<(), petrel_devices::Error> {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restore_state(state)
+        }
+        match &self.handle {
+            DeviceHandle::Block(t) => restore(t, state),
+            DeviceHandle::Net(t) => restore(t, state),
+            DeviceHandle::Rng(t) => restore(t, state),
+            DeviceHandle::Vsock(t) => restore(t, state),
+        }
+    }
+
     /// The device's report now.
     pub fn report(&self) -> DeviceReport {
         match &self.handle {

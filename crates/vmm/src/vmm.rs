@@ -46,6 +46,10 @@ use crate::io::PlatformIo;
 use crate::kvm_view::KvmStatsReaders;
 use crate::metrics::{PeriodicMetrics, METRICS_INTERVAL};
 use crate::report::StatsDocument;
+use crate::snapshot::{
+    RestoreConfig, SavedDevices, SavedMachine, SnapshotKind, SnapshotReport, SnapshotRequest,
+    SnapshotState,
+};
 use crate::timeline::Timeline;
 use crate::virtio::{self, VirtioPlan};
 use crate::{Error, Result};
@@ -151,6 +155,20 @@ struct Shared {
     i8042: Option<Arc<Mutex<I8042>>>,
     /// The statistics of the vCPUs once they were joined.
     final_stats: Mutex<Option<(Vec<ExitStats>, EmulationCounts)>>,
+    /// What a snapshot reads beyond the above.
+    snap: SnapshotParts,
+}
+
+/// The VM, its RAM and the devices a snapshot saves, and the machine's description (kept up to
+/// date when a disk is swapped or a rate limit changes).
+#[derive(Debug)]
+struct SnapshotParts {
+    vm: Mutex<Vm>,
+    ram: GuestRam,
+    machine: Mutex<SavedMachine>,
+    serial: Arc<Mutex<Serial>>,
+    rtc: Option<Arc<Mutex<CmosRtc>>>,
+    dirty_tracking: bool,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -276,6 +294,9 @@ impl VmmHandle {
             .replace_backing_file(file)
             .map_err(Error::Devices)?;
         transport.notify_config_change();
+        if let Some(d) = lock(&self.shared.snap.machine).disks.get_mut(index) {
+            d.path = path.to_path_buf();
+        }
         Ok(())
     }
 
@@ -286,6 +307,9 @@ impl VmmHandle {
             _ => None,
         })?;
         lock(disk).device_mut().set_rate_limiter(&limit);
+        if let Some(d) = lock(&self.shared.snap.machine).disks.get_mut(index) {
+            d.rate_limit = limit;
+        }
         Ok(())
     }
 
@@ -301,7 +325,99 @@ impl VmmHandle {
             _ => None,
         })?;
         lock(net).device_mut().set_rate_limiters(&rx, &tx);
+        if let Some(n) = lock(&self.shared.snap.machine).nets.get_mut(index) {
+            n.rx_rate_limit = rx;
+            n.tx_rate_limit = tx;
+        }
         Ok(())
+    }
+
+    /// Writes a snapshot of the paused VM: the state file (every vCPU, the irqchip, PIT and
+    /// clock, every device, the machine's description) and the memory file (all of RAM for
+    /// [`SnapshotKind::Full`], the pages written since the last snapshot for
+    /// [`SnapshotKind::Diff`], which needs dirty tracking). The VM stays paused. Every virtio
+    /// device is held still (locked) from its state being read until the memory is written, so
+    /// the two agree even when this is called from another thread than the event loop.
+    pub fn snapshot(&self, request: &SnapshotRequest) -> Result<SnapshotReport> {
+        let started = Instant::now();
+        let vcpus = lock(&self.shared.vcpus);
+        let state = *lock(&self.shared.state);
+        if state != VmState::Paused {
+            return Err(Error::InvalidState {
+                op: "take a snapshot (pause the VM first)",
+                state,
+            });
+        }
+        let snap = &self.shared.snap;
+        if request.kind == SnapshotKind::Diff && !snap.dirty_tracking {
+            return Err(Error::DirtyPagesNotTracked);
+        }
+        let mut saved_vcpus = Vec::with_capacity(vcpus.len());
+        for h in vcpus.iter() {
+            saved_vcpus.push(h.save_state(VCPU_ACK_TIMEOUT).map_err(Error::Vcpu)?);
+        }
+        let machine = lock(&snap.machine).clone();
+        let vm = lock(&snap.vm);
+        let vm_state = if machine.linux {
+            Some(vm.save_state()?)
+        } else {
+            None
+        };
+        let held: Vec<virtio::HeldDevice<'_>> = self
+            .shared
+            .virtio_devices
+            .iter()
+            .map(|d| d.hold())
+            .collect();
+        let devices = SavedDevices {
+            serial: lock(&snap.serial).save_state(),
+            i8042: self.shared.i8042.as_ref().map(|k| lock(k).save_state()),
+            rtc: snap.rtc.as_ref().map(|r| lock(r).save_state()),
+            virtio: held.iter().map(|d| d.save_state()).collect(),
+        };
+        let body = SnapshotState {
+            petrel_version: env!("CARGO_PKG_VERSION").to_string(),
+            machine,
+            vm: vm_state,
+            vcpus: saved_vcpus,
+            devices,
+        };
+        let write_err = |path: &std::path::Path, why: String| Error::SnapshotWrite {
+            path: path.to_path_buf(),
+            why,
+        };
+        let mem_path = &request.mem_path;
+        let mem_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(mem_path)
+            .map_err(|e| write_err(mem_path, e.to_string()))?;
+        let mem_bytes = match request.kind {
+            SnapshotKind::Full => {
+                if snap.dirty_tracking {
+                    // The next Diff is relative to this copy: forget what KVM logged so far.
+                    vm.dirty_pages()?;
+                }
+                snap.ram.write_full(&mem_file)
+            }
+            SnapshotKind::Diff => {
+                let dirty = vm.dirty_pages()?;
+                snap.ram.write_dirty(&mem_file, &dirty)
+            }
+        }
+        .map_err(|e| write_err(mem_path, crate::error_chain(&e)))?;
+        mem_file
+            .sync_all()
+            .map_err(|e| write_err(mem_path, e.to_string()))?;
+        drop(held);
+        petrel_snapshot::write_file(&request.state_path, &body)
+            .map_err(|e| write_err(&request.state_path, crate::error_chain(&e)))?;
+        Ok(SnapshotReport {
+            mem_bytes,
+            took: started.elapsed(),
+        })
     }
 
     /// Exit statistics so far, of every vCPU, with the devices' counters and KVM's own. While
@@ -440,10 +556,39 @@ pub struct Vmm {
     console: Option<ConsoleOutput>,
     em: EventManager<Subscriber>,
     controller: Arc<Mutex<Controller>>,
-    /// Kept for as long as the VM exists (the vCPUs keep the VM's memory alive themselves).
-    _vm: Vm,
+    /// Kept for as long as the VM exists (the VM and its RAM live in the shared state, which
+    /// the handles keep; the vCPUs keep the RAM alive themselves).
     _hv: Hypervisor,
-    _ram: GuestRam,
+}
+
+/// What [`Vmm::assemble`] puts together.
+struct Assembly {
+    hv: Hypervisor,
+    vm: Vm,
+    ram: GuestRam,
+    machine: SavedMachine,
+    dirty_tracking: bool,
+    devices: Devices,
+    runners: Vec<VcpuRunner<PlatformIo>>,
+    kvm_stats: KvmStatsReaders,
+    console: Option<ConsoleOutput>,
+    notices: Vec<Notice>,
+    metrics: Option<std::path::PathBuf>,
+}
+
+/// A VM with its RAM registered (dirty-logged when asked), the TSS and identity map placed, and
+/// for Linux guests the in-kernel irqchip and PIT.
+fn new_vm(hv: &Hypervisor, ram: &GuestRam, linux: bool, dirty: bool) -> Result<Vm> {
+    let mut vm = Vm::new(hv)?;
+    vm.register_ram(ram)?;
+    if dirty {
+        vm.set_dirty_logging(true)?;
+    }
+    vm.setup_tss_and_identity_map()?;
+    if linux {
+        vm.setup_irqchip_and_pit()?;
+    }
+    Ok(vm)
 }
 
 impl std::fmt::Debug for Vmm {
@@ -511,22 +656,224 @@ impl Vmm {
         if loaded.linux && emulated && config.host_compat {
             notices.push(Notice::EmulatedHostWorkarounds);
         }
-        let mut vm = Vm::new(&hv)?;
-        vm.register_ram(&ram)?;
-        vm.setup_tss_and_identity_map()?;
-        if loaded.linux {
-            vm.setup_irqchip_and_pit()?;
-        }
+        let vm = new_vm(&hv, &ram, loaded.linux, config.track_dirty_pages)?;
         let mut kvm_stats = KvmStatsReaders::open_vm(&vm);
         timeline.mark("VM ready (memory slots, irqchip)");
 
         // 3. Devices, then the vCPUs, created and configured but not started.
         let console = ConsoleOutput::start(console_dest)?;
-        let devices = build_devices(&vm, &ram, &loaded, &console, &timeline, virtio_plan)?;
+        let devices = build_devices(&vm, &ram, loaded.linux, &console, &timeline, virtio_plan)?;
         let runners = create_vcpus(&hv, &vm, &ram, &devices.io, &loaded, config, &mut kvm_stats)?;
+        let machine = SavedMachine::of(config, loaded.linux);
+        let parts = Assembly {
+            hv,
+            vm,
+            ram,
+            machine,
+            dirty_tracking: config.track_dirty_pages,
+            devices,
+            runners,
+            kvm_stats,
+            console,
+            notices,
+            metrics: config.metrics.clone(),
+        };
+        Self::assemble(parts, timeline)
+    }
+
+    /// Builds the VM a snapshot describes, from its state file and memory file, with the
+    /// restoring process's choices in `config` (serial, overrides, dirty tracking), recording
+    /// on a timeline that starts now. The disks, taps and vsock socket are opened again by the
+    /// paths and names saved (or overridden); the memory file is mapped privately (pages load on
+    /// first touch, the file is never written). Nothing runs until [`start`](Self::start) (or
+    /// [`start_paused`](Self::start_paused)). A damaged or mismatched snapshot is
+    /// [`Error::BadSnapshot`] (exit code 2) and leaves nothing behind.
+    pub fn restore(config: &RestoreConfig) -> Result<Vmm> {
+        Self::restore_with_timeline(config, Timeline::new(Instant::now()))
+    }
+
+    /// [`restore`](Self::restore) recording on the caller's timeline.
+    pub fn restore_with_timeline(config: &RestoreConfig, timeline: Timeline) -> Result<Vmm> {
+        let bad = |path: &std::path::Path, why: String| Error::BadSnapshot {
+            path: path.to_path_buf(),
+            why,
+        };
+        let state_path = &config.state_path;
+        let state: SnapshotState = petrel_snapshot::read_file(state_path).map_err(|e| {
+            let why = match e {
+                petrel_snapshot::Error::InvalidFile { problem, .. } => problem.to_string(),
+                petrel_snapshot::Error::Read { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            bad(state_path, why)
+        })?;
+        state.check().map_err(|why| bad(state_path, why))?;
+        timeline.mark("snapshot state read");
+
+        // The machine again, with this process's overrides.
+        let m = &state.machine;
+        let mut vm_config = VmConfig::raw(RawPayload {
+            path: state_path.clone(),
+            load_addr: 0,
+            entry: None,
+            regs: Vec::new(),
+        });
+        vm_config.mem_size = m.mem_size;
+        vm_config.vcpus = m.vcpus;
+        vm_config.host_compat = m.host_compat;
+        vm_config.disks = m.disks.clone();
+        vm_config.nets = m.nets.clone();
+        vm_config.rng = m.rng;
+        vm_config.rng_rate_limit = m.rng_rate_limit;
+        vm_config.vsock = m.vsock.clone();
+        vm_config.serial = config.serial.clone();
+        vm_config.max_exits = config.max_exits;
+        vm_config.metrics = config.metrics.clone();
+        vm_config.track_dirty_pages = config.track_dirty_pages;
+        for o in &config.net_overrides {
+            let net = vm_config
+                .nets
+                .iter_mut()
+                .find(|n| n.id.as_deref() == Some(o.iface_id.as_str()))
+                .ok_or_else(|| Error::InvalidConfig {
+                    field: "network_overrides.iface_id".into(),
+                    value: o.iface_id.clone(),
+                    why: "the snapshot has no network interface of that id".into(),
+                })?;
+            net.tap = o.tap.clone();
+        }
+        if let Some(uds) = &config.vsock_uds {
+            let vsock = vm_config
+                .vsock
+                .as_mut()
+                .ok_or_else(|| Error::InvalidConfig {
+                    field: "vsock_override.uds_path".into(),
+                    value: uds.display().to_string(),
+                    why: "the snapshot has no vsock device".into(),
+                })?;
+            vsock.uds = uds.clone();
+        }
+        let mem_path = &config.mem_path;
+        let mem_file = std::fs::File::open(mem_path).map_err(|e| bad(mem_path, e.to_string()))?;
+        let ram = GuestRam::from_file(m.mem_size, &mem_file)
+            .map_err(|e| bad(mem_path, crate::error_chain(&e)))?;
+        drop(mem_file);
+        timeline.mark("guest memory mapped from the memory file");
+        let plan = virtio::plan(&vm_config)?;
+        for (i, ((base, gsi), saved)) in plan.windows().zip(&state.devices.virtio).enumerate() {
+            if (base, gsi) != (saved.base, saved.gsi) {
+                return Err(bad(
+                    state_path,
+                    format!(
+                        "virtio device {i} was at {:#x} (GSI {}) but would now be at {base:#x} \
+                         (GSI {gsi})",
+                        saved.base, saved.gsi
+                    ),
+                ));
+            }
+        }
+        let console_dest = open_console_destination(&config.serial)?;
+
+        // KVM: the VM, the vCPUs and the devices, each given its saved state.
+        let hv = Hypervisor::open()?;
+        let max = hv.max_vcpus();
+        if usize::from(m.vcpus) > max {
+            return Err(bad(
+                state_path,
+                format!(
+                    "the snapshot has {} vCPUs; this host's KVM allows at most {max}",
+                    m.vcpus
+                ),
+            ));
+        }
+        let mut notices = Vec::new();
+        if m.linux && host_emulates_guest_kernel() && m.host_compat {
+            notices.push(Notice::EmulatedHostWorkarounds);
+        }
+        let vm = new_vm(&hv, &ram, m.linux, config.track_dirty_pages)?;
+        let mut kvm_stats = KvmStatsReaders::open_vm(&vm);
+        let console = ConsoleOutput::start(console_dest)?;
+        let devices = build_devices(&vm, &ram, m.linux, &console, &timeline, plan)?;
+        let saved = &state.devices;
+        let device_err = |what: &str, e: petrel_devices::Error| {
+            bad(state_path, format!("{what}: {}", crate::error_chain(&e)))
+        };
+        lock(&devices.serial)
+            .restore_state(&saved.serial)
+            .map_err(|e| device_err("serial", e))?;
+        if let (Some(kbd), Some(s)) = (&devices.i8042, &saved.i8042) {
+            lock(kbd)
+                .restore_state(s)
+                .map_err(|e| device_err("i8042", e))?;
+        }
+        if let (Some(rtc), Some(s)) = (&devices.rtc, &saved.rtc) {
+            lock(rtc)
+                .restore_state(s)
+                .map_err(|e| device_err("RTC", e))?;
+        }
+        for (d, s) in devices.virtio_devices.iter().zip(&saved.virtio) {
+            d.restore_state(&s.state)
+                .map_err(|e| device_err(&format!("virtio device at {:#x}", d.base), e))?;
+        }
+        let options = RunOptions {
+            max_exits: config.max_exits,
+        };
+        let mut runners = Vec::with_capacity(state.vcpus.len());
+        for saved in &state.vcpus {
+            let vcpu = vm.create_vcpu(saved.id)?;
+            vcpu.restore_state(saved)?;
+            kvm_stats.add_vcpu(&vcpu);
+            runners.push(VcpuRunner::new(
+                vcpu,
+                devices.io.clone(),
+                ram.clone(),
+                options,
+            ));
+        }
+        // The clock last, so guest time resumes where it stopped.
+        if let Some(vm_state) = &state.vm {
+            vm.restore_state(vm_state)?;
+        }
+        timeline.mark("VM, vCPUs and devices restored");
+        let parts = Assembly {
+            hv,
+            vm,
+            ram,
+            machine: SavedMachine {
+                nets: vm_config.nets.clone(),
+                vsock: vm_config.vsock.clone(),
+                ..state.machine.clone()
+            },
+            dirty_tracking: config.track_dirty_pages,
+            devices,
+            runners,
+            kvm_stats,
+            console,
+            notices,
+            metrics: config.metrics.clone(),
+        };
+        Self::assemble(parts, timeline)
+    }
+
+    /// The common end of [`build`](Self::build) and [`restore`](Self::restore): the event
+    /// loop, its subscribers, and the handle's shared state.
+    fn assemble(parts: Assembly, timeline: Timeline) -> Result<Vmm> {
+        let Assembly {
+            hv,
+            vm,
+            ram,
+            machine,
+            dirty_tracking,
+            devices,
+            runners,
+            kvm_stats,
+            console,
+            notices,
+            metrics,
+        } = parts;
         let kvm_stats = Arc::new(Mutex::new(kvm_stats));
         let mut subscribers = devices.subscribers;
-        if let Some(path) = &config.metrics {
+        if let Some(path) = &metrics {
             let periodic = PeriodicMetrics::new(
                 path.clone(),
                 METRICS_INTERVAL,
@@ -548,6 +895,14 @@ impl Vmm {
             virtio_devices: devices.virtio_devices,
             i8042: devices.i8042,
             final_stats: Mutex::new(None),
+            snap: SnapshotParts {
+                vm: Mutex::new(vm),
+                ram,
+                machine: Mutex::new(machine),
+                serial: devices.serial.clone(),
+                rtc: devices.rtc,
+                dirty_tracking,
+            },
         });
         let mut em: EventManager<Subscriber> = EventManager::new().map_err(Error::EventLoop)?;
         let controller = Arc::new(Mutex::new(Controller::new(
@@ -571,9 +926,7 @@ impl Vmm {
             console,
             em,
             controller,
-            _vm: vm,
             _hv: hv,
-            _ram: ram,
         })
     }
 
@@ -631,6 +984,22 @@ impl Vmm {
     /// Starts one thread per vCPU; the boot vCPU enters the guest at once, the others wait in
     /// KVM for the guest's INIT/SIPI. Fails if the VM was started before.
     pub fn start(&mut self) -> Result<()> {
+        self.start_as(VmState::Running)
+    }
+
+    /// Starts one thread per vCPU, each parked before it enters the guest: the VM is
+    /// [`VmState::Paused`] when this returns (every vCPU has acknowledged it), and
+    /// [`VmmHandle::resume`] lets it run. For a restored VM that should stay paused.
+    pub fn start_paused(&mut self) -> Result<()> {
+        for r in &mut self.runners {
+            r.set_start_paused(true);
+        }
+        self.start_as(VmState::Paused)?;
+        let vcpus = lock(&self.shared.vcpus);
+        wait_for_all(&vcpus, VcpuState::Paused)
+    }
+
+    fn start_as(&mut self, running_state: VmState) -> Result<()> {
         let mut exited = Vec::with_capacity(self.runners.len());
         for _ in &self.runners {
             exited.push(self.vcpu_exited.try_clone().map_err(Error::EventFd)?);
@@ -655,7 +1024,7 @@ impl Vmm {
                     }
                 }
             }
-            *lock(&shared.state) = VmState::Running;
+            *lock(&shared.state) = running_state;
         }
         if let Some(e) = failed {
             // Leave nothing half-started: the threads already running are stopped and joined.
@@ -927,6 +1296,7 @@ struct Devices {
     io: Arc<PlatformIo>,
     serial: Arc<Mutex<Serial>>,
     i8042: Option<Arc<Mutex<I8042>>>,
+    rtc: Option<Arc<Mutex<CmosRtc>>>,
     input_ready: EventFd,
     /// Devices whose work runs on the event loop (virtio).
     subscribers: Vec<Subscriber>,
@@ -937,13 +1307,14 @@ struct Devices {
 fn build_devices(
     vm: &Vm,
     ram: &GuestRam,
-    loaded: &Loaded,
+    linux: bool,
     console: &Option<ConsoleOutput>,
     timeline: &Timeline,
     virtio_plan: VirtioPlan,
 ) -> Result<Devices> {
-    let irqchip = loaded.linux;
+    let irqchip = linux;
     let mut i8042 = None;
+    let mut rtc_handle = None;
     let mut pio = BusBuilder::new("port I/O");
     let serial_irq = interrupt(vm, COM1_IRQ, irqchip)?;
     let input_ready = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
@@ -955,15 +1326,16 @@ fn build_devices(
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(BusRange::new(COM1_BASE, SERIAL_PORT_LEN), serial.clone())
         .map_err(Error::Devices)?;
-    if loaded.linux {
+    if linux {
         let kbd_irq = interrupt(vm, I8042_KBD_IRQ, irqchip)?;
         let kbd = Arc::new(Mutex::new(I8042::new(kbd_irq)));
         pio.insert(BusRange::new(I8042_BASE, I8042_PORT_LEN), kbd.clone())
             .map_err(Error::Devices)?;
         i8042 = Some(kbd);
-        let rtc = CmosRtc::new(Box::new(SystemClock), ram.size());
-        pio.insert(BusRange::new(RTC_BASE, RTC_PORT_LEN), device(rtc))
+        let rtc = Arc::new(Mutex::new(CmosRtc::new(Box::new(SystemClock), ram.size())));
+        pio.insert(BusRange::new(RTC_BASE, RTC_PORT_LEN), rtc.clone())
             .map_err(Error::Devices)?;
+        rtc_handle = Some(rtc);
         let post_timeline = timeline.clone();
         let post = PostCodeSink::with_hook(move |c| {
             post_timeline.mark_guest(format!("POST code {:#04x} (port 0x80)", c.code), c.at)
@@ -993,6 +1365,7 @@ fn build_devices(
         io,
         serial,
         i8042,
+        rtc: rtc_handle,
         input_ready,
         subscribers,
         virtio_devices,

@@ -509,6 +509,7 @@ impl Controller {
                 None => DEFAULT_MAC,
             };
             config.nets.push(NetConfig {
+                id: Some(n.iface_id.clone()),
                 tap: n.host_dev_name.clone(),
                 mac,
                 rx_rate_limit: rate_limit(&n.rx_rate_limiter),

@@ -1,0 +1,215 @@
+//! Snapshots: what a paused VM is made of, saved to a state file and a memory file, and the
+//! description a restore builds the same VM from again (in this process or another).
+//!
+//! The state file (framed and checked by `petrel-snapshot`) holds a [`SnapshotState`]: the
+//! machine ([`SavedMachine`]: memory size, vCPUs, the devices and the files and taps behind
+//! them), the VM's in-kernel irqchip, PIT and clock, every vCPU, and every device. The memory
+//! file holds guest RAM, region after region; a Diff memory file holds only the pages written
+//! since the previous snapshot and holes elsewhere (see `docs/snapshots.md`).
+//!
+//! [`VmmHandle::snapshot`](crate::VmmHandle::snapshot) writes both;
+//! [`Vmm::restore`](crate::Vmm::restore) reads them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use petrel_devices::i8042::I8042State;
+use petrel_devices::rtc::RtcState;
+use petrel_devices::serial::SerialState;
+use petrel_devices::virtio::VirtioMmioState;
+use petrel_hv_sys::{VcpuState as KvmVcpuState, VmState as KvmVmState};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{
+    DiskConfig, NetConfig, RateLimiterConfig, SerialConfig, VmConfig, VsockConfig,
+};
+
+/// Which memory a snapshot writes (Firecracker's `snapshot_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// All of guest RAM (pages of zeros as holes).
+    Full,
+    /// Only the pages written since the last snapshot (or since the restore), as a sparse file
+    /// of the size of guest RAM that applies on top of the previous memory file.
+    Diff,
+}
+
+/// What [`VmmHandle::snapshot`](crate::VmmHandle::snapshot) writes, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// Full or Diff.
+    pub kind: SnapshotKind,
+    /// The state file (replaced atomically).
+    pub state_path: PathBuf,
+    /// The memory file (created or truncated).
+    pub mem_path: PathBuf,
+}
+
+/// What a snapshot wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotReport {
+    /// Bytes of guest memory written to the memory file (holes not counted).
+    pub mem_bytes: u64,
+    /// How long it took, from the request to both files written.
+    pub took: Duration,
+}
+
+/// A network interface of the snapshot to put on another tap (Firecracker's
+/// `network_overrides` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetOverride {
+    /// The interface's `iface_id` when it was configured.
+    pub iface_id: String,
+    /// The tap to use instead.
+    pub tap: String,
+}
+
+/// How to restore: the two files and what the restoring process chooses itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreConfig {
+    /// The state file.
+    pub state_path: PathBuf,
+    /// The memory file (mapped privately: never written).
+    pub mem_path: PathBuf,
+    /// Log dirty pages from the start, so that Diff snapshots of the restored VM can be taken.
+    pub track_dirty_pages: bool,
+    /// Interfaces to put on other taps.
+    pub net_overrides: Vec<NetOverride>,
+    /// Another Unix socket path for the vsock device.
+    pub vsock_uds: Option<PathBuf>,
+    /// Where the serial console goes in this process.
+    pub serial: SerialConfig,
+    /// Stop after this many exits (per vCPU).
+    pub max_exits: Option<u64>,
+    /// Write metrics here every second.
+    pub metrics: Option<PathBuf>,
+}
+
+impl RestoreConfig {
+    /// A restore of `state_path` and `mem_path` with this process's defaults (serial on the
+    /// terminal, no overrides, no dirty tracking).
+    pub fn new(state_path: impl Into<PathBuf>, mem_path: impl Into<PathBuf>) -> Self {
+        RestoreConfig {
+            state_path: state_path.into(),
+            mem_path: mem_path.into(),
+            track_dirty_pages: false,
+            net_overrides: Vec::new(),
+            vsock_uds: None,
+            serial: SerialConfig::Stdio,
+            max_exits: None,
+            metrics: None,
+        }
+    }
+}
+
+/// The machine a snapshot was taken of: what a restore builds again before it puts the saved
+/// state into it. The files and taps are the user's: a restore opens them again by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedMachine {
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// A Linux guest (in-kernel irqchip and PIT, i8042, RTC) rather than a raw payload.
+    pub linux: bool,
+    /// Whether the emulated-host workarounds were on (they are in the guest's command line).
+    pub host_compat: bool,
+    /// Disks, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
+    /// Network interfaces.
+    pub nets: Vec<NetConfig>,
+    /// A virtio-rng device.
+    pub rng: bool,
+    /// Its rate limit.
+    pub rng_rate_limit: Option<RateLimiterConfig>,
+    /// A vsock device.
+    pub vsock: Option<VsockConfig>,
+}
+
+impl SavedMachine {
+    /// The machine `config` describes.
+    pub fn of(config: &VmConfig, linux: bool) -> Self {
+        SavedMachine {
+            mem_size: config.mem_size,
+            vcpus: config.vcpus,
+            linux,
+            host_compat: config.host_compat,
+            disks: config.disks.clone(),
+            nets: config.nets.clone(),
+            rng: config.rng,
+            rng_rate_limit: config.rng_rate_limit,
+            vsock: config.vsock.clone(),
+        }
+    }
+}
+
+/// One virtio device: where it was and its transport's and device's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedVirtio {
+    /// Its MMIO window.
+    pub base: u64,
+    /// Its interrupt line.
+    pub gsi: u32,
+    /// The transport and the device behind it.
+    pub state: VirtioMmioState,
+}
+
+/// Every device's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedDevices {
+    /// The 16550 UART.
+    pub serial: SerialState,
+    /// The i8042 (Linux guests).
+    pub i8042: Option<I8042State>,
+    /// The CMOS RTC (Linux guests).
+    pub rtc: Option<RtcState>,
+    /// The virtio devices, in window order.
+    pub virtio: Vec<SavedVirtio>,
+}
+
+/// The body of a state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// The Petrel that wrote it (informational: compatibility is the container's format
+    /// version).
+    pub petrel_version: String,
+    /// The machine.
+    pub machine: SavedMachine,
+    /// The in-kernel irqchip, PIT and clock (Linux guests).
+    pub vm: Option<KvmVmState>,
+    /// Every vCPU, by index.
+    pub vcpus: Vec<KvmVcpuState>,
+    /// Every device.
+    pub devices: SavedDevices,
+}
+
+impl SnapshotState {
+    /// Checks that the parts agree with each other (a file edited by hand, or assembled from
+    /// two snapshots, fails here rather than as a confused guest).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let m = &self.machine;
+        if self.vcpus.len() != usize::from(m.vcpus) {
+            return Err(format!(
+                "the machine has {} vCPUs but the file holds the state of {}",
+                m.vcpus,
+                self.vcpus.len()
+            ));
+        }
+        for (i, v) in self.vcpus.iter().enumerate() {
+            if v.id != i as u64 {
+                return Err(format!("vCPU state {i} is for vCPU {}", v.id));
+            }
+        }
+        if m.linux != self.vm.is_some() || m.linux != self.devices.i8042.is_some() {
+            return Err("the irqchip and PC devices do not match the machine's kind".into());
+        }
+        let expected = m.disks.len() + m.nets.len() + usize::from(m.rng) + m.vsock.iter().count();
+        if self.devices.virtio.len() != expected {
+            return Err(format!(
+                "the machine has {expected} virtio devices but the file holds {}",
+                self.devices.virtio.len()
+            ));
+        }
+        Ok(())
+    }
+}
