@@ -127,6 +127,15 @@ pub enum ValidationError {
     /// A `PATCH` body changes nothing.
     #[error("the PATCH body of {0} sets no field to update")]
     EmptyPatch(&'static str),
+    /// A snapshot load names its memory twice.
+    #[error("mem_backend and mem_file_path cannot both be given: mem_file_path is the deprecated spelling of a File mem_backend")]
+    SnapshotMemoryBoth,
+    /// A snapshot load names no memory.
+    #[error("one of mem_backend and mem_file_path (deprecated) is required")]
+    SnapshotMemoryMissing,
+    /// `network_overrides` names an interface more than once.
+    #[error("network_overrides names iface_id `{0}` more than once")]
+    DuplicateNetworkOverride(String),
 }
 
 /// Checks an API resource id: not empty, at most [`MAX_ID_LEN`] bytes, only ASCII letters,
@@ -813,6 +822,227 @@ pub struct Vm {
     pub state: VmState,
 }
 
+/// The kinds of snapshot `PUT /snapshot/create` writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SnapshotType {
+    /// All of guest memory (the default).
+    #[default]
+    Full,
+    /// Only the pages dirtied since the previous snapshot, to apply on top of it.
+    Diff,
+}
+
+impl TryFrom<String> for SnapshotType {
+    type Error = String;
+
+    /// Parses the swagger's spelling (case-sensitive, as Firecracker does); the error names
+    /// the field.
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "Full" => Ok(SnapshotType::Full),
+            "Diff" => Ok(SnapshotType::Diff),
+            _ => Err(format!(
+                "snapshot_type `{}` is not one of Full, Diff",
+                quoted(&text, MAX_QUOTED_LEN)
+            )),
+        }
+    }
+}
+
+/// `PUT /snapshot/create`: write the paused VM's state and its memory to two files.
+///
+/// The swagger of [`FIRECRACKER_API_VERSION`] has no `version` field (older Firecracker
+/// releases took one): it is refused as an unknown field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateParams {
+    /// File that will hold the VM's state (required).
+    pub snapshot_path: String,
+    /// File that will hold guest memory (required).
+    pub mem_file_path: String,
+    /// Full or Diff. `None`: `Full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_type: Option<SnapshotType>,
+}
+
+impl SnapshotCreateParams {
+    /// Checks that both paths are set.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_non_empty("snapshot_path", &self.snapshot_path)?;
+        validate_non_empty("mem_file_path", &self.mem_file_path)
+    }
+
+    /// The snapshot type asked for, `Full` when none was sent.
+    pub fn snapshot_type(&self) -> SnapshotType {
+        self.snapshot_type.unwrap_or_default()
+    }
+}
+
+/// What serves guest memory after `PUT /snapshot/load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub enum MemoryBackendType {
+    /// `backend_path` is the memory file, mapped into the guest.
+    File,
+    /// `backend_path` is a Unix socket where another process takes a userfaultfd and serves
+    /// page faults (Petrel refuses it: not supported).
+    Uffd,
+}
+
+impl TryFrom<String> for MemoryBackendType {
+    type Error = String;
+
+    /// Parses the swagger's spelling (case-sensitive); the error names the field.
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "File" => Ok(MemoryBackendType::File),
+            "Uffd" => Ok(MemoryBackendType::Uffd),
+            _ => Err(format!(
+                "mem_backend.backend_type `{}` is not one of File, Uffd",
+                quoted(&text, MAX_QUOTED_LEN)
+            )),
+        }
+    }
+}
+
+/// The `mem_backend` of `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBackend {
+    /// What serves memory (required).
+    pub backend_type: MemoryBackendType,
+    /// The memory file (`File`) or the page-fault handler's socket (`Uffd`) (required).
+    pub backend_path: String,
+}
+
+/// One entry of `network_overrides`: a restored network interface gets another host TAP
+/// device than the one it was snapshotted with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    /// The interface, as it was configured before the snapshot (required).
+    pub iface_id: String,
+    /// Its new host TAP device (required).
+    pub host_dev_name: String,
+}
+
+/// The `vsock_override` of `PUT /snapshot/load`: the restored vsock device listens on
+/// another host socket than the one it was snapshotted with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    /// The new host Unix socket path (required).
+    pub uds_path: String,
+}
+
+/// `PUT /snapshot/load`: restore a VM from a state file and a memory file, in a process that
+/// has configured nothing else yet. Exactly one of `mem_backend` and the deprecated
+/// `mem_file_path` names the memory; [`SnapshotLoadParams::mem_file`],
+/// [`SnapshotLoadParams::track_dirty_pages`] and [`SnapshotLoadParams::resume_vm`] give the
+/// normalized view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadParams {
+    /// The VM's state file (required).
+    pub snapshot_path: String,
+    /// What serves guest memory. Either this or `mem_file_path`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_backend: Option<MemoryBackend>,
+    /// Deprecated: the memory file, as `mem_backend` `{"backend_type": "File"}` would name it.
+    /// Either this or `mem_backend`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_file_path: Option<String>,
+    /// Deprecated spelling of `track_dirty_pages`. `None`: `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Track dirty pages after the restore, so that a Diff snapshot can follow. `None`:
+    /// `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_dirty_pages: Option<bool>,
+    /// Resume the VM once loaded. `None`: `false` (the VM stays paused until `PATCH /vm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_vm: Option<bool>,
+    /// New host TAP devices for restored interfaces, at most one per `iface_id`. Empty when
+    /// not sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetworkOverride>,
+    /// A new host socket for the restored vsock device. `None`: the snapshotted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
+    /// x86_64: advance kvmclock by the wall-clock time elapsed since the snapshot
+    /// (`KVM_CLOCK_REALTIME`). `None`: `false` (kvmclock resumes where it stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_realtime: Option<bool>,
+}
+
+impl SnapshotLoadParams {
+    /// Checks the paths, that exactly one of `mem_backend` and `mem_file_path` is given, the
+    /// overrides' ids and TAP names (no `iface_id` twice) and the vsock override's path.
+    /// Whether a `Uffd` backend is accepted is the caller's decision.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_non_empty("snapshot_path", &self.snapshot_path)?;
+        match (&self.mem_backend, &self.mem_file_path) {
+            (Some(backend), None) => {
+                validate_non_empty("mem_backend.backend_path", &backend.backend_path)?
+            }
+            (None, Some(path)) => validate_non_empty("mem_file_path", path)?,
+            (Some(_), Some(_)) => return Err(ValidationError::SnapshotMemoryBoth),
+            (None, None) => return Err(ValidationError::SnapshotMemoryMissing),
+        }
+        for (index, entry) in self.network_overrides.iter().enumerate() {
+            validate_id("network_overrides.iface_id", &entry.iface_id)?;
+            validate_non_empty("network_overrides.host_dev_name", &entry.host_dev_name)?;
+            if entry.host_dev_name.len() > MAX_HOST_DEV_NAME_LEN {
+                return Err(ValidationError::HostDevName(quoted(
+                    &entry.host_dev_name,
+                    MAX_QUOTED_LEN,
+                )));
+            }
+            if self.network_overrides[..index]
+                .iter()
+                .any(|earlier| earlier.iface_id == entry.iface_id)
+            {
+                return Err(ValidationError::DuplicateNetworkOverride(
+                    entry.iface_id.clone(),
+                ));
+            }
+        }
+        if let Some(vsock) = &self.vsock_override {
+            validate_non_empty("vsock_override.uds_path", &vsock.uds_path)?;
+        }
+        Ok(())
+    }
+
+    /// The memory's path: `mem_backend.backend_path`, or the deprecated `mem_file_path`
+    /// (empty if neither was sent, which [`SnapshotLoadParams::validate`] refuses).
+    pub fn mem_file(&self) -> &str {
+        match (&self.mem_backend, &self.mem_file_path) {
+            (Some(backend), _) => &backend.backend_path,
+            (None, Some(path)) => path,
+            (None, None) => "",
+        }
+    }
+
+    /// The memory backend's type: `mem_backend.backend_type`, `File` for `mem_file_path`.
+    pub fn mem_backend_type(&self) -> MemoryBackendType {
+        self.mem_backend
+            .as_ref()
+            .map_or(MemoryBackendType::File, |backend| backend.backend_type)
+    }
+
+    /// Whether to track dirty pages: `track_dirty_pages` or its deprecated spelling
+    /// `enable_diff_snapshots` set to `true`.
+    pub fn track_dirty_pages(&self) -> bool {
+        self.track_dirty_pages == Some(true) || self.enable_diff_snapshots == Some(true)
+    }
+
+    /// Whether to resume the VM once loaded (`false` when not sent).
+    pub fn resume_vm(&self) -> bool {
+        self.resume_vm.unwrap_or(false)
+    }
+}
+
 /// The instance's state as `GET /` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InstanceState {
@@ -1164,6 +1394,83 @@ mod tests {
         let json = serde_json::to_string(&info).unwrap();
         assert!(json.contains(r#""state":"Not started""#), "{json}");
         assert_eq!(serde_json::from_str::<InstanceInfo>(&json).unwrap(), info);
+    }
+
+    #[test]
+    fn snapshot_params_round_trip_in_swagger_spelling() {
+        let create = SnapshotCreateParams {
+            snapshot_path: "s".into(),
+            mem_file_path: "m".into(),
+            snapshot_type: Some(SnapshotType::Diff),
+        };
+        let json = serde_json::to_string(&create).unwrap();
+        assert_eq!(
+            json,
+            r#"{"snapshot_path":"s","mem_file_path":"m","snapshot_type":"Diff"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<SnapshotCreateParams>(&json).unwrap(),
+            create
+        );
+        let load: SnapshotLoadParams = serde_json::from_str(
+            r#"{"snapshot_path": "s", "resume_vm": true,
+                "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#,
+        )
+        .unwrap();
+        let json = serde_json::to_string(&load).unwrap();
+        assert_eq!(
+            json,
+            r#"{"snapshot_path":"s","mem_backend":{"backend_type":"File","backend_path":"m"},"resume_vm":true}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<SnapshotLoadParams>(&json).unwrap(),
+            load
+        );
+    }
+
+    #[test]
+    fn snapshot_load_normalized_view() {
+        let mut load = SnapshotLoadParams {
+            snapshot_path: "s".into(),
+            mem_backend: None,
+            mem_file_path: Some("old.mem".into()),
+            enable_diff_snapshots: None,
+            track_dirty_pages: None,
+            resume_vm: None,
+            network_overrides: Vec::new(),
+            vsock_override: None,
+            clock_realtime: None,
+        };
+        assert_eq!(load.validate(), Ok(()));
+        assert_eq!(load.mem_file(), "old.mem");
+        assert_eq!(load.mem_backend_type(), MemoryBackendType::File);
+        for (deprecated, current, tracked) in [
+            (None, None, false),
+            (Some(true), None, true),
+            (None, Some(true), true),
+            (Some(false), Some(true), true),
+            (Some(true), Some(false), true),
+            (Some(false), Some(false), false),
+        ] {
+            load.enable_diff_snapshots = deprecated;
+            load.track_dirty_pages = current;
+            assert_eq!(
+                load.track_dirty_pages(),
+                tracked,
+                "{deprecated:?} {current:?}"
+            );
+        }
+        load.mem_file_path = None;
+        assert_eq!(load.mem_file(), "");
+        assert_eq!(load.validate(), Err(ValidationError::SnapshotMemoryMissing));
+        load.mem_backend = Some(MemoryBackend {
+            backend_type: MemoryBackendType::Uffd,
+            backend_path: "uffd.sock".into(),
+        });
+        assert_eq!(load.validate(), Ok(()));
+        assert_eq!(load.mem_backend_type(), MemoryBackendType::Uffd);
+        load.mem_file_path = Some("old.mem".into());
+        assert_eq!(load.validate(), Err(ValidationError::SnapshotMemoryBoth));
     }
 
     #[test]

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::http::{Method, Request, Response};
 use crate::model::{
     quoted, validate_id, ActionType, BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger,
-    MachineConfiguration, MachineConfigurationUpdate, Metrics, NetworkInterface, PartialDrive,
-    PartialNetworkInterface, ValidationError, VmState, Vsock, MAX_QUOTED_LEN,
+    MachineConfiguration, MachineConfigurationUpdate, MemoryBackendType, Metrics, NetworkInterface,
+    PartialDrive, PartialNetworkInterface, SnapshotCreateParams, SnapshotLoadParams,
+    ValidationError, VmState, Vsock, MAX_QUOTED_LEN,
 };
 
 /// One request of the API, parsed and validated.
@@ -53,6 +54,13 @@ pub enum ApiRequest {
     Action(ActionType),
     /// `PATCH /vm`.
     PatchVm(VmState),
+    /// `PUT /snapshot/create`: write a snapshot of the (paused) VM.
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load`: restore a VM in a process that has configured nothing else. The
+    /// memory backend is a file (a `Uffd` backend is refused here); use
+    /// [`SnapshotLoadParams::mem_file`], [`SnapshotLoadParams::track_dirty_pages`] and
+    /// [`SnapshotLoadParams::resume_vm`] rather than the raw fields.
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// Why a request was refused. Its `Display` is the `fault_message`; every one is answered
@@ -178,6 +186,8 @@ enum Route<'a> {
     Metrics,
     Actions,
     Vm,
+    SnapshotCreate,
+    SnapshotLoad,
     /// A swagger route Petrel does not implement; the text names it in the message.
     Unsupported(&'static str),
 }
@@ -195,7 +205,9 @@ impl Route<'_> {
             | Route::Entropy
             | Route::Logger
             | Route::Metrics
-            | Route::Actions => "PUT",
+            | Route::Actions
+            | Route::SnapshotCreate
+            | Route::SnapshotLoad => "PUT",
             Route::Unsupported(_) => "none",
         }
     }
@@ -231,8 +243,8 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["balloon", "hinting", "start" | "status" | "stop"] => {
             Route::Unsupported("the balloon device (/balloon/hinting/*)")
         }
-        ["snapshot", "create"] => Route::Unsupported("snapshots (/snapshot/create)"),
-        ["snapshot", "load"] => Route::Unsupported("snapshots (/snapshot/load)"),
+        ["snapshot", "create"] => Route::SnapshotCreate,
+        ["snapshot", "load"] => Route::SnapshotLoad,
         ["cpu-config"] => Route::Unsupported("custom CPU templates (/cpu-config)"),
         ["pmem", _] => Route::Unsupported("virtio-pmem devices (/pmem/{id})"),
         ["hotplug", "memory"] => Route::Unsupported("memory hotplug (/hotplug/memory)"),
@@ -400,6 +412,23 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
             let action: InstanceActionInfo = parse_body(method, path, body)?;
             ApiRequest::Action(action.action_type)
         }
+        ("PUT", Route::SnapshotCreate) => {
+            let params: SnapshotCreateParams = parse_body(method, path, body)?;
+            params.validate()?;
+            ApiRequest::CreateSnapshot(params)
+        }
+        ("PUT", Route::SnapshotLoad) => {
+            let params: SnapshotLoadParams = parse_body(method, path, body)?;
+            params.validate()?;
+            if params.mem_backend_type() == MemoryBackendType::Uffd {
+                return Err(ApiError::NotSupported(
+                    "mem_backend.backend_type `Uffd` (guest memory served by another process \
+                     over userfaultfd; use `File`)"
+                        .to_owned(),
+                ));
+            }
+            ApiRequest::LoadSnapshot(params)
+        }
         ("PATCH", Route::Vm) => {
             let vm: VmBody = parse_body(method, path, body)?;
             match vm.state.as_str() {
@@ -421,7 +450,10 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CacheType, IoEngine, LogLevel, RateLimiter, TokenBucket};
+    use crate::model::{
+        CacheType, IoEngine, LogLevel, MemoryBackend, NetworkOverride, RateLimiter, SnapshotType,
+        TokenBucket, VsockOverride,
+    };
 
     fn request(method: Method, path: &str, body: &str) -> Request {
         Request {
@@ -855,6 +887,289 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_create() {
+        // docs/snapshotting/snapshot-support.md
+        let body = r#"{
+            "snapshot_type": "Full",
+            "snapshot_path": "./snapshot_file",
+            "mem_file_path": "./mem_file"
+        }"#;
+        let full = SnapshotCreateParams {
+            snapshot_path: "./snapshot_file".into(),
+            mem_file_path: "./mem_file".into(),
+            snapshot_type: Some(SnapshotType::Full),
+        };
+        assert_eq!(
+            put("/snapshot/create", body),
+            Ok(ApiRequest::CreateSnapshot(full))
+        );
+        let Ok(ApiRequest::CreateSnapshot(diff)) = put(
+            "/snapshot/create",
+            r#"{"snapshot_type": "Diff", "snapshot_path": "s", "mem_file_path": "m"}"#,
+        ) else {
+            panic!("refused");
+        };
+        assert_eq!(diff.snapshot_type(), SnapshotType::Diff);
+        let Ok(ApiRequest::CreateSnapshot(default)) = put(
+            "/snapshot/create",
+            r#"{"snapshot_path": "s", "mem_file_path": "m"}"#,
+        ) else {
+            panic!("refused");
+        };
+        assert_eq!(default.snapshot_type, None);
+        assert_eq!(default.snapshot_type(), SnapshotType::Full);
+    }
+
+    #[test]
+    fn snapshot_create_refusals() {
+        let message = refused(put("/snapshot/create", r#"{"mem_file_path": "m"}"#));
+        assert!(
+            message.starts_with("invalid body for PUT /snapshot/create")
+                && message.contains("missing field `snapshot_path`"),
+            "{message}"
+        );
+        let message = refused(put("/snapshot/create", r#"{"snapshot_path": "s"}"#));
+        assert!(
+            message.contains("missing field `mem_file_path`"),
+            "{message}"
+        );
+        // `version` was dropped from the swagger (Firecracker 1.5).
+        let message = refused(put(
+            "/snapshot/create",
+            r#"{"snapshot_path": "s", "mem_file_path": "m", "version": "1.0.0"}"#,
+        ));
+        assert!(message.contains("unknown field `version`"), "{message}");
+        for bad in ["full", "Incremental", ""] {
+            let body = format!(
+                r#"{{"snapshot_path": "s", "mem_file_path": "m", "snapshot_type": "{bad}"}}"#
+            );
+            let message = refused(put("/snapshot/create", &body));
+            assert!(
+                message.contains(&format!("snapshot_type `{bad}` is not one of Full, Diff")),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            refused(put(
+                "/snapshot/create",
+                r#"{"snapshot_path": "", "mem_file_path": "m"}"#
+            )),
+            "snapshot_path cannot be empty"
+        );
+        assert_eq!(
+            refused(put(
+                "/snapshot/create",
+                r#"{"snapshot_path": "s", "mem_file_path": ""}"#
+            )),
+            "mem_file_path cannot be empty"
+        );
+        assert_eq!(
+            refused(get("/snapshot/create")),
+            "method GET is not allowed on /snapshot/create (allowed: PUT)"
+        );
+        assert_eq!(
+            refused(patch("/snapshot/create", "{}")),
+            "method PATCH is not allowed on /snapshot/create (allowed: PUT)"
+        );
+        assert_eq!(
+            refused(put("/snapshot/create", "")),
+            "empty PUT request on /snapshot/create: a JSON body is required"
+        );
+        assert!(matches!(
+            put("/snapshot", "{}"),
+            Err(ApiError::UnknownRoute { .. })
+        ));
+        assert!(matches!(
+            put("/snapshot/create/", "{}"),
+            Err(ApiError::UnknownRoute { .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_load() {
+        // docs/snapshotting/snapshot-support.md, every field of the swagger
+        let body = r#"{
+            "snapshot_path": "./snapshot_file",
+            "mem_backend": {"backend_path": "./mem_file", "backend_type": "File"},
+            "track_dirty_pages": true,
+            "resume_vm": true,
+            "network_overrides": [{"iface_id": "eth0", "host_dev_name": "vmtap01"}],
+            "vsock_override": {"uds_path": "/tmp/new.sock"},
+            "clock_realtime": false
+        }"#;
+        let expected = SnapshotLoadParams {
+            snapshot_path: "./snapshot_file".into(),
+            mem_backend: Some(MemoryBackend {
+                backend_type: MemoryBackendType::File,
+                backend_path: "./mem_file".into(),
+            }),
+            mem_file_path: None,
+            enable_diff_snapshots: None,
+            track_dirty_pages: Some(true),
+            resume_vm: Some(true),
+            network_overrides: vec![NetworkOverride {
+                iface_id: "eth0".into(),
+                host_dev_name: "vmtap01".into(),
+            }],
+            vsock_override: Some(VsockOverride {
+                uds_path: "/tmp/new.sock".into(),
+            }),
+            clock_realtime: Some(false),
+        };
+        assert_eq!(
+            put("/snapshot/load", body),
+            Ok(ApiRequest::LoadSnapshot(expected))
+        );
+        let Ok(ApiRequest::LoadSnapshot(load)) = put("/snapshot/load", body) else {
+            panic!("refused");
+        };
+        assert_eq!(load.mem_file(), "./mem_file");
+        assert!(load.track_dirty_pages() && load.resume_vm());
+
+        // The deprecated spellings, as older clients send them.
+        let old = r#"{"snapshot_path": "./snapshot_file", "mem_file_path": "./mem_file",
+            "enable_diff_snapshots": true}"#;
+        let Ok(ApiRequest::LoadSnapshot(load)) = put("/snapshot/load", old) else {
+            panic!("refused");
+        };
+        assert_eq!(load.mem_file(), "./mem_file");
+        assert_eq!(load.mem_backend_type(), MemoryBackendType::File);
+        assert!(load.track_dirty_pages());
+        assert!(!load.resume_vm());
+        assert!(load.network_overrides.is_empty());
+
+        let minimal = r#"{"snapshot_path": "s", "mem_file_path": "m"}"#;
+        let Ok(ApiRequest::LoadSnapshot(load)) = put("/snapshot/load", minimal) else {
+            panic!("refused");
+        };
+        assert!(!load.track_dirty_pages() && !load.resume_vm());
+        assert_eq!(load.vsock_override, None);
+    }
+
+    #[test]
+    fn snapshot_load_refusals() {
+        let load = |body: &str| refused(put("/snapshot/load", body));
+        let message = load(r#"{"mem_file_path": "m"}"#);
+        assert!(
+            message.contains("missing field `snapshot_path`"),
+            "{message}"
+        );
+        let message = load(r#"{"snapshot_path": "s", "mem_file_path": "m", "resume": true}"#);
+        assert!(message.contains("unknown field `resume`"), "{message}");
+        assert_eq!(
+            load(
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#
+            ),
+            "mem_backend and mem_file_path cannot both be given: mem_file_path is the \
+             deprecated spelling of a File mem_backend"
+        );
+        assert_eq!(
+            load(r#"{"snapshot_path": "s", "resume_vm": true}"#),
+            "one of mem_backend and mem_file_path (deprecated) is required"
+        );
+        assert_eq!(
+            load(
+                r#"{"snapshot_path": "s",
+                    "mem_backend": {"backend_type": "Uffd", "backend_path": "/tmp/uffd.sock"}}"#
+            ),
+            "mem_backend.backend_type `Uffd` (guest memory served by another process over \
+             userfaultfd; use `File`) is not supported by Petrel yet"
+        );
+        assert!(matches!(
+            put(
+                "/snapshot/load",
+                r#"{"snapshot_path": "s",
+                    "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#
+            ),
+            Err(ApiError::NotSupported(_))
+        ));
+        let message = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Shm", "backend_path": "m"}}"#,
+        );
+        assert!(
+            message.contains("mem_backend.backend_type `Shm` is not one of File, Uffd"),
+            "{message}"
+        );
+        let message = load(r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "File"}}"#);
+        assert!(
+            message.contains("missing field `backend_path`"),
+            "{message}"
+        );
+        assert_eq!(
+            load(
+                r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": ""}}"#
+            ),
+            "mem_backend.backend_path cannot be empty"
+        );
+        assert_eq!(
+            load(r#"{"snapshot_path": "", "mem_file_path": "m"}"#),
+            "snapshot_path cannot be empty"
+        );
+        assert_eq!(
+            load(
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "network_overrides": [{"iface_id": "eth-0", "host_dev_name": "tap0"}]}"#
+            ),
+            "network_overrides.iface_id `eth-0` may only contain ASCII letters, digits and '_'"
+        );
+        assert_eq!(
+            load(
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "network_overrides": [{"iface_id": "", "host_dev_name": "tap0"}]}"#
+            ),
+            "network_overrides.iface_id cannot be empty"
+        );
+        assert_eq!(
+            load(
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap0"},
+                                          {"iface_id": "eth1", "host_dev_name": "tap1"},
+                                          {"iface_id": "eth0", "host_dev_name": "tap2"}]}"#
+            ),
+            "network_overrides names iface_id `eth0` more than once"
+        );
+        assert_eq!(
+            load(
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "network_overrides": [{"iface_id": "eth0", "host_dev_name": ""}]}"#
+            ),
+            "network_overrides.host_dev_name cannot be empty"
+        );
+        let message = load(
+            r#"{"snapshot_path": "s", "mem_file_path": "m",
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": "a_very_long_tap_name"}]}"#,
+        );
+        assert!(
+            message.starts_with("host_dev_name `a_very_long"),
+            "{message}"
+        );
+        let message = load(
+            r#"{"snapshot_path": "s", "mem_file_path": "m",
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": "t", "mac": "x"}]}"#,
+        );
+        assert!(message.contains("unknown field `mac`"), "{message}");
+        assert_eq!(
+            load(
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "vsock_override": {"uds_path": ""}}"#
+            ),
+            "vsock_override.uds_path cannot be empty"
+        );
+        let message = load(
+            r#"{"snapshot_path": "s", "mem_file_path": "m", "vsock_override": {"guest_cid": 3}}"#,
+        );
+        assert!(message.contains("unknown field `guest_cid`"), "{message}");
+        assert_eq!(
+            refused(get("/snapshot/load")),
+            "method GET is not allowed on /snapshot/load (allowed: PUT)"
+        );
+        assert_eq!(
+            refused(patch("/snapshot/load", "{}")),
+            "method PATCH is not allowed on /snapshot/load (allowed: PUT)"
+        );
+    }
+
+    #[test]
     fn unsupported_routes_say_so() {
         let cases = [
             (Method::Put, "/mmds"),
@@ -864,8 +1179,6 @@ mod tests {
             (Method::Get, "/balloon/statistics"),
             (Method::Patch, "/balloon/hinting/start"),
             (Method::Get, "/balloon/hinting/status"),
-            (Method::Put, "/snapshot/create"),
-            (Method::Put, "/snapshot/load"),
             (Method::Put, "/cpu-config"),
             (Method::Put, "/pmem/pmem0"),
             (Method::Patch, "/hotplug/memory"),

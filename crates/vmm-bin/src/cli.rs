@@ -3,8 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use petrel_vmm::config::SerialConfig;
 use petrel_vmm::config::{KernelImage, LinuxPayload, RawPayload, DEFAULT_RAW_LOAD_ADDR};
+use petrel_vmm::snapshot::{NetOverride, RestoreConfig};
 use petrel_vmm::{StatsFormat, VmConfig};
+
+use crate::watch::SnapshotOnSignal;
 
 use crate::error::CliError as Error;
 use crate::fc::flags::FirecrackerFlags;
@@ -18,6 +22,8 @@ use crate::parse::{
 ///                  [--vcpus N] [--serial stdio|file:PATH|none]
 /// Built-in guest:  petrel demo
 /// Raw payload:     petrel run --raw FILE --real-mode [--reg rax=2 ...]
+/// Snapshots:       petrel ... --snapshot-on-signal DIR   (then `kill -USR1 <pid>`)
+///                  petrel restore DIR
 #[derive(Debug, Parser)]
 #[command(
     name = "petrel",
@@ -40,6 +46,69 @@ enum Command {
     Demo(DemoArgs),
     /// Run a raw payload (a flat binary).
     Run(RunArgs),
+    /// Restore a snapshot (written by `--snapshot-on-signal DIR` or the API's
+    /// `/snapshot/create`) and run it: the guest goes on where it was paused.
+    Restore(RestoreArgs),
+    /// Apply a Diff snapshot's memory file onto the memory file it was taken on top of, in
+    /// place (Firecracker's rebase-snap tool).
+    RebaseSnap(RebaseSnapArgs),
+}
+
+/// Snapshots of a running VM from the command line.
+#[derive(Debug, Args)]
+struct SnapshotArgs {
+    /// On SIGUSR1 (`kill -USR1 <pid>`): pause the VM, write a Full snapshot to DIR/state and
+    /// DIR/mem, and stop; `petrel restore DIR` brings it back.
+    #[arg(long, value_name = "DIR")]
+    snapshot_on_signal: Option<PathBuf>,
+    /// After the snapshot, resume the VM instead of stopping it.
+    #[arg(long, requires = "snapshot_on_signal")]
+    snapshot_keep_running: bool,
+}
+
+impl SnapshotArgs {
+    fn choice(self) -> Option<SnapshotOnSignal> {
+        self.snapshot_on_signal.map(|dir| SnapshotOnSignal {
+            dir,
+            keep_running: self.snapshot_keep_running,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// The snapshot directory: DIR/state and DIR/mem (as `--snapshot-on-signal` writes them).
+    #[arg(value_name = "DIR", required_unless_present_all = ["state_file", "mem_file"])]
+    dir: Option<PathBuf>,
+    /// The state file, if not DIR/state.
+    #[arg(long, value_name = "PATH")]
+    state_file: Option<PathBuf>,
+    /// The memory file, if not DIR/mem (mapped privately: never written, shareable).
+    #[arg(long, value_name = "PATH")]
+    mem_file: Option<PathBuf>,
+    /// Put the network interface IFACE (its id: `eth0` for `--net`) on another tap:
+    /// IFACE=TAP (repeatable).
+    #[arg(long = "net-override", value_name = "IFACE=TAP")]
+    net_overrides: Vec<String>,
+    /// Another Unix socket path for the vsock device.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    #[command(flatten)]
+    outputs: OutputArgs,
+    #[command(flatten)]
+    snapshot: SnapshotArgs,
+    #[command(flatten)]
+    seccomp: SeccompArgs,
+}
+
+#[derive(Debug, Args)]
+struct RebaseSnapArgs {
+    /// The memory file of the snapshot the Diff was taken on top of; changed in place.
+    #[arg(long, value_name = "PATH")]
+    base_file: PathBuf,
+    /// The Diff snapshot's memory file.
+    #[arg(long, value_name = "PATH")]
+    diff_file: PathBuf,
 }
 
 /// Options every kind of VM takes.
@@ -48,6 +117,15 @@ struct MachineArgs {
     /// Guest memory size (e.g. 256M, 1G).
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     mem: String,
+    #[command(flatten)]
+    outputs: OutputArgs,
+    #[command(flatten)]
+    snapshot: SnapshotArgs,
+}
+
+/// Where a VM's console and reports go (a restored VM's too).
+#[derive(Debug, Args)]
+struct OutputArgs {
     /// Where the serial console goes: stdio, file:PATH or none.
     #[arg(long, value_name = "WHERE", default_value = "stdio")]
     serial: String,
@@ -78,6 +156,8 @@ pub struct Outputs {
     pub boot_timer: bool,
     /// `--metrics PATH`.
     pub metrics: Option<PathBuf>,
+    /// `--snapshot-on-signal DIR`.
+    pub snapshot: Option<SnapshotOnSignal>,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +232,15 @@ pub fn hoist_global_flags<S: AsRef<std::ffi::OsStr> + Clone>(args: Vec<S>) -> Ve
 pub enum Launch {
     /// A VM described by Petrel's own flags, and what to report when it ends.
     Direct(Box<VmConfig>, Outputs),
+    /// A VM restored from a snapshot, and what to report when it ends.
+    Restore(Box<RestoreConfig>, Outputs),
+    /// `petrel rebase-snap`: no VM.
+    RebaseSnap {
+        /// The base memory file.
+        base: PathBuf,
+        /// The Diff memory file.
+        diff: PathBuf,
+    },
     /// Firecracker's way: configured through its API or config file.
     Firecracker {
         /// Firecracker's flags.
@@ -239,16 +328,27 @@ fn number(what: &'static str, s: &str) -> Result<u64, Error> {
 }
 
 impl MachineArgs {
-    fn apply(&self, config: &mut VmConfig) -> Result<Outputs, Error> {
+    fn apply(self, config: &mut VmConfig) -> Result<Outputs, Error> {
         config.mem_size = parse_size(&self.mem)?;
-        config.serial = parse_serial(&self.serial)?;
-        config.metrics = self.metrics.clone();
-        config.max_exits = self
+        let (serial, max_exits, mut outputs) = self.outputs.parse()?;
+        config.serial = serial;
+        config.max_exits = max_exits;
+        config.metrics = outputs.metrics.clone();
+        outputs.snapshot = self.snapshot.choice();
+        Ok(outputs)
+    }
+}
+
+impl OutputArgs {
+    /// The serial console, the exit limit, and the reports.
+    fn parse(&self) -> Result<(SerialConfig, Option<u64>, Outputs), Error> {
+        let serial = parse_serial(&self.serial)?;
+        let max_exits = self
             .max_exits
             .as_deref()
             .map(|n| number("--max-exits", n))
             .transpose()?;
-        Ok(Outputs {
+        let outputs = Outputs {
             stats: self.exit_stats.as_deref().map(|f| match f {
                 "json" => StatsFormat::Json,
                 _ => StatsFormat::Table,
@@ -256,7 +356,55 @@ impl MachineArgs {
             boot_timer: self.boot_timer,
             metrics: self.metrics.clone(),
             seccomp: Default::default(),
-        })
+            snapshot: None,
+        };
+        Ok((serial, max_exits, outputs))
+    }
+}
+
+impl RestoreArgs {
+    fn into_restore(self) -> Result<(RestoreConfig, Outputs), Error> {
+        let in_dir = |name: &str, flag: &'static str| -> Result<PathBuf, Error> {
+            self.dir
+                .as_ref()
+                .map(|d| d.join(name))
+                .ok_or_else(|| Error::InvalidFlag {
+                    flag,
+                    value: String::new(),
+                    why: "give the snapshot directory or this flag".into(),
+                })
+        };
+        let state_path = match &self.state_file {
+            Some(p) => p.clone(),
+            None => in_dir("state", "--state-file")?,
+        };
+        let mem_path = match &self.mem_file {
+            Some(p) => p.clone(),
+            None => in_dir("mem", "--mem-file")?,
+        };
+        let mut config = RestoreConfig::new(state_path, mem_path);
+        for o in &self.net_overrides {
+            let (iface_id, tap) = o
+                .split_once('=')
+                .filter(|(i, t)| !i.is_empty() && !t.is_empty())
+                .ok_or_else(|| Error::InvalidFlag {
+                    flag: "--net-override",
+                    value: o.clone(),
+                    why: "expected IFACE=TAP".into(),
+                })?;
+            config.net_overrides.push(NetOverride {
+                iface_id: iface_id.into(),
+                tap: tap.into(),
+            });
+        }
+        config.vsock_uds = self.vsock_uds;
+        let (serial, max_exits, mut outputs) = self.outputs.parse()?;
+        config.serial = serial;
+        config.max_exits = max_exits;
+        config.metrics = outputs.metrics.clone();
+        outputs.snapshot = self.snapshot.choice();
+        outputs.seccomp = self.seccomp.choice()?;
+        Ok((config, outputs))
     }
 }
 
@@ -288,9 +436,22 @@ impl Cli {
                 });
             }
             return Ok(Launch::Firecracker {
-                boot_timer: self.boot.machine.boot_timer,
+                boot_timer: self.boot.machine.outputs.boot_timer,
                 flags: self.boot.firecracker,
             });
+        }
+        match self.command {
+            Some(Command::Restore(a)) => {
+                let (config, outputs) = a.into_restore()?;
+                return Ok(Launch::Restore(Box::new(config), outputs));
+            }
+            Some(Command::RebaseSnap(a)) => {
+                return Ok(Launch::RebaseSnap {
+                    base: a.base_file,
+                    diff: a.diff_file,
+                })
+            }
+            _ => {}
         }
         let (config, outputs) = self.into_config()?;
         Ok(Launch::Direct(Box::new(config), outputs))
@@ -299,6 +460,11 @@ impl Cli {
     /// The VM configuration and what to report when it ends.
     pub fn into_config(self) -> Result<(VmConfig, Outputs), Error> {
         match self.command {
+            Some(Command::Restore(_) | Command::RebaseSnap(_)) => Err(Error::InvalidFlag {
+                flag: "command line",
+                value: String::new(),
+                why: "restore and rebase-snap describe no new VM".into(),
+            }),
             Some(Command::Demo(a)) => {
                 let mut config = VmConfig::builtin_kernel(
                     petrel_demo_guest::NAME,

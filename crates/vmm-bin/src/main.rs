@@ -86,8 +86,13 @@ fn main() -> ExitCode {
             e.exit()
         }
     };
-    let (config, outputs) = match cli.into_launch() {
-        Ok(cli::Launch::Direct(config, outputs)) => (*config, outputs),
+    let (what, outputs) = match cli.into_launch() {
+        Ok(cli::Launch::Direct(config, outputs)) => (What::Boot(config), outputs),
+        Ok(cli::Launch::Restore(config, outputs)) => (What::Restore(config), outputs),
+        Ok(cli::Launch::RebaseSnap { base, diff }) => {
+            drop(early_socket);
+            return rebase_snap(&base, &diff);
+        }
         Ok(cli::Launch::Firecracker { flags, boot_timer }) => {
             timeline.mark("command line parsed");
             return fc::run(flags, boot_timer, None, early_socket, timeline);
@@ -103,7 +108,13 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let received = Arc::new(Mutex::new(None));
-    let summary = match boot(&config, timeline, received.clone(), filters.as_deref()) {
+    let summary = match boot(
+        &what,
+        &outputs,
+        timeline,
+        received.clone(),
+        filters.as_deref(),
+    ) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -129,17 +140,78 @@ fn main() -> ExitCode {
     ExitCode::from(summary.exit_code() as u8)
 }
 
-/// Builds the VM, plugs the signals and the console into its event loop, and runs it.
+/// The VM to run: a new one, or one restored from a snapshot.
+enum What {
+    Boot(Box<petrel_vmm::VmConfig>),
+    Restore(Box<petrel_vmm::snapshot::RestoreConfig>),
+}
+
+/// `petrel rebase-snap`: applies a Diff memory file onto its base, in place.
+fn rebase_snap(base: &std::path::Path, diff: &std::path::Path) -> ExitCode {
+    let open = |p: &std::path::Path, write: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(p)
+            .map_err(|e| format!("cannot open {}: {e}", p.display()))
+    };
+    let result = open(base, true).and_then(|b| {
+        let d = open(diff, false)?;
+        petrel_guest_mem::apply_diff(&b, &d).map_err(|e| {
+            format!(
+                "cannot apply {} to {}: {}",
+                diff.display(),
+                base.display(),
+                petrel_vmm::error_chain(&e)
+            )
+        })
+    });
+    match result {
+        Ok(bytes) => {
+            eprintln!(
+                "petrel: applied {} KiB of {} to {}",
+                bytes >> 10,
+                diff.display(),
+                base.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("petrel: {why}");
+            ExitCode::from(EXIT_BAD_INPUT as u8)
+        }
+    }
+}
+
+/// Builds (or restores) the VM, plugs the signals and the console into its event loop, and
+/// runs it.
 fn boot(
-    config: &petrel_vmm::VmConfig,
+    what: &What,
+    outputs: &cli::Outputs,
     timeline: Timeline,
     received: Arc<Mutex<Option<&'static str>>>,
     filters: Option<&seccomp::Filters>,
 ) -> Result<RunSummary, CliError> {
     // Blocked before any thread starts (building starts the console writer), so that every
     // thread inherits the mask and the signals arrive only through the signalfd.
-    let signals = StopSignals::new().map_err(CliError::Signals)?;
-    let mut vmm = Vmm::build_with_timeline(config, timeline.clone())?;
+    if let Some(s) = &outputs.snapshot {
+        std::fs::create_dir_all(&s.dir).map_err(|e| CliError::InvalidFlag {
+            flag: "--snapshot-on-signal",
+            value: s.dir.display().to_string(),
+            why: format!("cannot create the directory: {e}"),
+        })?;
+    }
+    let signals = StopSignals::new(outputs.snapshot.is_some()).map_err(CliError::Signals)?;
+    let (mut vmm, serial) = match what {
+        What::Boot(config) => (
+            Vmm::build_with_timeline(config, timeline.clone())?,
+            &config.serial,
+        ),
+        What::Restore(config) => (
+            Vmm::restore_with_timeline(config, timeline.clone())?,
+            &config.serial,
+        ),
+    };
     for notice in vmm.notices() {
         match notice {
             Notice::EmulatedHostWorkarounds => {
@@ -147,11 +219,17 @@ fn boot(
             }
         }
     }
-    let watcher = SignalWatcher::new(signals, vmm.handle(), timeline, received);
+    let watcher = SignalWatcher::new(
+        signals,
+        vmm.handle(),
+        timeline,
+        received,
+        outputs.snapshot.clone(),
+    );
     vmm.add_subscriber(Arc::new(Mutex::new(watcher)));
     // Keyboard (or piped) input goes to the guest for a console on stdio; a background job
     // leaves stdin alone (reading it would stop Petrel with SIGTTIN).
-    let interactive = config.serial == SerialConfig::Stdio && terminal::may_use_stdin();
+    let interactive = *serial == SerialConfig::Stdio && terminal::may_use_stdin();
     if interactive {
         vmm.attach_serial_input(console_input().map_err(CliError::Stdin)?)?;
     }

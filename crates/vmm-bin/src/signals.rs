@@ -15,7 +15,10 @@ pub struct StopSignals {
     previous: libc::sigset_t,
 }
 
-fn stop_set() -> libc::sigset_t {
+/// The signal that asks for a snapshot (with `--snapshot-on-signal`).
+pub const SNAPSHOT_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+fn stop_set(snapshot: bool) -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill a sigset_t we own.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -23,14 +26,18 @@ fn stop_set() -> libc::sigset_t {
         for s in STOP_SIGNALS {
             libc::sigaddset(&mut set, s);
         }
+        if snapshot {
+            libc::sigaddset(&mut set, SNAPSHOT_SIGNAL);
+        }
         set
     }
 }
 
 impl StopSignals {
-    /// Blocks the stop signals and opens the signalfd. Call before starting any thread.
-    pub fn new() -> io::Result<Self> {
-        let set = stop_set();
+    /// Blocks the stop signals (and [`SNAPSHOT_SIGNAL`] when `snapshot`) and opens the
+    /// signalfd. Call before starting any thread.
+    pub fn new(snapshot: bool) -> io::Result<Self> {
+        let set = stop_set(snapshot);
         // SAFETY: a zeroed sigset_t is a valid out-parameter for pthread_sigmask.
         let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: both sets are valid sigset_t values owned by this frame.
@@ -90,6 +97,7 @@ pub fn name(sig: libc::c_int) -> &'static str {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
         libc::SIGHUP => "SIGHUP",
+        libc::SIGUSR1 => "SIGUSR1",
         _ => "a signal",
     }
 }

@@ -4,18 +4,81 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use petrel_vmm::{Timeline, VmmHandle};
+use std::path::{Path, PathBuf};
+
+use petrel_vmm::snapshot::{SnapshotKind, SnapshotRequest};
+use petrel_vmm::{error_chain, Timeline, VmmHandle};
 
 use crate::signals::{self, StopSignals};
 
 /// Stops the VM when SIGINT, SIGTERM or SIGHUP arrives (through a signalfd), and remembers
-/// which one did, for the message at the end.
+/// which one did, for the message at the end. With a [`SnapshotOnSignal`], SIGUSR1 writes a
+/// snapshot.
 #[derive(Debug)]
 pub struct SignalWatcher {
     signals: StopSignals,
     vmm: VmmHandle,
     timeline: Timeline,
     received: Arc<Mutex<Option<&'static str>>>,
+    snapshot: Option<SnapshotOnSignal>,
+}
+
+/// What SIGUSR1 does (`--snapshot-on-signal DIR [--snapshot-keep-running]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotOnSignal {
+    /// Where `state` and `mem` go.
+    pub dir: PathBuf,
+    /// Resume the VM afterwards instead of stopping it.
+    pub keep_running: bool,
+}
+
+impl SnapshotOnSignal {
+    /// The state file in `dir`.
+    pub fn state_path(dir: &Path) -> PathBuf {
+        dir.join("state")
+    }
+
+    /// The memory file in `dir`.
+    pub fn mem_path(dir: &Path) -> PathBuf {
+        dir.join("mem")
+    }
+
+    /// Pauses the VM, writes a Full snapshot, then stops or resumes it; says what it did on
+    /// stderr. A failure is reported and the VM goes on (resumed), since the guest is fine.
+    fn take(&self, vmm: &VmmHandle, timeline: &Timeline) {
+        let request = SnapshotRequest {
+            kind: SnapshotKind::Full,
+            state_path: Self::state_path(&self.dir),
+            mem_path: Self::mem_path(&self.dir),
+        };
+        // The directory was created at start (the VMM thread's seccomp filter allows no mkdir).
+        let result = vmm
+            .pause()
+            .map_err(|e| error_chain(&e))
+            .and_then(|()| vmm.snapshot(&request).map_err(|e| error_chain(&e)));
+        match result {
+            Ok(report) => {
+                timeline.mark("snapshot written");
+                eprintln!(
+                    "petrel: snapshot written to {} ({} MiB of memory data, {:.1} ms); \
+                     restore it with `petrel restore {}`",
+                    self.dir.display(),
+                    report.mem_bytes >> 20,
+                    report.took.as_secs_f64() * 1e3,
+                    self.dir.display()
+                );
+                if self.keep_running {
+                    let _ = vmm.resume();
+                } else {
+                    vmm.stop();
+                }
+            }
+            Err(why) => {
+                eprintln!("petrel: snapshot failed: {why}");
+                let _ = vmm.resume();
+            }
+        }
+    }
 }
 
 impl SignalWatcher {
@@ -25,12 +88,14 @@ impl SignalWatcher {
         vmm: VmmHandle,
         timeline: Timeline,
         received: Arc<Mutex<Option<&'static str>>>,
+        snapshot: Option<SnapshotOnSignal>,
     ) -> Self {
         SignalWatcher {
             signals,
             vmm,
             timeline,
             received,
+            snapshot,
         }
     }
 }
@@ -42,6 +107,12 @@ impl MutEventSubscriber for SignalWatcher {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         while let Some(sig) = self.signals.read() {
+            if sig == signals::SNAPSHOT_SIGNAL {
+                if let Some(s) = &self.snapshot {
+                    s.take(&self.vmm, &self.timeline);
+                }
+                continue;
+            }
             let name = signals::name(sig);
             let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
             if received.is_none() {

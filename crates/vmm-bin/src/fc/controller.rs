@@ -4,7 +4,9 @@
 //! (the same ones `GET /vm/config` returns and the config file uses); `InstanceStart` turns it
 //! into a [`VmConfig`], builds and starts the VM. After that, requests go to the running VM
 //! through its [`VmmHandle`]: pause and resume, Ctrl-Alt-Del, a new backing file or new rate
-//! limits for a drive, new rate limits for a network interface, metrics.
+//! limits for a drive, new rate limits for a network interface, metrics, snapshots. A fresh
+//! process may instead load a snapshot (`PUT /snapshot/load`), which builds the VM from the
+//! snapshot's files.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,14 +15,16 @@ use std::time::Instant;
 use petrel_api::http::{Request, Response};
 use petrel_api::model::{
     ActionType, BootSource, Drive, EntropyDevice, FirecrackerVersion, FullVmConfiguration,
-    InstanceInfo, InstanceState, MachineConfiguration, NetworkInterface, RateLimiter, TokenBucket,
-    VmState, Vsock, FIRECRACKER_API_VERSION,
+    InstanceInfo, InstanceState, MachineConfiguration, NetworkInterface, RateLimiter,
+    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, TokenBucket, VmState, Vsock,
+    FIRECRACKER_API_VERSION,
 };
 use petrel_api::routes::{self, ApiRequest};
 use petrel_vmm::config::{
     DiskConfig, KernelImage, LinuxPayload, NetConfig, RateLimiterConfig, SerialConfig,
     TokenBucketConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE, DEFAULT_MAC,
 };
+use petrel_vmm::snapshot::{NetOverride, RestoreConfig, SnapshotKind, SnapshotRequest};
 use petrel_vmm::{RunSummary, Timeline, Vmm, VmmHandle};
 
 use super::logger::{Level, LogFormat, Logger};
@@ -40,6 +44,9 @@ pub enum Handled {
     /// `InstanceStart` was accepted: build and start the VM ([`Controller::start_vm`]), then
     /// answer.
     Start,
+    /// `PUT /snapshot/load` was accepted: restore the VM ([`Controller::load_snapshot`]), then
+    /// answer.
+    Load(Box<SnapshotLoadParams>),
 }
 
 /// The API's state: the configuration before the guest starts, the VM after.
@@ -318,6 +325,31 @@ impl Controller {
                 }
                 Ok(done())
             }),
+            ApiRequest::CreateSnapshot(p) => self
+                .running("PUT /snapshot/create")
+                .and_then(|vm| self.create_snapshot(&vm, p)),
+            ApiRequest::LoadSnapshot(p) => self.pre_boot("PUT /snapshot/load").and_then(|()| {
+                let c = &self.config;
+                if c.boot_source.is_some()
+                    || c.machine_config.is_some()
+                    || !c.drives.is_empty()
+                    || !c.network_interfaces.is_empty()
+                    || c.vsock.is_some()
+                    || c.entropy.is_some()
+                {
+                    return Err(fault(
+                        "PUT /snapshot/load is only allowed before anything but the logger and \
+                         the metrics is configured: the snapshot brings its own machine",
+                    ));
+                }
+                if p.clock_realtime == Some(true) {
+                    return Err(fault(
+                        "clock_realtime is not supported by Petrel yet: the guest's clock goes \
+                         on from the snapshot",
+                    ));
+                }
+                Ok(Handled::Load(Box::new(p)))
+            }),
             ApiRequest::PatchDrive(p) => self.running("PATCH /drives").and_then(|vm| {
                 let index = self
                     .config
@@ -370,6 +402,99 @@ impl Controller {
             }
         };
         result.unwrap_or_else(|h| h)
+    }
+
+    /// `PUT /snapshot/create`: the VM must be paused; it stays paused.
+    fn create_snapshot(
+        &mut self,
+        vm: &VmmHandle,
+        p: SnapshotCreateParams,
+    ) -> Result<Handled, Handled> {
+        let kind = match p.snapshot_type() {
+            SnapshotType::Full => SnapshotKind::Full,
+            SnapshotType::Diff => SnapshotKind::Diff,
+        };
+        let request = SnapshotRequest {
+            kind,
+            state_path: PathBuf::from(&p.snapshot_path),
+            mem_path: PathBuf::from(&p.mem_file_path),
+        };
+        let report = vm.snapshot(&request).map_err(|e| {
+            fault(format!(
+                "cannot create the snapshot: {}",
+                petrel_vmm::error_chain(&e)
+            ))
+        })?;
+        let took = Some(report.took.as_micros() as u64);
+        match kind {
+            SnapshotKind::Full => self.counters.last_full_snapshot_us = took,
+            SnapshotKind::Diff => self.counters.last_diff_snapshot_us = took,
+        }
+        self.log(
+            Level::Info,
+            file!(),
+            line!(),
+            &format!(
+                "Snapshot written to {} and {} ({} KiB of memory) in {} us.",
+                p.snapshot_path,
+                p.mem_file_path,
+                report.mem_bytes >> 10,
+                report.took.as_micros()
+            ),
+        );
+        Ok(done())
+    }
+
+    /// Restores the VM from a snapshot (`PUT /snapshot/load`) and starts its vCPUs, paused
+    /// unless `resume_vm`.
+    pub fn load_snapshot(&mut self, p: &SnapshotLoadParams) -> Result<Vmm, String> {
+        let started = Instant::now();
+        let mut config = RestoreConfig::new(&p.snapshot_path, p.mem_file());
+        config.track_dirty_pages = p.track_dirty_pages();
+        config.net_overrides = p
+            .network_overrides
+            .iter()
+            .map(|o| NetOverride {
+                iface_id: o.iface_id.clone(),
+                tap: o.host_dev_name.clone(),
+            })
+            .collect();
+        config.vsock_uds = p
+            .vsock_override
+            .as_ref()
+            .map(|v| PathBuf::from(&v.uds_path));
+        config.serial = SerialConfig::Stdio;
+        let mut vmm = Vmm::restore_with_timeline(&config, self.timeline.clone())
+            .map_err(|e| format!("cannot load the snapshot: {}", petrel_vmm::error_chain(&e)))?;
+        for notice in vmm.notices() {
+            self.log(Level::Warning, file!(), line!(), &notice.to_string());
+        }
+        vmm.set_vcpu_thread_prefix("fc_vcpu ");
+        if crate::terminal::may_use_stdin() {
+            if let Ok(fd) = crate::console_input() {
+                let _ = vmm.attach_serial_input(fd);
+            }
+        }
+        let start = if p.resume_vm() {
+            vmm.start()
+        } else {
+            vmm.start_paused()
+        };
+        start.map_err(|e| {
+            format!(
+                "cannot start the restored VM: {}",
+                petrel_vmm::error_chain(&e)
+            )
+        })?;
+        self.counters.last_load_snapshot_us = Some(started.elapsed().as_micros() as u64);
+        self.vm = Some(vmm.handle());
+        self.log(
+            Level::Info,
+            file!(),
+            line!(),
+            &format!("The guest was restored from {}.", p.snapshot_path),
+        );
+        Ok(vmm)
     }
 
     fn machine(&self) -> MachineConfiguration {
@@ -657,7 +782,38 @@ mod tests {
         match c.handle(&request) {
             Handled::Reply(r) => r,
             Handled::Start => Response::json(299, "start".into()),
+            Handled::Load(_) => Response::json(298, "load".into()),
         }
+    }
+
+    #[test]
+    fn snapshot_load_only_on_a_fresh_instance_and_create_only_with_a_vm() {
+        let load = r#"{"snapshot_path": "/tmp/s", "mem_backend":
+                       {"backend_type": "File", "backend_path": "/tmp/m"}}"#;
+        let mut fresh = controller();
+        assert_eq!(
+            call(&mut fresh, Method::Put, "/snapshot/load", load).status,
+            298
+        );
+        let realtime = r#"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m",
+                           "clock_realtime": true}"#;
+        let text = fault_text(&call(&mut fresh, Method::Put, "/snapshot/load", realtime));
+        assert!(text.contains("clock_realtime"), "{text}");
+
+        let mut configured = controller();
+        let r = call(
+            &mut configured,
+            Method::Put,
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+        );
+        assert_eq!(r.status, 204);
+        let text = fault_text(&call(&mut configured, Method::Put, "/snapshot/load", load));
+        assert!(text.contains("only allowed before"), "{text}");
+
+        let create = r#"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#;
+        let text = fault_text(&call(&mut fresh, Method::Put, "/snapshot/create", create));
+        assert!(text.contains("needs a running VM"), "{text}");
     }
 
     fn fault_text(r: &Response) -> String {

@@ -33,6 +33,12 @@ pub struct ApiCounters {
     pub last_resume_us: Option<u64>,
     /// How long `InstanceStart` took (build and start), in microseconds.
     pub instance_start_us: Option<u64>,
+    /// How long the last Full `PUT /snapshot/create` took, in microseconds.
+    pub last_full_snapshot_us: Option<u64>,
+    /// How long the last Diff `PUT /snapshot/create` took, in microseconds.
+    pub last_diff_snapshot_us: Option<u64>,
+    /// How long `PUT /snapshot/load` took (restore and start), in microseconds.
+    pub last_load_snapshot_us: Option<u64>,
     /// Log lines that could not be written.
     pub missed_log_count: u64,
     /// Metrics lines that could not be written.
@@ -124,6 +130,9 @@ pub fn document(
             "instance_start": api.instance_start_us,
             "pause_vm": api.last_pause_us,
             "resume_vm": api.last_resume_us,
+            "full_create_snapshot": api.last_full_snapshot_us,
+            "diff_create_snapshot": api.last_diff_snapshot_us,
+            "load_snapshot": api.last_load_snapshot_us,
         },
     });
     let Some(stats) = stats else { return doc };

@@ -189,7 +189,7 @@ pub fn run(
 
     // Blocked before any thread starts (the API thread, the console writer), so that every
     // thread inherits the mask and the signals arrive only through the signalfd.
-    let signals = match StopSignals::new() {
+    let signals = match StopSignals::new(false) {
         Ok(s) => s,
         Err(e) => return failure(&format!("cannot set up signal handling: {e}")),
     };
@@ -243,6 +243,7 @@ pub fn run(
         vmm.handle(),
         timeline.clone(),
         received.clone(),
+        None,
     ))));
     let metrics_controller = controller.clone();
     match metrics::MetricsTimer::new(metrics::METRICS_PERIOD, move || {
@@ -257,8 +258,10 @@ pub fn run(
     vmm.add_subscriber(pump::RequestPump::new(queue, move |req| {
         match lock(&pump_controller).handle(req) {
             Handled::Reply(r) => r,
-            // The VM runs already: the controller answers a second InstanceStart itself.
-            Handled::Start => petrel_api::http::Response::fault("the VM was started already"),
+            // The VM runs already: the controller refuses these itself; this is a safety net.
+            Handled::Start | Handled::Load(_) => {
+                petrel_api::http::Response::fault("the VM was started already")
+            }
         }
     }));
     if let Some(filters) = &filters {
@@ -349,6 +352,13 @@ fn wait_for_start(
                 // Once this succeeds the controller knows the VM runs: a second InstanceStart,
                 // even in the same batch, is refused as pre-boot only.
                 Handled::Start => match c.start_vm() {
+                    Ok(vmm) => {
+                        started = Some(Box::new(vmm));
+                        petrel_api::http::Response::no_content()
+                    }
+                    Err(why) => petrel_api::http::Response::fault(why),
+                },
+                Handled::Load(params) => match c.load_snapshot(&params) {
                     Ok(vmm) => {
                         started = Some(Box::new(vmm));
                         petrel_api::http::Response::no_content()

@@ -155,6 +155,32 @@ pub const KVM_GET_VCPU_EVENTS: u64 =
 pub const KVM_SET_VCPU_EVENTS: u64 =
     ioc(IOC_WRITE, 0xa0, size_of::<kvm_bindings::kvm_vcpu_events>());
 
+const IOC_RW: u64 = IOC_READ | IOC_WRITE;
+
+/// The vCPU ioctls that read a paused vCPU's state for a snapshot, on its own thread
+/// (hv-sys `Vcpu::save_state`), beside `KVM_GET_REGS`, `KVM_GET_SREGS` and
+/// `KVM_GET_VCPU_EVENTS` above (numbers from linux/kvm.h).
+pub const KVM_SAVE_VCPU: [u64; 9] = [
+    ioc(IOC_READ, 0x98, size_of::<kvm_bindings::kvm_mp_state>()), // KVM_GET_MP_STATE
+    ioc(IOC_READ, 0xa4, size_of::<kvm_bindings::kvm_xsave>()),    // KVM_GET_XSAVE
+    ioc(IOC_READ, 0xcf, size_of::<kvm_bindings::kvm_xsave>()),    // KVM_GET_XSAVE2
+    ioc(IOC_READ, 0xa6, size_of::<kvm_bindings::kvm_xcrs>()),     // KVM_GET_XCRS
+    ioc(IOC_READ, 0xa1, size_of::<kvm_bindings::kvm_debugregs>()), // KVM_GET_DEBUGREGS
+    ioc(IOC_READ, 0x8e, size_of::<kvm_bindings::kvm_lapic_state>()), // KVM_GET_LAPIC
+    ioc(0, 0xa3, 0),                                              // KVM_GET_TSC_KHZ
+    ioc(IOC_RW, 0x91, size_of::<kvm_bindings::kvm_cpuid2>()),     // KVM_GET_CPUID2
+    ioc(IOC_RW, 0x88, size_of::<kvm_bindings::kvm_msrs>()),       // KVM_GET_MSRS
+];
+
+/// The VM ioctls of a snapshot, on the VMM thread (hv-sys `Vm::save_state` and
+/// `Vm::dirty_pages`).
+pub const KVM_SAVE_VM: [u64; 4] = [
+    ioc(IOC_RW, 0x62, size_of::<kvm_bindings::kvm_irqchip>()), // KVM_GET_IRQCHIP
+    ioc(IOC_READ, 0x9f, size_of::<kvm_bindings::kvm_pit_state2>()), // KVM_GET_PIT2
+    ioc(IOC_READ, 0x7c, size_of::<kvm_bindings::kvm_clock_data>()), // KVM_GET_CLOCK
+    ioc(IOC_WRITE, 0x42, size_of::<kvm_bindings::kvm_dirty_log>()), // KVM_GET_DIRTY_LOG
+];
+
 /// `PROT_EXEC`, as a mask of mmap's and mprotect's `prot`.
 const EXEC: u64 = libc::PROT_EXEC as u64;
 /// futex(2) operations (`linux/futex.h`).
@@ -214,7 +240,10 @@ fn vcpu(l: &mut AllowList) -> Result<(), seccompiler::Error> {
         KVM_GET_FPU,
         KVM_GET_VCPU_EVENTS,
         KVM_SET_VCPU_EVENTS,
-    ] {
+    ]
+    .into_iter()
+    .chain(KVM_SAVE_VCPU)
+    {
         l.allow_if(libc::SYS_ioctl, &[(1, request)])?;
     }
     // A virtio device reset (the guest writes 0 to Status) drains the queue EventFds (8-byte
@@ -297,6 +326,15 @@ fn vmm(l: &mut AllowList) -> Result<(), seccompiler::Error> {
         l.allow_if(SYS_openat, &[(2, flags as u64)])?;
     }
     l.allow(SYS_unlink);
+    // Snapshots: the VM's state and dirty log, the memory file (opened read-write, sized,
+    // written at offsets, synced) and the state file (written like the metrics, then synced).
+    for request in KVM_SAVE_VM {
+        l.allow_if(SYS_ioctl, &[(1, request)])?;
+    }
+    l.allow_if(SYS_openat, &[(2, (O_RDWR | O_CREAT | O_CLOEXEC) as u64)])?
+        .allow(SYS_ftruncate)
+        .allow(SYS_pwrite64)
+        .allow(SYS_fsync);
     Ok(())
 }
 
@@ -329,9 +367,9 @@ mod tests {
         assert_eq!(
             counts,
             [
-                ("vmm", 39, 52),
+                ("vmm", 42, 60),
                 ("api", 28, 31),
-                ("vcpu", 25, 34),
+                ("vcpu", 25, 43),
                 ("console", 22, 25)
             ],
             "update README.md's seccomp table with these (system calls, rules)"
@@ -348,6 +386,18 @@ mod tests {
         assert_eq!(KVM_GET_FPU, 0x81a0_ae8c);
         assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
         assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
+        assert_eq!(KVM_SAVE_VCPU[0], 0x8004_ae98, "KVM_GET_MP_STATE");
+        assert_eq!(KVM_SAVE_VCPU[1], 0x9000_aea4, "KVM_GET_XSAVE");
+        assert_eq!(KVM_SAVE_VCPU[2], 0x9000_aecf, "KVM_GET_XSAVE2");
+        assert_eq!(KVM_SAVE_VCPU[3], 0x8188_aea6, "KVM_GET_XCRS");
+        assert_eq!(KVM_SAVE_VCPU[5], 0x8400_ae8e, "KVM_GET_LAPIC");
+        assert_eq!(KVM_SAVE_VCPU[6], 0xaea3, "KVM_GET_TSC_KHZ");
+        assert_eq!(KVM_SAVE_VCPU[7], 0xc008_ae91, "KVM_GET_CPUID2");
+        assert_eq!(KVM_SAVE_VCPU[8], 0xc008_ae88, "KVM_GET_MSRS");
+        assert_eq!(KVM_SAVE_VM[0], 0xc208_ae62, "KVM_GET_IRQCHIP");
+        assert_eq!(KVM_SAVE_VM[1], 0x8070_ae9f, "KVM_GET_PIT2");
+        assert_eq!(KVM_SAVE_VM[2], 0x8030_ae7c, "KVM_GET_CLOCK");
+        assert_eq!(KVM_SAVE_VM[3], 0x4010_ae42, "KVM_GET_DIRTY_LOG");
     }
 
     #[test]

@@ -1,0 +1,296 @@
+//! Snapshots end to end, from the command line: `--snapshot-on-signal DIR` and SIGUSR1 in one
+//! `petrel` process, `petrel restore DIR` in others.
+//!
+//! The guest is the counter guest (`petrel_demo_guest::counter`): it prints `tick N` once a
+//! second from a count kept in guest memory, so the output of the first process followed by
+//! the output of a restored one must count 0, 1, 2, ... with nothing missing and nothing twice.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use petrel_demo_guest::counter;
+use petrel_tests::kvm_present_or_skip;
+use support::{wait_until, TempDir};
+
+/// Generous: the guest's kernel code runs emulated on the development host, and a tick is a
+/// second.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn petrel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_petrel"))
+}
+
+fn counter_guest(dir: &TempDir) -> PathBuf {
+    let path = dir.join("counter.elf");
+    std::fs::write(&path, counter::counter_guest_elf()).unwrap();
+    path
+}
+
+fn read(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// Waits until the console output in `path` holds at least `n` ticks; returns them.
+fn wait_for_ticks(child: &mut Child, path: &Path, n: usize) -> Vec<u64> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let ticks = counter::ticks(&read(path));
+        if ticks.len() >= n {
+            return ticks;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "petrel exited ({status}) after {} ticks; its output:\n{}\nits stderr:\n{}",
+                ticks.len(),
+                read(path),
+                stderr_of(child)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {n} ticks within {DEADLINE:?}: {:?}",
+            read(path)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) with the pid of a child we have not reaped yet.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig})", child.id());
+}
+
+/// Sends SIGUSR1 and waits for the snapshot's files and petrel's exit (status 0).
+fn snapshot_and_stop(child: &mut Child, dir: &Path) -> String {
+    signal(child, libc::SIGUSR1);
+    let status = wait_until(child, Instant::now() + DEADLINE).expect("petrel stops");
+    let stderr = stderr_of(child);
+    assert!(status.success(), "petrel: {status}\n{stderr}");
+    assert!(stderr.contains("snapshot written"), "{stderr}");
+    assert!(dir.join("state").is_file() && dir.join("mem").is_file());
+    stderr
+}
+
+/// Consecutive from 0.
+fn assert_counts_on(ticks: &[u64]) {
+    let want: Vec<u64> = (0..ticks.len() as u64).collect();
+    assert_eq!(ticks, want, "every count once, in order");
+}
+
+fn start_counter(kernel: &Path, out: &Path, snap: &Path, vcpus: &str) -> Child {
+    petrel()
+        .arg("--kernel")
+        .arg(kernel)
+        .args(["--mem", "64M", "--vcpus", vcpus])
+        .arg("--serial")
+        .arg(format!("file:{}", out.display()))
+        .arg("--snapshot-on-signal")
+        .arg(snap)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start petrel")
+}
+
+fn restore(snap: &Path, out: &Path, extra: &[&str]) -> Child {
+    petrel()
+        .arg("restore")
+        .arg(snap)
+        .arg("--serial")
+        .arg(format!("file:{}", out.display()))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start petrel restore")
+}
+
+fn stop(mut child: Child) {
+    signal(&child, libc::SIGTERM);
+    let status = wait_until(&mut child, Instant::now() + DEADLINE).expect("petrel stops");
+    assert!(status.success(), "petrel on SIGTERM: {status}");
+}
+
+#[test]
+fn counter_guest_goes_on_in_another_process_exactly_once() {
+    if !kvm_present_or_skip("counter_guest_goes_on_in_another_process_exactly_once") {
+        return;
+    }
+    let dir = TempDir::new("snap-counter");
+    let kernel = counter_guest(&dir);
+    let (out1, out2, snap) = (dir.join("out1"), dir.join("out2"), dir.join("snap"));
+    let mut first = start_counter(&kernel, &out1, &snap, "1");
+    wait_for_ticks(&mut first, &out1, 2);
+    snapshot_and_stop(&mut first, &snap);
+
+    let mut second = restore(&snap, &out2, &[]);
+    let before = read(&out1);
+    let counted = counter::ticks(&before).len();
+    // The restored guest prints at least two more lines.
+    let mut all = String::new();
+    let deadline = Instant::now() + DEADLINE;
+    while counter::ticks(&all).len() < counted + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "restored output: {:?}",
+            read(&out2)
+        );
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "restore exited: {}",
+            stderr_of(&mut second)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        all = before.clone() + &read(&out2);
+    }
+    stop(second);
+    assert_counts_on(&counter::ticks(&(before + &read(&out2))));
+}
+
+#[test]
+fn two_vcpus_and_three_guests_from_one_memory_file() {
+    if !kvm_present_or_skip("two_vcpus_and_three_guests_from_one_memory_file") {
+        return;
+    }
+    let dir = TempDir::new("snap-three");
+    let kernel = counter_guest(&dir);
+    let (out, snap) = (dir.join("out"), dir.join("snap"));
+    let mut first = start_counter(&kernel, &out, &snap, "2");
+    wait_for_ticks(&mut first, &out, 1);
+    snapshot_and_stop(&mut first, &snap);
+    let mem_before = std::fs::read(snap.join("mem")).unwrap();
+
+    let before = read(&out);
+    let outs: Vec<PathBuf> = (0..3).map(|i| dir.join(&format!("restored{i}"))).collect();
+    let mut guests: Vec<Child> = outs.iter().map(|o| restore(&snap, o, &[])).collect();
+    for (g, o) in guests.iter_mut().zip(&outs) {
+        // Each goes on from the same count, on its own.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let all = before.clone() + &read(o);
+            if counter::ticks(&all).len() >= counter::ticks(&before).len() + 2 {
+                assert_counts_on(&counter::ticks(&all));
+                break;
+            }
+            assert!(Instant::now() < deadline, "restored output: {:?}", read(o));
+            assert!(g.try_wait().unwrap().is_none(), "{}", stderr_of(g));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for g in guests {
+        stop(g);
+    }
+    assert!(
+        std::fs::read(snap.join("mem")).unwrap() == mem_before,
+        "restores never write the memory file"
+    );
+}
+
+/// Runs `petrel restore` on `snap` and expects exit code 2 with a message containing `words`.
+fn refused(args: &[&str], words: &[&str]) {
+    let out = petrel()
+        .arg("restore")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run petrel");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    for w in words {
+        assert!(
+            stderr.contains(w),
+            "{args:?}: {w:?} missing from {stderr:?}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn damaged_or_mismatched_snapshots_are_refused_with_exit_2() {
+    if !kvm_present_or_skip("damaged_or_mismatched_snapshots_are_refused_with_exit_2") {
+        return;
+    }
+    let dir = TempDir::new("snap-bad");
+    let kernel = counter_guest(&dir);
+    let (out, snap) = (dir.join("out"), dir.join("snap"));
+    let mut first = start_counter(&kernel, &out, &snap, "1");
+    wait_for_ticks(&mut first, &out, 1);
+    snapshot_and_stop(&mut first, &snap);
+    let state = std::fs::read(snap.join("state")).unwrap();
+    let mem = snap.join("mem");
+    let bad = |name: &str, bytes: &[u8]| -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.display().to_string()
+    };
+    let mem_s = mem.display().to_string();
+
+    let truncated = bad("truncated", &state[..state.len() / 2]);
+    refused(
+        &["--state-file", &truncated, "--mem-file", &mem_s],
+        &["truncated", "truncated"],
+    );
+    let mut flipped = state.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    let corrupted = bad("corrupted", &flipped);
+    refused(
+        &["--state-file", &corrupted, "--mem-file", &mem_s],
+        &["corrupted", "checksum"],
+    );
+    let elf = bad("not-a-snapshot", &counter::counter_guest_elf());
+    refused(
+        &["--state-file", &elf, "--mem-file", &mem_s],
+        &["not-a-snapshot", "not a Petrel state file"],
+    );
+    let mut newer = state.clone();
+    newer[8..12].copy_from_slice(&99u32.to_le_bytes());
+    let newer = bad("newer", &newer);
+    refused(
+        &["--state-file", &newer, "--mem-file", &mem_s],
+        &["newer", "version 99"],
+    );
+    // A memory file of another size (another guest's).
+    let small = dir.join("small-mem");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let state_s = snap.join("state").display().to_string();
+    refused(
+        &[
+            "--state-file",
+            &state_s,
+            "--mem-file",
+            &small.display().to_string(),
+        ],
+        &["small-mem", "33554432", "67108864"],
+    );
+    // A state edited to claim another vCPU count.
+    let body: serde_json::Value = serde_json::from_slice(&state[32..]).unwrap();
+    let mut edited = body.clone();
+    edited["machine"]["vcpus"] = serde_json::json!(2);
+    let reframed = petrel_snapshot::encode(&edited).unwrap();
+    let two = bad("two-vcpus", &reframed);
+    refused(
+        &["--state-file", &two, "--mem-file", &mem_s],
+        &["two-vcpus", "2 vCPUs", "1"],
+    );
+    refused(
+        &["--state-file", &state_s, "--mem-file", "/nonexistent/mem"],
+        &["/nonexistent/mem"],
+    );
+}
