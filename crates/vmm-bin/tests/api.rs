@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use petrel_demo_guest::keyboard;
+use petrel_demo_guest::{counter, keyboard};
 use petrel_tests::kvm_present_or_skip;
 use serde_json::Value;
 use support::{wait_until, TempDir};
@@ -709,4 +709,139 @@ fn hostile_clients_leave_the_api_and_the_guest_running() {
     assert_eq!(state(&sock), "Running");
     assert!(petrel.running(), "stderr:\n{}", petrel.stderr());
     ctrl_alt_del_ends_it(petrel, &sock);
+}
+
+/// Configures the counter guest (128 MiB, dirty pages tracked) and starts it; waits for its
+/// first tick.
+fn start_counter_guest(petrel: &mut Petrel, sock: &Path, kernel: &Path) {
+    let boot = serde_json::json!({ "kernel_image_path": kernel });
+    let reply = call(sock, "PUT", "/boot-source", Some(&boot.to_string()));
+    assert_eq!(reply.status, 204, "PUT /boot-source: {reply:?}");
+    let machine =
+        serde_json::json!({ "vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true });
+    let reply = call(sock, "PUT", "/machine-config", Some(&machine.to_string()));
+    assert_eq!(reply.status, 204, "PUT /machine-config: {reply:?}");
+    let reply = call(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(reply.status, 204, "InstanceStart: {reply:?}");
+    petrel.wait_for_output(&format!("{}0\r\n", counter::TICK_PREFIX));
+}
+
+fn patch_vm(sock: &Path, state: &str) {
+    let reply = call(
+        sock,
+        "PATCH",
+        "/vm",
+        Some(&format!(r#"{{"state": "{state}"}}"#)),
+    );
+    assert_eq!(reply.status, 204, "PATCH /vm {state}: {reply:?}");
+}
+
+fn create_snapshot(sock: &Path, kind: &str, state: &Path, mem: &Path) -> Reply {
+    let body = serde_json::json!({
+        "snapshot_type": kind, "snapshot_path": state, "mem_file_path": mem,
+    });
+    call(sock, "PUT", "/snapshot/create", Some(&body.to_string()))
+}
+
+/// Waits until the counts in `before` followed by `petrel`'s output reach `n` more than in
+/// `before`; checks they count on one by one.
+fn counts_on(petrel: &mut Petrel, before: &str, n: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    let had = counter::ticks(before).len();
+    loop {
+        let all = format!("{before}{}", petrel.stdout());
+        let ticks = counter::ticks(&all);
+        if ticks.len() >= had + n {
+            let want: Vec<u64> = (0..ticks.len() as u64).collect();
+            assert_eq!(ticks, want, "every count once, in order");
+            return;
+        }
+        assert!(
+            petrel.running(),
+            "petrel exited; stderr:\n{}",
+            petrel.stderr()
+        );
+        assert!(Instant::now() < deadline, "output: {all:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn snapshots_full_and_diff_over_the_api_load_in_fresh_processes() {
+    if !kvm_present_or_skip("snapshots_full_and_diff_over_the_api_load_in_fresh_processes") {
+        return;
+    }
+    let dir = TempDir::new("api-snap");
+    let kernel = dir.join("counter.elf");
+    std::fs::write(&kernel, counter::counter_guest_elf()).unwrap();
+    let (state1, mem1) = (dir.join("full.state"), dir.join("full.mem"));
+    let (state2, mem2) = (dir.join("diff.state"), dir.join("diff.mem"));
+
+    let sock = dir.join("first.sock");
+    let mut first = Petrel::serve(&sock, "first");
+    start_counter_guest(&mut first, &sock, &kernel);
+    let running = create_snapshot(&sock, "Full", &state1, &mem1).fault();
+    assert!(running.contains("pause the VM first"), "{running}");
+    patch_vm(&sock, "Paused");
+    let reply = create_snapshot(&sock, "Full", &state1, &mem1);
+    assert_eq!(reply.status, 204, "Full snapshot: {reply:?}");
+    let at_full = first.stdout();
+    patch_vm(&sock, "Resumed");
+    // Same process: its output holds the earlier counts already.
+    counts_on(&mut first, "", counter::ticks(&at_full).len() + 2);
+    patch_vm(&sock, "Paused");
+    let reply = create_snapshot(&sock, "Diff", &state2, &mem2);
+    assert_eq!(reply.status, 204, "Diff snapshot: {reply:?}");
+    let at_diff = first.stdout();
+    drop(first);
+    // The Diff holds a few pages of the 128 MiB; the rest are holes.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&mem2).unwrap();
+    assert_eq!(meta.len(), 128 << 20);
+    assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+
+    // The Full snapshot, loaded running (with the deprecated mem_file_path).
+    let sock = dir.join("full.sock");
+    let mut full = Petrel::serve(&sock, "full");
+    let load = serde_json::json!({
+        "snapshot_path": state1, "mem_file_path": mem1, "resume_vm": true,
+    });
+    let reply = call(&sock, "PUT", "/snapshot/load", Some(&load.to_string()));
+    assert_eq!(reply.status, 204, "load Full: {reply:?}");
+    assert_eq!(state(&sock), "Running");
+    counts_on(&mut full, &at_full, 2);
+    drop(full);
+
+    // The Diff applied to a copy of the Full memory file, loaded paused, then resumed.
+    let merged = dir.join("merged.mem");
+    std::fs::copy(&mem1, &merged).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_petrel"))
+        .args(["rebase-snap", "--base-file"])
+        .arg(&merged)
+        .arg("--diff-file")
+        .arg(&mem2)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    let sock = dir.join("diff.sock");
+    let mut diff = Petrel::serve(&sock, "diff");
+    let load = serde_json::json!({
+        "snapshot_path": state2,
+        "mem_backend": { "backend_type": "File", "backend_path": merged },
+    });
+    let reply = call(&sock, "PUT", "/snapshot/load", Some(&load.to_string()));
+    assert_eq!(reply.status, 204, "load Diff: {reply:?}");
+    assert_eq!(state(&sock), "Paused");
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(diff.stdout(), "", "a paused guest prints nothing");
+    // A second load is refused: the VM exists.
+    let again = call(&sock, "PUT", "/snapshot/load", Some(&load.to_string())).fault();
+    assert!(again.contains("only allowed before"), "{again}");
+    patch_vm(&sock, "Resumed");
+    counts_on(&mut diff, &at_diff, 2);
 }

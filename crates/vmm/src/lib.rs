@@ -161,7 +161,7 @@ pub enum Error {
     /// A Diff snapshot of a VM whose dirty pages are not tracked.
     #[error(
         "a Diff snapshot needs dirty page tracking: start the VM with track_dirty_pages \
-         (machine-config, `--track-dirty-pages`, or the snapshot load's track_dirty_pages)"
+         (in machine-config, or in the snapshot load that restored it)"
     )]
     DirtyPagesNotTracked,
 }

@@ -615,6 +615,7 @@ impl Controller {
             .checked_mul(1 << 20)
             .ok_or("mem_size_mib is too large")?;
         config.serial = SerialConfig::Stdio;
+        config.track_dirty_pages = m.track_dirty_pages.unwrap_or(false);
         for d in &c.drives {
             let path = d
                 .path_on_host
