@@ -24,6 +24,7 @@ mod floor;
 mod proc;
 mod procfs;
 mod report;
+mod snapshot;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,7 @@ pub const CASES: &[&str] = &[
     "api-socket",
     "api-start",
     "api-memory",
+    "snapshot",
 ];
 
 /// Guest memory of every VM in the bench, MiB (Petrel's default, and what QEMU is given).
@@ -188,6 +190,13 @@ pub fn run(args: &BenchArgs) -> u8 {
         let runs = args.runs.min(MEMORY_RUNS);
         println!("==> API: memory ({runs} runs each)");
         rows.extend(api::memory(&bench, runs));
+    }
+    if wanted("snapshot") {
+        println!(
+            "==> snapshot: restore and PUT /snapshot/load ({} runs each, after one warm-up run)",
+            args.runs
+        );
+        rows.extend(snapshot::restore(&bench, args.runs));
     }
     let ctx = Context {
         date: report::utc_now(),

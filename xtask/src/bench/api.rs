@@ -45,7 +45,7 @@ const SOCKET_LIMIT: Duration = Duration::from_secs(5);
 
 /// A petrel process that is killed (and reaped) if it is still running when dropped, so
 /// that a failed run leaves nothing behind; and its socket, removed then too.
-struct Petrel {
+pub(super) struct Petrel {
     child: Child,
     socket: Option<PathBuf>,
 }
@@ -70,7 +70,11 @@ fn socket_path() -> PathBuf {
 
 /// `petrel --api-sock SOCKET`, stdout as given, stderr into `log`; returns the process, the
 /// socket, and the time just before the spawn.
-fn spawn_api(b: &Bench, stdout: Stdio, log: &Path) -> Result<(Petrel, PathBuf, Instant)> {
+pub(super) fn spawn_api(
+    b: &Bench,
+    stdout: Stdio,
+    log: &Path,
+) -> Result<(Petrel, PathBuf, Instant)> {
     let sock = socket_path();
     let _ = fs::remove_file(&sock);
     let err = fs::File::create(log).ctx(|| format!("creating {}", log.display()))?;
@@ -94,7 +98,11 @@ fn spawn_api(b: &Bench, stdout: Stdio, log: &Path) -> Result<(Petrel, PathBuf, I
 }
 
 /// Connects to a freshly spawned petrel's socket as soon as it accepts.
-fn connect(p: &mut Petrel, sock: &Path, start: Instant) -> Result<(ApiClient, Duration)> {
+pub(super) fn connect(
+    p: &mut Petrel,
+    sock: &Path,
+    start: Instant,
+) -> Result<(ApiClient, Duration)> {
     let child = &mut p.child;
     let (client, at) = ApiClient::connect_when_ready(sock, start, SOCKET_LIMIT, || {
         matches!(child.try_wait(), Ok(None))
@@ -104,7 +112,7 @@ fn connect(p: &mut Petrel, sock: &Path, start: Instant) -> Result<(ApiClient, Du
 }
 
 /// Stops a petrel with SIGTERM; it must exit 0.
-fn stop(p: &mut Petrel, log: &Path) -> Result<()> {
+pub(super) fn stop(p: &mut Petrel, log: &Path) -> Result<()> {
     let status = proc::terminate(&mut p.child, Duration::from_secs(10))?;
     if status.success() {
         Ok(())

@@ -1,0 +1,234 @@
+//! The snapshot cases: restoring a snapshot of a 256 MiB guest, from the command line and
+//! through Firecracker's `PUT /snapshot/load`, beside a fresh boot of the same guest.
+//!
+//! The guest is the counter guest (`petrel_demo_guest::counter`), snapshotted once per bench
+//! run with `--snapshot-on-signal` after its first tick. Firecracker is not installed here: its
+//! figure is the range measured earlier on this kind of machine.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::api::{connect, spawn_api, stop};
+use super::proc::{self, Watchdog};
+use super::report::{Cell, Row, Target, Unit};
+use super::{alternate, missing, ms, Bench, GUEST_MIB, SHORT_LIMIT};
+use crate::error::{Error, IoContext, Result};
+use crate::host;
+use petrel_demo_guest::counter;
+
+/// Firecracker's `PUT /snapshot/load` (with `resume_vm`) for a 128 MiB guest, ms: the range
+/// measured earlier on this kind of machine (its median is not known, so the middle is shown).
+const FIRECRACKER_LOAD_MS: (f64, f64) = (9.8, 22.0);
+
+/// From the load (or the restore's start) to the guest running again must not take longer, ms.
+const RESTORE_TARGET_MS: f64 = 5.0;
+
+/// How long the guest may take to print its first tick before the snapshot (its kernel code is
+/// emulated on some hosts, and a tick waits for the RTC's next second).
+const FIRST_TICK_LIMIT: Duration = Duration::from_secs(30);
+
+/// Boots the counter guest with the bench's memory, waits for its first tick, and snapshots
+/// it into `dir` with SIGUSR1.
+fn make_snapshot(b: &Bench, kernel: &Path, dir: &Path) -> Result<()> {
+    let _ = fs::remove_dir_all(dir);
+    let out = b.dir.join("logs").join("snapshot-source.serial");
+    let log = b.dir.join("logs").join("snapshot-source.stderr");
+    let _ = fs::remove_file(&out);
+    let mut cmd = Command::new(&b.petrel);
+    cmd.arg("--kernel")
+        .arg(kernel)
+        .args(["--mem", &format!("{GUEST_MIB}M")])
+        .arg("--serial")
+        .arg(format!("file:{}", out.display()))
+        .arg("--snapshot-on-signal")
+        .arg(dir);
+    let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
+    let dog = Watchdog::arm(child.id(), SHORT_LIMIT);
+    let deadline = Instant::now() + FIRST_TICK_LIMIT;
+    while counter::ticks(&fs::read_to_string(&out).unwrap_or_default()).is_empty() {
+        if Instant::now() > deadline || !matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            dog.disarm();
+            return Err(Error::Other(format!(
+                "the counter guest printed no tick; stderr: {}",
+                proc::tail_of(&log, 3)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our child, not reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) };
+    let status = child.wait().ctx(|| "waiting for petrel".into())?;
+    if dog.disarm() || !status.success() || !dir.join("state").is_file() {
+        return Err(Error::Other(format!(
+            "the snapshot was not written ({status}); stderr: {}",
+            proc::tail_of(&log, 3)
+        )));
+    }
+    Ok(())
+}
+
+/// Microseconds from petrel's start (its `main`) to the first `KVM_RUN`, from `--metrics`.
+fn first_run_ms(metrics: &Path) -> Result<f64> {
+    let text = fs::read_to_string(metrics).ctx(|| format!("reading {}", metrics.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Other(format!("petrel's metrics JSON: {e}")))?;
+    v["timeline"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["what"] == "first KVM_RUN"))
+        .and_then(|e| e["at_us"].as_u64())
+        .map(|us| us as f64 / 1e3)
+        .ok_or_else(|| Error::Other("petrel's metrics have no `first KVM_RUN` event".into()))
+}
+
+/// One petrel run that ends after the guest's first exit; returns main() to first `KVM_RUN`.
+fn one_exit_run(b: &Bench, name: &str, args: &[PathBuf]) -> Result<f64> {
+    let metrics = b.dir.join(format!("{name}-metrics.json"));
+    let log = b.dir.join("logs").join(format!("{name}.stderr"));
+    let _ = fs::remove_file(&metrics);
+    let mut cmd = Command::new(&b.petrel);
+    cmd.args(args)
+        .args(["--serial", "none", "--max-exits", "1", "--no-seccomp"])
+        .arg("--metrics")
+        .arg(&metrics);
+    let t = proc::run_timed(&mut cmd, &log, SHORT_LIMIT)?;
+    if !t.status.success() {
+        return Err(Error::Other(format!(
+            "`{}`: {}; stderr: {}",
+            host::describe(&cmd),
+            t.status,
+            proc::tail_of(&log, 3)
+        )));
+    }
+    first_run_ms(&metrics)
+}
+
+/// One `PUT /snapshot/load` with `resume_vm` to a fresh `petrel --api-sock`: the wall time of
+/// the request, ms.
+fn api_load_run(b: &Bench, snapshot: &Path) -> Result<f64> {
+    let log = b.dir.join("logs").join("snapshot-load.stderr");
+    let (mut p, sock, start) = spawn_api(b, Stdio::null(), &log)?;
+    let (mut client, _) = connect(&mut p, &sock, start)?;
+    let body = serde_json::json!({
+        "snapshot_path": snapshot.join("state"),
+        "mem_backend": { "backend_type": "File", "backend_path": snapshot.join("mem") },
+        "resume_vm": true,
+    })
+    .to_string();
+    let sent = Instant::now();
+    client.send("PUT", "/snapshot/load", Some(&body))?;
+    let answer = client.receive()?;
+    let took = sent.elapsed();
+    if answer.status != 204 {
+        return Err(Error::Other(format!(
+            "PUT /snapshot/load was answered {}: {}",
+            answer.status,
+            answer.body.trim()
+        )));
+    }
+    let reply = client.expect("GET", "/", None, 200)?;
+    if !reply.body.contains("Running") {
+        return Err(Error::Other(format!(
+            "after the load the instance is not running: {}",
+            reply.body.trim()
+        )));
+    }
+    drop(client);
+    stop(&mut p, &log)?;
+    Ok(ms(took))
+}
+
+/// The cases' rows: restore from the command line beside a fresh boot, and the API's load.
+pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
+    let kernel = b.dir.join("counter.elf");
+    let snapshot = b.dir.join("snapshot");
+    let prepared = missing(b, false).map(Err).unwrap_or_else(|| {
+        fs::write(&kernel, counter::counter_guest_elf())
+            .ctx(|| format!("writing {}", kernel.display()))
+            .and_then(|()| make_snapshot(b, &kernel, &snapshot))
+            .map_err(|e| Cell::Error(format!("making the snapshot: {e}")))
+    });
+    let skip = prepared.clone().err();
+    let restore_args: Vec<PathBuf> = vec!["restore".into(), snapshot.clone()];
+    let boot_args: Vec<PathBuf> = vec![
+        "--kernel".into(),
+        kernel.clone(),
+        "--mem".into(),
+        format!("{GUEST_MIB}M").into(),
+    ];
+    let (restore_cells, boot_cells) = alternate(
+        runs + 1,
+        (skip.clone(), |_| one_exit_run(b, "restore", &restore_args)),
+        (skip.clone(), |_| one_exit_run(b, "fresh-boot", &boot_args)),
+    );
+    let (load_cell, _) = alternate(
+        runs + 1,
+        (skip.clone(), |_| api_load_run(b, &snapshot)),
+        (Some(Cell::None(String::new())), |_| Ok(0.0)),
+    );
+    vec![
+        Row {
+            id: "snapshot_restore_cli",
+            name: "restore: start to guest running".into(),
+            unit: Unit::MsFine,
+            petrel: drop_warm_up(restore_cells),
+            comparison_name: "fresh boot, same guest".into(),
+            comparison: drop_warm_up(boot_cells),
+            target: Target::ValueAtMost(RESTORE_TARGET_MS),
+            measures: format!(
+                "A Full snapshot of the counter guest with {GUEST_MIB} MiB of RAM (taken once \
+                 with `--snapshot-on-signal` and SIGUSR1 after its first tick). Petrel: `petrel \
+                 restore DIR --serial none --max-exits 1 --no-seccomp --metrics FILE`, the \
+                 `first KVM_RUN` of its timeline (from its main(): reading and checking the \
+                 state file, mapping the memory file, the VM, vCPU and devices restored, the \
+                 vCPU thread started). Beside it: a fresh boot of the same guest (`petrel \
+                 --kernel counter.elf --mem {GUEST_MIB}M`, same flags), to the same event. Runs \
+                 alternate; the first of each is an untimed warm-up. Runs: {runs}."
+            ),
+        },
+        Row {
+            id: "snapshot_load_api",
+            name: "API: PUT /snapshot/load (resume_vm) answered".into(),
+            unit: Unit::MsFine,
+            petrel: drop_warm_up(load_cell),
+            comparison_name: "Firecracker (earlier, 128 MiB)".into(),
+            comparison: Cell::Reference {
+                median: (FIRECRACKER_LOAD_MS.0 + FIRECRACKER_LOAD_MS.1) / 2.0,
+                source: format!(
+                    "Firecracker answered PUT /snapshot/load with resume_vm for a 128 MiB guest \
+                     in {} to {} ms, measured earlier on this kind of machine (the middle of \
+                     that range is shown); Firecracker is not installed here",
+                    FIRECRACKER_LOAD_MS.0, FIRECRACKER_LOAD_MS.1
+                ),
+            },
+            target: Target::ValueAtMost(RESTORE_TARGET_MS),
+            measures: format!(
+                "The same snapshot ({GUEST_MIB} MiB), loaded by a fresh `petrel --api-sock \
+                 SOCKET`: wall time from just before writing `PUT /snapshot/load` \
+                 (`mem_backend` File, `resume_vm: true`) to the end of its 204 (Petrel answers \
+                 once the vCPUs are started); then `GET /` must say Running and petrel must \
+                 exit 0 on SIGTERM. The first run is an untimed warm-up. Runs: {runs}."
+            ),
+        },
+    ]
+}
+
+/// The cell without its first value (the warm-up run).
+fn drop_warm_up(cell: Cell) -> Cell {
+    match cell {
+        Cell::Measured(mut v) if !v.is_empty() => {
+            v.remove(0);
+            Cell::Measured(v)
+        }
+        other => other,
+    }
+}
