@@ -104,6 +104,8 @@ fn open_disk(disk: &DiskConfig, index: usize, id: String) -> Result<Block> {
     let mut block =
         Block::new(file, disk.read_only, id).map_err(|e| bad(field(), &shown, e.to_string()))?;
     block.set_rate_limiter(&disk.rate_limit);
+    // Saved in snapshots, and named when a restored disk does not match.
+    block.set_path(&disk.path);
     Ok(block)
 }
 

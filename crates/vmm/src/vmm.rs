@@ -293,6 +293,7 @@ impl VmmHandle {
             .device_mut()
             .replace_backing_file(file)
             .map_err(Error::Devices)?;
+        transport.device_mut().set_path(path);
         transport.notify_config_change();
         if let Some(d) = lock(&self.shared.snap.machine).disks.get_mut(index) {
             d.path = path.to_path_buf();
