@@ -53,6 +53,12 @@ COMMANDS:
                   and the initcall running), beside petrel's --boot-timer timeline.
                   Initcalls printed as addresses (no kallsyms) are named from the
                   vmlinux's symbol table. docs/guest-kernel.md says what to do with it.
+    fuzz          Run the cargo-fuzz targets of fuzz/ (nightly; installs cargo-fuzz when
+                  missing): all of them in turn, or the one named (`fuzz TARGET`), each for
+                  --time seconds (default 60) under `nice -n 19`, one process at a time,
+                  from the seeds in fuzz/corpus/. A crash is minimised and copied into
+                  fuzz/regressions/TARGET/, which `cargo test` replays on stable; exits 1
+                  then. Prints exec/s, edges and corpus size per target. docs/fuzzing.md.
     help          Print this help (also -h, --help; `<COMMAND> --help` too).
 
 TEST OPTIONS:
@@ -224,6 +230,18 @@ impl Default for BenchArgs {
     }
 }
 
+/// Options of `fuzz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuzzArgs {
+    /// The one target to run; all when `None`.
+    pub target: Option<String>,
+    /// How long each target runs.
+    pub time: Duration,
+}
+
+/// Default run time of each target of `fuzz`.
+pub const DEFAULT_FUZZ_TIME: Duration = Duration::from_secs(60);
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
@@ -241,6 +259,8 @@ pub enum Cmd {
     Bench(BenchArgs),
     /// `boot-profile`.
     BootProfile(BootProfileArgs),
+    /// `fuzz`.
+    Fuzz(FuzzArgs),
 }
 
 /// Parses the arguments after the program name.
@@ -302,6 +322,22 @@ where
                 }
             }
             Cmd::BootProfile(a)
+        }
+        "fuzz" => {
+            let mut a = FuzzArgs {
+                target: None,
+                time: DEFAULT_FUZZ_TIME,
+            };
+            if rest.first().is_some_and(|t| !t.starts_with('-')) {
+                a.target = Some(rest.remove(0));
+            }
+            while let Some((flag, value)) = next_option(&mut rest)? {
+                match flag.as_str() {
+                    "--time" => a.time = parse_secs(&value)?,
+                    _ => return Err(Error::Usage(format!("fuzz: unknown option {flag}"))),
+                }
+            }
+            Cmd::Fuzz(a)
         }
         "qemu-check" => {
             let mut a = QemuCheckArgs {
@@ -606,6 +642,41 @@ mod tests {
             );
         }
         assert!(HELP.contains("    boot-profile ") && HELP.contains("--log PATH"));
+    }
+
+    #[test]
+    fn fuzz_command() {
+        assert_eq!(
+            parse(["fuzz"]).unwrap(),
+            Cmd::Fuzz(FuzzArgs {
+                target: None,
+                time: DEFAULT_FUZZ_TIME
+            })
+        );
+        assert_eq!(
+            parse(["fuzz", "virtio_blk", "--time", "120"]).unwrap(),
+            Cmd::Fuzz(FuzzArgs {
+                target: Some("virtio_blk".into()),
+                time: Duration::from_secs(120)
+            })
+        );
+        assert_eq!(
+            parse(["fuzz", "--time=5"]).unwrap(),
+            Cmd::Fuzz(FuzzArgs {
+                target: None,
+                time: Duration::from_secs(5)
+            })
+        );
+        for bad in [
+            &["fuzz", "--jobs", "4"][..],
+            &["fuzz", "a", "b"],
+            &["fuzz", "--time", "x"],
+        ] {
+            assert!(
+                matches!(parse(bad.iter().copied()), Err(Error::Usage(_))),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

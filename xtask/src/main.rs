@@ -6,7 +6,8 @@
 //! - `qemu-check`: boots the same guest under QEMU with TCG to check the guest itself;
 //! - `test`: the whole test suite (packages, fmt, clippy, `cargo test`, boot-test);
 //! - `bench`: Petrel's VMM-side costs side by side with QEMU, as a table and JSON;
-//! - `boot-profile`: where a guest's boot goes: slowest initcalls, biggest log gaps.
+//! - `boot-profile`: where a guest's boot goes: slowest initcalls, biggest log gaps;
+//! - `fuzz`: runs the cargo-fuzz targets of `fuzz/`, keeping crashes as regression inputs.
 //!
 //! Run `cargo xtask --help` for the options.
 
@@ -19,6 +20,7 @@ mod cli;
 mod elf;
 mod error;
 mod fcapi;
+mod fuzz;
 mod host;
 mod initramfs;
 mod jail_boot;
@@ -68,6 +70,14 @@ fn main() -> ExitCode {
         Ok(Cmd::QemuCheck(args)) => ExitCode::from(qemu_check(&args)),
         Ok(Cmd::Test(args)) => ExitCode::from(suite::run(&args)),
         Ok(Cmd::Bench(args)) => ExitCode::from(bench::run(&args)),
+        Ok(Cmd::Fuzz(args)) => match fuzz::run(&workspace_root(), &args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Ok(Cmd::BootProfile(args)) => match bootprof::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
