@@ -111,14 +111,29 @@ fn virtio_windows(accesses: &[Access]) -> BTreeMap<&'static str, Vec<u8>> {
             continue;
         };
         let mut out = Vec::new();
+        let mut queue_sel = 0u64;
         for a in list.iter().take(MAX_SEED_OPS) {
             let offset = (a.addr - base) as u16;
             let size = virtio_size(a.data.len());
+            let mut value = le_value(&a.data);
+            if a.write {
+                match u64::from(offset) {
+                    0x30 => queue_sel = value,
+                    // Linux put its rings where our small RAM has nothing: move each queue's
+                    // into a 16 KiB slot of the first region (descriptors, then the available
+                    // ring 4 KiB on, the used ring 8 KiB on), so the device can serve them.
+                    o @ (0x80 | 0x90 | 0xa0) => {
+                        value = 0x4000 * (queue_sel % 4) + 0x1000 * ((o - 0x80) / 0x10)
+                    }
+                    0x84 | 0x94 | 0xa4 => value = 0,
+                    _ => {}
+                }
+            }
             let op = if a.write {
                 Op::Write {
                     offset,
                     size,
-                    value: le_value(&a.data),
+                    value,
                 }
             } else {
                 Op::Read { offset, size }
@@ -165,16 +180,16 @@ fn bring_up() -> Vec<u8> {
     out
 }
 
-/// Hand-made virtio seeds: the driver brought up in one step, then the requests of a booted
-/// guest (the rings' contents, which a register recording cannot show).
-fn virtio_requests() -> Vec<Seed> {
+/// Virtio seeds: the driver's initialization (`prefix` of the target), then the requests of a
+/// booted guest (the rings' contents, which a register recording cannot show), hand-made.
+fn virtio_requests(prefix: &dyn Fn(&str) -> Vec<u8>) -> Vec<Seed> {
     let mut seeds = Vec::new();
     // Buffers live in the second region.
     let (a, b, c) = (0x2_0000u32, 0x2_1000u32, 0x2_2000u32);
 
     // blk: a read of sector 0, a write of sector 1, a flush, a GET_ID.
     let mut blk = vec![0u8]; // read-write
-    blk.extend(bring_up());
+    blk.extend(prefix("virtio_blk"));
     for (i, (ty, sector, len)) in [(0u32, 0u64, 512u32), (1, 1, 512), (4, 0, 0), (8, 0, 20)]
         .into_iter()
         .enumerate()
@@ -197,13 +212,13 @@ fn virtio_requests() -> Vec<Seed> {
     seeds.push(("virtio_blk", "requests".into(), blk));
 
     // rng: two reads of entropy.
-    let mut rng = bring_up();
+    let mut rng = prefix("virtio_rng");
     rng.extend(chain(0, 0, &[(a, 64, true)]));
     rng.extend(chain(0, 1, &[(b, 4096, true)]));
     seeds.push(("virtio_rng", "requests".into(), rng));
 
     // net: receive buffers posted, a frame from the network, a frame to it.
-    let mut net = bring_up();
+    let mut net = prefix("virtio_net");
     net.extend(chain(0, 0, &[(a, 1526, true)]));
     let mut frame = vec![0u8; 12];
     frame.extend_from_slice(&[0xff; 6]);
@@ -231,7 +246,7 @@ fn virtio_requests() -> Vec<Seed> {
     seeds.push(("virtio_net", "frames".into(), net));
 
     // vsock: receive buffers, a host connection, the guest's reply, data both ways.
-    let mut vsock = bring_up();
+    let mut vsock = prefix("virtio_vsock");
     for i in 0..4u16 {
         vsock.extend(chain(0, i, &[(a + u32::from(i) * 0x400, 0x400, true)]));
     }
@@ -333,9 +348,14 @@ fn kvm_exit_seed(access: &Access) -> Vec<u8> {
 /// Seeds from a recording of a Linux boot (empty if `recording` has no accesses).
 pub fn from_recording(recording: &str) -> Vec<Seed> {
     let accesses = parse_recording(recording);
-    let mut seeds: Vec<Seed> = virtio_windows(&accesses)
+    let windows = virtio_windows(&accesses);
+    let recorded: Vec<Seed> =
+        virtio_requests(&|target| windows.get(target).cloned().unwrap_or_default());
+    // Only devices the boot had: the others' seeds would start without an initialization.
+    let mut seeds: Vec<Seed> = recorded
         .into_iter()
-        .map(|(target, bytes)| (target, "linux-boot-registers".to_string(), bytes))
+        .filter(|(target, _, _)| windows.contains_key(target))
+        .map(|(target, _, bytes)| (target, "linux-boot-init-then-requests".to_string(), bytes))
         .collect();
     let ports = device_ports();
     let legacy: Vec<&Access> = accesses
@@ -559,7 +579,7 @@ pub fn stats_image() -> Vec<u8> {
 /// requests and config file, a statistics file. `bzimage` is the boot's bzImage, if at hand
 /// (only its setup header is used).
 pub fn built(bzimage_file: Option<&[u8]>) -> Vec<Seed> {
-    let mut seeds = virtio_requests();
+    let mut seeds = virtio_requests(&|_| bring_up());
     let mut cmdline = 2048u16.to_le_bytes().to_vec();
     cmdline.extend_from_slice(BOOT_CMDLINE.as_bytes());
     seeds.push(("loader_cmdline", "linux-boot".into(), cmdline));
