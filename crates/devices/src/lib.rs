@@ -97,6 +97,11 @@
 //! # Ok::<(), petrel_devices::Error>(())
 //! ```
 
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+compile_error!(
+    "petrel-devices supports only x86_64 Linux hosts (KVM on x86_64); see docs/using-the-crates.md"
+);
+
 pub mod bus;
 pub mod i8042;
 pub mod output;

@@ -33,6 +33,11 @@
 //! # Ok::<(), petrel_hv_sys::Error>(())
 //! ```
 
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+compile_error!(
+    "petrel-hv-sys supports only x86_64 Linux hosts (KVM on x86_64); see docs/using-the-crates.md"
+);
+
 pub mod exit;
 pub mod kick;
 mod kvm;

@@ -39,6 +39,11 @@
 //! assert_eq!(state.code.base + state.rip, 0x1000);
 //! ```
 
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+compile_error!(
+    "petrel-loader supports only x86_64 Linux hosts (KVM on x86_64); see docs/using-the-crates.md"
+);
+
 use std::path::PathBuf;
 
 pub mod boot;

@@ -27,6 +27,11 @@
 //! assert_eq!(outcome.stop, StopReason::Halted);
 //! ```
 
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+compile_error!(
+    "petrel-vcpu supports only x86_64 Linux hosts (KVM on x86_64); see docs/using-the-crates.md"
+);
+
 pub mod cpuid;
 mod runner;
 pub mod setup;

@@ -27,6 +27,11 @@
 //! # Ok::<(), petrel_vmm::Error>(())
 //! ```
 
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+compile_error!(
+    "petrel-vmm supports only x86_64 Linux hosts (KVM on x86_64); see docs/using-the-crates.md"
+);
+
 pub mod boot_timer;
 pub mod config;
 pub mod console;
