@@ -21,8 +21,10 @@ USAGE:
 COMMANDS:
     test          The whole test suite, as CI runs it: install missing Debian packages and
                   rustfmt/clippy, then `cargo fmt --all -- --check`, `cargo clippy
-                  --workspace --all-targets -- -D warnings`, `cargo test --workspace` and
-                  boot-test. Stops at the first failing step (exit 1); a summary per step
+                  --workspace --all-targets -- -D warnings`, `cargo test --workspace`,
+                  `cargo package --offline` of the library crates, their examples (`cargo run
+                  --example` lwn_demo, serial_on_a_bus, load_kernel), `crate-graph --check`,
+                  `api-listing --check` (skipped, saying so, without nightly) and boot-test. Stops at the first failing step (exit 1); a summary per step
                   closes the run. VMM_REQUIRE_KVM=1 in the environment makes the KVM tests
                   fail rather than skip where /dev/kvm is missing.
     boot-test     Build the guest kernel, initramfs and petrel (release), boot Linux under
@@ -59,6 +61,12 @@ COMMANDS:
                   from the seeds in fuzz/corpus/. A crash is minimised and copied into
                   fuzz/regressions/TARGET/, which `cargo test` replays on stable; exits 1
                   then. Prints exec/s, edges and corpus size per target. docs/fuzzing.md.
+    crate-graph   Print the library crates' dependency graph (from `cargo metadata`), as
+                  kept in docs/using-the-crates.md; --check fails when the doc's copy is out
+                  of date, --write updates it.
+    api-listing   Write each library crate's public API (from nightly rustdoc JSON) to
+                  crates/CRATE/api.txt; --check fails, with the differing lines, when a
+                  listing is not the crate's API.
     help          Print this help (also -h, --help; `<COMMAND> --help` too).
 
 TEST OPTIONS:
@@ -261,6 +269,13 @@ pub enum Cmd {
     BootProfile(BootProfileArgs),
     /// `fuzz`.
     Fuzz(FuzzArgs),
+    /// `crate-graph`.
+    CrateGraph(crate::crates::Mode),
+    /// `api-listing`, with `--check` or not.
+    ApiListing {
+        /// Compare instead of writing.
+        check: bool,
+    },
 }
 
 /// Parses the arguments after the program name.
@@ -293,6 +308,28 @@ where
                 }
             }
             Cmd::Test(a)
+        }
+        "crate-graph" => {
+            use crate::crates::Mode;
+            let mode = match rest.first().map(String::as_str) {
+                None => Mode::Print,
+                Some("--check") => Mode::Check,
+                Some("--write") => Mode::Write,
+                Some(other) => {
+                    return Err(Error::Usage(format!("crate-graph: unknown option {other}")))
+                }
+            };
+            if mode != Mode::Print {
+                rest.remove(0);
+            }
+            Cmd::CrateGraph(mode)
+        }
+        "api-listing" => {
+            let check = rest.first().is_some_and(|a| a == "--check");
+            if check {
+                rest.remove(0);
+            }
+            Cmd::ApiListing { check }
         }
         "boot-test" => {
             let mut a = BootTestArgs::default();

@@ -8,6 +8,7 @@
 //! - `bench`: Petrel's VMM-side costs side by side with QEMU, as a table and JSON;
 //! - `boot-profile`: where a guest's boot goes: slowest initcalls, biggest log gaps;
 //! - `fuzz`: runs the cargo-fuzz targets of `fuzz/`, keeping crashes as regression inputs.
+//! - `crate-graph`, `api-listing`: the library crates' dependency graph and public APIs.
 //!
 //! Run `cargo xtask --help` for the options.
 
@@ -17,6 +18,7 @@ mod bootprof;
 mod boottest;
 mod cache;
 mod cli;
+mod crates;
 mod elf;
 mod error;
 mod fcapi;
@@ -78,6 +80,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Ok(Cmd::CrateGraph(mode)) => done(crates::crate_graph(&workspace_root(), mode)),
+        Ok(Cmd::ApiListing { check }) => done(crates::api_listing(&workspace_root(), check)),
         Ok(Cmd::BootProfile(args)) => match bootprof::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -88,6 +92,17 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Exit code 0, or 1 after printing the error.
+fn done(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,9 +1,12 @@
 //! `cargo xtask test`: the whole test suite, as CI runs it, one step after another.
 //!
 //! Steps: `packages` (install missing Debian packages), `toolchain` (rustfmt and clippy),
-//! `fmt`, `clippy`, `test` (`cargo test --workspace`) and `boot-test` (in-process). Each
-//! step prints a header and its wall time; the first failing step stops the run, and a
-//! summary line per step closes it.
+//! `fmt`, `clippy`, `test` (`cargo test --workspace`), `package` (`cargo package` of the
+//! library crates, offline), `examples` (the crates' runnable examples), `crate-graph` (the
+//! graph in docs/using-the-crates.md is current), `api-listing` (the checked-in public APIs
+//! are current; needs nightly) and `boot-test` (in-process). Each step prints a header and
+//! its wall time; the first failing step stops the run, and a summary line per step closes
+//! it.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -241,6 +244,50 @@ const CLIPPY: &[&str] = &[
     "warnings",
 ];
 const TEST: &[&str] = &["test", "--workspace"];
+/// The examples CI runs, as `cargo run` arguments.
+const EXAMPLES: &[&[&str]] = &[
+    &["run", "-q", "-p", "petrel-hv-sys", "--example", "lwn_demo"],
+    &[
+        "run",
+        "-q",
+        "-p",
+        "petrel-devices",
+        "--example",
+        "serial_on_a_bus",
+    ],
+    &[
+        "run",
+        "-q",
+        "-p",
+        "petrel-loader",
+        "--example",
+        "load_kernel",
+    ],
+];
+
+/// `cargo package` of the library crates, in dependency order over a local overlay (so that
+/// each is verified against the others as packaged), with only the cargo cache.
+fn package_args(libs: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = ["package", "--offline", "--allow-dirty"]
+        .map(String::from)
+        .to_vec();
+    for lib in libs {
+        args.push("-p".into());
+        args.push(lib.clone());
+    }
+    args
+}
+
+/// Packages and verifies every library crate.
+fn package_step(root: &Path) -> Result<()> {
+    let libs: Vec<String> = crate::crates::libraries(root)?
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    let args = package_args(&libs);
+    println!("cargo {}", args.join(" "));
+    host::run(Command::new(cargo()).current_dir(root).args(&args))
+}
 
 /// The steps of `cargo xtask test`.
 fn steps<'a>(args: &TestArgs, root: &'a Path) -> Vec<Step<'a>> {
@@ -278,6 +325,45 @@ fn steps<'a>(args: &TestArgs, root: &'a Path) -> Vec<Step<'a>> {
         println!("{}", kvm_note());
         host::run(&mut cargo_cmd(root, TEST))
     }));
+    steps.push(Step::run(
+        "package",
+        "cargo package --offline --allow-dirty -p LIB... (every library crate)",
+        move || package_step(root),
+    ));
+    let examples_what = EXAMPLES
+        .iter()
+        .map(|a| a[a.len() - 1])
+        .collect::<Vec<_>>()
+        .join(", ");
+    steps.push(Step::run(
+        "examples",
+        format!("cargo run --example: {examples_what}"),
+        move || {
+            EXAMPLES
+                .iter()
+                .try_for_each(|argv| host::run(&mut cargo_cmd(root, argv)))
+        },
+    ));
+    steps.push(Step::run(
+        "crate-graph",
+        format!(
+            "cargo xtask crate-graph --check ({})",
+            crate::crates::GRAPH_DOC
+        ),
+        move || crate::crates::crate_graph(root, crate::crates::Mode::Check),
+    ));
+    let api_what = "cargo xtask api-listing --check (crates/*/api.txt, nightly rustdoc JSON)";
+    if crate::crates::nightly_available() {
+        steps.push(Step::run("api-listing", api_what, move || {
+            crate::crates::api_listing(root, true)
+        }));
+    } else {
+        steps.push(Step::skip(
+            "api-listing",
+            api_what,
+            "no nightly toolchain: `cargo +nightly` fails",
+        ));
+    }
     let boot_what = "cargo xtask boot-test (in-process): boot Linux under petrel";
     if args.boot_test {
         steps.push(Step::run(
@@ -452,14 +538,28 @@ mod tests {
             "fmt",
             "clippy",
             "test",
+            "package",
+            "examples",
+            "crate-graph",
+            "api-listing",
             "boot-test",
         ];
+        let nightly = crate::crates::nightly_available();
         let all = plan(true, true);
         assert_eq!(all.iter().map(|s| s.0).collect::<Vec<_>>(), names);
-        assert!(all.iter().all(|s| s.1));
+        assert!(all
+            .iter()
+            .all(|s| s.1 || (s.0 == "api-listing" && !nightly)));
         let bare = plan(false, false);
-        let run: Vec<_> = bare.iter().filter(|s| s.1).map(|s| s.0).collect();
-        assert_eq!(run, ["packages", "test"]);
+        let run: Vec<_> = bare
+            .iter()
+            .filter(|s| s.1 && s.0 != "api-listing")
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(
+            run,
+            ["packages", "test", "package", "examples", "crate-graph"]
+        );
         assert_eq!(bare.len(), names.len(), "left-out steps still show");
     }
 
@@ -471,6 +571,13 @@ mod tests {
             "cargo clippy --workspace --all-targets -- -D warnings"
         );
         assert_eq!(cargo_line(TEST), "cargo test --workspace");
+        assert_eq!(
+            package_args(&["a".into(), "b".into()]).join(" "),
+            "package --offline --allow-dirty -p a -p b"
+        );
+        for argv in EXAMPLES {
+            assert!(argv.starts_with(&["run", "-q", "-p"]) && argv.contains(&"--example"));
+        }
         let steps = steps(
             &TestArgs {
                 boot_test: true,
