@@ -78,6 +78,8 @@ pub struct Scenario {
     /// Run by `petrel-jailer` in a jail (the static petrel there, not the VMM's binary); the
     /// serial log is then petrel's stdout.
     pub jail: Option<crate::jail_boot::JailBoot>,
+    /// Snapshotted partway and restored in a second petrel process (its own runner).
+    pub snapshot: Option<crate::snapshot_boot::SnapshotBoot>,
 }
 
 impl Scenario {
@@ -96,6 +98,7 @@ impl Scenario {
             net: None,
             fc: None,
             jail: None,
+            snapshot: None,
         }
     }
 }
@@ -168,7 +171,8 @@ pub enum Exit {
 }
 
 impl Exit {
-    fn from_status(status: ExitStatus) -> Self {
+    /// How a process that ended with `status` ended.
+    pub fn from_status(status: ExitStatus) -> Self {
         use std::os::unix::process::ExitStatusExt;
         match (status.code(), status.signal()) {
             (Some(code), _) => Exit::Code(code),
@@ -320,6 +324,9 @@ pub fn run_scenario(
     timeout: Duration,
     user_mode: &GuestUserMode,
 ) -> Result<Outcome> {
+    if let (Some(snap), Vmm::Petrel(bin)) = (&scenario.snapshot, vmm) {
+        return crate::snapshot_boot::run(bin, scenario, snap, log_dir, timeout, user_mode);
+    }
     fs::create_dir_all(log_dir).ctx(|| format!("creating {}", log_dir.display()))?;
     let serial_log = log_dir.join(format!("{}.log", scenario.name));
     let vmm_log = log_dir.join(format!("{}.vmm-output.log", scenario.name));
@@ -474,7 +481,7 @@ pub fn run_scenario(
 
 /// Kills the VMM's process group (the VMM was started as its leader), then reaps the VMM.
 /// The group is killed before the reap, while its id cannot have been reused.
-fn kill_vmm(child: &mut std::process::Child) {
+pub fn kill_vmm(child: &mut std::process::Child) {
     if let Err(e) = host::kill_process_group(child.id()) {
         println!("    could not kill process group {}: {e}", child.id());
         let _ = child.kill();
@@ -491,7 +498,7 @@ pub fn run_init_text(at: Option<Duration>) -> String {
 }
 
 /// Prints the last `n` lines of `text`, indented, or says that it is empty.
-fn print_tail(text: &str, n: usize) {
+pub fn print_tail(text: &str, n: usize) {
     let lines = host::tail_lines(text, n);
     if lines.is_empty() {
         println!("    (empty)");

@@ -32,7 +32,9 @@ COMMANDS:
                   Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu, virtio-blk-root,
                   virtio-blk-ro, virtio-net-dhcp, api-vmlinux-blk (kernel, initramfs and a
                   drive configured over Firecracker's API socket), jailer-vmlinux-blk (a
-                  static petrel with a disk under petrel-jailer as an unprivileged uid);
+                  static petrel with a disk under petrel-jailer as an unprivileged uid),
+                  snapshot-linux-blk (root on a read-write disk, snapshotted on SIGUSR1
+                  before `Run /init` and restored by `petrel restore` in another process);
                   and, only when named
                   with --only, config-file-vmlinux-blk (the same through --config-file
                   and --no-api).

@@ -28,6 +28,7 @@ mod initramfs;
 mod jail_boot;
 mod kernel;
 mod sha256;
+mod snapshot_boot;
 mod suite;
 mod virtio_boot;
 
@@ -289,6 +290,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
             .chain(virtio_boot::SCENARIOS.iter().copied())
             .chain(api_boot::SCENARIOS.iter().copied())
             .chain(jail_boot::SCENARIOS.iter().copied())
+            .chain(snapshot_boot::SCENARIOS.iter().copied())
             .collect();
         (all, api_boot::OPT_IN_SCENARIOS)
     };
@@ -321,6 +323,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
                 scenarios.extend(virtio_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(api_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(jail_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
+                scenarios.extend(snapshot_boot::scenarios(&names, vmlinux, &disks)?);
                 scenarios
             }
         };

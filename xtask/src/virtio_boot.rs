@@ -22,7 +22,7 @@ pub const MOUNTED_RO: &str = "VFS: Mounted root (ext4 filesystem) readonly on de
 
 /// The command line of a guest whose root is the first virtio disk. `init=/init` makes the
 /// kernel print the same `Run /init as init process` line as with the initramfs.
-fn root_cmdline(mode: &str) -> String {
+pub fn root_cmdline(mode: &str) -> String {
     format!("console=ttyS0 reboot=k panic=1 root=/dev/vda {mode} rootwait init=/init")
 }
 
@@ -70,7 +70,8 @@ pub fn parse_dumpe2fs(text: &str) -> Option<Superblock> {
     })
 }
 
-fn read_superblock(image: &Path) -> std::result::Result<Superblock, String> {
+/// The superblock of the ext4 image at `image`, read with `dumpe2fs -h`.
+pub fn read_superblock(image: &Path) -> std::result::Result<Superblock, String> {
     let out = Command::new("dumpe2fs")
         .arg("-h")
         .arg(image)
@@ -97,7 +98,8 @@ fn device_ready(metrics: &serde_json::Value, device: &str) -> bool {
         .is_some_and(|d| d["driver_ready"] == true)
 }
 
-fn read_metrics(path: &Path) -> std::result::Result<serde_json::Value, String> {
+/// Petrel's `--metrics` JSON at `path`.
+pub fn read_metrics(path: &Path) -> std::result::Result<serde_json::Value, String> {
     let text =
         fs::read_to_string(path).map_err(|e| format!("no metrics at {}: {e}", path.display()))?;
     serde_json::from_str(&text)
