@@ -11,10 +11,13 @@
 //!    does ([`evaluate`]: `Run /init` and the guest's reset) with the root mounted
 //!    read-write, and afterwards the disk's superblock must show that mount (count >= 1, a
 //!    last mount time), written through the restored virtio-blk device (its `writes`
-//!    counter in the restored process's metrics).
+//!    counter in the restored process's metrics). The guest's clock must go on: the restored
+//!    log's first kernel timestamp is not older than the last one before the snapshot.
 //!
 //! The scenario reports the time from the restore's start to the restored guest's first
-//! serial output and to its `Run /init`, beside the first process's boot time to the snapshot.
+//! serial output and to its `Run /init` (and petrel's own time to its first `KVM_RUN`, from
+//! the restored process's metrics timeline), beside the first process's boot time to the
+//! snapshot.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -352,12 +355,19 @@ pub fn run(
             }
         }
         after_check(snap, &mut verdict);
+        check_guest_clock(&text1, &text2, &mut verdict);
+        let first_run = read_metrics(&snap.metrics)
+            .ok()
+            .and_then(|m| timeline_at(&m, "first KVM_RUN"));
         verdict.notes.push(format!(
-            "restore to first serial output {}, restore to `Run /init` {}; the first boot took \
-             {} to the snapshot line",
+            "restore to first serial output {}, restore to `Run /init` {} (petrel's timeline: \
+             first KVM_RUN {} after its start); the first boot took {} to the snapshot line, \
+             so {} from boot to `Run /init` across the two processes",
             secs(run.first_output),
             secs(run.seen),
-            secs(first.seen)
+            secs(first_run),
+            secs(first.seen),
+            secs(first.seen.zip(run.seen).map(|(a, b)| a + b)),
         ));
         second = Some(run);
     }
@@ -395,6 +405,47 @@ pub fn run(
         wall,
         run_init,
     })
+}
+
+/// The times of the kernel's log lines (`[   12.345678] ...`), in order, in seconds.
+pub fn printk_times(serial: &str) -> Vec<f64> {
+    serial
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim_start_matches('\r').strip_prefix('[')?;
+            rest.split_once(']')?.0.trim().parse().ok()
+        })
+        .collect()
+}
+
+/// When the event `what` of petrel's `--metrics` timeline happened, from the process's start.
+pub fn timeline_at(metrics: &serde_json::Value, what: &str) -> Option<Duration> {
+    metrics["timeline"]
+        .as_array()?
+        .iter()
+        .find(|e| e["what"] == what)?["at_us"]
+        .as_u64()
+        .map(Duration::from_micros)
+}
+
+/// The guest's clock goes on from where it was: the restored guest's first log line is not
+/// older than the last one before the snapshot.
+fn check_guest_clock(before: &str, after: &str, v: &mut Verdict) {
+    let (last, first) = (
+        printk_times(before).last().copied(),
+        printk_times(after).first().copied(),
+    );
+    match (last, first) {
+        (Some(last), Some(first)) if first >= last => v.notes.push(format!(
+            "guest clock: last line before the snapshot at [{last:.6}], first after the \
+             restore at [{first:.6}]"
+        )),
+        (Some(last), Some(first)) => v.failures.push(format!(
+            "the guest's clock went back across the restore: [{last:.6}] before, [{first:.6}] \
+             after"
+        )),
+        _ => {}
+    }
 }
 
 /// After the restored VM ended: its mount reached the disk, through the restored device.
@@ -439,6 +490,27 @@ mod tests {
             host::describe(&snap.restore_command(Path::new("/p/petrel"), Path::new("/l/r.log"))),
             "/p/petrel restore /t/s.snap --serial file:/l/r.log --metrics /t/m.json"
         );
+    }
+
+    #[test]
+    fn log_times_and_timeline() {
+        let log = "[    0.000000] Linux\r\n[   93.027904] virtio_blk virtio0: [vda]\r\nno time\r\n";
+        assert_eq!(printk_times(log), [0.0, 93.027904]);
+        let mut v = Verdict::default();
+        check_guest_clock(log, "[   97.649068] serio: i8042\r\n", &mut v);
+        assert!(v.passed() && v.notes[0].contains("[97.649068]"), "{v:?}");
+        check_guest_clock(log, "[    1.0] early\r\n", &mut v);
+        assert!(v.failures[0].contains("went back"), "{v:?}");
+        let m: serde_json::Value = serde_json::from_str(
+            r#"{"timeline":[{"at_us":0,"what":"process start"},
+                {"at_us":15529,"what":"first KVM_RUN"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            timeline_at(&m, "first KVM_RUN"),
+            Some(Duration::from_micros(15529))
+        );
+        assert_eq!(timeline_at(&m, "guest stopped"), None);
     }
 
     #[test]
