@@ -1,10 +1,12 @@
-//! Runs tiny guests from the states this crate returns, on a real `/dev/kvm`: real mode from
+//! Runs tiny guests from the states `petrel-loader` returns, on a real `/dev/kvm`: real mode from
 //! `load_raw`, long mode from `configure_linux_boot` (below and above the MMIO gap), 32-bit
 //! protected mode from `configure_pvh_boot`, and a kernel linked with a plain
 //! `ld -Ttext=0x100000` (its ELF headers in a segment at 0xff000) through both protocols. Each
 //! guest reads a boot structure through the register the protocol names and writes it to port
 //! 0xe9, so a wrong GDT, page table, control register or pointer shows up as a wrong value or a
 //! shutdown.
+//!
+//! It lives here rather than in `petrel-loader`, which touches no KVM.
 //!
 //! Without `/dev/kvm` the tests say they skipped; with `VMM_REQUIRE_KVM=1` they fail instead.
 
