@@ -186,7 +186,7 @@ impl TinyGuest {
     /// vCPU runs) and the vCPU's handle.
     pub fn spawn(self, hv: &Hypervisor, io: Arc<Recorder>) -> (Vm, VcpuHandle) {
         let mut vm = Vm::new(hv).expect("create VM");
-        vm.register_ram(&self.ram).expect("memory slot");
+        vm.register_memory(self.ram.memory()).expect("memory slot");
         vm.setup_tss_and_identity_map().expect("tss");
         let vcpu = vm.create_vcpu(0).expect("vcpu");
         let mut c = hv.supported_cpuid().expect("cpuid");

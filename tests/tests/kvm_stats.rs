@@ -54,7 +54,7 @@ fn vm_stats_or_skip(name: &str, vm: &Vm) -> Option<StatsReader> {
 
 fn new_vm(hv: &Hypervisor, guest: &TinyGuest) -> Vm {
     let mut vm = Vm::new(hv).expect("create VM");
-    vm.register_ram(&guest.ram).expect("memory slot");
+    vm.register_memory(guest.ram.memory()).expect("memory slot");
     vm.setup_tss_and_identity_map().expect("tss");
     vm
 }

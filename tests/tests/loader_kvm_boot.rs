@@ -14,8 +14,8 @@ use std::path::Path;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
-use petrel_guest_mem::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use petrel_guest_mem::GuestRam;
+use petrel_hv_sys::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use petrel_loader::linux::load_kernel_image;
 use petrel_loader::{configure_linux_boot, configure_pvh_boot, load_raw, BootCpuState};
 use petrel_vcpu::setup::kvm_segment_from;

@@ -37,7 +37,7 @@ const COUNTER_ANSWER: u8 = 0x5a;
 /// (a vCPU's LAPIC state exists only with the in-kernel irqchip).
 fn platform_vm(hv: &Hypervisor, ram: &GuestRam) -> Vm {
     let mut vm = Vm::new(hv).expect("create VM");
-    vm.register_ram(ram).expect("memory slot");
+    vm.register_memory(ram.memory()).expect("memory slot");
     vm.setup_tss_and_identity_map().expect("tss");
     vm.setup_irqchip_and_pit().expect("irqchip and PIT");
     vm
@@ -359,7 +359,7 @@ fn the_dirty_log_reports_exactly_the_pages_the_guest_wrote() {
     // so that no in-kernel device writes guest memory either.
     let guest = TinyGuest::real_mode(&code, 1 << 20);
     let mut vm = Vm::new(&hv).expect("create VM");
-    vm.register_ram(&guest.ram).expect("memory slot");
+    vm.register_memory(guest.ram.memory()).expect("memory slot");
     vm.setup_tss_and_identity_map().expect("tss");
     let mut vcpu = vm.create_vcpu(0).expect("vcpu");
     let mut c = hv.supported_cpuid().expect("cpuid");

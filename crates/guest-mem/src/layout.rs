@@ -19,7 +19,7 @@
 //! 0xd000_0000 ┼ 32-bit MMIO gap (MMIO32_START): boot-timer byte, virtio-mmio windows
 //! 0xfec0_0000 │ IOAPIC        (IOAPIC_START)
 //! 0xfee0_0000 │ local APIC    (APIC_START)
-//! 0xfffb_c000 │ KVM identity-map page, then the 3-page TSS (KVM_IDENTITY_MAP_START, KVM_TSS_START)
+//! 0xfffb_c000 │ KVM identity-map page, then the 3-page TSS (petrel-hv-sys places them)
 //! 0x1_0000_0000 ┼ RAM above 4 GiB, if the guest has more than fits below the gap
 //! ```
 
@@ -72,10 +72,6 @@ pub const MMIO_DEVICES_START: u64 = MMIO32_START + 0x1000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Default local APIC base (Intel SDM vol. 3, 11.4.1, IA32_APIC_BASE reset value).
 pub const APIC_START: u64 = 0xfee0_0000;
-/// `KVM_SET_IDENTITY_MAP_ADDR`: one page, inside the gap, below the TSS.
-pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
-/// `KVM_SET_TSS_ADDR`: three pages inside the gap (KVM API docs, 4.48).
-pub const KVM_TSS_START: u64 = 0xfffb_d000;
 
 /// 4 GiB: first address past the 32-bit space, where RAM resumes above the gap.
 pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
@@ -100,8 +96,6 @@ const _: () = {
     assert!(BOOT_STACK_POINTER < PML4_START);
     assert!(PD_START + PD_COUNT * 0x1000 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= EBDA_START);
-    assert!(KVM_IDENTITY_MAP_START + 0x1000 == KVM_TSS_START);
-    assert!(KVM_TSS_START + 3 * 0x1000 <= FIRST_ADDR_PAST_32BITS);
     assert!(BOOT_TIMER_ADDR >= MMIO32_START && MMIO_DEVICES_START > BOOT_TIMER_ADDR);
 };
 

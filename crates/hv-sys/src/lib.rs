@@ -14,12 +14,12 @@
 //!
 //! ```no_run
 //! use petrel_hv_sys::{Hypervisor, Vm, VmExit};
-//! use petrel_guest_mem::GuestRam;
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 //! let hv = Hypervisor::open()?;
 //! let mut vm = Vm::new(&hv)?;
-//! let ram = GuestRam::new(1 << 20).unwrap();
-//! ram.write(0, &[0xf4]).unwrap(); // hlt
-//! vm.register_ram(&ram)?;
+//! let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! ram.write_slice(&[0xf4], GuestAddress(0)).unwrap(); // hlt
+//! vm.register_memory(&ram)?;
 //! let mut vcpu = vm.create_vcpu(0)?;
 //! let mut sregs = vcpu.sregs()?;
 //! sregs.cs.base = 0;
@@ -53,7 +53,8 @@ pub use kvm_ioctls;
 pub use state::{VcpuState, VmState, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE};
 pub use stats::{Snapshot, StatDescriptor, StatKind, StatUnit, StatValue, StatsReader};
 pub use vcpu::{hex_bytes, EmulationOutcome, Vcpu};
-pub use vm::Vm;
+pub use vm::{Vm, KVM_IDENTITY_MAP_START, KVM_TSS_START};
+pub use vm_memory;
 
 /// Errors from the hypervisor layer.
 #[derive(Debug, thiserror::Error)]

@@ -390,8 +390,8 @@ impl Vm {
 mod tests {
     use super::*;
     use crate::Hypervisor;
-    use petrel_guest_mem::GuestRam;
     use std::sync::Arc;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     /// KVM, or `None` (the test skips) where there is none, unless `VMM_REQUIRE_KVM=1`: the
     /// project's rule (petrel-tests' `kvm_or_skip`).
@@ -408,9 +408,9 @@ mod tests {
 
     /// A VM with the in-kernel irqchip and vCPU 0 with KVM's supported CPUID.
     fn vm_and_vcpu(hv: &Hypervisor) -> (Vm, Vcpu) {
-        let ram = GuestRam::new(1 << 20).unwrap();
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut vm = Vm::new(hv).unwrap();
-        vm.register_ram(&ram).unwrap();
+        vm.register_memory(&ram).unwrap();
         vm.setup_irqchip_and_pit().unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
         vcpu.fd()

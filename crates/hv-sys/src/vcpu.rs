@@ -2,14 +2,15 @@
 //! handler for hosts whose instruction emulator gives up on some instructions.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use petrel_guest_mem::GuestRam;
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::exit::{emulation_failure_bytes, RunRegion, VmExit};
 use crate::kick::{self, KickSlot};
+use crate::vm::KeepAlive;
 use crate::{Error, Result};
 
 /// The x86 `int3` opcode (Intel SDM vol. 2A, "INT n/INTO/INT3/INT1").
@@ -54,16 +55,11 @@ pub struct Vcpu {
     /// Bytes `KVM_GET_XSAVE2` fills, `None` where KVM lacks `KVM_CAP_XSAVE2`.
     pub(crate) xsave2_size: Option<usize>,
     /// Dropped after `fd` (fields drop in declaration order).
-    _ram: Arc<Mutex<Vec<GuestRam>>>,
+    _ram: KeepAlive,
 }
 
 impl Vcpu {
-    pub(crate) fn new(
-        id: u64,
-        mut fd: VcpuFd,
-        mmap_size: usize,
-        ram: Arc<Mutex<Vec<GuestRam>>>,
-    ) -> Self {
+    pub(crate) fn new(id: u64, mut fd: VcpuFd, mmap_size: usize, ram: KeepAlive) -> Self {
         let kick = KickSlot::new(fd.get_kvm_run() as *mut kvm_bindings::kvm_run);
         Vcpu {
             id,
@@ -159,10 +155,10 @@ impl Vcpu {
     /// Deals with `KVM_EXIT_INTERNAL_ERROR` suberror 1 (the host's instruction emulator gave
     /// up): reads the instruction, completes `int3` by injecting #BP and `fwait` as the no-op
     /// it is with no x87 exception pending, and reports anything else as unhandled.
-    pub fn complete_emulation_failure(
+    pub fn complete_emulation_failure<M: GuestMemory + ?Sized>(
         &self,
         data: &[u64],
-        ram: &GuestRam,
+        ram: &M,
     ) -> Result<EmulationOutcome> {
         let mut regs = self.regs()?;
         let bytes = match emulation_failure_bytes(data) {
@@ -215,8 +211,8 @@ impl Vcpu {
     }
 
     /// Reads up to 15 instruction bytes at CS:RIP, translating through the guest's page tables
-    /// (`KVM_TRANSLATE`) and reading only guest RAM.
-    pub fn instruction_bytes_at_rip(&self, ram: &GuestRam) -> Option<Vec<u8>> {
+    /// (`KVM_TRANSLATE`) and reading only guest RAM (`ram`, any vm-memory guest memory).
+    pub fn instruction_bytes_at_rip<M: GuestMemory + ?Sized>(&self, ram: &M) -> Option<Vec<u8>> {
         let regs = self.regs().ok()?;
         let sregs = self.sregs().ok()?;
         let linear = sregs.cs.base.wrapping_add(regs.rip);
@@ -228,7 +224,10 @@ impl Vcpu {
                 break;
             }
             let mut b = [0u8];
-            if ram.read(t.physical_address, &mut b).is_err() {
+            if ram
+                .read_slice(&mut b, GuestAddress(t.physical_address))
+                .is_err()
+            {
                 break;
             }
             out.push(b[0]);

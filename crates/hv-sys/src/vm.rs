@@ -3,18 +3,41 @@
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
+use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{Cap, IoEventAddress, VmFd};
-use petrel_guest_mem::{layout, GuestRam};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Error, Hypervisor, Result, Vcpu};
 
+/// `KVM_SET_IDENTITY_MAP_ADDR`: the one page KVM needs for its real-mode identity map on Intel
+/// hosts (api.rst 4.64), placed where no RAM is: in the 32-bit MMIO gap, right below the TSS.
+/// A guest's memory layout must leave it (and the TSS) free.
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
+/// `KVM_SET_TSS_ADDR`: the three pages KVM needs for its TSS on Intel hosts (api.rst 4.48,
+/// "a three-page region in the first 4GB of the guest physical address space"), right after
+/// the identity-map page.
+pub const KVM_TSS_START: u64 = 0xfffb_d000;
+
+// The identity-map page and the 3-page TSS touch and stay below 4 GiB, as KVM requires.
+const _: () = {
+    assert!(KVM_IDENTITY_MAP_START + 0x1000 == KVM_TSS_START);
+    assert!(KVM_TSS_START + 3 * 0x1000 <= 1 << 32);
+};
+
+/// What the VM and its vCPUs hold to keep registered guest memory mapped: a clone of the
+/// memory object that was registered (sharing its mappings), or whatever the caller of
+/// [`Vm::register_raw_slot`] handed in.
+pub(crate) type KeepAlive = Arc<Mutex<Vec<Box<dyn Any + Send + Sync>>>>;
+
 /// One VM file descriptor and what Petrel needs from it.
 ///
-/// The VM keeps every [`GuestRam`] registered with it alive (a clone shares the mapping), and
-/// so does each of its vCPUs: no safe call can unmap memory that KVM still lets a guest reach.
+/// The VM keeps the memory registered with it alive (a clone of each
+/// [`GuestMemoryMmap`] shares its mappings), and so does each of its vCPUs: no safe call can
+/// unmap memory that KVM still lets a guest reach.
 #[derive(Debug)]
 pub struct Vm {
     fd: VmFd,
@@ -29,7 +52,7 @@ pub struct Vm {
     /// Bytes `KVM_GET_XSAVE2` fills (`KVM_CAP_XSAVE2`), `None` where KVM lacks it.
     xsave2_size: Option<usize>,
     /// Dropped after `fd` (fields drop in declaration order); shared with every vCPU.
-    ram: Arc<Mutex<Vec<GuestRam>>>,
+    ram: KeepAlive,
 }
 
 impl Vm {
@@ -58,26 +81,64 @@ impl Vm {
         &self.fd
     }
 
-    /// Registers every region of `ram` as a KVM memory slot (`KVM_SET_USER_MEMORY_REGION`), with
-    /// dirty logging if [`set_dirty_logging`](Self::set_dirty_logging) turned it on.
+    /// Registers every region of `mem` as a KVM memory slot (`KVM_SET_USER_MEMORY_REGION`),
+    /// in region order, with dirty logging if [`set_dirty_logging`](Self::set_dirty_logging)
+    /// turned it on. Any bitmap type will do (Petrel's VMM uses vm-memory's `AtomicBitmap`).
     ///
-    /// The VM and its vCPUs keep a clone of `ram` (the same mapping) for as long as they exist.
-    pub fn register_ram(&mut self, ram: &GuestRam) -> Result<()> {
+    /// The VM and its vCPUs keep a clone of `mem` (it shares the regions' mappings, which vm-memory
+    /// unmaps only when the last clone goes) for as long as they exist.
+    pub fn register_memory<B>(&mut self, mem: &GuestMemoryMmap<B>) -> Result<()>
+    where
+        B: Bitmap + Send + Sync + 'static,
+    {
+        let regions: Vec<(u64, u64, u64)> = mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.len(), r.as_ptr() as u64))
+            .collect();
         self.ram
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(ram.clone());
-        for region in ram.regions() {
-            let slot = kvm_userspace_memory_region {
-                slot: self.slots.len() as u32,
-                flags: self.slot_flags(),
-                guest_phys_addr: region.guest_addr,
-                memory_size: region.size,
-                userspace_addr: region.host_addr,
-            };
-            self.set_slot(slot)?;
-            self.slots.push(slot);
+            .push(Box::new(mem.clone()));
+        for (guest_addr, size, host_addr) in regions {
+            self.add_slot(guest_addr, size, host_addr)?;
         }
+        Ok(())
+    }
+
+    /// Registers one memory slot from raw addresses: `size` bytes of host memory at
+    /// `host_addr` appear to the guest at `guest_addr`. `keep_alive` is held by the VM and its
+    /// vCPUs until the last of them goes (pass the owner of the mapping, or `()`).
+    ///
+    /// # Safety
+    ///
+    /// `host_addr..host_addr + size` must be memory mapped read-write in this process, not
+    /// overlapping any other slot's, that stays mapped until the VM and every vCPU it created
+    /// are dropped (which holding `keep_alive` may ensure), and that nothing else relies on
+    /// staying unchanged: the guest may write any byte of it at any time.
+    pub unsafe fn register_raw_slot(
+        &mut self,
+        guest_addr: u64,
+        size: u64,
+        host_addr: u64,
+        keep_alive: Box<dyn Any + Send + Sync>,
+    ) -> Result<()> {
+        self.ram
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(keep_alive);
+        self.add_slot(guest_addr, size, host_addr)
+    }
+
+    fn add_slot(&mut self, guest_addr: u64, size: u64, host_addr: u64) -> Result<()> {
+        let slot = kvm_userspace_memory_region {
+            slot: self.slots.len() as u32,
+            flags: self.slot_flags(),
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: host_addr,
+        };
+        self.set_slot(slot)?;
+        self.slots.push(slot);
         Ok(())
     }
 
@@ -90,10 +151,13 @@ impl Vm {
     }
 
     fn set_slot(&self, slot: kvm_userspace_memory_region) -> Result<()> {
-        // SAFETY: every slot this VM registers comes from a `GuestRam` that this VM and each of
-        // its vCPUs keep alive (the clones in `ram`) for as long as KVM can use the slot; slots
-        // never overlap because `GuestRam` regions do not, and re-registering a slot changes
-        // only its flags (api.rst 4.35: the flags of an existing slot may be changed).
+        // SAFETY: every slot this VM registers is either a region of a `GuestMemoryMmap` that
+        // this VM and each of its vCPUs keep alive (the clones in `ram`, which share the
+        // regions' mappings) for as long as KVM can use the slot, or a raw slot whose caller
+        // promised the same (`register_raw_slot`'s contract). The regions of one
+        // `GuestMemoryMmap` never overlap (vm-memory refuses to build one that does), and
+        // re-registering a slot changes only its flags (api.rst 4.35: the flags of an existing
+        // slot may be changed).
         unsafe { self.fd.set_user_memory_region(slot) }.map_err(|e| Error::MemorySlot {
             guest_addr: slot.guest_phys_addr,
             source: e,
@@ -137,7 +201,7 @@ impl Vm {
     }
 
     /// KVM's dirty page log (`KVM_GET_DIRTY_LOG`, api.rst 4.7), one bitmap per memory slot in
-    /// slot order (the order of [`GuestRam::regions`] of each `GuestRam` registered, in turn):
+    /// slot order (the regions of each memory registered, in registration order):
     /// bit `i % 64` of word `i / 64` is page `i` of the slot (4 KiB pages, from the slot's
     /// guest address). Each call also clears KVM's log, so it reports the pages written since
     /// the previous call (or since logging was turned on).
@@ -162,16 +226,17 @@ impl Vm {
 
     /// Places the pages KVM needs for real-mode and TSS emulation on Intel hosts: the
     /// identity-map page and the 3-page TSS (api.rst, `KVM_SET_TSS_ADDR` and
-    /// `KVM_SET_IDENTITY_MAP_ADDR`), inside the MMIO gap where no RAM is.
+    /// `KVM_SET_IDENTITY_MAP_ADDR`), at [`KVM_IDENTITY_MAP_START`] and [`KVM_TSS_START`], which
+    /// the guest's layout must leave free of RAM.
     pub fn setup_tss_and_identity_map(&self) -> Result<()> {
         self.fd
-            .set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
+            .set_identity_map_address(KVM_IDENTITY_MAP_START)
             .map_err(|e| Error::Platform {
                 what: "KVM_SET_IDENTITY_MAP_ADDR",
                 source: e,
             })?;
         self.fd
-            .set_tss_address(layout::KVM_TSS_START as usize)
+            .set_tss_address(KVM_TSS_START as usize)
             .map_err(|e| Error::Platform {
                 what: "KVM_SET_TSS_ADDR",
                 source: e,

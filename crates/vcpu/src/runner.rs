@@ -291,7 +291,10 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
             );
             return Step::Stop(self.fault(what, None));
         }
-        match self.vcpu.complete_emulation_failure(data, &self.ram) {
+        match self
+            .vcpu
+            .complete_emulation_failure(data, self.ram.memory())
+        {
             Ok(EmulationOutcome::InjectedBreakpoint) => {
                 self.emulation.int3_injected += 1;
                 Step::Continue
@@ -312,7 +315,7 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
 
     fn fault(&self, what: String, bytes: Option<Vec<u8>>) -> StopReason {
         let bytes = bytes
-            .or_else(|| self.vcpu.instruction_bytes_at_rip(&self.ram))
+            .or_else(|| self.vcpu.instruction_bytes_at_rip(self.ram.memory()))
             .unwrap_or_default();
         let details = format!(
             "{}  instruction bytes at rip: {}",

@@ -577,11 +577,20 @@ struct Assembly {
     metrics: Option<std::path::PathBuf>,
 }
 
+// hv-sys places KVM's identity-map page and TSS at fixed addresses: they must fall in the MMIO
+// gap of Petrel's layout, where no RAM is, and clear of the IOAPIC and local APIC windows.
+const _: () = {
+    use petrel_guest_mem::layout::{APIC_START, FIRST_ADDR_PAST_32BITS, MMIO32_START};
+    assert!(petrel_hv_sys::KVM_IDENTITY_MAP_START >= MMIO32_START);
+    assert!(petrel_hv_sys::KVM_IDENTITY_MAP_START > APIC_START + 0x1000);
+    assert!(petrel_hv_sys::KVM_TSS_START + 3 * 0x1000 <= FIRST_ADDR_PAST_32BITS);
+};
+
 /// A VM with its RAM registered (dirty-logged when asked), the TSS and identity map placed, and
 /// for Linux guests the in-kernel irqchip and PIT.
 fn new_vm(hv: &Hypervisor, ram: &GuestRam, linux: bool, dirty: bool) -> Result<Vm> {
     let mut vm = Vm::new(hv)?;
-    vm.register_ram(ram)?;
+    vm.register_memory(ram.memory())?;
     if dirty {
         vm.set_dirty_logging(true)?;
     }
