@@ -1,4 +1,5 @@
-//! Guest RAM for Petrel, over [`vm_memory`], and the x86 guest-physical layout.
+//! Guest RAM for Petrel, over [`vm_memory`], the x86 guest-physical layout, and the boot vCPU
+//! state ([`boot_cpu`]) a loader computes and a vCPU applies.
 //!
 //! [`GuestRam`] allocates anonymous, lazily-backed memory for a guest of a given size, laid out
 //! around the 32-bit MMIO gap as [`layout`] describes, and offers reads and writes that are
@@ -15,6 +16,7 @@
 //! ```
 
 pub mod alloc;
+pub mod boot_cpu;
 pub mod layout;
 
 use std::fs::File;

@@ -2,8 +2,8 @@
 //! the FPU, and the local APIC's LINT pins.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_segment, Msrs};
+use petrel_guest_mem::boot_cpu::{BootCpuState, CpuMode, Segment};
 use petrel_hv_sys::Vcpu;
-use petrel_loader::{BootCpuState, CpuMode, Segment};
 
 use crate::{Error, Result};
 
