@@ -54,7 +54,7 @@
 //!
 //! [`output`] provides [`NonBlockingWriter`], the serial output that never blocks a vCPU.
 //!
-//! [`virtio`] provides the virtio-mmio transport, [`VirtioMmio`], a [`BusDevice`] for the MMIO
+//! [`virtio`] (the `virtio` cargo feature, on by default) provides the virtio-mmio transport, [`VirtioMmio`], a [`BusDevice`] for the MMIO
 //! bus and an `event_manager` subscriber, and the devices behind it: [`Block`] (virtio-blk over
 //! a raw image), [`Rng`] (entropy, rate limited) and [`Net`] (virtio-net over a tap).
 //! [`rate_limiter`] provides the [`RateLimiter`] they use, in the shape of Firecracker's API
@@ -110,6 +110,7 @@ pub mod rate_limiter;
 pub mod rtc;
 pub mod serial;
 pub mod trigger;
+#[cfg(feature = "virtio")]
 pub mod virtio;
 
 pub use bus::{Bus, BusBuilder, BusDevice, BusOutcome, BusRange, StopRequest};
@@ -122,6 +123,7 @@ pub use rtc::{
 };
 pub use serial::{Serial, SerialState, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 pub use trigger::EventFdTrigger;
+#[cfg(feature = "virtio")]
 pub use virtio::{
     Block, BlockState, DeviceState, Interrupt, Net, NetState, QueueState, Rng, RngState,
     VirtioDevice, VirtioMmio, VirtioMmioState, VirtioMmioStats, Vsock, VsockState,
@@ -217,6 +219,7 @@ pub enum Error {
         /// The panic message (or a placeholder when the payload is not a string).
         message: String,
     },
+    #[cfg(feature = "virtio")]
     /// The guest broke a virtio rule badly enough that the device set DEVICE_NEEDS_RESET.
     #[error("{device}: queue {queue}: {fault}")]
     VirtioFault {
