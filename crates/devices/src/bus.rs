@@ -22,8 +22,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::Error;
-
 /// What a device asks of the vCPU after an access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BusOutcome {
@@ -31,6 +29,47 @@ pub enum BusOutcome {
     Continue,
     /// Stop the VM; the vCPU never re-enters the guest.
     Stop(StopRequest),
+}
+
+/// Errors from building a [`Bus`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A device was inserted with a zero-length range.
+    #[error("cannot insert {device} on the {bus} bus: range {range} is empty")]
+    InsertEmptyRange {
+        /// The bus's name.
+        bus: &'static str,
+        /// The device's name.
+        device: &'static str,
+        /// The range asked for.
+        range: BusRange,
+    },
+    /// A device was inserted with a range that runs past `u64::MAX`.
+    #[error("cannot insert {device} on the {bus} bus: range {range} runs past the address space")]
+    InsertWrappingRange {
+        /// The bus's name.
+        bus: &'static str,
+        /// The device's name.
+        device: &'static str,
+        /// The range asked for.
+        range: BusRange,
+    },
+    /// A device was inserted over addresses another device already holds.
+    #[error(
+        "cannot insert {device} on the {bus} bus at {range}: it overlaps {existing_device} at {existing}"
+    )]
+    InsertOverlappingRange {
+        /// The bus's name.
+        bus: &'static str,
+        /// The new device's name.
+        device: &'static str,
+        /// The range asked for.
+        range: BusRange,
+        /// The name of the device already there.
+        existing_device: &'static str,
+        /// The range it holds.
+        existing: BusRange,
+    },
 }
 
 /// Why a device asks the VM to stop.

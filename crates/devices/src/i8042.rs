@@ -36,7 +36,48 @@ use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::trigger::EventFdTrigger;
-use crate::{BusDevice, BusOutcome, Error, StopRequest};
+use crate::{BusDevice, BusOutcome, StopRequest};
+
+/// Errors from the i8042 controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The i8042 keyboard buffer has no room for a whole key sequence (the guest is not reading
+    /// its keyboard); nothing was queued.
+    #[error(
+        "cannot send {keys}: the i8042 keyboard buffer has room for {free} of its {needed} bytes (the guest is not reading the keyboard)"
+    )]
+    I8042BufferFull {
+        /// The key sequence.
+        keys: &'static str,
+        /// Bytes the sequence takes.
+        needed: usize,
+        /// Bytes free in the buffer.
+        free: usize,
+    },
+    /// The guest set its keyboard to a scan code set the host cannot send keys in (set 3, or
+    /// set 1 with the controller translating); nothing was queued.
+    #[error(
+        "cannot send {keys}: the guest keyboard uses scan code set {set} with translation {}",
+        if *translated { "on" } else { "off" }
+    )]
+    I8042ScanSet {
+        /// The key sequence.
+        keys: &'static str,
+        /// The keyboard's scan code set.
+        set: u8,
+        /// Whether the controller translates (CTR bit 6).
+        translated: bool,
+    },
+    /// A saved device state that this device cannot take (a value out of range, a length that
+    /// does not match); the device is left as it was, or reset where noted.
+    #[error("cannot restore {device}: {why}")]
+    InvalidState {
+        /// The device's name.
+        device: &'static str,
+        /// What is wrong with the state.
+        why: String,
+    },
+}
 
 /// First port of the controller: the data port (IBM PC/AT Technical Reference, system I/O map).
 pub const I8042_BASE: u64 = 0x60;

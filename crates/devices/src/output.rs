@@ -17,10 +17,30 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::Error;
-
 /// A buffer size that holds a few screens of console output.
 pub const DEFAULT_OUTPUT_BUFFER: usize = 64 * 1024;
+
+/// Errors from the output thread behind a [`NonBlockingWriter`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thread that drains a [`NonBlockingWriter`] could not be started.
+    #[error("cannot start the output thread")]
+    SpawnOutputThread(#[source] std::io::Error),
+    /// The output thread panicked.
+    #[error("the output thread panicked")]
+    OutputThreadPanicked,
+    /// The output thread did not finish writing within the time given.
+    #[error("output not flushed within {timeout:?}: {pending} bytes still buffered")]
+    FlushOutputTimeout {
+        /// How long we waited.
+        timeout: std::time::Duration,
+        /// Bytes not yet taken by the thread.
+        pending: usize,
+    },
+    /// The output destination returned an error; later output was discarded.
+    #[error("cannot write to the output destination")]
+    WriteOutput(#[source] std::io::Error),
+}
 
 /// How long the drain thread keeps polling for more output before it goes to sleep and asks
 /// writers to wake it. While it lingers, writers only append under the lock: a guest printing a

@@ -19,7 +19,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BusDevice, BusOutcome, Error};
+use crate::{BusDevice, BusOutcome};
+
+/// Errors from the CMOS RTC.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A saved device state that this device cannot take (a value out of range, a length that
+    /// does not match); the device is left as it was, or reset where noted.
+    #[error("cannot restore {device}: {why}")]
+    InvalidState {
+        /// The device's name.
+        device: &'static str,
+        /// What is wrong with the state.
+        why: String,
+    },
+}
 
 /// First port of the RTC: the index port (IBM PC/AT Technical Reference, system I/O map).
 pub const RTC_BASE: u64 = 0x70;

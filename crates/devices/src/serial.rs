@@ -29,7 +29,22 @@ use vm_superio::serial::{Error as UartError, SerialEvents};
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{BusDevice, BusOutcome, Error};
+use crate::{BusDevice, BusOutcome};
+
+/// Errors from the serial port.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A saved serial state whose receive FIFO holds more than the UART's FIFO.
+    #[error(
+        "cannot restore the serial port: its receive FIFO holds {len} bytes, at most {max} fit"
+    )]
+    SerialFifoTooLong {
+        /// Bytes in the saved FIFO.
+        len: usize,
+        /// The FIFO's size.
+        max: usize,
+    },
+}
 
 /// I/O port base of COM1 (IBM PC/AT convention; Linux `8250` `SERIAL_PORT_DFNS`).
 pub const COM1_BASE: u64 = 0x3f8;

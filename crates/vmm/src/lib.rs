@@ -109,7 +109,7 @@ pub enum Error {
     Vcpu(petrel_vcpu::Error),
     /// A device could not be set up.
     #[error(transparent)]
-    Devices(petrel_devices::Error),
+    Devices(DeviceError),
     /// An EventFd could not be created.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
@@ -171,7 +171,45 @@ pub enum Error {
     DirtyPagesNotTracked,
 }
 
+/// A device failure, in the error type of the device family that failed (petrel-devices gives
+/// the bus, each legacy device, the virtio transport and each virtio device their own).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Building the port or MMIO bus.
+    #[error(transparent)]
+    Bus(#[from] petrel_devices::BusError),
+    /// The serial output thread.
+    #[error(transparent)]
+    Output(#[from] petrel_devices::OutputError),
+    /// The serial port.
+    #[error(transparent)]
+    Serial(#[from] petrel_devices::SerialError),
+    /// The i8042 controller.
+    #[error(transparent)]
+    I8042(#[from] petrel_devices::I8042Error),
+    /// The CMOS RTC.
+    #[error(transparent)]
+    Rtc(#[from] petrel_devices::RtcError),
+    /// The virtio-mmio transport, or what all virtio devices share.
+    #[error(transparent)]
+    Virtio(#[from] petrel_devices::VirtioError),
+    /// The virtio-blk device.
+    #[error(transparent)]
+    Block(#[from] petrel_devices::BlockError),
+    /// The virtio-net device.
+    #[error(transparent)]
+    Net(#[from] petrel_devices::NetError),
+    /// The virtio-vsock device.
+    #[error(transparent)]
+    Vsock(#[from] petrel_devices::VsockError),
+}
+
 impl Error {
+    /// Wraps the error of any device family.
+    pub(crate) fn devices(e: impl Into<DeviceError>) -> Error {
+        Error::Devices(e.into())
+    }
+
     /// The process exit code for this error: 2 for bad input, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {

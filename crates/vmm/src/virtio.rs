@@ -171,7 +171,7 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
             Some(limit) => Rng::with_rate_limiter(limit),
             None => Rng::new(),
         };
-        devices.push(Opened::Rng(rng.map_err(Error::Devices)?));
+        devices.push(Opened::Rng(rng.map_err(Error::devices)?));
     }
     let mut windows = MmioAllocator::default();
     let mut irqs = IrqAllocator::default();
@@ -293,11 +293,11 @@ impl AttachedDevice {
     pub fn restore_state(
         &self,
         state: &VirtioMmioState,
-    ) -> std::result::Result<(), petrel_devices::Error> {
+    ) -> std::result::Result<(), petrel_devices::VirtioError> {
         fn restore<D: VirtioDevice>(
             t: &Mutex<VirtioMmio<D>>,
             state: &VirtioMmioState,
-        ) -> std::result::Result<(), petrel_devices::Error> {
+        ) -> std::result::Result<(), petrel_devices::VirtioError> {
             t.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .restore_state(state)
@@ -359,7 +359,7 @@ impl Wiring<'_> {
         subscribers: &mut Subscribers,
     ) -> Result<Arc<Mutex<VirtioMmio<D>>>> {
         let transport =
-            VirtioMmio::new(device, self.ram.memory().clone()).map_err(Error::Devices)?;
+            VirtioMmio::new(device, self.ram.memory().clone()).map_err(Error::devices)?;
         self.vm
             .register_irqfd(transport.interrupt_evt(), self.gsi)?;
         for (index, evt) in transport.queue_events().iter().enumerate() {
@@ -371,7 +371,7 @@ impl Wiring<'_> {
             BusRange::new(self.base, MMIO_WINDOW_SIZE),
             transport.clone(),
         )
-        .map_err(Error::Devices)?;
+        .map_err(Error::devices)?;
         subscribers.push(transport.clone());
         Ok(transport)
     }

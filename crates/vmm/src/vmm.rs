@@ -251,7 +251,7 @@ impl VmmHandle {
             what: "keyboard controller (a raw payload has none)",
             index: 0,
         })?;
-        lock(kbd).send_ctrl_alt_del().map_err(Error::Devices)
+        lock(kbd).send_ctrl_alt_del().map_err(Error::devices)
     }
 
     /// The `index`-th device of the kind `pick` selects (disks and network interfaces count in
@@ -292,7 +292,7 @@ impl VmmHandle {
         transport
             .device_mut()
             .replace_backing_file(file)
-            .map_err(Error::Devices)?;
+            .map_err(Error::devices)?;
         transport.device_mut().set_path(path);
         transport.notify_config_change();
         if let Some(d) = lock(&self.shared.snap.machine).disks.get_mut(index) {
@@ -519,7 +519,7 @@ impl ConsoleOutput {
         let Some(dest) = dest else { return Ok(None) };
         let (writer, thread) =
             NonBlockingWriter::spawn("petrel-console", dest, SERIAL_OUTPUT_BUFFER)
-                .map_err(Error::Devices)?;
+                .map_err(Error::devices)?;
         Ok(Some(ConsoleOutput { writer, thread }))
     }
 
@@ -805,25 +805,25 @@ impl Vmm {
         let console = ConsoleOutput::start(console_dest)?;
         let devices = build_devices(&vm, &ram, m.linux, &console, &timeline, plan)?;
         let saved = &state.devices;
-        let device_err = |what: &str, e: petrel_devices::Error| {
-            bad(state_path, format!("{what}: {}", crate::error_chain(&e)))
+        let device_err = |what: &str, e: &dyn std::error::Error| {
+            bad(state_path, format!("{what}: {}", crate::error_chain(e)))
         };
         lock(&devices.serial)
             .restore_state(&saved.serial)
-            .map_err(|e| device_err("serial", e))?;
+            .map_err(|e| device_err("serial", &e))?;
         if let (Some(kbd), Some(s)) = (&devices.i8042, &saved.i8042) {
             lock(kbd)
                 .restore_state(s)
-                .map_err(|e| device_err("i8042", e))?;
+                .map_err(|e| device_err("i8042", &e))?;
         }
         if let (Some(rtc), Some(s)) = (&devices.rtc, &saved.rtc) {
             lock(rtc)
                 .restore_state(s)
-                .map_err(|e| device_err("RTC", e))?;
+                .map_err(|e| device_err("RTC", &e))?;
         }
         for (d, s) in devices.virtio_devices.iter().zip(&saved.virtio) {
             d.restore_state(&s.state)
-                .map_err(|e| device_err(&format!("virtio device at {:#x}", d.base), e))?;
+                .map_err(|e| device_err(&format!("virtio device at {:#x}", d.base), &e))?;
         }
         let options = RunOptions {
             max_exits: config.max_exits,
@@ -1335,16 +1335,16 @@ fn build_devices(
     );
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(BusRange::new(COM1_BASE, SERIAL_PORT_LEN), serial.clone())
-        .map_err(Error::Devices)?;
+        .map_err(Error::devices)?;
     if linux {
         let kbd_irq = interrupt(vm, I8042_KBD_IRQ, irqchip)?;
         let kbd = Arc::new(Mutex::new(I8042::new(kbd_irq)));
         pio.insert(BusRange::new(I8042_BASE, I8042_PORT_LEN), kbd.clone())
-            .map_err(Error::Devices)?;
+            .map_err(Error::devices)?;
         i8042 = Some(kbd);
         let rtc = Arc::new(Mutex::new(CmosRtc::new(Box::new(SystemClock), ram.size())));
         pio.insert(BusRange::new(RTC_BASE, RTC_PORT_LEN), rtc.clone())
-            .map_err(Error::Devices)?;
+            .map_err(Error::devices)?;
         rtc_handle = Some(rtc);
         let post_timeline = timeline.clone();
         let post = PostCodeSink::with_hook(move |c| {
@@ -1354,18 +1354,18 @@ fn build_devices(
             BusRange::new(POST_CODE_PORT, POST_CODE_PORT_LEN),
             device(post),
         )
-        .map_err(Error::Devices)?;
+        .map_err(Error::devices)?;
     } else {
         let debug = DebugPort::new(ConsoleOutput::sink(console));
         pio.insert(BusRange::new(DEBUG_PORT, DEBUG_PORT_LEN), device(debug))
-            .map_err(Error::Devices)?;
+            .map_err(Error::devices)?;
     }
     let mut mmio = BusBuilder::new("MMIO");
     mmio.insert(
         BusRange::new(BOOT_TIMER_ADDR, BOOT_TIMER_LEN),
         device(BootTimer::new(timeline.clone())),
     )
-    .map_err(Error::Devices)?;
+    .map_err(Error::devices)?;
     let (subscribers, virtio_devices) = virtio::attach(virtio_plan, vm, ram, &mut mmio)?;
     let io = Arc::new(PlatformIo {
         pio: pio.build(),

@@ -45,7 +45,36 @@ use super::{
     TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
 use crate::rate_limiter::RateLimiterConfig;
-use crate::Error;
+use crate::virtio::Error as VirtioError;
+
+/// Errors from the virtio-blk device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A virtio-blk device ID longer than 20 bytes or not ASCII.
+    #[error("block device ID {id:?} must be at most 20 ASCII characters")]
+    BlockId {
+        /// The ID given.
+        id: String,
+    },
+    /// The size of a virtio-blk disk image could not be read.
+    #[error("cannot read the size of the disk image")]
+    BlockFileSize(#[source] std::io::Error),
+    /// A virtio-blk disk being restored is not the disk the guest knew.
+    #[error("cannot restore the virtio-blk disk {path}: its {what} is {current}, the saved disk's was {saved}")]
+    BlockMismatch {
+        /// The disk's path (or `(unknown path)` when the VMM did not give it).
+        path: String,
+        /// What differs (`"size in bytes"`, `"read-only flag"`, `"ID"`, `"features"`).
+        what: &'static str,
+        /// The saved value.
+        saved: String,
+        /// This disk's value.
+        current: String,
+    },
+    /// A virtio transport or queue failure while setting the device up (an eventfd, a timer).
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::Error),
+}
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -283,8 +312,8 @@ impl Block {
 
     /// Serves requests within one wake-up's budget, stopping when the rate limiter holds one
     /// back.
-    fn process(&mut self, now: Instant) -> Result<Processed, Error> {
-        let fault = |fault| Error::VirtioFault {
+    fn process(&mut self, now: Instant) -> Result<Processed, VirtioError> {
+        let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-blk",
             queue: 0,
             fault,
@@ -395,8 +424,8 @@ impl VirtioDevice for Block {
         mem: GuestMemoryMmap,
         mut queues: Vec<Queue>,
         _interrupt: Interrupt,
-    ) -> Result<(), Error> {
-        let queue = queues.drain(..).next().ok_or(Error::VirtioFault {
+    ) -> Result<(), VirtioError> {
+        let queue = queues.drain(..).next().ok_or(VirtioError::VirtioFault {
             device: self.name(),
             queue: 0,
             fault: GuestFault::QueueConfig {
@@ -407,7 +436,7 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
+    fn process_queue(&mut self, index: usize) -> Result<Processed, VirtioError> {
         let now = Instant::now();
         // Throttled: the timer brings the device back; notifications meanwhile change nothing.
         if index != 0 || self.throttle.waiting(now) {
@@ -420,7 +449,7 @@ impl VirtioDevice for Block {
         vec![self.throttle.event_source(TIMER_TOKEN)]
     }
 
-    fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
+    fn process_event(&mut self, token: u32) -> Result<Processed, VirtioError> {
         if token != TIMER_TOKEN {
             return Ok(Processed::IDLE);
         }
@@ -462,11 +491,11 @@ impl VirtioDevice for Block {
 
     /// Checks that this is the disk the guest knew: the same size in bytes, read-only flag and
     /// ID, and features the driver accepted that this disk offers; each difference is an
-    /// [`Error::BlockMismatch`] naming the disk's path and both values. Then takes the accepted
+    /// [`Error::BlockMismatch`] (in a [`VirtioError::Device`]) naming the disk's path and both values. Then takes the accepted
     /// features and the rate limiter's parameters (with full buckets).
-    fn restore_state(&mut self, state: &DeviceState) -> Result<(), Error> {
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioError> {
         let DeviceState::Block(state) = state else {
-            return Err(Error::DeviceStateMismatch {
+            return Err(VirtioError::DeviceStateMismatch {
                 device: self.name(),
                 saved: state.device_name(),
             });
@@ -476,11 +505,13 @@ impl VirtioDevice for Block {
             .as_ref()
             .or(state.path.as_ref())
             .map_or_else(|| "(unknown path)".to_string(), |p| p.display().to_string());
-        let mismatch = |what, saved: String, current: String| Error::BlockMismatch {
-            path: path.clone(),
-            what,
-            saved,
-            current,
+        let mismatch = |what, saved: String, current: String| {
+            VirtioError::Device(Box::new(Error::BlockMismatch {
+                path: path.clone(),
+                what,
+                saved,
+                current,
+            }))
         };
         if state.size_bytes != self.size_bytes() {
             return Err(mismatch(
@@ -1633,6 +1664,14 @@ mod tests {
         assert_eq!(m.interrupt_evt().read().unwrap(), 1);
     }
 
+    /// The block error inside a restore error, if that is what it carries.
+    fn mismatch(err: &VirtioError) -> Option<&Error> {
+        match err {
+            VirtioError::Device(e) => e.downcast_ref::<Error>(),
+            _ => None,
+        }
+    }
+
     #[test]
     fn a_disk_of_another_size_or_mode_is_refused_naming_the_path_and_both_values() {
         let r = rig();
@@ -1642,11 +1681,11 @@ mod tests {
         let err = m.restore_state(&state).unwrap_err();
         assert!(
             matches!(
-                err,
-                Error::BlockMismatch {
+                mismatch(&err),
+                Some(Error::BlockMismatch {
                     what: "size in bytes",
                     ..
-                }
+                })
             ),
             "{err}"
         );
@@ -1664,11 +1703,11 @@ mod tests {
         let err = m.restore_state(&state).unwrap_err();
         assert!(
             matches!(
-                err,
-                Error::BlockMismatch {
+                mismatch(&err),
+                Some(Error::BlockMismatch {
                     what: "read-only flag",
                     ..
-                }
+                })
             ),
             "{err}"
         );
@@ -1724,7 +1763,7 @@ mod tests {
             assert!(
                 matches!(
                     err,
-                    Error::InvalidState {
+                    VirtioError::InvalidState {
                         device: "virtio-blk",
                         ..
                     }

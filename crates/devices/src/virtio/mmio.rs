@@ -42,12 +42,13 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::state::{QueueState, VirtioMmioState};
+use super::Error;
 use super::{
     drain_eventfd, in_ram, new_eventfd, GuestFault, Interrupt, Processed, VirtioDevice, MAX_QUEUES,
     MAX_QUEUE_SIZE, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
     STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
 };
-use crate::{BusDevice, BusOutcome, Error};
+use crate::{BusDevice, BusOutcome};
 
 /// Size of a virtio-mmio window: the registers and the configuration space (virtio v1.2, 4.2.2;
 /// Linux's `virtio_mmio.device=4K@...`).

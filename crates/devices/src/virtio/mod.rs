@@ -102,7 +102,6 @@ pub use state::{
 pub use vsock::{Vsock, VsockStats};
 
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
-use crate::Error;
 
 /// Device type of a network card (virtio v1.2, 5 Device Types).
 pub const TYPE_NET: u32 = 1;
@@ -110,6 +109,80 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 /// Device type of an entropy source (virtio v1.2, 5 Device Types).
 pub const TYPE_RNG: u32 = 4;
+
+/// Errors from the virtio-mmio transport and from what every virtio device shares (queues,
+/// eventfds, timers, saved states). Each device adds its own setup errors in its module.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An `EventFd` for a virtio transport or device could not be created.
+    #[error("cannot create an eventfd")]
+    CreateEventFd(#[source] std::io::Error),
+    /// A virtio device declared a queue size the transport cannot offer.
+    #[error(
+        "{device}: queue {queue} has maximum size {size}; it must be a power of two from 1 to 32768"
+    )]
+    VirtioQueueSize {
+        /// The device's name.
+        device: &'static str,
+        /// The queue index.
+        queue: usize,
+        /// The size it declared.
+        size: u16,
+    },
+    /// A virtio device declared more queues than the transport can serve.
+    #[error("{device}: {count} queues; a virtio device may have at most 64")]
+    VirtioQueueCount {
+        /// The device's name.
+        device: &'static str,
+        /// The number of queues it declared.
+        count: usize,
+    },
+    /// A virtio device panicked; its transport caught the panic and set DEVICE_NEEDS_RESET.
+    #[error("{device} panicked in {during}: {message}")]
+    VirtioDevicePanic {
+        /// The device's name.
+        device: &'static str,
+        /// What the transport had asked of it (`"process_queue"`, `"activate"`, ...).
+        during: &'static str,
+        /// The panic message (or a placeholder when the payload is not a string).
+        message: String,
+    },
+    /// The guest broke a virtio rule badly enough that the device set DEVICE_NEEDS_RESET.
+    #[error("{device}: queue {queue}: {fault}")]
+    VirtioFault {
+        /// The device's name.
+        device: &'static str,
+        /// The queue index.
+        queue: usize,
+        /// What the guest did.
+        fault: GuestFault,
+    },
+    /// The rate-limiter timer of a virtio device could not be created.
+    #[error("cannot create a timerfd")]
+    CreateTimer(#[source] std::io::Error),
+    /// A saved device state that this device cannot take (a value out of range, a length that
+    /// does not match); the device is left as it was, or reset where noted.
+    #[error("cannot restore {device}: {why}")]
+    InvalidState {
+        /// The device's name.
+        device: &'static str,
+        /// What is wrong with the state.
+        why: String,
+    },
+    /// A virtio device was given the saved state of another device type.
+    #[error("cannot restore {device} from the saved state of a {saved} device")]
+    DeviceStateMismatch {
+        /// The device being restored.
+        device: &'static str,
+        /// The device type the state was saved from.
+        saved: &'static str,
+    },
+    /// A failure particular to one device type, in that device's own error type (e.g. a
+    /// [`block::Error::BlockMismatch`] when a disk being restored is not the saved one): its
+    /// message is the device error's, and `downcast_ref` recovers it.
+    #[error(transparent)]
+    Device(Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// Feature bit: the device complies with virtio 1.x (virtio v1.2, 6 Reserved Feature Bits).
 pub const VIRTIO_F_VERSION_1: u32 = 32;

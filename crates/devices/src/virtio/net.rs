@@ -47,7 +47,49 @@ use super::{
     VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
 };
 use crate::rate_limiter::RateLimiterConfig;
-use crate::Error;
+use crate::virtio::Error as VirtioError;
+
+/// Errors from the virtio-net device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tap name that cannot be an interface name.
+    #[error("tap name {name:?} is not a valid interface name (1 to 15 bytes, no '/')")]
+    TapName {
+        /// The name given.
+        name: String,
+    },
+    /// No tap device of that name exists.
+    #[error(
+        "tap device {name:?} does not exist (create it first: ip tuntap add dev {name} mode tap)"
+    )]
+    TapNotFound {
+        /// The name given.
+        name: String,
+    },
+    /// `/dev/net/tun` could not be opened for the tap, or its descriptor set up.
+    #[error("cannot open tap device {name:?}")]
+    OpenTap {
+        /// The tap's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tap configuration ioctl failed (busy, no permission, or not a tap).
+    #[error("cannot attach to tap device {name:?}: {ioctl} failed")]
+    TapIoctl {
+        /// The tap's name.
+        name: String,
+        /// The ioctl that failed.
+        ioctl: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A virtio transport or queue failure while setting the device up (an eventfd, a timer).
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::Error),
+}
 
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -301,8 +343,8 @@ impl Net {
     }
 
     /// Sends transmit chains to the tap, one wake-up's budget of them.
-    fn process_tx(&mut self) -> Result<Processed, Error> {
-        let fault = |fault| Error::VirtioFault {
+    fn process_tx(&mut self) -> Result<Processed, VirtioError> {
+        let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-net",
             queue: TX_QUEUE,
             fault,
@@ -366,8 +408,8 @@ impl Net {
     /// left in it: when the budget runs out with receive chains left, the receive queue is
     /// re-armed instead, and its next wake-up goes on reading the tap. With no chain left, the
     /// guest's next notification of the receive queue does the same.
-    fn process_rx(&mut self) -> Result<Processed, Error> {
-        let fault = |fault| Error::VirtioFault {
+    fn process_rx(&mut self) -> Result<Processed, VirtioError> {
+        let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-net",
             queue: RX_QUEUE,
             fault,
@@ -522,10 +564,10 @@ impl VirtioDevice for Net {
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         _interrupt: Interrupt,
-    ) -> Result<(), Error> {
+    ) -> Result<(), VirtioError> {
         let mut queues = queues.into_iter();
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err(Error::VirtioFault {
+            return Err(VirtioError::VirtioFault {
                 device: self.name(),
                 queue: TX_QUEUE,
                 fault: GuestFault::QueueConfig {
@@ -537,7 +579,7 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
+    fn process_queue(&mut self, index: usize) -> Result<Processed, VirtioError> {
         match index {
             RX_QUEUE => self.process_rx(),
             TX_QUEUE => self.process_tx(),
@@ -557,7 +599,7 @@ impl VirtioDevice for Net {
         ]
     }
 
-    fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
+    fn process_event(&mut self, token: u32) -> Result<Processed, VirtioError> {
         match token {
             TAP_TOKEN => self.process_rx(),
             RX_TIMER_TOKEN => {
@@ -600,16 +642,16 @@ impl VirtioDevice for Net {
     /// Checks the MAC address (the guest knows it; the VMM builds the device with the saved
     /// one) and takes the rate limiters' parameters, with full buckets. The tap may have
     /// another name than the saved one (the user's override).
-    fn restore_state(&mut self, state: &DeviceState) -> Result<(), Error> {
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioError> {
         let DeviceState::Net(state) = state else {
-            return Err(Error::DeviceStateMismatch {
+            return Err(VirtioError::DeviceStateMismatch {
                 device: self.name(),
                 saved: state.device_name(),
             });
         };
         if state.mac != self.config {
             let show = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
-            return Err(Error::InvalidState {
+            return Err(VirtioError::InvalidState {
                 device: self.name(),
                 why: format!(
                     "the saved MAC address is {}, this device's {} (tap {})",

@@ -28,12 +28,12 @@ use virtio_queue::Queue;
 
 use super::chain::{self, Budget, ChainBuffers, Step};
 use super::state::{DeviceState, RngState};
+use super::Error;
 use super::{
     EventSource, GuestFault, Interrupt, Processed, Throttle, VirtioDevice, TYPE_RNG,
     VIRTIO_F_VERSION_1,
 };
 use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
-use crate::Error;
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;

@@ -68,7 +68,45 @@ use super::{
     read_config_bytes, EventSource, GuestFault, Interrupt, Processed, VirtioDevice,
     VIRTIO_F_VERSION_1,
 };
-use crate::Error;
+use crate::virtio::Error as VirtioError;
+
+/// Errors from the virtio-vsock device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A virtio-vsock guest CID that is reserved (0, 1, 2) or does not fit below `u32::MAX`.
+    #[error("vsock guest CID {cid} is reserved or too large: it must be from 3 to 4294967294")]
+    VsockCid {
+        /// The CID given.
+        cid: u64,
+    },
+    /// Something exists already where the vsock device's Unix socket was to be created.
+    #[error("cannot create the vsock socket {}: the path exists (remove it first)", path.display())]
+    VsockPathExists {
+        /// The path given.
+        path: std::path::PathBuf,
+    },
+    /// The vsock device's Unix socket could not be bound or listened on.
+    #[error("cannot listen on the vsock socket {}", path.display())]
+    VsockBind {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The vsock device's epoll instance or timer could not be created or set up.
+    #[error("cannot set up the vsock device's {what}")]
+    VsockSetup {
+        /// What could not be set up.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A virtio transport or queue failure while setting the device up (an eventfd, a timer).
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::Error),
+}
 
 /// Device type of a socket device (virtio v1.2, 5 Device Types: 19).
 pub const TYPE_VSOCK: u32 = 19;
@@ -240,7 +278,7 @@ impl Vsock {
     /// Transmit chains, then receive chains, then transmit again while replies made room; all
     /// within one wake-up's budget. Work left when it is spent is asked for again through the
     /// transmit or receive queue (whose wake-ups do the same).
-    fn pump(&mut self, tx: bool) -> Result<Processed, Error> {
+    fn pump(&mut self, tx: bool) -> Result<Processed, VirtioError> {
         let mut budget = Budget::new();
         let mut irq = false;
         let mut tx_more = false;
@@ -276,8 +314,8 @@ impl Vsock {
 
     /// Handles the packets the guest transmitted (unless too many replies are owed). Returns
     /// whether to interrupt and whether chains were left for lack of budget.
-    fn process_tx(&mut self, budget: &mut Budget) -> Result<(bool, bool), Error> {
-        let fault = |fault| Error::VirtioFault {
+    fn process_tx(&mut self, budget: &mut Budget) -> Result<(bool, bool), VirtioError> {
+        let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-vsock",
             queue: TX_QUEUE,
             fault,
@@ -324,8 +362,8 @@ impl Vsock {
 
     /// Fills receive chains with the packets owed to the guest. Returns whether to interrupt
     /// and whether packets and chains were left for lack of budget.
-    fn process_rx(&mut self, budget: &mut Budget) -> Result<(bool, bool), Error> {
-        let fault = |fault| Error::VirtioFault {
+    fn process_rx(&mut self, budget: &mut Budget) -> Result<(bool, bool), VirtioError> {
+        let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-vsock",
             queue: RX_QUEUE,
             fault,
@@ -378,7 +416,7 @@ impl Vsock {
 impl Vsock {
     /// Sends the transport reset event owed after a restore into the first buffer of the
     /// event queue, if there is one; otherwise it stays owed until the guest adds one.
-    fn send_reset_event(&mut self) -> Result<Processed, Error> {
+    fn send_reset_event(&mut self) -> Result<Processed, VirtioError> {
         let Vsock {
             active,
             mux,
@@ -410,7 +448,7 @@ impl Vsock {
                 bytes: EVENT_LEN,
             })
         })
-        .map_err(|fault| Error::VirtioFault {
+        .map_err(|fault| VirtioError::VirtioFault {
             device: "virtio-vsock",
             queue: EVENT_QUEUE,
             fault,
@@ -474,11 +512,11 @@ impl VirtioDevice for Vsock {
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         _interrupt: Interrupt,
-    ) -> Result<(), Error> {
+    ) -> Result<(), VirtioError> {
         let mut queues = queues.into_iter();
         let (Some(rx), Some(tx), Some(event)) = (queues.next(), queues.next(), queues.next())
         else {
-            return Err(Error::VirtioFault {
+            return Err(VirtioError::VirtioFault {
                 device: self.name(),
                 queue: EVENT_QUEUE,
                 fault: GuestFault::QueueConfig {
@@ -493,7 +531,7 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
+    fn process_queue(&mut self, index: usize) -> Result<Processed, VirtioError> {
         match index {
             RX_QUEUE => self.pump(false),
             TX_QUEUE => self.pump(true),
@@ -511,7 +549,7 @@ impl VirtioDevice for Vsock {
         }]
     }
 
-    fn process_event(&mut self, token: u32) -> Result<Processed, Error> {
+    fn process_event(&mut self, token: u32) -> Result<Processed, VirtioError> {
         if token != EVENT_TOKEN {
             return Ok(Processed::IDLE);
         }
@@ -545,15 +583,15 @@ impl VirtioDevice for Vsock {
     /// Connections did not survive: any this device has are closed, and once activated it
     /// sends the guest a transport reset event (virtio v1.2, 5.10.6.7; what Firecracker does),
     /// after which the driver resets its sockets.
-    fn restore_state(&mut self, state: &DeviceState) -> Result<(), Error> {
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioError> {
         let DeviceState::Vsock(state) = state else {
-            return Err(Error::DeviceStateMismatch {
+            return Err(VirtioError::DeviceStateMismatch {
                 device: self.name(),
                 saved: state.device_name(),
             });
         };
         if state.guest_cid != self.guest_cid {
-            return Err(Error::InvalidState {
+            return Err(VirtioError::InvalidState {
                 device: self.name(),
                 why: format!(
                     "the saved guest CID is {}, this device's {}",

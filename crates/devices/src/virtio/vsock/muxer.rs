@@ -26,11 +26,11 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::host::{connect_nonblocking, port_path, send_nosignal, BoundListener};
 use super::packet::*;
+use super::Error;
 use super::{
     VsockStats, CONNECT_TIMEOUT, CONN_BUF_SIZE, MAX_CONNECTIONS, MAX_PAYLOAD, SHUTDOWN_TIMEOUT,
 };
 use crate::virtio::{arm_timer, drain_eventfd, drain_timer, new_eventfd, new_timer};
-use crate::Error;
 
 /// Replies to guest packets waiting for receive buffers above which the device stops taking
 /// transmit chains, until the guest makes room (backpressure instead of unbounded queueing).
