@@ -18,6 +18,7 @@ use petrel_hv_sys::kvm_ioctls::IoEventAddress;
 use petrel_hv_sys::Vm;
 
 use serde::Serialize;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{DiskConfig, VmConfig};
 use crate::error_chain;
@@ -358,10 +359,12 @@ impl Wiring<'_> {
         mmio: &mut BusBuilder,
         subscribers: &mut Subscribers,
     ) -> Result<Arc<Mutex<VirtioMmio<D>>>> {
+        // The transport raises its interrupt through this irqfd: KVM injects `gsi` on each write.
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?;
+        self.vm.register_irqfd(&irqfd, self.gsi)?;
         let transport =
-            VirtioMmio::new(device, self.ram.memory().clone()).map_err(Error::devices)?;
-        self.vm
-            .register_irqfd(transport.interrupt_evt(), self.gsi)?;
+            VirtioMmio::with_interrupt(device, self.ram.memory().clone(), Box::new(irqfd))
+                .map_err(Error::devices)?;
         for (index, evt) in transport.queue_events().iter().enumerate() {
             let addr = IoEventAddress::Mmio(self.base + QUEUE_NOTIFY_OFFSET);
             self.vm.register_ioeventfd(evt, addr, Some(index as u32))?;

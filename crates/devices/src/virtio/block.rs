@@ -34,8 +34,9 @@ use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{GuestMemoryMmap, VirtioMemory};
 use virtio_queue::Queue;
+use vm_memory::GuestMemory;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::chain::{self, gather, pieces, Budget, ChainBuffers, Step};
@@ -147,8 +148,8 @@ pub struct BlockStats {
 }
 
 /// What the device needs once activated.
-struct Active {
-    mem: GuestMemoryMmap,
+struct Active<M> {
+    mem: M,
     queue: Queue,
 }
 
@@ -163,7 +164,7 @@ struct Disk {
 }
 
 /// A virtio-blk device over a raw image file (or a host block device).
-pub struct Block {
+pub struct Block<M = GuestMemoryMmap> {
     disk: Disk,
     /// Where the image is, if the VMM said ([`Block::set_path`]).
     path: Option<PathBuf>,
@@ -171,12 +172,12 @@ pub struct Block {
     acked_features: u64,
     ignored_tail: u64,
     config: [u8; CONFIG_LEN],
-    active: Option<Active>,
+    active: Option<Active<M>>,
     bufs: ChainBuffers,
     throttle: Throttle,
 }
 
-impl fmt::Debug for Block {
+impl<M> fmt::Debug for Block<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Block")
             .field("capacity", &self.capacity())
@@ -189,13 +190,13 @@ impl fmt::Debug for Block {
     }
 }
 
-impl Block {
+impl<M> Block<M> {
     /// A device over `file`, which must be open for reading, and for writing unless
     /// `read_only`. `id` (at most [`ID_BYTES`] bytes of ASCII) is what GET_ID answers.
     ///
     /// The capacity is the file's size in 512-byte sectors, rounded down: a size that is not
     /// a multiple of 512 leaves its last partial sector out of reach. No rate limit.
-    pub fn new(mut file: File, read_only: bool, id: String) -> Result<Block, Error> {
+    pub fn new(mut file: File, read_only: bool, id: String) -> Result<Self, Error> {
         if id.len() > ID_BYTES || !id.is_ascii() {
             return Err(Error::BlockId { id });
         }
@@ -312,7 +313,10 @@ impl Block {
 
     /// Serves requests within one wake-up's budget, stopping when the rate limiter holds one
     /// back.
-    fn process(&mut self, now: Instant) -> Result<Processed, VirtioError> {
+    fn process(&mut self, now: Instant) -> Result<Processed, VirtioError>
+    where
+        M: GuestMemory,
+    {
         let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-blk",
             queue: 0,
@@ -355,7 +359,7 @@ fn file_len(file: &mut File) -> Result<u64, Error> {
 /// The data bytes a request moves, as the rate limiter counts them: the data part of an IN or
 /// OUT request as the driver laid it out (checked only later), 0 for the other types and for
 /// a request whose type cannot be read.
-fn data_bytes(mem: &GuestMemoryMmap, bufs: &ChainBuffers) -> u64 {
+fn data_bytes<G: GuestMemory>(mem: &G, bufs: &ChainBuffers) -> u64 {
     let mut request_type = [0u8; 4];
     if !gather(mem, &bufs.readable, 0, &mut request_type) {
         return 0;
@@ -369,7 +373,7 @@ fn data_bytes(mem: &GuestMemoryMmap, bufs: &ChainBuffers) -> u64 {
     }
 }
 
-impl VirtioDevice for Block {
+impl<M: VirtioMemory> VirtioDevice<M> for Block<M> {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = self.stats();
         vec![
@@ -421,7 +425,7 @@ impl VirtioDevice for Block {
 
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: M,
         mut queues: Vec<Queue>,
         _interrupt: Interrupt,
     ) -> Result<(), VirtioError> {
@@ -568,7 +572,7 @@ impl Outcome {
 impl Disk {
     /// Carries out one request and writes its status; returns the bytes written into the
     /// chain (for the used ring). Fails only when there is no status byte to write.
-    fn execute(&mut self, mem: &GuestMemoryMmap, bufs: &ChainBuffers) -> Result<u32, GuestFault> {
+    fn execute<G: GuestMemory>(&mut self, mem: &G, bufs: &ChainBuffers) -> Result<u32, GuestFault> {
         let head = bufs.head;
         let writable = bufs.writable_len();
         // The status byte is the last device-writable byte (virtio v1.2, 5.2.6 struct
@@ -592,7 +596,12 @@ impl Disk {
 
     /// Parses and runs a request whose device-writable part holds `data_in_len` bytes before
     /// the status byte.
-    fn request(&mut self, mem: &GuestMemoryMmap, bufs: &ChainBuffers, data_in_len: u64) -> Outcome {
+    fn request<G: GuestMemory>(
+        &mut self,
+        mem: &G,
+        bufs: &ChainBuffers,
+        data_in_len: u64,
+    ) -> Outcome {
         if bufs.misordered {
             return self.bad();
         }
@@ -671,9 +680,9 @@ impl Disk {
 
     /// Moves `len` bytes between the disk at `sector` and bytes `[start, start + len)` of
     /// `segs`, after checking everything that can be checked before touching either.
-    fn transfer(
+    fn transfer<G: GuestMemory>(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &G,
         segs: &[chain::Segment],
         start: u64,
         len: u64,
@@ -742,8 +751,8 @@ enum Direction {
 
 /// Fills `len` bytes of guest memory at `addr` from `file`, retrying short reads; end of file
 /// before `len` bytes (the image shrank under us) is an error.
-fn read_exact_into(
-    mem: &GuestMemoryMmap,
+fn read_exact_into<G: GuestMemory>(
+    mem: &G,
     addr: GuestAddress,
     file: &mut File,
     len: usize,
@@ -1005,7 +1014,7 @@ mod tests {
     #[test]
     fn a_new_backing_file_changes_the_capacity_and_interrupts_the_driver() {
         let mut r = rig_with(4 * 512, false);
-        let irq = r.m.interrupt_evt().try_clone().unwrap();
+        let irq = r.m.interrupt_evt().unwrap().try_clone().unwrap();
         let _ = irq.read();
         let pending = rd(&mut r.m, 0x60);
         wr(&mut r.m, 0x64, pending);
@@ -1066,7 +1075,7 @@ mod tests {
         assert!(!m.notify_config_change());
         assert_eq!(rd(&mut m, 0xfc), 1);
         assert_eq!(rd(&mut m, 0x60), 0);
-        assert!(m.interrupt_evt().read().is_err());
+        assert!(m.interrupt_evt().unwrap().read().is_err());
         assert_eq!(read_config(&mut m, 0, 8), 3u64.to_le_bytes());
     }
 
@@ -1091,18 +1100,18 @@ mod tests {
     #[test]
     fn id_must_fit_in_20_ascii_bytes() {
         let f = || TempFile::new().unwrap().into_file();
-        assert!(Block::new(f(), false, "a".repeat(20)).is_ok());
+        assert!(Block::<GuestMemoryMmap>::new(f(), false, "a".repeat(20)).is_ok());
         assert!(matches!(
-            Block::new(f(), false, "a".repeat(21)),
+            Block::<GuestMemoryMmap>::new(f(), false, "a".repeat(21)),
             Err(Error::BlockId { .. })
         ));
-        assert!(Block::new(f(), false, "dïsk".into()).is_err());
+        assert!(Block::<GuestMemoryMmap>::new(f(), false, "dïsk".into()).is_err());
     }
 
     #[test]
     fn write_read_flush_get_id() {
         let mut r = rig();
-        let intr = r.m.interrupt_evt().try_clone().unwrap();
+        let intr = r.m.interrupt_evt().unwrap().try_clone().unwrap();
         let _ = intr.read();
         let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
         r.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
@@ -1631,7 +1640,7 @@ mod tests {
         assert_eq!(m.save_state(), state);
         assert_eq!(m.device().rate_limiter(), limits);
         // The pending interrupt is raised once, without the guest doing anything.
-        assert_eq!(m.interrupt_evt().read().unwrap(), 1);
+        assert_eq!(m.interrupt_evt().unwrap().read().unwrap(), 1);
         assert_eq!(m.interrupt().status(), INTERRUPT_VRING);
         r.m = m;
         // The activation kick finds nothing new.
@@ -1657,11 +1666,11 @@ mod tests {
         let mut m = reopened(&r, false);
         m.restore_state(&state).unwrap();
         // No interrupt was pending.
-        assert!(m.interrupt_evt().read().is_err());
+        assert!(m.interrupt_evt().unwrap().read().is_err());
         run_rearmed(&mut m);
         assert_eq!(r.q.used_idx(&r.mem), 1);
         assert_eq!(r.q.used_elem(&r.mem, 0), (u32::from(head), 1));
-        assert_eq!(m.interrupt_evt().read().unwrap(), 1);
+        assert_eq!(m.interrupt_evt().unwrap().read().unwrap(), 1);
     }
 
     /// The block error inside a restore error, if that is what it carries.
@@ -1696,7 +1705,7 @@ mod tests {
         // Nothing raised, nothing running: as after a reset.
         assert!(!m.is_running());
         assert_eq!(m.status(), 0);
-        assert!(m.interrupt_evt().read().is_err());
+        assert!(m.interrupt_evt().unwrap().read().is_err());
 
         r.image.as_file().set_len(64 * 1024).unwrap();
         let mut m = reopened(&r, true);
@@ -1772,7 +1781,7 @@ mod tests {
             );
             assert!(!m.is_running());
             assert_eq!(m.status(), 0);
-            assert!(m.interrupt_evt().read().is_err());
+            assert!(m.interrupt_evt().unwrap().read().is_err());
         }
     }
 }

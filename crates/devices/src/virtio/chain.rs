@@ -15,10 +15,9 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
-use crate::virtio::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 pub(crate) use super::in_ram;
 use super::GuestFault;
@@ -50,10 +49,10 @@ impl ChainBuffers {
     /// Walks `chain` into `self`. A chain that ended early (a loop, more descriptors than the
     /// queue size, a `next` index past the table, a bad indirect table, an unreadable
     /// descriptor) or that yielded no descriptor at all is a [`GuestFault::BrokenChain`].
-    pub fn load(
+    pub fn load<M: GuestMemory>(
         &mut self,
-        chain: DescriptorChain<&GuestMemoryMmap>,
-        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&M>,
+        mem: &M,
     ) -> Result<(), GuestFault> {
         let head = chain.head_index();
         self.head = head;
@@ -129,7 +128,12 @@ pub(crate) fn pieces(
 
 /// Fills `buf` from bytes `[start, start + buf.len())` of `segs`; false if they do not hold
 /// that many bytes or any of them is outside guest RAM (then `buf` is partly written).
-pub(crate) fn gather(mem: &GuestMemoryMmap, segs: &[Segment], start: u64, buf: &mut [u8]) -> bool {
+pub(crate) fn gather<M: GuestMemory>(
+    mem: &M,
+    segs: &[Segment],
+    start: u64,
+    buf: &mut [u8],
+) -> bool {
     let mut done = 0usize;
     for (addr, len) in pieces(segs, start, buf.len() as u64) {
         let len = len as usize;
@@ -146,7 +150,7 @@ pub(crate) fn gather(mem: &GuestMemoryMmap, segs: &[Segment], start: u64, buf: &
 
 /// Writes `data` at bytes `[start, start + data.len())` of `segs`; false if they do not hold
 /// that many bytes or any of them is outside guest RAM (then some bytes may have been written).
-pub(crate) fn scatter(mem: &GuestMemoryMmap, segs: &[Segment], start: u64, data: &[u8]) -> bool {
+pub(crate) fn scatter<M: GuestMemory>(mem: &M, segs: &[Segment], start: u64, data: &[u8]) -> bool {
     let mut done = 0usize;
     for (addr, len) in pieces(segs, start, data.len() as u64) {
         let len = len as usize;
@@ -262,9 +266,9 @@ impl Batch {
 /// to stop. Otherwise the batch says whether the driver wants an interrupt and why it stopped;
 /// with [`BatchEnd::BudgetSpent`] the caller must make sure it is woken again (the transport
 /// does, for the queues a device names in [`Processed`](super::Processed)).
-pub(crate) fn process_chains<F>(
+pub(crate) fn process_chains<M: GuestMemory, F>(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     bufs: &mut ChainBuffers,
     budget: &mut Budget,
     mut handle: F,
@@ -312,10 +316,10 @@ where
 /// A queue the driver never made ready has nothing to take. An available index that ran more
 /// than the queue size ahead, or an available ring the device cannot read, is a fault; so is a
 /// head index past the descriptor table (the used ring could not even name it).
-fn next_chain<'m>(
+fn next_chain<'m, M: GuestMemory>(
     queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, GuestFault> {
+    mem: &'m M,
+) -> Result<Option<DescriptorChain<&'m M>>, GuestFault> {
     if !queue.ready() {
         return Ok(None);
     }
@@ -341,7 +345,7 @@ fn next_chain<'m>(
 }
 
 /// Whether the driver has made a chain available that the device has not taken yet.
-pub(crate) fn has_available(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+pub(crate) fn has_available<M: GuestMemory>(queue: &Queue, mem: &M) -> bool {
     queue.ready()
         && queue
             .avail_idx(mem, Ordering::Acquire)
@@ -349,9 +353,9 @@ pub(crate) fn has_available(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
 }
 
 /// Returns chain `head` to the driver with `len` bytes written into it.
-fn complete(
+fn complete<M: GuestMemory>(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     head: u16,
     len: u32,
 ) -> Result<(), GuestFault> {
@@ -361,7 +365,7 @@ fn complete(
 }
 
 /// Whether the driver wants an interrupt for the buffers used since the last call.
-fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+fn needs_interrupt<M: GuestMemory>(queue: &mut Queue, mem: &M) -> bool {
     // If the used-event field cannot be read, interrupting is the safe answer.
     queue.needs_notification(mem).unwrap_or(true)
 }
@@ -370,6 +374,7 @@ fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
 mod tests {
     use super::*;
     use crate::virtio::testutil::{guest_mem, TestQueue};
+    use crate::virtio::GuestMemoryMmap;
 
     /// A ready queue on the rings of `tq`.
     fn ready_queue(tq: &TestQueue) -> Queue {

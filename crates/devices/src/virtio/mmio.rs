@@ -38,15 +38,16 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::virtio::GuestMemoryMmap;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::state::{QueueState, VirtioMmioState};
 use super::Error;
 use super::{
-    drain_eventfd, in_ram, new_eventfd, GuestFault, Interrupt, Processed, VirtioDevice, MAX_QUEUES,
-    MAX_QUEUE_SIZE, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
-    STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
+    drain_eventfd, in_ram, new_eventfd, GuestFault, Interrupt, Processed, VirtioDevice,
+    VirtioInterrupt, VirtioMemory, MAX_QUEUES, MAX_QUEUE_SIZE, STATUS_ACKNOWLEDGE,
+    STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
+    VIRTIO_F_VERSION_1,
 };
 use crate::{BusDevice, BusOutcome};
 
@@ -179,7 +180,7 @@ impl QueueConfig {
     }
 
     /// Builds the queue the driver configured, checking everything a `Queue` later relies on.
-    fn build(&self, mem: &GuestMemoryMmap) -> Result<Queue, GuestFault> {
+    fn build<M: GuestMemory>(&self, mem: &M) -> Result<Queue, GuestFault> {
         let mut q = Queue::new(self.max_size).map_err(|_| GuestFault::QueueConfig {
             what: "the device's maximum queue size",
         })?;
@@ -229,11 +230,11 @@ impl QueueConfig {
 }
 
 /// A virtio device behind a virtio-mmio window. See the [module docs](self) for the wiring.
-pub struct VirtioMmio<D: VirtioDevice> {
+pub struct VirtioMmio<D: VirtioDevice<M>, M: VirtioMemory = GuestMemoryMmap> {
     device: D,
     /// The device's name, taken once: errors name the device even when it has panicked.
     name: &'static str,
-    mem: GuestMemoryMmap,
+    mem: M,
     interrupt: Interrupt,
     queue_evts: Vec<EventFd>,
     queues: Vec<QueueConfig>,
@@ -252,7 +253,7 @@ pub struct VirtioMmio<D: VirtioDevice> {
     rearm_evt: EventFd,
 }
 
-impl<D: VirtioDevice> fmt::Debug for VirtioMmio<D> {
+impl<D: VirtioDevice<M>, M: VirtioMemory> fmt::Debug for VirtioMmio<D, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VirtioMmio")
             .field("device", &self.device)
@@ -268,14 +269,25 @@ impl<D: VirtioDevice> fmt::Debug for VirtioMmio<D> {
     }
 }
 
-impl<D: VirtioDevice> VirtioMmio<D> {
-    /// Puts `device` behind a new transport that gives it `mem` (the guest's RAM, e.g.
-    /// `GuestRam::memory().clone()`) at activation.
+impl<D: VirtioDevice<M>, M: VirtioMemory> VirtioMmio<D, M> {
+    /// Puts `device` behind a new transport that gives it `mem` (the guest's RAM: any
+    /// vm-memory [`GuestMemory`](vm_memory::GuestMemory), e.g. `GuestRam::memory().clone()`) at
+    /// activation, and raises its interrupt through a new irqfd `EventFd`.
     ///
     /// Creates the interrupt `EventFd` and one `EventFd` per queue. Fails if the device
     /// declares no queue or a maximum queue size that is zero, not a power of two, or above
     /// [`MAX_QUEUE_SIZE`], or if an `EventFd` cannot be created.
-    pub fn new(device: D, mem: GuestMemoryMmap) -> Result<Self, Error> {
+    pub fn new(device: D, mem: M) -> Result<Self, Error> {
+        Self::with_interrupt(device, mem, Box::new(new_eventfd()?))
+    }
+
+    /// Like [`new`](Self::new), but raises interrupts through `trigger` (an MSI-X vector, a
+    /// test's recorder) instead of an irqfd `EventFd`.
+    pub fn with_interrupt(
+        device: D,
+        mem: M,
+        trigger: Box<dyn VirtioInterrupt>,
+    ) -> Result<Self, Error> {
         let sizes = device.queue_max_sizes();
         if sizes.is_empty() {
             return Err(Error::VirtioQueueSize {
@@ -310,7 +322,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             name: device.name(),
             device,
             mem,
-            interrupt: Interrupt::new(new_eventfd()?),
+            interrupt: Interrupt::with_trigger(trigger),
             queue_evts,
             queues,
             status: 0,
@@ -362,8 +374,9 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         }
     }
 
-    /// The interrupt `EventFd`: register it with KVM as an irqfd for the window's GSI.
-    pub fn interrupt_evt(&self) -> &EventFd {
+    /// The interrupt `EventFd`: register it with KVM as an irqfd for the window's GSI. `None`
+    /// when the transport was made [`with_interrupt`](Self::with_interrupt) something else.
+    pub fn interrupt_evt(&self) -> Option<&EventFd> {
         self.interrupt.eventfd()
     }
 
@@ -928,7 +941,7 @@ fn set_high(v: u64, high: u32) -> u64 {
     (v & 0xffff_ffff) | (u64::from(high) << 32)
 }
 
-impl<D: VirtioDevice> BusDevice for VirtioMmio<D> {
+impl<D: VirtioDevice<M>, M: VirtioMemory> BusDevice for VirtioMmio<D, M> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE_OFFSET {
             match offset.checked_add(data.len() as u64) {
@@ -1006,7 +1019,7 @@ fn source_events(src: &crate::virtio::EventSource) -> Events {
     Events::with_data_raw(src.fd, DEVICE_EVENT_BASE.saturating_add(src.token), set)
 }
 
-impl<D: VirtioDevice> MutEventSubscriber for VirtioMmio<D> {
+impl<D: VirtioDevice<M>, M: VirtioMemory> MutEventSubscriber for VirtioMmio<D, M> {
     fn init(&mut self, ops: &mut EventOps) {
         if ops
             .add(Events::with_data(
@@ -1447,7 +1460,7 @@ mod tests {
         ];
         for (q, why) in bad {
             let mut m = dev();
-            let intr = m.interrupt_evt().try_clone().unwrap();
+            let intr = m.interrupt_evt().unwrap().try_clone().unwrap();
             bring_up(&mut m, VERSION_1, &[q]);
             assert_eq!(m.status(), S_OK | STATUS_DEVICE_NEEDS_RESET, "{q:?}");
             assert!(!m.is_running());
@@ -1468,7 +1481,7 @@ mod tests {
     #[test]
     fn notify_processing_and_interrupts() {
         let mut m = dev();
-        let intr = m.interrupt_evt().try_clone().unwrap();
+        let intr = m.interrupt_evt().unwrap().try_clone().unwrap();
         bring_up(&mut m, VERSION_1, &queues());
         // Activation kicks every queue once.
         for (i, evt) in m.queue_events().iter().enumerate() {
@@ -1741,7 +1754,13 @@ mod tests {
     #[test]
     fn a_device_panic_on_the_event_loop_needs_reset_and_goes_no_further() {
         let dev = Arc::new(Mutex::new(dev()));
-        let intr = dev.lock().unwrap().interrupt_evt().try_clone().unwrap();
+        let intr = dev
+            .lock()
+            .unwrap()
+            .interrupt_evt()
+            .unwrap()
+            .try_clone()
+            .unwrap();
         let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> = EventManager::new().unwrap();
         em.add_subscriber(dev.clone());
         bring_up(&mut dev.lock().unwrap(), VERSION_1, &queues());
@@ -1892,7 +1911,7 @@ mod tests {
         b.restore_state(&state).unwrap();
         assert!(!b.is_running());
         assert_eq!(b.device().acked, Some(VERSION_1));
-        assert!(b.interrupt_evt().read().is_err());
+        assert!(b.interrupt_evt().unwrap().read().is_err());
         // The driver carries on where it was: the second queue, then DRIVER_OK.
         setup_queue(&mut b, 1, &qs[1]);
         wr(&mut b, 0x70, S_OK);

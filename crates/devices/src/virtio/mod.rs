@@ -9,7 +9,13 @@
 //! ioeventfd at the window's QueueNotify register so that a notify never exits to userspace; the
 //! device does its work on the VMM's event loop ([`VirtioMmio`] is an
 //! [`event_manager::MutEventSubscriber`]), never on a vCPU thread. Interrupts go out through an
-//! [`Interrupt`], an `EventFd` the VMM registers as a KVM irqfd.
+//! [`Interrupt`], which raises a [`VirtioInterrupt`]: by default an `EventFd` the VMM registers
+//! as a KVM irqfd, or anything else ([`VirtioMmio::with_interrupt`]: an MSI-X vector, a test's
+//! recorder).
+//!
+//! The transport and the devices are generic over the guest memory ([`VirtioMemory`]: any
+//! vm-memory `GuestMemory` that can be cloned and sent); Petrel's VMM uses [`GuestMemoryMmap`],
+//! the default, whose dirty bitmap records the pages devices write for Diff snapshots.
 //!
 //! Wiring one device into a VMM (here an entropy source; [`Block`] and [`Net`] go the same
 //! way):
@@ -84,9 +90,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use virtio_queue::{Queue, QueueT};
-/// The guest memory type every virtio device works on: vm-memory's mmap backend with a dirty
-/// bitmap, so that pages a device writes are known to a Diff snapshot.
+/// The guest memory Petrel's VMM gives its virtio devices (the default memory type of
+/// [`VirtioMmio`] and [`VirtioDevice`]): vm-memory's mmap backend with a dirty bitmap, so that
+/// pages a device writes are known to a Diff snapshot.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+
+/// Guest memory a virtio device can work on: any vm-memory [`GuestMemory`] that the transport
+/// can clone into the device at activation and that may move to the event loop's thread
+/// (`GuestMemoryMmap<B>` for any bitmap, a `GuestMemoryAtomic` snapshot, an IOMMU view, ...).
+pub trait VirtioMemory: GuestMemory + Clone + Send + fmt::Debug + 'static {}
+
+impl<T: GuestMemory + Clone + Send + fmt::Debug + 'static> VirtioMemory for T {}
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -343,7 +357,7 @@ pub struct EventSource {
 /// [`MAX_BYTES_PER_WAKEUP`] bytes, whichever comes first, shared by every queue it serves. Work
 /// left over is asked for again through [`Processed::rearm`], so that the other event sources
 /// of the VMM's event loop are served in between.
-pub trait VirtioDevice: Send + fmt::Debug {
+pub trait VirtioDevice<M: VirtioMemory = GuestMemoryMmap>: Send + fmt::Debug {
     /// The virtio device type ([`TYPE_BLOCK`], ...).
     fn device_type(&self) -> u32;
 
@@ -372,12 +386,7 @@ pub trait VirtioDevice: Send + fmt::Debug {
 
     /// Starts the device with the guest's memory and its queues (index = queue index; a queue
     /// the driver did not make ready is passed with `ready() == false`).
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        interrupt: Interrupt,
-    ) -> Result<(), Error>;
+    fn activate(&mut self, mem: M, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), Error>;
 
     /// Handles a notification of queue `index`, within one wake-up's budget. Returns whether
     /// the guest should be interrupted (buffers were used and the ring's notification rules
@@ -426,7 +435,7 @@ pub trait VirtioDevice: Send + fmt::Debug {
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), Error>;
 }
 
-impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
+impl<M: VirtioMemory, D: VirtioDevice<M> + ?Sized> VirtioDevice<M> for Box<D> {
     fn device_type(&self) -> u32 {
         (**self).device_type()
     }
@@ -448,12 +457,7 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     fn write_config(&mut self, offset: u64, data: &[u8]) -> bool {
         (**self).write_config(offset, data)
     }
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        interrupt: Interrupt,
-    ) -> Result<(), Error> {
+    fn activate(&mut self, mem: M, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), Error> {
         (**self).activate(mem, queues, interrupt)
     }
     fn process_queue(&mut self, index: usize) -> Result<Processed, Error> {
@@ -498,27 +502,70 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// The interrupt line of a virtio-mmio device and its InterruptStatus register.
+/// Why a virtio device interrupts the driver: the two causes the virtio spec distinguishes
+/// (virtio v1.2, 2.3 and 2.7.7: used buffer and configuration change notifications).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptCause {
+    /// The device used buffers in a queue.
+    UsedBuffer,
+    /// The configuration space changed, or the device status needs the driver's attention.
+    ConfigChange,
+}
+
+/// How a virtio transport delivers an interrupt to the guest: an irqfd [`EventFd`] (KVM injects
+/// the line's GSI; what Petrel's VMM uses), an MSI-X vector, or a test's recorder.
+///
+/// The InterruptStatus bits and ConfigGeneration are the transport's business ([`Interrupt`]
+/// keeps them); an implementation only raises the signal.
+pub trait VirtioInterrupt: Send + Sync + fmt::Debug {
+    /// Raises the interrupt for `cause`. An error is counted by the caller
+    /// ([`Interrupt::trigger_failures`]); the guest then sees the status bit on its next read.
+    fn trigger(&self, cause: InterruptCause) -> io::Result<()>;
+
+    /// The `EventFd` a hypervisor can wire to the guest as an irqfd, when this interrupt is one.
+    fn irqfd(&self) -> Option<&EventFd> {
+        None
+    }
+}
+
+/// The irqfd implementation: each interrupt writes 1 to the `EventFd`, which KVM (after
+/// `KVM_IRQFD`) turns into an injection of the line's GSI without a return to the VMM.
+impl VirtioInterrupt for EventFd {
+    fn trigger(&self, _cause: InterruptCause) -> io::Result<()> {
+        self.write(1)
+    }
+
+    fn irqfd(&self) -> Option<&EventFd> {
+        Some(self)
+    }
+}
+
+/// The interrupt of a virtio-mmio device: its InterruptStatus and ConfigGeneration registers,
+/// and the [`VirtioInterrupt`] that raises it.
 ///
 /// Cloned between the transport (which reads and acknowledges the status) and the device
-/// (which raises it). The `EventFd` is meant to be a KVM irqfd: writing it injects the device's
-/// GSI without a return to the VMM.
+/// (which raises it).
 #[derive(Debug, Clone)]
 pub struct Interrupt(Arc<InterruptState>);
 
 #[derive(Debug)]
 struct InterruptState {
-    evt: EventFd,
+    trigger: Box<dyn VirtioInterrupt>,
     status: AtomicU32,
     config_generation: AtomicU32,
     trigger_failures: AtomicU64,
 }
 
 impl Interrupt {
-    /// An interrupt that writes `evt` when raised.
+    /// An interrupt that writes `evt` when raised (an irqfd).
     pub fn new(evt: EventFd) -> Self {
+        Self::with_trigger(Box::new(evt))
+    }
+
+    /// An interrupt raised through `trigger` (an MSI-X vector, a test's recorder, ...).
+    pub fn with_trigger(trigger: Box<dyn VirtioInterrupt>) -> Self {
         Interrupt(Arc::new(InterruptState {
-            evt,
+            trigger,
             status: AtomicU32::new(0),
             config_generation: AtomicU32::new(0),
             trigger_failures: AtomicU64::new(0),
@@ -551,7 +598,16 @@ impl Interrupt {
 
     fn raise(&self, bit: u32) {
         self.0.status.fetch_or(bit, Ordering::AcqRel);
-        if self.0.evt.write(1).is_err() {
+        self.fire(bit);
+    }
+
+    fn fire(&self, status: u32) {
+        let cause = if status & INTERRUPT_VRING != 0 {
+            InterruptCause::UsedBuffer
+        } else {
+            InterruptCause::ConfigChange
+        };
+        if self.0.trigger.trigger(cause).is_err() {
             self.0.trigger_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -579,8 +635,8 @@ impl Interrupt {
         self.0
             .config_generation
             .store(config_generation, Ordering::Release);
-        if status != 0 && self.0.evt.write(1).is_err() {
-            self.0.trigger_failures.fetch_add(1, Ordering::Relaxed);
+        if status != 0 {
+            self.fire(status);
         }
     }
 
@@ -589,19 +645,20 @@ impl Interrupt {
         self.0.config_generation.load(Ordering::Acquire)
     }
 
-    /// The `EventFd` written on each interrupt (register it with KVM as an irqfd).
-    pub fn eventfd(&self) -> &EventFd {
-        &self.0.evt
+    /// The `EventFd` written on each interrupt (register it with KVM as an irqfd), when the
+    /// interrupt is an irqfd.
+    pub fn eventfd(&self) -> Option<&EventFd> {
+        self.0.trigger.irqfd()
     }
 
-    /// How many times writing the `EventFd` failed.
+    /// How many times raising the interrupt failed.
     pub fn trigger_failures(&self) -> u64 {
         self.0.trigger_failures.load(Ordering::Relaxed)
     }
 }
 
 /// Whether `[addr, addr + len)` lies inside guest RAM (an empty range anywhere counts).
-pub(crate) fn in_ram(mem: &GuestMemoryMmap, addr: u64, len: u64) -> bool {
+pub(crate) fn in_ram<M: GuestMemory + ?Sized>(mem: &M, addr: u64, len: u64) -> bool {
     let Ok(len) = usize::try_from(len) else {
         return false;
     };

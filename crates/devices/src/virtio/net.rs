@@ -37,8 +37,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{GuestMemoryMmap, VirtioMemory};
 use virtio_queue::Queue;
+use vm_memory::GuestMemory;
 
 use super::chain::{self, BatchEnd, Budget, ChainBuffers, Step};
 use super::state::{DeviceState, NetState};
@@ -172,18 +173,18 @@ pub struct NetStats {
 }
 
 /// What the device needs once activated.
-struct Active {
-    mem: GuestMemoryMmap,
+struct Active<M> {
+    mem: M,
     rx: Queue,
     tx: Queue,
 }
 
 /// A virtio-net device on a tap.
-pub struct Net {
+pub struct Net<M = GuestMemoryMmap> {
     tap: File,
     tap_name: String,
     config: [u8; 6],
-    active: Option<Active>,
+    active: Option<Active<M>>,
     /// The frame read from the tap and not yet delivered, in `rx_buf[..len]`.
     rx_pending: Option<usize>,
     rx_buf: Vec<u8>,
@@ -194,7 +195,7 @@ pub struct Net {
     tx_throttle: Throttle,
 }
 
-impl fmt::Debug for Net {
+impl<M> fmt::Debug for Net<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Net")
             .field("tap", &self.tap_name)
@@ -217,13 +218,13 @@ fn interface_exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
 
-impl Net {
+impl<M> Net<M> {
     /// Opens the existing tap `name` and makes a device with MAC address `mac` on it.
     ///
     /// The tap must exist already (`ip tuntap add dev NAME mode tap`, owned by the VMM's user):
     /// this never creates one. Fails, naming the tap, when the name is invalid, no such tap
     /// exists, or it cannot be opened or configured (busy, no permission, a tun device).
-    pub fn open_tap(name: &str, mac: [u8; 6]) -> Result<Net, Error> {
+    pub fn open_tap(name: &str, mac: [u8; 6]) -> Result<Self, Error> {
         if name.is_empty()
             || name.len() >= IFNAMSIZ
             || name.contains(['/', '\0'])
@@ -286,7 +287,7 @@ impl Net {
     /// each write sends one, both with the 12-byte virtio-net header in front. For a tap the
     /// VMM opened itself, or a datagram socket in tests. The descriptor is made non-blocking.
     /// No rate limits.
-    pub fn from_tap_file(tap: File, name: String, mac: [u8; 6]) -> Result<Net, Error> {
+    pub fn from_tap_file(tap: File, name: String, mac: [u8; 6]) -> Result<Self, Error> {
         set_nonblocking(&tap).map_err(|source| Error::OpenTap {
             name: name.clone(),
             source,
@@ -343,7 +344,10 @@ impl Net {
     }
 
     /// Sends transmit chains to the tap, one wake-up's budget of them.
-    fn process_tx(&mut self) -> Result<Processed, VirtioError> {
+    fn process_tx(&mut self) -> Result<Processed, VirtioError>
+    where
+        M: GuestMemory,
+    {
         let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-net",
             queue: TX_QUEUE,
@@ -408,7 +412,10 @@ impl Net {
     /// left in it: when the budget runs out with receive chains left, the receive queue is
     /// re-armed instead, and its next wake-up goes on reading the tap. With no chain left, the
     /// guest's next notification of the receive queue does the same.
-    fn process_rx(&mut self) -> Result<Processed, VirtioError> {
+    fn process_rx(&mut self) -> Result<Processed, VirtioError>
+    where
+        M: GuestMemory,
+    {
         let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-net",
             queue: RX_QUEUE,
@@ -518,7 +525,7 @@ fn read_frame(mut tap: &File, buf: &mut [u8], stats: &mut NetStats) -> Option<Re
     }
 }
 
-impl VirtioDevice for Net {
+impl<M: VirtioMemory> VirtioDevice<M> for Net<M> {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = self.stats();
         vec![
@@ -561,7 +568,7 @@ impl VirtioDevice for Net {
 
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: M,
         queues: Vec<Queue>,
         _interrupt: Interrupt,
     ) -> Result<(), VirtioError> {
@@ -930,7 +937,7 @@ mod tests {
     #[test]
     fn receive_into_the_next_chain() {
         let mut r = rig();
-        let intr = r.m.interrupt_evt().try_clone().unwrap();
+        let intr = r.m.interrupt_evt().unwrap().try_clone().unwrap();
         let _ = intr.read();
         let head = r.add_rx(&[(RXB, 12, true), (RXB + 0x1000, 1514, true)], true);
         let f = frame(0, &[0x42; 100]);
@@ -1131,11 +1138,11 @@ mod tests {
 
     #[test]
     fn open_tap_names_the_tap_in_errors() {
-        let err = Net::open_tap("petrel-nope0", MAC).unwrap_err();
+        let err = Net::<GuestMemoryMmap>::open_tap("petrel-nope0", MAC).unwrap_err();
         assert!(matches!(err, Error::TapNotFound { .. }), "{err}");
         assert!(err.to_string().contains("petrel-nope0"), "{err}");
         for bad in ["", "a/b", "sixteen-chars-xx", "..", "a\0b"] {
-            let err = Net::open_tap(bad, MAC).unwrap_err();
+            let err = Net::<GuestMemoryMmap>::open_tap(bad, MAC).unwrap_err();
             assert!(matches!(err, Error::TapName { .. }), "{bad:?}: {err}");
         }
     }
@@ -1150,7 +1157,7 @@ mod tests {
             eprintln!("skipped: PETREL_TEST_TAP is not set");
             return;
         };
-        let net = Net::open_tap(&name, MAC).unwrap();
+        let net = Net::<GuestMemoryMmap>::open_tap(&name, MAC).unwrap();
         assert_eq!(net.tap_name(), name);
         let Ok(ip) = std::env::var("PETREL_TEST_TAP_IP") else {
             return;
@@ -1240,7 +1247,7 @@ mod tests {
             (limits, RateLimiterConfig::default())
         );
         assert_eq!(m.device().tap_name(), "test1");
-        assert_eq!(m.interrupt_evt().read().unwrap(), 1);
+        assert_eq!(m.interrupt_evt().unwrap().read().unwrap(), 1);
         r.m = m;
         r.peer = peer;
         run_rearmed(&mut r.m);

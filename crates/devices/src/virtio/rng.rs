@@ -23,8 +23,9 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{GuestMemoryMmap, VirtioMemory};
 use virtio_queue::Queue;
+use vm_memory::GuestMemory;
 
 use super::chain::{self, Budget, ChainBuffers, Step};
 use super::state::{DeviceState, RngState};
@@ -70,22 +71,22 @@ pub struct RngStats {
 }
 
 /// What the device needs once activated.
-struct Active {
-    mem: GuestMemoryMmap,
+struct Active<M> {
+    mem: M,
     queue: Queue,
 }
 
 /// A virtio-rng device.
-pub struct Rng {
+pub struct Rng<M = GuestMemoryMmap> {
     /// The rate limiter and its timer (also used to retry when the host pool is not ready).
     throttle: Throttle,
-    active: Option<Active>,
+    active: Option<Active<M>>,
     bufs: ChainBuffers,
     scratch: Vec<u8>,
     stats: RngStats,
 }
 
-impl fmt::Debug for Rng {
+impl<M> fmt::Debug for Rng<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rng")
             .field("throttle", &self.throttle)
@@ -95,15 +96,15 @@ impl fmt::Debug for Rng {
     }
 }
 
-impl Rng {
+impl<M> Rng<M> {
     /// An entropy device with Petrel's default limit, [`DEFAULT_RATE_LIMIT`] (1 MiB/s).
-    pub fn new() -> Result<Rng, Error> {
+    pub fn new() -> Result<Self, Error> {
         Self::with_rate_limiter(&DEFAULT_RATE_LIMIT)
     }
 
     /// An entropy device limited by `config`'s buckets (full at first); an empty config
     /// means no limit at all, as Firecracker's entropy device without a `rate_limiter`.
-    pub fn with_rate_limiter(config: &RateLimiterConfig) -> Result<Rng, Error> {
+    pub fn with_rate_limiter(config: &RateLimiterConfig) -> Result<Self, Error> {
         Ok(Rng {
             throttle: Throttle::new(config)?,
             active: None,
@@ -142,7 +143,10 @@ impl Rng {
 
     /// Serves requests within one wake-up's budget, stopping when the rate limiter holds one
     /// back.
-    fn process(&mut self, now: Instant) -> Result<Processed, Error> {
+    fn process(&mut self, now: Instant) -> Result<Processed, Error>
+    where
+        M: GuestMemory,
+    {
         let fault = |fault: GuestFault| Error::VirtioFault {
             device: "virtio-rng",
             queue: 0,
@@ -222,7 +226,7 @@ fn fill_random(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-impl VirtioDevice for Rng {
+impl<M: VirtioMemory> VirtioDevice<M> for Rng<M> {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = self.stats();
         vec![
@@ -257,7 +261,7 @@ impl VirtioDevice for Rng {
 
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: M,
         mut queues: Vec<Queue>,
         _interrupt: Interrupt,
     ) -> Result<(), Error> {
@@ -395,6 +399,49 @@ mod tests {
         assert_eq!(r.m.device().features(), 1 << 32);
         assert_eq!(rd(&mut r.m, 0x008), 4);
         assert_eq!(read_config(&mut r.m, 0, 4), [0; 4]);
+    }
+
+    /// Records the causes it was triggered for: a transport's interrupt that is no irqfd.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<crate::virtio::InterruptCause>>);
+
+    impl crate::virtio::VirtioInterrupt for Arc<Recorder> {
+        fn trigger(&self, cause: crate::virtio::InterruptCause) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(cause);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn works_over_other_guest_memory_and_interrupts() {
+        // vm-memory's mmap without a dirty bitmap, and interrupts recorded instead of written
+        // to an irqfd: what a VMM with another memory type, an MSI-X or a test transport gives.
+        let mem =
+            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let mut m = VirtioMmio::with_interrupt(
+            Rng::new().unwrap(),
+            mem.clone(),
+            Box::new(recorder.clone()),
+        )
+        .unwrap();
+        assert!(m.interrupt_evt().is_none());
+        let q = TestQueue::new(0x1000, QUEUE_SIZE);
+        bring_up(&mut m, 1 << VIRTIO_F_VERSION_1, &[q]);
+        m.process_queue_event(0);
+        let head = q.chain(&mem, 0, &[(BUF, 32, true)]);
+        q.publish(&mem, head);
+        m.process_queue_event(0);
+        assert_eq!(q.used_idx(&mem), 1);
+        assert_eq!(q.used_elem(&mem, 0), (u32::from(head), 32));
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [crate::virtio::InterruptCause::UsedBuffer]
+        );
+        assert_eq!(m.interrupt().status(), crate::virtio::INTERRUPT_VRING);
+        let mut bytes = [0u8; 32];
+        mem.read_slice(&mut bytes, GuestAddress(BUF)).unwrap();
+        assert_ne!(bytes, [0; 32]);
     }
 
     #[test]

@@ -8,12 +8,13 @@ use crate::virtio::GuestMemoryMmap;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::{VirtioMmio, CONFIG_SPACE_OFFSET};
 use super::{
-    VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    VirtioDevice, VirtioMemory, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK,
+    STATUS_FEATURES_OK,
 };
 use crate::BusDevice;
 
@@ -33,19 +34,27 @@ pub fn guest_mem() -> GuestMemoryMmap {
 }
 
 /// Reads a 32-bit register.
-pub fn rd<D: VirtioDevice>(mmio: &mut VirtioMmio<D>, offset: u64) -> u32 {
+pub fn rd<D: VirtioDevice<M>, M: VirtioMemory>(mmio: &mut VirtioMmio<D, M>, offset: u64) -> u32 {
     let mut b = [0u8; 4];
     mmio.read(offset, &mut b);
     u32::from_le_bytes(b)
 }
 
 /// Writes a 32-bit register.
-pub fn wr<D: VirtioDevice>(mmio: &mut VirtioMmio<D>, offset: u64, value: u32) {
+pub fn wr<D: VirtioDevice<M>, M: VirtioMemory>(
+    mmio: &mut VirtioMmio<D, M>,
+    offset: u64,
+    value: u32,
+) {
     mmio.write(offset, &value.to_le_bytes());
 }
 
 /// Reads `len` bytes of configuration space at `offset`, byte by byte.
-pub fn read_config<D: VirtioDevice>(mmio: &mut VirtioMmio<D>, offset: u64, len: usize) -> Vec<u8> {
+pub fn read_config<D: VirtioDevice<M>, M: VirtioMemory>(
+    mmio: &mut VirtioMmio<D, M>,
+    offset: u64,
+    len: usize,
+) -> Vec<u8> {
     (0..len as u64)
         .map(|i| {
             let mut b = [0u8; 1];
@@ -82,7 +91,7 @@ impl TestQueue {
     /// Writes descriptor `index`.
     pub fn set_desc(
         &self,
-        mem: &GuestMemoryMmap,
+        mem: &impl GuestMemory,
         index: u16,
         addr: u64,
         len: u32,
@@ -96,7 +105,7 @@ impl TestQueue {
 
     /// Writes a chain of `(addr, len, writable)` buffers at descriptors `first..`, linked in
     /// order, and returns its head.
-    pub fn chain(&self, mem: &GuestMemoryMmap, first: u16, bufs: &[(u64, u32, bool)]) -> u16 {
+    pub fn chain(&self, mem: &impl GuestMemory, first: u16, bufs: &[(u64, u32, bool)]) -> u16 {
         for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
             let idx = first + i as u16;
             let mut flags = if writable { F_WRITE } else { 0 };
@@ -110,7 +119,7 @@ impl TestQueue {
 
     /// Writes a chain of `bufs` as an indirect table at guest address `table`, and descriptor
     /// `index` pointing at it; returns `index` (the chain's head).
-    pub fn indirect(&self, mem: &GuestMemoryMmap, index: u16, table: u64, bufs: &[Buf]) -> u16 {
+    pub fn indirect(&self, mem: &impl GuestMemory, index: u16, table: u64, bufs: &[Buf]) -> u16 {
         let t = TestQueue {
             desc: table,
             ..*self
@@ -121,27 +130,27 @@ impl TestQueue {
     }
 
     /// Makes the chain at `head` available and moves the available index on.
-    pub fn publish(&self, mem: &GuestMemoryMmap, head: u16) {
+    pub fn publish(&self, mem: &impl GuestMemory, head: u16) {
         let idx = self.avail_idx(mem);
         let slot = self.avail + 4 + 2 * u64::from(idx % self.size);
         mem.write_obj(head, GuestAddress(slot)).unwrap();
         self.set_avail_idx(mem, idx.wrapping_add(1));
     }
 
-    pub fn avail_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+    pub fn avail_idx(&self, mem: &impl GuestMemory) -> u16 {
         mem.read_obj(GuestAddress(self.avail + 2)).unwrap()
     }
 
-    pub fn set_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
+    pub fn set_avail_idx(&self, mem: &impl GuestMemory, idx: u16) {
         mem.write_obj(idx, GuestAddress(self.avail + 2)).unwrap();
     }
 
-    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+    pub fn used_idx(&self, mem: &impl GuestMemory) -> u16 {
         mem.read_obj(GuestAddress(self.used + 2)).unwrap()
     }
 
     /// Used ring entry `i`: (head id, bytes written).
-    pub fn used_elem(&self, mem: &GuestMemoryMmap, i: u16) -> (u32, u32) {
+    pub fn used_elem(&self, mem: &impl GuestMemory, i: u16) -> (u32, u32) {
         let at = self.used + 4 + 8 * u64::from(i % self.size);
         let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
         let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
@@ -150,7 +159,11 @@ impl TestQueue {
 }
 
 /// Queue selector, size, ring addresses and ready, as a driver writes them.
-pub fn setup_queue<D: VirtioDevice>(mmio: &mut VirtioMmio<D>, index: u32, q: &TestQueue) {
+pub fn setup_queue<D: VirtioDevice<M>, M: VirtioMemory>(
+    mmio: &mut VirtioMmio<D, M>,
+    index: u32,
+    q: &TestQueue,
+) {
     wr(mmio, 0x30, index);
     wr(mmio, 0x38, u32::from(q.size));
     wr(mmio, 0x80, q.desc as u32);
@@ -164,7 +177,11 @@ pub fn setup_queue<D: VirtioDevice>(mmio: &mut VirtioMmio<D>, index: u32, q: &Te
 
 /// The whole initialization of virtio v1.2, 3.1.1: acknowledge, driver, features, FEATURES_OK,
 /// queues, DRIVER_OK. Panics if the device refuses the features.
-pub fn bring_up<D: VirtioDevice>(mmio: &mut VirtioMmio<D>, features: u64, queues: &[TestQueue]) {
+pub fn bring_up<D: VirtioDevice<M>, M: VirtioMemory>(
+    mmio: &mut VirtioMmio<D, M>,
+    features: u64,
+    queues: &[TestQueue],
+) {
     wr(mmio, 0x70, 0);
     wr(mmio, 0x70, STATUS_ACKNOWLEDGE);
     wr(mmio, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
@@ -184,7 +201,7 @@ pub fn bring_up<D: VirtioDevice>(mmio: &mut VirtioMmio<D>, features: u64, queues
 /// Gives the device the wake-ups it asked for (queues whose notification `EventFd` it had
 /// signalled again, its budget spent), as the event loop would, until it asks for none; returns
 /// how many there were.
-pub fn run_rearmed<D: VirtioDevice>(mmio: &mut VirtioMmio<D>) -> usize {
+pub fn run_rearmed<D: VirtioDevice<M>, M: VirtioMemory>(mmio: &mut VirtioMmio<D, M>) -> usize {
     let mut wakeups = 0;
     loop {
         let ready: Vec<usize> = (0..mmio.queue_events().len())

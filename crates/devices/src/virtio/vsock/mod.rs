@@ -57,8 +57,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::virtio::GuestMemoryMmap;
+use crate::virtio::{GuestMemoryMmap, VirtioMemory};
 use virtio_queue::Queue;
+use vm_memory::GuestMemory;
 
 use self::muxer::Muxer;
 use self::packet::{Header, HDR_LEN, OP_RW};
@@ -197,8 +198,8 @@ pub struct VsockStats {
 }
 
 /// What the device needs once activated.
-struct Active {
-    mem: GuestMemoryMmap,
+struct Active<M> {
+    mem: M,
     rx: Queue,
     tx: Queue,
     /// The driver's event buffers; the device uses one after a restore.
@@ -207,10 +208,10 @@ struct Active {
 
 /// A virtio-vsock device whose host side is a set of Unix sockets. See the
 /// [module docs](self).
-pub struct Vsock {
+pub struct Vsock<M = GuestMemoryMmap> {
     guest_cid: u64,
     mux: Muxer,
-    active: Option<Active>,
+    active: Option<Active<M>>,
     tx_stalled: bool,
     bufs: ChainBuffers,
     /// A header and the largest payload, for both directions.
@@ -220,7 +221,7 @@ pub struct Vsock {
     reset_event_pending: bool,
 }
 
-impl fmt::Debug for Vsock {
+impl<M> fmt::Debug for Vsock<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vsock")
             .field("guest_cid", &self.guest_cid)
@@ -232,7 +233,7 @@ impl fmt::Debug for Vsock {
     }
 }
 
-impl Vsock {
+impl<M> Vsock<M> {
     /// A vsock device for a guest with CID `guest_cid`, listening for host clients on a new
     /// Unix socket at `uds_path` (removed again when the device is dropped).
     ///
@@ -240,7 +241,7 @@ impl Vsock {
     /// not fit in 32 bits less `u32::MAX` (`VMADDR_CID_ANY`); and, naming the path, when
     /// something exists at `uds_path` already or it cannot be bound (a missing directory, no
     /// permission, longer than a Unix socket address allows).
-    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Vsock, Error> {
+    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self, Error> {
         if guest_cid <= packet::HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(Error::VsockCid { cid: guest_cid });
         }
@@ -278,7 +279,10 @@ impl Vsock {
     /// Transmit chains, then receive chains, then transmit again while replies made room; all
     /// within one wake-up's budget. Work left when it is spent is asked for again through the
     /// transmit or receive queue (whose wake-ups do the same).
-    fn pump(&mut self, tx: bool) -> Result<Processed, VirtioError> {
+    fn pump(&mut self, tx: bool) -> Result<Processed, VirtioError>
+    where
+        M: GuestMemory,
+    {
         let mut budget = Budget::new();
         let mut irq = false;
         let mut tx_more = false;
@@ -314,7 +318,10 @@ impl Vsock {
 
     /// Handles the packets the guest transmitted (unless too many replies are owed). Returns
     /// whether to interrupt and whether chains were left for lack of budget.
-    fn process_tx(&mut self, budget: &mut Budget) -> Result<(bool, bool), VirtioError> {
+    fn process_tx(&mut self, budget: &mut Budget) -> Result<(bool, bool), VirtioError>
+    where
+        M: GuestMemory,
+    {
         let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-vsock",
             queue: TX_QUEUE,
@@ -362,7 +369,10 @@ impl Vsock {
 
     /// Fills receive chains with the packets owed to the guest. Returns whether to interrupt
     /// and whether packets and chains were left for lack of budget.
-    fn process_rx(&mut self, budget: &mut Budget) -> Result<(bool, bool), VirtioError> {
+    fn process_rx(&mut self, budget: &mut Budget) -> Result<(bool, bool), VirtioError>
+    where
+        M: GuestMemory,
+    {
         let fault = |fault| VirtioError::VirtioFault {
             device: "virtio-vsock",
             queue: RX_QUEUE,
@@ -413,10 +423,13 @@ impl Vsock {
     }
 }
 
-impl Vsock {
+impl<M> Vsock<M> {
     /// Sends the transport reset event owed after a restore into the first buffer of the
     /// event queue, if there is one; otherwise it stays owed until the guest adds one.
-    fn send_reset_event(&mut self) -> Result<Processed, VirtioError> {
+    fn send_reset_event(&mut self) -> Result<Processed, VirtioError>
+    where
+        M: GuestMemory,
+    {
         let Vsock {
             active,
             mux,
@@ -459,8 +472,8 @@ impl Vsock {
 
 /// The header and payload length of the transmit chain in `bufs`, with the payload of an
 /// OP_RW copied into `scratch`; `None` if the chain cannot hold a valid packet.
-fn read_packet(
-    mem: &GuestMemoryMmap,
+fn read_packet<G: GuestMemory>(
+    mem: &G,
     bufs: &ChainBuffers,
     scratch: &mut [u8],
 ) -> Option<(Header, usize)> {
@@ -485,7 +498,7 @@ fn read_packet(
     chain::gather(mem, &bufs.readable, HDR_LEN as u64, payload).then_some((hdr, len))
 }
 
-impl VirtioDevice for Vsock {
+impl<M: VirtioMemory> VirtioDevice<M> for Vsock<M> {
     fn device_type(&self) -> u32 {
         TYPE_VSOCK
     }
@@ -509,7 +522,7 @@ impl VirtioDevice for Vsock {
 
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: M,
         queues: Vec<Queue>,
         _interrupt: Interrupt,
     ) -> Result<(), VirtioError> {

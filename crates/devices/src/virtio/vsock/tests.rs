@@ -285,14 +285,14 @@ fn new_refuses_reserved_cids_and_taken_paths() {
     let dir = TempDir::new();
     let path = dir.0.join("v.sock");
     for cid in [0, 1, 2, u64::from(u32::MAX), 1 << 32, u64::MAX] {
-        let err = Vsock::new(cid, path.clone()).unwrap_err();
+        let err = Vsock::<GuestMemoryMmap>::new(cid, path.clone()).unwrap_err();
         assert!(matches!(err, Error::VsockCid { cid: c } if c == cid));
         assert!(err.to_string().contains(&cid.to_string()), "{err}");
         assert!(!path.exists());
     }
     // Something is there already: refused, and left alone.
     std::fs::write(&path, b"keep").unwrap();
-    let err = Vsock::new(3, path.clone()).unwrap_err();
+    let err = Vsock::<GuestMemoryMmap>::new(3, path.clone()).unwrap_err();
     assert!(matches!(err, Error::VsockPathExists { .. }), "{err}");
     assert!(
         err.to_string().contains(&path.display().to_string()),
@@ -302,14 +302,14 @@ fn new_refuses_reserved_cids_and_taken_paths() {
     std::fs::remove_file(&path).unwrap();
     // A directory that does not exist.
     let missing = dir.0.join("no/such/dir/v.sock");
-    let err = Vsock::new(3, missing.clone()).unwrap_err();
+    let err = Vsock::<GuestMemoryMmap>::new(3, missing.clone()).unwrap_err();
     assert!(matches!(err, Error::VsockBind { .. }), "{err}");
     assert!(
         err.to_string().contains(&missing.display().to_string()),
         "{err}"
     );
     // The largest valid CID; the socket goes when the device does.
-    let dev = Vsock::new(u64::from(u32::MAX) - 1, path.clone()).unwrap();
+    let dev = Vsock::<GuestMemoryMmap>::new(u64::from(u32::MAX) - 1, path.clone()).unwrap();
     assert!(path.exists());
     drop(dev);
     assert!(!path.exists());
@@ -1108,7 +1108,7 @@ fn a_restored_device_sends_the_guest_a_transport_reset() {
     assert_eq!(ev.used_elem(&r.mem, 0), (u32::from(head), 4));
     let id: u32 = r.mem.read_obj(GuestAddress(EVB)).unwrap();
     assert_eq!(id, EVENT_TRANSPORT_RESET);
-    assert_eq!(m.interrupt_evt().read().unwrap(), 1);
+    assert_eq!(m.interrupt_evt().unwrap().read().unwrap(), 1);
     assert_eq!(m.device().stats().transport_resets_sent, 1);
 
     // One reset only: the next event buffer waits.
