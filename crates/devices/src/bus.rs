@@ -22,6 +22,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioAddressOffset, PioRange};
+use vm_device::{DeviceMmio, DevicePio};
+
 /// What a device asks of the vCPU after an access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BusOutcome {
@@ -69,6 +72,16 @@ pub enum Error {
         existing_device: &'static str,
         /// The range it holds.
         existing: BusRange,
+    },
+    /// A vm-device port I/O device was inserted at a range past the 16-bit port space.
+    #[error("cannot insert {device} on the {bus} bus: range {range} is past port 0xffff")]
+    InsertPioRange {
+        /// The bus's name.
+        bus: &'static str,
+        /// The device's name.
+        device: &'static str,
+        /// The range asked for.
+        range: BusRange,
     },
 }
 
@@ -140,6 +153,20 @@ impl BusRange {
     }
 }
 
+/// vm-device's port I/O range, on Petrel's bus.
+impl From<PioRange> for BusRange {
+    fn from(r: PioRange) -> Self {
+        BusRange::new(u64::from(r.base().0), u64::from(r.size()))
+    }
+}
+
+/// vm-device's MMIO range, on Petrel's bus.
+impl From<MmioRange> for BusRange {
+    fn from(r: MmioRange) -> Self {
+        BusRange::new(r.base().0, r.size())
+    }
+}
+
 impl fmt::Display for BusRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.last() {
@@ -149,11 +176,20 @@ impl fmt::Display for BusRange {
     }
 }
 
+/// What an entry of the table calls: a Petrel [`BusDevice`] behind its own mutex (which can
+/// ask the vCPU to stop), or a device that speaks rust-vmm's vm-device traits (which locks, if
+/// it needs to, inside its `DevicePio`/`DeviceMmio`; e.g. vm-device's impl for `Mutex<T>`).
+enum Target {
+    Petrel(Arc<Mutex<dyn BusDevice>>),
+    Pio(Arc<dyn DevicePio + Send + Sync>),
+    Mmio(Arc<dyn DeviceMmio + Send + Sync>),
+}
+
 /// One device in the frozen table.
 struct Entry {
     range: BusRange,
     name: &'static str,
-    device: Arc<Mutex<dyn BusDevice>>,
+    device: Target,
 }
 
 /// Collects devices and their ranges, then freezes them into a [`Bus`].
@@ -191,6 +227,43 @@ impl BusBuilder {
         device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<(), Error> {
         let name = lock_device(&device).0.name();
+        self.push(range, name, Target::Petrel(device))
+    }
+
+    /// Adds a device that implements rust-vmm's [`DevicePio`] (e.g. an `Arc<Mutex<T>>` with
+    /// `T: MutDevicePio`) at `range`, which must lie in the 16-bit port space; `name` is for
+    /// diagnostics. It is called with vm-device's [`PioAddress`] base and offset; its writes
+    /// never stop the VM. Refuses the same ranges as [`insert`](Self::insert).
+    pub fn insert_pio(
+        &mut self,
+        range: BusRange,
+        name: &'static str,
+        device: Arc<dyn DevicePio + Send + Sync>,
+    ) -> Result<(), Error> {
+        if range.last().is_some_and(|last| last > u64::from(u16::MAX)) {
+            return Err(Error::InsertPioRange {
+                bus: self.name,
+                device: name,
+                range,
+            });
+        }
+        self.push(range, name, Target::Pio(device))
+    }
+
+    /// Adds a device that implements rust-vmm's [`DeviceMmio`] (e.g. an `Arc<Mutex<T>>` with
+    /// `T: MutDeviceMmio`) at `range`; `name` is for diagnostics. It is called with vm-device's
+    /// [`MmioAddress`] base and offset; its writes never stop the VM. Refuses the same ranges
+    /// as [`insert`](Self::insert).
+    pub fn insert_mmio(
+        &mut self,
+        range: BusRange,
+        name: &'static str,
+        device: Arc<dyn DeviceMmio + Send + Sync>,
+    ) -> Result<(), Error> {
+        self.push(range, name, Target::Mmio(device))
+    }
+
+    fn push(&mut self, range: BusRange, name: &'static str, device: Target) -> Result<(), Error> {
         if range.len == 0 {
             return Err(Error::InsertEmptyRange {
                 bus: self.name,
@@ -280,9 +353,21 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr, data.len()) {
             Some(entry) => {
-                let (mut dev, poisoned) = lock_device(&entry.device);
-                self.count_poisoned(poisoned);
-                dev.read(addr - entry.range.base, data);
+                let offset = addr - entry.range.base;
+                match &entry.device {
+                    Target::Petrel(device) => {
+                        let (mut dev, poisoned) = lock_device(device);
+                        self.count_poisoned(poisoned);
+                        dev.read(offset, data);
+                    }
+                    // The range was checked at insertion to lie below 0x10000.
+                    Target::Pio(device) => {
+                        device.pio_read(pio_base(entry.range), offset as PioAddressOffset, data)
+                    }
+                    Target::Mmio(device) => {
+                        device.mmio_read(MmioAddress(entry.range.base), offset, data)
+                    }
+                }
             }
             None => {
                 data.fill(0xff);
@@ -297,9 +382,22 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> BusOutcome {
         match self.find(addr, data.len()) {
             Some(entry) => {
-                let (mut dev, poisoned) = lock_device(&entry.device);
-                self.count_poisoned(poisoned);
-                dev.write(addr - entry.range.base, data)
+                let offset = addr - entry.range.base;
+                match &entry.device {
+                    Target::Petrel(device) => {
+                        let (mut dev, poisoned) = lock_device(device);
+                        self.count_poisoned(poisoned);
+                        dev.write(offset, data)
+                    }
+                    Target::Pio(device) => {
+                        device.pio_write(pio_base(entry.range), offset as PioAddressOffset, data);
+                        BusOutcome::Continue
+                    }
+                    Target::Mmio(device) => {
+                        device.mmio_write(MmioAddress(entry.range.base), offset, data);
+                        BusOutcome::Continue
+                    }
+                }
             }
             None => {
                 self.unclaimed_writes.fetch_add(1, Ordering::Relaxed);
@@ -333,6 +431,11 @@ impl Bus {
             self.poisoned_accesses.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The vm-device base address of a port range (checked at insertion to fit 16 bits).
+fn pio_base(range: BusRange) -> PioAddress {
+    PioAddress(range.base as PioAddressOffset)
 }
 
 /// Locks a device, recovering the guard if another thread panicked while holding it.
@@ -534,6 +637,84 @@ mod tests {
         assert_eq!(bus.write(0x80, &[9]), BusOutcome::Continue);
         assert_eq!(bus.poisoned_accesses(), 2);
         assert_eq!(bus.unclaimed_reads(), 0);
+    }
+
+    /// A device that speaks vm-device's traits only: it records the base and offset it is
+    /// called with and answers reads with the offset's low byte.
+    #[derive(Default)]
+    struct RustVmmDevice {
+        calls: Vec<(u64, u64, Vec<u8>)>,
+    }
+
+    impl vm_device::MutDevicePio for RustVmmDevice {
+        fn pio_read(&mut self, base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+            data.fill(offset as u8);
+            self.calls
+                .push((u64::from(base.0), u64::from(offset), Vec::new()));
+        }
+        fn pio_write(&mut self, base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+            self.calls
+                .push((u64::from(base.0), u64::from(offset), data.to_vec()));
+        }
+    }
+
+    impl vm_device::MutDeviceMmio for RustVmmDevice {
+        fn mmio_read(&mut self, base: MmioAddress, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+            self.calls.push((base.0, offset, Vec::new()));
+        }
+        fn mmio_write(&mut self, base: MmioAddress, offset: u64, data: &[u8]) {
+            self.calls.push((base.0, offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn vm_device_devices_sit_on_the_bus_beside_petrel_ones() {
+        let pio_dev = Arc::new(Mutex::new(RustVmmDevice::default()));
+        let mmio_dev = Arc::new(Mutex::new(RustVmmDevice::default()));
+        let mut b = BusBuilder::new("pio");
+        b.insert(BusRange::new(0x100, 4), probe()).unwrap();
+        b.insert_pio(BusRange::new(0x200, 8), "rust-vmm", pio_dev.clone())
+            .unwrap();
+        // The same checks as for Petrel's devices, naming the vm-device one.
+        let e = b
+            .insert_pio(BusRange::new(0x102, 4), "late", pio_dev.clone())
+            .unwrap_err();
+        assert!(e.to_string().contains("overlaps probe"), "{e}");
+        let e = b
+            .insert_pio(BusRange::new(0xfffe, 4), "high", pio_dev.clone())
+            .unwrap_err();
+        assert!(matches!(e, Error::InsertPioRange { .. }), "{e}");
+        b.insert_mmio(BusRange::new(0xd000_0000, 0x1000), "mmio", mmio_dev.clone())
+            .unwrap();
+        let bus = b.build();
+
+        let mut two = [0u8; 2];
+        bus.read(0x203, &mut two);
+        assert_eq!(two, [3, 3]);
+        assert_eq!(bus.write(0x206, &[9, 8]), BusOutcome::Continue);
+        // A straddling access is still unclaimed, never reaching the device.
+        bus.read(0x207, &mut two);
+        assert_eq!(two, [0xff, 0xff]);
+        assert_eq!(
+            pio_dev.lock().unwrap().calls,
+            [(0x200, 3, vec![]), (0x200, 6, vec![9, 8])]
+        );
+        bus.write(0xd000_0010, &[1, 2, 3, 4]);
+        assert_eq!(
+            mmio_dev.lock().unwrap().calls,
+            [(0xd000_0000, 0x10, vec![1, 2, 3, 4])]
+        );
+        let names: Vec<_> = bus.devices().map(|(_, n)| n).collect();
+        assert_eq!(names, ["probe", "rust-vmm", "mmio"]);
+    }
+
+    #[test]
+    fn vm_device_ranges_convert() {
+        let pio = PioRange::new(PioAddress(0x3f8), 8).unwrap();
+        assert_eq!(BusRange::from(pio), BusRange::new(0x3f8, 8));
+        let mmio = MmioRange::new(MmioAddress(0xd000_1000), 0x1000).unwrap();
+        assert_eq!(BusRange::from(mmio), BusRange::new(0xd000_1000, 0x1000));
     }
 
     #[test]

@@ -332,6 +332,9 @@ pub struct I8042 {
     kbd_scan_set: u8,
     kbd_last_sent: u8,
     stats: I8042Stats,
+    /// A stop asked for by a write that came through vm-device's `MutDevicePio`, whose writes
+    /// return nothing: kept for [`take_stop_request`](Self::take_stop_request).
+    stop_request: Option<StopRequest>,
 }
 
 impl I8042 {
@@ -352,6 +355,21 @@ impl I8042 {
             kbd_scan_set: KBD_DEFAULT_SCAN_SET,
             kbd_last_sent: 0,
             stats: I8042Stats::default(),
+            stop_request: None,
+        }
+    }
+
+    /// The stop (a reset, command 0xFE) the guest asked for through a write made with
+    /// vm-device's [`MutDevicePio`](vm_device::MutDevicePio), whose writes cannot return it;
+    /// taken once. Petrel's [`Bus`](crate::Bus) returns it from the write instead.
+    pub fn take_stop_request(&mut self) -> Option<StopRequest> {
+        self.stop_request.take()
+    }
+
+    /// Records a stop from a vm-device write (see [`take_stop_request`](Self::take_stop_request)).
+    pub(crate) fn keep_stop_request(&mut self, outcome: BusOutcome) {
+        if let BusOutcome::Stop(request) = outcome {
+            self.stop_request = Some(request);
         }
     }
 

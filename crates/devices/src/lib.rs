@@ -54,6 +54,10 @@
 //!
 //! [`output`] provides [`NonBlockingWriter`], the serial output that never blocks a vCPU.
 //!
+//! [`io_traits`] implements rust-vmm's `vm-device` traits for these devices, so that a VMM
+//! built on vm-device's `IoManager` can register them; [`BusBuilder::insert_pio`] and
+//! [`BusBuilder::insert_mmio`] put any vm-device device on Petrel's bus.
+//!
 //! [`virtio`] (the `virtio` cargo feature, on by default) provides the virtio-mmio transport, [`VirtioMmio`], a [`BusDevice`] for the MMIO
 //! bus and an `event_manager` subscriber, and the devices behind it: [`Block`] (virtio-blk over
 //! a raw image), [`Rng`] (entropy, rate limited) and [`Net`] (virtio-net over a tap).
@@ -104,6 +108,7 @@ compile_error!(
 
 pub mod bus;
 pub mod i8042;
+pub mod io_traits;
 pub mod output;
 pub mod port80;
 pub mod rate_limiter;
@@ -129,6 +134,7 @@ pub use virtio::{
     VirtioDevice, VirtioMmio, VirtioMmioState, VirtioMmioStats, Vsock, VsockState,
     MMIO_WINDOW_SIZE,
 };
+pub use vm_device;
 
 // Each device family has its own error type, in its module; these names let a VMM that wraps
 // them all spell them without the module path.
