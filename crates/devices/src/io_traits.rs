@@ -1,11 +1,12 @@
 //! rust-vmm's device traits ([`vm_device`] 0.1) for Petrel's devices, so that a VMM built on
 //! vm-device's `IoManager` can register them: the port devices implement [`MutDevicePio`]
 //! (register `Arc<Mutex<Serial>>` as an `Arc<dyn DevicePio + Send + Sync>`; vm-device's own
-//! impl for `Mutex<T>` does the locking), the virtio-mmio transport [`MutDeviceMmio`].
+//! impl for `Mutex<T>` does the locking), the virtio-mmio transport
+//! [`vm_device::MutDeviceMmio`].
 //!
 //! Each forwards to the device's [`BusDevice`] methods with the offset vm-device passes. A
-//! write's [`BusOutcome`] has no place in vm-device's `()`: the only device that asks for a
-//! stop, the i8042, keeps it for [`I8042::take_stop_request`].
+//! write's [`BusOutcome`](crate::BusOutcome) has no place in vm-device's `()`: the only device
+//! that asks for a stop, the i8042, keeps it for [`I8042::take_stop_request`].
 //!
 //! The other way round, Petrel's [`Bus`](crate::Bus) takes any vm-device device with
 //! [`BusBuilder::insert_pio`](crate::BusBuilder::insert_pio) and
@@ -26,7 +27,12 @@ macro_rules! mut_device_pio {
     ($($device:ty),* $(,)?) => {
         $(
             impl MutDevicePio for $device {
-                fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+                fn pio_read(
+                    &mut self,
+                    _base: PioAddress,
+                    offset: PioAddressOffset,
+                    data: &mut [u8],
+                ) {
                     BusDevice::read(self, u64::from(offset), data);
                 }
 

@@ -58,8 +58,8 @@
 //! built on vm-device's `IoManager` can register them; [`BusBuilder::insert_pio`] and
 //! [`BusBuilder::insert_mmio`] put any vm-device device on Petrel's bus.
 //!
-//! [`virtio`] (the `virtio` cargo feature, on by default) provides the virtio-mmio transport, [`VirtioMmio`], a [`BusDevice`] for the MMIO
-//! bus and an `event_manager` subscriber, and the devices behind it: [`Block`] (virtio-blk over
+//! [`virtio`] (the `virtio` cargo feature, on by default) provides the virtio-mmio transport,
+//! [`VirtioMmio`], a [`BusDevice`] for the MMIO bus and an `event_manager` subscriber, and the devices behind it: [`Block`] (virtio-blk over
 //! a raw image), [`Rng`] (entropy, rate limited) and [`Net`] (virtio-net over a tap).
 //! [`rate_limiter`] provides the [`RateLimiter`] they use, in the shape of Firecracker's API
 //! (`bandwidth` and `ops` token buckets).
@@ -100,6 +100,9 @@
 //! assert_eq!(stats.written, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+// Without the virtio feature the links above to the virtio items have nothing to point at.
+#![cfg_attr(not(feature = "virtio"), allow(rustdoc::broken_intra_doc_links))]
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 compile_error!(

@@ -271,7 +271,7 @@ impl<D: VirtioDevice<M>, M: VirtioMemory> fmt::Debug for VirtioMmio<D, M> {
 
 impl<D: VirtioDevice<M>, M: VirtioMemory> VirtioMmio<D, M> {
     /// Puts `device` behind a new transport that gives it `mem` (the guest's RAM: any
-    /// vm-memory [`GuestMemory`](vm_memory::GuestMemory), e.g. `GuestRam::memory().clone()`) at
+    /// vm-memory [`GuestMemory`], e.g. `GuestRam::memory().clone()`) at
     /// activation, and raises its interrupt through a new irqfd `EventFd`.
     ///
     /// Creates the interrupt `EventFd` and one `EventFd` per queue. Fails if the device
