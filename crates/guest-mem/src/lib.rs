@@ -139,8 +139,8 @@ impl GuestRam {
         Ok(GuestRam { mem, size })
     }
 
-    /// Maps guest RAM of `size` bytes from a memory file written by [`write_full`]
-    /// (Self::write_full), privately: pages are read from the file on first touch and copied on
+    /// Maps guest RAM of `size` bytes from a memory file written by
+    /// [`write_full`](Self::write_full), privately: pages are read from the file on first touch and copied on
     /// first write, so the file is never changed and many guests can share it. The time this
     /// takes does not grow with `size`.
     pub fn from_file(size: u64, file: &File) -> Result<Self> {
