@@ -185,7 +185,7 @@ pub fn scenarios(
 }
 
 /// The configuration: the boot-test kernel and initramfs with the boot test's command line,
-/// 1 vCPU and 256 MiB, and `image` as drive `data`, read-only and not the root device.
+/// 1 vCPU and [`GUEST_MEM_MIB`](crate::boottest::GUEST_MEM_MIB), and `image` as drive `data`, read-only and not the root device.
 fn fc_boot(via: Via, vmlinux: &Path, initrd: &Path, image: &Path) -> FcBoot {
     FcBoot {
         via,
@@ -194,7 +194,10 @@ fn fc_boot(via: Via, vmlinux: &Path, initrd: &Path, image: &Path) -> FcBoot {
             "initrd_path": initrd.display().to_string(),
             "boot_args": GUEST_CMDLINE,
         }),
-        machine_config: json!({ "vcpu_count": 1, "mem_size_mib": 256 }),
+        machine_config: json!({
+            "vcpu_count": 1,
+            "mem_size_mib": crate::boottest::GUEST_MEM_MIB,
+        }),
         drives: vec![json!({
             "drive_id": "data",
             "path_on_host": image.display().to_string(),
@@ -261,7 +264,7 @@ mod tests {
         });
         let file = fc.config_file();
         assert_eq!(file["boot-source"], fc.boot_source);
-        assert_eq!(file["machine-config"]["mem_size_mib"], 256);
+        assert_eq!(file["machine-config"]["mem_size_mib"], 128);
         assert_eq!(file["drives"][0]["drive_id"], "data");
         assert_eq!(file.as_object().unwrap().len(), 3);
         assert_eq!(

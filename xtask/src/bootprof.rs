@@ -345,7 +345,8 @@ fn boot(
     }
     cmd.arg("--cmdline")
         .arg(cmdline)
-        .args(["--mem", "256M", "--vcpus", "1", "--boot-timer"])
+        .args(["--mem", &crate::boottest::guest_mem_arg()])
+        .args(["--vcpus", "1", "--boot-timer"])
         .arg("--serial")
         .arg(format!("file:{}", out.serial.display()));
     println!("boot-profile: {}", host::describe(&cmd));

@@ -16,6 +16,17 @@ use crate::initramfs::MARKER;
 /// What xtask adds to the guest's command line. Petrel adds the PVM workarounds itself.
 pub const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
+/// Guest memory of the boot-test scenarios and `boot-profile`, in MiB. The boot test needs
+/// little (a tiny initramfs, or busybox from a disk), and on an emulating host the kernel
+/// spends about 10 ms of guest time per MiB initialising and freeing its `struct page`s
+/// (`memmap_init`, `memblock_free_all`): 128 MiB instead of 256 is about 1.5 s less boot.
+pub const GUEST_MEM_MIB: u32 = 128;
+
+/// [`GUEST_MEM_MIB`] as a `--mem` argument.
+pub fn guest_mem_arg() -> String {
+    format!("{GUEST_MEM_MIB}M")
+}
+
 /// The kernel's line just before it starts the initramfs's /init.
 pub const RUN_INIT_LINE: &str = "Run /init as init process";
 
@@ -128,7 +139,7 @@ impl Vmm {
                 }
                 cmd.arg("--cmdline")
                     .arg(s.cmdline.as_deref().unwrap_or(GUEST_CMDLINE))
-                    .args(["--mem", "256M", "--vcpus", &s.vcpus.to_string()])
+                    .args(["--mem", &guest_mem_arg(), "--vcpus", &s.vcpus.to_string()])
                     .arg("--serial")
                     .arg(format!("file:{}", serial_log.display()))
                     .args(&s.extra_args);
@@ -141,7 +152,7 @@ impl Vmm {
                     KernelFormat::BzImage => "pc",
                 };
                 let mut cmd = Command::new("qemu-system-x86_64");
-                cmd.args(["-M", machine, "-accel", "tcg", "-m", "256M"])
+                cmd.args(["-M", machine, "-accel", "tcg", "-m", &guest_mem_arg()])
                     .args(["-smp", &s.vcpus.to_string()])
                     .arg("-kernel")
                     .arg(&s.kernel);
@@ -659,7 +670,7 @@ mod tests {
         assert_eq!(
             host::describe(&cmd),
             "/t/petrel --kernel /k/vmlinux --initrd /i.cpio --cmdline 'console=ttyS0 reboot=k \
-             panic=1' --mem 256M --vcpus 2 --serial file:/l/x.log"
+             panic=1' --mem 128M --vcpus 2 --serial file:/l/x.log"
         );
         let args: Vec<_> = cmd.get_args().collect();
         assert_eq!(args[5], GUEST_CMDLINE, "the cmdline is one argument");

@@ -99,7 +99,12 @@ impl JailBoot {
         }
         cmd.arg("--cmdline")
             .arg(s.cmdline.as_deref().unwrap_or(GUEST_CMDLINE))
-            .args(["--mem", "256M", "--vcpus", &s.vcpus.to_string()])
+            .args([
+                "--mem",
+                &crate::boottest::guest_mem_arg(),
+                "--vcpus",
+                &s.vcpus.to_string(),
+            ])
             .args(["--serial", "stdio"])
             .args(&s.extra_args);
         cmd
@@ -287,7 +292,7 @@ mod tests {
             "/t/release/petrel-jailer --id bt-42 --exec-file \
              /t/x86_64-unknown-linux-gnu/release/petrel --uid 123457 --gid 123457 \
              --chroot-base-dir /t/boot-test/jail -- --kernel /vmlinux --initrd \
-             /initramfs.cpio --cmdline 'console=ttyS0 reboot=k panic=1' --mem 256M --vcpus 1 \
+             /initramfs.cpio --cmdline 'console=ttyS0 reboot=k panic=1' --mem 128M --vcpus 1 \
              --serial stdio --disk /disk.ext4,ro"
         );
         assert_eq!(
