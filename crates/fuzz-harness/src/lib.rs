@@ -24,6 +24,7 @@ pub mod legacy;
 pub mod loader;
 pub mod mem;
 pub mod seeds;
+pub mod snapshot;
 pub mod virtio;
 
 /// Every fuzz target, by the name of its file under `fuzz/fuzz_targets/`.
@@ -40,6 +41,7 @@ pub const TARGETS: &[&str] = &[
     "api_http",
     "api_request",
     "api_config_file",
+    "snapshot_state",
 ];
 
 /// Runs the harness of `target` (one of [`TARGETS`]) on `data`; panics on a finding.
@@ -61,6 +63,7 @@ pub fn run(target: &str, data: &[u8]) {
         "api_http" => api::http(data),
         "api_request" => api::request(data),
         "api_config_file" => api::config_file(data),
+        "snapshot_state" => snapshot::state(data),
         other => panic!("no fuzz target {other:?}; the targets are {TARGETS:?}"),
     }
 }

@@ -143,6 +143,21 @@ pub struct Header {
 pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>> {
     let mut out = vec![0u8; HEADER_LEN];
     serde_json::to_writer(&mut out, body).map_err(Error::Encode)?;
+    seal(&mut out);
+    Ok(out)
+}
+
+/// Frames body bytes as they are (JSON or not) with a valid header and checksum: for tools and
+/// fuzzers that need to reach the body's parser past the container's checks.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out.extend_from_slice(body);
+    seal(&mut out);
+    out
+}
+
+/// Writes the header of `out` (header space followed by the body).
+fn seal(out: &mut [u8]) {
     let body_bytes = &out[HEADER_LEN..];
     let header = Header {
         format_version: FORMAT_VERSION,
@@ -150,7 +165,6 @@ pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>> {
         crc: CRC.checksum(body_bytes),
     };
     out[..HEADER_LEN].copy_from_slice(&header_bytes(&header));
-    Ok(out)
 }
 
 fn header_bytes(h: &Header) -> [u8; HEADER_LEN] {
@@ -307,6 +321,9 @@ mod tests {
         let mid = HEADER_LEN + (good.len() - HEADER_LEN) / 2;
         flipped[mid] ^= 0x20;
         assert!(matches!(problem(&flipped), Problem::Checksum { .. }));
+
+        // A frame of the same bytes is the same file.
+        assert_eq!(frame(&good[HEADER_LEN..]), good);
 
         // Checksummed but not this Petrel's body.
         let wrong = encode(&vec!["not", "a", "body"]).unwrap();
