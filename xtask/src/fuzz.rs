@@ -113,37 +113,45 @@ fn newest_file(dir: &Path) -> Option<PathBuf> {
         .map(|(_, p)| p)
 }
 
-/// Minimises the crash `artifact` of `target` and copies it to `fuzz/regressions/<target>/`;
-/// returns where it went.
+/// Minimises the crash `artifact` of `target` into `fuzz/regressions/<target>/`; returns
+/// where it went.
+///
+/// libFuzzer's crash minimisation (`cargo fuzz tmin`, `-minimize_crash=1`) writes each
+/// smaller crashing input it finds to `-exact_artifact_path`, so that file ends as the
+/// smallest; when it cannot minimise at all (the input does not crash again) the crash is
+/// kept as it is.
 fn keep_crash(fuzz_dir: &Path, target: &str, artifact: &Path) -> Result<PathBuf> {
     let name = artifact
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("crash")
         .to_owned();
+    let dir = fuzz_dir.join("regressions").join(target);
+    fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    let dest = dir.join(&name);
     let tmin = Command::new("nice")
         .args(["-n", "19", "cargo", "+nightly", "fuzz", "tmin", target])
         .arg(artifact)
-        .args(["--", "-runs=2000"])
+        .arg("--")
+        .arg(tmin_flag("exact_artifact_path", &dest))
+        .arg("-runs=2000")
         .current_dir(fuzz_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    // tmin writes `minimized-from-<hash>` beside the crash; keep the crash itself if it could
-    // not minimise it.
-    let hash = name.rsplit('-').next().unwrap_or(&name);
-    let minimized = artifact.with_file_name(format!("minimized-from-{hash}"));
-    let source = if tmin.is_ok() && minimized.is_file() {
-        minimized
-    } else {
-        artifact.to_path_buf()
-    };
-    let dir = fuzz_dir.join("regressions").join(target);
-    fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
-    let dest = dir.join(&name);
-    fs::copy(&source, &dest)
-        .ctx(|| format!("copying {} to {}", source.display(), dest.display()))?;
+    if tmin.is_err() || !dest.is_file() {
+        fs::copy(artifact, &dest)
+            .ctx(|| format!("copying {} to {}", artifact.display(), dest.display()))?;
+    }
     Ok(dest)
+}
+
+/// `-NAME=PATH` for libFuzzer, `PATH` made absolute (libFuzzer runs in `fuzz/`).
+fn tmin_flag(name: &str, path: &Path) -> std::ffi::OsString {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut flag = std::ffi::OsString::from(format!("-{name}="));
+    flag.push(absolute);
+    flag
 }
 
 /// Runs one target for `time`; `Ok(None)` when it found nothing, else the regression file.
