@@ -4,6 +4,7 @@
 use arbitrary::Unstructured;
 use petrel_api::config_file::parse_config_file;
 use petrel_api::http::{parse_request, Method, ParseOutcome, Request};
+use petrel_api::model::FullVmConfiguration;
 use petrel_api::routes;
 
 use crate::{put_bytes, take_bytes};
@@ -94,6 +95,32 @@ pub fn request(data: &[u8]) {
 }
 
 /// Parses a config file (the input as UTF-8, lossily).
+///
+/// Checks that a refusal's message stays short (every quoted piece of the input is cut), and
+/// that an accepted file, exported the way `GET /vm/config` writes it, reads back the same:
+/// the config-file module promises that what Petrel exports can be fed back.
 pub fn config_file(data: &[u8]) {
-    let _ = parse_config_file(&String::from_utf8_lossy(data));
+    let text = String::from_utf8_lossy(data);
+    let file = match parse_config_file(&text) {
+        Ok(file) => file,
+        Err(err) => {
+            let message = err.to_string();
+            assert!(
+                message.len() <= MAX_REFUSAL_LEN,
+                "a {}-byte refusal: {message:.200}",
+                message.len()
+            );
+            return;
+        }
+    };
+    let exported = serde_json::to_string(&FullVmConfiguration::from(file.clone()))
+        .expect("an accepted config file serializes");
+    match parse_config_file(&exported) {
+        Ok(again) => assert_eq!(again, file, "the exported config reads back differently"),
+        Err(err) => panic!("the exported config is refused: {err}\n{exported}"),
+    }
 }
+
+/// The longest refusal of a config file: the longest fixed text, two quoted ids and a quoted
+/// parser message, with room to spare.
+const MAX_REFUSAL_LEN: usize = 2048;
