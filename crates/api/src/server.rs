@@ -1212,10 +1212,21 @@ mod tests {
     fn the_thread_is_named_like_firecrackers() {
         let dir = temp_dir();
         let _server = start(&dir);
-        let names: Vec<String> = fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .collect();
+        // A new thread starts with its parent's name and sets its own once it runs, which on
+        // a loaded host can be after `spawn` returned: look until it has, for up to 5 s.
+        let thread_names = || -> Vec<String> {
+            fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut names = thread_names();
+        while !names.iter().any(|name| name.trim() == API_THREAD_NAME) && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(10));
+            names = thread_names();
+        }
         assert!(
             names.iter().any(|name| name.trim() == API_THREAD_NAME),
             "{names:?}"
