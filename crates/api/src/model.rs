@@ -65,7 +65,7 @@ pub enum ValidationError {
     IdCharacters {
         /// The field.
         field: &'static str,
-        /// The id as sent.
+        /// The id as sent, control characters escaped (see [`quoted`]).
         value: String,
     },
     /// `vcpu_count` is out of range.
@@ -156,7 +156,7 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), ValidationError>
     if !id.bytes().all(|b| b == b'_' || b.is_ascii_alphanumeric()) {
         return Err(ValidationError::IdCharacters {
             field,
-            value: id.to_owned(),
+            value: quoted(id, MAX_ID_LEN),
         });
     }
     Ok(())
@@ -165,17 +165,26 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), ValidationError>
 /// The most bytes of a client's text quoted back in a message.
 pub const MAX_QUOTED_LEN: usize = 128;
 
-/// `text` cut to at most `max` bytes, on a character boundary, with `...` when cut: what a
-/// message quotes of a client's text, so that an answer cannot be inflated.
+/// `text` as a message quotes a client's text: control characters escaped as Rust writes them
+/// (`\n`, `\u{1b}`), so that a message stays one line and shows what was sent, and cut to at
+/// most `max` bytes (whole characters and escapes), with `...` when cut, so that an answer
+/// cannot be inflated.
 pub fn quoted(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > max {
+            out.truncate(before);
+            out.push_str("...");
+            break;
+        }
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
+    out
 }
 
 /// Checks that a required string field is not empty.
@@ -1149,6 +1158,18 @@ mod tests {
         assert_eq!(quoted("aéé", 2), "a...");
         let err = parse_mac(&"0".repeat(100_000)).unwrap_err();
         assert!(err.to_string().len() < 300);
+    }
+
+    #[test]
+    fn quoted_text_is_one_line() {
+        assert_eq!(quoted("a\nb\t\u{1b}[2J", 64), "a\\nb\\t\\u{1b}[2J");
+        // An escape is never cut in half.
+        assert_eq!(quoted("ab\u{1b}", 5), "ab...");
+        let err = validate_id("drive_id", "root\nfs").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "drive_id `root\\nfs` may only contain ASCII letters, digits and '_'"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::{put_bytes, take_bytes};
 /// Checks that a complete request consumed a non-empty part of the buffer, that the same
 /// request is found in exactly the bytes it consumed, that every shorter prefix of those bytes
 /// is reported incomplete (a server reading in pieces never sees an error or another request),
-/// and that the answer to it can be serialized.
+/// and that a refusal's message is short and one line and its answer serializes.
 pub fn http(data: &[u8]) {
     let ParseOutcome::Complete {
         request,
@@ -58,7 +58,7 @@ fn route(request: &Request) {
             let _ = format!("{api_request:?}");
         }
         Err(e) => {
-            let _ = e.fault_message();
+            check_refusal(&e.fault_message());
             let _ = e.to_response().serialize(true);
         }
     }
@@ -74,7 +74,7 @@ pub fn encode_request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// Routes a request built from the input: method, path (each length-prefixed), then the body.
-/// Checks that a refusal's answer can be serialized.
+/// Checks that a refusal's message is short and one line, and that its answer serializes.
 pub fn request(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let (Ok(method), Ok(path)) = (take_bytes(&mut u), take_bytes(&mut u)) else {
@@ -96,7 +96,8 @@ pub fn request(data: &[u8]) {
 
 /// Parses a config file (the input as UTF-8, lossily).
 ///
-/// Checks that a refusal's message stays short (every quoted piece of the input is cut), and
+/// Checks that a refusal's message stays short and on one line (every quoted piece of the
+/// input is cut and its control characters escaped), and
 /// that an accepted file, exported the way `GET /vm/config` writes it, reads back the same:
 /// the config-file module promises that what Petrel exports can be fed back.
 pub fn config_file(data: &[u8]) {
@@ -104,12 +105,7 @@ pub fn config_file(data: &[u8]) {
     let file = match parse_config_file(&text) {
         Ok(file) => file,
         Err(err) => {
-            let message = err.to_string();
-            assert!(
-                message.len() <= MAX_REFUSAL_LEN,
-                "a {}-byte refusal: {message:.200}",
-                message.len()
-            );
+            check_refusal(&err.to_string());
             return;
         }
     };
@@ -121,6 +117,19 @@ pub fn config_file(data: &[u8]) {
     }
 }
 
-/// The longest refusal of a config file: the longest fixed text, two quoted ids and a quoted
-/// parser message, with room to spare.
+/// Checks that a refusal's message is short and one line, whatever the input quoted in it.
+fn check_refusal(message: &str) {
+    assert!(
+        message.len() <= MAX_REFUSAL_LEN,
+        "a {}-byte refusal: {message:.200}",
+        message.len()
+    );
+    assert!(
+        !message.chars().any(char::is_control),
+        "a refusal with a control character: {message:?}"
+    );
+}
+
+/// The longest refusal of a request or a config file: the longest fixed text, two quoted ids
+/// and a quoted parser message, with room to spare.
 const MAX_REFUSAL_LEN: usize = 2048;
