@@ -133,7 +133,7 @@ fn keep_crash(fuzz_dir: &Path, target: &str, artifact: &Path) -> Result<PathBuf>
         .args(["-n", "19", "cargo", "+nightly", "fuzz", "tmin", target])
         .arg(artifact)
         .arg("--")
-        .arg(tmin_flag("exact_artifact_path", &dest))
+        .arg(exact_artifact_path(&dest))
         .arg("-runs=2000")
         .current_dir(fuzz_dir)
         .stdout(Stdio::null())
@@ -146,11 +146,10 @@ fn keep_crash(fuzz_dir: &Path, target: &str, artifact: &Path) -> Result<PathBuf>
     Ok(dest)
 }
 
-/// `-NAME=PATH` for libFuzzer, `PATH` made absolute (libFuzzer runs in `fuzz/`).
-fn tmin_flag(name: &str, path: &Path) -> std::ffi::OsString {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut flag = std::ffi::OsString::from(format!("-{name}="));
-    flag.push(absolute);
+/// libFuzzer's `-exact_artifact_path=PATH`, `PATH` made absolute (libFuzzer runs in `fuzz/`).
+fn exact_artifact_path(path: &Path) -> std::ffi::OsString {
+    let mut flag = std::ffi::OsString::from("-exact_artifact_path=");
+    flag.push(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
     flag
 }
 
@@ -269,6 +268,15 @@ stat::average_exec_per_sec:     5411
                 corpus: None
             }
         );
+    }
+
+    #[test]
+    fn the_minimised_crash_path_is_absolute() {
+        let flag = exact_artifact_path(Path::new("fuzz/regressions/x/crash-1"));
+        let flag = flag.to_str().unwrap();
+        let path = flag.strip_prefix("-exact_artifact_path=").unwrap();
+        assert!(Path::new(path).is_absolute(), "{flag}");
+        assert!(path.ends_with("fuzz/regressions/x/crash-1"), "{flag}");
     }
 
     #[test]

@@ -1214,22 +1214,25 @@ mod tests {
         let _server = start(&dir);
         // A new thread starts with its parent's name and sets its own once it runs, which on
         // a loaded host can be after `spawn` returned: look until it has, for up to 5 s.
-        let thread_names = || -> Vec<String> {
-            fs::read_dir("/proc/self/task")
+        let api_thread_named = || -> Result<(), Vec<String>> {
+            let names: Vec<String> = fs::read_dir("/proc/self/task")
                 .unwrap()
                 .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
-                .collect()
+                .collect();
+            if names.iter().any(|name| name.trim() == API_THREAD_NAME) {
+                Ok(())
+            } else {
+                Err(names)
+            }
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut names = thread_names();
-        while !names.iter().any(|name| name.trim() == API_THREAD_NAME) && Instant::now() < deadline
-        {
+        let mut named = api_thread_named();
+        while named.is_err() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
-            names = thread_names();
+            named = api_thread_named();
         }
-        assert!(
-            names.iter().any(|name| name.trim() == API_THREAD_NAME),
-            "{names:?}"
-        );
+        if let Err(names) = named {
+            panic!("no thread named {API_THREAD_NAME}: {names:?}");
+        }
     }
 }

@@ -97,9 +97,9 @@ pub fn request(data: &[u8]) {
 /// Parses a config file (the input as UTF-8, lossily).
 ///
 /// Checks that a refusal's message stays short and on one line (every quoted piece of the
-/// input is cut and its control characters escaped), and
-/// that an accepted file, exported the way `GET /vm/config` writes it, reads back the same:
-/// the config-file module promises that what Petrel exports can be fed back.
+/// input is cut and its control characters escaped), and that an accepted file, exported the
+/// way `GET /vm/config` writes it, reads back the same: the config-file module promises that
+/// what Petrel exports can be fed back.
 pub fn config_file(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let file = match parse_config_file(&text) {
