@@ -1,6 +1,7 @@
-//! The boot test's guest kernel: Debian's linux-source-6.12, `make tinyconfig` plus the
-//! fragment in `xtask/kernel/petrel.config`, built into `vmlinux` (ELF, PVH entry) and
-//! `bzImage`, and cached by a hash of everything that goes into it.
+//! The boot test's guest kernel: Debian's linux-source-6.12 with the patches in
+//! `xtask/kernel/patches/`, `make tinyconfig` plus the fragment in
+//! `xtask/kernel/petrel.config`, built into `vmlinux` (ELF, PVH entry) and `bzImage`, and
+//! cached by a hash of everything that goes into it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,10 +14,14 @@ use crate::error::{Error, IoContext, Result};
 use crate::host;
 
 /// Changes whenever the build steps below change in a way that alters the output.
-pub const RECIPE_VERSION: &str = "petrel-kernel-recipe-1";
+pub const RECIPE_VERSION: &str = "petrel-kernel-recipe-2";
 
 /// The config fragment, relative to the workspace root.
 pub const FRAGMENT: &str = "xtask/kernel/petrel.config";
+
+/// The kernel patches, relative to the workspace root: every `*.patch` file there, applied
+/// with `patch -p1` in the order of their names (GPL-2.0, like the kernel).
+pub const PATCHES_DIR: &str = "xtask/kernel/patches";
 
 /// The kernel source tarball installed by [`host::LINUX_SOURCE_PACKAGE`].
 const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
@@ -110,11 +115,49 @@ pub fn unmet(reqs: &[Requirement], dot_config: &str) -> Vec<String> {
         .collect()
 }
 
-/// The cache key of a kernel built from `fragment` and linux-source `source_version`.
-pub fn cache_key(fragment: &[u8], source_version: &str) -> String {
+/// One kernel patch: its file name and contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patch {
+    /// The file name (it orders the patches).
+    pub name: String,
+    /// The patch text.
+    pub text: Vec<u8>,
+}
+
+/// The `*.patch` files in `dir`, in the order of their names.
+pub fn read_patches(dir: &Path) -> Result<Vec<Patch>> {
+    let entries = fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))?;
+    let mut patches = Vec::new();
+    for entry in entries {
+        let path = entry.ctx(|| format!("reading {}", dir.display()))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(name) = name.filter(|n| n.ends_with(".patch")) else {
+            continue;
+        };
+        let text = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        patches.push(Patch { name, text });
+    }
+    patches.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(patches)
+}
+
+/// A key for the source tree `source_version` with `patches` applied.
+fn source_key(source_version: &str, patches: &[Patch]) -> String {
+    let mut key = KeyBuilder::new("kernel-source");
+    key.add("source-version", source_version.as_bytes());
+    for p in patches {
+        key.add("patch-name", p.name.as_bytes())
+            .add("patch", &p.text);
+    }
+    key.finish()
+}
+
+/// The cache key of a kernel built from `fragment` and linux-source `source_version` with
+/// `patches`.
+pub fn cache_key(fragment: &[u8], source_version: &str, patches: &[Patch]) -> String {
     KeyBuilder::new("kernel")
         .add("recipe", RECIPE_VERSION.as_bytes())
-        .add("source-version", source_version.as_bytes())
+        .add("source", source_key(source_version, patches).as_bytes())
         .add("fragment", fragment)
         .finish()
 }
@@ -127,7 +170,8 @@ pub fn build(cache: &Cache, workspace: &Path) -> Result<Kernel> {
         fs::read(&fragment_path).ctx(|| format!("reading {}", fragment_path.display()))?;
     let reqs = parse_fragment(&String::from_utf8_lossy(&fragment))?;
     let version = host::package_version(host::LINUX_SOURCE_PACKAGE)?;
-    let key = cache_key(&fragment, &version);
+    let patches = read_patches(&workspace.join(PATCHES_DIR))?;
+    let key = cache_key(&fragment, &version, &patches);
 
     let top = cache.dir("kernel")?;
     let entry = top.join(&key);
@@ -148,7 +192,7 @@ pub fn build(cache: &Cache, workspace: &Path) -> Result<Kernel> {
     }
 
     let start = Instant::now();
-    let src = unpack_source(cache, &version)?;
+    let src = unpack_source(cache, &version, &patches, workspace)?;
     let build_dir = cache.dir("build")?.join(format!("kernel-{key}"));
     fs::create_dir_all(&build_dir).ctx(|| format!("creating {}", build_dir.display()))?;
     let log = build_dir.join("petrel-build.log");
@@ -234,8 +278,14 @@ pub fn build(cache: &Cache, workspace: &Path) -> Result<Kernel> {
     Ok(kernel)
 }
 
-/// Unpacks the kernel source once per package version and returns its top directory.
-fn unpack_source(cache: &Cache, version: &str) -> Result<PathBuf> {
+/// Unpacks the kernel source and applies `patches` (found in [`PATCHES_DIR`] under
+/// `workspace`), once per package version and set of patches; returns the top directory.
+fn unpack_source(
+    cache: &Cache,
+    version: &str,
+    patches: &[Patch],
+    workspace: &Path,
+) -> Result<PathBuf> {
     let top = cache.dir("src")?;
     let name: String = version
         .chars()
@@ -247,13 +297,13 @@ fn unpack_source(cache: &Cache, version: &str) -> Result<PathBuf> {
             }
         })
         .collect();
-    let dir = top.join(format!("linux-{name}"));
+    let dir = top.join(format!("linux-{name}-{}", source_key(version, patches)));
     let stamp = dir.join(".petrel-unpacked");
     let src = dir.join(SOURCE_TOP);
     if stamp.is_file() {
         return Ok(src);
     }
-    let _lock = Lock::acquire(&top.join(format!("linux-{name}.lock")))?;
+    let _lock = Lock::acquire(&dir.with_extension("lock"))?;
     if stamp.is_file() {
         return Ok(src);
     }
@@ -268,6 +318,16 @@ fn unpack_source(cache: &Cache, version: &str) -> Result<PathBuf> {
             "{SOURCE_TARBALL} did not unpack to {}",
             src.display()
         )));
+    }
+    for p in patches {
+        let path = workspace.join(PATCHES_DIR).join(&p.name);
+        println!("kernel: applying {}", path.display());
+        let mut apply = Command::new("patch");
+        apply
+            .current_dir(&src)
+            .args(["-p1", "--batch", "--forward", "-i"])
+            .arg(&path);
+        host::run(&mut apply)?;
     }
     fs::write(&stamp, version).ctx(|| format!("writing {}", stamp.display()))?;
     Ok(src)
@@ -374,10 +434,48 @@ mod tests {
     }
 
     #[test]
-    fn key_depends_on_fragment_and_version() {
-        let k = cache_key(b"CONFIG_A=y\n", "6.12.117-1");
-        assert_eq!(k, cache_key(b"CONFIG_A=y\n", "6.12.117-1"));
-        assert_ne!(k, cache_key(b"CONFIG_A=y\n", "6.12.118-1"));
-        assert_ne!(k, cache_key(b"CONFIG_B=y\n", "6.12.117-1"));
+    fn key_depends_on_fragment_version_and_patches() {
+        let p = |name: &str, text: &[u8]| Patch {
+            name: name.into(),
+            text: text.to_vec(),
+        };
+        let one = [p("0001-a.patch", b"x")];
+        let k = cache_key(b"CONFIG_A=y\n", "6.12.117-1", &one);
+        assert_eq!(k, cache_key(b"CONFIG_A=y\n", "6.12.117-1", &one));
+        assert_ne!(k, cache_key(b"CONFIG_A=y\n", "6.12.118-1", &one));
+        assert_ne!(k, cache_key(b"CONFIG_B=y\n", "6.12.117-1", &one));
+        assert_ne!(k, cache_key(b"CONFIG_A=y\n", "6.12.117-1", &[]));
+        assert_ne!(
+            k,
+            cache_key(b"CONFIG_A=y\n", "6.12.117-1", &[p("0001-a.patch", b"y")])
+        );
+        assert_ne!(
+            k,
+            cache_key(b"CONFIG_A=y\n", "6.12.117-1", &[p("0002-a.patch", b"x")])
+        );
+    }
+
+    #[test]
+    fn shipped_patches_are_read_in_order_and_enabled_by_the_fragment() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel/patches");
+        let patches = read_patches(&dir).unwrap();
+        assert!(!patches.is_empty(), "no patches in {}", dir.display());
+        let names: Vec<_> = patches.iter().map(|p| p.name.clone()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        let syscalls = patches
+            .iter()
+            .find(|p| String::from_utf8_lossy(&p.text).contains("config KVM_GUEST_SYSCALL_FIXUP"))
+            .expect("the system-call patch");
+        let text = String::from_utf8_lossy(&syscalls.text);
+        assert!(
+            text.contains("GPL-2.0"),
+            "the patch header names its license"
+        );
+        // The fragment turns the option on, and xtask's check of .config then proves the
+        // patch was applied: without it, olddefconfig drops the unknown option.
+        let reqs = parse_fragment(include_str!("../kernel/petrel.config")).unwrap();
+        assert!(reqs.contains(&req("CONFIG_KVM_GUEST_SYSCALL_FIXUP", Some("y"))));
     }
 }
