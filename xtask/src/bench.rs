@@ -38,7 +38,7 @@ use petrel_vmm::config::EMULATED_HOST_CMDLINE;
 use crate::boottest::{LogWatch, GUEST_CMDLINE, RUN_INIT_LINE};
 use crate::cli::BenchArgs;
 use crate::error::{Error, IoContext, Result};
-use crate::host::{self, GuestUserMode};
+use crate::host::{self, HostKvm};
 use proc::{MemWatch, Timed};
 use report::{Cell, Context, Row, Target, Unit, Verdict};
 
@@ -567,9 +567,9 @@ fn host_description(emulated: bool) -> String {
     let kvm = if emulated {
         "PVM (KVM without VT-x/AMD-V: guest kernel code is emulated, ~1000x slower)".to_owned()
     } else {
-        match host::guest_user_mode() {
-            GuestUserMode::Works => "hardware KVM (VMX/SVM)".to_owned(),
-            GuestUserMode::NoSyscalls(why) => format!("KVM of an unknown kind ({why})"),
+        match host::host_kvm() {
+            HostKvm::Hardware => "hardware KVM (VMX/SVM)".to_owned(),
+            HostKvm::Emulating(why) => format!("KVM of an unknown kind ({why})"),
         }
     };
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());

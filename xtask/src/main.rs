@@ -23,6 +23,7 @@ mod elf;
 mod error;
 mod fcapi;
 mod fuzz;
+mod guest_script;
 mod host;
 mod initramfs;
 mod jail_boot;
@@ -41,13 +42,12 @@ use boottest::{KernelFormat, Scenario, Vmm};
 use cache::Cache;
 use cli::{BootTestArgs, Cmd, QemuCheckArgs};
 use error::{Error, IoContext, Result};
-use host::GuestUserMode;
+use host::HostKvm;
 
 /// The standard boot-test scenarios: (name, kernel format, vCPUs).
 const SCENARIOS: &[(&str, KernelFormat, u32)] = &[
     ("vmlinux-1vcpu", KernelFormat::Elf, 1),
     ("bzimage-1vcpu", KernelFormat::BzImage, 1),
-    ("vmlinux-2vcpu", KernelFormat::Elf, 2),
 ];
 
 /// The scenario name used with `boot-test --kernel`.
@@ -342,22 +342,18 @@ fn boot_test(args: &BootTestArgs) -> u8 {
             return 1;
         }
     };
-    let user_mode = host::guest_user_mode();
-    match &user_mode {
-        GuestUserMode::Works => {
-            println!(
-                "host: hardware KVM; the init marker {} is required",
-                initramfs::MARKER
-            )
-        }
-        GuestUserMode::NoSyscalls(why) => {
-            println!(
-                "host: guest user mode cannot make system calls ({why}); pass = `{}` + exit 0",
-                boottest::RUN_INIT_LINE
-            )
-        }
-    }
-    run_all(&Vmm::Petrel(petrel), &scenarios, args.timeout, &user_mode)
+    let host = match host::host_kvm() {
+        HostKvm::Hardware => "hardware KVM".to_owned(),
+        HostKvm::Emulating(why) => format!(
+            "KVM that emulates guest kernel code ({why}); the guest kernel's patch makes \
+             user-mode system calls work"
+        ),
+    };
+    println!(
+        "host: {host}; every scenario needs its guest's user-mode marker {}",
+        initramfs::MARKER
+    );
+    run_all(&Vmm::Petrel(petrel), &scenarios, args.timeout)
 }
 
 /// Runs `qemu-check`; returns the exit code, as [`boot_test`] does.
@@ -386,23 +382,23 @@ fn qemu_check(args: &QemuCheckArgs) -> u8 {
         })
         .collect();
     println!("QEMU with TCG runs guest user mode: the init marker is required");
-    run_all(&Vmm::Qemu, &scenarios, args.timeout, &GuestUserMode::Works)
+    run_all(&Vmm::Qemu, &scenarios, args.timeout)
 }
 
 /// Runs the scenarios one after another and prints the closing `N passed, N failed`;
 /// returns 0 when all passed, else 1.
-fn run_all(vmm: &Vmm, scenarios: &[Scenario], timeout: Duration, user_mode: &GuestUserMode) -> u8 {
+fn run_all(vmm: &Vmm, scenarios: &[Scenario], timeout: Duration) -> u8 {
     let log_dir = target_dir(&workspace_root()).join("boot-test");
     let start = Instant::now();
     let mut results = Vec::new();
     for s in scenarios {
-        let result = match boottest::run_scenario(vmm, s, &log_dir, timeout, user_mode) {
+        let result = match boottest::run_scenario(vmm, s, &log_dir, timeout) {
             Ok(outcome) => (
                 outcome.verdict.passed(),
                 format!(
                     "{:>6.1} s; {}",
                     outcome.wall.as_secs_f64(),
-                    boottest::run_init_text(outcome.run_init)
+                    boottest::times_text(outcome.run_init, outcome.marker)
                 ),
             ),
             Err(e) => {

@@ -31,7 +31,7 @@ use crate::boottest::{
     Verdict, Vmm, RUN_INIT_LINE,
 };
 use crate::error::{IoContext, Result};
-use crate::host::{self, GuestUserMode};
+use crate::host;
 use crate::virtio_boot::{device_counter, read_metrics, read_superblock, root_cmdline};
 
 /// The snapshot scenario's name.
@@ -270,7 +270,6 @@ pub fn run(
     snap: &SnapshotBoot,
     log_dir: &Path,
     timeout: Duration,
-    user_mode: &GuestUserMode,
 ) -> Result<Outcome> {
     fs::create_dir_all(log_dir).ctx(|| format!("creating {}", log_dir.display()))?;
     let serial1 = log_dir.join(format!("{}.log", s.name));
@@ -344,7 +343,7 @@ pub fn run(
             None,
         )?;
         let text2 = read_lossy(&serial2);
-        let v = evaluate(&text2, &run.exit, user_mode);
+        let v = evaluate(&text2, &run.exit);
         verdict.failures.extend(v.failures);
         verdict.notes.extend(v.notes);
         for line in &s.expect {
@@ -404,6 +403,7 @@ pub fn run(
         verdict,
         wall,
         run_init,
+        marker: None,
     })
 }
 

@@ -1,7 +1,16 @@
-//! Boot-test scenarios with virtio devices: the root filesystem on a virtio-blk disk (read-write
-//! and read-only), with virtio-rng, checked from the guest's serial log and, after the VM
-//! ended, on the host: the ext4 superblock the guest wrote (read with `dumpe2fs`) and what
-//! Petrel's `--metrics` says each device did.
+//! Boot-test scenarios with virtio devices, each proven from inside the guest by its init
+//! script (see [`crate::guest_script`]) and checked on the host after the VM ended:
+//!
+//! - `virtio-blk-root`: root on a read-write disk; the guest writes a known pattern of
+//!   several MiB to a second disk with `dd`, drops its caches, reads it back and prints its
+//!   checksum, and the host finds the same bytes in the image; the guest reads
+//!   `/dev/hwrng` (virtio-rng); the ext4 superblock shows the guest's mount (`dumpe2fs`)
+//!   and Petrel's `--metrics` the devices' work.
+//! - `virtio-blk-ro`: root on a read-only disk; the guest's writes fail with EROFS (to the
+//!   filesystem and to the block device itself), and the image is byte for byte unchanged.
+//! - `vmlinux-2vcpu`: both vCPUs online, and a busy loop pinned to each with `taskset` makes
+//!   progress on both.
+//! - `virtio-net-dhcp`: see [`net_scenario`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,11 +18,86 @@ use std::process::Command;
 
 use crate::boottest::{KernelFormat, Scenario};
 use crate::error::{Error, IoContext, Result};
+use crate::guest_script::{self, ExtraFile};
 use crate::host;
 use crate::initramfs::{init_script, BUSYBOX_PATH};
+use crate::sha256::Sha256;
 
-/// The virtio scenarios, by name.
-pub const SCENARIOS: &[&str] = &["virtio-blk-root", "virtio-blk-ro", "virtio-net-dhcp"];
+/// The virtio scenarios (and the 2-vCPU one, which needs busybox from a disk), by name.
+pub const SCENARIOS: &[&str] = &[
+    "vmlinux-2vcpu",
+    "virtio-blk-root",
+    "virtio-blk-ro",
+    "virtio-net-dhcp",
+];
+
+/// The size of the pattern the `virtio-blk-root` guest writes to its second disk.
+const PATTERN_LEN: usize = 4 << 20;
+
+/// The seed of that pattern.
+const PATTERN_SEED: u64 = 0x5045_5452_454c;
+
+/// The size of that second disk, in MiB: larger than the pattern, so the host also sees
+/// that nothing was written past it.
+const DATA_DISK_MIB: u64 = 8;
+
+/// `virtio-blk-root`'s script: the pattern onto /dev/vdb past the page cache, read back and
+/// hashed; 32 bytes from /dev/hwrng, which must be virtio-rng.
+const BLK_RW_SCRIPT: &str = r#"mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+if dd if=/pattern of=/dev/vdb bs=1M conv=fsync 2>/tmp/dd.err; then
+    echo 3 > /proc/sys/vm/drop_caches
+    set -- $(dd if=/dev/vdb bs=1M count=4 2>/dev/null | sha256sum)
+    ok blk-pattern "sha256=$1"
+else
+    fail blk-pattern "dd to /dev/vdb: $(cat /tmp/dd.err)"
+fi
+read rng < /sys/class/misc/hw_random/rng_current
+n=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c)
+if [ "$rng" = virtio_rng.0 ] && [ "$n" = 32 ]; then
+    ok rng "read $n bytes from /dev/hwrng ($rng)"
+else
+    fail rng "read $n bytes from /dev/hwrng, source '$rng'"
+fi"#;
+
+/// `virtio-blk-ro`'s script: the kernel and the filesystem must both refuse writes.
+const BLK_RO_SCRIPT: &str = r#"mount -t sysfs sysfs /sys
+read ro < /sys/block/vda/ro
+if [ "$ro" = 1 ]; then ok ro-flag "/sys/block/vda/ro is 1"; else fail ro-flag "/sys/block/vda/ro is '$ro'"; fi
+err=$( { echo x > /probe; } 2>&1 )
+case "$err" in
+    *"Read-only file system"*) ok ro-file "writing /probe: $err" ;;
+    *) fail ro-file "writing /probe gave '$err'" ;;
+esac
+err=$(dd if=/dev/zero of=/dev/vda bs=4096 count=1 2>&1)
+case "$err" in
+    *"Read-only file system"*|*"Operation not permitted"*|*"Permission denied"*) ok ro-device "dd to /dev/vda: $err" ;;
+    *) fail ro-device "dd to /dev/vda gave '$err'" ;;
+esac"#;
+
+/// `vmlinux-2vcpu`'s script: two busy loops, one pinned to each vCPU, must both count on.
+const SMP_SCRIPT: &str = r#"mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tmpfs tmpfs /tmp
+read online < /sys/devices/system/cpu/online
+if [ "$online" = 0-1 ]; then ok cpus-online "$online"; else fail cpus-online "'$online'"; fi
+spin='i=0; while :; do i=$((i+1)); [ $((i & 16383)) = 0 ] && echo $i > /tmp/spin$0; done'
+taskset -c 0 sh -c "$spin" 0 &
+p0=$!
+taskset -c 1 sh -c "$spin" 1 &
+p1=$!
+sleep 2
+read a0 < /tmp/spin0; read a1 < /tmp/spin1
+sleep 2
+read b0 < /tmp/spin0; read b1 < /tmp/spin1
+set -- $(taskset -p $p0); m0=$6
+set -- $(taskset -p $p1); m1=$6
+kill $p0 $p1
+if [ "$m0" = 1 ] && [ "$m1" = 2 ] && [ "${b0:-0}" -gt "${a0:-0}" ] && [ "${b1:-0}" -gt "${a1:-0}" ]; then
+    ok smp-progress "cpu0 ${a0}->${b0}, cpu1 ${a1}->${b1} (masks $m0 $m1)"
+else
+    fail smp-progress "cpu0 '${a0}'->'${b0}' mask '$m0', cpu1 '${a1}'->'${b1}' mask '$m1'"
+fi"#;
 
 /// What the kernel prints when it mounted the root filesystem read-write.
 pub const MOUNTED_RW: &str = "VFS: Mounted root (ext4 filesystem) on device";
@@ -29,6 +113,23 @@ pub fn root_cmdline(mode: &str) -> String {
 /// Checks made on the host once the VM has ended.
 #[derive(Debug, Clone)]
 pub enum AfterCheck {
+    /// The root checks of [`AfterCheck::RootReadWrite`], and the second disk holds the
+    /// pattern the guest wrote, with the checksum the guest printed, and zeros after it.
+    RootAndPattern {
+        /// The root disk image.
+        image: PathBuf,
+        /// Petrel's `--metrics` file.
+        metrics: PathBuf,
+        /// The second disk's image.
+        data: PathBuf,
+    },
+    /// The disk image is byte for byte what it was before the VM started.
+    Unchanged {
+        /// The disk image.
+        image: PathBuf,
+        /// Its SHA-256 before.
+        sha256: String,
+    },
     /// The guest mounted the disk read-write: the ext4 mount count went from 0 to at least 1
     /// with a last-mount time, the disk saw writes, and virtio-rng served the guest bytes.
     RootReadWrite {
@@ -106,12 +207,80 @@ pub fn read_metrics(path: &Path) -> std::result::Result<serde_json::Value, Strin
         .map_err(|e| format!("metrics at {} are not JSON: {e}", path.display()))
 }
 
+/// The SHA-256 of the file at `path`, in hex.
+pub fn file_sha256(path: &Path) -> std::result::Result<String, String> {
+    let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    h.update(&bytes);
+    Ok(h.finish_hex())
+}
+
+/// Whether `disk` starts with the scenario's pattern, whose SHA-256 must be the
+/// `guest_sum` the guest printed, and holds only zeros after it.
+fn check_pattern(disk: &Path, guest_sum: Option<&str>) -> std::result::Result<String, String> {
+    let bytes = fs::read(disk).map_err(|e| format!("reading {}: {e}", disk.display()))?;
+    let want = guest_script::pattern(PATTERN_LEN, PATTERN_SEED);
+    let mut h = Sha256::new();
+    h.update(&want);
+    let sum = h.finish_hex();
+    if bytes.len() < PATTERN_LEN || bytes[..PATTERN_LEN] != want[..] {
+        let first_bad = bytes.iter().zip(&want).position(|(a, b)| a != b);
+        return Err(format!(
+            "{} does not hold the guest's pattern (first difference at byte {first_bad:?})",
+            disk.display()
+        ));
+    }
+    if bytes[PATTERN_LEN..].iter().any(|&b| b != 0) {
+        return Err(format!("{} has data after the pattern", disk.display()));
+    }
+    match guest_sum {
+        Some(g) if g == format!("sha256={sum}") => Ok(format!(
+            "the host found the guest's {} MiB pattern on {} with the same {g}",
+            PATTERN_LEN >> 20,
+            disk.display()
+        )),
+        other => Err(format!(
+            "the guest read back {other:?}, but the pattern's sha256 is {sum}"
+        )),
+    }
+}
+
 impl AfterCheck {
-    /// Runs the checks: notes on success, failures otherwise.
-    pub fn check(&self) -> std::result::Result<Vec<String>, Vec<String>> {
+    /// Runs the checks, with the guest's serial log at hand: notes on success, failures
+    /// otherwise.
+    pub fn check(&self, serial: &str) -> std::result::Result<Vec<String>, Vec<String>> {
         let mut notes = Vec::new();
         let mut failures = Vec::new();
         match self {
+            AfterCheck::RootAndPattern {
+                image,
+                metrics,
+                data,
+            } => {
+                let root = AfterCheck::RootReadWrite {
+                    image: image.clone(),
+                    metrics: metrics.clone(),
+                };
+                match root.check(serial) {
+                    Ok(n) => notes.extend(n),
+                    Err(f) => failures.extend(f),
+                }
+                let guest_sum = guest_script::detail_of(serial, "blk-pattern");
+                match check_pattern(data, guest_sum.as_deref()) {
+                    Ok(n) => notes.push(n),
+                    Err(f) => failures.push(f),
+                }
+            }
+            AfterCheck::Unchanged { image, sha256 } => match file_sha256(image) {
+                Ok(now) if now == *sha256 => {
+                    notes.push(format!("{} is unchanged (sha256 {now})", image.display()))
+                }
+                Ok(now) => failures.push(format!(
+                    "{} changed: sha256 {sha256} before, {now} after",
+                    image.display()
+                )),
+                Err(e) => failures.push(e),
+            },
             AfterCheck::RootReadWrite { image, metrics } => {
                 match read_superblock(image) {
                     Ok(sb) if sb.mount_count >= 1 && sb.last_mount_time != "n/a" => {
@@ -232,29 +401,56 @@ pub fn scenarios(
         let image = dir.join(format!("{name}.ext4"));
         let metrics = dir.join(format!("{name}.metrics.json"));
         let _ = fs::remove_file(&metrics);
-        build_rootfs(&image)?;
-        let mut s = Scenario::new(name, vmlinux, KernelFormat::Elf, Path::new(""), 1);
+        let vcpus = if name == "vmlinux-2vcpu" { 2 } else { 1 };
+        let mut s = Scenario::new(name, vmlinux, KernelFormat::Elf, Path::new(""), vcpus);
         s.initrd = None;
         let disk = image.display().to_string();
         let metrics_arg = metrics.display().to_string();
         match name {
             "virtio-blk-root" => {
+                let pattern = ExtraFile {
+                    path: "pattern".into(),
+                    data: guest_script::pattern(PATTERN_LEN, PATTERN_SEED),
+                    mode: 0o644,
+                };
+                let script = guest_script::init_script(BLK_RW_SCRIPT);
+                guest_script::build_rootfs(&image, &script, &[pattern], 32)?;
+                let data = dir.join(format!("{name}.data.img"));
+                let f = fs::File::create(&data).ctx(|| format!("creating {}", data.display()))?;
+                f.set_len(DATA_DISK_MIB << 20)
+                    .ctx(|| format!("sizing {}", data.display()))?;
                 s.cmdline = Some(root_cmdline("rw"));
-                s.extra_args = vec!["--disk".into(), disk, "--rng".into()];
+                s.extra_args = vec![
+                    "--disk".into(),
+                    disk,
+                    "--disk".into(),
+                    data.display().to_string(),
+                    "--rng".into(),
+                ];
                 s.expect = vec![MOUNTED_RW];
-                s.after = Some(AfterCheck::RootReadWrite {
+                s.checks = vec!["blk-pattern", "rng"];
+                s.after = Some(AfterCheck::RootAndPattern {
                     image,
                     metrics: metrics.clone(),
+                    data,
                 });
             }
             "virtio-blk-ro" => {
+                let script = guest_script::init_script(BLK_RO_SCRIPT);
+                guest_script::build_rootfs(&image, &script, &[], 16)?;
+                let sha256 = file_sha256(&image).map_err(Error::Other)?;
                 s.cmdline = Some(root_cmdline("ro"));
                 s.extra_args = vec!["--disk".into(), format!("{disk},ro")];
                 s.expect = vec![MOUNTED_RO];
-                s.after = Some(AfterCheck::RootReadOnly {
-                    image,
-                    metrics: metrics.clone(),
-                });
+                s.checks = vec!["ro-flag", "ro-file", "ro-device"];
+                s.after = Some(AfterCheck::Unchanged { image, sha256 });
+            }
+            "vmlinux-2vcpu" => {
+                let script = guest_script::init_script(SMP_SCRIPT);
+                guest_script::build_rootfs(&image, &script, &[], 16)?;
+                s.cmdline = Some(root_cmdline("ro"));
+                s.extra_args = vec!["--disk".into(), format!("{disk},ro")];
+                s.checks = vec!["cpus-online", "smp-progress"];
             }
             other => {
                 return Err(Error::Command {
