@@ -33,6 +33,8 @@ compile_error!(
 );
 
 pub mod cpuid;
+#[cfg(feature = "fault-injection")]
+pub mod inject;
 mod runner;
 pub mod setup;
 pub mod stats;

@@ -186,6 +186,9 @@ pub struct VcpuRunner<H: IoHandler + ?Sized> {
     first_run_at: Option<Instant>,
     /// Park before the first `KVM_RUN` until `Resume` (a restored VM loaded paused).
     start_paused: bool,
+    /// The exit that replaces the first one (tests only: see [`crate::inject`]).
+    #[cfg(feature = "fault-injection")]
+    inject: Option<VmExit<'static>>,
 }
 
 impl<H: IoHandler + ?Sized> VcpuRunner<H> {
@@ -207,6 +210,8 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
             emulation: EmulationCounts::default(),
             first_run_at: None,
             start_paused: false,
+            #[cfg(feature = "fault-injection")]
+            inject: crate::inject::exit_from_env(),
         }
     }
 
@@ -252,6 +257,15 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
             let exit = match self.vcpu.run() {
                 Ok(e) => e,
                 Err(e) => return StopReason::VmmError(error_chain(&e)),
+            };
+            #[cfg(feature = "fault-injection")]
+            let exit = match (&exit, self.inject.take()) {
+                (VmExit::Interrupted, injected) => {
+                    self.inject = injected;
+                    exit
+                }
+                (_, Some(injected)) => injected,
+                (_, None) => exit,
             };
             let started = Instant::now();
             let reason = exit.reason_name();

@@ -17,6 +17,11 @@ pub fn restore() {
     }
 }
 
+/// Whether a [`RawTerminal`] has stdin in raw mode now.
+pub fn is_raw() -> bool {
+    RAW.load(Ordering::SeqCst)
+}
+
 /// Whether Petrel may read stdin and change its mode: always when stdin is not a terminal; when
 /// it is, only if Petrel is in the terminal's foreground process group. A background job that
 /// touched the terminal would be stopped by SIGTTOU or SIGTTIN (POSIX job control).
@@ -45,7 +50,11 @@ impl RawTerminal {
         HOOK.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                restore();
+                // A confined thread may not change the terminal (its filter traps the ioctl);
+                // its panic is caught, and the guard restores the terminal on the main thread.
+                if !crate::seccomp::panic_report::is_confined() {
+                    restore();
+                }
                 previous(info);
             }));
         });

@@ -278,6 +278,8 @@ impl MutEventSubscriber for SerialInput {
             }
         } else if fd == self.fd.as_raw_fd() {
             if set.contains(EventSet::IN) {
+                #[cfg(feature = "fault-injection")]
+                crate::inject::device_panic("vmm-device-panic");
                 // Data (possibly with a hang-up behind it): read until EOF tells the end.
                 self.forward(ops);
             } else if set.intersects(EventSet::HANG_UP | EventSet::ERROR) {

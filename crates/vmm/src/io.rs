@@ -52,6 +52,8 @@ impl IoHandler for PlatformIo {
     }
 
     fn pio_write(&self, port: u16, data: &[u8]) -> IoOutcome {
+        #[cfg(feature = "fault-injection")]
+        crate::inject::device_panic("vcpu-device-panic");
         #[cfg(feature = "record-io")]
         record("pio", 'w', u64::from(port), data);
         outcome(self.pio.write(u64::from(port), data))

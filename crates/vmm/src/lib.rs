@@ -37,6 +37,8 @@ pub mod config;
 pub mod console;
 pub mod debug_port;
 pub mod event_loop;
+#[cfg(feature = "fault-injection")]
+pub mod inject;
 pub mod io;
 pub mod kvm_view;
 pub mod metrics;

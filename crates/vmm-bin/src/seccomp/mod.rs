@@ -14,6 +14,7 @@
 //! files have no console thread). A call outside a thread's list traps: see [`sigsys`].
 
 mod names;
+pub mod panic_report;
 pub mod rules;
 pub mod sigsys;
 
@@ -176,7 +177,7 @@ impl Filters {
 }
 
 /// Loads the filters `choice` asks for and, unless it is `--no-seccomp`, installs the SIGSYS
-/// report and registers the hook that confines each library thread as it starts. Call it
+/// report and the panic report of confined threads ([`panic_report`]), and registers the hook that confines each library thread as it starts. Call it
 /// once, before any thread starts. Returns the filters, for the VMM thread's own.
 pub fn enable(choice: &Choice) -> Result<Option<Arc<Filters>>, CliError> {
     let Some(filters) = Filters::load(choice)? else {
@@ -187,6 +188,7 @@ pub fn enable(choice: &Choice) -> Result<Option<Arc<Filters>>, CliError> {
         what: "install the SIGSYS handler for",
         source: Box::new(e),
     })?;
+    panic_report::install();
     let for_hook = filters.clone();
     petrel_thread_hook::set_thread_hook(Box::new(move |kind| {
         if let Err(e) = confine_current_thread(&for_hook, kind.into()) {
@@ -209,7 +211,9 @@ pub fn confine_current_thread(filters: &Filters, kind: Kind) -> Result<(), CliEr
     seccompiler::apply_filter(filters.get(kind)).map_err(|e| CliError::Seccomp {
         what: "install",
         source: Box::new(e),
-    })
+    })?;
+    panic_report::mark_confined();
+    Ok(())
 }
 
 /// `petrel __seccomp-selftest KIND [FILE]`: a hidden aid for the tests. Confines a thread of

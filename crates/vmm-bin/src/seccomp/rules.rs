@@ -138,7 +138,7 @@ const IOC_READ: u64 = 2;
 
 /// The KVM vCPU ioctls a vCPU thread makes once it runs: `KVM_RUN`, and the register and
 /// event reads and writes of the emulation-failure handling (int3 injection, `fwait`) and of
-/// the fault report.
+/// the fault report (numbers from linux/kvm.h).
 pub const KVM_RUN: u64 = ioc(0, 0x80, 0);
 /// `KVM_GET_REGS`.
 pub const KVM_GET_REGS: u64 = ioc(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_regs>());
@@ -146,6 +146,10 @@ pub const KVM_GET_REGS: u64 = ioc(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_re
 pub const KVM_SET_REGS: u64 = ioc(IOC_WRITE, 0x82, size_of::<kvm_bindings::kvm_regs>());
 /// `KVM_GET_SREGS`.
 pub const KVM_GET_SREGS: u64 = ioc(IOC_READ, 0x83, size_of::<kvm_bindings::kvm_sregs>());
+/// `KVM_TRANSLATE`: the guest-fault report reads the instruction bytes at RIP through the
+/// guest's page tables (hv-sys `Vcpu::instruction_bytes_at_rip`), after a triple fault, a
+/// failed entry or an emulation failure whose bytes `kvm_run` does not carry.
+pub const KVM_TRANSLATE: u64 = ioc(IOC_RW, 0x85, size_of::<kvm_bindings::kvm_translation>());
 /// `KVM_GET_FPU`.
 pub const KVM_GET_FPU: u64 = ioc(IOC_READ, 0x8c, size_of::<kvm_bindings::kvm_fpu>());
 /// `KVM_GET_VCPU_EVENTS`.
@@ -237,6 +241,7 @@ fn vcpu(l: &mut AllowList) -> Result<(), seccompiler::Error> {
         KVM_GET_REGS,
         KVM_SET_REGS,
         KVM_GET_SREGS,
+        KVM_TRANSLATE,
         KVM_GET_FPU,
         KVM_GET_VCPU_EVENTS,
         KVM_SET_VCPU_EVENTS,
@@ -369,7 +374,7 @@ mod tests {
             [
                 ("vmm", 42, 60),
                 ("api", 28, 31),
-                ("vcpu", 25, 43),
+                ("vcpu", 25, 44),
                 ("console", 22, 25)
             ],
             "update README.md's seccomp table with these (system calls, rules)"
@@ -383,6 +388,7 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_SET_REGS, 0x4090_ae82);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
         assert_eq!(KVM_GET_FPU, 0x81a0_ae8c);
         assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
         assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
