@@ -845,3 +845,105 @@ fn snapshots_full_and_diff_over_the_api_load_in_fresh_processes() {
     patch_vm(&sock, "Resumed");
     counts_on(&mut diff, &at_diff, 2);
 }
+
+#[test]
+fn a_snapshot_naming_the_loaded_memory_file_leaves_guest_and_file_whole() {
+    if !kvm_present_or_skip("a_snapshot_naming_the_loaded_memory_file_leaves_guest_and_file_whole")
+    {
+        return;
+    }
+    let dir = TempDir::new("api-snap-mapped");
+    let kernel = dir.join("counter.elf");
+    std::fs::write(&kernel, counter::counter_guest_elf()).unwrap();
+    let (state1, mem1) = (dir.join("first.state"), dir.join("first.mem"));
+
+    let sock = dir.join("first.sock");
+    let mut first = Petrel::serve(&sock, "first");
+    start_counter_guest(&mut first, &sock, &kernel);
+    patch_vm(&sock, "Paused");
+    let reply = create_snapshot(&sock, "Full", &state1, &mem1);
+    assert_eq!(reply.status, 204, "Full snapshot: {reply:?}");
+    let at_first = first.stdout();
+    drop(first);
+    let mem1_bytes = std::fs::read(&mem1).unwrap();
+
+    // Loaded (mapped privately) from first.mem, dirty pages tracked.
+    let sock = dir.join("second.sock");
+    let mut second = Petrel::serve(&sock, "second");
+    let load = serde_json::json!({
+        "snapshot_path": state1,
+        "mem_backend": { "backend_type": "File", "backend_path": mem1 },
+        "track_dirty_pages": true, "resume_vm": true,
+    });
+    let reply = call(&sock, "PUT", "/snapshot/load", Some(&load.to_string()));
+    assert_eq!(reply.status, 204, "load: {reply:?}");
+    counts_on(&mut second, &at_first, 2);
+    patch_vm(&sock, "Paused");
+
+    // A Diff over the memory file it applies to is refused, by whatever name the file is
+    // reached: the file and the guest stay as they were.
+    let link = dir.join("link.mem");
+    std::fs::hard_link(&mem1, &link).unwrap();
+    let dotted = dir.join(".").join("first.mem");
+    let state2 = dir.join("second.state");
+    for name in [&mem1, &dotted, &link] {
+        let fault = create_snapshot(&sock, "Diff", &state2, name).fault();
+        assert!(
+            fault.contains(&name.display().to_string())
+                && fault.contains("the memory file this VM was restored from"),
+            "{fault}"
+        );
+    }
+    assert!(!state2.exists(), "a refused snapshot writes nothing");
+    assert_eq!(state(&sock), "Paused");
+    assert!(
+        std::fs::read(&mem1).unwrap() == mem1_bytes,
+        "first.mem unchanged"
+    );
+
+    // A Full snapshot over it replaces the name with a new file; the guest keeps the memory
+    // it maps (the old file, which stays as it was under its other name).
+    let reply = create_snapshot(&sock, "Full", &state2, &dotted);
+    assert_eq!(
+        reply.status, 204,
+        "Full snapshot over the mapped file: {reply:?}"
+    );
+    let at_second = format!("{at_first}{}", second.stdout());
+    patch_vm(&sock, "Resumed");
+    let printed = counter::ticks(&second.stdout()).len();
+    counts_on(&mut second, &at_first, printed + 2);
+    drop(second);
+    assert!(
+        std::fs::read(&link).unwrap() == mem1_bytes,
+        "the old file unchanged"
+    );
+    let new_mem = std::fs::read(&mem1).unwrap();
+    assert_eq!(new_mem.len(), mem1_bytes.len());
+    // The counter guest's memory is a dozen non-zero pages; a few ticks change one or two.
+    let non_zero = |m: &[u8]| m.chunks(4096).filter(|p| p.iter().any(|&b| b != 0)).count();
+    let differing = new_mem
+        .chunks(4096)
+        .zip(mem1_bytes.chunks(4096))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        non_zero(&mem1_bytes) > 8
+            && differing <= 4
+            && non_zero(&new_mem) + 4 >= non_zero(&mem1_bytes),
+        "{differing} pages differ, {} of {} non-zero: the untouched pages are not all there",
+        non_zero(&new_mem),
+        non_zero(&mem1_bytes)
+    );
+
+    // The new snapshot loads and counts on from where it was taken.
+    let sock = dir.join("third.sock");
+    let mut third = Petrel::serve(&sock, "third");
+    let load = serde_json::json!({
+        "snapshot_path": state2,
+        "mem_backend": { "backend_type": "File", "backend_path": mem1 },
+        "resume_vm": true,
+    });
+    let reply = call(&sock, "PUT", "/snapshot/load", Some(&load.to_string()));
+    assert_eq!(reply.status, 204, "load the second snapshot: {reply:?}");
+    counts_on(&mut third, &at_second, 2);
+}
