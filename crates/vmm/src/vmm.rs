@@ -338,7 +338,11 @@ impl VmmHandle {
     /// [`SnapshotKind::Full`], the pages written since the last snapshot for
     /// [`SnapshotKind::Diff`], which needs dirty tracking). The VM stays paused. Every virtio
     /// device is held still (locked) from its state being read until the memory is written, so
-    /// the two agree even when this is called from another thread than the event loop.
+    /// the two agree even when this is called from another thread than the event loop. Both
+    /// files are written under a temporary name and renamed over the names asked for, so a
+    /// memory file a VM maps (this one's, restored from it, or another's) is never written
+    /// into; a Diff naming the memory file this VM was restored from is
+    /// [`Error::DiffOverMappedMemory`].
     pub fn snapshot(&self, request: &SnapshotRequest) -> Result<SnapshotReport> {
         let started = Instant::now();
         let vcpus = lock(&self.shared.vcpus);
