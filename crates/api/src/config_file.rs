@@ -12,12 +12,14 @@
 //!
 //! `boot-source` and `drives` are required (as in Firecracker); the other sections are
 //! optional, and `null` stands for an absent section, as `GET /vm/config` of Firecracker
-//! writes it. Sections Petrel does not implement yet are refused when they hold a value; any
+//! writes it. Sections Petrel does not implement yet are refused when they hold a value (an
+//! empty list is no value); any
 //! other unknown section is refused. Every section is validated with the same checks as the
 //! API, and the messages name the section (and the list index) at fault.
 //!
-//! The body of `GET /vm/config` ([`FullVmConfiguration`]) has this shape, so a document Petrel
-//! exports can be fed back with `--config-file` once it has a boot source.
+//! The body of `GET /vm/config` ([`crate::reply::VmConfigReply`], made from a
+//! [`FullVmConfiguration`]) has this shape, so a document Petrel exports can be fed back with
+//! `--config-file` once it has a boot source.
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -46,7 +48,7 @@ pub const SUPPORTED_SECTIONS: [&str; 8] = [
 ];
 
 /// The sections of Firecracker's config file Petrel does not implement yet (accepted only
-/// when `null`).
+/// when empty: `null`, or an empty list).
 pub const UNSUPPORTED_SECTIONS: [&str; 6] = [
     "balloon",
     "cpu-config",
@@ -219,7 +221,9 @@ pub fn parse_config_file(text: &str) -> Result<VmmConfigFile, ConfigFileError> {
             "metrics" => metrics = optional(&name, value)?,
             "entropy" => entropy = optional(&name, value)?,
             other if UNSUPPORTED_SECTIONS.contains(&other) => {
-                if !value.is_null() {
+                // Empty: `null`, or `[]` for a list (as GET /vm/config writes `pmem`).
+                let empty = value.is_null() || value.as_array().is_some_and(Vec::is_empty);
+                if !empty {
                     return Err(ConfigFileError::NotSupported(name));
                 }
             }
@@ -549,10 +553,10 @@ mod tests {
             machine_config: Some(MachineConfiguration {
                 vcpu_count: 2,
                 mem_size_mib: 1024,
-                smt: Some(false),
-                track_dirty_pages: Some(false),
+                smt: false,
+                track_dirty_pages: false,
                 cpu_template: None,
-                huge_pages: Some(HugePages::None),
+                huge_pages: HugePages::None,
             }),
             network_interfaces: vec![NetworkInterface {
                 iface_id: "eth0".into(),
@@ -601,11 +605,49 @@ mod tests {
     }
 
     #[test]
+    fn get_vm_config_answer_feeds_back_as_config_file() {
+        // What GET /vm/config writes (every section, nulls, defaults filled in) reads back as
+        // the same configuration, but for what Firecracker leaves out of it (the logger, the
+        // metrics, the vsock id) and the defaults it writes out.
+        let config = everything();
+        let answer = serde_json::to_string(&crate::reply::VmConfigReply::from(&config)).unwrap();
+        assert!(answer.contains(r#""pmem":[]"#), "{answer}");
+        let back = FullVmConfiguration::from(parse_config_file(&answer).unwrap());
+        assert_eq!(back.logger, None);
+        assert_eq!(back.metrics, None);
+        assert_eq!(back.vsock.as_ref().map(|v| v.vsock_id.clone()), Some(None));
+        assert_eq!(back.drives[1].io_engine, Some(IoEngine::Sync));
+        assert_eq!(
+            (
+                back.boot_source,
+                back.machine_config,
+                back.network_interfaces.len()
+            ),
+            (config.boot_source, config.machine_config, 1)
+        );
+        let pmem = r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [], "pmem": [{}]}"#;
+        assert_eq!(
+            parse_config_file(pmem),
+            Err(ConfigFileError::NotSupported("pmem".into()))
+        );
+    }
+
+    #[test]
     fn vm_config_without_boot_source_is_not_a_config_file() {
         let exported = serde_json::to_string(&FullVmConfiguration::default()).unwrap();
         assert_eq!(
             parse_config_file(&exported),
             Err(ConfigFileError::MissingSection("boot-source"))
+        );
+        // GET /vm/config of a fresh instance: Firecracker's empty kernel path, refused by name.
+        let answer = serde_json::to_string(&crate::reply::VmConfigReply::from(
+            &FullVmConfiguration::default(),
+        ))
+        .unwrap();
+        let err = parse_config_file(&answer).unwrap_err().to_string();
+        assert!(
+            err.contains("boot-source") && err.contains("kernel_image_path"),
+            "{err}"
         );
     }
 }

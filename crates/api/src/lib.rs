@@ -9,5 +9,6 @@
 pub mod config_file;
 pub mod http;
 pub mod model;
+pub mod reply;
 pub mod routes;
 pub mod server;

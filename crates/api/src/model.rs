@@ -260,9 +260,10 @@ pub enum CpuTemplate {
 }
 
 /// How guest memory is backed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HugePages {
     /// Regular 4 KiB pages (the default).
+    #[default]
     None,
     /// Transparent huge pages (`madvise(MADV_HUGEPAGE)`).
     Transparent,
@@ -271,7 +272,10 @@ pub enum HugePages {
     Hugetlbfs2M,
 }
 
-/// `PUT /machine-config` and the body of `GET /machine-config`.
+/// `PUT /machine-config` and the body of `GET /machine-config`, with Firecracker's field order
+/// and defaults (`MachineConfig` in its `vmm_config/machine_config.rs`): every field is written
+/// back with its value, except `cpu_template`, which Firecracker leaves out when there is none
+/// (a `"None"` sent in a `PUT` or `PATCH` clears it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfiguration {
@@ -279,30 +283,36 @@ pub struct MachineConfiguration {
     pub vcpu_count: u64,
     /// Guest memory in MiB, above 0 (required; Firecracker's default before any PUT is 128).
     pub mem_size_mib: u64,
-    /// Simultaneous multithreading. `None`: `false`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub smt: Option<bool>,
-    /// Dirty page tracking (for diff snapshots). `None`: `false`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub track_dirty_pages: Option<bool>,
-    /// Static CPU template (deprecated). `None`: `"None"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Simultaneous multithreading (default `false`).
+    #[serde(default)]
+    pub smt: bool,
+    /// Static CPU template (deprecated). `None` or `Some(CpuTemplate::None)`: no template.
+    #[serde(default, skip_serializing_if = "no_cpu_template")]
     pub cpu_template: Option<CpuTemplate>,
-    /// Huge pages backing guest memory. `None`: `"None"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub huge_pages: Option<HugePages>,
+    /// Dirty page tracking, for Diff snapshots (default `false`).
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Huge pages backing guest memory (default `"None"`).
+    #[serde(default)]
+    pub huge_pages: HugePages,
+}
+
+/// Whether a `cpu_template` is absent from Firecracker's answers: none, or `"None"`.
+fn no_cpu_template(template: &Option<CpuTemplate>) -> bool {
+    matches!(template, None | Some(CpuTemplate::None))
 }
 
 impl Default for MachineConfiguration {
-    /// Firecracker's configuration before any `PUT /machine-config`: 1 vCPU, 128 MiB.
+    /// Firecracker's configuration before any `PUT /machine-config`: 1 vCPU, 128 MiB, the rest
+    /// off.
     fn default() -> Self {
         MachineConfiguration {
             vcpu_count: 1,
             mem_size_mib: 128,
-            smt: None,
-            track_dirty_pages: None,
+            smt: false,
             cpu_template: None,
-            huge_pages: None,
+            track_dirty_pages: false,
+            huge_pages: HugePages::None,
         }
     }
 }
@@ -314,28 +324,32 @@ impl MachineConfiguration {
         if !(MIN_VCPU_COUNT..=MAX_VCPU_COUNT).contains(&self.vcpu_count) {
             return Err(ValidationError::VcpuCount(self.vcpu_count));
         }
-        if self.smt == Some(true) && self.vcpu_count > 1 && self.vcpu_count % 2 != 0 {
+        if self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 != 0 {
             return Err(ValidationError::VcpuCountWithSmt(self.vcpu_count));
         }
         if self.mem_size_mib == 0 {
             return Err(ValidationError::MemSize);
         }
-        if self.huge_pages == Some(HugePages::Hugetlbfs2M) && self.mem_size_mib % 2 != 0 {
+        if self.huge_pages == HugePages::Hugetlbfs2M && self.mem_size_mib % 2 != 0 {
             return Err(ValidationError::MemSizeHugePages(self.mem_size_mib));
         }
         Ok(())
     }
 
     /// This configuration with the fields an update sets replaced (not validated: validate
-    /// the result).
+    /// the result). A `cpu_template` of `"None"` clears the template, as in Firecracker.
     pub fn apply(&self, update: &MachineConfigurationUpdate) -> MachineConfiguration {
         MachineConfiguration {
             vcpu_count: update.vcpu_count.unwrap_or(self.vcpu_count),
             mem_size_mib: update.mem_size_mib.unwrap_or(self.mem_size_mib),
-            smt: update.smt.or(self.smt),
-            track_dirty_pages: update.track_dirty_pages.or(self.track_dirty_pages),
-            cpu_template: update.cpu_template.or(self.cpu_template),
-            huge_pages: update.huge_pages.or(self.huge_pages),
+            smt: update.smt.unwrap_or(self.smt),
+            cpu_template: match update.cpu_template {
+                None => self.cpu_template,
+                Some(CpuTemplate::None) => None,
+                Some(other) => Some(other),
+            },
+            track_dirty_pages: update.track_dirty_pages.unwrap_or(self.track_dirty_pages),
+            huge_pages: update.huge_pages.unwrap_or(self.huge_pages),
         }
     }
 }
@@ -1086,9 +1100,11 @@ pub struct FirecrackerVersion {
     pub firecracker_version: String,
 }
 
-/// The body of `GET /vm/config`: every configured resource, in the shape of the config file
-/// (`--config-file`), so that the document can be fed back as one. Sections not configured
-/// are left out (lists are always written, maybe empty).
+/// Every configured resource as it was configured, in the shape of the config file
+/// (`--config-file`): what a VMM keeps of the `PUT`s. `GET /vm/config` answers it as
+/// Firecracker writes it ([`crate::reply::VmConfigReply`]), which also reads back as a config
+/// file. Serialized on its own, sections not configured are left out (lists are always
+/// written, maybe empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FullVmConfiguration {
@@ -1215,14 +1231,14 @@ mod tests {
         );
         config.vcpu_count = 3;
         assert_eq!(config.validate(), Ok(()));
-        config.smt = Some(true);
+        config.smt = true;
         assert_eq!(config.validate(), Err(ValidationError::VcpuCountWithSmt(3)));
         config.vcpu_count = 1;
         assert_eq!(config.validate(), Ok(()));
         config.mem_size_mib = 0;
         assert_eq!(config.validate(), Err(ValidationError::MemSize));
         config.mem_size_mib = 129;
-        config.huge_pages = Some(HugePages::Hugetlbfs2M);
+        config.huge_pages = HugePages::Hugetlbfs2M;
         assert_eq!(
             config.validate(),
             Err(ValidationError::MemSizeHugePages(129))
@@ -1252,6 +1268,46 @@ mod tests {
     }
 
     #[test]
+    fn machine_configuration_answers_every_field_as_firecracker() {
+        // Firecracker's GET /machine-config before any PUT.
+        assert_eq!(
+            serde_json::to_string(&MachineConfiguration::default()).unwrap(),
+            r#"{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}"#
+        );
+        // A PUT of the two required fields: the others take their defaults.
+        let put: MachineConfiguration =
+            serde_json::from_str(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&put).unwrap(),
+            r#"{"vcpu_count":2,"mem_size_mib":256,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}"#
+        );
+        // A template is written in Firecracker's place for it; "None" is no template.
+        let t2s: MachineConfiguration = serde_json::from_str(
+            r#"{"vcpu_count": 2, "mem_size_mib": 256, "cpu_template": "T2S",
+                "track_dirty_pages": true, "huge_pages": "2M", "smt": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_string(&t2s).unwrap(),
+            r#"{"vcpu_count":2,"mem_size_mib":256,"smt":true,"cpu_template":"T2S","track_dirty_pages":true,"huge_pages":"2M"}"#
+        );
+        let none: MachineConfiguration = serde_json::from_str(
+            r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            serde_json::to_string(&MachineConfiguration::default()).unwrap()
+        );
+        let cleared = t2s.apply(&MachineConfigurationUpdate {
+            cpu_template: Some(CpuTemplate::None),
+            ..MachineConfigurationUpdate::default()
+        });
+        assert_eq!(cleared.cpu_template, None);
+        assert_eq!((cleared.smt, cleared.track_dirty_pages), (true, true));
+    }
+
+    #[test]
     fn machine_configuration_wire_names() {
         let config: MachineConfiguration = serde_json::from_str(
             r#"{"vcpu_count": 2, "mem_size_mib": 1024, "smt": false,
@@ -1259,7 +1315,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.cpu_template, Some(CpuTemplate::T2S));
-        assert_eq!(config.huge_pages, Some(HugePages::Hugetlbfs2M));
+        assert_eq!(config.huge_pages, HugePages::Hugetlbfs2M);
         let json = serde_json::to_string(&config).unwrap();
         assert!(json.contains(r#""huge_pages":"2M""#), "{json}");
         let err = serde_json::from_str::<MachineConfiguration>(

@@ -23,7 +23,8 @@ pub enum ApiRequest {
     GetInstanceInfo,
     /// `GET /version`: answer [`crate::model::FirecrackerVersion`].
     GetVersion,
-    /// `GET /vm/config`: answer [`crate::model::FullVmConfiguration`].
+    /// `GET /vm/config`: answer [`crate::reply::VmConfigReply`] (of the VMM's
+    /// [`crate::model::FullVmConfiguration`]).
     GetVmConfig,
     /// `GET /machine-config`: answer [`MachineConfiguration`].
     GetMachineConfig,

@@ -5,6 +5,7 @@ use arbitrary::Unstructured;
 use petrel_api::config_file::parse_config_file;
 use petrel_api::http::{parse_request, Method, ParseOutcome, Request};
 use petrel_api::model::FullVmConfiguration;
+use petrel_api::reply::VmConfigReply;
 use petrel_api::routes;
 
 use crate::{put_bytes, take_bytes};
@@ -97,9 +98,10 @@ pub fn request(data: &[u8]) {
 /// Parses a config file (the input as UTF-8, lossily).
 ///
 /// Checks that a refusal's message stays short and on one line (every quoted piece of the
-/// input is cut and its control characters escaped), and that an accepted file, exported the
-/// way `GET /vm/config` writes it, reads back the same: the config-file module promises that
-/// what Petrel exports can be fed back.
+/// input is cut and its control characters escaped), that an accepted file, exported as the
+/// configuration a VMM keeps (`FullVmConfiguration`), reads back the same, and that the answer
+/// `GET /vm/config` makes of it (`VmConfigReply`, Firecracker's shape) is accepted too: the
+/// config-file module promises that what Petrel exports can be fed back.
 pub fn config_file(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let file = match parse_config_file(&text) {
@@ -114,6 +116,11 @@ pub fn config_file(data: &[u8]) {
     match parse_config_file(&exported) {
         Ok(again) => assert_eq!(again, file, "the exported config reads back differently"),
         Err(err) => panic!("the exported config is refused: {err}\n{exported}"),
+    }
+    let answer = serde_json::to_string(&VmConfigReply::from(&FullVmConfiguration::from(file)))
+        .expect("a GET /vm/config answer serializes");
+    if let Err(err) = parse_config_file(&answer) {
+        panic!("the GET /vm/config answer is refused: {err}\n{answer}");
     }
 }
 

@@ -83,6 +83,15 @@ pub enum Error {
     /// Reading or writing a memory file failed.
     #[error("memory file I/O failed")]
     FileIo(#[source] std::io::Error),
+    /// A memory file to be written is the file this RAM maps: writing it would change (or, as
+    /// it is first emptied, wipe) the pages the guest has not touched yet.
+    #[error(
+        "the file to write is the memory file this guest's RAM is mapped from (device {}, \
+         inode {}); write to a new file instead",
+        .0.dev,
+        .0.ino
+    )]
+    WouldOverwriteMapped(FileId),
     /// A dirty-page bitmap does not cover the region it is for.
     #[error(
         "the dirty-page bitmap of region {region} has {words} words, too few for its {pages} pages"
@@ -108,6 +117,40 @@ pub enum Error {
 /// A result with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A file's identity, whatever name reaches it (a hard link, a symlink, `dir/./file`): its
+/// device and inode numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// The device that holds the file (`st_dev`).
+    pub dev: u64,
+    /// Its inode number (`st_ino`).
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of an open file.
+    pub fn of(file: &File) -> std::io::Result<FileId> {
+        Ok(Self::from_metadata(&file.metadata()?))
+    }
+
+    /// The identity of the file at `path` (following symlinks); `None` if there is none.
+    pub fn of_path(path: &std::path::Path) -> std::io::Result<Option<FileId>> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(Self::from_metadata(&m))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn from_metadata(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
 /// One contiguous piece of guest RAM, as KVM needs it for a memory slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RamRegion {
@@ -124,6 +167,8 @@ pub struct RamRegion {
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     size: u64,
+    /// The memory file the RAM is mapped from ([`GuestRam::from_file`]), if any.
+    backing: Option<FileId>,
 }
 
 impl GuestRam {
@@ -136,16 +181,24 @@ impl GuestRam {
             .collect();
         let mem =
             GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map { size, source })?;
-        Ok(GuestRam { mem, size })
+        Ok(GuestRam {
+            mem,
+            size,
+            backing: None,
+        })
     }
 
     /// Maps guest RAM of `size` bytes from a memory file written by
     /// [`write_full`](Self::write_full), privately: pages are read from the file on first touch and copied on
     /// first write, so the file is never changed and many guests can share it. The time this
-    /// takes does not grow with `size`.
+    /// takes does not grow with `size`. The pages the guest has not touched are read from the
+    /// file for as long as the RAM lives, so the file must not be written meanwhile (a new
+    /// file renamed over its name is fine: the mapping keeps the old one);
+    /// [`write_full`](Self::write_full) and [`write_dirty`](Self::write_dirty) refuse it.
     pub fn from_file(size: u64, file: &File) -> Result<Self> {
         Self::check_size(size)?;
-        let actual = file.metadata().map_err(Error::FileIo)?.len();
+        let meta = file.metadata().map_err(Error::FileIo)?;
+        let actual = meta.len();
         if actual != size {
             return Err(Error::FileSize {
                 expected: size,
@@ -174,13 +227,36 @@ impl GuestRam {
             size,
             source: e.into(),
         })?;
-        Ok(GuestRam { mem, size })
+        Ok(GuestRam {
+            mem,
+            size,
+            backing: Some(FileId::from_metadata(&meta)),
+        })
+    }
+
+    /// The memory file this RAM is mapped from ([`from_file`](Self::from_file)); `None` for
+    /// anonymous RAM.
+    pub fn backing_file(&self) -> Option<FileId> {
+        self.backing
+    }
+
+    /// Fails if `out` is the memory file this RAM is mapped from.
+    fn check_not_backing(&self, out: &File) -> Result<()> {
+        let Some(backing) = self.backing else {
+            return Ok(());
+        };
+        if FileId::of(out).map_err(Error::FileIo)? == backing {
+            return Err(Error::WouldOverwriteMapped(backing));
+        }
+        Ok(())
     }
 
     /// Writes all of guest RAM to `out`, region after region (the layout
     /// [`from_file`](Self::from_file) reads). Pages of zeros are left as holes, so the file is
-    /// sparse. Returns the bytes of data written.
+    /// sparse. Returns the bytes of data written. `out` must not be the file the RAM is mapped
+    /// from ([`Error::WouldOverwriteMapped`]).
     pub fn write_full(&self, out: &File) -> Result<u64> {
+        self.check_not_backing(out)?;
         out.set_len(0).map_err(Error::FileIo)?;
         out.set_len(self.size).map_err(Error::FileIo)?;
         let mut written = 0;
@@ -207,8 +283,10 @@ impl GuestRam {
     /// page, as KVM's dirty log gives them: the guest's own writes) or in this memory's own
     /// dirty bitmap (what the VMM and its devices wrote). `out` gets the size of guest RAM and
     /// holes everywhere else, so it applies on top of the previous file. Returns the bytes of
-    /// data written.
+    /// data written. `out` must not be the file the RAM is mapped from
+    /// ([`Error::WouldOverwriteMapped`]).
     pub fn write_dirty(&self, out: &File, kvm_dirty: &[Vec<u64>]) -> Result<u64> {
+        self.check_not_backing(out)?;
         out.set_len(0).map_err(Error::FileIo)?;
         out.set_len(self.size).map_err(Error::FileIo)?;
         let mut written = 0;
@@ -611,6 +689,56 @@ mod tests {
         ));
         std::fs::remove_file(base_path).unwrap();
         std::fs::remove_file(diff_path).unwrap();
+    }
+
+    #[test]
+    fn the_mapped_file_is_never_written_and_a_copy_of_the_ram_holds_untouched_pages() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        ram.write(0x3000, b"never touched").unwrap();
+        ram.write(0x5000, b"written").unwrap();
+        let (path, f) = temp_file("mapped");
+        ram.write_full(&f).unwrap();
+        let restored = GuestRam::from_file(8 << 20, &f).unwrap();
+        assert_eq!(restored.backing_file(), Some(FileId::of(&f).unwrap()));
+        assert_eq!(ram.backing_file(), None);
+        restored.write(0x5000, b"WRITTEN").unwrap();
+
+        // The same file by another name is still the same file.
+        let link = path.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&path, &link).unwrap();
+        let by_link = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&link)
+            .unwrap();
+        assert!(matches!(
+            restored.write_full(&by_link),
+            Err(Error::WouldOverwriteMapped(id)) if id == FileId::of(&f).unwrap()
+        ));
+        let kvm = vec![vec![u64::MAX; (8 << 20) / 4096 / 64]];
+        assert!(matches!(
+            restored.write_dirty(&by_link, &kvm),
+            Err(Error::WouldOverwriteMapped(_))
+        ));
+        let mut on_disk = [0u8; 13];
+        f.read_exact_at(&mut on_disk, 0x3000).unwrap();
+        assert_eq!(&on_disk, b"never touched", "the mapped file is as it was");
+
+        // A copy to a new file holds every page: those read from the mapped file on demand
+        // as well as the guest's own. Renamed over the old name, it leaves the mapping alone.
+        let (copy_path, copy) = temp_file("mapped-copy");
+        restored.write_full(&copy).unwrap();
+        let mut b = [0u8; 13];
+        copy.read_exact_at(&mut b, 0x3000).unwrap();
+        assert_eq!(&b, b"never touched");
+        copy.read_exact_at(&mut b[..7], 0x5000).unwrap();
+        assert_eq!(&b[..7], b"WRITTEN");
+        std::fs::rename(&copy_path, &path).unwrap();
+        restored.read(0x3000, &mut b).unwrap();
+        assert_eq!(&b, b"never touched");
+        std::fs::remove_file(path).unwrap();
+        std::fs::remove_file(link).unwrap();
     }
 
     #[test]

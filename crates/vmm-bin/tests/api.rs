@@ -519,7 +519,8 @@ fn bad_requests_get_400_with_a_fault_message_naming_the_problem() {
         Some(0),
         "{config}"
     );
-    assert!(config["boot-source"].is_null(), "{config}");
+    // (Firecracker's boot source before any PUT: an empty kernel path.)
+    assert_eq!(config["boot-source"]["kernel_image_path"], "", "{config}");
     assert_eq!(state(&sock), "Not started");
     // A good request still works.
     let boot = serde_json::json!({ "kernel_image_path": kernel }).to_string();
@@ -844,4 +845,206 @@ fn snapshots_full_and_diff_over_the_api_load_in_fresh_processes() {
     assert!(again.contains("only allowed before"), "{again}");
     patch_vm(&sock, "Resumed");
     counts_on(&mut diff, &at_diff, 2);
+}
+
+#[test]
+fn a_snapshot_naming_the_loaded_memory_file_leaves_guest_and_file_whole() {
+    if !kvm_present_or_skip("a_snapshot_naming_the_loaded_memory_file_leaves_guest_and_file_whole")
+    {
+        return;
+    }
+    let dir = TempDir::new("api-snap-mapped");
+    let kernel = dir.join("counter.elf");
+    std::fs::write(&kernel, counter::counter_guest_elf()).unwrap();
+    let (state1, mem1) = (dir.join("first.state"), dir.join("first.mem"));
+
+    let sock = dir.join("first.sock");
+    let mut first = Petrel::serve(&sock, "first");
+    start_counter_guest(&mut first, &sock, &kernel);
+    patch_vm(&sock, "Paused");
+    let reply = create_snapshot(&sock, "Full", &state1, &mem1);
+    assert_eq!(reply.status, 204, "Full snapshot: {reply:?}");
+    let at_first = first.stdout();
+    drop(first);
+    let mem1_bytes = std::fs::read(&mem1).unwrap();
+
+    // Loaded (mapped privately) from first.mem, dirty pages tracked.
+    let sock = dir.join("second.sock");
+    let mut second = Petrel::serve(&sock, "second");
+    let load = serde_json::json!({
+        "snapshot_path": state1,
+        "mem_backend": { "backend_type": "File", "backend_path": mem1 },
+        "track_dirty_pages": true, "resume_vm": true,
+    });
+    let reply = call(&sock, "PUT", "/snapshot/load", Some(&load.to_string()));
+    assert_eq!(reply.status, 204, "load: {reply:?}");
+    counts_on(&mut second, &at_first, 2);
+    patch_vm(&sock, "Paused");
+
+    // A Diff over the memory file it applies to is refused, by whatever name the file is
+    // reached: the file and the guest stay as they were.
+    let link = dir.join("link.mem");
+    std::fs::hard_link(&mem1, &link).unwrap();
+    let dotted = dir.join(".").join("first.mem");
+    let state2 = dir.join("second.state");
+    for name in [&mem1, &dotted, &link] {
+        let fault = create_snapshot(&sock, "Diff", &state2, name).fault();
+        assert!(
+            fault.contains(&name.display().to_string())
+                && fault.contains("the memory file this VM was restored from"),
+            "{fault}"
+        );
+    }
+    assert!(!state2.exists(), "a refused snapshot writes nothing");
+    assert_eq!(state(&sock), "Paused");
+    assert!(
+        std::fs::read(&mem1).unwrap() == mem1_bytes,
+        "first.mem unchanged"
+    );
+
+    // A Full snapshot over it replaces the name with a new file; the guest keeps the memory
+    // it maps (the old file, which stays as it was under its other name).
+    let reply = create_snapshot(&sock, "Full", &state2, &dotted);
+    assert_eq!(
+        reply.status, 204,
+        "Full snapshot over the mapped file: {reply:?}"
+    );
+    let at_second = format!("{at_first}{}", second.stdout());
+    patch_vm(&sock, "Resumed");
+    let printed = counter::ticks(&second.stdout()).len();
+    counts_on(&mut second, &at_first, printed + 2);
+    drop(second);
+    assert!(
+        std::fs::read(&link).unwrap() == mem1_bytes,
+        "the old file unchanged"
+    );
+    let new_mem = std::fs::read(&mem1).unwrap();
+    assert_eq!(new_mem.len(), mem1_bytes.len());
+    // The counter guest's memory is a dozen non-zero pages; a few ticks change one or two.
+    let non_zero = |m: &[u8]| m.chunks(4096).filter(|p| p.iter().any(|&b| b != 0)).count();
+    let differing = new_mem
+        .chunks(4096)
+        .zip(mem1_bytes.chunks(4096))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        non_zero(&mem1_bytes) > 8
+            && differing <= 4
+            && non_zero(&new_mem) + 4 >= non_zero(&mem1_bytes),
+        "{differing} pages differ, {} of {} non-zero: the untouched pages are not all there",
+        non_zero(&new_mem),
+        non_zero(&mem1_bytes)
+    );
+
+    // The new snapshot loads and counts on from where it was taken.
+    let sock = dir.join("third.sock");
+    let mut third = Petrel::serve(&sock, "third");
+    let load = serde_json::json!({
+        "snapshot_path": state2,
+        "mem_backend": { "backend_type": "File", "backend_path": mem1 },
+        "resume_vm": true,
+    });
+    let reply = call(&sock, "PUT", "/snapshot/load", Some(&load.to_string()));
+    assert_eq!(reply.status, 204, "load the second snapshot: {reply:?}");
+    counts_on(&mut third, &at_second, 2);
+}
+
+#[test]
+fn machine_config_and_vm_config_answer_every_field_firecracker_does() {
+    // Configuration only: this needs no KVM.
+    let dir = TempDir::new("api-config-fields");
+    let sock = dir.join("api.sock");
+    let _petrel = Petrel::serve(&sock, "fields");
+    let text = |path: &str| {
+        let reply = call(&sock, "GET", path, None);
+        assert_eq!(reply.status, 200, "GET {path}: {reply:?}");
+        String::from_utf8(reply.body).unwrap()
+    };
+
+    // A fresh instance: Firecracker's defaults, every field written.
+    assert_eq!(
+        text("/machine-config"),
+        r#"{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}"#
+    );
+    assert_eq!(
+        text("/vm/config"),
+        concat!(
+            r#"{"balloon":null,"drives":[],"#,
+            r#""boot-source":{"kernel_image_path":"","initrd_path":null,"boot_args":null},"#,
+            r#""cpu-config":null,"logger":null,"#,
+            r#""machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"#,
+            r#""track_dirty_pages":false,"huge_pages":"None"},"#,
+            r#""metrics":null,"mmds-config":null,"network-interfaces":[],"vsock":null,"#,
+            r#""entropy":null,"pmem":[],"memory-hotplug":null}"#
+        )
+    );
+
+    // What was put, with the defaults of what was not; a "None" template is no template.
+    let put = |path: &str, body: serde_json::Value| {
+        let reply = call(&sock, "PUT", path, Some(&body.to_string()));
+        assert_eq!(reply.status, 204, "PUT {path}: {reply:?}");
+    };
+    put(
+        "/machine-config",
+        serde_json::json!({"vcpu_count": 2, "mem_size_mib": 256, "cpu_template": "None",
+                           "track_dirty_pages": true}),
+    );
+    let machine = r#"{"vcpu_count":2,"mem_size_mib":256,"smt":false,"track_dirty_pages":true,"huge_pages":"None"}"#;
+    assert_eq!(text("/machine-config"), machine);
+    let reply = call(
+        &sock,
+        "PATCH",
+        "/machine-config",
+        Some(r#"{"mem_size_mib": 512}"#),
+    );
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert_eq!(
+        text("/machine-config"),
+        machine.replace("256", "512"),
+        "PATCH keeps the other fields"
+    );
+    put(
+        "/boot-source",
+        serde_json::json!({"kernel_image_path": "/k", "boot_args": "console=ttyS0"}),
+    );
+    put(
+        "/drives/rootfs",
+        serde_json::json!({"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true}),
+    );
+    put(
+        "/network-interfaces/eth0",
+        serde_json::json!({"iface_id": "eth0", "host_dev_name": "tap0",
+                           "guest_mac": "06:00:AC:10:00:02",
+                           "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}),
+    );
+    put(
+        "/vsock",
+        serde_json::json!({"vsock_id": "v", "guest_cid": 3, "uds_path": "/v.sock"}),
+    );
+    put("/entropy", serde_json::json!({}));
+    let config: Value = serde_json::from_str(&text("/vm/config")).unwrap();
+    let want = serde_json::json!({
+        "balloon": null,
+        "drives": [{"drive_id": "rootfs", "partuuid": null, "is_root_device": true,
+                    "cache_type": "Unsafe", "is_read_only": false, "path_on_host": "/r",
+                    "rate_limiter": null, "io_engine": "Sync", "socket": null}],
+        "boot-source": {"kernel_image_path": "/k", "initrd_path": null,
+                        "boot_args": "console=ttyS0"},
+        "cpu-config": null,
+        "logger": null,
+        "machine-config": serde_json::from_str::<Value>(&machine.replace("256", "512")).unwrap(),
+        "metrics": null,
+        "mmds-config": null,
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                "guest_mac": "06:00:ac:10:00:02", "mtu": null,
+                                "rx_rate_limiter": null,
+                                "tx_rate_limiter": {"bandwidth": null,
+                                    "ops": {"size": 10, "one_time_burst": null,
+                                            "refill_time": 1000}}}],
+        "vsock": {"guest_cid": 3, "uds_path": "/v.sock"},
+        "entropy": {"rate_limiter": null},
+        "pmem": [],
+        "memory-hotplug": null
+    });
+    assert_eq!(config, want);
 }

@@ -294,3 +294,135 @@ fn damaged_or_mismatched_snapshots_are_refused_with_exit_2() {
         &["/nonexistent/mem"],
     );
 }
+
+/// The inode number of `path` (a snapshot's files are replaced by a rename when written).
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
+}
+
+/// How many 4 KiB pages hold something other than zeros.
+fn non_zero_pages(mem: &[u8]) -> usize {
+    mem.chunks(4096)
+        .filter(|p| p.iter().any(|&b| b != 0))
+        .count()
+}
+
+/// How many 4 KiB pages differ between two memory files of the same size.
+fn differing_pages(a: &[u8], b: &[u8]) -> usize {
+    assert_eq!(a.len(), b.len(), "memory files of one guest");
+    a.chunks(4096)
+        .zip(b.chunks(4096))
+        .filter(|(x, y)| x != y)
+        .count()
+}
+
+#[test]
+fn a_snapshot_over_the_memory_file_it_was_restored_from_keeps_guest_and_file() {
+    if !kvm_present_or_skip(
+        "a_snapshot_over_the_memory_file_it_was_restored_from_keeps_guest_and_file",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("snap-over-mapped");
+    let kernel = counter_guest(&dir);
+    let (out1, out2, out3) = (dir.join("out1"), dir.join("out2"), dir.join("out3"));
+    let snap = dir.join("snap");
+    let mut first = start_counter(&kernel, &out1, &snap, "1");
+    wait_for_ticks(&mut first, &out1, 2);
+    snapshot_and_stop(&mut first, &snap);
+    let mem_before = std::fs::read(snap.join("mem")).unwrap();
+    assert!(
+        non_zero_pages(&mem_before) > 8,
+        "{}",
+        non_zero_pages(&mem_before)
+    );
+
+    // Restored from snap/mem, and told to write its snapshots into the same directory: the
+    // memory file it maps is the one the snapshot replaces.
+    let snap_s = snap.to_str().unwrap();
+    let mut second = restore(
+        &snap,
+        &out2,
+        &["--snapshot-on-signal", snap_s, "--snapshot-keep-running"],
+    );
+    let before = read(&out1);
+    let had = counter::ticks(&before).len();
+    let deadline = Instant::now() + DEADLINE;
+    while counter::ticks(&(before.clone() + &read(&out2))).len() < had + 1 {
+        assert!(Instant::now() < deadline, "restored: {:?}", read(&out2));
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "{}",
+            stderr_of(&mut second)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let at_signal = *counter::ticks(&(before.clone() + &read(&out2)))
+        .last()
+        .unwrap();
+    let old_state = inode(&snap.join("state"));
+    signal(&second, libc::SIGUSR1);
+    let deadline = Instant::now() + DEADLINE;
+    while inode(&snap.join("state")) == old_state {
+        assert!(Instant::now() < deadline, "no new snapshot state file");
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "{}",
+            stderr_of(&mut second)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The guest keeps its memory: it counts on, every number once.
+    let had = counter::ticks(&(before.clone() + &read(&out2))).len();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let all = before.clone() + &read(&out2);
+        if counter::ticks(&all).len() >= had + 2 {
+            assert_counts_on(&counter::ticks(&all));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the snapshot: {:?}",
+            read(&out2)
+        );
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "the guest died after the snapshot: {}",
+            stderr_of(&mut second)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&second, libc::SIGTERM);
+    let status = wait_until(&mut second, Instant::now() + DEADLINE).expect("petrel stops");
+    let stderr = stderr_of(&mut second);
+    assert!(status.success(), "petrel on SIGTERM: {status}\n{stderr}");
+    assert!(stderr.contains("snapshot written"), "{stderr}");
+    let last_printed = *counter::ticks(&read(&out2)).last().unwrap();
+
+    // The new memory file holds the whole memory: the pages the guest never touched (read
+    // from the old file through the mapping) as well as the counter's own.
+    // (The counter guest's memory is a dozen non-zero pages; a tick changes one or two.)
+    let mem_after = std::fs::read(snap.join("mem")).unwrap();
+    assert!(
+        differing_pages(&mem_before, &mem_after) <= 4,
+        "{} of {} non-zero pages differ",
+        differing_pages(&mem_before, &mem_after),
+        non_zero_pages(&mem_before)
+    );
+    assert!(non_zero_pages(&mem_after) + 4 >= non_zero_pages(&mem_before));
+    assert!(!snap.join("mem.tmp").exists() && !snap.join("state.tmp").exists());
+
+    // And a restore of it goes on from the count of the second snapshot.
+    let mut third = restore(&snap, &out3, &[]);
+    let ticks = wait_for_ticks(&mut third, &out3, 2);
+    stop(third);
+    let want: Vec<u64> = (ticks[0]..ticks[0] + ticks.len() as u64).collect();
+    assert_eq!(ticks, want, "every count once, in order");
+    assert!(
+        ticks[0] > at_signal && ticks[0] <= last_printed + 1,
+        "restored at {} (signal after {at_signal}, last printed {last_printed})",
+        ticks[0]
+    );
+}

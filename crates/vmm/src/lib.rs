@@ -165,6 +165,17 @@ pub enum Error {
         /// What went wrong.
         why: String,
     },
+    /// A Diff snapshot named the memory file the VM was restored from (and maps): the Diff
+    /// would replace the file it applies to.
+    #[error(
+        "a Diff snapshot cannot be written to {}: it is the memory file this VM was restored \
+         from, the base the Diff applies to; name another file",
+        path.display()
+    )]
+    DiffOverMappedMemory {
+        /// The memory file named.
+        path: PathBuf,
+    },
     /// A Diff snapshot of a VM whose dirty pages are not tracked.
     #[error(
         "a Diff snapshot needs dirty page tracking: start the VM with track_dirty_pages \

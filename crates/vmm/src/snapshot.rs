@@ -10,7 +10,9 @@
 //! [`VmmHandle::snapshot`](crate::VmmHandle::snapshot) writes both;
 //! [`Vmm::restore`](crate::Vmm::restore) reads them.
 
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use petrel_devices::i8042::I8042State;
@@ -41,8 +43,69 @@ pub struct SnapshotRequest {
     pub kind: SnapshotKind,
     /// The state file (replaced atomically).
     pub state_path: PathBuf,
-    /// The memory file (created or truncated).
+    /// The memory file (written under a temporary name, then renamed over this one, so a file
+    /// already there, which a running VM may map, is never written into).
     pub mem_path: PathBuf,
+}
+
+/// A memory file being written: a new file under a temporary name beside `path` (`path` with
+/// `.tmp` added), renamed over `path` by [`commit`](Self::commit) and removed if dropped before.
+/// The file `path` names, if any, is never opened: a VM restored from it maps it, and reads
+/// the pages its guest has not touched yet from it for as long as it runs (the rename leaves
+/// that file alone while anything maps it).
+#[derive(Debug)]
+pub(crate) struct StagedFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl StagedFile {
+    /// Creates the temporary file (after removing one of its name, which could otherwise be a
+    /// link to a file in use).
+    pub(crate) fn create(path: &Path) -> io::Result<StagedFile> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&tmp)?;
+        Ok(StagedFile {
+            path: path.to_path_buf(),
+            tmp,
+            file,
+            committed: false,
+        })
+    }
+
+    /// The file to write.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Syncs the file and renames it over its final name.
+    pub(crate) fn commit(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// What a snapshot wrote.

@@ -24,7 +24,7 @@ use petrel_devices::rtc::{CmosRtc, SystemClock, RTC_BASE, RTC_PORT_LEN};
 use petrel_devices::SERIAL_PORT_LEN;
 use petrel_devices::{BusBuilder, BusDevice, BusRange, NonBlockingWriter, OutputThread, Serial};
 use petrel_devices::{COM1_BASE, COM1_IRQ, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
-use petrel_guest_mem::GuestRam;
+use petrel_guest_mem::{FileId, GuestRam};
 use petrel_hv_sys::{host_emulates_guest_kernel, Hypervisor, Vm};
 use petrel_loader::BootCpuState;
 use petrel_vcpu::{
@@ -48,7 +48,7 @@ use crate::metrics::{PeriodicMetrics, METRICS_INTERVAL};
 use crate::report::StatsDocument;
 use crate::snapshot::{
     RestoreConfig, SavedDevices, SavedMachine, SnapshotKind, SnapshotReport, SnapshotRequest,
-    SnapshotState,
+    SnapshotState, StagedFile,
 };
 use crate::timeline::Timeline;
 use crate::virtio::{self, VirtioPlan};
@@ -339,7 +339,11 @@ impl VmmHandle {
     /// [`SnapshotKind::Full`], the pages written since the last snapshot for
     /// [`SnapshotKind::Diff`], which needs dirty tracking). The VM stays paused. Every virtio
     /// device is held still (locked) from its state being read until the memory is written, so
-    /// the two agree even when this is called from another thread than the event loop.
+    /// the two agree even when this is called from another thread than the event loop. Both
+    /// files are written under a temporary name and renamed over the names asked for, so a
+    /// memory file a VM maps (this one's, restored from it, or another's) is never written
+    /// into; a Diff naming the memory file this VM was restored from is
+    /// [`Error::DiffOverMappedMemory`].
     pub fn snapshot(&self, request: &SnapshotRequest) -> Result<SnapshotReport> {
         let started = Instant::now();
         let vcpus = lock(&self.shared.vcpus);
@@ -353,6 +357,18 @@ impl VmmHandle {
         let snap = &self.shared.snap;
         if request.kind == SnapshotKind::Diff && !snap.dirty_tracking {
             return Err(Error::DirtyPagesNotTracked);
+        }
+        let mem_path = &request.mem_path;
+        if request.kind == SnapshotKind::Diff {
+            // A Diff replacing the file it applies to would leave only the pages it holds.
+            // (A Full one may: the new file is renamed over the name, and this VM keeps
+            // mapping the old one.) Compared by device and inode: any name reaches the file.
+            let target = FileId::of_path(mem_path).ok().flatten();
+            if target.is_some() && target == snap.ram.backing_file() {
+                return Err(Error::DiffOverMappedMemory {
+                    path: mem_path.clone(),
+                });
+            }
         }
         let mut saved_vcpus = Vec::with_capacity(vcpus.len());
         for h in vcpus.iter() {
@@ -388,34 +404,31 @@ impl VmmHandle {
             path: path.to_path_buf(),
             why,
         };
-        let mem_path = &request.mem_path;
-        let mem_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(mem_path)
-            .map_err(|e| write_err(mem_path, e.to_string()))?;
+        let staged =
+            StagedFile::create(mem_path).map_err(|e| write_err(mem_path, e.to_string()))?;
+        let mem_file = staged.file();
         let mem_bytes = match request.kind {
             SnapshotKind::Full => {
                 if snap.dirty_tracking {
                     // The next Diff is relative to this copy: forget what KVM logged so far.
                     vm.dirty_pages()?;
                 }
-                snap.ram.write_full(&mem_file)
+                snap.ram.write_full(mem_file)
             }
             SnapshotKind::Diff => {
                 let dirty = vm.dirty_pages()?;
-                snap.ram.write_dirty(&mem_file, &dirty)
+                snap.ram.write_dirty(mem_file, &dirty)
             }
         }
         .map_err(|e| write_err(mem_path, crate::error_chain(&e)))?;
-        mem_file
-            .sync_all()
-            .map_err(|e| write_err(mem_path, e.to_string()))?;
         drop(held);
+        // Both files replace their names only once both are written (the memory file, staged,
+        // is removed if the state file fails).
         petrel_snapshot::write_file(&request.state_path, &body)
             .map_err(|e| write_err(&request.state_path, crate::error_chain(&e)))?;
+        staged
+            .commit()
+            .map_err(|e| write_err(mem_path, e.to_string()))?;
         Ok(SnapshotReport {
             mem_bytes,
             took: started.elapsed(),

@@ -19,6 +19,7 @@ use petrel_api::model::{
     SnapshotCreateParams, SnapshotLoadParams, SnapshotType, TokenBucket, VmState, Vsock,
     FIRECRACKER_API_VERSION,
 };
+use petrel_api::reply::VmConfigReply;
 use petrel_api::routes::{self, ApiRequest};
 use petrel_vmm::config::{
     DiskConfig, KernelImage, LinuxPayload, NetConfig, RateLimiterConfig, SerialConfig,
@@ -232,7 +233,9 @@ impl Controller {
             ApiRequest::GetVersion => Ok(Handled::Reply(routes::ok_json(&FirecrackerVersion {
                 firecracker_version: FIRECRACKER_API_VERSION.into(),
             }))),
-            ApiRequest::GetVmConfig => Ok(Handled::Reply(routes::ok_json(&self.full_config()))),
+            ApiRequest::GetVmConfig => Ok(Handled::Reply(routes::ok_json(&VmConfigReply::from(
+                &self.full_config(),
+            )))),
             ApiRequest::GetMachineConfig => Ok(Handled::Reply(routes::ok_json(&self.machine()))),
             ApiRequest::PutBootSource(b) => self.pre_boot("PUT /boot-source").map(|()| {
                 self.config.boot_source = Some(b);
@@ -615,7 +618,7 @@ impl Controller {
             .checked_mul(1 << 20)
             .ok_or("mem_size_mib is too large")?;
         config.serial = SerialConfig::Stdio;
-        config.track_dirty_pages = m.track_dirty_pages.unwrap_or(false);
+        config.track_dirty_pages = m.track_dirty_pages;
         for d in &c.drives {
             let path = d
                 .path_on_host
@@ -754,12 +757,12 @@ fn check_machine(m: &MachineConfiguration) -> Result<(), Handled> {
             "machine-config: cpu_template is not supported by Petrel yet",
         ));
     }
-    if m.huge_pages.is_some_and(|h| h != HugePages::None) {
+    if m.huge_pages != HugePages::None {
         return Err(fault(
             "machine-config: huge_pages is not supported by Petrel yet",
         ));
     }
-    if m.smt == Some(true) {
+    if m.smt {
         return Err(fault("machine-config: smt is not supported by Petrel yet"));
     }
     Ok(())
