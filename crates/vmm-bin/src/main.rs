@@ -9,8 +9,9 @@
 //!            [--max-exits N] [--exit-stats[=table|json]] [--mem SIZE]
 //! ```
 //!
-//! The binary owns what is process-wide: the stop signals (blocked before any thread starts and
-//! read through a signalfd on the VM's event loop), the terminal (raw while an interactive guest
+//! The binary owns what is process-wide: the stop signals (blocked before any thread starts,
+//! watched through signalfds on the VM's event loop, and left to end the process once it has
+//! cleaned up), the terminal (raw while an interactive guest
 //! console runs, restored on every path, a panic included), and stdin (read with `read(2)` into
 //! the guest's serial port). The VM itself is `petrel_vmm::Vmm`.
 
@@ -107,21 +108,35 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(&e),
     };
+    if let Some(s) = &outputs.snapshot {
+        if let Err(e) = std::fs::create_dir_all(&s.dir) {
+            return fail(&CliError::InvalidFlag {
+                flag: "--snapshot-on-signal",
+                value: s.dir.display().to_string(),
+                why: format!("cannot create the directory: {e}"),
+            });
+        }
+    }
+    // Blocked before any thread starts (building the VM starts the console writer), so that
+    // every thread inherits the mask and the signals arrive only through the signalfds. Held
+    // here to the end: a stop signal stays pending until then (see `signals`).
+    let signals = match StopSignals::new(outputs.snapshot.is_some()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(&CliError::Signals(e)),
+    };
     let received = Arc::new(Mutex::new(None));
     let summary = match boot(
         &what,
         &outputs,
         timeline,
-        received.clone(),
+        (signals.clone(), received.clone()),
         filters.as_deref(),
     ) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    report_stop(
-        &summary,
-        *received.lock().unwrap_or_else(|p| p.into_inner()),
-    );
+    let received = *received.lock().unwrap_or_else(|p| p.into_inner());
+    report_stop(&summary, received.map(crate::signals::name));
     summary.timeline.mark("process end");
     match outputs.stats {
         Some(StatsFormat::Table) => eprint!("{}", summary.stats.table()),
@@ -136,6 +151,11 @@ fn main() -> ExitCode {
             eprintln!("petrel: cannot write metrics to {}: {e}", path.display());
             return ExitCode::from(petrel_vmm::EXIT_FAILURE as u8);
         }
+    }
+    // Everything is cleaned up (the terminal was restored when `boot` returned): a stop
+    // signal now ends the process, as it would have ended one that did not catch it.
+    if let Some(sig) = received {
+        return signals.end(sig);
     }
     ExitCode::from(summary.exit_code() as u8)
 }
@@ -183,25 +203,15 @@ fn rebase_snap(base: &std::path::Path, diff: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Builds (or restores) the VM, plugs the signals and the console into its event loop, and
-/// runs it.
+/// Builds (or restores) the VM, plugs the signals (their watcher records the first stop
+/// signal in `received`) and the console into its event loop, and runs it.
 fn boot(
     what: &What,
     outputs: &cli::Outputs,
     timeline: Timeline,
-    received: Arc<Mutex<Option<&'static str>>>,
+    (signals, received): (Arc<StopSignals>, Arc<Mutex<Option<libc::c_int>>>),
     filters: Option<&seccomp::Filters>,
 ) -> Result<RunSummary, CliError> {
-    // Blocked before any thread starts (building starts the console writer), so that every
-    // thread inherits the mask and the signals arrive only through the signalfd.
-    if let Some(s) = &outputs.snapshot {
-        std::fs::create_dir_all(&s.dir).map_err(|e| CliError::InvalidFlag {
-            flag: "--snapshot-on-signal",
-            value: s.dir.display().to_string(),
-            why: format!("cannot create the directory: {e}"),
-        })?;
-    }
-    let signals = StopSignals::new(outputs.snapshot.is_some()).map_err(CliError::Signals)?;
     let (mut vmm, serial) = match what {
         What::Boot(config) => (
             Vmm::build_with_timeline(config, timeline.clone())?,

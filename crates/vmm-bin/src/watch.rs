@@ -1,6 +1,5 @@
 //! The binary's own event sources on the VM's event loop: the stop signals.
 
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -11,15 +10,15 @@ use petrel_vmm::{error_chain, Timeline, VmmHandle};
 
 use crate::signals::{self, StopSignals};
 
-/// Stops the VM when SIGINT, SIGTERM or SIGHUP arrives (through a signalfd), and remembers
-/// which one did, for the message at the end. With a [`SnapshotOnSignal`], SIGUSR1 writes a
-/// snapshot.
+/// Stops the VM when SIGINT, SIGTERM or SIGHUP arrives (through its signalfd), and remembers
+/// which one did first, for the end of the process; the signal itself stays pending (see
+/// [`crate::signals`]). With a [`SnapshotOnSignal`], SIGUSR1 writes a snapshot.
 #[derive(Debug)]
 pub struct SignalWatcher {
-    signals: StopSignals,
+    signals: Arc<StopSignals>,
     vmm: VmmHandle,
     timeline: Timeline,
-    received: Arc<Mutex<Option<&'static str>>>,
+    received: Arc<Mutex<Option<libc::c_int>>>,
     snapshot: Option<SnapshotOnSignal>,
 }
 
@@ -82,12 +81,12 @@ impl SnapshotOnSignal {
 }
 
 impl SignalWatcher {
-    /// A watcher stopping `vmm`; the name of the first signal goes into `received`.
+    /// A watcher stopping `vmm`; the first stop signal goes into `received`.
     pub fn new(
-        signals: StopSignals,
+        signals: Arc<StopSignals>,
         vmm: VmmHandle,
         timeline: Timeline,
-        received: Arc<Mutex<Option<&'static str>>>,
+        received: Arc<Mutex<Option<libc::c_int>>>,
         snapshot: Option<SnapshotOnSignal>,
     ) -> Self {
         SignalWatcher {
@@ -102,24 +101,33 @@ impl SignalWatcher {
 
 impl MutEventSubscriber for SignalWatcher {
     fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(Events::new_raw(self.signals.as_raw_fd(), EventSet::IN));
+        for fd in self.signals.fds() {
+            let _ = ops.add(Events::new_raw(fd, EventSet::IN));
+        }
     }
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        while let Some(sig) = self.signals.read() {
-            if sig == signals::SNAPSHOT_SIGNAL {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if self.signals.is_snapshot_fd(fd) {
+            while self.signals.take_snapshot_signal() {
                 if let Some(s) = &self.snapshot {
                     s.take(&self.vmm, &self.timeline);
                 }
-                continue;
             }
-            let name = signals::name(sig);
-            let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
-            if received.is_none() {
-                *received = Some(name);
-                self.timeline.mark(&format!("{name} received"));
-            }
-            self.vmm.stop();
+            return;
         }
+        let Some(sig) = self.signals.stop_signal_of(fd) else {
+            return;
+        };
+        // The signal stays pending (it ends the process at the end), so its descriptor stays
+        // readable: watch it no more.
+        let _ = ops.remove(events);
+        let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        if received.is_none() {
+            *received = Some(sig);
+            self.timeline
+                .mark(&format!("{} received", signals::name(sig)));
+        }
+        self.vmm.stop();
     }
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `petrel` binary: the seed programs from the README, and bad input.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -411,7 +412,13 @@ fn sigterm_stops_the_guest_cleanly() {
     assert_eq!(rc, 0);
     let o = child.wait_with_output().expect("petrel ends");
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+    // Stopped cleanly (the message, the statistics), then ended by the signal.
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGTERM),
+        "{}: {err}",
+        o.status
+    );
     assert!(err.contains("stopped the guest on SIGTERM"), "{err}");
     assert!(
         err.contains("exits reached Petrel"),
@@ -531,7 +538,7 @@ fn metrics_are_rewritten_while_the_guest_runs() {
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.status.signal(), Some(libc::SIGTERM), "{}", stderr(&o));
     let last: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
     std::fs::remove_file(&metrics).unwrap();

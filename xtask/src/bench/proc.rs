@@ -240,6 +240,13 @@ pub fn watch_memory(
     }
 }
 
+/// Whether `status` is how Petrel ends on SIGTERM: it stops the guest, cleans up, and dies by
+/// the signal (README, "Using it"), as Firecracker does.
+pub fn ended_by_sigterm(status: &ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(libc::SIGTERM)
+}
+
 /// Sends SIGTERM to `child` and waits up to `limit` for it to exit (then SIGKILL).
 pub fn terminate(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
     signal(child.id(), libc::SIGTERM);

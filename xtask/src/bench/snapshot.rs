@@ -216,7 +216,7 @@ pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
                  SOCKET`: wall time from just before writing `PUT /snapshot/load` \
                  (`mem_backend` File, `resume_vm: true`) to the end of its 204 (Petrel answers \
                  once the vCPUs are started); then `GET /` must say Running and petrel must \
-                 exit 0 on SIGTERM. The first run is an untimed warm-up. Runs: {runs}."
+                 end by SIGTERM when sent it. The first run is an untimed warm-up. Runs: {runs}."
             ),
         },
     ]

@@ -28,13 +28,13 @@
 //! unused and counted; broken chains stop the device (DEVICE_NEEDS_RESET). The tap is
 //! non-blocking: no guest action can make the event loop wait on it.
 
+mod tap;
+
 use std::any::Any;
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::time::Instant;
 
 use crate::virtio::{GuestMemoryMmap, VirtioMemory};
@@ -76,7 +76,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A tap configuration ioctl failed (busy, no permission, or not a tap).
+    /// An interface of that name exists but is no tap Petrel can use: a tun device, another
+    /// kind of interface, or a multi-queue tap.
+    #[error(
+        "network interface {name:?} is not a tap device (or is a multi-queue one); \
+         create a tap: ip tuntap add dev NAME mode tap"
+    )]
+    NotATap {
+        /// The name given.
+        name: String,
+    },
+    /// A tap configuration ioctl failed (busy, no permission).
     #[error("cannot attach to tap device {name:?}: {ioctl} failed")]
     TapIoctl {
         /// The tap's name.
@@ -115,30 +125,6 @@ const TAP_TOKEN: u32 = 0;
 const RX_TIMER_TOKEN: u32 = 1;
 /// The token of the transmit rate limiter's timer.
 const TX_TIMER_TOKEN: u32 = 2;
-
-/// `TUNSETIFF` = `_IOW('T', 202, int)` (linux/if_tun.h).
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-/// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)` (linux/if_tun.h).
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-/// `TUNSETVNETHDRSZ` = `_IOW('T', 216, int)` (linux/if_tun.h).
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-/// A tap (Ethernet) device, not a tun (linux/if_tun.h `IFF_TAP`).
-const IFF_TAP: libc::c_short = 0x0002;
-/// No packet-information prefix (linux/if_tun.h `IFF_NO_PI`).
-const IFF_NO_PI: libc::c_short = 0x1000;
-/// Frames carry a virtio-net header (linux/if_tun.h `IFF_VNET_HDR`).
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-/// Size of an interface name, NUL included (linux/if.h `IFNAMSIZ`).
-const IFNAMSIZ: usize = 16;
-
-/// `struct ifreq` as `TUNSETIFF` reads it: the name and the flags member of the union, padded
-/// to the union's full size (linux/if.h).
-#[repr(C)]
-struct IfReq {
-    name: [u8; IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
 
 /// Counters of a [`Net`] device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -209,77 +195,19 @@ impl<M> fmt::Debug for Net<M> {
     }
 }
 
-/// Whether a network interface named `name` exists (`if_nametoindex(3)`).
-fn interface_exists(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-}
-
 impl<M> Net<M> {
     /// Opens the existing tap `name` and makes a device with MAC address `mac` on it.
     ///
-    /// The tap must exist already (`ip tuntap add dev NAME mode tap`, owned by the VMM's user):
-    /// this never creates one. Fails, naming the tap, when the name is invalid, no such tap
-    /// exists, or it cannot be opened or configured (busy, no permission, a tun device).
+    /// The tap must exist already, in the calling process's network namespace (`ip tuntap add
+    /// dev NAME mode tap`, owned by the VMM's user): this never creates one, and looks for it
+    /// with the kernel, not in `/sys` (which may show another namespace, or be absent). Fails,
+    /// naming the tap, when the name is invalid, no such interface exists, it is not a tap, or
+    /// it cannot be opened or configured (busy, no permission).
     pub fn open_tap(name: &str, mac: [u8; 6]) -> Result<Self, Error> {
-        if name.is_empty()
-            || name.len() >= IFNAMSIZ
-            || name.contains(['/', '\0'])
-            || name == "."
-            || name == ".."
-        {
+        if !tap::valid_name(name) {
             return Err(Error::TapName { name: name.into() });
         }
-        // TUNSETIFF on a name that does not exist would create a new tap, which is not what
-        // the user asked for; tun and tap interfaces have a `tun_flags` attribute. Where sysfs
-        // is not mounted (a jail's chroot), ask the kernel for the interface's index instead.
-        let sysfs = Path::new("/sys/class/net");
-        let exists = if sysfs.exists() {
-            sysfs.join(name).join("tun_flags").exists()
-        } else {
-            interface_exists(name)
-        };
-        if !exists {
-            return Err(Error::TapNotFound { name: name.into() });
-        }
-        let tap = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(|source| Error::OpenTap {
-                name: name.into(),
-                source,
-            })?;
-        let ioctl_err = |ioctl: &'static str| Error::TapIoctl {
-            name: name.into(),
-            ioctl,
-            source: io::Error::last_os_error(),
-        };
-        let mut req = IfReq {
-            name: [0; IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-            _pad: [0; 22],
-        };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads and may update a `struct ifreq`; `req` has its layout and
-        // size (40 bytes) and lives across the call. The fd is ours.
-        if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
-            return Err(ioctl_err("TUNSETIFF"));
-        }
-        let hdr_len = NET_HDR_LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is valid.
-        if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr_len) } < 0 {
-            return Err(ioctl_err("TUNSETVNETHDRSZ"));
-        }
-        // No offloads: the guest negotiated none, so the tap must hand us plain frames.
-        // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
-        if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_ulong) } < 0 {
-            return Err(ioctl_err("TUNSETOFFLOAD"));
-        }
+        let tap = tap::open(name)?;
         Self::from_tap_file(tap, name.into(), mac)
     }
 

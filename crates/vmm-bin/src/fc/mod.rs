@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use petrel_api::model::FIRECRACKER_API_VERSION;
 use petrel_api::server::ApiSocket;
-use petrel_vmm::{StopReason, Timeline, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK};
+use petrel_vmm::{StopReason, Timeline, EXIT_BAD_INPUT, EXIT_FAILURE};
 
 use self::controller::{Controller, Handled};
 use self::flags::{FirecrackerFlags, DEFAULT_INSTANCE_ID};
@@ -56,8 +56,8 @@ pub fn early_api_socket(args: &[std::ffi::OsString], default: Option<&str>) -> O
 enum PreBoot {
     /// `InstanceStart` built and started the VM.
     Started(Box<petrel_vmm::Vmm>),
-    /// A stop signal arrived before the guest started.
-    Signal(&'static str),
+    /// A stop signal arrived before the guest started (it is still pending).
+    Signal(libc::c_int),
 }
 
 fn bad_input(what: &str) -> ExitCode {
@@ -190,7 +190,7 @@ pub fn run(
     // Blocked before any thread starts (the API thread, the console writer), so that every
     // thread inherits the mask and the signals arrive only through the signalfd.
     let signals = match StopSignals::new(false) {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(e) => return failure(&format!("cannot set up signal handling: {e}")),
     };
     let (sender, queue) = match pump::channel() {
@@ -231,15 +231,18 @@ pub fn run(
     };
     let mut vmm = match started {
         PreBoot::Started(vmm) => vmm,
-        PreBoot::Signal(name) => {
+        PreBoot::Signal(sig) => {
             drop(server);
-            eprintln!("petrel: stopped on {name} before the guest started");
-            return ExitCode::from(EXIT_OK as u8);
+            eprintln!(
+                "petrel: stopped on {} before the guest started",
+                signals::name(sig)
+            );
+            return end_on_signal(&signals, sig);
         }
     };
     let received = Arc::new(Mutex::new(None));
     vmm.add_subscriber(Arc::new(Mutex::new(SignalWatcher::new(
-        signals,
+        signals.clone(),
         vmm.handle(),
         timeline.clone(),
         received.clone(),
@@ -284,14 +287,33 @@ pub fn run(
         StopReason::VmmError(msg) => eprintln!("petrel: error: {msg}"),
         _ => {}
     }
-    if let Some(sig) = *lock(&received) {
-        eprintln!("petrel: stopped the guest on {sig}");
+    let received = *lock(&received);
+    if let Some(sig) = received {
+        eprintln!("petrel: stopped the guest on {}", signals::name(sig));
     }
     if boot_timer {
         summary.timeline.mark("process end");
         eprint!("{}", summary.timeline.table());
     }
+    if let Some(sig) = received {
+        return end_on_signal(&signals, sig);
+    }
     ExitCode::from(summary.exit_code() as u8)
+}
+
+/// Firecracker's exit code after it intercepted SIGHUP (`FcExitCode::SIGHUP` in its
+/// `src/vmm/src/lib.rs`).
+const FC_EXIT_SIGHUP: u8 = 156;
+
+/// How Firecracker ends on a stop signal, once Petrel has stopped the VM and cleaned up (the
+/// API socket removed, the metrics flushed): Firecracker handles SIGHUP (exit code 156, after
+/// writing its metrics) and leaves SIGINT and SIGTERM at their default action, so that those
+/// end the process (`src/vmm/src/signal_handler.rs`).
+fn end_on_signal(signals: &StopSignals, sig: libc::c_int) -> ExitCode {
+    if sig == libc::SIGHUP && signals.take(sig) {
+        return ExitCode::from(FC_EXIT_SIGHUP);
+    }
+    signals.end(sig)
 }
 
 /// A clock's reading in microseconds.
@@ -316,21 +338,17 @@ fn wait_for_start(
     queue: &pump::RequestQueue,
     signals: &StopSignals,
 ) -> Result<PreBoot, String> {
-    use std::os::fd::AsRawFd;
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: queue.fd(),
+        // The request queue, then each stop signal's descriptor.
+        let mut fds: Vec<libc::pollfd> = std::iter::once(queue.fd())
+            .chain(signals.fds())
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
-            },
-            libc::pollfd {
-                fd: signals.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two pollfds we own; no timeout: the API thread or a signal wakes us.
+            })
+            .collect();
+        // SAFETY: pollfds we own; no timeout: the API thread or a signal wakes us.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -339,10 +357,13 @@ fn wait_for_start(
             }
             return Err(format!("waiting for API requests failed: {e}"));
         }
-        if fds[1].revents != 0 {
-            if let Some(sig) = signals.read() {
-                return Ok(PreBoot::Signal(signals::name(sig)));
-            }
+        // A stop signal is not read: it stays pending, to end the process (see `signals`).
+        if let Some(sig) = fds[1..]
+            .iter()
+            .filter(|p| p.revents != 0)
+            .find_map(|p| signals.stop_signal_of(p.fd))
+        {
+            return Ok(PreBoot::Signal(sig));
         }
         let mut started = None;
         for (request, reply) in queue.drain() {
