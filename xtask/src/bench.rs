@@ -39,6 +39,7 @@ use crate::boottest::{LogWatch, GUEST_CMDLINE, RUN_INIT_LINE};
 use crate::cli::BenchArgs;
 use crate::error::{Error, IoContext, Result};
 use crate::host::{self, HostKvm};
+use crate::initramfs::MARKER;
 use proc::{MemWatch, Timed};
 use report::{Cell, Context, Row, Target, Unit, Verdict};
 
@@ -158,18 +159,23 @@ pub fn run(args: &BenchArgs) -> u8 {
     if wanted("linux") {
         if args.linux {
             println!("==> Linux boot ({} run(s))", args.linux_runs);
-            rows.push(linux(&bench, args.linux_runs, args.linux_timeout));
+            rows.extend(linux(&bench, args.linux_runs, args.linux_timeout));
         } else {
-            rows.push(Row {
-                id: "linux_run_init",
-                name: "Linux to `Run /init`".into(),
-                unit: Unit::S,
-                petrel: Cell::None("not run (--no-linux)".into()),
-                comparison_name: "QEMU microvm".into(),
-                comparison: Cell::None("not run (--no-linux)".into()),
-                target: Target::None,
-                measures: "Linux boot: left out with --no-linux.".into(),
-            });
+            for (id, name) in [
+                ("linux_run_init", "Linux to `Run /init`"),
+                ("linux_userspace", "Linux to the first userspace output"),
+            ] {
+                rows.push(Row {
+                    id,
+                    name: name.into(),
+                    unit: Unit::S,
+                    petrel: Cell::None("not run (--no-linux)".into()),
+                    comparison_name: "QEMU microvm".into(),
+                    comparison: Cell::None("not run (--no-linux)".into()),
+                    target: Target::None,
+                    measures: "Linux boot: left out with --no-linux.".into(),
+                });
+            }
         }
     }
     if wanted("api-socket") {
@@ -998,8 +1004,9 @@ fn vms_per_second(vms: u32, parallel: u32, make: &(dyn Fn() -> Command + Sync)) 
     Ok(f64::from(vms) / wall.as_secs_f64())
 }
 
-/// Case 5: the boot-test kernel to `Run /init as init process`, under Petrel and QEMU.
-fn linux(b: &Bench, runs: u32, limit: Duration) -> Row {
+/// Case 5: the boot-test kernel to `Run /init as init process` and to its init's first
+/// output from user mode (the marker), under Petrel and QEMU: two rows from the same runs.
+fn linux(b: &Bench, runs: u32, limit: Duration) -> [Row; 2] {
     let trend = if b.emulated {
         " Trend only on this host (guest kernel code is emulated): the time is the guest's, not \
          the VMM's."
@@ -1028,20 +1035,37 @@ fn linux(b: &Bench, runs: u32, limit: Duration) -> Row {
              microvm,acpi=off -enable-kvm` with the same final command line.{trend}"
         ),
     };
+    let mut user = Row {
+        id: "linux_userspace",
+        name: "Linux to the first userspace output".into(),
+        measures: format!(
+            "The same runs as the row above: seconds from the spawn until the initramfs's \
+             /init, a static program, has printed `{MARKER}` from user mode, then the VMM is \
+             stopped (on a host that emulates guest kernel code, the guest kernel's patch in \
+             xtask/kernel/patches makes that system call work).{trend}"
+        ),
+        ..row.clone()
+    };
     if let Some(c) = missing(b, false) {
-        row.petrel = c.clone();
-        row.comparison = c;
-        return row;
+        for r in [&mut row, &mut user] {
+            r.petrel = c.clone();
+            r.comparison = c.clone();
+        }
+        return [row, user];
     }
     let guest = match crate::build_guest(&[]) {
         Ok(g) => g,
         Err(e) => {
-            row.petrel = Cell::Error(format!("building the guest: {e}"));
-            row.comparison = Cell::Error("no guest to boot".into());
-            return row;
+            for r in [&mut row, &mut user] {
+                r.petrel = Cell::Error(format!("building the guest: {e}"));
+                r.comparison = Cell::Error("no guest to boot".into());
+            }
+            return [row, user];
         }
     };
     let logs = b.dir.join("logs");
+    // Each run returns its time to `Run /init` and notes its time to the marker here.
+    let mut petrel_marker = Vec::new();
     row.petrel = collect(runs, |i| {
         let serial = logs.join(format!("linux-petrel-{}.log", i + 1));
         let mut cmd = Command::new(&b.petrel);
@@ -1057,8 +1081,13 @@ fn linux(b: &Bench, runs: u32, limit: Duration) -> Row {
             ])
             .arg("--serial")
             .arg(format!("file:{}", serial.display()));
-        time_to_run_init(&mut cmd, &serial, &logs.join("linux-petrel.stderr"), limit)
+        let [run_init, marker] =
+            time_to_lines(&mut cmd, &serial, &logs.join("linux-petrel.stderr"), limit)?;
+        petrel_marker.push(marker);
+        Ok(run_init)
     });
+    user.petrel = marker_cell(&row.petrel, petrel_marker);
+    let mut qemu_marker = Vec::new();
     row.comparison = match &b.qemu {
         Err(why) => Cell::Missing(format!("QEMU: {why}")),
         Ok(_) => collect(runs, |i| {
@@ -1079,10 +1108,23 @@ fn linux(b: &Bench, runs: u32, limit: Duration) -> Row {
             .args(["-append", &cmdline, "-serial"])
             .arg(format!("file:{}", serial.display()))
             .arg("-no-reboot");
-            time_to_run_init(&mut cmd, &serial, &logs.join("linux-qemu.stderr"), limit)
+            let [run_init, marker] =
+                time_to_lines(&mut cmd, &serial, &logs.join("linux-qemu.stderr"), limit)?;
+            qemu_marker.push(marker);
+            Ok(run_init)
         }),
     };
-    row
+    user.comparison = marker_cell(&row.comparison, qemu_marker);
+    [row, user]
+}
+
+/// The marker row's cell for a side whose `Run /init` cell is `run_init`: the marker times
+/// where every run measured both, else the same reason.
+fn marker_cell(run_init: &Cell, marker: Vec<f64>) -> Cell {
+    match run_init {
+        Cell::Measured(_) => Cell::Measured(marker),
+        other => other.clone(),
+    }
 }
 
 /// Whether a VMM's stderr says that KVM gave up on the guest (QEMU then pauses for good):
@@ -1100,14 +1142,15 @@ fn kvm_gave_up(stderr: &str) -> Option<String> {
     Some(why)
 }
 
-/// Seconds from the spawn until `RUN_INIT_LINE` shows up in `serial`; the VMM is then
-/// stopped. Fails if the VMM exits first, reports that KVM gave up, or runs past `limit`.
-fn time_to_run_init(
+/// Seconds from the spawn until `RUN_INIT_LINE`, and until the init's `MARKER`, show up in
+/// `serial`; the VMM is then stopped. Fails if the VMM exits first, reports that KVM gave
+/// up, or runs past `limit`.
+fn time_to_lines(
     cmd: &mut Command,
     serial: &Path,
     stderr_log: &Path,
     limit: Duration,
-) -> Result<f64> {
+) -> Result<[f64; 2]> {
     let _ = fs::remove_file(serial);
     let err = fs::File::create(stderr_log).ctx(|| format!("creating {}", stderr_log.display()))?;
     println!("    {}", host::describe(cmd));
@@ -1119,11 +1162,18 @@ fn time_to_run_init(
         .spawn()
         .ctx(|| format!("starting `{}`", host::describe(cmd)))?;
     let mut watch = LogWatch::new(serial, RUN_INIT_LINE);
+    let mut marker = LogWatch::new(serial, MARKER);
     let outcome = loop {
         watch.poll(start.elapsed());
-        if let Some(at) = watch.seen_at() {
-            break Ok(at.as_secs_f64());
+        marker.poll(start.elapsed());
+        if let (Some(a), Some(b)) = (watch.seen_at(), marker.seen_at()) {
+            break Ok([a.as_secs_f64(), b.as_secs_f64()]);
         }
+        let missing = if watch.seen_at().is_none() {
+            RUN_INIT_LINE
+        } else {
+            MARKER
+        };
         let stderr = fs::read_to_string(stderr_log).unwrap_or_default();
         if let Some(why) = kvm_gave_up(&stderr) {
             let last = fs::read_to_string(serial).unwrap_or_default();
@@ -1133,7 +1183,7 @@ fn time_to_run_init(
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("");
             break Err(Error::Other(format!(
-                "no `{RUN_INIT_LINE}`: the VMM stopped the guest after {:.1} s: {why}; the \
+                "no `{missing}`: the VMM stopped the guest after {:.1} s: {why}; the \
                  serial log ends with `{}`",
                 start.elapsed().as_secs_f64(),
                 last.trim()
@@ -1141,22 +1191,22 @@ fn time_to_run_init(
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(Error::Other(format!(
-                "no `{RUN_INIT_LINE}`: the VMM exited ({status}) after {:.1} s; stderr: {}",
+                "no `{missing}`: the VMM exited ({status}) after {:.1} s; stderr: {}",
                 start.elapsed().as_secs_f64(),
                 proc::tail_of(stderr_log, 2)
             )));
         }
         if start.elapsed() > limit {
             break Err(Error::Other(format!(
-                "no `{RUN_INIT_LINE}` within {} s",
+                "no `{missing}` within {} s",
                 limit.as_secs()
             )));
         }
         thread::sleep(Duration::from_millis(20));
     };
     let _ = proc::terminate(&mut child, Duration::from_secs(10));
-    if let Ok(s) = &outcome {
-        println!("    `{RUN_INIT_LINE}` after {s:.1} s");
+    if let Ok([a, b]) = &outcome {
+        println!("    `{RUN_INIT_LINE}` after {a:.1} s, `{MARKER}` after {b:.1} s");
     }
     outcome
 }
