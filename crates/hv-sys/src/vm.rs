@@ -302,7 +302,7 @@ impl Vm {
             .fd
             .create_vcpu(id)
             .map_err(|e| Error::CreateVcpu { id, source: e })?;
-        let mut vcpu = Vcpu::new(id, fd, self.vcpu_mmap_size, self.ram.clone());
+        let mut vcpu = Vcpu::new(id, fd, self.vcpu_mmap_size, self.ram.clone())?;
         vcpu.msr_index_list = self.msr_index_list.clone();
         vcpu.xsave2_size = self.xsave2_size;
         Ok(vcpu)
