@@ -337,8 +337,8 @@ impl Vm {
         let pic_master = self.get_irqchip(KVM_IRQCHIP_PIC_MASTER)?;
         let pic_slave = self.get_irqchip(KVM_IRQCHIP_PIC_SLAVE)?;
         let ioapic = self.get_irqchip(KVM_IRQCHIP_IOAPIC)?;
-        let pit = self.fd().get_pit2().map_err(vm_err("KVM_GET_PIT2"))?;
-        let clock = self.fd().get_clock().map_err(vm_err("KVM_GET_CLOCK"))?;
+        let pit = self.vm_fd().get_pit2().map_err(vm_err("KVM_GET_PIT2"))?;
+        let clock = self.vm_fd().get_clock().map_err(vm_err("KVM_GET_CLOCK"))?;
         Ok(VmState {
             pic_master,
             pic_slave,
@@ -361,14 +361,18 @@ impl Vm {
             (&s.pic_slave, "KVM_SET_IRQCHIP (PIC slave)"),
             (&s.ioapic, "KVM_SET_IRQCHIP (IOAPIC)"),
         ] {
-            self.fd().set_irqchip(chip).map_err(vm_err(what))?;
+            self.vm_fd().set_irqchip(chip).map_err(vm_err(what))?;
         }
-        self.fd().set_pit2(&s.pit).map_err(vm_err("KVM_SET_PIT2"))?;
+        self.vm_fd()
+            .set_pit2(&s.pit)
+            .map_err(vm_err("KVM_SET_PIT2"))?;
         let clock = kvm_clock_data {
             flags: 0,
             ..s.clock
         };
-        self.fd().set_clock(&clock).map_err(vm_err("KVM_SET_CLOCK"))
+        self.vm_fd()
+            .set_clock(&clock)
+            .map_err(vm_err("KVM_SET_CLOCK"))
     }
 
     fn get_irqchip(&self, chip_id: u32) -> Result<kvm_irqchip> {
@@ -381,7 +385,7 @@ impl Vm {
             chip_id,
             ..Default::default()
         };
-        self.fd().get_irqchip(&mut chip).map_err(vm_err(what))?;
+        self.vm_fd().get_irqchip(&mut chip).map_err(vm_err(what))?;
         Ok(chip)
     }
 }
