@@ -172,7 +172,10 @@ impl Vcpu {
         self.set_sregs(&s.sregs)?;
         self.check_xsave_size(&s.xsave)?;
         // SAFETY: KVM_SET_XSAVE reads `kvm_xsave` plus, with KVM_CAP_XSAVE2, the size that
-        // capability reports, which `check_xsave_size` just made sure `s.xsave` holds.
+        // capability reports, which `check_xsave_size` just made sure `s.xsave` holds. (KVM
+        // copies the vCPU's own XSAVE size, which stays within what the capability reported
+        // at `Vm::new` unless the process widens its guest XSTATE permissions afterwards with
+        // arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM), which Petrel never does.)
         unsafe { fd.set_xsave2(&s.xsave) }.map_err(vcpu_err("KVM_SET_XSAVE"))?;
         fd.set_xcrs(&s.xcrs).map_err(vcpu_err("KVM_SET_XCRS"))?;
         fd.set_debug_regs(&s.debugregs)
@@ -195,7 +198,10 @@ impl Vcpu {
                     max: usize::MAX,
                 })?;
                 // SAFETY: `xsave` holds `kvm_xsave` plus `extra` u32s, at least the `size`
-                // bytes KVM_CAP_XSAVE2 says KVM_GET_XSAVE2 writes (api.rst 4.42).
+                // bytes KVM_CAP_XSAVE2 says KVM_GET_XSAVE2 writes (api.rst 4.42). (That size
+                // bounds the vCPU's unless the process widens its guest XSTATE permissions
+                // after `Vm::new`, with arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM), which Petrel
+                // never calls.)
                 unsafe { self.fd().get_xsave2(&mut xsave) }.map_err(vcpu_err("KVM_GET_XSAVE2"))?;
                 Ok(xsave)
             }

@@ -130,7 +130,9 @@ pub struct Vcpu {
     kick: Arc<KickSlot>,
     /// The MSRs [`save_state`](Self::save_state) reads (`KVM_GET_MSR_INDEX_LIST`).
     pub(crate) msr_index_list: Arc<[u32]>,
-    /// Bytes `KVM_GET_XSAVE2` fills, `None` where KVM lacks `KVM_CAP_XSAVE2`.
+    /// Bytes `KVM_GET_XSAVE2` fills, `None` where KVM lacks `KVM_CAP_XSAVE2` (read once at
+    /// `Vm::new`; it could grow only if the process asked for more guest XSTATE features with
+    /// arch_prctl afterwards, which Petrel does not).
     pub(crate) xsave2_size: Option<usize>,
     /// Dropped after `fd` (fields drop in declaration order).
     _ram: KeepAlive,
