@@ -5,7 +5,7 @@
 //! `cargo run -p petrel-hv-sys --example lwn_demo` prints `guest wrote: "4\n"`; without a
 //! usable /dev/kvm it says why and exits 0.
 
-use petrel_hv_sys::{kvm_bindings::kvm_userspace_memory_region, Hypervisor, Vm, VmExit};
+use petrel_hv_sys::{Hypervisor, Vm, VmExit};
 
 /// mov dx, 0x3f8; add al, bl; add al, '0'; out dx, al; mov al, '\n'; out dx, al; hlt
 const CODE: [u8; 12] = [
@@ -29,16 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One page of guest RAM. Leaked, so that it outlives the VM that maps it.
     let page = &mut Box::leak(Box::new(Page([0; 0x1000]))).0;
     page[..CODE.len()].copy_from_slice(&CODE);
-    let vm = Vm::new(&hv)?;
-    let slot = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: GUEST_ADDR,
-        memory_size: 0x1000,
-        userspace_addr: page.as_mut_ptr() as u64,
-    };
-    // SAFETY: the page is leaked (it lives until the process ends) and nothing else maps it.
-    unsafe { vm.fd().set_user_memory_region(slot)? };
+    let mut vm = Vm::new(&hv)?;
+    // SAFETY: the page is leaked (it stays mapped until the process ends), read-write, and
+    // nothing else maps it or relies on its contents.
+    unsafe { vm.register_raw_slot(GUEST_ADDR, 0x1000, page.as_mut_ptr() as u64, Box::new(()))? };
 
     let mut vcpu = vm.create_vcpu(0)?;
     // Real mode with CS at 0: the code runs from CS:IP = 0:0x1000, with al = bl = 2.

@@ -10,6 +10,8 @@ use kvm_bindings::{
     KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT,
     KVM_EXIT_UNKNOWN, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 
 /// Most data words KVM passes with an internal error (`kvm_run.internal.data`, api.rst 5).
 pub const INTERNAL_ERROR_MAX_DATA: usize = 16;
@@ -133,28 +135,84 @@ impl VmExit<'_> {
 
 /// The `kvm_run` mapping of one vCPU as bytes: the structure followed by the pages KVM
 /// points into (port-I/O data lives at `io.data_offset`, usually the second page).
-#[derive(Debug)]
+///
+/// Decoding reads the fields it needs through raw pointers and creates references only to the
+/// I/O or MMIO data it hands out, never to the first 8 bytes of `kvm_run` (which hold
+/// `immediate_exit`, the byte a kick handler may write at any time; see [`crate::kick`]).
 pub struct RunRegion<'a> {
-    bytes: &'a mut [u8],
+    ptr: NonNull<u8>,
+    len: usize,
+    _bytes: PhantomData<&'a mut [u8]>,
 }
+
+impl std::fmt::Debug for RunRegion<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunRegion")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first byte past `kvm_run`'s leading control bytes (`request_interrupt_window`,
+/// `immediate_exit`, padding) and the start of what KVM writes on an exit (`exit_reason`);
+/// no data KVM points to may start before it (api.rst 5, `struct kvm_run`).
+const EXIT_FIELDS_START: usize = std::mem::offset_of!(kvm_run, exit_reason);
+
+// `immediate_exit` lies before EXIT_FIELDS_START, so no slice this module hands out covers it.
+const _: () = assert!(std::mem::offset_of!(kvm_run, immediate_exit) < EXIT_FIELDS_START);
 
 impl<'a> RunRegion<'a> {
     /// Wraps a `kvm_run` mapping; `None` if it is too short to hold `struct kvm_run` or not
     /// 8-byte aligned.
     pub fn new(bytes: &'a mut [u8]) -> Option<Self> {
-        let aligned = (bytes.as_ptr() as usize) % std::mem::align_of::<kvm_run>() == 0;
-        (aligned && bytes.len() >= std::mem::size_of::<kvm_run>()).then_some(RunRegion { bytes })
+        // SAFETY: an exclusive borrow of `bytes.len()` bytes for 'a: nothing else accesses them.
+        unsafe { Self::from_raw_parts(bytes.as_mut_ptr(), bytes.len()) }
     }
 
-    fn run(&self) -> &kvm_run {
-        // SAFETY: `new` checked that the buffer is long enough and aligned for `kvm_run`, a
-        // plain-old-data struct for which any bit pattern is valid.
-        unsafe { &*(self.bytes.as_ptr() as *const kvm_run) }
+    /// Wraps a `kvm_run` mapping given by address and length; `None` as for [`new`](Self::new).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for reads and writes of `len` bytes for `'a`, and nothing else may
+    /// access those bytes during `'a`, except for atomic accesses to the first
+    /// `offset_of!(kvm_run, exit_reason)` bytes (`immediate_exit` lives there), which this
+    /// type neither reads nor covers with a reference.
+    pub(crate) unsafe fn from_raw_parts(ptr: *mut u8, len: usize) -> Option<Self> {
+        let ptr = NonNull::new(ptr)?;
+        let aligned = (ptr.as_ptr() as usize) % std::mem::align_of::<kvm_run>() == 0;
+        (aligned && len >= std::mem::size_of::<kvm_run>()).then_some(RunRegion {
+            ptr,
+            len,
+            _bytes: PhantomData,
+        })
+    }
+
+    /// The mapping as a `kvm_run` pointer: for field reads through `&raw const`, never to be
+    /// turned into a reference (that would cover `immediate_exit`).
+    fn run(&self) -> *const kvm_run {
+        self.ptr.as_ptr().cast::<kvm_run>().cast_const()
+    }
+
+    /// `len` bytes at `start`, which the caller checked lie inside the region and at or after
+    /// [`EXIT_FIELDS_START`].
+    fn data(self, start: usize, len: usize) -> &'a mut [u8] {
+        assert!(
+            start >= EXIT_FIELDS_START && start.checked_add(len).is_some_and(|e| e <= self.len)
+        );
+        // SAFETY: inside the region (asserted), which `from_raw_parts`'s contract makes ours
+        // for 'a; `self` is consumed, so this is the only reference made from it; and it does
+        // not cover `immediate_exit` (before EXIT_FIELDS_START), which a kick handler may write.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), len) }
     }
 
     /// Decodes the exit KVM left in this mapping after `KVM_RUN` returned 0.
     pub fn decode(self) -> VmExit<'a> {
-        match self.run().exit_reason {
+        // SAFETY: `from_raw_parts` checked that the region holds an aligned `kvm_run`, a
+        // plain-old-data struct for which any bit pattern is valid; `&raw const` reads the
+        // field without a reference to the whole struct. (The same holds for each field read
+        // below.)
+        let exit_reason = unsafe { (&raw const (*self.run()).exit_reason).read() };
+        match exit_reason {
             KVM_EXIT_IO => self.decode_io(),
             KVM_EXIT_MMIO => self.decode_mmio(),
             KVM_EXIT_HLT => VmExit::Hlt,
@@ -163,16 +221,16 @@ impl<'a> RunRegion<'a> {
             KVM_EXIT_IRQ_WINDOW_OPEN => VmExit::IrqWindowOpen,
             KVM_EXIT_DEBUG | KVM_EXIT_EXCEPTION => VmExit::Debug,
             KVM_EXIT_FAIL_ENTRY => {
-                // SAFETY: exit_reason says `fail_entry` is the live union member.
-                let f = unsafe { self.run().__bindgen_anon_1.fail_entry };
+                // SAFETY: as above; exit_reason says `fail_entry` is the live union member.
+                let f = unsafe { (&raw const (*self.run()).__bindgen_anon_1.fail_entry).read() };
                 VmExit::FailEntry {
                     hardware_reason: f.hardware_entry_failure_reason,
                     cpu: f.cpu,
                 }
             }
             KVM_EXIT_INTERNAL_ERROR => {
-                // SAFETY: exit_reason says `internal` is the live union member.
-                let i = unsafe { self.run().__bindgen_anon_1.internal };
+                // SAFETY: as above; exit_reason says `internal` is the live union member.
+                let i = unsafe { (&raw const (*self.run()).__bindgen_anon_1.internal).read() };
                 let ndata = (i.ndata as usize).min(INTERNAL_ERROR_MAX_DATA);
                 VmExit::InternalError {
                     suberror: i.suberror,
@@ -181,8 +239,8 @@ impl<'a> RunRegion<'a> {
                 }
             }
             KVM_EXIT_SYSTEM_EVENT => {
-                // SAFETY: exit_reason says `system_event` is the live union member.
-                let e = unsafe { self.run().__bindgen_anon_1.system_event };
+                // SAFETY: as above; exit_reason says `system_event` is the live union member.
+                let e = unsafe { (&raw const (*self.run()).__bindgen_anon_1.system_event).read() };
                 VmExit::SystemEvent(match e.type_ {
                     KVM_SYSTEM_EVENT_SHUTDOWN => SystemEvent::Shutdown,
                     KVM_SYSTEM_EVENT_RESET => SystemEvent::Reset,
@@ -191,8 +249,8 @@ impl<'a> RunRegion<'a> {
                 })
             }
             KVM_EXIT_UNKNOWN => {
-                // SAFETY: exit_reason says `hw` is the live union member.
-                let hw = unsafe { self.run().__bindgen_anon_1.hw };
+                // SAFETY: as above; exit_reason says `hw` is the live union member.
+                let hw = unsafe { (&raw const (*self.run()).__bindgen_anon_1.hw).read() };
                 VmExit::Unknown {
                     hardware_reason: hw.hardware_exit_reason,
                 }
@@ -202,21 +260,21 @@ impl<'a> RunRegion<'a> {
     }
 
     fn decode_io(self) -> VmExit<'a> {
-        // SAFETY: exit_reason says `io` is the live union member.
-        let io = unsafe { self.run().__bindgen_anon_1.io };
+        // SAFETY: as in `decode`; exit_reason says `io` is the live union member.
+        let io = unsafe { (&raw const (*self.run()).__bindgen_anon_1.io).read() };
         let len = u64::from(io.size) * u64::from(io.count);
         let start = io.data_offset;
         // Never trust geometry we cannot check: an impossible size, or data outside the
         // mapping, would otherwise make us read or write past it.
         let in_bounds = start
             .checked_add(len)
-            .is_some_and(|end| end <= self.bytes.len() as u64 && start >= 8);
+            .is_some_and(|end| end <= self.len as u64 && start >= EXIT_FIELDS_START as u64);
         if !matches!(io.size, 1 | 2 | 4) || io.count == 0 || !in_bounds {
             return VmExit::Unsupported {
                 reason: KVM_EXIT_IO,
             };
         }
-        let data = &mut self.bytes[start as usize..(start + len) as usize];
+        let data = self.data(start as usize, len as usize);
         match u32::from(io.direction) {
             KVM_EXIT_IO_OUT => VmExit::IoOut {
                 port: io.port,
@@ -238,8 +296,8 @@ impl<'a> RunRegion<'a> {
 
     fn decode_mmio(self) -> VmExit<'a> {
         let offset = std::mem::offset_of!(kvm_run, __bindgen_anon_1);
-        // SAFETY: exit_reason says `mmio` is the live union member.
-        let mmio = unsafe { self.run().__bindgen_anon_1.mmio };
+        // SAFETY: as in `decode`; exit_reason says `mmio` is the live union member.
+        let mmio = unsafe { (&raw const (*self.run()).__bindgen_anon_1.mmio).read() };
         let len = (mmio.len as usize).min(mmio.data.len());
         if len == 0 {
             return VmExit::Unsupported {
@@ -248,7 +306,7 @@ impl<'a> RunRegion<'a> {
         }
         // `data` is the second field of `mmio`, after the 8-byte `phys_addr`.
         let data_start = offset + 8;
-        let data = &mut self.bytes[data_start..data_start + len];
+        let data = self.data(data_start, len);
         if mmio.is_write != 0 {
             VmExit::MmioWrite {
                 addr: mmio.phys_addr,
@@ -363,6 +421,43 @@ mod tests {
             RunRegion::new(f.bytes()).unwrap().decode().reason_name(),
             "unsupported"
         );
+    }
+
+    #[test]
+    fn io_data_over_the_control_bytes_is_refused() {
+        // `immediate_exit` (byte 1) is the kick handler's: no data slice may cover it.
+        let mut f = FakeRun::new();
+        for offset in [0, 1, 7] {
+            f.set_io(KVM_EXIT_IO_IN, 0x10, 1, 2, offset);
+            assert_eq!(
+                RunRegion::new(f.bytes()).unwrap().decode().reason_name(),
+                "unsupported",
+                "data_offset {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kick_may_land_while_an_exit_is_borrowed() {
+        // What `Vcpu::run` does: a region from a raw mapping, decoded, and while its data is
+        // borrowed the kick handler stores to `immediate_exit` through the mapping's pointer.
+        let mut f = FakeRun::new();
+        f.set_io(KVM_EXIT_IO_IN, 0x71, 1, 4, 4096);
+        let base = f.0.as_mut_ptr().cast::<u8>();
+        let flag_at = std::mem::offset_of!(kvm_run, immediate_exit);
+        // SAFETY: the buffer is 8 KiB, ours for the test, and only the atomic store below
+        // touches its first 8 bytes while the region lives.
+        let region = unsafe { RunRegion::from_raw_parts(base, 8192) }.unwrap();
+        let VmExit::IoIn { data, .. } = region.decode() else {
+            panic!("expected an I/O read");
+        };
+        data[0] = 0x11;
+        // SAFETY: inside the buffer; every access to this byte is atomic.
+        unsafe { std::sync::atomic::AtomicU8::from_ptr(base.add(flag_at)) }
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        data[3] = 0x44;
+        assert_eq!(&f.bytes()[4096..4100], &[0x11, 0, 0, 0x44]);
+        assert_eq!(f.run().immediate_exit, 1);
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! - [`kick`] gets a vCPU thread out of `KVM_RUN`; [`Vcpu::complete_emulation_failure`] deals
 //!   with the instructions an emulating host cannot run.
 //!
+//! The crate's promise: no safe call can make KVM or the kick handler touch memory that is no
+//! longer what it was given as. Guest RAM stays mapped while any vCPU of its VM exists (vCPUs
+//! come only from [`Vm::create_vcpu`]; the raw VM handle is behind the unsafe [`Vm::fd`]), and a
+//! vCPU's `kvm_run` mapping outlives every kick handler that could write to it.
+//!
 //! ```no_run
 //! use petrel_hv_sys::{Hypervisor, Vm, VmExit};
 //! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -48,7 +53,11 @@ mod vm;
 
 pub use exit::{SystemEvent, VmExit};
 pub use kvm::{host_emulates_guest_kernel, Hypervisor, KVM_API_VERSION, REQUIRED_CAPS};
+/// The KVM structures this crate's API uses (registers, `kvm_run`, irqchip state).
 pub use kvm_bindings;
+/// kvm-ioctls, for the types this crate's API uses (`VcpuFd`, `IoEventAddress`, `Cap`). A VM
+/// made with it directly is a separate VM, whose memory slots only unsafe calls can register;
+/// this crate's `Vm` hands out its own `VmFd` only through the unsafe [`Vm::fd`].
 pub use kvm_ioctls;
 pub use state::{VcpuState, VmState, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE};
 pub use stats::{Snapshot, StatDescriptor, StatKind, StatUnit, StatValue, StatsReader};

@@ -172,7 +172,10 @@ impl Vcpu {
         self.set_sregs(&s.sregs)?;
         self.check_xsave_size(&s.xsave)?;
         // SAFETY: KVM_SET_XSAVE reads `kvm_xsave` plus, with KVM_CAP_XSAVE2, the size that
-        // capability reports, which `check_xsave_size` just made sure `s.xsave` holds.
+        // capability reports, which `check_xsave_size` just made sure `s.xsave` holds. (KVM
+        // copies the vCPU's own XSAVE size, which stays within what the capability reported
+        // at `Vm::new` unless the process widens its guest XSTATE permissions afterwards with
+        // arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM), which Petrel never does.)
         unsafe { fd.set_xsave2(&s.xsave) }.map_err(vcpu_err("KVM_SET_XSAVE"))?;
         fd.set_xcrs(&s.xcrs).map_err(vcpu_err("KVM_SET_XCRS"))?;
         fd.set_debug_regs(&s.debugregs)
@@ -195,7 +198,10 @@ impl Vcpu {
                     max: usize::MAX,
                 })?;
                 // SAFETY: `xsave` holds `kvm_xsave` plus `extra` u32s, at least the `size`
-                // bytes KVM_CAP_XSAVE2 says KVM_GET_XSAVE2 writes (api.rst 4.42).
+                // bytes KVM_CAP_XSAVE2 says KVM_GET_XSAVE2 writes (api.rst 4.42). (That size
+                // bounds the vCPU's unless the process widens its guest XSTATE permissions
+                // after `Vm::new`, with arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM), which Petrel
+                // never calls.)
                 unsafe { self.fd().get_xsave2(&mut xsave) }.map_err(vcpu_err("KVM_GET_XSAVE2"))?;
                 Ok(xsave)
             }
@@ -337,8 +343,8 @@ impl Vm {
         let pic_master = self.get_irqchip(KVM_IRQCHIP_PIC_MASTER)?;
         let pic_slave = self.get_irqchip(KVM_IRQCHIP_PIC_SLAVE)?;
         let ioapic = self.get_irqchip(KVM_IRQCHIP_IOAPIC)?;
-        let pit = self.fd().get_pit2().map_err(vm_err("KVM_GET_PIT2"))?;
-        let clock = self.fd().get_clock().map_err(vm_err("KVM_GET_CLOCK"))?;
+        let pit = self.vm_fd().get_pit2().map_err(vm_err("KVM_GET_PIT2"))?;
+        let clock = self.vm_fd().get_clock().map_err(vm_err("KVM_GET_CLOCK"))?;
         Ok(VmState {
             pic_master,
             pic_slave,
@@ -361,14 +367,18 @@ impl Vm {
             (&s.pic_slave, "KVM_SET_IRQCHIP (PIC slave)"),
             (&s.ioapic, "KVM_SET_IRQCHIP (IOAPIC)"),
         ] {
-            self.fd().set_irqchip(chip).map_err(vm_err(what))?;
+            self.vm_fd().set_irqchip(chip).map_err(vm_err(what))?;
         }
-        self.fd().set_pit2(&s.pit).map_err(vm_err("KVM_SET_PIT2"))?;
+        self.vm_fd()
+            .set_pit2(&s.pit)
+            .map_err(vm_err("KVM_SET_PIT2"))?;
         let clock = kvm_clock_data {
             flags: 0,
             ..s.clock
         };
-        self.fd().set_clock(&clock).map_err(vm_err("KVM_SET_CLOCK"))
+        self.vm_fd()
+            .set_clock(&clock)
+            .map_err(vm_err("KVM_SET_CLOCK"))
     }
 
     fn get_irqchip(&self, chip_id: u32) -> Result<kvm_irqchip> {
@@ -381,7 +391,7 @@ impl Vm {
             chip_id,
             ..Default::default()
         };
-        self.fd().get_irqchip(&mut chip).map_err(vm_err(what))?;
+        self.vm_fd().get_irqchip(&mut chip).map_err(vm_err(what))?;
         Ok(chip)
     }
 }

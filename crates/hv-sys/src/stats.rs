@@ -540,7 +540,7 @@ impl StatsReader {
     /// Whether this KVM offers binary statistics (`KVM_CAP_BINARY_STATS_FD` in kvm.h, the
     /// capability api.rst 4.133 names), asked on the VM file descriptor.
     pub fn supported(vm: &Vm) -> bool {
-        vm.fd()
+        vm.vm_fd()
             .check_extension_raw(libc::c_ulong::from(KVM_CAP_BINARY_STATS_FD))
             > 0
     }
@@ -552,7 +552,7 @@ impl StatsReader {
         if !Self::supported(vm) {
             return Ok(None);
         }
-        open_stats_fd(vm.fd())?.map(Self::from_file).transpose()
+        open_stats_fd(vm.vm_fd())?.map(Self::from_file).transpose()
     }
 
     /// Opens a vCPU's statistics (`KVM_GET_STATS_FD` on the vCPU fd). `Ok(None)` where KVM

@@ -2,9 +2,12 @@
 //! handler for hosts whose instruction emulator gives up on some instructions.
 
 use std::fmt::Write as _;
+use std::os::unix::io::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_run, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
@@ -39,6 +42,80 @@ pub enum EmulationOutcome {
     },
 }
 
+/// `KVM_RUN _IO(KVMIO, 0x80)` (include/uapi/linux/kvm.h; api.rst 4.10), issued here rather
+/// than through kvm-ioctls, whose `VcpuFd::run` makes a `&mut kvm_run` over the structure that
+/// a kick handler may be writing (`immediate_exit`).
+mod ioctls {
+    vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
+}
+
+/// This crate's own shared mapping of a vCPU's `kvm_run` area (api.rst 5, "The kvm_run
+/// structure": the vCPU fd is mmap()ed at offset 0, for the `KVM_GET_VCPU_MMAP_SIZE` bytes of
+/// api.rst 4.5). kvm-ioctls maps it
+/// too, but hands it out only as `&mut kvm_run`, a reference that would both cover the byte the
+/// kick handler writes and be too narrow for the I/O data pages that follow the structure.
+/// Here the mapping is a raw pointer: [`Vcpu::run`] and the kick handler access
+/// `immediate_exit` only atomically, and [`RunRegion`] makes references only to the exit data
+/// it returns.
+#[derive(Debug)]
+struct RunMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this struct; the pointer is only
+// dereferenced by `Vcpu::run` (through `&mut Vcpu`) and, for the `immediate_exit` byte, by
+// atomic stores, which are sound from any thread.
+unsafe impl Send for RunMapping {}
+// SAFETY: as above; `&RunMapping` allows nothing but reading the pointer.
+unsafe impl Sync for RunMapping {}
+
+impl RunMapping {
+    /// Maps `len` bytes of `fd`'s `kvm_run` area, shared and read-write.
+    fn new(fd: &VcpuFd, len: usize) -> std::result::Result<Self, vmm_sys_util::errno::Error> {
+        // SAFETY: a new mapping at an address the kernel picks, so it replaces nothing; the
+        // result is checked before use.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(vmm_sys_util::errno::Error::last());
+        }
+        let ptr =
+            NonNull::new(addr.cast::<u8>()).ok_or(vmm_sys_util::errno::Error::new(libc::EINVAL))?;
+        Ok(RunMapping { ptr, len })
+    }
+
+    /// The address of `kvm_run.immediate_exit`, if the mapping holds a whole `kvm_run`.
+    fn immediate_exit(&self) -> *mut u8 {
+        if self.len < std::mem::size_of::<kvm_run>() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: inside the mapping, which holds a whole `kvm_run` (checked above).
+        unsafe {
+            self.ptr
+                .as_ptr()
+                .add(std::mem::offset_of!(kvm_run, immediate_exit))
+        }
+    }
+}
+
+impl Drop for RunMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `new` and nothing uses it any more: `Vcpu::drop`
+        // retired the kick slot (no handler writes to it after that) and the exits borrowed
+        // from it borrow the `Vcpu`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
 /// One vCPU.
 ///
 /// It keeps the guest RAM registered with its VM alive: KVM reaches guest memory through the
@@ -48,28 +125,33 @@ pub enum EmulationOutcome {
 pub struct Vcpu {
     id: u64,
     fd: VcpuFd,
-    mmap_size: usize,
+    /// `kvm_run`, unmapped after `Drop::drop` retired `kick` (fields drop after it).
+    run: RunMapping,
     kick: Arc<KickSlot>,
     /// The MSRs [`save_state`](Self::save_state) reads (`KVM_GET_MSR_INDEX_LIST`).
     pub(crate) msr_index_list: Arc<[u32]>,
-    /// Bytes `KVM_GET_XSAVE2` fills, `None` where KVM lacks `KVM_CAP_XSAVE2`.
+    /// Bytes `KVM_GET_XSAVE2` fills, `None` where KVM lacks `KVM_CAP_XSAVE2` (read once at
+    /// `Vm::new`; it could grow only if the process asked for more guest XSTATE features with
+    /// arch_prctl afterwards, which Petrel does not).
     pub(crate) xsave2_size: Option<usize>,
     /// Dropped after `fd` (fields drop in declaration order).
     _ram: KeepAlive,
 }
 
 impl Vcpu {
-    pub(crate) fn new(id: u64, mut fd: VcpuFd, mmap_size: usize, ram: KeepAlive) -> Self {
-        let kick = KickSlot::new(fd.get_kvm_run() as *mut kvm_bindings::kvm_run);
-        Vcpu {
+    pub(crate) fn new(id: u64, fd: VcpuFd, mmap_size: usize, ram: KeepAlive) -> Result<Self> {
+        let run =
+            RunMapping::new(&fd, mmap_size).map_err(|e| Error::CreateVcpu { id, source: e })?;
+        let kick = KickSlot::new(run.immediate_exit());
+        Ok(Vcpu {
             id,
             fd,
-            mmap_size,
+            run,
             kick,
             msr_index_list: Arc::from(Vec::new()),
             xsave2_size: None,
             _ram: ram,
-        }
+        })
     }
 
     /// Binds this vCPU to the calling thread for kicks ([`crate::kick`]): from now on a kick
@@ -88,6 +170,10 @@ impl Vcpu {
     }
 
     /// The kvm-ioctls handle, for calls this crate does not wrap (CPUID, MSRs, LAPIC, FPU).
+    ///
+    /// Nothing reachable through `&VcpuFd` can unmap guest memory or this vCPU's `kvm_run`:
+    /// `KVM_RUN` and the `kvm_run` accessors of kvm-ioctls need `&mut VcpuFd`, and the mapping
+    /// they use is not the one the kick handler writes.
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
     }
@@ -98,26 +184,42 @@ impl Vcpu {
     /// [`VmExit::Interrupted`] promptly, whether it lands before or during the call.
     pub fn run(&mut self) -> Result<VmExit<'_>> {
         self.bind_kicks();
-        let run_ptr = self.fd.get_kvm_run() as *mut kvm_bindings::kvm_run;
-        match self.fd.run() {
-            Ok(_) => {}
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                self.fd.set_kvm_immediate_exit(0);
+        // SAFETY: KVM_RUN on our own vCPU fd takes no argument; the kernel writes only the
+        // `kvm_run` mapping (and guest memory, which the VM and this vCPU keep mapped). No
+        // reference into the mapping is live: exits borrow `self`, which `&mut self` excludes.
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl(&self.fd, ioctls::KVM_RUN()) };
+        if ret < 0 {
+            let e = vmm_sys_util::errno::Error::last();
+            if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN {
+                self.clear_immediate_exit();
                 return Ok(VmExit::Interrupted);
             }
-            Err(e) => {
-                return Err(Error::Run {
-                    id: self.id,
-                    source: e,
-                })
-            }
+            return Err(Error::Run {
+                id: self.id,
+                source: e,
+            });
         }
-        // SAFETY: the mapping of `kvm_run` is `mmap_size` bytes long (KVM_GET_VCPU_MMAP_SIZE)
-        // and lives as long as `self.fd`, which `&mut self` borrows for the result's lifetime.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(run_ptr as *mut u8, self.mmap_size) };
-        Ok(RunRegion::new(bytes)
+        // SAFETY: the mapping is `run.len` bytes, read-write, for as long as `self`, which the
+        // result borrows mutably, so nothing else in Rust accesses it meanwhile. The one
+        // exception is `immediate_exit`, which the kick handler writes atomically and which
+        // `RunRegion` neither reads nor covers with a reference.
+        let region = unsafe { RunRegion::from_raw_parts(self.run.ptr.as_ptr(), self.run.len) };
+        Ok(region
             .map(RunRegion::decode)
             .unwrap_or(VmExit::Unsupported { reason: u32::MAX }))
+    }
+
+    /// Resets `immediate_exit` after a kick made `KVM_RUN` return.
+    fn clear_immediate_exit(&self) {
+        let flag = self.run.immediate_exit();
+        if flag.is_null() {
+            return;
+        }
+        // SAFETY: the byte is inside the live mapping (`self`), and every Rust access to it is
+        // atomic (this one and the kick handler's). Relaxed: a kick that lands after KVM_RUN
+        // returned and before this store is merged into this return (the caller looks at its
+        // commands next); one that lands after it makes the next KVM_RUN return at once.
+        unsafe { AtomicU8::from_ptr(flag) }.store(0, Ordering::Relaxed);
     }
 
     /// General-purpose registers (`KVM_GET_REGS`).

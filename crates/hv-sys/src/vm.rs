@@ -37,7 +37,8 @@ pub(crate) type KeepAlive = Arc<Mutex<Vec<Box<dyn Any + Send + Sync>>>>;
 ///
 /// The VM keeps the memory registered with it alive (a clone of each
 /// [`GuestMemoryMmap`] shares its mappings), and so does each of its vCPUs: no safe call can
-/// unmap memory that KVM still lets a guest reach.
+/// unmap memory that KVM still lets a guest reach. The raw `VmFd`, with which a vCPU could be
+/// made that keeps nothing alive, is reachable only through the unsafe [`Vm::fd`].
 #[derive(Debug)]
 pub struct Vm {
     fd: VmFd,
@@ -77,7 +78,33 @@ impl Vm {
     }
 
     /// The kvm-ioctls handle, for calls this crate does not wrap.
-    pub fn fd(&self) -> &VmFd {
+    ///
+    /// Unsafe because a `VmFd` can create a vCPU (`VmFd::create_vcpu`, or a device) that keeps
+    /// this VM, and so its memory slots, alive in the kernel without keeping the guest RAM
+    /// mapped, which [`Vm::create_vcpu`] and [`Vm::register_memory`] guarantee.
+    ///
+    /// ```compile_fail,E0133
+    /// # fn f(vm: &petrel_hv_sys::Vm) {
+    /// let vcpu = vm.fd().create_vcpu(0); // a vCPU that keeps no guest RAM alive: refused
+    /// # }
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// Through the handle, the caller must not:
+    /// - create vCPUs or devices (`create_vcpu`, `create_vcpu_from_rawfd`, `create_device`,
+    ///   `create_guest_memfd`) or duplicate the descriptor, unless whatever it creates is
+    ///   closed before the guest memory registered with this VM is unmapped (use
+    ///   [`Vm::create_vcpu`], whose vCPUs keep that memory alive);
+    /// - add, change or remove memory slots (`set_user_memory_region`): this `Vm` numbers and
+    ///   re-registers its slots itself; use [`Vm::register_memory`] or
+    ///   [`Vm::register_raw_slot`].
+    pub unsafe fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The kvm-ioctls handle, for this crate's own calls (none of which creates a vCPU).
+    pub(crate) fn vm_fd(&self) -> &VmFd {
         &self.fd
     }
 
@@ -302,7 +329,7 @@ impl Vm {
             .fd
             .create_vcpu(id)
             .map_err(|e| Error::CreateVcpu { id, source: e })?;
-        let mut vcpu = Vcpu::new(id, fd, self.vcpu_mmap_size, self.ram.clone());
+        let mut vcpu = Vcpu::new(id, fd, self.vcpu_mmap_size, self.ram.clone())?;
         vcpu.msr_index_list = self.msr_index_list.clone();
         vcpu.xsave2_size = self.xsave2_size;
         Ok(vcpu)
