@@ -4,8 +4,10 @@
 //!
 //! The guest's root is a fresh read-write virtio-blk disk whose `/init` counts from 1 to
 //! [`COUNT_TO`], printing `count I of N up T` (T: the guest's `/proc/uptime`) on the console
-//! and appending `I` to `/count` on the disk each time (a `sync` every ten, and a 0.1 s `read -t` timeout as pacing, no program
-//! started), then reads `/count` back past the page cache and reports it as a check.
+//! and appending `I` to `/count` on the disk each time (a 0.1 s `read -t` timeout as pacing,
+//! no program started; a `sync` at 5, 15, 25..., away from the snapshot's count, so that the
+//! time to the first count after the restore is the restore's), then reads `/count` back past
+//! the page cache and reports it as a check.
 //!
 //! 1. `petrel --kernel ... --disk IMG --snapshot-on-signal DIR` boots; when the serial log
 //!    shows [`SNAPSHOT_AT`], xtask sends SIGUSR1, and petrel must write `DIR/state` and
@@ -538,7 +540,11 @@ pub fn run(
         verdict.failures.extend(failures);
         check_counts(&text1, &text2, &snap.image, &mut verdict);
         check_restored_writes(snap, &mut verdict);
-        check_guest_clock(&text1, &text2, &mut verdict);
+        // Wall time from the snapshot's signal to the restored guest's first count.
+        let wall_gap = signalled
+            .zip(run.seen[0])
+            .map(|(sig, seen)| (start2 + seen).saturating_duration_since(start1 + sig));
+        check_guest_clock(&text1, &text2, wall_gap, &mut verdict);
         let first_run = read_metrics(&snap.metrics)
             .ok()
             .and_then(|m| timeline_at(&m, "first KVM_RUN"));
@@ -646,8 +652,10 @@ pub fn timeline_at(metrics: &serde_json::Value, what: &str) -> Option<Duration> 
 
 /// The guest's clock goes on from where it was: the uptimes of the counts never go back
 /// (across the snapshot too), and the restored log's first kernel timestamp, if it has one,
-/// is not older than the last one before the snapshot.
-fn check_guest_clock(before: &str, after: &str, v: &mut Verdict) {
+/// is not older than the last one before the snapshot. How far the guest's clock moved across
+/// the snapshot is noted beside `wall_gap`, the wall time from the snapshot's signal to the
+/// first count after the restore.
+fn check_guest_clock(before: &str, after: &str, wall_gap: Option<Duration>, v: &mut Verdict) {
     let counts = console_counts(&format!("{before}{after}"));
     let back = counts.windows(2).find(|w| w[1].up < w[0].up);
     let (last, first) = (
@@ -661,8 +669,14 @@ fn check_guest_clock(before: &str, after: &str, v: &mut Verdict) {
         )),
         (None, Some(l), Some(f)) => v.notes.push(format!(
             "guest clock: count {} at uptime {:.2} s before the snapshot, count {} at {:.2} s \
-             after the restore",
-            l.i, l.up, f.i, f.up
+             after the restore: {:+.2} s of guest time for {} of wall time from the snapshot's \
+             signal to that count",
+            l.i,
+            l.up,
+            f.i,
+            f.up,
+            f.up - l.up,
+            secs(wall_gap)
         )),
         _ => {}
     }
@@ -730,9 +744,9 @@ mod tests {
         let log = "[    0.000000] Linux\r\n[   93.027904] virtio_blk virtio0: [vda]\r\nno time\r\n";
         assert_eq!(printk_times(log), [0.0, 93.027904]);
         let mut v = Verdict::default();
-        check_guest_clock(log, "[   97.649068] serio: i8042\r\n", &mut v);
+        check_guest_clock(log, "[   97.649068] serio: i8042\r\n", None, &mut v);
         assert!(v.passed() && v.notes[0].contains("[97.649068]"), "{v:?}");
-        check_guest_clock(log, "[    1.0] early\r\n", &mut v);
+        check_guest_clock(log, "[    1.0] early\r\n", None, &mut v);
         assert!(v.failures[0].contains("went back"), "{v:?}");
         let m: serde_json::Value = serde_json::from_str(
             r#"{"timeline":[{"at_us":0,"what":"process start"},
@@ -766,10 +780,16 @@ mod tests {
     fn the_uptime_must_not_go_back() {
         let before = "count 1 of 50 up 20.01\r\ncount 2 of 50 up 20.12\r\n";
         let mut v = Verdict::default();
-        check_guest_clock(before, "count 3 of 50 up 20.20\r\n", &mut v);
+        let wall = Some(Duration::from_millis(1500));
+        check_guest_clock(before, "count 3 of 50 up 20.20\r\n", wall, &mut v);
         assert!(v.passed(), "{v:?}");
-        assert!(v.notes[0].contains("count 2 at uptime 20.12 s"), "{v:?}");
-        check_guest_clock(before, "count 3 of 50 up 3.00\r\n", &mut v);
+        assert_eq!(
+            v.notes[0],
+            "guest clock: count 2 at uptime 20.12 s before the snapshot, count 3 at 20.20 s after \
+             the restore: +0.08 s of guest time for 1.500 s of wall time from the snapshot's \
+             signal to that count"
+        );
+        check_guest_clock(before, "count 3 of 50 up 3.00\r\n", wall, &mut v);
         assert_eq!(
             v.failures,
             ["the guest's uptime went back: count 2 at 20.12 s, then count 3 at 3.00 s"]
