@@ -91,6 +91,9 @@ pub struct Scenario {
     pub jail: Option<crate::jail_boot::JailBoot>,
     /// Snapshotted partway and restored in a second petrel process (its own runner).
     pub snapshot: Option<crate::snapshot_boot::SnapshotBoot>,
+    /// The serial port on petrel's stdio, a pseudo-terminal where xtask types into the
+    /// guest's shell (its own runner: [`crate::shell_boot`]).
+    pub terminal: bool,
 }
 
 impl Scenario {
@@ -111,6 +114,7 @@ impl Scenario {
             fc: None,
             jail: None,
             snapshot: None,
+            terminal: false,
         }
     }
 }
@@ -138,11 +142,14 @@ impl Vmm {
                 if let Some(initrd) = &s.initrd {
                     cmd.arg("--initrd").arg(initrd);
                 }
+                let serial = match s.terminal {
+                    true => "stdio".to_owned(),
+                    false => format!("file:{}", serial_log.display()),
+                };
                 cmd.arg("--cmdline")
                     .arg(s.cmdline.as_deref().unwrap_or(GUEST_CMDLINE))
                     .args(["--mem", &guest_mem_arg(), "--vcpus", &s.vcpus.to_string()])
-                    .arg("--serial")
-                    .arg(format!("file:{}", serial_log.display()))
+                    .args(["--serial", &serial])
                     .args(&s.extra_args);
                 cmd
             }
@@ -324,6 +331,9 @@ pub fn run_scenario(
 ) -> Result<Outcome> {
     if let (Some(snap), Vmm::Petrel(bin)) = (&scenario.snapshot, vmm) {
         return crate::snapshot_boot::run(bin, scenario, snap, log_dir, timeout);
+    }
+    if let (true, Vmm::Petrel(bin)) = (scenario.terminal, vmm) {
+        return crate::shell_boot::run(bin, scenario, log_dir, timeout);
     }
     fs::create_dir_all(log_dir).ctx(|| format!("creating {}", log_dir.display()))?;
     let serial_log = log_dir.join(format!("{}.log", scenario.name));

@@ -29,6 +29,7 @@ mod initramfs;
 mod jail_boot;
 mod kernel;
 mod sha256;
+mod shell_boot;
 mod snapshot_boot;
 mod suite;
 mod virtio_boot;
@@ -291,6 +292,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
             .chain(api_boot::SCENARIOS.iter().copied())
             .chain(jail_boot::SCENARIOS.iter().copied())
             .chain(snapshot_boot::SCENARIOS.iter().copied())
+            .chain(shell_boot::SCENARIOS.iter().copied())
             .collect();
         (all, api_boot::OPT_IN_SCENARIOS)
     };
@@ -324,6 +326,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
                 scenarios.extend(api_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(jail_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(snapshot_boot::scenarios(&names, vmlinux, &disks)?);
+                scenarios.extend(shell_boot::scenarios(&names, vmlinux, &disks)?);
                 scenarios
             }
         };
@@ -481,7 +484,6 @@ mod tests {
             [
                 ("vmlinux-1vcpu", "/c/vmlinux", 1),
                 ("bzimage-1vcpu", "/c/bzImage", 1),
-                ("vmlinux-2vcpu", "/c/vmlinux", 2),
             ]
         );
         assert!(s

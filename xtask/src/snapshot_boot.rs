@@ -1,23 +1,28 @@
-//! The boot-test scenario `snapshot-linux-blk` (in the default set): the boot-test kernel with
-//! its root on a fresh read-write virtio-blk disk, snapshotted well before `Run /init` and
-//! restored in another petrel process, where it must reach `Run /init` and mount the disk.
+//! The boot-test scenario `snapshot-linux-blk` (in the default set): a running user-mode
+//! workload snapshotted and restored in another petrel process, where it goes on as if
+//! nothing happened.
 //!
-//! 1. `petrel --kernel ... --disk IMG --snapshot-on-signal DIR` boots until the serial log
-//!    shows [`SNAPSHOT_AT`] (virtio-blk found the disk, about 11 s of guest time before
-//!    `Run /init` here); xtask then sends SIGUSR1, and petrel must write `DIR/state` and
-//!    `DIR/mem`, say `snapshot written` and exit 0, with no `Run /init` in its log yet and
-//!    the disk still never mounted (ext4 mount count 0).
-//! 2. `petrel restore DIR --serial file:LOG2 --metrics M` must then pass as a normal boot
-//!    does ([`evaluate`]: `Run /init` and the guest's reset) with the root mounted
-//!    read-write, and afterwards the disk's superblock must show that mount (count >= 1, a
-//!    last mount time), written through the restored virtio-blk device (its `writes`
-//!    counter in the restored process's metrics). The guest's clock must go on: the restored
-//!    log's first kernel timestamp is not older than the last one before the snapshot.
+//! The guest's root is a fresh read-write virtio-blk disk whose `/init` counts from 1 to
+//! [`COUNT_TO`], printing `count I of N up T` (T: the guest's `/proc/uptime`) on the console
+//! and appending `I` to `/count` on the disk each time (a 0.1 s `read -t` timeout as pacing,
+//! no program started; a `sync` at 5, 15, 25..., away from the snapshot's count, so that the
+//! time to the first count after the restore is the restore's), then reads `/count` back past
+//! the page cache and reports it as a check.
 //!
-//! The scenario reports the time from the restore's start to the restored guest's first
-//! serial output and to its `Run /init` (and petrel's own time to its first `KVM_RUN`, from
-//! the restored process's metrics timeline), beside the first process's boot time to the
-//! snapshot.
+//! 1. `petrel --kernel ... --disk IMG --snapshot-on-signal DIR` boots; when the serial log
+//!    shows [`SNAPSHOT_AT`], xtask sends SIGUSR1, and petrel must write `DIR/state` and
+//!    `DIR/mem`, say `snapshot written` and exit 0 before the guest finished counting.
+//! 2. `petrel restore DIR --serial file:LOG2 --metrics M` must then count on to the end and
+//!    reset the guest (exit 0). The two serial logs, one after the other, are the guest's
+//!    console: it must hold `Run /init`, the init's marker, the guest's checks, and every
+//!    number from 1 to [`COUNT_TO`] exactly once and in order (a number the restored guest
+//!    printed again would show up twice). On the host, `/count` read from the image with
+//!    `debugfs` must hold the same numbers, once each and in order; the restored virtio-blk
+//!    must have served writes (its `--metrics`); and the guest's clock must go on: the
+//!    uptimes of the counts never go back, across the snapshot too.
+//!
+//! The scenario reports the first boot's times to `Run /init`, to the init's marker and to
+//! the snapshot, and the restore's times to its first serial output and to its first count.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,14 +30,18 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::api_boot::DISK_SEEN;
 use crate::boottest::{
-    evaluate, kill_vmm, print_tail, run_init_text, Exit, KernelFormat, LogWatch, Outcome, Scenario,
+    evaluate, kill_vmm, print_tail, times_text, Exit, KernelFormat, LogWatch, Outcome, Scenario,
     Verdict, Vmm, RUN_INIT_LINE,
 };
 use crate::error::{IoContext, Result};
+use crate::guest_script::{self, CHECKS_DONE};
 use crate::host;
-use crate::virtio_boot::{device_counter, read_metrics, read_superblock, root_cmdline};
+use crate::initramfs::MARKER;
+use crate::virtio_boot::{device_counter, read_metrics, root_cmdline, MOUNTED_RW};
+
+mod counts;
+use counts::{check_sequence, console_counts, file_counts};
 
 /// The snapshot scenario's name.
 pub const SNAPSHOT_SCENARIO: &str = "snapshot-linux-blk";
@@ -40,10 +49,30 @@ pub const SNAPSHOT_SCENARIO: &str = "snapshot-linux-blk";
 /// The snapshot scenarios in the default set.
 pub const SCENARIOS: &[&str] = &[SNAPSHOT_SCENARIO];
 
-/// The serial line after which the snapshot is taken: virtio-blk found the disk. Logs of
-/// `virtio-blk-root` here show it about 11 s of guest time before `Run /init`, and before
-/// the root is mounted, so the mount (a write) is the restored guest's.
-pub const SNAPSHOT_AT: &str = DISK_SEEN;
+/// The guest counts from 1 to this.
+pub const COUNT_TO: u32 = 50;
+
+/// The count at which the snapshot is asked for.
+pub const SNAPSHOT_AT_COUNT: u32 = 10;
+const _: () = assert!(
+    SNAPSHOT_AT_COUNT < COUNT_TO,
+    "the snapshot is taken mid-count"
+);
+
+/// The start of each count's console line (`count I of N up T`).
+pub const COUNT_PREFIX: &str = "count ";
+
+/// The console line after which xtask asks for the snapshot: [`count_line`] of
+/// [`SNAPSHOT_AT_COUNT`] (a unit test keeps the two in step).
+pub const SNAPSHOT_AT: &str = "count 10 of 50";
+
+/// The guest's pause between two counts, in seconds, as `read -t` takes it: a timeout on the
+/// console, which gets no input (no program started, and the guest's timers must fire after
+/// the restore too).
+const PACE: &str = "0.1";
+
+/// The file on the guest's root disk the counts are appended to.
+const COUNT_FILE: &str = "/count";
 
 /// What petrel prints on stderr once the snapshot's files are written.
 const SNAPSHOT_WRITTEN: &str = "snapshot written";
@@ -56,6 +85,41 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Lines of a log to print when the scenario fails.
 const TAIL: usize = 20;
+
+/// The start of the console line of count `i` (the guest's uptime follows).
+pub fn count_line(i: u32) -> String {
+    format!("{COUNT_PREFIX}{i} of {COUNT_TO}")
+}
+
+/// The guest's init script body: count, then read `/count` back past the page cache.
+fn count_script() -> String {
+    format!(
+        r#"mount -t proc proc /proc
+: > {COUNT_FILE}
+i=0
+while [ $i -lt {COUNT_TO} ]; do
+    i=$((i+1))
+    read up idle < /proc/uptime
+    echo "{COUNT_PREFIX}$i of {COUNT_TO} up $up"
+    echo $i >> {COUNT_FILE}
+    [ $((i % 10)) = 0 ] && sync
+    read -t {PACE} x
+done
+sync
+echo 3 > /proc/sys/vm/drop_caches
+n=0
+bad=
+while read v; do
+    n=$((n+1))
+    [ "$v" = "$n" ] || bad="$bad line $n is '$v';"
+done < {COUNT_FILE}
+if [ -z "$bad" ] && [ $n = {COUNT_TO} ]; then
+    ok count-file "read 1..$n back from {COUNT_FILE}"
+else
+    fail count-file "$n lines in {COUNT_FILE};$bad"
+fi"#
+    )
+}
 
 /// What a snapshot scenario needs beyond its [`Scenario`]: where the snapshot, the disk and
 /// the restored process's metrics go.
@@ -96,7 +160,8 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
         image: dir.join(format!("{SNAPSHOT_SCENARIO}.ext4")),
         metrics: dir.join(format!("{SNAPSHOT_SCENARIO}.metrics.json")),
     };
-    crate::virtio_boot::build_rootfs(&snap.image)?;
+    let script = guest_script::init_script(&count_script());
+    guest_script::build_rootfs(&snap.image, &script, &[], 16)?;
     let mut s = Scenario::new(
         SNAPSHOT_SCENARIO,
         vmlinux,
@@ -112,7 +177,8 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
         "--snapshot-on-signal".into(),
         snap.dir.display().to_string(),
     ];
-    s.expect = vec![crate::virtio_boot::MOUNTED_RW];
+    s.expect = vec![MOUNTED_RW];
+    s.checks = vec!["count-file"];
     s.snapshot = Some(snap);
     Ok(vec![s])
 }
@@ -121,8 +187,8 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
 #[derive(Debug)]
 struct Run {
     exit: Exit,
-    /// When the watched line appeared, from the process's start.
-    seen: Option<Duration>,
+    /// When each watched line appeared, from the process's start.
+    seen: Vec<Option<Duration>>,
     /// When the serial log first had something in it, from the process's start.
     first_output: Option<Duration>,
     /// How long the process ran.
@@ -142,25 +208,33 @@ fn spawn(cmd: &mut Command, vmm_log: &Path) -> Result<Child> {
         .ctx(|| format!("starting `{}`", host::describe(cmd)))
 }
 
-/// Follows `child` and its serial log until it exits, or until `timeout`, or (with
-/// `on_seen`) until `needle` shows up, when `on_seen` is called once and the wait goes on
-/// for at most [`SNAPSHOT_LIMIT`].
+/// A needle's index and what to do, once, when it shows up.
+type Trigger<'a> = (usize, &'a mut dyn FnMut(&Child));
+
+/// Follows `child` and its serial log until it exits or until `timeout`, noting when each
+/// of `needles` first shows up. With `trigger` = (index, action), the action is called once
+/// when that needle shows up, and the wait goes on for at most [`SNAPSHOT_LIMIT`].
 fn follow(
     child: &mut Child,
     start: Instant,
     serial_log: &Path,
-    needle: &'static str,
+    needles: &[&'static str],
     timeout: Duration,
     interrupts: &host::InterruptGuard,
-    mut on_seen: Option<&mut dyn FnMut(&Child)>,
+    mut trigger: Option<Trigger>,
 ) -> Result<Run> {
-    let mut watch = LogWatch::new(serial_log, needle);
+    let mut watches: Vec<LogWatch> = needles
+        .iter()
+        .map(|n| LogWatch::new(serial_log, n))
+        .collect();
     let mut first_output = None;
     let mut deadline = timeout;
     let exit = loop {
         let status = child.try_wait();
         let now = start.elapsed();
-        watch.poll(now);
+        for w in &mut watches {
+            w.poll(now);
+        }
         if first_output.is_none() && fs::metadata(serial_log).is_ok_and(|m| m.len() > 0) {
             first_output = Some(now);
         }
@@ -172,10 +246,12 @@ fn follow(
                 return Err(e).ctx(|| "waiting for the VMM".into());
             }
         }
-        if let (Some(seen), Some(f)) = (watch.seen_at(), on_seen.as_mut()) {
-            f(child);
-            on_seen = None;
-            deadline = seen + SNAPSHOT_LIMIT;
+        if let Some((i, f)) = trigger.as_mut() {
+            if let Some(seen) = watches[*i].seen_at() {
+                f(child);
+                trigger = None;
+                deadline = seen + SNAPSHOT_LIMIT;
+            }
         }
         if let Some(sig) = interrupts.caught() {
             kill_vmm(child);
@@ -193,10 +269,12 @@ fn follow(
         thread::sleep(POLL);
     };
     let wall = start.elapsed();
-    watch.poll(wall);
+    for w in &mut watches {
+        w.poll(wall);
+    }
     Ok(Run {
         exit,
-        seen: watch.seen_at(),
+        seen: watches.iter().map(LogWatch::seen_at).collect(),
         first_output,
         wall,
     })
@@ -218,8 +296,8 @@ fn send_sigusr1(child: &Child) {
     }
 }
 
-/// Judges the snapshotting process: it saw [`SNAPSHOT_AT`], had not reached `Run /init`,
-/// exited 0 saying the snapshot was written, left both files, and the disk was not mounted.
+/// Judges the snapshotting process: it saw [`SNAPSHOT_AT`], the guest had not finished
+/// counting, petrel exited 0 saying the snapshot was written, and left both files.
 pub fn judge_snapshot(
     serial: &str,
     vmm_output: &str,
@@ -234,9 +312,9 @@ pub fn judge_snapshot(
         ));
         return v;
     }
-    if serial.contains(RUN_INIT_LINE) {
+    if serial.contains(&count_line(COUNT_TO)) || serial.contains(CHECKS_DONE) {
         v.failures.push(format!(
-            "the snapshot came too late: the first boot already printed `{RUN_INIT_LINE}`"
+            "the snapshot came too late: the first boot already counted to {COUNT_TO}"
         ));
     }
     if *exit != Exit::Code(0) {
@@ -258,9 +336,40 @@ pub fn judge_snapshot(
     v
 }
 
+/// `/count` from the ext4 image, read with `debugfs -R "cat /count"`.
+fn read_count_file(image: &Path) -> std::result::Result<String, String> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {COUNT_FILE}"))
+        .arg(image)
+        .output()
+        .map_err(|e| format!("cannot run debugfs: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "debugfs -R 'cat {COUNT_FILE}' {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `1.234 s`, or `never`.
 fn secs(d: Option<Duration>) -> String {
     d.map_or("never".into(), |d| format!("{:.3} s", d.as_secs_f64()))
+}
+
+/// The memory file's size and the disk space it takes (zero pages are holes).
+fn mem_file_text(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(path) {
+        Ok(m) => format!(
+            "{} MiB long, {} MiB allocated",
+            m.len() >> 20,
+            (m.blocks() * 512) >> 20
+        ),
+        Err(e) => format!("unreadable: {e}"),
+    }
 }
 
 /// Runs the snapshot scenario `s` with `petrel`: boot, snapshot, restore, checks.
@@ -297,36 +406,34 @@ pub fn run(
         &mut child,
         start1,
         &serial1,
-        SNAPSHOT_AT,
+        &[RUN_INIT_LINE, MARKER, SNAPSHOT_AT],
         timeout,
         &interrupts,
-        Some(&mut on_seen),
+        Some((2, &mut on_seen)),
     )?;
+    let (run_init, marker, seen) = (first.seen[0], first.seen[1], first.seen[2]);
     let text1 = read_lossy(&serial1);
     let out1 = read_lossy(&vmm1);
-    let mut verdict = judge_snapshot(&text1, &out1, &first.exit, &snap.dir, first.seen);
+    let mut verdict = judge_snapshot(&text1, &out1, &first.exit, &snap.dir, seen);
     println!(
-        "{}: first boot: `{SNAPSHOT_AT}` at {}, SIGUSR1 sent at {}, petrel ended after {:.1} s \
-         ({:?})",
+        "{}: first boot: {}, `{SNAPSHOT_AT}` at {}, SIGUSR1 sent at {}, petrel ended after \
+         {:.1} s ({:?})",
         s.name,
-        secs(first.seen),
+        times_text(run_init, marker),
+        secs(seen),
         secs(signalled),
         first.wall.as_secs_f64(),
         first.exit
     );
     if let Some(line) = out1.lines().find(|l| l.contains(SNAPSHOT_WRITTEN)) {
-        verdict.notes.push(line.trim().to_owned());
-    }
-    match read_superblock(&snap.image) {
-        Ok(sb) if sb.mount_count == 0 => {}
-        Ok(sb) => verdict.failures.push(format!(
-            "the disk was mounted before the snapshot (mount count {})",
-            sb.mount_count
-        )),
-        Err(e) => verdict.failures.push(e),
+        verdict.notes.push(format!(
+            "{}; the memory file is {}",
+            line.trim(),
+            mem_file_text(&snap.dir.join("mem"))
+        ));
     }
 
-    // 2. Restore in a new process; it must boot on as a normal boot does.
+    // 2. Restore in a new process; the guest must count on to the end and reset.
     let mut second = None;
     if verdict.passed() {
         let mut cmd = snap.restore_command(petrel, &serial2);
@@ -337,36 +444,44 @@ pub fn run(
             &mut child,
             start2,
             &serial2,
-            RUN_INIT_LINE,
+            &[COUNT_PREFIX],
             timeout,
             &interrupts,
             None,
         )?;
         let text2 = read_lossy(&serial2);
-        let v = evaluate(&text2, &run.exit);
+        // The two logs, one after the other, are the guest's whole console.
+        let console = format!("{text1}{text2}");
+        let v = evaluate(&console, &run.exit);
         verdict.failures.extend(v.failures);
         verdict.notes.extend(v.notes);
         for line in &s.expect {
-            if !text2.contains(line) {
+            if !console.contains(line) {
                 verdict
                     .failures
-                    .push(format!("the restored serial log lacks `{line}`"));
+                    .push(format!("the serial logs lack `{line}`"));
             }
         }
-        after_check(snap, &mut verdict);
-        check_guest_clock(&text1, &text2, &mut verdict);
+        let (notes, failures) = guest_script::judge(&text2, &s.checks);
+        verdict.notes.extend(notes);
+        verdict.failures.extend(failures);
+        check_counts(&text1, &text2, &snap.image, &mut verdict);
+        check_restored_writes(snap, &mut verdict);
+        // Wall time from the snapshot's signal to the restored guest's first count.
+        let wall_gap = signalled
+            .zip(run.seen[0])
+            .map(|(sig, seen)| (start2 + seen).saturating_duration_since(start1 + sig));
+        check_guest_clock(&text1, &text2, wall_gap, &mut verdict);
         let first_run = read_metrics(&snap.metrics)
             .ok()
             .and_then(|m| timeline_at(&m, "first KVM_RUN"));
         verdict.notes.push(format!(
-            "restore to first serial output {}, restore to `Run /init` {} (petrel's timeline: \
-             first KVM_RUN {} after its start); the first boot took {} to the snapshot line, \
-             so {} from boot to `Run /init` across the two processes",
+            "restore to first serial output {}, to the first count after the snapshot {} \
+             (petrel's timeline: first KVM_RUN {} after its start); restored petrel ran {:.1} s",
             secs(run.first_output),
-            secs(run.seen),
+            secs(run.seen[0]),
             secs(first_run),
-            secs(first.seen),
-            secs(first.seen.zip(run.seen).map(|(a, b)| a + b)),
+            run.wall.as_secs_f64(),
         ));
         second = Some(run);
     }
@@ -374,13 +489,15 @@ pub fn run(
 
     let wall = total.elapsed();
     let result = if verdict.passed() { "PASS" } else { "FAIL" };
-    let run_init = second.as_ref().and_then(|r| r.seen);
     println!(
-        "{}: {result} in {:.1} s (restored: {:?}); restored {}",
+        "{}: {result} in {:.1} s (restored: {:?}); first boot {}; restore to first output {}, \
+         to first count {}",
         s.name,
         wall.as_secs_f64(),
         second.as_ref().map(|r| &r.exit),
-        run_init_text(run_init)
+        times_text(run_init, marker),
+        secs(second.as_ref().and_then(|r| r.first_output)),
+        secs(second.as_ref().and_then(|r| r.seen[0])),
     );
     for f in &verdict.failures {
         println!("    failed: {f}");
@@ -403,8 +520,40 @@ pub fn run(
         verdict,
         wall,
         run_init,
-        marker: None,
+        marker,
     })
+}
+
+/// The counts on the console (both logs, one after the other) and in the count file on the
+/// disk: each 1..[`COUNT_TO`], once and in order.
+fn check_counts(before: &str, after: &str, image: &Path, v: &mut Verdict) {
+    let last_before = console_counts(before).last().map(|c| c.i);
+    let first_after = console_counts(after).first().map(|c| c.i);
+    let counts: Vec<u32> = console_counts(&format!("{before}{after}"))
+        .iter()
+        .map(|c| c.i)
+        .collect();
+    match check_sequence(&counts, COUNT_TO) {
+        Ok(()) => v.notes.push(format!(
+            "console: 1..{COUNT_TO} once each and in order, across the snapshot (last count \
+             before it {last_before:?}, first after the restore {first_after:?})"
+        )),
+        Err(e) => v.failures.push(format!(
+            "the console's counts are wrong: {e} (last count before the snapshot \
+             {last_before:?}, first after the restore {first_after:?})"
+        )),
+    }
+    match read_count_file(image).and_then(|t| file_counts(&t)) {
+        Ok(counts) => match check_sequence(&counts, COUNT_TO) {
+            Ok(()) => v.notes.push(format!(
+                "the host read {COUNT_FILE} from the disk: 1..{COUNT_TO} once each and in order"
+            )),
+            Err(e) => v
+                .failures
+                .push(format!("{COUNT_FILE} on the disk is wrong: {e}")),
+        },
+        Err(e) => v.failures.push(format!("{COUNT_FILE} on the disk: {e}")),
+    }
 }
 
 /// The times of the kernel's log lines (`[   12.345678] ...`), in order, in seconds.
@@ -428,17 +577,44 @@ pub fn timeline_at(metrics: &serde_json::Value, what: &str) -> Option<Duration> 
         .map(Duration::from_micros)
 }
 
-/// The guest's clock goes on from where it was: the restored guest's first log line is not
-/// older than the last one before the snapshot.
-fn check_guest_clock(before: &str, after: &str, v: &mut Verdict) {
+/// The guest's clock goes on from where it was: the uptimes of the counts never go back
+/// (across the snapshot too), and the restored log's first kernel timestamp, if it has one,
+/// is not older than the last one before the snapshot. How far the guest's clock moved across
+/// the snapshot is noted beside `wall_gap`, the wall time from the snapshot's signal to the
+/// first count after the restore.
+fn check_guest_clock(before: &str, after: &str, wall_gap: Option<Duration>, v: &mut Verdict) {
+    let counts = console_counts(&format!("{before}{after}"));
+    let back = counts.windows(2).find(|w| w[1].up < w[0].up);
+    let (last, first) = (
+        console_counts(before).last().copied(),
+        console_counts(after).first().copied(),
+    );
+    match (back, last, first) {
+        (Some(w), _, _) => v.failures.push(format!(
+            "the guest's uptime went back: count {} at {:.2} s, then count {} at {:.2} s",
+            w[0].i, w[0].up, w[1].i, w[1].up
+        )),
+        (None, Some(l), Some(f)) => v.notes.push(format!(
+            "guest clock: count {} at uptime {:.2} s before the snapshot, count {} at {:.2} s \
+             after the restore: {:+.2} s of guest time for {} of wall time from the snapshot's \
+             signal to that count",
+            l.i,
+            l.up,
+            f.i,
+            f.up,
+            f.up - l.up,
+            secs(wall_gap)
+        )),
+        _ => {}
+    }
     let (last, first) = (
         printk_times(before).last().copied(),
         printk_times(after).first().copied(),
     );
     match (last, first) {
         (Some(last), Some(first)) if first >= last => v.notes.push(format!(
-            "guest clock: last line before the snapshot at [{last:.6}], first after the \
-             restore at [{first:.6}]"
+            "guest clock: last kernel line before the snapshot at [{last:.6}], first after \
+             the restore at [{first:.6}]"
         )),
         (Some(last), Some(first)) => v.failures.push(format!(
             "the guest's clock went back across the restore: [{last:.6}] before, [{first:.6}] \
@@ -448,20 +624,8 @@ fn check_guest_clock(before: &str, after: &str, v: &mut Verdict) {
     }
 }
 
-/// After the restored VM ended: its mount reached the disk, through the restored device.
-fn after_check(snap: &SnapshotBoot, v: &mut Verdict) {
-    match read_superblock(&snap.image) {
-        Ok(sb) if sb.mount_count >= 1 && sb.last_mount_time != "n/a" => v.notes.push(format!(
-            "the restored guest's mount reached the disk: mount count 0 -> {}, last mounted {}",
-            sb.mount_count, sb.last_mount_time
-        )),
-        Ok(sb) => v.failures.push(format!(
-            "the restored guest's mount left no trace on the disk: mount count {}, last mount \
-             time {}",
-            sb.mount_count, sb.last_mount_time
-        )),
-        Err(e) => v.failures.push(e),
-    }
+/// The restored guest's counts reached the disk through the restored virtio-blk device.
+fn check_restored_writes(snap: &SnapshotBoot, v: &mut Verdict) {
     match read_metrics(&snap.metrics) {
         Ok(m) => match device_counter(&m, "virtio-blk", "writes") {
             Some(w) if w > 0 => v
@@ -493,13 +657,23 @@ mod tests {
     }
 
     #[test]
+    fn the_snapshot_line_is_a_count_line() {
+        assert_eq!(SNAPSHOT_AT, count_line(SNAPSHOT_AT_COUNT));
+        // Not a prefix of another count's line.
+        assert!(!count_line(100).starts_with(SNAPSHOT_AT));
+        let script = count_script();
+        assert!(script.contains(&format!("echo \"{COUNT_PREFIX}$i of {COUNT_TO} up $up\"")));
+        assert!(script.contains("read -t 0.1 x") && !script.contains("sleep"));
+    }
+
+    #[test]
     fn log_times_and_timeline() {
         let log = "[    0.000000] Linux\r\n[   93.027904] virtio_blk virtio0: [vda]\r\nno time\r\n";
         assert_eq!(printk_times(log), [0.0, 93.027904]);
         let mut v = Verdict::default();
-        check_guest_clock(log, "[   97.649068] serio: i8042\r\n", &mut v);
+        check_guest_clock(log, "[   97.649068] serio: i8042\r\n", None, &mut v);
         assert!(v.passed() && v.notes[0].contains("[97.649068]"), "{v:?}");
-        check_guest_clock(log, "[    1.0] early\r\n", &mut v);
+        check_guest_clock(log, "[    1.0] early\r\n", None, &mut v);
         assert!(v.failures[0].contains("went back"), "{v:?}");
         let m: serde_json::Value = serde_json::from_str(
             r#"{"timeline":[{"at_us":0,"what":"process start"},
@@ -514,12 +688,32 @@ mod tests {
     }
 
     #[test]
+    fn the_uptime_must_not_go_back() {
+        let before = "count 1 of 50 up 20.01\r\ncount 2 of 50 up 20.12\r\n";
+        let mut v = Verdict::default();
+        let wall = Some(Duration::from_millis(1500));
+        check_guest_clock(before, "count 3 of 50 up 20.20\r\n", wall, &mut v);
+        assert!(v.passed(), "{v:?}");
+        assert_eq!(
+            v.notes[0],
+            "guest clock: count 2 at uptime 20.12 s before the snapshot, count 3 at 20.20 s after \
+             the restore: +0.08 s of guest time for 1.500 s of wall time from the snapshot's \
+             signal to that count"
+        );
+        check_guest_clock(before, "count 3 of 50 up 3.00\r\n", wall, &mut v);
+        assert_eq!(
+            v.failures,
+            ["the guest's uptime went back: count 2 at 20.12 s, then count 3 at 3.00 s"]
+        );
+    }
+
+    #[test]
     fn snapshot_judgement() {
         let dir = std::env::temp_dir().join(format!("xtask-snap-judge-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let seen = Some(Duration::from_secs(20));
-        let early = "[ 19.3] virtio_blk virtio0: [vda] 65536 512-byte logical blocks\r\n";
+        let early = "Run /init as init process\r\ncount 10 of 50 up 9.1\r\n";
         let said = "petrel: snapshot written to /x (3 MiB)\n";
 
         let v = judge_snapshot(early, said, &Exit::Code(0), &dir, seen);
@@ -528,7 +722,7 @@ mod tests {
         fs::write(dir.join("mem"), b"m").unwrap();
         assert!(judge_snapshot(early, said, &Exit::Code(0), &dir, seen).passed());
 
-        let late = format!("{early}[ 30.7] Run /init as init process\r\n");
+        let late = format!("{early}count 50 of 50 up 19.3\r\n");
         let v = judge_snapshot(&late, said, &Exit::Code(0), &dir, seen);
         assert!(v.failures[0].contains("too late"), "{v:?}");
         let v = judge_snapshot(early, "", &Exit::Code(1), &dir, seen);
