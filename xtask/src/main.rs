@@ -481,7 +481,6 @@ mod tests {
             [
                 ("vmlinux-1vcpu", "/c/vmlinux", 1),
                 ("bzimage-1vcpu", "/c/bzImage", 1),
-                ("vmlinux-2vcpu", "/c/vmlinux", 2),
             ]
         );
         assert!(s
