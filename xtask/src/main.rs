@@ -28,6 +28,7 @@ mod host;
 mod initramfs;
 mod jail_boot;
 mod kernel;
+mod net_boot;
 mod sha256;
 mod snapshot_boot;
 mod suite;
@@ -320,7 +321,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
                 let mut scenarios = standard_scenarios(&names, &guest, &initrd);
                 let disks = target_dir(&workspace_root()).join("boot-test");
                 let vmlinux = &guest.kernel.vmlinux;
-                scenarios.extend(virtio_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
+                scenarios.extend(virtio_boot::scenarios(&names, vmlinux, &disks)?);
                 scenarios.extend(api_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(jail_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(snapshot_boot::scenarios(&names, vmlinux, &disks)?);
