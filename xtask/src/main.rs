@@ -33,6 +33,7 @@ mod sha256;
 mod snapshot_boot;
 mod suite;
 mod virtio_boot;
+mod vsock_boot;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,8 @@
 //!   progress on both.
 //! - `virtio-net-dhcp`: DHCP, an HTTP fetch and a listener in the guest; see
 //!   [`crate::net_boot`].
+//! - `vsock-echo`: a guest program talks to the host over vsock both ways; see
+//!   [`crate::vsock_boot`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ pub const SCENARIOS: &[&str] = &[
     "virtio-blk-root",
     "virtio-blk-ro",
     crate::net_boot::NAME,
+    crate::vsock_boot::NAME,
 ];
 
 /// The size of the pattern the `virtio-blk-root` guest writes to its second disk.
@@ -138,6 +141,13 @@ pub enum AfterCheck {
         image: PathBuf,
         /// Petrel's `--metrics` file.
         metrics: PathBuf,
+    },
+    /// Petrel's `--metrics` file passes `judge`.
+    Metrics {
+        /// The metrics file.
+        metrics: PathBuf,
+        /// Judges the metrics: a note when they pass, a failure otherwise.
+        judge: fn(&serde_json::Value) -> std::result::Result<String, String>,
     },
     /// The guest mounted the disk read-only: the superblock is untouched and no write
     /// reached the disk.
@@ -272,6 +282,12 @@ impl AfterCheck {
                     Err(f) => failures.push(f),
                 }
             }
+            AfterCheck::Metrics { metrics, judge } => {
+                match read_metrics(metrics).and_then(|m| judge(&m)) {
+                    Ok(n) => notes.push(n),
+                    Err(f) => failures.push(f),
+                }
+            }
             AfterCheck::Unchanged { image, sha256 } => match file_sha256(image) {
                 Ok(now) if now == *sha256 => {
                     notes.push(format!("{} is unchanged (sha256 {now})", image.display()))
@@ -392,6 +408,10 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
     for &name in names.iter().filter(|n| SCENARIOS.contains(n)) {
         if name == crate::net_boot::NAME {
             out.push(crate::net_boot::scenario(vmlinux, dir)?);
+            continue;
+        }
+        if name == crate::vsock_boot::NAME {
+            out.push(crate::vsock_boot::scenario(vmlinux, dir)?);
             continue;
         }
         let image = dir.join(format!("{name}.ext4"));
