@@ -6,14 +6,14 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result};
 use crate::host;
 use crate::initramfs::MARKER;
+use crate::live::{LiveCheck, LiveRun};
 
 /// What xtask adds to the guest's command line. Petrel adds the PVM workarounds itself.
 pub const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -40,106 +40,6 @@ const SERIAL_TAIL: usize = 30;
 
 /// Lines of a failed scenario's VMM output to print.
 const VMM_TAIL: usize = 15;
-
-/// What a [`LiveCheck`] is given.
-#[derive(Debug)]
-pub struct LiveContext<'a> {
-    /// The guest's serial log, growing while the VM runs (it may not exist yet).
-    pub serial: &'a Path,
-    /// When to give up: the scenario's time limit.
-    pub deadline: Instant,
-    /// Set once the VMM has exited.
-    pub stop: &'a AtomicBool,
-    /// Sent once the check is ready for the guest (its host sockets are bound): the VMM
-    /// starts only then (or once the check has ended).
-    pub ready: mpsc::Sender<()>,
-}
-
-impl LiveContext<'_> {
-    /// Whether to give up: the VMM exited or the deadline passed.
-    pub fn should_stop(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline
-    }
-
-    /// Waits until the serial log holds `needle`; `false` if [`Self::should_stop`] came
-    /// first. The VMM's exit is noticed only after a last look at the log.
-    pub fn wait_for(&self, needle: &'static str) -> bool {
-        let mut watch = LogWatch::new(self.serial, needle);
-        let start = Instant::now();
-        loop {
-            let stopping = self.should_stop();
-            watch.poll(start.elapsed());
-            if watch.seen_at().is_some() {
-                return true;
-            }
-            if stopping {
-                return false;
-            }
-            thread::sleep(POLL);
-        }
-    }
-}
-
-/// A check that runs on the host, in a thread of its own, while the VM runs: talking to the
-/// guest over a device once the guest says (on its serial console) that it is ready.
-pub trait LiveCheck: std::fmt::Debug + Send + Sync {
-    /// Runs the check until it is done or [`LiveContext::should_stop`]; every wait in it is
-    /// bounded. Returns notes when it passed, failures otherwise.
-    fn run(&self, cx: &LiveContext<'_>) -> LiveResult;
-}
-
-/// How long the VMM's start waits for a [`LiveCheck`] to say it is ready.
-const LIVE_READY_WAIT: Duration = Duration::from_secs(10);
-
-/// What a [`LiveCheck`] returns.
-pub type LiveResult = std::result::Result<Vec<String>, Vec<String>>;
-
-/// A running [`LiveCheck`]: its thread and the flag that tells it the VMM exited (also set
-/// when this is dropped, so that a scenario that failed to start does not leave it running).
-struct LiveRun {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<LiveResult>>,
-}
-
-impl LiveRun {
-    /// Starts `check` in a thread and waits (bounded) until it is ready for the guest.
-    fn start(check: Arc<dyn LiveCheck>, serial: &Path, deadline: Instant) -> LiveRun {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready, ready_rx) = mpsc::channel();
-        let serial = serial.to_owned();
-        let thread_stop = stop.clone();
-        let handle = thread::spawn(move || {
-            check.run(&LiveContext {
-                serial: &serial,
-                deadline,
-                stop: &thread_stop,
-                ready,
-            })
-        });
-        // An error here means the check ended (its failure is reported when joined) or is
-        // slow to start; either way the VMM starts.
-        let _ = ready_rx.recv_timeout(LIVE_READY_WAIT);
-        LiveRun {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    /// Tells the check the VMM exited and takes its result.
-    fn finish(mut self) -> LiveResult {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.handle.take().map(|h| h.join()) {
-            Some(Ok(result)) => result,
-            _ => Err(vec!["the live check's thread panicked".into()]),
-        }
-    }
-}
-
-impl Drop for LiveRun {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 /// The program that runs a scenario.
 #[derive(Debug, Clone)]
@@ -369,7 +269,7 @@ pub struct Outcome {
 }
 
 /// How often a running scenario's exit status and serial log are checked.
-const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(50);
 
 /// Follows a growing log file and notes when a line first shows up in it.
 #[derive(Debug)]

@@ -28,6 +28,7 @@ mod host;
 mod initramfs;
 mod jail_boot;
 mod kernel;
+mod live;
 mod net_boot;
 mod sha256;
 mod snapshot_boot;

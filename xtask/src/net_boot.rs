@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::boottest::{KernelFormat, LiveCheck, LiveContext, LiveResult, Scenario};
+use crate::boottest::{KernelFormat, Scenario};
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
+use crate::live::{LiveCheck, LiveContext, LiveResult};
 use crate::sha256::Sha256;
 use crate::virtio_boot::{device_counter, read_metrics, root_cmdline};
 

@@ -20,10 +20,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::boottest::{KernelFormat, LiveCheck, LiveContext, LiveResult, Scenario};
+use crate::boottest::{KernelFormat, Scenario};
 use crate::error::{IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
+use crate::live::{LiveCheck, LiveContext, LiveResult};
 use crate::virtio_boot::{device_counter, root_cmdline};
 
 /// The scenario's name.
