@@ -6,12 +6,14 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result};
 use crate::host;
 use crate::initramfs::MARKER;
+use crate::live::{LiveCheck, LiveRun};
 
 /// What xtask adds to the guest's command line. Petrel adds the PVM workarounds itself.
 pub const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -81,8 +83,10 @@ pub struct Scenario {
     pub checks: Vec<&'static str>,
     /// Checks on the host after the VM ended (the disk image, the metrics).
     pub after: Option<crate::virtio_boot::AfterCheck>,
-    /// A network namespace with a tap, DHCP server and netconsole listener to run in.
-    pub net: Option<crate::virtio_boot::NetSetup>,
+    /// A network namespace with a tap, a DHCP server and an HTTP server to run in.
+    pub net: Option<crate::net_boot::NetSetup>,
+    /// A check that runs on the host while the VM runs (see [`LiveCheck`]).
+    pub live: Option<Arc<dyn LiveCheck>>,
     /// Configured as Firecracker is (API socket or config file) instead of by petrel's
     /// command line; the serial log is then petrel's stdout.
     pub fc: Option<crate::api_boot::FcBoot>,
@@ -111,6 +115,7 @@ impl Scenario {
             checks: Vec::new(),
             after: None,
             net: None,
+            live: None,
             fc: None,
             jail: None,
             snapshot: None,
@@ -271,7 +276,7 @@ pub struct Outcome {
 }
 
 /// How often a running scenario's exit status and serial log are checked.
-const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(50);
 
 /// Follows a growing log file and notes when a line first shows up in it.
 #[derive(Debug)]
@@ -358,9 +363,13 @@ pub fn run_scenario(
     // together. A Ctrl-C at the terminal then reaches only xtask: the guard turns it into
     // killing the group before xtask exits.
     let fixture = match &scenario.net {
-        Some(net) => Some(crate::virtio_boot::NetFixture::start(net)?),
+        Some(net) => Some(crate::net_boot::NetFixture::start(net)?),
         None => None,
     };
+    let live = scenario
+        .live
+        .clone()
+        .map(|check| LiveRun::start(check, &serial_log, Instant::now() + timeout));
     let interrupts = host::InterruptGuard::install();
     let start = Instant::now();
     let mut child = cmd
@@ -399,6 +408,9 @@ pub fn run_scenario(
                 serial_log.display(),
                 vmm_log.display()
             );
+            // `exit` runs no destructors: remove the network namespace and dnsmasq here.
+            drop(live);
+            drop(fixture);
             std::process::exit(128 + sig);
         }
         if start.elapsed() >= timeout {
@@ -432,19 +444,16 @@ pub fn run_scenario(
     let (notes, failures) = crate::guest_script::judge(&serial, &scenario.checks);
     verdict.notes.extend(notes);
     verdict.failures.extend(failures);
+    if let Some(live) = live {
+        match live.finish() {
+            Ok(notes) => verdict.notes.extend(notes),
+            Err(failures) => verdict.failures.extend(failures),
+        }
+    }
     if let Some(fixture) = fixture {
-        let captured = fixture.finish();
-        let done = crate::virtio_boot::IP_CONFIG_DONE;
-        if captured.contains(done) {
-            verdict.notes.push(format!(
-                "netconsole delivered {} bytes of kernel log over virtio-net, with `{done}`",
-                captured.len()
-            ));
-        } else {
-            verdict.failures.push(format!(
-                "the netconsole listener got {} bytes, without `{done}`",
-                captured.len()
-            ));
+        match fixture.finish(&serial) {
+            Ok(notes) => verdict.notes.extend(notes),
+            Err(failures) => verdict.failures.extend(failures),
         }
     }
     if let Some(after) = &scenario.after {

@@ -30,8 +30,10 @@ COMMANDS:
     boot-test     Build the guest kernel, initramfs and petrel (release), boot Linux under
                   petrel in each scenario and check the serial log and exit status.
                   Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu, virtio-blk-root,
-                  virtio-blk-ro, virtio-net-dhcp, api-vmlinux-blk (kernel, initramfs and a
-                  drive configured over Firecracker's API socket), jailer-vmlinux-blk (a
+                  virtio-blk-ro, virtio-net-dhcp (DHCP, HTTP and a guest listener over a
+                  tap), vsock-echo (a guest program over vsock both ways),
+                  api-vmlinux-blk (kernel, initramfs and a drive configured over
+                  Firecracker's API socket), jailer-vmlinux-blk (a
                   static petrel with a disk under petrel-jailer as an unprivileged uid),
                   snapshot-linux-blk (root on a read-write disk, snapshotted on SIGUSR1
                   before `Run /init` and restored by `petrel restore` in another process);

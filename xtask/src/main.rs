@@ -28,11 +28,14 @@ mod host;
 mod initramfs;
 mod jail_boot;
 mod kernel;
+mod live;
+mod net_boot;
 mod sha256;
 mod shell_boot;
 mod snapshot_boot;
 mod suite;
 mod virtio_boot;
+mod vsock_boot;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -322,7 +325,7 @@ fn boot_test(args: &BootTestArgs) -> u8 {
                 let mut scenarios = standard_scenarios(&names, &guest, &initrd);
                 let disks = target_dir(&workspace_root()).join("boot-test");
                 let vmlinux = &guest.kernel.vmlinux;
-                scenarios.extend(virtio_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
+                scenarios.extend(virtio_boot::scenarios(&names, vmlinux, &disks)?);
                 scenarios.extend(api_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(jail_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(snapshot_boot::scenarios(&names, vmlinux, &disks)?);

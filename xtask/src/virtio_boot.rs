@@ -10,7 +10,10 @@
 //!   filesystem and to the block device itself), and the image is byte for byte unchanged.
 //! - `vmlinux-2vcpu`: both vCPUs online, and a busy loop pinned to each with `taskset` makes
 //!   progress on both.
-//! - `virtio-net-dhcp`: see [`net_scenario`].
+//! - `virtio-net-dhcp`: DHCP, an HTTP fetch and a listener in the guest; see
+//!   [`crate::net_boot`].
+//! - `vsock-echo`: a guest program talks to the host over vsock both ways; see
+//!   [`crate::vsock_boot`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,7 +31,8 @@ pub const SCENARIOS: &[&str] = &[
     "vmlinux-2vcpu",
     "virtio-blk-root",
     "virtio-blk-ro",
-    "virtio-net-dhcp",
+    crate::net_boot::NAME,
+    crate::vsock_boot::NAME,
 ];
 
 /// The size of the pattern the `virtio-blk-root` guest writes to its second disk.
@@ -137,6 +141,13 @@ pub enum AfterCheck {
         image: PathBuf,
         /// Petrel's `--metrics` file.
         metrics: PathBuf,
+    },
+    /// Petrel's `--metrics` file passes `judge`.
+    Metrics {
+        /// The metrics file.
+        metrics: PathBuf,
+        /// Judges the metrics: a note when they pass, a failure otherwise.
+        judge: fn(&serde_json::Value) -> std::result::Result<String, String>,
     },
     /// The guest mounted the disk read-only: the superblock is untouched and no write
     /// reached the disk.
@@ -271,6 +282,12 @@ impl AfterCheck {
                     Err(f) => failures.push(f),
                 }
             }
+            AfterCheck::Metrics { metrics, judge } => {
+                match read_metrics(metrics).and_then(|m| judge(&m)) {
+                    Ok(n) => notes.push(n),
+                    Err(f) => failures.push(f),
+                }
+            }
             AfterCheck::Unchanged { image, sha256 } => match file_sha256(image) {
                 Ok(now) if now == *sha256 => {
                     notes.push(format!("{} is unchanged (sha256 {now})", image.display()))
@@ -381,12 +398,7 @@ pub fn build_rootfs(image: &Path) -> Result<()> {
 
 /// The virtio scenarios named in `names`, booting `vmlinux`; their disk images and metrics go
 /// to `dir`.
-pub fn scenarios(
-    names: &[&str],
-    vmlinux: &Path,
-    initrd: &Path,
-    dir: &Path,
-) -> Result<Vec<Scenario>> {
+pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scenario>> {
     if !names.iter().any(|n| SCENARIOS.contains(n)) {
         return Ok(Vec::new());
     }
@@ -394,8 +406,12 @@ pub fn scenarios(
     fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     let mut out = Vec::new();
     for &name in names.iter().filter(|n| SCENARIOS.contains(n)) {
-        if name == "virtio-net-dhcp" {
-            out.push(net_scenario(vmlinux, initrd, dir)?);
+        if name == crate::net_boot::NAME {
+            out.push(crate::net_boot::scenario(vmlinux, dir)?);
+            continue;
+        }
+        if name == crate::vsock_boot::NAME {
+            out.push(crate::vsock_boot::scenario(vmlinux, dir)?);
             continue;
         }
         let image = dir.join(format!("{name}.ext4"));
@@ -503,187 +519,4 @@ mod tests {
             "{c}"
         );
     }
-}
-
-/// The guest's side of the test network.
-pub const GUEST_IP: &str = "10.0.2.15";
-/// The host's side: the tap's address, dnsmasq and the netconsole listener.
-pub const HOST_IP: &str = "10.0.2.1";
-/// Where netconsole sends the kernel log.
-pub const NETCONSOLE_PORT: u16 = 6666;
-/// The tap inside the test namespace.
-pub const TAP: &str = "ptap0";
-/// The guest's MAC (Petrel's default), which dnsmasq gives [`GUEST_IP`].
-pub const GUEST_MAC: &str = "06:00:ac:10:00:02";
-/// What the kernel's DHCP client prints when it got an address.
-pub const IP_CONFIG_DONE: &str = "IP-Config: Complete";
-
-/// The network a virtio-net scenario runs in: a namespace of its own holding the tap, a
-/// DHCP server (dnsmasq) and a UDP listener for netconsole. No guest traffic leaves it.
-#[derive(Debug, Clone)]
-pub struct NetSetup {
-    /// The namespace's name.
-    pub namespace: String,
-    /// Where dnsmasq's log and the captured netconsole output go.
-    pub dir: PathBuf,
-}
-
-/// A running [`NetSetup`]: stop it with [`NetFixture::finish`] (or drop it) to remove it all.
-#[derive(Debug)]
-pub struct NetFixture {
-    setup: NetSetup,
-    dnsmasq: Option<std::process::Child>,
-    listener: Option<std::thread::JoinHandle<Vec<u8>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    host::run(Command::new("ip").args(args))
-}
-
-/// Binds a UDP socket inside `namespace` (from a thread that enters it) and collects what
-/// arrives until `stop` is set.
-fn listen_in_namespace(
-    namespace: &str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<std::thread::JoinHandle<Vec<u8>>> {
-    use std::os::fd::AsRawFd;
-    let ns_path = format!("/var/run/netns/{namespace}");
-    let ns = fs::File::open(&ns_path).ctx(|| format!("opening {ns_path}"))?;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        // SAFETY: setns on this thread only, with a namespace fd we hold open.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        let socket = (rc == 0)
-            .then(|| std::net::UdpSocket::bind((HOST_IP, NETCONSOLE_PORT)).ok())
-            .flatten();
-        let Some(socket) = socket else {
-            let _ = ready_tx.send(false);
-            return Vec::new();
-        };
-        let _ = socket.set_read_timeout(Some(std::time::Duration::from_millis(200)));
-        let _ = ready_tx.send(true);
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2048];
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok(n) = socket.recv(&mut buf) {
-                got.extend_from_slice(&buf[..n]);
-            }
-        }
-        got
-    });
-    match ready_rx.recv() {
-        Ok(true) => Ok(handle),
-        _ => Err(Error::Command {
-            command: format!("a UDP listener on {HOST_IP}:{NETCONSOLE_PORT} in {namespace}"),
-            detail: "could not enter the namespace or bind".into(),
-        }),
-    }
-}
-
-impl NetFixture {
-    /// Creates the namespace, the tap, dnsmasq and the listener.
-    pub fn start(setup: &NetSetup) -> Result<NetFixture> {
-        let ns = setup.namespace.as_str();
-        // Left over from an interrupted run, if any; usually there is none.
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(std::process::Stdio::null())
-            .status();
-        ip(&["netns", "add", ns])?;
-        let mut fixture = NetFixture {
-            setup: setup.clone(),
-            dnsmasq: None,
-            listener: None,
-            stop: Default::default(),
-        };
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", ns, "tuntap", "add", "dev", TAP, "mode", "tap"])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{HOST_IP}/24"),
-            "dev",
-            TAP,
-        ])?;
-        ip(&["-n", ns, "link", "set", TAP, "up"])?;
-        let log = setup.dir.join(format!("{ns}.dnsmasq.log"));
-        let log_file = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
-        let err_file = log_file.try_clone().ctx(|| "duplicating a file".into())?;
-        let leases = setup.dir.join(format!("{ns}.leases"));
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "dnsmasq",
-                "--no-daemon",
-                "--conf-file=/dev/null",
-            ])
-            .args(["--port=0", "--bind-interfaces", "--log-dhcp"])
-            .arg(format!("--interface={TAP}"))
-            .arg(format!(
-                "--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.0,1h"
-            ))
-            .arg(format!("--dhcp-host={GUEST_MAC},{GUEST_IP}"))
-            .arg(format!("--dhcp-leasefile={}", leases.display()))
-            .stdout(log_file)
-            .stderr(err_file)
-            .spawn()
-            .ctx(|| "starting dnsmasq".into())?;
-        fixture.dnsmasq = Some(child);
-        fixture.listener = Some(listen_in_namespace(ns, fixture.stop.clone())?);
-        Ok(fixture)
-    }
-
-    /// Stops everything, removes the namespace (and the tap with it) and returns what
-    /// netconsole sent.
-    pub fn finish(mut self) -> String {
-        self.teardown()
-    }
-
-    fn teardown(&mut self) -> String {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let got = self
-            .listener
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        if let Some(mut d) = self.dnsmasq.take() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.setup.namespace])
-            .status();
-        String::from_utf8_lossy(&got).into_owned()
-    }
-}
-
-impl Drop for NetFixture {
-    fn drop(&mut self) {
-        if self.listener.is_some() || self.dnsmasq.is_some() {
-            self.teardown();
-        }
-    }
-}
-
-/// The virtio-net scenario: the guest kernel gets its address from dnsmasq over virtio-net
-/// (`ip=dhcp`) and netconsole sends its log, as UDP, to a listener on the host end.
-pub fn net_scenario(vmlinux: &Path, initrd: &Path, dir: &Path) -> Result<Scenario> {
-    host::ensure_packages(&["iproute2", "dnsmasq-base"])?;
-    let mut s = Scenario::new("virtio-net-dhcp", vmlinux, KernelFormat::Elf, initrd, 1);
-    s.cmdline = Some(format!(
-        "console=ttyS0 reboot=k panic=1 ip=dhcp \
-         netconsole=6665@{GUEST_IP}/eth0,{NETCONSOLE_PORT}@{HOST_IP}/"
-    ));
-    s.extra_args = vec!["--net".into(), format!("tap={TAP},mac={GUEST_MAC}")];
-    s.expect = vec![IP_CONFIG_DONE];
-    s.net = Some(NetSetup {
-        namespace: format!("petrel-bt-{}", std::process::id()),
-        dir: dir.to_owned(),
-    });
-    Ok(s)
 }

@@ -305,7 +305,8 @@ fn vmm(l: &mut AllowList) -> Result<(), seccompiler::Error> {
     // The virtio-rng device.
     l.allow_if(SYS_getrandom, &[(2, GRND_NONBLOCK as u64)])?;
     // virtio-vsock: connections to the host's Unix sockets (PATH_port), connections accepted
-    // on PATH, and the data both ways.
+    // on PATH, and the data both ways (std's `UnixStream::read` is `recv(fd, buf, len, 0)`,
+    // a recvfrom with no flags).
     l.allow_if(
         SYS_socket,
         &[
@@ -318,6 +319,7 @@ fn vmm(l: &mut AllowList) -> Result<(), seccompiler::Error> {
     .allow_if(SYS_accept4, &[(3, SOCK_CLOEXEC as u64)])?
     .allow_if(SYS_ioctl, &[(1, FIONBIO)])?
     .allow_if(SYS_sendto, &[(3, (MSG_NOSIGNAL | MSG_DONTWAIT) as u64)])?
+    .allow_if(SYS_recvfrom, &[(3, 0)])?
     .allow(SYS_shutdown);
     // --metrics: the file is written afresh under a temporary name, then renamed.
     l.allow_if(
@@ -372,7 +374,7 @@ mod tests {
         assert_eq!(
             counts,
             [
-                ("vmm", 42, 60),
+                ("vmm", 43, 61),
                 ("api", 28, 31),
                 ("vcpu", 25, 44),
                 ("console", 22, 25)
@@ -438,5 +440,12 @@ mod tests {
         let vcpu = builtin(Kind::Vcpu).unwrap();
         assert!(!vcpu.allows(libc::SYS_lseek) && !vcpu.allows(libc::SYS_pread64));
         assert!(builtin(Kind::Vmm).unwrap().allows(libc::SYS_lseek));
+    }
+
+    #[test]
+    fn the_vmm_thread_reads_vsock_streams() {
+        // The vsock muxer reads host connections with std's `UnixStream::read`, which is
+        // recvfrom(2); without it the first guest connection killed petrel (code 148).
+        assert!(builtin(Kind::Vmm).unwrap().allows(libc::SYS_recvfrom));
     }
 }
