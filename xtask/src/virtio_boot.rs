@@ -203,13 +203,6 @@ pub fn device_counter(metrics: &serde_json::Value, device: &str, counter: &str) 
         .as_u64()
 }
 
-fn device_ready(metrics: &serde_json::Value, device: &str) -> bool {
-    metrics["exit_stats"]["virtio"]
-        .as_array()
-        .and_then(|a| a.iter().find(|d| d["name"] == device))
-        .is_some_and(|d| d["driver_ready"] == true)
-}
-
 /// Petrel's `--metrics` JSON at `path`.
 pub fn read_metrics(path: &Path) -> std::result::Result<serde_json::Value, String> {
     let text =
@@ -317,10 +310,13 @@ impl AfterCheck {
                     Ok(m) => {
                         let writes = device_counter(&m, "virtio-blk", "writes").unwrap_or(0);
                         let rng = device_counter(&m, "virtio-rng", "bytes").unwrap_or(0);
-                        if writes == 0 || !device_ready(&m, "virtio-blk") {
+                        // Counters, not `driver_ready`: a guest that shuts down cleanly
+                        // (`reboot -f`) resets its devices before the VMM writes its last
+                        // metrics.
+                        if writes == 0 {
                             failures.push("virtio-blk served no write".into());
                         }
-                        if rng == 0 || !device_ready(&m, "virtio-rng") {
+                        if rng == 0 {
                             failures.push(
                                 "virtio-rng served no bytes: the kernel did not use virtio_rng \
                                  as its hw_random source"
@@ -508,7 +504,6 @@ mod tests {
         assert_eq!(device_counter(&m, "virtio-blk", "writes"), Some(2));
         assert_eq!(device_counter(&m, "virtio-rng", "bytes"), Some(128));
         assert_eq!(device_counter(&m, "virtio-net", "rx_frames"), None);
-        assert!(device_ready(&m, "virtio-rng"));
     }
 
     #[test]
