@@ -434,16 +434,7 @@ pub fn run_scenario(
             .failures
             .push(format!("configuring the VM over the API failed: {e}")),
     }
-    for line in &scenario.expect {
-        if !serial.contains(line) {
-            verdict
-                .failures
-                .push(format!("the serial log lacks `{line}`"));
-        }
-    }
-    let (notes, failures) = crate::guest_script::judge(&serial, &scenario.checks);
-    verdict.notes.extend(notes);
-    verdict.failures.extend(failures);
+    judge_serial(scenario, &serial, &mut verdict);
     if let Some(live) = live {
         match live.finish() {
             Ok(notes) => verdict.notes.extend(notes),
@@ -469,12 +460,46 @@ pub fn run_scenario(
         }
     }
 
+    Ok(report(
+        &scenario.name,
+        &exit,
+        Outcome {
+            verdict,
+            wall,
+            run_init,
+            marker,
+        },
+        &[
+            ("serial log", &serial_log, SERIAL_TAIL),
+            ("VMM's output", &vmm_log, VMM_TAIL),
+        ],
+    ))
+}
+
+/// Adds to `verdict` what the serial log of `scenario` must show besides [`evaluate`]'s: its
+/// `expect` lines, and the checks its guest's init script reports.
+pub fn judge_serial(scenario: &Scenario, serial: &str, verdict: &mut Verdict) {
+    for line in &scenario.expect {
+        if !serial.contains(line) {
+            verdict
+                .failures
+                .push(format!("the serial log lacks `{line}`"));
+        }
+    }
+    let (notes, failures) = crate::guest_script::judge(serial, &scenario.checks);
+    verdict.notes.extend(notes);
+    verdict.failures.extend(failures);
+}
+
+/// Prints how the scenario `name` went (its result, times, failures and notes) and, when it
+/// failed, the last lines of each of `logs` (what, path, how many lines); returns `outcome`.
+pub fn report(name: &str, exit: &Exit, outcome: Outcome, logs: &[(&str, &Path, usize)]) -> Outcome {
+    let verdict = &outcome.verdict;
     let result = if verdict.passed() { "PASS" } else { "FAIL" };
     println!(
-        "{}: {result} in {:.1} s ({exit:?}); {}",
-        scenario.name,
-        wall.as_secs_f64(),
-        times_text(run_init, marker)
+        "{name}: {result} in {:.1} s ({exit:?}); {}",
+        outcome.wall.as_secs_f64(),
+        times_text(outcome.run_init, outcome.marker)
     );
     for f in &verdict.failures {
         println!("    failed: {f}");
@@ -483,25 +508,13 @@ pub fn run_scenario(
         println!("    note: {n}");
     }
     if !verdict.passed() {
-        println!(
-            "    last {SERIAL_TAIL} lines of the serial log {}:",
-            serial_log.display()
-        );
-        print_tail(&serial, SERIAL_TAIL);
-        let out = fs::read(&vmm_log).unwrap_or_default();
-        let out = String::from_utf8_lossy(&out);
-        println!(
-            "    last {VMM_TAIL} lines of the VMM's output {}:",
-            vmm_log.display()
-        );
-        print_tail(&out, VMM_TAIL);
+        for (what, path, lines) in logs {
+            println!("    last {lines} lines of the {what} {}:", path.display());
+            let text = fs::read(path).unwrap_or_default();
+            print_tail(&String::from_utf8_lossy(&text), *lines);
+        }
     }
-    Ok(Outcome {
-        verdict,
-        wall,
-        run_init,
-        marker,
-    })
+    outcome
 }
 
 /// Kills the VMM's process group (the VMM was started as its leader), then reaps the VMM.

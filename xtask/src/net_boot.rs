@@ -22,13 +22,13 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::boottest::{KernelFormat, Scenario};
+use crate::boottest::Scenario;
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
 use crate::live::{LiveCheck, LiveContext, LiveResult};
 use crate::sha256::Sha256;
-use crate::virtio_boot::{device_counter, read_metrics, root_cmdline};
+use crate::virtio_boot::{device_counter, read_metrics, read_only_root_scenario};
 
 /// The scenario's name.
 pub const NAME: &str = "virtio-net-dhcp";
@@ -592,17 +592,13 @@ pub fn scenario(vmlinux: &Path, dir: &Path) -> Result<Scenario> {
     };
     let script = guest_script::init_script(&guest_body());
     guest_script::build_rootfs(&image, &script, &[hook], 16)?;
-    let mut s = Scenario::new(NAME, vmlinux, KernelFormat::Elf, Path::new(""), 1);
-    s.initrd = None;
-    s.cmdline = Some(root_cmdline("ro"));
-    s.extra_args = vec![
-        "--disk".into(),
-        format!("{},ro", image.display()),
+    let mut s = read_only_root_scenario(NAME, vmlinux, &image);
+    s.extra_args.extend([
         "--net".into(),
         format!("tap={TAP},mac={GUEST_MAC}"),
         "--metrics".into(),
         metrics.display().to_string(),
-    ];
+    ]);
     s.checks = vec!["net-dhcp", "net-http", "net-listen"];
     let namespace = format!("petrel-bt-{}", std::process::id());
     s.live = Some(Arc::new(GuestListener {

@@ -26,14 +26,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::boottest::{
-    evaluate, kill_vmm, print_tail, times_text, Exit, KernelFormat, Outcome, Scenario, Vmm,
-    RUN_INIT_LINE,
+    evaluate, judge_serial, kill_vmm, report, Exit, Outcome, Scenario, Vmm, RUN_INIT_LINE,
 };
 use crate::error::{IoContext, Result};
 use crate::guest_script;
 use crate::host;
 use crate::initramfs::MARKER;
-use crate::virtio_boot::root_cmdline;
+use crate::virtio_boot::read_only_root_scenario;
 
 /// The scenario's name.
 pub const SHELL_SCENARIO: &str = "serial-shell";
@@ -215,10 +214,7 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
     let image = dir.join(format!("{SHELL_SCENARIO}.ext4"));
     let script = guest_script::init_script(SHELL_SCRIPT);
     guest_script::build_rootfs(&image, &script, &[], 16)?;
-    let mut s = Scenario::new(SHELL_SCENARIO, vmlinux, KernelFormat::Elf, Path::new(""), 1);
-    s.initrd = None;
-    s.cmdline = Some(root_cmdline("ro"));
-    s.extra_args = vec!["--disk".into(), format!("{},ro", image.display())];
+    let mut s = read_only_root_scenario(SHELL_SCENARIO, vmlinux, &image);
     s.checks = vec!["console-tty", "shell-exit"];
     s.terminal = true;
     Ok(vec![s])
@@ -405,49 +401,22 @@ pub fn run(petrel: &Path, s: &Scenario, log_dir: &Path, timeout: Duration) -> Re
     let (notes, failure) = step_report(&session);
     verdict.notes.extend(notes);
     verdict.failures.extend(failure);
-    for line in &s.expect {
-        if !serial.contains(line) {
-            verdict
-                .failures
-                .push(format!("the serial log lacks `{line}`"));
-        }
-    }
-    let (notes, failures) = guest_script::judge(&serial, &s.checks);
-    verdict.notes.extend(notes);
-    verdict.failures.extend(failures);
+    judge_serial(s, &serial, &mut verdict);
 
-    let result = if verdict.passed() { "PASS" } else { "FAIL" };
-    println!(
-        "{}: {result} in {:.1} s ({exit:?}); {}",
-        s.name,
-        wall.as_secs_f64(),
-        times_text(run_init, marker)
-    );
-    for f in &verdict.failures {
-        println!("    failed: {f}");
-    }
-    for n in &verdict.notes {
-        println!("    note: {n}");
-    }
-    if !verdict.passed() {
-        println!(
-            "    last {TAIL} lines of the terminal's output {}:",
-            serial_log.display()
-        );
-        print_tail(&serial, TAIL);
-        let vmm = String::from_utf8_lossy(&fs::read(&vmm_log).unwrap_or_default()).into_owned();
-        println!(
-            "    last {TAIL} lines of the VMM's stderr {}:",
-            vmm_log.display()
-        );
-        print_tail(&vmm, TAIL);
-    }
-    Ok(Outcome {
-        verdict,
-        wall,
-        run_init,
-        marker,
-    })
+    Ok(report(
+        &s.name,
+        &exit,
+        Outcome {
+            verdict,
+            wall,
+            run_init,
+            marker,
+        },
+        &[
+            ("terminal's output", &serial_log, TAIL),
+            ("VMM's stderr", &vmm_log, TAIL),
+        ],
+    ))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::boottest::{KernelFormat, Scenario};
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
-use crate::initramfs::{init_script, BUSYBOX_PATH};
+use crate::initramfs::init_script;
 use crate::sha256::Sha256;
 
 /// The virtio scenarios (and the 2-vCPU one, which needs busybox from a disk), by name.
@@ -112,6 +112,16 @@ pub const MOUNTED_RO: &str = "VFS: Mounted root (ext4 filesystem) readonly on de
 /// kernel print the same `Run /init as init process` line as with the initramfs.
 pub fn root_cmdline(mode: &str) -> String {
     format!("console=ttyS0 reboot=k panic=1 root=/dev/vda {mode} rootwait init=/init")
+}
+
+/// A scenario that boots `vmlinux` with 1 vCPU from `image` as its read-only root disk, no
+/// initramfs: add the devices to its `extra_args`.
+pub fn read_only_root_scenario(name: &str, vmlinux: &Path, image: &Path) -> Scenario {
+    let mut s = Scenario::new(name, vmlinux, KernelFormat::Elf, Path::new(""), 1);
+    s.initrd = None;
+    s.cmdline = Some(root_cmdline("ro"));
+    s.extra_args = vec!["--disk".into(), format!("{},ro", image.display())];
+    s
 }
 
 /// Checks made on the host once the VM has ended.
@@ -366,30 +376,10 @@ impl AfterCheck {
     }
 }
 
-/// Makes a fresh ext4 image at `image` holding busybox and the boot test's `/init`.
+/// Makes a fresh ext4 image at `image` holding busybox and the boot test's `/init`, which
+/// prints the marker and reboots ([`init_script`]).
 pub fn build_rootfs(image: &Path) -> Result<()> {
-    let staging = image.with_extension("staging");
-    let _ = fs::remove_dir_all(&staging);
-    for d in ["bin", "dev", "proc", "sys"] {
-        fs::create_dir_all(staging.join(d)).ctx(|| format!("creating {}", staging.display()))?;
-    }
-    fs::copy(BUSYBOX_PATH, staging.join("bin/busybox"))
-        .ctx(|| format!("copying {BUSYBOX_PATH}"))?;
-    let init = staging.join("init");
-    fs::write(&init, init_script()).ctx(|| format!("writing {}", init.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
-        .ctx(|| format!("making {} executable", init.display()))?;
-    let _ = fs::remove_file(image);
-    host::run(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "petrel-root", "-d"])
-            .arg(&staging)
-            .arg(image)
-            .arg("32M"),
-    )?;
-    fs::remove_dir_all(&staging).ctx(|| format!("removing {}", staging.display()))?;
-    Ok(())
+    guest_script::build_rootfs(image, &init_script(), &[], 32)
 }
 
 /// The virtio scenarios named in `names`, booting `vmlinux`; their disk images and metrics go

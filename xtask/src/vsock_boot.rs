@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::boottest::{KernelFormat, Scenario};
+use crate::boottest::Scenario;
 use crate::error::{IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
 use crate::live::{LiveCheck, LiveContext, LiveResult};
-use crate::virtio_boot::{device_counter, root_cmdline};
+use crate::virtio_boot::{device_counter, read_only_root_scenario};
 
 /// The scenario's name.
 pub const NAME: &str = "vsock-echo";
@@ -299,17 +299,13 @@ pub fn scenario(vmlinux: &Path, dir: &Path) -> Result<Scenario> {
     // Stale ones from a run killed with this pid.
     let _ = fs::remove_file(&uds);
     let _ = fs::remove_file(port_path(&uds, HOST_PORT));
-    let mut s = Scenario::new(NAME, vmlinux, KernelFormat::Elf, Path::new(""), 1);
-    s.initrd = None;
-    s.cmdline = Some(root_cmdline("ro"));
-    s.extra_args = vec![
-        "--disk".into(),
-        format!("{},ro", image.display()),
+    let mut s = read_only_root_scenario(NAME, vmlinux, &image);
+    s.extra_args.extend([
         "--vsock".into(),
         format!("cid={GUEST_CID},uds={}", uds.display()),
         "--metrics".into(),
         metrics.display().to_string(),
-    ];
+    ]);
     s.checks = vec!["vsock-g2h", "vsock-h2g", "vsock-prog"];
     s.live = Some(Arc::new(VsockEcho { uds }));
     s.after = Some(crate::virtio_boot::AfterCheck::Metrics {
