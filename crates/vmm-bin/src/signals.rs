@@ -176,6 +176,22 @@ impl Drop for StopSignals {
     }
 }
 
+/// Blocks the stop signals on the calling thread, before the process makes something it must
+/// clean up on them (the API socket bound before the command line is parsed): one that
+/// arrives before [`StopSignals::new`] then waits there, to be taken and acted on like any
+/// other, instead of ending the process at once with the socket left behind. A process that
+/// ends before `StopSignals::new` (bad input) exits with its own code.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = set_of(&STOP_SIGNALS);
+    // SAFETY: a valid set; no old mask asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
 /// The name of a stop signal, for messages.
 pub fn name(sig: libc::c_int) -> &'static str {
     match sig {

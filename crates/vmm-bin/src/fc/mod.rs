@@ -48,6 +48,11 @@ pub fn early_api_socket(args: &[std::ffi::OsString], default: Option<&str>) -> O
         }
     }
     let path = path?;
+    // Before the socket exists, so that a stop signal never ends the process with it left
+    // behind (it waits for the signal handling `run` sets up).
+    if let Err(e) = signals::block_stop_signals() {
+        eprintln!("petrel: cannot block the stop signals: {e}");
+    }
     let bound = ApiSocket::bind(&path);
     Some((path, bound))
 }
