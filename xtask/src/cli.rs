@@ -28,16 +28,20 @@ COMMANDS:
                   closes the run. VMM_REQUIRE_KVM=1 in the environment makes the KVM tests
                   fail rather than skip where /dev/kvm is missing.
     boot-test     Build the guest kernel, initramfs and petrel (release), boot Linux under
-                  petrel in each scenario and check the serial log and exit status.
-                  Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu, virtio-blk-root,
-                  virtio-blk-ro, virtio-net-dhcp (DHCP, HTTP and a guest listener over a
+                  petrel in each scenario and check the serial log, the guest's own
+                  checks from user mode, the host side and the exit status.
+                  Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu (a busy loop
+                  pinned to each vCPU), virtio-blk-root (a pattern written with dd and
+                  found on the host; /dev/hwrng), virtio-blk-ro (writes refused, image
+                  unchanged), virtio-net-dhcp (DHCP, HTTP and a guest listener over a
                   tap), vsock-echo (a guest program over vsock both ways),
                   api-vmlinux-blk (kernel, initramfs and a drive configured over
                   Firecracker's API socket), jailer-vmlinux-blk (a
                   static petrel with a disk under petrel-jailer as an unprivileged uid),
-                  snapshot-linux-blk (root on a read-write disk, snapshotted on SIGUSR1
-                  before `Run /init` and restored by `petrel restore` in another process);
-                  and, only when named
+                  snapshot-linux-blk (a shell loop counting to the console and a file,
+                  snapshotted on SIGUSR1 and restored by `petrel restore` in another
+                  process, where it counts on), serial-shell (typing into the guest's
+                  shell on a pseudo-terminal); and, only when named
                   with --only, config-file-vmlinux-blk (the same through --config-file
                   and --no-api).
     build-guest   Build (or find in the cache) the guest kernel and initramfs and print
