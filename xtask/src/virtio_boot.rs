@@ -6,8 +6,10 @@
 //!   checksum, and the host finds the same bytes in the image; the guest reads
 //!   `/dev/hwrng` (virtio-rng); the ext4 superblock shows the guest's mount (`dumpe2fs`)
 //!   and Petrel's `--metrics` the devices' work.
-//! - `virtio-blk-ro`: root on a read-only disk; the guest's writes fail with EROFS (to the
-//!   filesystem and to the block device itself), and the image is byte for byte unchanged.
+//! - `virtio-blk-ro`: root on a read-only disk; the guest's writes fail (EROFS from the
+//!   filesystem, EPERM from the block device itself), and the image is byte for byte
+//!   unchanged; a 32-bit program (`guest/compat32.s`) makes system calls with `int $0x80`
+//!   and through the vDSO.
 //! - `vmlinux-2vcpu`: both vCPUs online, and a busy loop pinned to each with `taskset` makes
 //!   progress on both.
 //! - `virtio-net-dhcp`: DHCP, an HTTP fetch and a listener in the guest; see
@@ -77,7 +79,39 @@ err=$(dd if=/dev/zero of=/dev/vda bs=4096 count=1 2>&1)
 case "$err" in
     *"Read-only file system"*|*"Operation not permitted"*|*"Permission denied"*) ok ro-device "dd to /dev/vda: $err" ;;
     *) fail ro-device "dd to /dev/vda gave '$err'" ;;
-esac"#;
+esac
+out=$(/bin/compat32)
+rc=$?
+if [ "$rc" = 0 ] && [ "$out" = "int80 vdso" ]; then
+    ok compat32 "a 32-bit program's system calls: '$out'"
+else
+    fail compat32 "a 32-bit program printed '$out' and exited $rc"
+fi"#;
+
+/// The 32-bit program the `virtio-blk-ro` guest runs, relative to xtask's directory.
+const COMPAT32_SOURCE: &str = "guest/compat32.s";
+
+/// Assembles and links [`COMPAT32_SOURCE`] with the host's binutils (`as --32`, `ld -m
+/// elf_i386`; no 32-bit C library needed) in `dir`; returns the executable.
+fn build_compat32(dir: &Path) -> Result<Vec<u8>> {
+    host::ensure_packages(&["binutils"])?;
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(COMPAT32_SOURCE);
+    let object = dir.join("compat32.o");
+    let program = dir.join("compat32");
+    host::run(
+        Command::new("as")
+            .args(["--32", "-o"])
+            .arg(&object)
+            .arg(&source),
+    )?;
+    host::run(
+        Command::new("ld")
+            .args(["-m", "elf_i386", "-static", "-o"])
+            .arg(&program)
+            .arg(&object),
+    )?;
+    fs::read(&program).ctx(|| format!("reading {}", program.display()))
+}
 
 /// `vmlinux-2vcpu`'s script: two busy loops, one pinned to each vCPU, must both count on.
 const SMP_SCRIPT: &str = r#"mount -t proc proc /proc
@@ -438,13 +472,18 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
                 });
             }
             "virtio-blk-ro" => {
+                let compat32 = ExtraFile {
+                    path: "bin/compat32".into(),
+                    data: build_compat32(dir)?,
+                    mode: 0o755,
+                };
                 let script = guest_script::init_script(BLK_RO_SCRIPT);
-                guest_script::build_rootfs(&image, &script, &[], 16)?;
+                guest_script::build_rootfs(&image, &script, &[compat32], 16)?;
                 let sha256 = file_sha256(&image).map_err(Error::Other)?;
                 s.cmdline = Some(root_cmdline("ro"));
                 s.extra_args = vec!["--disk".into(), format!("{disk},ro")];
                 s.expect = vec![MOUNTED_RO];
-                s.checks = vec!["ro-flag", "ro-file", "ro-device"];
+                s.checks = vec!["ro-flag", "ro-file", "ro-device", "compat32"];
                 s.after = Some(AfterCheck::Unchanged { image, sha256 });
             }
             "vmlinux-2vcpu" => {

@@ -139,18 +139,20 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 ///   emulation. Programs have used Unix98 ptys (`/dev/ptmx`, `/dev/pts`) for two decades; a
 ///   guest that still opens `/dev/ptyXX` is vanishingly rare, and `--host-compat off`
 ///   gives it back. Kernels without legacy ptys ignore the parameter.
-/// - `110` in `clearcpuid=`: `X86_FEATURE_SYSCALL32` (Linux's
-///   `arch/x86/include/asm/cpufeatures.h`: word 3, bit 14), a flag with no name, so the
-///   number. A SYSCALL from 32-bit compat mode enters the guest kernel at CPL0 on the user
-///   stack there and the guest double-faults; without the flag the 32-bit vDSO makes its
-///   system calls with `int $0x80`, which a guest kernel can take (see
-///   `docs/guest-kernel.md` for the patch that makes user-mode system calls work there).
+/// - `110,111` in `clearcpuid=`: `X86_FEATURE_SYSCALL32` and `X86_FEATURE_SYSENTER32`
+///   (Linux's `arch/x86/include/asm/cpufeatures.h`: word 3, bits 14 and 15), flags with no
+///   name, so the numbers. There a SYSCALL from 32-bit compat mode enters the guest kernel at
+///   CPL0 on the user stack and the guest double-faults, and a 32-bit program whose vDSO
+///   uses SYSENTER (Intel CPUs) dies of a general protection fault in the vDSO; without the
+///   flags the 32-bit vDSO makes its system calls with `int $0x80`, which a guest kernel can
+///   take (see `docs/guest-kernel.md` for the patch that makes user-mode system calls work
+///   there).
 ///
 /// These words come after the user's command line, so they win over the same parameters
 /// given there; `--host-compat off` leaves them all out.
 pub const EMULATED_HOST_CMDLINE: &str = "pty.legacy_count=0 noxsave nosmap nosmep nofsgsbase \
     clearcpuid=popcnt,cx16,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,rdpid,movbe,erms,fsrm,\
-    umip,avx,avx2,avx512f,xsave,110";
+    umip,avx,avx2,avx512f,xsave,110,111";
 
 /// A Linux kernel (ELF vmlinux or bzImage) and what goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,7 +359,7 @@ mod tests {
     fn emulated_host_cmdline_is_one_line_of_words() {
         assert!(!EMULATED_HOST_CMDLINE.contains('\n'));
         assert!(EMULATED_HOST_CMDLINE.contains("clearcpuid=popcnt,cx16,"));
-        assert!(EMULATED_HOST_CMDLINE.ends_with("avx512f,xsave,110"));
+        assert!(EMULATED_HOST_CMDLINE.ends_with("avx512f,xsave,110,111"));
         // Linux copies clearcpuid's value into a 128-byte buffer (cpu_parse_early_param).
         let clear = EMULATED_HOST_CMDLINE
             .split(' ')

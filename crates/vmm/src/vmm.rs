@@ -106,8 +106,8 @@ impl std::fmt::Display for Notice {
             Notice::EmulatedHostWorkarounds => f.write_str(
                 "this host's KVM runs guest kernel code in its instruction emulator (PVM): \
                  expect a slow guest; added guest workarounds to the command line (CPU \
-                 features the emulator lacks turned off; clearcpuid=110: no 32-bit SYSCALL, \
-                 so 32-bit programs use int $0x80; pty.legacy_count=0: no legacy BSD ptys, \
+                 features the emulator lacks turned off; clearcpuid=110,111: no 32-bit \
+                 SYSCALL or SYSENTER, so 32-bit programs use int $0x80; pty.legacy_count=0: no legacy BSD ptys, \
                  40 s of boot there)",
             ),
         }
