@@ -141,13 +141,27 @@ pub fn read_patches(dir: &Path) -> Result<Vec<Patch>> {
     Ok(patches)
 }
 
+/// What of a patch changes the source tree: its text from the first `diff ` or `--- ` line
+/// on. The header before it (the reasoning, the license) is for readers, and `patch` skips
+/// it, so rewording it does not rebuild the kernel.
+fn patch_body(text: &[u8]) -> &[u8] {
+    let mut at = 0;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"diff ") || line.starts_with(b"--- ") {
+            return &text[at..];
+        }
+        at += line.len();
+    }
+    text
+}
+
 /// A key for the source tree `source_version` with `patches` applied.
 fn source_key(source_version: &str, patches: &[Patch]) -> String {
     let mut key = KeyBuilder::new("kernel-source");
     key.add("source-version", source_version.as_bytes());
     for p in patches {
         key.add("patch-name", p.name.as_bytes())
-            .add("patch", &p.text);
+            .add("patch-body", patch_body(&p.text));
     }
     key.finish()
 }
@@ -453,6 +467,24 @@ mod tests {
             k,
             cache_key(b"CONFIG_A=y\n", "6.12.117-1", &[p("0002-a.patch", b"x")])
         );
+
+        // The header is prose: rewording it keeps the key; a change to the hunks does not.
+        let hunks = "--- a/f\n+++ b/f\n@@ -1 +1 @@\n-x\n+y\n";
+        let with = |header: &str, body: &str| {
+            cache_key(
+                b"",
+                "v",
+                &[p("0001-a.patch", format!("{header}{body}").as_bytes())],
+            )
+        };
+        let k = with("Why: one reason\n\n", hunks);
+        assert_eq!(k, with("Why: another reason, longer\n", hunks));
+        assert_ne!(k, with("Why: one reason\n\n", &hunks.replace("+y", "+z")));
+        assert_eq!(
+            patch_body(b"text\ndiff -ruN a b\n--- a\n"),
+            b"diff -ruN a b\n--- a\n"
+        );
+        assert_eq!(patch_body(b"no hunks at all\n"), b"no hunks at all\n");
     }
 
     #[test]
