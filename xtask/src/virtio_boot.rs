@@ -119,20 +119,24 @@ mount -t sysfs sysfs /sys
 mount -t tmpfs tmpfs /tmp
 read online < /sys/devices/system/cpu/online
 if [ "$online" = 0-1 ]; then ok cpus-online "$online"; else fail cpus-online "'$online'"; fi
-spin='i=0; while :; do i=$((i+1)); [ $((i & 16383)) = 0 ] && echo $i > /tmp/spin$0; done'
+# Each loop appends a byte every 16384 rounds: a file's size only grows, where a number
+# rewritten in place can be read half-written from the other vCPU.
+: > /tmp/spin0
+: > /tmp/spin1
+spin='i=0; while :; do i=$((i+1)); [ $((i & 16383)) = 0 ] && echo -n . >> /tmp/spin$0; done'
 taskset -c 0 sh -c "$spin" 0 &
 p0=$!
 taskset -c 1 sh -c "$spin" 1 &
 p1=$!
 sleep 2
-read a0 < /tmp/spin0; read a1 < /tmp/spin1
+a0=$(wc -c < /tmp/spin0); a1=$(wc -c < /tmp/spin1)
 sleep 2
-read b0 < /tmp/spin0; read b1 < /tmp/spin1
+b0=$(wc -c < /tmp/spin0); b1=$(wc -c < /tmp/spin1)
 set -- $(taskset -p $p0); m0=$6
 set -- $(taskset -p $p1); m1=$6
 kill $p0 $p1
 if [ "$m0" = 1 ] && [ "$m1" = 2 ] && [ "${b0:-0}" -gt "${a0:-0}" ] && [ "${b1:-0}" -gt "${a1:-0}" ]; then
-    ok smp-progress "cpu0 ${a0}->${b0}, cpu1 ${a1}->${b1} (masks $m0 $m1)"
+    ok smp-progress "cpu0 ${a0}->${b0}, cpu1 ${a1}->${b1} steps of 16384 rounds (masks $m0 $m1)"
 else
     fail smp-progress "cpu0 '${a0}'->'${b0}' mask '$m0', cpu1 '${a1}'->'${b1}' mask '$m1'"
 fi"#;
