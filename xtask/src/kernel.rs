@@ -311,13 +311,15 @@ fn unpack_source(
             }
         })
         .collect();
-    let dir = top.join(format!("linux-{name}-{}", source_key(version, patches)));
+    let dir_name = format!("linux-{name}-{}", source_key(version, patches));
+    let dir = top.join(&dir_name);
     let stamp = dir.join(".petrel-unpacked");
     let src = dir.join(SOURCE_TOP);
     if stamp.is_file() {
         return Ok(src);
     }
-    let _lock = Lock::acquire(&dir.with_extension("lock"))?;
+    // Not `dir.with_extension`: the version's dots would cut the name at `linux-6.12`.
+    let _lock = Lock::acquire(&top.join(format!("{dir_name}.lock")))?;
     if stamp.is_file() {
         return Ok(src);
     }
