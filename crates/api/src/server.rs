@@ -323,25 +323,6 @@ impl Drop for SocketFile {
     }
 }
 
-/// Writes without raising SIGPIPE when the peer has gone (the VMM may not ignore SIGPIPE).
-fn send_no_signal(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
-    // SAFETY: the pointer and length describe `bytes`, borrowed for the duration of the call,
-    // which the kernel only reads; the descriptor is owned by `stream` and open.
-    let sent = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent.unsigned_abs())
-    }
-}
-
 /// What a connection waits for next.
 enum Next {
     /// Readiness of these kinds.
@@ -439,7 +420,7 @@ impl Connection {
     /// Sends what it can of `output`.
     fn flush(&mut self) -> io::Result<()> {
         while self.output_pending() {
-            match send_no_signal(&self.stream, &self.output[self.sent..]) {
+            match petrel_util::send_nosignal(&self.stream, &self.output[self.sent..], 0) {
                 Ok(sent) => {
                     self.sent += sent;
                     self.last_progress = Instant::now();
@@ -755,7 +736,7 @@ fn refuse(stream: &UnixStream) {
     );
     if stream.set_nonblocking(true).is_ok() {
         // Best effort: the connection is closed either way.
-        let _ = send_no_signal(stream, &fault.serialize(false));
+        let _ = petrel_util::send_nosignal(stream, &fault.serialize(false), 0);
     }
 }
 

@@ -256,7 +256,7 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
             }
             let exit = match self.vcpu.run() {
                 Ok(e) => e,
-                Err(e) => return StopReason::VmmError(error_chain(&e)),
+                Err(e) => return StopReason::VmmError(petrel_util::error_chain(&e)),
             };
             #[cfg(feature = "fault-injection")]
             let exit = match (&exit, self.inject.take()) {
@@ -323,7 +323,7 @@ impl<H: IoHandler + ?Sized> VcpuRunner<H> {
                 );
                 Step::Stop(self.fault(what, Some(bytes)))
             }
-            Err(e) => Step::Stop(StopReason::VmmError(error_chain(&e))),
+            Err(e) => Step::Stop(StopReason::VmmError(petrel_util::error_chain(&e))),
         }
     }
 
@@ -519,17 +519,6 @@ fn suberror_name(s: u32) -> &'static str {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 /// The VMM's handle on a running vCPU thread.
 #[derive(Debug)]
 pub struct VcpuHandle {
@@ -576,11 +565,7 @@ pub fn spawn_named<H: IoHandler + ?Sized + 'static>(
             // Before the guest runs: the embedder's hook (the binary's seccomp filter).
             petrel_thread_hook::thread_started(petrel_thread_hook::ThreadKind::Vcpu);
             let outcome = catch_unwind(AssertUnwindSafe(|| runner.run())).unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let msg = petrel_util::panic_message(p.as_ref());
                 VcpuOutcome {
                     id,
                     stop: StopReason::VmmError(format!("vCPU {id} thread panicked: {msg}")),

@@ -31,7 +31,6 @@
 //! loop, and the transport's mutex is not poisoned. The device is not called again (but for
 //! configuration reads) until the driver resets it.
 
-use std::any::Any;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 
@@ -694,7 +693,7 @@ impl<D: VirtioDevice<M>, M: VirtioMemory> VirtioMmio<D, M> {
         match panic::catch_unwind(AssertUnwindSafe(|| f(device))) {
             Ok(r) => Some(r),
             Err(payload) => {
-                let message = panic_message(payload.as_ref());
+                let message = petrel_util::panic_message(payload.as_ref());
                 // Dropping a payload can itself panic; such a payload is leaked instead.
                 if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
                     std::mem::forget(again);
@@ -1030,17 +1029,6 @@ impl<D: VirtioDevice<M>, M: VirtioMemory> BusDevice for VirtioMmio<D, M> {
 
     fn name(&self) -> &'static str {
         self.name
-    }
-}
-
-/// The message of a panic payload: the `&str` or `String` given to `panic!`.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a panic payload that is not a string)".to_string()
     }
 }
 

@@ -679,27 +679,12 @@ pub(crate) fn drain_eventfd(evt: &EventFd) {
     }
 }
 
-/// Makes `fd` non-blocking (`O_NONBLOCK`), keeping its other status flags.
-pub(crate) fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: F_GETFL takes no argument and touches no memory.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: F_SETFL takes an int by value and touches no memory.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// A one-shot timer for a device's event loop: a close-on-exec `CLOCK_MONOTONIC` timerfd
 /// (`TimerFd::new`), made non-blocking so that reading it when it has not fired (a spurious
 /// wake-up, a reset) never blocks the event loop.
 pub(crate) fn new_timer() -> io::Result<TimerFd> {
     let timer = TimerFd::new()?;
-    set_nonblocking(&timer)?;
+    petrel_util::set_nonblocking(&timer)?;
     Ok(timer)
 }
 

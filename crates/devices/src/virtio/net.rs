@@ -44,8 +44,8 @@ use vm_memory::GuestMemory;
 use super::chain::{self, BatchEnd, Budget, ChainBuffers, Step};
 use super::state::{DeviceState, NetState};
 use super::{
-    read_config_bytes, set_nonblocking, EventSource, GuestFault, Interrupt, Processed, Throttle,
-    VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
+    read_config_bytes, EventSource, GuestFault, Interrupt, Processed, Throttle, VirtioDevice,
+    TYPE_NET, VIRTIO_F_VERSION_1,
 };
 use crate::rate_limiter::RateLimiterConfig;
 use crate::virtio::Error as VirtioError;
@@ -216,7 +216,7 @@ impl<M> Net<M> {
     /// VMM opened itself, or a datagram socket in tests. The descriptor is made non-blocking.
     /// No rate limits.
     pub fn from_tap_file(tap: File, name: String, mac: [u8; 6]) -> Result<Self, Error> {
-        set_nonblocking(&tap).map_err(|source| Error::OpenTap {
+        petrel_util::set_nonblocking(&tap).map_err(|source| Error::OpenTap {
             name: name.clone(),
             source,
         })?;
@@ -1036,7 +1036,7 @@ mod tests {
             rx.publish(&mem, head);
         }
         // 100 frames, frame `i` 32 + i bytes long, waiting in the "tap".
-        set_nonblocking(&peer).unwrap();
+        petrel_util::set_nonblocking(&peer).unwrap();
         for i in 0..100u8 {
             peer.write_all(&frame(0, &vec![i; 20 + usize::from(i)]))
                 .unwrap();

@@ -96,24 +96,10 @@ pub(super) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     Ok(UnixStream::from(owned))
 }
 
-/// Writes what it can of `buf` to `stream` without raising SIGPIPE if the peer is gone (the
-/// error comes back as `EPIPE` instead, whatever the process does with the signal).
+/// Writes what it can of `buf` to `stream` without blocking and without raising SIGPIPE if
+/// the peer is gone (the error comes back as `EPIPE` instead).
 pub(super) fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: send() reads at most `buf.len()` bytes from `buf`, which is valid for reads for
-    // that long; the descriptor is the stream's own.
-    let r = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+    petrel_util::send_nosignal(stream, buf, libc::MSG_DONTWAIT)
 }
 
 #[cfg(test)]
