@@ -263,6 +263,22 @@ const EXAMPLES: &[&[&str]] = &[
         "--example",
         "load_kernel",
     ],
+    &[
+        "run",
+        "-q",
+        "-p",
+        "petrel-api",
+        "--example",
+        "answer_request",
+    ],
+    &[
+        "run",
+        "-q",
+        "-p",
+        "petrel-snapshot",
+        "--example",
+        "state_file",
+    ],
 ];
 
 /// `cargo package` of the library crates, in dependency order over a local overlay (so that

@@ -6,6 +6,12 @@
 //!
 //! This crate knows no KVM: the VMM receives parsed requests and answers them.
 
+// The README's code blocks, compiled and run as doctests so that the README cannot drift
+// from the API (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod config_file;
 pub mod http;
 pub mod model;

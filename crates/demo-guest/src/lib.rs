@@ -95,6 +95,12 @@
 //! which KVM's instruction emulator handles; on the development host guest kernel code runs
 //! in that emulator.
 
+// The README's code blocks, compiled and run as doctests so that the README cannot drift
+// from the API (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod counter;
 mod elf;
 pub mod keyboard;

@@ -56,7 +56,10 @@
 //!
 //! [`io_traits`] implements rust-vmm's `vm-device` traits for these devices, so that a VMM
 //! built on vm-device's `IoManager` can register them; [`BusBuilder::insert_pio`] and
-//! [`BusBuilder::insert_mmio`] put any vm-device device on Petrel's bus.
+//! [`BusBuilder::insert_mmio`] put any vm-device device on Petrel's bus. [`vm_device`] is
+//! re-exported whole, at the version those impls and signatures use; a move to a
+//! semver-incompatible vm-device (0.1 to 0.2 today) is therefore a semver-incompatible release
+//! of this crate (the README's "Re-exported dependency" says more).
 //!
 //! [`virtio`] (the `virtio` cargo feature, on by default) provides the virtio-mmio transport,
 //! [`VirtioMmio`], a [`BusDevice`] for the MMIO bus and an `event_manager` subscriber, and the devices behind it: [`Block`] (virtio-blk over
@@ -104,6 +107,12 @@
 // Without the virtio feature the links above to the virtio items have nothing to point at.
 #![cfg_attr(not(feature = "virtio"), allow(rustdoc::broken_intra_doc_links))]
 
+// The README's code blocks, compiled and run as doctests so that the README cannot drift
+// from the API (`cargo test --doc`). Its virtio snippet needs the `virtio` feature.
+#[cfg(all(doctest, feature = "virtio"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 compile_error!(
     "petrel-devices supports only x86_64 Linux hosts (KVM on x86_64); see docs/using-the-crates.md"
@@ -137,6 +146,8 @@ pub use virtio::{
     VirtioDevice, VirtioMmio, VirtioMmioState, VirtioMmioStats, Vsock, VsockState,
     MMIO_WINDOW_SIZE,
 };
+/// rust-vmm's vm-device, whose traits and address types this crate's API uses (see
+/// "Re-exported dependency" in the crate docs).
 pub use vm_device;
 
 // Each device family has its own error type, in its module; these names let a VMM that wraps

@@ -14,6 +14,20 @@
 //! assert_eq!(&buf, b"hello");
 //! assert!(ram.write(2 << 20, b"x").is_err());
 //! ```
+//!
+//! # Re-exported dependency
+//!
+//! [`vm_memory`] is re-exported whole: its types are part of this crate's API
+//! ([`GuestRam::memory`], [`GuestRam::read_obj`], [`Error`]), so a caller needs them at the
+//! version this crate uses, and `petrel_guest_mem::vm_memory` is that version. A move to a
+//! semver-incompatible vm-memory (0.18 to 0.19 today; a new major once it is 1.0) is therefore
+//! a semver-incompatible release of this crate.
+
+// The README's code blocks, compiled and run as doctests so that the README cannot drift
+// from the API (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub mod alloc;
 pub mod boot_cpu;
@@ -28,6 +42,8 @@ use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
 };
 
+/// The vm-memory crate this one is built on, at the version its API uses
+/// (see "Re-exported dependency" in the crate docs).
 pub use vm_memory;
 /// The vm-memory type that backs guest RAM: mmap regions with a dirty bitmap per page, which
 /// records the pages the VMM and its devices write (KVM's dirty log records the guest's own).

@@ -37,6 +37,22 @@
 //! assert_eq!(vcpu.run()?, VmExit::Hlt);
 //! # Ok::<(), petrel_hv_sys::Error>(())
 //! ```
+//!
+//! # Re-exported dependencies
+//!
+//! [`kvm_bindings`], [`kvm_ioctls`] and [`vm_memory`] are re-exported whole: their types are
+//! part of this crate's API (registers and saved state are `kvm_bindings` structures,
+//! [`REQUIRED_CAPS`] and [`Vm::register_ioeventfd`] use `kvm_ioctls` types,
+//! [`Vm::register_memory`] takes a `vm_memory::GuestMemoryMmap`), so a caller needs them at the
+//! versions this crate uses, and these paths are those versions. A move to a semver-incompatible
+//! release of any of them (for a 0.x crate the next minor) is therefore a semver-incompatible
+//! release of this crate.
+
+// The README's code blocks, compiled and run as doctests so that the README cannot drift
+// from the API (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 compile_error!(
@@ -63,6 +79,8 @@ pub use state::{VcpuState, VmState, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE};
 pub use stats::{Snapshot, StatDescriptor, StatKind, StatUnit, StatValue, StatsReader};
 pub use vcpu::{hex_bytes, EmulationOutcome, Vcpu};
 pub use vm::{Vm, KVM_IDENTITY_MAP_START, KVM_TSS_START};
+/// vm-memory, for the guest memory [`Vm::register_memory`] takes (the same crate and version
+/// as `petrel_guest_mem::vm_memory`).
 pub use vm_memory;
 
 /// Errors from the hypervisor layer.

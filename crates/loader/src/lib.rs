@@ -39,6 +39,12 @@
 //! assert_eq!(state.code.base + state.rip, 0x1000);
 //! ```
 
+// The README's code blocks, compiled and run as doctests so that the README cannot drift
+// from the API (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 compile_error!(
     "petrel-loader supports only x86_64 Linux hosts (KVM on x86_64); see docs/using-the-crates.md"

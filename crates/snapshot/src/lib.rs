@@ -25,6 +25,12 @@
 //! assert!(petrel_snapshot::decode::<Vec<u32>>(&bad).is_err());
 //! ```
 
+// The README's code blocks, compiled and run as doctests so that the README cannot drift
+// from the API (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

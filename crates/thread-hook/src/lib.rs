@@ -12,6 +12,12 @@
 //! registration point covers each of them, and any thread added later only has to call
 //! [`thread_started`] with its kind.
 
+// The README's code blocks, compiled and run as doctests so that the README cannot drift
+// from the API (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 use std::fmt;
 use std::sync::OnceLock;
 
