@@ -40,5 +40,10 @@ pub mod logger;
 pub mod metrics;
 pub mod vm_config;
 
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
+
 pub use controller::{Controller, Handled, Origin, VmSetup, APP_NAME};
 pub use vm_config::{rate_limit, vm_config};
