@@ -35,10 +35,10 @@
 //! controller.finish(&summary);
 //! ```
 
-pub mod controller;
+mod controller;
 pub mod logger;
 pub mod metrics;
-pub mod vm_config;
+mod vm_config;
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]
