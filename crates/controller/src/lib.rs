@@ -40,10 +40,11 @@ pub mod logger;
 pub mod metrics;
 mod vm_config;
 
-/// The README's example, compiled as a doctest.
+// The README's code blocks, compiled as doctests so that the README cannot drift from the API
+// (`cargo test --doc`; `no_run`: it boots a VM).
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
-struct ReadmeExample;
+pub struct ReadmeDoctests;
 
 pub use controller::{Controller, Handled, Origin, VmSetup, APP_NAME};
 pub use vm_config::{rate_limit, vm_config};
