@@ -7,10 +7,7 @@
 //! stop signals; after `InstanceStart`, requests arrive on the VM's event loop beside the
 //! devices. vCPU threads are named `fc_vcpu N`, as tools that pin them look for.
 
-pub mod controller;
 pub mod flags;
-pub mod logger;
-pub mod metrics;
 pub mod pump;
 
 use std::path::PathBuf;
@@ -21,9 +18,10 @@ use petrel_api::model::FIRECRACKER_API_VERSION;
 use petrel_api::server::ApiSocket;
 use petrel_vmm::{StopReason, Timeline, EXIT_BAD_INPUT, EXIT_FAILURE};
 
-use self::controller::{Controller, Handled};
+use petrel_controller::logger::{Level, LogFormat, Logger};
+use petrel_controller::{metrics, Controller, Handled, Origin};
+
 use self::flags::{FirecrackerFlags, DEFAULT_INSTANCE_ID};
-use self::logger::{Level, LogFormat, Logger};
 use crate::signals::{self, StopSignals};
 use crate::watch::SignalWatcher;
 
@@ -160,6 +158,7 @@ pub fn run(
         }
     };
     let mut controller = Controller::new(id, logger, timeline.clone());
+    controller.set_vm_setup(Box::new(setup_vm));
     if let Some(path) = &flags.metrics_path {
         if let Err(e) = controller.open_metrics(path) {
             return bad_input(&format!(
@@ -321,6 +320,22 @@ fn end_on_signal(signals: &StopSignals, sig: libc::c_int) -> ExitCode {
     signals.end(sig)
 }
 
+/// The process's part of each VM the controller makes, before its vCPUs start: a new VM's
+/// notices on stderr, and stdin for the guest's serial port unless Petrel is a background job
+/// on a terminal (reading it would stop Petrel with SIGTTIN).
+fn setup_vm(vmm: &mut petrel_vmm::Vmm, origin: Origin) {
+    if origin == Origin::Built {
+        for notice in vmm.notices() {
+            eprintln!("petrel: {notice}");
+        }
+    }
+    if crate::terminal::may_use_stdin() {
+        if let Ok(fd) = crate::console_input() {
+            let _ = vmm.attach_serial_input(fd);
+        }
+    }
+}
+
 /// A clock's reading in microseconds.
 fn clock_us(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
@@ -373,25 +388,13 @@ fn wait_for_start(
         let mut started = None;
         for (request, reply) in queue.drain() {
             let mut c = lock(controller);
-            let response = match c.handle(&request) {
-                Handled::Reply(r) => r,
-                // Once this succeeds the controller knows the VM runs: a second InstanceStart,
-                // even in the same batch, is refused as pre-boot only.
-                Handled::Start => match c.start_vm() {
-                    Ok(vmm) => {
-                        started = Some(Box::new(vmm));
-                        petrel_api::http::Response::no_content()
-                    }
-                    Err(why) => petrel_api::http::Response::fault(why),
-                },
-                Handled::Load(params) => match c.load_snapshot(&params) {
-                    Ok(vmm) => {
-                        started = Some(Box::new(vmm));
-                        petrel_api::http::Response::no_content()
-                    }
-                    Err(why) => petrel_api::http::Response::fault(why),
-                },
-            };
+            let handled = c.handle(&request);
+            // Once a VM is made the controller knows it runs: a second InstanceStart, even in
+            // the same batch, is refused as pre-boot only.
+            let (response, made) = c.complete(handled);
+            if let Some(vmm) = made {
+                started = Some(Box::new(vmm));
+            }
             let _ = reply.send(response);
         }
         if let Some(vmm) = started {

@@ -14,44 +14,51 @@ use std::time::Instant;
 
 use petrel_api::http::{Request, Response};
 use petrel_api::model::{
-    ActionType, BootSource, Drive, EntropyDevice, FirecrackerVersion, FullVmConfiguration,
-    InstanceInfo, InstanceState, MachineConfiguration, NetworkInterface, RateLimiter,
-    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, TokenBucket, VmState, Vsock,
-    FIRECRACKER_API_VERSION,
+    ActionType, Drive, FirecrackerVersion, FullVmConfiguration, InstanceInfo, InstanceState,
+    MachineConfiguration, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
+    VmState, FIRECRACKER_API_VERSION,
 };
 use petrel_api::reply::VmConfigReply;
 use petrel_api::routes::{self, ApiRequest};
-use petrel_vmm::config::{
-    DiskConfig, KernelImage, LinuxPayload, NetConfig, RateLimiterConfig, SerialConfig,
-    TokenBucketConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE, DEFAULT_MAC,
-};
+use petrel_vmm::config::{SerialConfig, VmConfig};
 use petrel_vmm::snapshot::{NetOverride, RestoreConfig, SnapshotKind, SnapshotRequest};
 use petrel_vmm::{RunSummary, Timeline, Vmm, VmmHandle};
 
-use super::logger::{Level, LogFormat, Logger};
-use super::metrics::{self, ApiCounters, MetricsSink};
+use crate::logger::{Level, LogFormat, Logger};
+use crate::metrics::{self, ApiCounters, MetricsSink};
+use crate::vm_config::rate_limit;
 
 /// How Petrel names itself in `GET /`'s `app_name`.
 pub const APP_NAME: &str = "Petrel";
-/// The longest virtio-blk serial (GET_ID) a drive id can become (virtio v1.2, 5.2.6:
-/// VIRTIO_BLK_ID_BYTES).
-const BLK_ID_BYTES: usize = 20;
 
-/// What the VMM thread does with an answered request.
+/// What the embedder does with an answered request.
 #[derive(Debug)]
 pub enum Handled {
     /// Send this response.
     Reply(Response),
     /// `InstanceStart` was accepted: build and start the VM ([`Controller::start_vm`]), then
-    /// answer.
+    /// answer ([`Controller::complete`] does both).
     Start,
     /// `PUT /snapshot/load` was accepted: restore the VM ([`Controller::load_snapshot`]), then
-    /// answer.
+    /// answer ([`Controller::complete`] does both).
     Load(Box<SnapshotLoadParams>),
 }
 
+/// How the controller made the VM it hands to the embedder's [`VmSetup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Built from the configuration (`InstanceStart`, or a config file).
+    Built,
+    /// Restored from a snapshot (`PUT /snapshot/load`).
+    Restored,
+}
+
+/// What the embedder does to each VM the controller makes, after it is built or restored and
+/// before its vCPUs start: the process's own concerns, such as giving the guest's serial port
+/// the process's stdin ([`Vmm::attach_serial_input`]) or reporting [`Vmm::notices`].
+pub type VmSetup = Box<dyn FnMut(&mut Vmm, Origin) + Send>;
+
 /// The API's state: the configuration before the guest starts, the VM after.
-#[derive(Debug)]
 pub struct Controller {
     id: String,
     timeline: Timeline,
@@ -65,6 +72,26 @@ pub struct Controller {
     vm: Option<VmmHandle>,
     /// Set when the guest has ended.
     ended: bool,
+    /// The embedder's setup of each VM made (see [`Controller::set_vm_setup`]).
+    setup: Option<VmSetup>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("id", &self.id)
+            .field("timeline", &self.timeline)
+            .field("logger", &self.logger)
+            .field("metrics", &self.metrics)
+            .field("counters", &self.counters)
+            .field("start_time_us", &self.start_time_us)
+            .field("start_time_cpu_us", &self.start_time_cpu_us)
+            .field("config", &self.config)
+            .field("vm", &self.vm)
+            .field("ended", &self.ended)
+            .field("setup", &self.setup.is_some())
+            .finish()
+    }
 }
 
 fn done() -> Handled {
@@ -73,26 +100,6 @@ fn done() -> Handled {
 
 fn fault(message: impl Into<String>) -> Handled {
     Handled::Reply(Response::fault(message))
-}
-
-fn bucket(b: &Option<TokenBucket>) -> Option<TokenBucketConfig> {
-    b.filter(TokenBucket::is_enabled)
-        .map(|b| TokenBucketConfig {
-            size: b.size,
-            one_time_burst: b.one_time_burst.unwrap_or(0),
-            refill_time_ms: b.refill_time,
-        })
-}
-
-/// Firecracker's rate limiter as Petrel's.
-pub fn rate_limit(limiter: &Option<RateLimiter>) -> RateLimiterConfig {
-    match limiter {
-        None => RateLimiterConfig::default(),
-        Some(l) => RateLimiterConfig {
-            bandwidth: bucket(&l.bandwidth),
-            ops: bucket(&l.ops),
-        },
-    }
 }
 
 impl Controller {
@@ -109,6 +116,7 @@ impl Controller {
             config: FullVmConfiguration::default(),
             vm: None,
             ended: false,
+            setup: None,
         }
     }
 
@@ -118,6 +126,12 @@ impl Controller {
     pub fn set_start_times(&mut self, us: Option<u64>, cpu_us: Option<u64>) {
         self.start_time_us = us;
         self.start_time_cpu_us = cpu_us;
+    }
+
+    /// Sets what the embedder does to each VM the controller makes, before its vCPUs start
+    /// (see [`VmSetup`]). Without one, the VM gets no serial input.
+    pub fn set_vm_setup(&mut self, setup: VmSetup) {
+        self.setup = Some(setup);
     }
 
     /// Logs one line, if a logger is configured.
@@ -174,7 +188,9 @@ impl Controller {
         }
     }
 
-    /// Answers one request (parsing it first).
+    /// Answers one HTTP request: logs it (method and path), parses it
+    /// ([`routes::parse_request`]) and answers it as [`Controller::handle_request`] does; a
+    /// request that does not parse is answered `400` with the parser's message.
     pub fn handle(&mut self, request: &Request) -> Handled {
         self.counters.requests += 1;
         self.log(
@@ -190,6 +206,22 @@ impl Controller {
             Ok(req) => self.dispatch(req),
             Err(e) => fault(e.to_string()),
         };
+        self.count_fault(handled)
+    }
+
+    /// Answers one parsed request: a response ([`Handled::Reply`]), or the VM to make
+    /// ([`Handled::Start`], [`Handled::Load`]; see [`Controller::complete`]). A request that
+    /// does not fit the VM's life cycle (pre-boot only, running VM only) or asks for what
+    /// Petrel does not implement is answered `400` with a message that says so. Counts the
+    /// request, and an error answer, for the metrics' `api_server` group.
+    pub fn handle_request(&mut self, request: ApiRequest) -> Handled {
+        self.counters.requests += 1;
+        let handled = self.dispatch(request);
+        self.count_fault(handled)
+    }
+
+    /// Counts and logs an error answer.
+    fn count_fault(&mut self, handled: Handled) -> Handled {
         if let Handled::Reply(r) = &handled {
             if r.status >= 400 {
                 self.counters.faults += 1;
@@ -203,6 +235,23 @@ impl Controller {
             }
         }
         handled
+    }
+
+    /// Carries out what [`Controller::handle`] or [`Controller::handle_request`] answered:
+    /// builds and starts the VM for [`Handled::Start`], restores it for [`Handled::Load`]. The
+    /// response to send (`204`, or `400` with why the VM could not be made), and the VM if
+    /// one was made: the embedder runs it ([`Vmm::run_until_stopped`]) and then calls
+    /// [`Controller::finish`]. Once a VM was made, the controller refuses a second one.
+    pub fn complete(&mut self, handled: Handled) -> (Response, Option<Vmm>) {
+        let made = match handled {
+            Handled::Reply(r) => return (r, None),
+            Handled::Start => self.start_vm(),
+            Handled::Load(params) => self.load_snapshot(&params),
+        };
+        match made {
+            Ok(vmm) => (Response::no_content(), Some(vmm)),
+            Err(why) => (Response::fault(why), None),
+        }
     }
 
     fn pre_boot(&self, what: &str) -> Result<(), Handled> {
@@ -473,10 +522,8 @@ impl Controller {
             self.log(Level::Warning, file!(), line!(), &notice.to_string());
         }
         vmm.set_vcpu_thread_prefix("fc_vcpu ");
-        if crate::terminal::may_use_stdin() {
-            if let Ok(fd) = crate::console_input() {
-                let _ = vmm.attach_serial_input(fd);
-            }
+        if let Some(setup) = &mut self.setup {
+            setup(&mut vmm, Origin::Restored);
         }
         let start = if p.resume_vm() {
             vmm.start()
@@ -583,84 +630,7 @@ impl Controller {
     /// The VM configuration the API built, as Petrel's.
     pub fn vm_config(&mut self) -> Result<VmConfig, String> {
         self.ordered_drives();
-        let c = &self.config;
-        let boot: &BootSource = c
-            .boot_source
-            .as_ref()
-            .ok_or("no boot source: PUT /boot-source first")?;
-        let m = self.machine();
-        let mut cmdline = boot
-            .boot_args
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-        if let Some(root) = c.drives.iter().find(|d| d.is_root_device) {
-            // Firecracker's convention: the root drive is /dev/vda (or a PARTUUID), read-only
-            // unless said otherwise.
-            let dev = match &root.partuuid {
-                Some(uuid) => format!("PARTUUID={uuid}"),
-                None => "/dev/vda".to_string(),
-            };
-            let mode = if root.is_read_only.unwrap_or(false) {
-                "ro"
-            } else {
-                "rw"
-            };
-            cmdline.push_str(&format!(" root={dev} {mode}"));
-        }
-        let mut config = VmConfig::linux(LinuxPayload {
-            kernel: KernelImage::File(PathBuf::from(&boot.kernel_image_path)),
-            initrd: boot.initrd_path.as_ref().map(PathBuf::from),
-            cmdline: Some(cmdline),
-        });
-        config.vcpus = u8::try_from(m.vcpu_count).map_err(|_| "vcpu_count is too large")?;
-        config.mem_size = m
-            .mem_size_mib
-            .checked_mul(1 << 20)
-            .ok_or("mem_size_mib is too large")?;
-        config.serial = SerialConfig::Stdio;
-        config.track_dirty_pages = m.track_dirty_pages;
-        for d in &c.drives {
-            let path = d
-                .path_on_host
-                .as_ref()
-                .ok_or_else(|| format!("drive `{}` has no path_on_host", d.drive_id))?;
-            let id: String = d.drive_id.chars().take(BLK_ID_BYTES).collect();
-            config.disks.push(DiskConfig {
-                path: PathBuf::from(path),
-                read_only: d.is_read_only.unwrap_or(false),
-                id: Some(id),
-                rate_limit: rate_limit(&d.rate_limiter),
-            });
-        }
-        for n in &c.network_interfaces {
-            let mac = match &n.guest_mac {
-                Some(text) => petrel_api::model::parse_mac(text).map_err(|e| e.to_string())?,
-                None => DEFAULT_MAC,
-            };
-            config.nets.push(NetConfig {
-                id: Some(n.iface_id.clone()),
-                tap: n.host_dev_name.clone(),
-                mac,
-                rx_rate_limit: rate_limit(&n.rx_rate_limiter),
-                tx_rate_limit: rate_limit(&n.tx_rate_limiter),
-            });
-        }
-        if let Some(Vsock {
-            guest_cid,
-            uds_path,
-            ..
-        }) = &c.vsock
-        {
-            config.vsock = Some(VsockConfig {
-                cid: *guest_cid,
-                uds: PathBuf::from(uds_path),
-            });
-        }
-        if let Some(EntropyDevice { rate_limiter }) = &c.entropy {
-            config.rng = true;
-            config.rng_rate_limit = Some(rate_limit(rate_limiter));
-        }
-        Ok(config)
+        crate::vm_config::vm_config(&self.config)
     }
 
     /// Builds the VM from the configuration so far and starts its vCPUs (`InstanceStart`, or
@@ -672,13 +642,10 @@ impl Controller {
             .map_err(|e| self.explain(&e))?;
         for notice in vmm.notices() {
             self.log(Level::Warning, file!(), line!(), &notice.to_string());
-            eprintln!("petrel: {notice}");
         }
         vmm.set_vcpu_thread_prefix("fc_vcpu ");
-        if crate::terminal::may_use_stdin() {
-            if let Ok(fd) = crate::console_input() {
-                let _ = vmm.attach_serial_input(fd);
-            }
+        if let Some(setup) = &mut self.setup {
+            setup(&mut vmm, Origin::Built);
         }
         vmm.start().map_err(|e| self.explain(&e))?;
         self.counters.instance_start_us = Some(started.elapsed().as_micros() as u64);
@@ -769,216 +736,4 @@ fn check_machine(m: &MachineConfiguration) -> Result<(), Handled> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use petrel_api::http::Method;
-
-    fn controller() -> Controller {
-        Controller::new("vm1".into(), None, Timeline::new(std::time::Instant::now()))
-    }
-
-    fn call(c: &mut Controller, method: Method, path: &str, body: &str) -> Response {
-        let request = Request {
-            method,
-            path: path.into(),
-            body: body.as_bytes().to_vec(),
-        };
-        match c.handle(&request) {
-            Handled::Reply(r) => r,
-            Handled::Start => Response::json(299, "start".into()),
-            Handled::Load(_) => Response::json(298, "load".into()),
-        }
-    }
-
-    #[test]
-    fn snapshot_load_only_on_a_fresh_instance_and_create_only_with_a_vm() {
-        let load = r#"{"snapshot_path": "/tmp/s", "mem_backend":
-                       {"backend_type": "File", "backend_path": "/tmp/m"}}"#;
-        let mut fresh = controller();
-        assert_eq!(
-            call(&mut fresh, Method::Put, "/snapshot/load", load).status,
-            298
-        );
-        let realtime = r#"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m",
-                           "clock_realtime": true}"#;
-        let text = fault_text(&call(&mut fresh, Method::Put, "/snapshot/load", realtime));
-        assert!(text.contains("clock_realtime"), "{text}");
-
-        let mut configured = controller();
-        let r = call(
-            &mut configured,
-            Method::Put,
-            "/machine-config",
-            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
-        );
-        assert_eq!(r.status, 204);
-        let text = fault_text(&call(&mut configured, Method::Put, "/snapshot/load", load));
-        assert!(text.contains("only allowed before"), "{text}");
-
-        let create = r#"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#;
-        let text = fault_text(&call(&mut fresh, Method::Put, "/snapshot/create", create));
-        assert!(text.contains("needs a running VM"), "{text}");
-    }
-
-    fn fault_text(r: &Response) -> String {
-        assert_eq!(r.status, 400, "{r:?}");
-        r.body.clone().unwrap_or_default()
-    }
-
-    #[test]
-    fn the_configuration_becomes_petrels() {
-        let mut c = controller();
-        let put = |c: &mut Controller, path: &str, body: &str| {
-            let r = call(c, Method::Put, path, body);
-            assert_eq!(r.status, 204, "{path}: {r:?}");
-        };
-        put(
-            &mut c,
-            "/boot-source",
-            r#"{"kernel_image_path": "/k", "boot_args": "console=ttyS0", "initrd_path": "/i"}"#,
-        );
-        put(
-            &mut c,
-            "/machine-config",
-            r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
-        );
-        put(
-            &mut c,
-            "/drives/data",
-            r#"{"drive_id": "data", "path_on_host": "/d", "is_root_device": false,
-                "is_read_only": true,
-                "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}"#,
-        );
-        put(
-            &mut c,
-            "/drives/rootfs_with_a_long_name",
-            r#"{"drive_id": "rootfs_with_a_long_name", "path_on_host": "/r",
-                "is_root_device": true}"#,
-        );
-        put(
-            &mut c,
-            "/network-interfaces/eth0",
-            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:05",
-                "tx_rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 5, "refill_time": 100}}}"#,
-        );
-        put(
-            &mut c,
-            "/vsock",
-            r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#,
-        );
-        put(&mut c, "/entropy", r#"{}"#);
-        let v = c.vm_config().unwrap();
-        assert_eq!((v.vcpus, v.mem_size), (2, 256 << 20));
-        let petrel_vmm::config::Payload::Linux(linux) = &v.payload else {
-            panic!("a Linux payload")
-        };
-        assert_eq!(
-            linux.cmdline.as_deref(),
-            Some("console=ttyS0 root=/dev/vda rw")
-        );
-        assert_eq!(linux.initrd.as_deref(), Some(Path::new("/i")));
-        // The root drive comes first (vda); ids are cut to the 20 bytes of GET_ID.
-        assert_eq!(v.disks[0].path, PathBuf::from("/r"));
-        assert_eq!(v.disks[0].id.as_deref(), Some("rootfs_with_a_long_n"));
-        assert!(v.disks[1].read_only);
-        assert_eq!(v.disks[1].rate_limit.ops.map(|b| b.size), Some(100));
-        assert_eq!(v.nets[0].mac, [6, 0, 0xac, 0x10, 0, 5]);
-        let tx = v.nets[0].tx_rate_limit.bandwidth.unwrap();
-        assert_eq!(
-            (tx.size, tx.one_time_burst, tx.refill_time_ms),
-            (1000, 5, 100)
-        );
-        assert_eq!(v.vsock.as_ref().map(|s| s.cid), Some(3));
-        // An entropy device with no limiter has no limit, as in Firecracker.
-        assert_eq!(v.rng_rate_limit, Some(RateLimiterConfig::default()));
-        // GET /vm/config shows what was put, in the config file's shape.
-        let r = call(&mut c, Method::Get, "/vm/config", "");
-        let doc: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
-        assert_eq!(doc["machine-config"]["vcpu_count"], 2);
-        assert_eq!(doc["drives"][0]["drive_id"], "rootfs_with_a_long_name");
-        assert_eq!(doc["network-interfaces"][0]["host_dev_name"], "tap0");
-    }
-
-    #[test]
-    fn requests_that_do_not_fit_the_life_cycle_are_refused_by_name() {
-        let mut c = controller();
-        let r = call(&mut c, Method::Get, "/", "");
-        let info: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            (info["id"].as_str(), info["state"].as_str()),
-            (Some("vm1"), Some("Not started"))
-        );
-        let start = r#"{"action_type": "InstanceStart"}"#;
-        assert!(fault_text(&call(&mut c, Method::Put, "/actions", start)).contains("boot source"));
-        assert!(fault_text(&call(
-            &mut c,
-            Method::Patch,
-            "/vm",
-            r#"{"state": "Paused"}"#
-        ))
-        .contains("needs a running VM"));
-        let cad = r#"{"action_type": "SendCtrlAltDel"}"#;
-        assert!(fault_text(&call(&mut c, Method::Put, "/actions", cad)).contains("InstanceStart"));
-        let patch = r#"{"drive_id": "a", "path_on_host": "/x"}"#;
-        assert!(fault_text(&call(&mut c, Method::Patch, "/drives/a", patch)).contains("running VM"));
-        let flush = r#"{"action_type": "FlushMetrics"}"#;
-        assert!(fault_text(&call(&mut c, Method::Put, "/actions", flush)).contains("metrics"));
-        let template = r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"}"#;
-        assert!(
-            fault_text(&call(&mut c, Method::Put, "/machine-config", template))
-                .contains("cpu_template is not supported")
-        );
-        let vhost = r#"{"drive_id": "v", "socket": "/s", "is_root_device": false}"#;
-        assert!(fault_text(&call(&mut c, Method::Put, "/drives/v", vhost)).contains("vhost-user"));
-        let root = |id: &str| {
-            format!(r#"{{"drive_id": "{id}", "path_on_host": "/r", "is_root_device": true}}"#)
-        };
-        assert_eq!(
-            call(&mut c, Method::Put, "/drives/a", &root("a")).status,
-            204
-        );
-        assert!(
-            fault_text(&call(&mut c, Method::Put, "/drives/b", &root("b")))
-                .contains("root device already")
-        );
-        // Replacing the same drive is allowed.
-        assert_eq!(
-            call(&mut c, Method::Put, "/drives/a", &root("a")).status,
-            204
-        );
-        assert_eq!(c.config.drives.len(), 1);
-        // The machine configuration can be patched before the start.
-        let r = call(
-            &mut c,
-            Method::Patch,
-            "/machine-config",
-            r#"{"vcpu_count": 4}"#,
-        );
-        assert_eq!(r.status, 204);
-        assert_eq!(c.machine().vcpu_count, 4);
-        assert_eq!(c.machine().mem_size_mib, 128);
-        let boot = r#"{"kernel_image_path": "/k"}"#;
-        assert_eq!(call(&mut c, Method::Put, "/boot-source", boot).status, 204);
-        assert_eq!(call(&mut c, Method::Put, "/actions", start).status, 299);
-    }
-
-    #[test]
-    fn vmm_errors_name_the_drive() {
-        let mut c = controller();
-        let r = call(
-            &mut c,
-            Method::Put,
-            "/drives/rootfs",
-            r#"{"drive_id": "rootfs", "path_on_host": "/nonexistent/rootfs.ext4", "is_root_device": true}"#,
-        );
-        assert_eq!(r.status, 204);
-        let e = petrel_vmm::Error::InvalidConfig {
-            field: "disks[0].path".into(),
-            value: "/nonexistent/rootfs.ext4".into(),
-            why: "no such file".into(),
-        };
-        let text = c.explain(&e);
-        assert!(text.starts_with("drive `rootfs`: "), "{text}");
-        assert!(text.contains("no such file"), "{text}");
-    }
-}
+mod tests;

@@ -56,9 +56,9 @@ pub struct MetricsSink {
 }
 
 impl MetricsSink {
-    /// Opens `path` (a file or a named pipe; see [`super::logger::open_destination`]).
+    /// Opens `path` (a file or a named pipe; see [`crate::logger::open_destination`]).
     pub fn open(path: &Path) -> std::io::Result<MetricsSink> {
-        let out = super::logger::open_destination(path)?;
+        let out = crate::logger::open_destination(path)?;
         Ok(MetricsSink {
             out,
             failures: 0,
