@@ -80,7 +80,7 @@ impl Logger {
             return;
         }
         let text = format_line(&self.format, level, file, line, message, &timestamp());
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = petrel_util::lock_ignoring_poison(&self.out);
         if out.write_all(text.as_bytes()).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

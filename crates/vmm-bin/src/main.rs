@@ -135,7 +135,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let received = *received.lock().unwrap_or_else(|p| p.into_inner());
+    let received = *petrel_util::lock_ignoring_poison(&received);
     report_stop(&summary, received.map(crate::signals::name));
     summary.timeline.mark("process end");
     match outputs.stats {

@@ -122,7 +122,7 @@ impl MutEventSubscriber for SignalWatcher {
         // The signal stays pending (it ends the process at the end), so its descriptor stays
         // readable: watch it no more.
         let _ = ops.remove(events);
-        let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        let mut received = petrel_util::lock_ignoring_poison(&self.received);
         if received.is_none() {
             *received = Some(sig);
             self.timeline

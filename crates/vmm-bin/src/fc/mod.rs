@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use petrel_api::model::FIRECRACKER_API_VERSION;
 use petrel_api::server::ApiSocket;
+use petrel_util::lock_ignoring_poison;
 use petrel_vmm::{StopReason, Timeline, EXIT_BAD_INPUT, EXIT_FAILURE};
 
 use petrel_controller::logger::{Level, LogFormat, Logger};
@@ -219,7 +220,7 @@ pub fn run(
     );
     let controller = Arc::new(Mutex::new(controller));
     let started = if flags.config_file.is_some() {
-        let built = lock(&controller).start_vm();
+        let built = lock_ignoring_poison(&controller).start_vm();
         match built {
             Ok(vmm) => PreBoot::Started(Box::new(vmm)),
             Err(why) => {
@@ -254,7 +255,7 @@ pub fn run(
     ))));
     let metrics_controller = controller.clone();
     match metrics::MetricsTimer::new(metrics::METRICS_PERIOD, move || {
-        lock(&metrics_controller).flush_metrics()
+        lock_ignoring_poison(&metrics_controller).flush_metrics()
     }) {
         Ok(timer) => {
             vmm.add_subscriber(Arc::new(Mutex::new(timer)));
@@ -263,7 +264,7 @@ pub fn run(
     }
     let pump_controller = controller.clone();
     vmm.add_subscriber(pump::RequestPump::new(queue, move |req| {
-        match lock(&pump_controller).handle(req) {
+        match lock_ignoring_poison(&pump_controller).handle(req) {
             Handled::Reply(r) => r,
             // The VM runs already: the controller refuses these itself; this is a safety net.
             Handled::Start | Handled::Load(_) => {
@@ -283,7 +284,7 @@ pub fn run(
         Ok(s) => s,
         Err(e) => return failure(&petrel_vmm::error_chain(&e)),
     };
-    lock(&controller).finish(&summary);
+    lock_ignoring_poison(&controller).finish(&summary);
     match &summary.stop {
         StopReason::GuestFault { what, details } => {
             eprintln!("petrel: guest error: {what}\n{details}")
@@ -291,7 +292,7 @@ pub fn run(
         StopReason::VmmError(msg) => eprintln!("petrel: error: {msg}"),
         _ => {}
     }
-    let received = *lock(&received);
+    let received = *lock_ignoring_poison(&received);
     if let Some(sig) = received {
         eprintln!("petrel: stopped the guest on {}", signals::name(sig));
     }
@@ -347,10 +348,6 @@ fn clock_us(clock: libc::clockid_t) -> u64 {
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Before the guest starts: answers API requests until `InstanceStart` builds and starts the
 /// VM, or a stop signal arrives.
 fn wait_for_start(
@@ -387,7 +384,7 @@ fn wait_for_start(
         }
         let mut started = None;
         for (request, reply) in queue.drain() {
-            let mut c = lock(controller);
+            let mut c = lock_ignoring_poison(controller);
             let handled = c.handle(&request);
             // Once a VM is made the controller knows it runs: a second InstanceStart, even in
             // the same batch, is refused as pre-boot only.
