@@ -97,15 +97,6 @@ pub enum Error {
     /// KVM refused something.
     #[error(transparent)]
     Hypervisor(#[from] petrel_hv_sys::Error),
-    /// A KVM ioctl not wrapped by hv-sys failed.
-    #[error("{what} failed")]
-    Kvm {
-        /// The ioctl.
-        what: &'static str,
-        /// The ioctl error.
-        #[source]
-        source: vmm_sys_util::errno::Error,
-    },
     /// vCPU setup failed.
     #[error(transparent)]
     Vcpu(petrel_vcpu::Error),
@@ -237,16 +228,9 @@ impl Error {
 }
 
 /// An error and all its causes on one line, `outer: inner: innermost`, as users see them.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
+/// Re-exported from `petrel-util` because embedders print this crate's errors with it (the
+/// `petrel` binary, the Firecracker API controller).
+pub use petrel_util::error_chain;
 
 /// A result with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

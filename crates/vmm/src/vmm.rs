@@ -15,7 +15,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberId, SubscriberOps};
@@ -27,6 +27,7 @@ use petrel_devices::{COM1_BASE, COM1_IRQ, I8042, I8042_BASE, I8042_KBD_IRQ, I804
 use petrel_guest_mem::{FileId, GuestRam};
 use petrel_hv_sys::{host_emulates_guest_kernel, Hypervisor, Vm};
 use petrel_loader::BootCpuState;
+use petrel_util::{lock_ignoring_poison as lock, panic_message};
 use petrel_vcpu::{
     cpuid, setup, EmulationCounts, ExitStats, RunOptions, StopReason, VcpuCommand, VcpuHandle,
     VcpuOutcome, VcpuRunner, VcpuState,
@@ -36,8 +37,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use crate::config::{
-    BootProtocol, KernelImage, LinuxPayload, Payload, RateLimiterConfig, RawPayload, SerialConfig,
-    VmConfig, DEFAULT_CMDLINE, EMULATED_HOST_CMDLINE,
+    BootProtocol, KernelImage, LinuxPayload, Payload, RateLimiterConfig, RawPayload, Reg,
+    SerialConfig, VmConfig, DEFAULT_CMDLINE, EMULATED_HOST_CMDLINE,
 };
 use crate::console::SerialInput;
 use crate::debug_port::{DebugPort, DEBUG_PORT, DEBUG_PORT_LEN};
@@ -170,10 +171,6 @@ struct SnapshotParts {
     serial: Arc<Mutex<Serial>>,
     rtc: Option<Arc<Mutex<CmosRtc>>>,
     dirty_tracking: bool,
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A cheap, cloneable, thread-safe handle on a VM: pause, resume, stop, state and statistics.
@@ -1202,13 +1199,6 @@ pub fn run(config: &VmConfig) -> Result<RunSummary> {
     Vmm::build(config)?.run_until_stopped()
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
 fn new_eventfd() -> Result<EventFd> {
     EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)
 }
@@ -1412,10 +1402,7 @@ fn create_vcpus(
         let vcpu = vm.create_vcpu(u64::from(id))?;
         let mut c = supported.clone();
         cpuid::normalize(&mut c, id, config.vcpus);
-        vcpu.fd().set_cpuid2(&c).map_err(|e| Error::Kvm {
-            what: "KVM_SET_CPUID2",
-            source: e,
-        })?;
+        vcpu.set_cpuid(&c)?;
         if loaded.linux {
             setup::setup_boot_msrs(&vcpu).map_err(Error::Vcpu)?;
             setup::setup_fpu(&vcpu).map_err(Error::Vcpu)?;
@@ -1443,10 +1430,32 @@ fn apply_raw_regs(vcpu: &petrel_hv_sys::Vcpu, raw: &RawPayload) -> Result<()> {
     }
     let mut regs = vcpu.regs()?;
     for a in &raw.regs {
-        a.reg.set(&mut regs, a.value);
+        *register_slot(&mut regs, a.reg) = a.value;
     }
     vcpu.set_regs(&regs)?;
     Ok(())
+}
+
+/// Where `reg` lives in KVM's register file (hv-sys's [`Vcpu::regs`](petrel_hv_sys::Vcpu::regs)).
+fn register_slot(regs: &mut petrel_hv_sys::kvm_bindings::kvm_regs, reg: Reg) -> &mut u64 {
+    match reg {
+        Reg::Rax => &mut regs.rax,
+        Reg::Rbx => &mut regs.rbx,
+        Reg::Rcx => &mut regs.rcx,
+        Reg::Rdx => &mut regs.rdx,
+        Reg::Rsi => &mut regs.rsi,
+        Reg::Rdi => &mut regs.rdi,
+        Reg::Rsp => &mut regs.rsp,
+        Reg::Rbp => &mut regs.rbp,
+        Reg::R8 => &mut regs.r8,
+        Reg::R9 => &mut regs.r9,
+        Reg::R10 => &mut regs.r10,
+        Reg::R11 => &mut regs.r11,
+        Reg::R12 => &mut regs.r12,
+        Reg::R13 => &mut regs.r13,
+        Reg::R14 => &mut regs.r14,
+        Reg::R15 => &mut regs.r15,
+    }
 }
 
 #[cfg(test)]
@@ -1465,6 +1474,20 @@ mod tests {
         let dev = "virtio_mmio.device=4K@0xd0001000:5";
         let with_dev = guest_cmdline(Some("root=/dev/vda"), dev, false, true);
         assert_eq!(with_dev, format!("root=/dev/vda {dev}"));
+    }
+
+    #[test]
+    fn every_register_has_its_own_slot() {
+        let mut r = petrel_hv_sys::kvm_bindings::kvm_regs::default();
+        for (i, (_, reg)) in Reg::NAMES.iter().enumerate() {
+            *register_slot(&mut r, *reg) = i as u64 + 1;
+        }
+        let got = [
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11,
+            r.r12, r.r13, r.r14, r.r15,
+        ];
+        assert_eq!(got, std::array::from_fn(|i| i as u64 + 1));
+        assert_eq!((r.rip, r.rflags), (0, 0));
     }
 
     #[test]
