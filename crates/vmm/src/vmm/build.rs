@@ -263,4 +263,62 @@ mod tests {
         let with_dev = guest_cmdline(Some("root=/dev/vda"), dev, false, true);
         assert_eq!(with_dev, format!("root=/dev/vda {dev}"));
     }
+
+    fn linux() -> Payload {
+        VmConfig::builtin_kernel("test kernel", Vec::new()).payload
+    }
+
+    fn raw() -> Payload {
+        VmConfig::raw(RawPayload {
+            path: "/nonexistent/payload.bin".into(),
+            load_addr: 0x1000,
+            entry: None,
+            regs: vec![],
+        })
+        .payload
+    }
+
+    #[test]
+    fn vcpu_counts_no_host_can_run_are_refused_naming_the_field() {
+        let e = check_vcpu_count(&raw(), 0).unwrap_err();
+        assert_eq!(e.to_string(), "invalid vcpus `0`: at least 1 is needed");
+        assert_eq!(e.exit_code(), crate::EXIT_BAD_INPUT);
+        let max = petrel_loader::mptable::MAX_CPUS;
+        check_vcpu_count(&linux(), max).unwrap();
+        let e = check_vcpu_count(&linux(), max + 1).unwrap_err();
+        assert!(e.to_string().contains("MP table"), "{e}");
+        // The MP table limits Linux guests only; raw payloads are refused later, at load.
+        check_vcpu_count(&raw(), max + 1).unwrap();
+    }
+
+    #[test]
+    fn raw_payloads_need_exactly_one_vcpu_before_their_file_is_read() {
+        let ram = GuestRam::new(2 << 20).unwrap();
+        let Payload::Raw(payload) = raw() else {
+            unreachable!()
+        };
+        let Err(e) = load_raw(&ram, &payload, 2) else {
+            panic!("two vCPUs for a raw payload were accepted");
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid vcpus `2`: raw payloads run on exactly 1 vCPU"
+        );
+        // One vCPU gets as far as the file, which is missing.
+        let Err(e) = load_raw(&ram, &payload, 1) else {
+            panic!("a missing payload file was loaded");
+        };
+        assert!(matches!(e, Error::Load(_)), "{e}");
+    }
+
+    #[test]
+    fn auto_picks_pvh_when_the_kernel_has_it_except_under_the_emulator_workarounds() {
+        use BootProtocol::{Auto, Linux64, Pvh};
+        assert_eq!(boot_protocol(Auto, false, true), Pvh);
+        assert_eq!(boot_protocol(Auto, false, false), Linux64);
+        assert_eq!(boot_protocol(Auto, true, true), Linux64);
+        // What the user asked for stands (the loader refuses PVH without the note).
+        assert_eq!(boot_protocol(Pvh, true, false), Pvh);
+        assert_eq!(boot_protocol(Linux64, false, true), Linux64);
+    }
 }

@@ -162,3 +162,46 @@ pub(super) fn build_devices(
         virtio_devices,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_destinations_open_before_anything_runs() {
+        assert!(open_console_destination(&SerialConfig::None)
+            .unwrap()
+            .is_none());
+        let missing = std::path::PathBuf::from("/nonexistent-dir/console.log");
+        let Err(e) = open_console_destination(&SerialConfig::File(missing.clone())) else {
+            panic!("a console file in a missing directory was opened");
+        };
+        assert!(
+            matches!(&e, Error::OpenSerialFile { path, .. } if *path == missing),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::EXIT_BAD_INPUT);
+    }
+
+    #[test]
+    fn console_output_appends_to_its_file_and_flushes_at_the_end() {
+        let path = std::env::temp_dir().join(format!("petrel-vmm-console-{}", std::process::id()));
+        std::fs::write(&path, b"earlier run\n").unwrap();
+        let dest = open_console_destination(&SerialConfig::File(path.clone())).unwrap();
+        let console = ConsoleOutput::start(dest).unwrap();
+        ConsoleOutput::sink(&console)
+            .write_all(b"guest says hi\n")
+            .unwrap();
+        console
+            .unwrap()
+            .thread
+            .flush_and_join_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(text, "earlier run\nguest says hi\n");
+        // Without a destination, output goes nowhere and no thread starts.
+        assert!(ConsoleOutput::start(None).unwrap().is_none());
+        ConsoleOutput::sink(&None).write_all(b"dropped").unwrap();
+    }
+}

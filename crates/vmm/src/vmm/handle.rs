@@ -297,3 +297,88 @@ impl VmmHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
+    use super::*;
+    use crate::event_loop::{Controller, LoopEnd};
+
+    fn lifecycle() -> Lifecycle {
+        Lifecycle::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())
+    }
+
+    #[test]
+    fn pause_and_resume_are_refused_before_the_start_naming_the_state() {
+        let life = lifecycle();
+        let e = life
+            .transition("pause", VmState::Running, VmState::Paused)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "cannot pause: the VM is Not started");
+        let e = life
+            .transition("resume", VmState::Paused, VmState::Running)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "cannot resume: the VM is Not started");
+        assert_eq!(life.state(), VmState::NotStarted);
+    }
+
+    #[test]
+    fn pause_and_resume_move_a_running_vm_and_repeat_harmlessly() {
+        let life = lifecycle();
+        *lock(&life.state) = VmState::Running;
+        let pause = || life.transition("pause", VmState::Running, VmState::Paused);
+        let resume = || life.transition("resume", VmState::Paused, VmState::Running);
+        resume().unwrap();
+        assert_eq!(life.state(), VmState::Running);
+        pause().unwrap();
+        assert_eq!(life.state(), VmState::Paused);
+        pause().unwrap();
+        assert_eq!(life.state(), VmState::Paused);
+        resume().unwrap();
+        assert_eq!(life.state(), VmState::Running);
+        *lock(&life.state) = VmState::Stopped;
+        let e = pause().unwrap_err();
+        assert_eq!(e.to_string(), "cannot pause: the VM is Stopped");
+    }
+
+    #[test]
+    fn a_stop_before_the_start_means_the_vm_never_starts() {
+        let life = lifecycle();
+        life.stop();
+        assert_eq!(life.state(), VmState::Stopped);
+        life.stop();
+        assert_eq!(life.state(), VmState::Stopped);
+        // Each stop wrote the event the VMM thread's loop waits for.
+        assert_eq!(life.stop_evt.read().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_stop_from_another_thread_ends_the_vmm_threads_loop() {
+        let life = Arc::new(lifecycle());
+        *lock(&life.state) = VmState::Running;
+        let vcpu_exited = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let controller = Arc::new(Mutex::new(Controller::new(
+            vcpu_exited,
+            life.stop_evt.try_clone().unwrap(),
+        )));
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().unwrap();
+        em.add_subscriber(controller.clone());
+        em.run_with_timeout(0).unwrap();
+        assert_eq!(lock(&controller).end, None);
+        let stopper = {
+            let life = life.clone();
+            std::thread::spawn(move || life.stop())
+        };
+        while lock(&controller).end.is_none() {
+            em.run_with_timeout(5000).unwrap();
+        }
+        stopper.join().unwrap();
+        assert_eq!(lock(&controller).end, Some(LoopEnd::StopRequested));
+        // The state of a started VM is the run loop's to change, once the vCPUs are joined.
+        assert_eq!(life.state(), VmState::Running);
+    }
+}

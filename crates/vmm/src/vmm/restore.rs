@@ -14,7 +14,7 @@ use super::devices::{build_devices, open_console_destination, ConsoleOutput};
 use super::{Assembly, Notice, Vmm};
 use crate::config::{RawPayload, VmConfig};
 use crate::kvm_view::KvmStatsReaders;
-use crate::snapshot::{RestoreConfig, SavedMachine, SavedVirtio, SnapshotState};
+use crate::snapshot::{RestoreConfig, SavedMachine, SnapshotState};
 use crate::timeline::Timeline;
 use crate::virtio;
 use crate::{Error, Result};
@@ -59,7 +59,11 @@ impl Vmm {
         drop(mem_file);
         timeline.mark("guest memory mapped from the memory file");
         let plan = virtio::plan(&vm_config)?;
-        check_windows(plan.windows(), &state.devices.virtio).map_err(|why| bad(state_path, why))?;
+        check_windows(
+            plan.windows(),
+            state.devices.virtio.iter().map(|d| (d.base, d.gsi)),
+        )
+        .map_err(|why| bad(state_path, why))?;
         let console_dest = open_console_destination(&config.serial)?;
 
         // KVM: the VM, the vCPUs and the devices, each given its saved state.
@@ -193,19 +197,118 @@ fn machine_config(m: &SavedMachine, config: &RestoreConfig) -> Result<VmConfig> 
     Ok(vm_config)
 }
 
-/// Checks that the virtio devices get the MMIO windows and interrupts they had (`windows`, in
-/// the order of the saved `devices`): their guest drivers keep using those.
+/// Checks that the virtio devices get the MMIO windows and interrupts (`windows`) they had
+/// (`saved`, in the same order): their guest drivers keep using those.
 fn check_windows(
     windows: impl Iterator<Item = (u64, u32)>,
-    devices: &[SavedVirtio],
+    saved: impl Iterator<Item = (u64, u32)>,
 ) -> std::result::Result<(), String> {
-    for (i, ((base, gsi), saved)) in windows.zip(devices).enumerate() {
-        if (base, gsi) != (saved.base, saved.gsi) {
+    for (i, ((base, gsi), (was_base, was_gsi))) in windows.zip(saved).enumerate() {
+        if (base, gsi) != (was_base, was_gsi) {
             return Err(format!(
-                "virtio device {i} was at {:#x} (GSI {}) but would now be at {base:#x} (GSI {gsi})",
-                saved.base, saved.gsi
+                "virtio device {i} was at {was_base:#x} (GSI {was_gsi}) but would now be at \
+                 {base:#x} (GSI {gsi})"
             ));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::{NetConfig, SerialConfig, VsockConfig, DEFAULT_MAC};
+    use crate::snapshot::NetOverride;
+
+    fn net(id: &str, tap: &str) -> NetConfig {
+        NetConfig {
+            id: Some(id.into()),
+            tap: tap.into(),
+            mac: DEFAULT_MAC,
+            rx_rate_limit: Default::default(),
+            tx_rate_limit: Default::default(),
+        }
+    }
+
+    fn machine() -> SavedMachine {
+        SavedMachine {
+            mem_size: 64 << 20,
+            vcpus: 2,
+            linux: true,
+            host_compat: false,
+            disks: vec![],
+            nets: vec![net("eth0", "tap0"), net("eth1", "tap1")],
+            rng: true,
+            rng_rate_limit: None,
+            vsock: Some(VsockConfig {
+                cid: 3,
+                uds: "/run/old.sock".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_machine_comes_back_with_the_restoring_processs_choices() {
+        let mut restore = RestoreConfig::new("/snap/state", "/snap/mem");
+        restore.serial = SerialConfig::None;
+        restore.max_exits = Some(7);
+        restore.track_dirty_pages = true;
+        restore.net_overrides = vec![NetOverride {
+            iface_id: "eth1".into(),
+            tap: "tap9".into(),
+        }];
+        restore.vsock_uds = Some("/run/new.sock".into());
+        let c = machine_config(&machine(), &restore).unwrap();
+        assert_eq!(
+            (c.mem_size, c.vcpus, c.host_compat, c.rng),
+            (64 << 20, 2, false, true)
+        );
+        assert_eq!(
+            (c.serial, c.max_exits, c.track_dirty_pages),
+            (SerialConfig::None, Some(7), true)
+        );
+        let taps: Vec<&str> = c.nets.iter().map(|n| n.tap.as_str()).collect();
+        assert_eq!(taps, ["tap0", "tap9"]);
+        assert_eq!(c.vsock.unwrap().uds, PathBuf::from("/run/new.sock"));
+    }
+
+    #[test]
+    fn overrides_of_what_the_snapshot_lacks_are_refused() {
+        let mut restore = RestoreConfig::new("/snap/state", "/snap/mem");
+        restore.net_overrides = vec![NetOverride {
+            iface_id: "eth7".into(),
+            tap: "tap9".into(),
+        }];
+        let e = machine_config(&machine(), &restore).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid network_overrides.iface_id `eth7`: the snapshot has no network interface \
+             of that id"
+        );
+        let mut restore = RestoreConfig::new("/snap/state", "/snap/mem");
+        restore.vsock_uds = Some("/run/new.sock".into());
+        let no_vsock = SavedMachine {
+            vsock: None,
+            ..machine()
+        };
+        let e = machine_config(&no_vsock, &restore).unwrap_err();
+        assert!(
+            e.to_string().contains("the snapshot has no vsock device"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn virtio_devices_must_keep_their_windows_and_interrupts() {
+        let saved = [(0xd000_0000, 5), (0xd000_1000, 6)];
+        check_windows(saved.into_iter(), saved.into_iter()).unwrap();
+        let moved = [(0xd000_0000, 5), (0xd000_2000, 6)];
+        let why = check_windows(moved.into_iter(), saved.into_iter()).unwrap_err();
+        assert_eq!(
+            why,
+            "virtio device 1 was at 0xd0001000 (GSI 6) but would now be at 0xd0002000 (GSI 6)"
+        );
+    }
 }

@@ -129,3 +129,76 @@ fn stop_reason(panicked: Option<String>, outcomes: &[VcpuOutcome]) -> StopReason
             .unwrap_or(StopReason::Requested)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petrel_vcpu::{EmulationCounts, ExitStats};
+
+    fn outcome(id: u64, stop: StopReason) -> VcpuOutcome {
+        VcpuOutcome {
+            id,
+            stop,
+            stats: ExitStats::default(),
+            emulation: EmulationCounts::default(),
+            first_run_at: None,
+        }
+    }
+
+    #[test]
+    fn the_first_vcpu_that_stopped_for_its_own_reason_decides() {
+        let outcomes = [
+            outcome(0, StopReason::Requested),
+            outcome(1, StopReason::PowerOff),
+            outcome(2, StopReason::Reset),
+        ];
+        assert_eq!(stop_reason(None, &outcomes), StopReason::PowerOff);
+        let all_asked = [outcome(0, StopReason::Requested)];
+        assert_eq!(stop_reason(None, &all_asked), StopReason::Requested);
+        assert_eq!(stop_reason(None, &[]), StopReason::Requested);
+        // A panic of device work on the event loop outranks what the vCPUs say.
+        assert_eq!(
+            stop_reason(Some("boom".into()), &outcomes),
+            StopReason::VmmError("boom".into())
+        );
+    }
+
+    #[test]
+    fn exit_code_is_zero_for_an_orderly_end_and_one_for_a_fault() {
+        let code = |stop| {
+            RunSummary {
+                stop,
+                stats: StatsDocument {
+                    total: ExitStats::default().report(1),
+                    per_vcpu: vec![],
+                    unclaimed_port_reads: 0,
+                    unclaimed_port_writes: 0,
+                    unclaimed_mmio_reads: 0,
+                    unclaimed_mmio_writes: 0,
+                    int3_injected: 0,
+                    fwait_skipped: 0,
+                    kvm: None,
+                    kvm_unavailable: None,
+                    virtio: vec![],
+                },
+                timeline: Timeline::new(std::time::Instant::now()),
+            }
+            .exit_code()
+        };
+        for ok in [
+            StopReason::Halted,
+            StopReason::Reset,
+            StopReason::PowerOff,
+            StopReason::ExitLimit(10),
+            StopReason::Requested,
+        ] {
+            assert_eq!(code(ok.clone()), crate::EXIT_OK, "{ok:?}");
+        }
+        let fault = StopReason::GuestFault {
+            what: "triple fault".into(),
+            details: String::new(),
+        };
+        assert_eq!(code(fault), crate::EXIT_FAILURE);
+        assert_eq!(code(StopReason::VmmError("x".into())), crate::EXIT_FAILURE);
+    }
+}

@@ -128,3 +128,64 @@ fn check_request(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn request(kind: SnapshotKind, mem_path: PathBuf) -> SnapshotRequest {
+        SnapshotRequest {
+            kind,
+            state_path: "/nonexistent/state".into(),
+            mem_path,
+        }
+    }
+
+    #[test]
+    fn only_a_paused_vm_is_saved() {
+        let full = request(SnapshotKind::Full, "/nonexistent/mem".into());
+        for state in [VmState::NotStarted, VmState::Running, VmState::Stopped] {
+            let e = check_request(&full, state, true, None).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("cannot take a snapshot (pause the VM first): the VM is"),
+                "{e}"
+            );
+        }
+        check_request(&full, VmState::Paused, false, None).unwrap();
+    }
+
+    #[test]
+    fn a_diff_needs_dirty_tracking_and_another_file_than_the_mapped_one() {
+        let path = std::env::temp_dir().join(format!("petrel-vmm-mem-{}", std::process::id()));
+        std::fs::write(&path, b"guest memory").unwrap();
+        let mapped = FileId::of_path(&path).unwrap();
+        assert!(mapped.is_some());
+        let diff = request(SnapshotKind::Diff, path.clone());
+        let e = check_request(&diff, VmState::Paused, false, mapped).unwrap_err();
+        assert!(matches!(e, Error::DirtyPagesNotTracked), "{e}");
+        let e = check_request(&diff, VmState::Paused, true, mapped).unwrap_err();
+        assert!(
+            matches!(&e, Error::DiffOverMappedMemory { path: p } if *p == path),
+            "{e}"
+        );
+        // Another name of the same file is the same file.
+        let link = path.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&path, &link).unwrap();
+        let via_link = request(SnapshotKind::Diff, link.clone());
+        let refused = check_request(&via_link, VmState::Paused, true, mapped);
+        std::fs::remove_file(&link).unwrap();
+        assert!(matches!(refused, Err(Error::DiffOverMappedMemory { .. })));
+        // A Full snapshot may replace the mapped file (it is renamed over it), and a Diff may go
+        // to a new file, or be taken of a VM that maps none.
+        let full = request(SnapshotKind::Full, path.clone());
+        check_request(&full, VmState::Paused, true, mapped).unwrap();
+        let elsewhere = request(SnapshotKind::Diff, path.with_extension("new"));
+        check_request(&elsewhere, VmState::Paused, true, mapped).unwrap();
+        check_request(&diff, VmState::Paused, true, None).unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -213,4 +213,26 @@ mod tests {
         assert_eq!(got, std::array::from_fn(|i| i as u64 + 1));
         assert_eq!((r.rip, r.rflags), (0, 0));
     }
+
+    #[test]
+    fn emulation_counts_sum_over_the_vcpus() {
+        let each = [
+            EmulationCounts {
+                int3_injected: 2,
+                fwait_skipped: 1,
+            },
+            EmulationCounts {
+                int3_injected: 5,
+                fwait_skipped: 0,
+            },
+        ];
+        let sum = sum_emulation(&each);
+        assert_eq!((sum.int3_injected, sum.fwait_skipped), (7, 1));
+        assert_eq!(sum_emulation(&[]), EmulationCounts::default());
+    }
+
+    #[test]
+    fn no_vcpus_have_nothing_to_acknowledge() {
+        wait_for_all(&[], VcpuState::Paused).unwrap();
+    }
 }
