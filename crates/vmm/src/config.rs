@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// Rate limits, as the config's disks, interfaces and entropy device take them. Re-exported from
+/// `petrel-devices`, whose rate limiter they configure, so that a config can be written with
+/// this crate alone.
 pub use petrel_devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
 /// Default guest memory: 256 MiB.

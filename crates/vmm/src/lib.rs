@@ -9,6 +9,14 @@
 //! The crate leaves process-wide state (signal handling, the terminal, stdin, panic hooks) to
 //! its embedder; `docs/vm-lifecycle.md` shows who owns what.
 //!
+//! What this crate re-exports, and why: its own main types at the root; from other Petrel
+//! crates only what its API hands out or takes, so that an embedder needs no other Petrel
+//! crate for them: [`StopReason`] (`petrel-vcpu`), the rate limit configs in [`config`]
+//! (`petrel-devices`), [`error_chain`] (`petrel-util`), [`boot_timer::BOOT_TIMER_ADDR`]
+//! (`petrel-guest-mem`). No external crate is re-exported: the event loop's types
+//! ([`Subscriber`], a `SubscriberId`) are `event-manager`'s, which an embedder that adds its own
+//! event sources depends on directly.
+//!
 //! ```no_run
 //! use petrel_vmm::{config::{RawPayload, VmConfig}, Vmm};
 //! let config = VmConfig::raw(RawPayload {
@@ -51,6 +59,9 @@ mod vmm;
 use std::path::PathBuf;
 
 pub use config::VmConfig;
+/// Why a vCPU (and so the VM) stopped, as [`RunSummary::stop`] gives it. Re-exported from
+/// `petrel-vcpu`, whose vCPU loop decides it, so that embedders match on it without depending
+/// on that crate.
 pub use petrel_vcpu::StopReason;
 pub use report::{StatsDocument, StatsFormat};
 pub use timeline::Timeline;
