@@ -263,6 +263,7 @@ const EXAMPLES: &[&[&str]] = &[
         "--example",
         "load_kernel",
     ],
+    &["run", "-q", "-p", "petrel-vmm", "--example", "embed"],
 ];
 
 /// `cargo package` of the library crates, in dependency order over a local overlay (so that
