@@ -279,6 +279,7 @@ const EXAMPLES: &[&[&str]] = &[
         "--example",
         "state_file",
     ],
+    &["run", "-q", "-p", "petrel-vmm", "--example", "embed"],
 ];
 
 /// `cargo package` of the library crates, in dependency order over a local overlay (so that

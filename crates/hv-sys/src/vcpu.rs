@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_regs, kvm_run, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_run, kvm_segment, kvm_sregs, CpuId};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
@@ -169,7 +169,7 @@ impl Vcpu {
         self.id
     }
 
-    /// The kvm-ioctls handle, for calls this crate does not wrap (CPUID, MSRs, LAPIC, FPU).
+    /// The kvm-ioctls handle, for calls this crate does not wrap (MSRs, LAPIC, FPU).
     ///
     /// Nothing reachable through `&VcpuFd` can unmap guest memory or this vCPU's `kvm_run`:
     /// `KVM_RUN` and the `kvm_run` accessors of kvm-ioctls need `&mut VcpuFd`, and the mapping
@@ -220,6 +220,14 @@ impl Vcpu {
         // returned and before this store is merged into this return (the caller looks at its
         // commands next); one that lands after it makes the next KVM_RUN return at once.
         unsafe { AtomicU8::from_ptr(flag) }.store(0, Ordering::Relaxed);
+    }
+
+    /// Sets the CPUID table the guest sees (`KVM_SET_CPUID2`); before the first run.
+    pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<()> {
+        self.fd.set_cpuid2(cpuid).map_err(|e| Error::Registers {
+            what: "KVM_SET_CPUID2",
+            source: e,
+        })
     }
 
     /// General-purpose registers (`KVM_GET_REGS`).

@@ -6,6 +6,8 @@
 use std::time::Instant;
 
 use petrel_devices::{BusDevice, BusOutcome};
+/// Where the byte is. Re-exported from `petrel-guest-mem`, whose layout places it, so that a
+/// user of this device finds its address here.
 pub use petrel_guest_mem::layout::BOOT_TIMER_ADDR;
 
 use crate::timeline::Timeline;

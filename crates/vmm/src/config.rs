@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// Rate limits, as the config's disks, interfaces and entropy device take them. Re-exported from
+/// `petrel-devices`, whose rate limiter they configure, so that a config can be written with
+/// this crate alone.
 pub use petrel_devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
 /// Default guest memory: 256 MiB.
@@ -73,29 +76,6 @@ impl Reg {
         ("r14", Reg::R14),
         ("r15", Reg::R15),
     ];
-
-    /// Sets this register in `regs`.
-    pub fn set(self, regs: &mut kvm_bindings::kvm_regs, value: u64) {
-        let slot = match self {
-            Reg::Rax => &mut regs.rax,
-            Reg::Rbx => &mut regs.rbx,
-            Reg::Rcx => &mut regs.rcx,
-            Reg::Rdx => &mut regs.rdx,
-            Reg::Rsi => &mut regs.rsi,
-            Reg::Rdi => &mut regs.rdi,
-            Reg::Rsp => &mut regs.rsp,
-            Reg::Rbp => &mut regs.rbp,
-            Reg::R8 => &mut regs.r8,
-            Reg::R9 => &mut regs.r9,
-            Reg::R10 => &mut regs.r10,
-            Reg::R11 => &mut regs.r11,
-            Reg::R12 => &mut regs.r12,
-            Reg::R13 => &mut regs.r13,
-            Reg::R14 => &mut regs.r14,
-            Reg::R15 => &mut regs.r15,
-        };
-        *slot = value;
-    }
 }
 
 /// A flat binary started in 16-bit real mode.
@@ -386,13 +366,5 @@ mod tests {
         );
         assert_eq!(BootProtocol::default(), BootProtocol::Auto);
         assert_eq!(BootProtocol::Pvh.describe(), "PVH");
-    }
-
-    #[test]
-    fn reg_set_writes_the_right_field() {
-        let mut r = kvm_bindings::kvm_regs::default();
-        Reg::R12.set(&mut r, 7);
-        Reg::Rax.set(&mut r, 2);
-        assert_eq!((r.r12, r.rax), (7, 2));
     }
 }

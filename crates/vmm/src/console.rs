@@ -49,12 +49,13 @@
 //! ```
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use petrel_devices::serial::SERIAL_FIFO_SIZE;
 use petrel_devices::Serial;
+use petrel_util::{set_status_flags, status_flags};
 use vmm_sys_util::eventfd::EventFd;
 
 /// What a [`SerialInput`] is doing with its descriptor.
@@ -116,10 +117,10 @@ impl SerialInput {
         serial: Arc<Mutex<Serial>>,
         input_ready: EventFd,
     ) -> io::Result<SerialInput> {
-        let flags = status_flags(fd.as_raw_fd())?;
+        let flags = status_flags(&fd)?;
         let set_nonblock = flags & libc::O_NONBLOCK == 0;
         if set_nonblock {
-            set_status_flags(fd.as_raw_fd(), flags | libc::O_NONBLOCK)?;
+            set_status_flags(&fd, flags | libc::O_NONBLOCK)?;
         }
         Ok(SerialInput {
             fd,
@@ -295,31 +296,10 @@ impl Drop for SerialInput {
         if self.set_nonblock {
             // Clear only the flag `new` set; other flags may have changed since, through
             // another descriptor for the same open file description.
-            if let Ok(flags) = status_flags(self.fd.as_raw_fd()) {
-                let _ = set_status_flags(self.fd.as_raw_fd(), flags & !libc::O_NONBLOCK);
+            if let Ok(flags) = status_flags(&self.fd) {
+                let _ = set_status_flags(&self.fd, flags & !libc::O_NONBLOCK);
             }
         }
-    }
-}
-
-/// The file status flags of `fd`'s open file description (`fcntl(F_GETFL)`).
-fn status_flags(fd: RawFd) -> io::Result<libc::c_int> {
-    // SAFETY: F_GETFL only reads the flags of `fd`; an invalid `fd` fails with EBADF.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(flags)
-    }
-}
-
-/// Sets the file status flags of `fd`'s open file description (`fcntl(F_SETFL)`).
-fn set_status_flags(fd: RawFd, flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: F_SETFL changes only the status flags of `fd`; no memory is passed.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
@@ -529,29 +509,20 @@ mod tests {
         let (reader, _writer) = pipe();
         // Shares the open file description, as a dup of the terminal's stdin would.
         let shared = reader.try_clone().unwrap();
-        assert_eq!(
-            status_flags(shared.as_raw_fd()).unwrap() & libc::O_NONBLOCK,
-            0
-        );
+        assert_eq!(status_flags(&shared).unwrap() & libc::O_NONBLOCK, 0);
         let input = SerialInput::new(
             reader,
             uart.serial.clone(),
             uart.input_ready.try_clone().unwrap(),
         )
         .unwrap();
-        assert_ne!(
-            status_flags(shared.as_raw_fd()).unwrap() & libc::O_NONBLOCK,
-            0
-        );
+        assert_ne!(status_flags(&shared).unwrap() & libc::O_NONBLOCK, 0);
         drop(input);
-        assert_eq!(
-            status_flags(shared.as_raw_fd()).unwrap() & libc::O_NONBLOCK,
-            0
-        );
+        assert_eq!(status_flags(&shared).unwrap() & libc::O_NONBLOCK, 0);
 
         // A descriptor that was non-blocking already stays so.
-        let flags = status_flags(shared.as_raw_fd()).unwrap();
-        set_status_flags(shared.as_raw_fd(), flags | libc::O_NONBLOCK).unwrap();
+        let flags = status_flags(&shared).unwrap();
+        set_status_flags(&shared, flags | libc::O_NONBLOCK).unwrap();
         let input = SerialInput::new(
             shared.try_clone().unwrap(),
             uart.serial.clone(),
@@ -559,10 +530,7 @@ mod tests {
         )
         .unwrap();
         drop(input);
-        assert_ne!(
-            status_flags(shared.as_raw_fd()).unwrap() & libc::O_NONBLOCK,
-            0
-        );
+        assert_ne!(status_flags(&shared).unwrap() & libc::O_NONBLOCK, 0);
     }
 
     #[test]

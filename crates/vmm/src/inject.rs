@@ -12,6 +12,8 @@
 
 use std::sync::OnceLock;
 
+/// The environment variable naming the fault. Re-exported from `petrel-vcpu`, which reads it for
+/// the vCPU faults, so that the device panics here answer to the same variable.
 pub use petrel_vcpu::inject::VARIABLE;
 
 /// Panics if [`VARIABLE`] names `fault`.

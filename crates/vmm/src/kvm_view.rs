@@ -1,14 +1,17 @@
 //! KVM's own view of a run: its binary statistics (`KVM_GET_STATS_FD`, Linux 5.14+), per vCPU
 //! and for the VM, beside the exits that reached Petrel.
+//!
+//! The comparison takes what reached Petrel as `petrel-vcpu`'s [`ExitReport`] (the total of a
+//! [`StatsDocument`](crate::StatsDocument)), so this module does not depend on the report that
+//! prints it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use petrel_hv_sys::stats::{Snapshot, StatsReader};
 use petrel_hv_sys::{Vcpu, Vm};
+use petrel_vcpu::ExitReport;
 use serde::Serialize;
-
-use crate::report::StatsDocument;
 
 /// The cumulative per-vCPU counters summed into the total and shown in the table, in order.
 pub const KEY_COUNTERS: &[&str] = &[
@@ -123,11 +126,11 @@ pub struct KvmView {
 /// on hosts that run guest code in KVM's emulator: there the I/O goes through the emulator and
 /// is counted as `insn_emulation`, not as `io_exits`.
 pub fn exit_comparison(
-    doc: &StatsDocument,
+    reached: &ExitReport,
     kvm: &KvmView,
 ) -> Vec<(&'static str, u64, u64, Option<u64>)> {
     let petrel = |reasons: &[&str]| -> u64 {
-        doc.total
+        reached
             .by_reason
             .iter()
             .filter(|(r, _)| reasons.contains(&r.as_str()))
@@ -135,7 +138,7 @@ pub fn exit_comparison(
             .sum()
     };
     let rows = [
-        ("all exits", "exits", doc.total.total),
+        ("all exits", "exits", reached.total),
         ("port I/O", "io_exits", petrel(&["io-in", "io-out"])),
         ("MMIO", "mmio_exits", petrel(&["mmio-read", "mmio-write"])),
         ("hlt", "halt_exits", petrel(&["hlt"])),
@@ -148,8 +151,9 @@ pub fn exit_comparison(
         .collect()
 }
 
-/// The table `--exit-stats` prints for KVM's view.
-pub fn table(doc: &StatsDocument, kvm: &KvmView) -> String {
+/// The table `--exit-stats` prints for KVM's view; `reached` is the exits that reached Petrel,
+/// all vCPUs together.
+pub fn table(reached: &ExitReport, kvm: &KvmView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -160,7 +164,7 @@ pub fn table(doc: &StatsDocument, kvm: &KvmView) -> String {
         "  {:<22} {:>12} {:>14} {:>18}",
         "exits", "KVM counted", "reached Petrel", "resolved in kernel"
     );
-    let rows = exit_comparison(doc, kvm);
+    let rows = exit_comparison(reached, kvm);
     let footnote = rows.iter().any(|r| r.3.is_none());
     for (label, k, reached, inside) in rows {
         let inside = inside.map_or_else(|| "n/a*".to_string(), |v| v.to_string());
@@ -204,4 +208,115 @@ pub fn table(doc: &StatsDocument, kvm: &KvmView) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use petrel_hv_sys::StatValue;
+    use petrel_vcpu::TimeSummary;
+
+    use super::*;
+
+    fn count(n: u64) -> TimeSummary {
+        TimeSummary {
+            count: n,
+            min_ns: 0,
+            median_ns: 0,
+            p99_ns: 0,
+            max_ns: 0,
+            total_ns: 0,
+        }
+    }
+
+    fn reached() -> ExitReport {
+        ExitReport {
+            total: 10,
+            by_reason: vec![
+                ("io-in".into(), count(3)),
+                ("io-out".into(), count(4)),
+                ("mmio-write".into(), count(2)),
+                ("hlt".into(), count(1)),
+            ],
+            by_port: vec![],
+            by_mmio: vec![],
+        }
+    }
+
+    fn vcpu(counters: &[(&str, u64)]) -> Snapshot {
+        Snapshot {
+            values: counters
+                .iter()
+                .map(|(n, v)| (n.to_string(), StatValue::Scalar(*v)))
+                .collect(),
+        }
+    }
+
+    fn view(per_vcpu: Vec<Snapshot>) -> KvmView {
+        let mut total = BTreeMap::new();
+        for name in KEY_COUNTERS {
+            if per_vcpu.iter().any(|s| s.get(name).is_some()) {
+                total.insert(
+                    name.to_string(),
+                    per_vcpu.iter().filter_map(|s| s.get(name)).sum(),
+                );
+            }
+        }
+        KvmView {
+            total,
+            per_vcpu,
+            vm: None,
+        }
+    }
+
+    #[test]
+    fn comparison_subtracts_what_reached_petrel_per_kind() {
+        let kvm = view(vec![vcpu(&[
+            ("exits", 50),
+            ("io_exits", 9),
+            ("mmio_exits", 2),
+            ("halt_exits", 1),
+        ])]);
+        let rows = exit_comparison(&reached(), &kvm);
+        assert_eq!(
+            rows,
+            vec![
+                ("all exits", 50, 10, Some(40)),
+                ("port I/O", 9, 7, Some(2)),
+                ("MMIO", 2, 2, Some(0)),
+                ("hlt", 1, 1, Some(0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn fewer_kvm_exits_than_reached_petrel_has_no_difference_and_a_footnote() {
+        // An emulating host counts port I/O as insn_emulation, not io_exits.
+        let kvm = view(vec![vcpu(&[("exits", 12), ("insn_emulation", 7)])]);
+        let rows = exit_comparison(&reached(), &kvm);
+        assert_eq!(rows[1], ("port I/O", 0, 7, None));
+        let text = table(&reached(), &kvm);
+        assert!(text.contains("n/a*"), "{text}");
+        assert!(text.contains("counted as insn_emulation"), "{text}");
+        assert!(
+            !text.contains("vCPU 0"),
+            "one vCPU needs no columns: {text}"
+        );
+    }
+
+    #[test]
+    fn table_has_a_column_per_vcpu_when_there_are_several() {
+        let kvm = view(vec![
+            vcpu(&[("exits", 30), ("io_exits", 4), ("halt_exits", 1)]),
+            vcpu(&[("exits", 20), ("io_exits", 3), ("mmio_exits", 2)]),
+        ]);
+        let text = table(&reached(), &kvm);
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("io_exits"))
+            .unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells, ["io_exits", "7", "4", "3"]);
+        assert!(text.contains("vCPU 1"), "{text}");
+        assert!(!text.contains("n/a*"), "{text}");
+    }
 }

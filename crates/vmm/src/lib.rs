@@ -9,6 +9,14 @@
 //! The crate leaves process-wide state (signal handling, the terminal, stdin, panic hooks) to
 //! its embedder; `docs/vm-lifecycle.md` shows who owns what.
 //!
+//! What this crate re-exports, and why: its own main types at the root; from other Petrel
+//! crates only what its API hands out or takes, so that an embedder needs no other Petrel
+//! crate for them: [`StopReason`] (`petrel-vcpu`), the rate limit configs in [`config`]
+//! (`petrel-devices`), [`error_chain`] (`petrel-util`), [`boot_timer::BOOT_TIMER_ADDR`]
+//! (`petrel-guest-mem`). No external crate is re-exported: the event loop's types
+//! ([`Subscriber`], a `SubscriberId`) are `event-manager`'s, which an embedder that adds its own
+//! event sources depends on directly.
+//!
 //! ```no_run
 //! use petrel_vmm::{config::{RawPayload, VmConfig}, Vmm};
 //! let config = VmConfig::raw(RawPayload {
@@ -57,6 +65,9 @@ mod vmm;
 use std::path::PathBuf;
 
 pub use config::VmConfig;
+/// Why a vCPU (and so the VM) stopped, as [`RunSummary::stop`] gives it. Re-exported from
+/// `petrel-vcpu`, whose vCPU loop decides it, so that embedders match on it without depending
+/// on that crate.
 pub use petrel_vcpu::StopReason;
 pub use report::{StatsDocument, StatsFormat};
 pub use timeline::Timeline;
@@ -103,15 +114,6 @@ pub enum Error {
     /// KVM refused something.
     #[error(transparent)]
     Hypervisor(#[from] petrel_hv_sys::Error),
-    /// A KVM ioctl not wrapped by hv-sys failed.
-    #[error("{what} failed")]
-    Kvm {
-        /// The ioctl.
-        what: &'static str,
-        /// The ioctl error.
-        #[source]
-        source: vmm_sys_util::errno::Error,
-    },
     /// vCPU setup failed.
     #[error(transparent)]
     Vcpu(petrel_vcpu::Error),
@@ -243,16 +245,9 @@ impl Error {
 }
 
 /// An error and all its causes on one line, `outer: inner: innermost`, as users see them.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
+/// Re-exported from `petrel-util` because embedders print this crate's errors with it (the
+/// `petrel` binary, the Firecracker API controller).
+pub use petrel_util::error_chain;
 
 /// A result with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

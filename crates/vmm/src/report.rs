@@ -127,7 +127,7 @@ impl StatsDocument {
             );
         }
         match (&self.kvm, &self.kvm_unavailable) {
-            (Some(kvm), _) => out.push_str(&crate::kvm_view::table(self, kvm)),
+            (Some(kvm), _) => out.push_str(&crate::kvm_view::table(&self.total, kvm)),
             (None, Some(why)) => {
                 let _ = writeln!(out, "  KVM's view: {why}");
             }
