@@ -279,8 +279,12 @@ fn requests_before_and_after_the_start_without_a_socket() {
     for line in &lines {
         assert!(line["latencies_us"]["instance_start"].is_u64(), "{line}");
         assert!(line["latencies_us"]["pause_vm"].is_u64(), "{line}");
-        assert!(line["vcpu"]["exits"].as_u64() > Some(0), "{line}");
     }
+    // Only the last line is sure to count exits: at FlushMetrics the guest may not have made
+    // its first port access yet (its kernel code is emulated, slowly, on some hosts), but it
+    // reset through the i8042 before the end.
+    let last = &lines[1];
+    assert!(last["vcpu"]["exits"].as_u64() > Some(0), "{last}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains(":INFO] The guest started."), "{text}");
     assert!(text.contains(":INFO] The guest stopped: Reset"), "{text}");
