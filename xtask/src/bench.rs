@@ -33,7 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use petrel_demo_guest::{self as demo_guest, GREETING_LINE, RESETTING_LINE};
-use petrel_vmm::config::EMULATED_HOST_CMDLINE;
+use petrel_loader::cmdline::EMULATED_HOST_CMDLINE;
 
 use crate::boottest::{LogWatch, GUEST_CMDLINE, RUN_INIT_LINE};
 use crate::cli::BenchArgs;
