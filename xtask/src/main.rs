@@ -30,7 +30,6 @@ mod jail_boot;
 mod kernel;
 mod live;
 mod net_boot;
-mod sha256;
 mod shell_boot;
 mod snapshot_boot;
 mod suite;

@@ -23,11 +23,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::boottest::Scenario;
+use crate::cache::sha256_hex;
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
 use crate::live::{LiveCheck, LiveContext, LiveResult};
-use crate::sha256::Sha256;
 use crate::virtio_boot::{device_counter, read_metrics, read_only_root_scenario};
 
 /// The scenario's name.
@@ -328,9 +328,7 @@ fn serve_http(
 
 /// The SHA-256 of the pattern, in hex.
 fn pattern_sha256() -> String {
-    let mut h = Sha256::new();
-    h.update(&guest_script::pattern(PATTERN_LEN, PATTERN_SEED));
-    h.finish_hex()
+    sha256_hex(&guest_script::pattern(PATTERN_LEN, PATTERN_SEED))
 }
 
 /// Judges the HTTP side: the server sent the whole pattern, with status 200, exactly once

@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::boottest::{KernelFormat, Scenario};
+use crate::cache::sha256_hex;
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
 use crate::initramfs::init_script;
-use crate::sha256::Sha256;
 
 /// The virtio scenarios (and the 2-vCPU one, which needs busybox from a disk), by name.
 pub const SCENARIOS: &[&str] = &[
@@ -262,9 +262,7 @@ pub fn read_metrics(path: &Path) -> std::result::Result<serde_json::Value, Strin
 /// The SHA-256 of the file at `path`, in hex.
 pub fn file_sha256(path: &Path) -> std::result::Result<String, String> {
     let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut h = Sha256::new();
-    h.update(&bytes);
-    Ok(h.finish_hex())
+    Ok(sha256_hex(&bytes))
 }
 
 /// Whether `disk` starts with the scenario's pattern, whose SHA-256 must be the
@@ -272,9 +270,7 @@ pub fn file_sha256(path: &Path) -> std::result::Result<String, String> {
 fn check_pattern(disk: &Path, guest_sum: Option<&str>) -> std::result::Result<String, String> {
     let bytes = fs::read(disk).map_err(|e| format!("reading {}: {e}", disk.display()))?;
     let want = guest_script::pattern(PATTERN_LEN, PATTERN_SEED);
-    let mut h = Sha256::new();
-    h.update(&want);
-    let sum = h.finish_hex();
+    let sum = sha256_hex(&want);
     if bytes.len() < PATTERN_LEN || bytes[..PATTERN_LEN] != want[..] {
         let first_bad = bytes.iter().zip(&want).position(|(a, b)| a != b);
         return Err(format!(
