@@ -365,8 +365,9 @@ mod tests {
     fn static_exec(dir: &Path) -> PathBuf {
         let mut b = vec![0u8; 64 + 56];
         b[0..4].copy_from_slice(b"\x7fELF");
-        b[4] = 2;
-        b[5] = 1;
+        b[4] = 2; // ELFCLASS64
+        b[5] = 1; // ELFDATA2LSB
+        b[6] = 1; // EV_CURRENT
         b[16] = 2; // ET_EXEC
         b[32] = 64; // e_phoff
         b[54] = 56; // e_phentsize
