@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 
 use boottest::{KernelFormat, Scenario, Vmm};
 use cache::Cache;
-use cli::{BootTestArgs, Cmd, QemuCheckArgs};
+use clap::{CommandFactory, Parser};
+use cli::{BootTestArgs, Cli, Cmd, QemuCheckArgs};
 use error::{Error, IoContext, Result};
 use host::HostKvm;
 
@@ -60,23 +61,20 @@ const CUSTOM_SCENARIO: &str = "custom-1vcpu";
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 
 fn main() -> ExitCode {
-    match cli::parse(std::env::args().skip(1)) {
-        Ok(Cmd::Help) => {
-            print!("{}", cli::HELP);
-            ExitCode::SUCCESS
-        }
-        Ok(Cmd::BuildGuest) => match build_guest_command() {
+    let Some(cmd) = Cli::parse().cmd else {
+        // No command: the help, as `cargo xtask --help` prints it.
+        return match Cli::command().print_long_help() {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(Cmd::BootTest(args)) => ExitCode::from(boot_test(&args)),
-        Ok(Cmd::QemuCheck(args)) => ExitCode::from(qemu_check(&args)),
-        Ok(Cmd::Test(args)) => ExitCode::from(suite::run(&args)),
-        Ok(Cmd::Bench(args)) => ExitCode::from(bench::run(&args)),
-        Ok(Cmd::Fuzz(args)) => match fuzz::run(&workspace_root(), &args) {
+            Err(_) => ExitCode::FAILURE, // stdout closed
+        };
+    };
+    match cmd {
+        Cmd::BuildGuest => done(build_guest_command()),
+        Cmd::BootTest(args) => ExitCode::from(boot_test(&args)),
+        Cmd::QemuCheck(args) => ExitCode::from(qemu_check(&args)),
+        Cmd::Test(args) => ExitCode::from(suite::run(&args)),
+        Cmd::Bench(args) => ExitCode::from(bench::run(&args)),
+        Cmd::Fuzz(args) => match fuzz::run(&workspace_root(), &args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
@@ -84,19 +82,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Ok(Cmd::CrateGraph(mode)) => done(crates::crate_graph(&workspace_root(), mode)),
-        Ok(Cmd::ApiListing { check }) => done(crates::api_listing(&workspace_root(), check)),
-        Ok(Cmd::BootProfile(args)) => match bootprof::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        Cmd::CrateGraph(args) => done(crates::crate_graph(&workspace_root(), args.mode())),
+        Cmd::ApiListing(args) => done(crates::api_listing(&workspace_root(), args.check)),
+        Cmd::BootProfile(args) => done(bootprof::run(&args)),
     }
 }
 
