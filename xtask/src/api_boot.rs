@@ -6,16 +6,16 @@
 //! keeps as the serial log.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::boottest::{KernelFormat, Scenario, GUEST_CMDLINE};
 use crate::error::{Error, IoContext, Result};
 use crate::fcapi::ApiClient;
 use crate::host;
+use crate::scenario::{FcBoot, KernelFormat, Scenario, Via, GUEST_CMDLINE};
 
 /// The scenario configured over the API socket (in the default set).
 pub const API_SCENARIO: &str = "api-vmlinux-blk";
@@ -34,34 +34,6 @@ pub const DISK_SEEN: &str = "virtio_blk virtio0: [vda]";
 
 /// How long petrel may take to accept on its API socket.
 const SOCKET_LIMIT: Duration = Duration::from_secs(10);
-
-/// How a Firecracker-style scenario hands petrel its configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Via {
-    /// `petrel --api-sock SOCKET`, then HTTP requests.
-    Api {
-        /// The socket's path.
-        socket: PathBuf,
-    },
-    /// `petrel --config-file FILE --no-api`.
-    ConfigFile {
-        /// The config file, written when the scenario is made.
-        path: PathBuf,
-    },
-}
-
-/// A VM configured as Firecracker's clients configure it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FcBoot {
-    /// API or config file.
-    pub via: Via,
-    /// The body of `PUT /boot-source` (the config file's `boot-source`).
-    pub boot_source: Value,
-    /// The body of `PUT /machine-config`.
-    pub machine_config: Value,
-    /// The bodies of `PUT /drives/{drive_id}`, in order.
-    pub drives: Vec<Value>,
-}
 
 impl FcBoot {
     /// The configuration as a Firecracker config file.
@@ -185,7 +157,7 @@ pub fn scenarios(
 }
 
 /// The configuration: the boot-test kernel and initramfs with the boot test's command line,
-/// 1 vCPU and [`GUEST_MEM_MIB`](crate::boottest::GUEST_MEM_MIB), and `image` as drive `data`, read-only and not the root device.
+/// 1 vCPU and [`GUEST_MEM_MIB`](crate::scenario::GUEST_MEM_MIB), and `image` as drive `data`, read-only and not the root device.
 fn fc_boot(via: Via, vmlinux: &Path, initrd: &Path, image: &Path) -> FcBoot {
     FcBoot {
         via,
@@ -196,7 +168,7 @@ fn fc_boot(via: Via, vmlinux: &Path, initrd: &Path, image: &Path) -> FcBoot {
         }),
         machine_config: json!({
             "vcpu_count": 1,
-            "mem_size_mib": crate::boottest::GUEST_MEM_MIB,
+            "mem_size_mib": crate::scenario::GUEST_MEM_MIB,
         }),
         drives: vec![json!({
             "drive_id": "data",

@@ -33,13 +33,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use petrel_demo_guest::{self as demo_guest, GREETING_LINE, RESETTING_LINE};
-use petrel_vmm::config::EMULATED_HOST_CMDLINE;
+use petrel_loader::cmdline::EMULATED_HOST_CMDLINE;
 
-use crate::boottest::{LogWatch, GUEST_CMDLINE, RUN_INIT_LINE};
 use crate::cli::BenchArgs;
 use crate::error::{Error, IoContext, Result};
 use crate::host::{self, HostKvm};
 use crate::initramfs::MARKER;
+use crate::log_watch::LogWatch;
+use crate::scenario::{GUEST_CMDLINE, RUN_INIT_LINE};
 use proc::{MemWatch, Timed};
 use report::{Cell, Context, Row, Target, Unit, Verdict};
 
@@ -248,12 +249,12 @@ fn exit_code(rows: &[Row], allow_missing: bool) -> u8 {
 
 /// Builds petrel, writes the guests, checks KVM and QEMU.
 fn setup(args: &BenchArgs) -> Result<Bench> {
-    let root = crate::workspace_root();
-    let dir = crate::target_dir(&root).join("bench");
+    let root = crate::build::workspace_root();
+    let dir = crate::build::target_dir(&root).join("bench");
     fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     let petrel = match &args.petrel {
         Some(p) => p.clone(),
-        None => crate::build_petrel(&root)?,
+        None => crate::build::build_petrel(&root)?,
     };
     let demo_elf = dir.join("demo.elf");
     write(&demo_elf, &demo_guest::demo_kernel_elf())?;
@@ -292,10 +293,10 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Installs QEMU when it is missing and checks that it boots the demo guest with KVM;
 /// returns the `-M` argument that prints the guest's time (with `rtc=on` if that is needed).
 fn find_qemu(b: &Bench) -> std::result::Result<String, String> {
-    if let Err(e) = host::ensure_packages(&[crate::QEMU_PACKAGE]) {
+    if let Err(e) = host::ensure_packages(&[crate::host::QEMU_PACKAGE]) {
         return Err(format!(
             "{} could not be installed: {e}",
-            crate::QEMU_PACKAGE
+            crate::host::QEMU_PACKAGE
         ));
     }
     b.kvm.clone()?;
@@ -546,7 +547,7 @@ fn qemu_short(b: &Bench) -> String {
 fn qemu_description(b: &Bench) -> String {
     match &b.qemu {
         Ok(machine) => {
-            let pkg = host::installed_version(crate::QEMU_PACKAGE)
+            let pkg = host::installed_version(crate::host::QEMU_PACKAGE)
                 .ok()
                 .flatten()
                 .unwrap_or_else(|| "?".into());
@@ -1053,7 +1054,7 @@ fn linux(b: &Bench, runs: u32, limit: Duration) -> [Row; 2] {
         }
         return [row, user];
     }
-    let guest = match crate::build_guest(&[]) {
+    let guest = match crate::build::build_guest(&[]) {
         Ok(g) => g,
         Err(e) => {
             for r in [&mut row, &mut user] {

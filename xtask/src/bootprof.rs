@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::boottest::{GUEST_CMDLINE, RUN_INIT_LINE};
 use crate::cli::BootProfileArgs;
 use crate::error::{Error, IoContext, Result};
+use crate::scenario::{GUEST_CMDLINE, RUN_INIT_LINE};
 use crate::{elf, host};
 
 /// What `boot-profile` adds to the guest's command line.
@@ -345,7 +345,7 @@ fn boot(
     }
     cmd.arg("--cmdline")
         .arg(cmdline)
-        .args(["--mem", &crate::boottest::guest_mem_arg()])
+        .args(["--mem", &crate::scenario::guest_mem_arg()])
         .args(["--vcpus", "1", "--boot-timer"])
         .arg("--serial")
         .arg(format!("file:{}", out.serial.display()));
@@ -390,12 +390,12 @@ fn boot(
 /// Runs `boot-profile`: boot (unless `--log` names a log to read instead), then print the
 /// report beside petrel's own boot timeline.
 pub fn run(args: &BootProfileArgs) -> Result<()> {
-    let root = crate::workspace_root();
+    let root = crate::build::workspace_root();
     let (kernel, initrd) = match (&args.kernel, &args.log) {
         (Some(k), _) => (Some(k.clone()), args.initrd.clone()),
         (None, Some(_)) => (None, None),
         (None, None) => {
-            let guest = crate::build_guest(&[])?;
+            let guest = crate::build::build_guest(&[])?;
             let initrd = args.initrd.clone().unwrap_or(guest.initramfs);
             (Some(guest.kernel.vmlinux), Some(initrd))
         }
@@ -411,9 +411,9 @@ pub fn run(args: &BootProfileArgs) -> Result<()> {
             let kernel = kernel.ok_or_else(|| Error::Other("no kernel to boot".into()))?;
             let petrel = match &args.petrel {
                 Some(p) => p.clone(),
-                None => crate::build_petrel(&root)?,
+                None => crate::build::build_petrel(&root)?,
             };
-            let dir = crate::target_dir(&root).join("boot-profile");
+            let dir = crate::build::target_dir(&root).join("boot-profile");
             fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
             let out = Outputs {
                 serial: dir.join("serial.log"),

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
+use sha2::{Digest, Sha256};
+
 use crate::error::{Error, IoContext, Result};
-use crate::sha256::Sha256;
 
 /// Hex digits of the SHA-256 kept in a cache key: 80 bits, plenty for a handful of entries.
 const KEY_HEX_DIGITS: usize = 20;
@@ -74,7 +75,7 @@ impl KeyBuilder {
     /// Adds one input.
     pub fn add(&mut self, label: &str, data: &[u8]) -> &mut Self {
         for part in [label.as_bytes(), data] {
-            self.hash.update(&(part.len() as u64).to_le_bytes());
+            self.hash.update((part.len() as u64).to_le_bytes());
             self.hash.update(part);
         }
         self
@@ -82,10 +83,20 @@ impl KeyBuilder {
 
     /// The key: the first hex digits of the SHA-256 of all inputs.
     pub fn finish(&self) -> String {
-        let mut hex = self.hash.clone().finish_hex();
+        let mut hex = to_hex(&self.hash.clone().finalize());
         hex.truncate(KEY_HEX_DIGITS);
         hex
     }
+}
+
+/// The SHA-256 of `data`, in lowercase hex (as `sha256sum` prints it).
+pub fn sha256_hex(data: &[u8]) -> String {
+    to_hex(&Sha256::digest(data))
+}
+
+/// `bytes` as lowercase hex, two digits a byte.
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An exclusive lock held through a file created with `create_new`; the file holds the
@@ -249,6 +260,49 @@ mod tests {
             base,
             key("kernel", &[("config", b"A=y1"), ("version", b"")])
         );
+    }
+
+    #[test]
+    fn key_is_the_sha256_of_the_framed_inputs() {
+        // Worked out with Python's hashlib over the framing: le64(4) "kind" le64(6) "kernel"
+        // le64(6) "config" le64(12) "CONFIG_PVH=y".
+        let mut k = KeyBuilder::new("kernel");
+        k.add("config", b"CONFIG_PVH=y");
+        assert_eq!(k.finish(), "7e24fb7585ee223ebfdc");
+    }
+
+    #[test]
+    fn sha256_known_values() {
+        // FIPS 180-2, appendix B.
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            sha256_hex(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
+    }
+
+    #[test]
+    fn sha256_matches_sha256sum() {
+        // A file of several blocks with an odd tail, hashed by coreutils as well.
+        let data: Vec<u8> = (0..100_003u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let path = std::env::temp_dir().join(format!("xtask-sha256-{}", std::process::id()));
+        fs::write(&path, &data).unwrap();
+        let out = std::process::Command::new("sha256sum").arg(&path).output();
+        fs::remove_file(&path).unwrap();
+        let Ok(out) = out else {
+            eprintln!("NOTE: sha256sum not found: the comparison with coreutils did NOT run");
+            return;
+        };
+        assert!(out.status.success());
+        let theirs = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(theirs.split(' ').next(), Some(sha256_hex(&data).as_str()));
     }
 
     #[test]

@@ -243,7 +243,7 @@ fn print_diff(old: &str, new: &str) {
 
 /// Builds `lib`'s rustdoc JSON with nightly and turns it into its listing.
 fn listing_for(root: &Path, lib: &Library) -> Result<String> {
-    let target = crate::target_dir(root).join("api-listing");
+    let target = crate::build::target_dir(root).join("api-listing");
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)
         .args([

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 
+/// The package that provides `qemu-system-x86_64`.
+pub const QEMU_PACKAGE: &str = "qemu-system-x86";
+
 /// Everything needed to build the guest kernel and initramfs.
 pub const GUEST_BUILD_PACKAGES: &[&str] = &[
     "linux-source-6.12",

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::cache::{publish_dir, Cache, KeyBuilder, Lock};
 use crate::elf;
 use crate::error::{Error, IoContext, Result};
+use petrel_demo_guest::elf::{exec_elf, ExecLayout};
 
 /// The line /init prints once it runs; only user-mode code can produce it.
 pub const MARKER: &str = "PETREL-BOOT-TEST-INIT-OK";
@@ -112,34 +113,15 @@ pub fn init_program() -> Vec<u8> {
     code.extend_from_slice(marker.as_bytes());
     code.extend_from_slice(failed.as_bytes());
 
-    let total = (INIT_CODE_OFFSET + code.len()) as u64;
-    let mut f = Vec::with_capacity(total as usize);
-    // ELF header: 64-bit, little-endian, version 1, System V ABI.
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    f.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
-    f.extend_from_slice(&(INIT_BASE + INIT_CODE_OFFSET as u64).to_le_bytes()); // e_entry
-    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff: no sections
-    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    for half in [64u16, 56, 1, 64, 0, 0] {
-        // e_ehsize e_phentsize e_phnum e_shentsize e_shnum e_shstrndx
-        f.extend_from_slice(&half.to_le_bytes());
-    }
-    // One PT_LOAD of the whole file, readable and executable.
-    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f.extend_from_slice(&5u32.to_le_bytes()); // PF_R | PF_X
-    f.extend_from_slice(&0u64.to_le_bytes()); // p_offset
-    f.extend_from_slice(&INIT_BASE.to_le_bytes()); // p_vaddr
-    f.extend_from_slice(&INIT_BASE.to_le_bytes()); // p_paddr
-    f.extend_from_slice(&total.to_le_bytes()); // p_filesz
-    f.extend_from_slice(&total.to_le_bytes()); // p_memsz
-    f.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    debug_assert_eq!(f.len(), INIT_CODE_OFFSET);
-    f.extend_from_slice(&code);
-    f
+    // One read-only, executable PT_LOAD of the whole file, the code right after the headers.
+    let layout = ExecLayout {
+        load_addr: INIT_BASE,
+        code_offset: INIT_CODE_OFFSET,
+        writable: false,
+        mem_size: None,
+        pvh_entry: None,
+    };
+    exec_elf(&layout, &code)
 }
 
 /// The /init script of the virtio-blk scenarios' root filesystems (which carry busybox).
@@ -477,6 +459,11 @@ mod tests {
     #[test]
     fn init_program_is_a_static_elf_that_prints_and_reboots() {
         let f = init_program();
+        // The same bytes as the hand-written writer this replaced produced.
+        assert_eq!(
+            crate::cache::sha256_hex(&f),
+            "3045ea835feb0aa35520ab4a38408a2661fbe7d880ab25c0c389a997a039e59c"
+        );
         assert_eq!(elf::is_static(&f), Some(true));
         let u64_at = |at: usize| u64::from_le_bytes(f[at..at + 8].try_into().unwrap());
         let entry = u64_at(0x18);

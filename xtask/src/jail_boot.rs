@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::api_boot::DISK_SEEN;
-use crate::boottest::{KernelFormat, Scenario, GUEST_CMDLINE};
 use crate::error::{IoContext, Result};
 use crate::host;
-use crate::virtio_boot::AfterCheck;
+use crate::scenario::AfterCheck;
+use crate::scenario::{JailBoot, KernelFormat, Scenario, GUEST_CMDLINE};
 
 /// The jailed scenario's name.
 pub const JAILER_SCENARIO: &str = "jailer-vmlinux-blk";
@@ -41,21 +41,6 @@ const KERNEL_IN_JAIL: &str = "vmlinux";
 const INITRD_IN_JAIL: &str = "initramfs.cpio";
 const DISK_IN_JAIL: &str = "disk.ext4";
 const METRICS_IN_JAIL: &str = "metrics.json";
-
-/// A VM run by `petrel-jailer` in a jail it builds under `base`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JailBoot {
-    /// The `petrel-jailer` binary.
-    pub jailer: PathBuf,
-    /// The statically linked petrel the jailer copies into the jail (`--exec-file`).
-    pub petrel: PathBuf,
-    /// `--chroot-base-dir`.
-    pub base: PathBuf,
-    /// `--id`.
-    pub id: String,
-    /// `--uid` and `--gid` (the same number).
-    pub uid: u32,
-}
 
 impl JailBoot {
     /// The exec file's name, which the jailer uses as a directory name and as the VMM's
@@ -101,7 +86,7 @@ impl JailBoot {
             .arg(s.cmdline.as_deref().unwrap_or(GUEST_CMDLINE))
             .args([
                 "--mem",
-                &crate::boottest::guest_mem_arg(),
+                &crate::scenario::guest_mem_arg(),
                 "--vcpus",
                 &s.vcpus.to_string(),
             ])
@@ -220,11 +205,12 @@ pub fn scenarios(
     }
     host::ensure_packages(&["e2fsprogs", "busybox-static"])?;
     let (root, target) = (
-        crate::workspace_root(),
-        crate::target_dir(&crate::workspace_root()),
+        crate::build::workspace_root(),
+        crate::build::target_dir(&crate::build::workspace_root()),
     );
-    let petrel = crate::build_release(&root, &target, "petrel", "petrel", true)?;
-    let jailer = crate::build_release(&root, &target, "petrel-jailer", "petrel-jailer", false)?;
+    let petrel = crate::build::build_release(&root, &target, "petrel", "petrel", true)?;
+    let jailer =
+        crate::build::build_release(&root, &target, "petrel-jailer", "petrel-jailer", false)?;
     let read = |f: &str| fs::read_to_string(f).unwrap_or_default();
     let jail = JailBoot {
         jailer,

@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::boottest::{LogWatch, POLL};
+use crate::log_watch::{LogWatch, POLL};
 
 /// What a [`LiveCheck`] is given.
 #[derive(Debug)]

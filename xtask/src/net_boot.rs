@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::boottest::Scenario;
+use crate::cache::sha256_hex;
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
 use crate::live::{LiveCheck, LiveContext, LiveResult};
-use crate::sha256::Sha256;
+use crate::scenario::{NetSetup, Scenario};
 use crate::virtio_boot::{device_counter, read_metrics, read_only_root_scenario};
 
 /// The scenario's name.
@@ -117,18 +117,6 @@ else
     fail net-listen "nc exited with $status; the host's reply: '$reply'; $(cat /tmp/nc.err)"
 fi"#
     )
-}
-
-/// The network a virtio-net scenario runs in: a namespace of its own holding the tap, a
-/// DHCP server (dnsmasq) and an HTTP server.
-#[derive(Debug, Clone)]
-pub struct NetSetup {
-    /// The namespace's name.
-    pub namespace: String,
-    /// Where dnsmasq's log and leases go.
-    pub dir: PathBuf,
-    /// Petrel's `--metrics` file, read once the VM ended.
-    pub metrics: PathBuf,
 }
 
 /// One request the HTTP server answered.
@@ -328,9 +316,7 @@ fn serve_http(
 
 /// The SHA-256 of the pattern, in hex.
 fn pattern_sha256() -> String {
-    let mut h = Sha256::new();
-    h.update(&guest_script::pattern(PATTERN_LEN, PATTERN_SEED));
-    h.finish_hex()
+    sha256_hex(&guest_script::pattern(PATTERN_LEN, PATTERN_SEED))
 }
 
 /// Judges the HTTP side: the server sent the whole pattern, with status 200, exactly once

@@ -25,13 +25,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::boottest::{
-    evaluate, judge_serial, kill_vmm, report, Exit, Outcome, Scenario, Vmm, RUN_INIT_LINE,
-};
 use crate::error::{IoContext, Result};
 use crate::guest_script;
 use crate::host;
 use crate::initramfs::MARKER;
+use crate::scenario::{
+    evaluate, judge_serial, kill_vmm, petrel_command, report, Exit, Outcome, Scenario,
+    RUN_INIT_LINE,
+};
 use crate::virtio_boot::read_only_root_scenario;
 
 /// The scenario's name.
@@ -308,7 +309,7 @@ pub fn run(petrel: &Path, s: &Scenario, log_dir: &Path, timeout: Duration) -> Re
     let serial_log = log_dir.join(format!("{}.log", s.name));
     let vmm_log = log_dir.join(format!("{}.vmm-output.log", s.name));
     let (master, slave) = open_pty().ctx(|| "opening a pseudo-terminal".into())?;
-    let mut cmd = Vmm::Petrel(petrel.to_owned()).command(s, &serial_log);
+    let mut cmd = petrel_command(petrel, s, &serial_log);
     println!(
         "==> {}: {} (on a pseudo-terminal)",
         s.name,

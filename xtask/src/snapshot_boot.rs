@@ -25,19 +25,20 @@
 //! the snapshot, and the restore's times to its first serial output and to its first count.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::boottest::{
-    evaluate, kill_vmm, print_tail, times_text, Exit, KernelFormat, LogWatch, Outcome, Scenario,
-    Verdict, Vmm, RUN_INIT_LINE,
-};
 use crate::error::{IoContext, Result};
 use crate::guest_script::{self, CHECKS_DONE};
 use crate::host;
 use crate::initramfs::MARKER;
+use crate::log_watch::LogWatch;
+use crate::scenario::{
+    evaluate, kill_vmm, petrel_command, print_tail, times_text, Exit, KernelFormat, Outcome,
+    Scenario, SnapshotBoot, Verdict, RUN_INIT_LINE,
+};
 use crate::virtio_boot::{device_counter, read_metrics, root_cmdline, MOUNTED_RW};
 
 mod counts;
@@ -119,18 +120,6 @@ else
     fail count-file "$n lines in {COUNT_FILE};$bad"
 fi"#
     )
-}
-
-/// What a snapshot scenario needs beyond its [`Scenario`]: where the snapshot, the disk and
-/// the restored process's metrics go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotBoot {
-    /// `--snapshot-on-signal DIR`, then `petrel restore DIR`.
-    pub dir: PathBuf,
-    /// The root disk image (read-write).
-    pub image: PathBuf,
-    /// The restored process's `--metrics` file.
-    pub metrics: PathBuf,
 }
 
 impl SnapshotBoot {
@@ -393,7 +382,7 @@ pub fn run(
     let total = Instant::now();
 
     // 1. Boot and snapshot at SNAPSHOT_AT.
-    let mut cmd = Vmm::Petrel(petrel.to_owned()).command(s, &serial1);
+    let mut cmd = petrel_command(petrel, s, &serial1);
     println!("==> {}: {}", s.name, host::describe(&cmd));
     let start1 = Instant::now();
     let mut child = spawn(&mut cmd, &vmm1)?;

@@ -204,7 +204,7 @@ fn first_line(text: &str) -> &str {
 
 /// Runs `cargo xtask test`; returns the exit code (0 when every step that ran passed).
 pub fn run(args: &TestArgs) -> u8 {
-    let root = crate::workspace_root();
+    let root = crate::build::workspace_root();
     let start = Instant::now();
     let results = run_steps(steps(args, &root));
     println!();
@@ -386,7 +386,7 @@ fn steps<'a>(args: &TestArgs, root: &'a Path) -> Vec<Step<'a>> {
         steps.push(Step::run(
             "boot-test",
             boot_what,
-            || match crate::boot_test(&BootTestArgs::default()) {
+            || match crate::boottest::boot_test(&BootTestArgs::default()) {
                 0 => Ok(()),
                 code => Err(Error::Other(format!(
                     "boot-test failed (exit code {code}; see its results above)"

@@ -18,24 +18,19 @@
 //!   [`crate::vsock_boot`].
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use crate::boottest::{KernelFormat, Scenario};
+use crate::cache::sha256_hex;
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
 use crate::initramfs::init_script;
-use crate::sha256::Sha256;
+use crate::scenario::{AfterCheck, KernelFormat, Scenario};
 
-/// The virtio scenarios (and the 2-vCPU one, which needs busybox from a disk), by name.
-pub const SCENARIOS: &[&str] = &[
-    "vmlinux-2vcpu",
-    "virtio-blk-root",
-    "virtio-blk-ro",
-    crate::net_boot::NAME,
-    crate::vsock_boot::NAME,
-];
+/// The virtio-blk scenarios (and the 2-vCPU one, which needs busybox from a disk), by name.
+/// The virtio-net and vsock scenarios, which build on these pieces, are in their own modules.
+pub const SCENARIOS: &[&str] = &["vmlinux-2vcpu", "virtio-blk-root", "virtio-blk-ro"];
 
 /// The size of the pattern the `virtio-blk-root` guest writes to its second disk.
 const PATTERN_LEN: usize = 4 << 20;
@@ -162,51 +157,6 @@ pub fn read_only_root_scenario(name: &str, vmlinux: &Path, image: &Path) -> Scen
     s
 }
 
-/// Checks made on the host once the VM has ended.
-#[derive(Debug, Clone)]
-pub enum AfterCheck {
-    /// The root checks of [`AfterCheck::RootReadWrite`], and the second disk holds the
-    /// pattern the guest wrote, with the checksum the guest printed, and zeros after it.
-    RootAndPattern {
-        /// The root disk image.
-        image: PathBuf,
-        /// Petrel's `--metrics` file.
-        metrics: PathBuf,
-        /// The second disk's image.
-        data: PathBuf,
-    },
-    /// The disk image is byte for byte what it was before the VM started.
-    Unchanged {
-        /// The disk image.
-        image: PathBuf,
-        /// Its SHA-256 before.
-        sha256: String,
-    },
-    /// The guest mounted the disk read-write: the ext4 mount count went from 0 to at least 1
-    /// with a last-mount time, the disk saw writes, and virtio-rng served the guest bytes.
-    RootReadWrite {
-        /// The disk image.
-        image: PathBuf,
-        /// Petrel's `--metrics` file.
-        metrics: PathBuf,
-    },
-    /// Petrel's `--metrics` file passes `judge`.
-    Metrics {
-        /// The metrics file.
-        metrics: PathBuf,
-        /// Judges the metrics: a note when they pass, a failure otherwise.
-        judge: fn(&serde_json::Value) -> std::result::Result<String, String>,
-    },
-    /// The guest mounted the disk read-only: the superblock is untouched and no write
-    /// reached the disk.
-    RootReadOnly {
-        /// The disk image.
-        image: PathBuf,
-        /// Petrel's `--metrics` file.
-        metrics: PathBuf,
-    },
-}
-
 /// The fields of `dumpe2fs -h` the checks read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
@@ -262,9 +212,7 @@ pub fn read_metrics(path: &Path) -> std::result::Result<serde_json::Value, Strin
 /// The SHA-256 of the file at `path`, in hex.
 pub fn file_sha256(path: &Path) -> std::result::Result<String, String> {
     let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut h = Sha256::new();
-    h.update(&bytes);
-    Ok(h.finish_hex())
+    Ok(sha256_hex(&bytes))
 }
 
 /// Whether `disk` starts with the scenario's pattern, whose SHA-256 must be the
@@ -272,9 +220,7 @@ pub fn file_sha256(path: &Path) -> std::result::Result<String, String> {
 fn check_pattern(disk: &Path, guest_sum: Option<&str>) -> std::result::Result<String, String> {
     let bytes = fs::read(disk).map_err(|e| format!("reading {}: {e}", disk.display()))?;
     let want = guest_script::pattern(PATTERN_LEN, PATTERN_SEED);
-    let mut h = Sha256::new();
-    h.update(&want);
-    let sum = h.finish_hex();
+    let sum = sha256_hex(&want);
     if bytes.len() < PATTERN_LEN || bytes[..PATTERN_LEN] != want[..] {
         let first_bad = bytes.iter().zip(&want).position(|(a, b)| a != b);
         return Err(format!(
@@ -420,24 +366,21 @@ pub fn build_rootfs(image: &Path) -> Result<()> {
     guest_script::build_rootfs(image, &init_script(), &[], 32)
 }
 
+/// Installs what building a root filesystem image needs and makes `dir`, where the images go.
+pub fn prepare_disks(dir: &Path) -> Result<()> {
+    host::ensure_packages(&["e2fsprogs", "busybox-static"])?;
+    fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))
+}
+
 /// The virtio scenarios named in `names`, booting `vmlinux`; their disk images and metrics go
 /// to `dir`.
 pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scenario>> {
     if !names.iter().any(|n| SCENARIOS.contains(n)) {
         return Ok(Vec::new());
     }
-    host::ensure_packages(&["e2fsprogs", "busybox-static"])?;
-    fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    prepare_disks(dir)?;
     let mut out = Vec::new();
     for &name in names.iter().filter(|n| SCENARIOS.contains(n)) {
-        if name == crate::net_boot::NAME {
-            out.push(crate::net_boot::scenario(vmlinux, dir)?);
-            continue;
-        }
-        if name == crate::vsock_boot::NAME {
-            out.push(crate::vsock_boot::scenario(vmlinux, dir)?);
-            continue;
-        }
         let image = dir.join(format!("{name}.ext4"));
         let metrics = dir.join(format!("{name}.metrics.json"));
         let _ = fs::remove_file(&metrics);

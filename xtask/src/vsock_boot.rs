@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::boottest::Scenario;
 use crate::error::{IoContext, Result};
 use crate::guest_script::{self, ExtraFile};
 use crate::host;
 use crate::live::{LiveCheck, LiveContext, LiveResult};
+use crate::scenario::Scenario;
 use crate::virtio_boot::{device_counter, read_only_root_scenario};
 
 /// The scenario's name.
@@ -308,7 +308,7 @@ pub fn scenario(vmlinux: &Path, dir: &Path) -> Result<Scenario> {
     ]);
     s.checks = vec!["vsock-g2h", "vsock-h2g", "vsock-prog"];
     s.live = Some(Arc::new(VsockEcho { uds }));
-    s.after = Some(crate::virtio_boot::AfterCheck::Metrics {
+    s.after = Some(crate::scenario::AfterCheck::Metrics {
         metrics,
         judge: judge_metrics,
     });

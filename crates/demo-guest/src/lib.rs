@@ -102,7 +102,7 @@
 pub struct ReadmeDoctests;
 
 pub mod counter;
-mod elf;
+pub mod elf;
 pub mod keyboard;
 
 use elf::CODE_OFFSET;

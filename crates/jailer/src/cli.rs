@@ -363,15 +363,15 @@ mod tests {
 
     /// A static "executable": an ELF header with one PT_LOAD and no PT_INTERP.
     fn static_exec(dir: &Path) -> PathBuf {
-        let mut b = vec![0u8; 64 + 56];
-        b[0..4].copy_from_slice(b"\x7fELF");
-        b[4] = 2;
-        b[5] = 1;
-        b[16] = 2; // ET_EXEC
-        b[32] = 64; // e_phoff
-        b[54] = 56; // e_phentsize
-        b[56] = 1; // e_phnum
-        b[64] = 1; // PT_LOAD
+        use petrel_demo_guest::elf::{exec_elf, ExecLayout};
+        let layout = ExecLayout {
+            load_addr: 0x40_0000,
+            code_offset: 64 + 56,
+            writable: false,
+            mem_size: None,
+            pvh_entry: None,
+        };
+        let b = exec_elf(&layout, &[0xeb, 0xfe]);
         let path = dir.join("vmm");
         std::fs::write(&path, b).unwrap();
         path

@@ -6,20 +6,16 @@
 //! `PT_INTERP` either and runs fine.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+
+use object::elf::{FileHeader64, ET_DYN, ET_EXEC, PT_INTERP};
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::{LittleEndian, ReadCache};
 
 /// How to build Petrel so that the jail can run it, for messages.
 pub const STATIC_BUILD_HINT: &str =
     "build it statically: RUSTFLAGS=\"-C target-feature=+crt-static\" \
      cargo build --release -p petrel --target x86_64-unknown-linux-gnu, then use \
      target/x86_64-unknown-linux-gnu/release/petrel";
-
-const EHDR_SIZE: usize = 64;
-const PT_INTERP: u32 = 3;
-const ET_EXEC: u16 = 2;
-const ET_DYN: u16 = 3;
-/// More program headers than any real executable has; a bound on what we read.
-const MAX_PHNUM: usize = 256;
 
 /// Why a file cannot run alone in the jail; `None` from [`check_static`] means it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,82 +39,58 @@ impl std::fmt::Display for NotStatic {
     }
 }
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
-}
-
-/// Reads the ELF header and program headers of `file` and says whether it runs without a
-/// program interpreter. I/O errors are reported as [`NotStatic::NotElf`] with their text.
+/// Reads the ELF header and program headers of `file` (through the `object` crate, which
+/// reads only what it looks at) and says whether it runs without a program interpreter. I/O
+/// errors are reported as [`NotStatic::NotElf`].
 pub fn check_static(file: &mut File) -> Result<(), NotStatic> {
     let not_elf = |why: &str| NotStatic::NotElf(why.to_string());
-    let mut ehdr = [0u8; EHDR_SIZE];
-    file.read_exact(&mut ehdr)
-        .map_err(|_| not_elf("shorter than an ELF header"))?;
-    if &ehdr[0..4] != b"\x7fELF" {
-        return Err(not_elf("no ELF magic"));
-    }
-    if ehdr[4] != 2 || ehdr[5] != 1 {
-        return Err(not_elf("not ELFCLASS64 little-endian"));
-    }
-    let e_type = u16_at(&ehdr, 16);
+    let data = ReadCache::new(file);
+    let header = FileHeader64::<LittleEndian>::parse(&data).map_err(|e| not_elf(&e.to_string()))?;
+    let e_type = header.e_type(LittleEndian);
     if e_type != ET_EXEC && e_type != ET_DYN {
         return Err(not_elf("not an executable"));
     }
-    let phoff = u64_at(&ehdr, 32);
-    let phentsize = usize::from(u16_at(&ehdr, 54));
-    let phnum = usize::from(u16_at(&ehdr, 56));
-    if phentsize < 56 || phnum == 0 || phnum > MAX_PHNUM {
-        return Err(not_elf("unusable program header table"));
+    let phdrs = header
+        .program_headers(LittleEndian, &data)
+        .map_err(|e| not_elf(&format!("unusable program header table: {e}")))?;
+    if phdrs.is_empty() {
+        return Err(not_elf("no program headers"));
     }
-    let mut phdrs = vec![0u8; phentsize * phnum];
-    file.seek(SeekFrom::Start(phoff))
-        .and_then(|_| file.read_exact(&mut phdrs))
-        .map_err(|_| not_elf("program header table past the end of the file"))?;
-    for ph in phdrs.chunks_exact(phentsize) {
-        if u32_at(ph, 0) == PT_INTERP {
-            let offset = u64_at(ph, 8);
-            let size = u64_at(ph, 32).min(4096) as usize;
-            let mut name = vec![0u8; size];
-            let interp = file
-                .seek(SeekFrom::Start(offset))
-                .and_then(|_| file.read_exact(&mut name))
-                .map(|_| {
-                    let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-                    String::from_utf8_lossy(&name[..end]).into_owned()
-                })
-                .unwrap_or_else(|_| "(unreadable)".to_string());
-            return Err(NotStatic::Dynamic(interp));
+    match phdrs.iter().find(|ph| ph.p_type(LittleEndian) == PT_INTERP) {
+        None => Ok(()),
+        Some(ph) => {
+            let interp = match ph.interpreter(LittleEndian, &data) {
+                Ok(Some(name)) => String::from_utf8_lossy(name).into_owned(),
+                _ => "(unreadable)".to_string(),
+            };
+            Err(NotStatic::Dynamic(interp))
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object::elf::{ProgramType, PT_LOAD};
     use std::io::Write;
 
+    /// Size of an ELF64 file header.
+    const EHDR_SIZE: usize = 64;
+
     /// A minimal ELF64 image: header, `phdrs` program headers, then `tail` bytes.
-    fn elf(phdrs: &[(u32, u64, u64)], tail: &[u8]) -> Vec<u8> {
+    fn elf(phdrs: &[(ProgramType, u64, u64)], tail: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; EHDR_SIZE];
         b[0..4].copy_from_slice(b"\x7fELF");
         b[4] = 2; // ELFCLASS64
         b[5] = 1; // ELFDATA2LSB
-        b[16..18].copy_from_slice(&ET_DYN.to_le_bytes());
+        b[6] = 1; // EV_CURRENT
+        b[16..18].copy_from_slice(&ET_DYN.0.to_le_bytes());
         b[32..40].copy_from_slice(&(EHDR_SIZE as u64).to_le_bytes()); // e_phoff
         b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
         b[56..58].copy_from_slice(&(phdrs.len() as u16).to_le_bytes()); // e_phnum
         for &(p_type, offset, size) in phdrs {
             let mut ph = vec![0u8; 56];
-            ph[0..4].copy_from_slice(&p_type.to_le_bytes());
+            ph[0..4].copy_from_slice(&p_type.0.to_le_bytes());
             ph[8..16].copy_from_slice(&offset.to_le_bytes());
             ph[32..40].copy_from_slice(&size.to_le_bytes());
             b.extend_from_slice(&ph);
@@ -145,13 +117,16 @@ mod tests {
     #[test]
     fn static_image_passes() {
         // PT_LOAD only.
-        assert_eq!(check(&elf(&[(1, 0, 0)], b"")), Ok(()));
+        assert_eq!(check(&elf(&[(PT_LOAD, 0, 0)], b"")), Ok(()));
     }
 
     #[test]
     fn interpreter_is_named() {
         let interp_off = (EHDR_SIZE + 2 * 56) as u64;
-        let image = elf(&[(1, 0, 0), (PT_INTERP, interp_off, 11)], b"/lib/ld.so\0");
+        let image = elf(
+            &[(PT_LOAD, 0, 0), (PT_INTERP, interp_off, 11)],
+            b"/lib/ld.so\0",
+        );
         let err = check(&image).unwrap_err();
         assert_eq!(err, NotStatic::Dynamic("/lib/ld.so".into()));
         assert!(err.to_string().contains("crt-static"), "{err}");
@@ -163,10 +138,10 @@ mod tests {
             check(b"#!/bin/sh\necho hi\n"),
             Err(NotStatic::NotElf(_))
         ));
-        let mut image = elf(&[(1, 0, 0)], b"");
+        let mut image = elf(&[(PT_LOAD, 0, 0)], b"");
         image[4] = 1; // ELFCLASS32
         assert!(matches!(check(&image), Err(NotStatic::NotElf(_))));
-        let truncated = &elf(&[(1, 0, 0)], b"")[..EHDR_SIZE + 10];
+        let truncated = &elf(&[(PT_LOAD, 0, 0)], b"")[..EHDR_SIZE + 10];
         assert!(matches!(check(truncated), Err(NotStatic::NotElf(_))));
     }
 

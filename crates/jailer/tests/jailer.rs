@@ -128,33 +128,18 @@ impl Drop for Jail {
     }
 }
 
-/// A 64-bit ELF kernel whose only instruction is `jmp $` at 2 MiB: a VM that runs until
-/// it is killed.
+/// A 64-bit ELF kernel whose only instruction is `jmp $`, loaded at 2 MiB: a VM that runs
+/// until it is killed. Written by the demo guests' ELF writer.
 fn spin_kernel() -> Vec<u8> {
-    const PADDR: u64 = 0x20_0000;
-    const CODE_OFFSET: u64 = 0x1000;
-    let mut elf = Vec::new();
-    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0"); // 64-bit, LE, SysV
-    elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
-    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // e_machine: x86-64
-    elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
-    elf.extend_from_slice(&PADDR.to_le_bytes()); // e_entry
-    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    for half in [64u16, 56, 1, 64, 0, 0] {
-        // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
-        elf.extend_from_slice(&half.to_le_bytes());
-    }
-    elf.extend_from_slice(&1u32.to_le_bytes()); // p_type: PT_LOAD
-    elf.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R X
-    for quad in [CODE_OFFSET, PADDR, PADDR, 2, 2, 0x1000] {
-        // p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
-        elf.extend_from_slice(&quad.to_le_bytes());
-    }
-    elf.resize(CODE_OFFSET as usize, 0);
-    elf.extend_from_slice(&[0xeb, 0xfe]); // jmp $
-    elf
+    use petrel_demo_guest::elf::{exec_elf, ExecLayout};
+    let layout = ExecLayout {
+        load_addr: 0x20_0000,
+        code_offset: 64 + 56, // right after the ELF header and the one program header
+        writable: false,
+        mem_size: None,
+        pvh_entry: None,
+    };
+    exec_elf(&layout, &[0xeb, 0xfe]) // jmp $
 }
 
 fn stderr_line(out: &Output) -> String {

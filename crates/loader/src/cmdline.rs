@@ -8,6 +8,31 @@ use petrel_guest_mem::GuestRam;
 use crate::linux::LoadedKernel;
 use crate::{Error, Result};
 
+/// What Petrel adds to the command line on hosts whose KVM runs guest kernel code in its
+/// instruction emulator (see `../shared/HOST-KVM.md`): keep Linux away from instructions that
+/// emulator cannot run, and skip boot work that costs far more there than on hardware
+/// where no guest can notice in practice:
+///
+/// - `pty.legacy_count=0`: no legacy BSD ptys (`/dev/ptyp0`...), which a kernel with
+///   `CONFIG_LEGACY_PTYS` (tinyconfig's default: 256) spends about 40 s registering under
+///   emulation. Programs have used Unix98 ptys (`/dev/ptmx`, `/dev/pts`) for two decades; a
+///   guest that still opens `/dev/ptyXX` is vanishingly rare, and `--host-compat off`
+///   gives it back. Kernels without legacy ptys ignore the parameter.
+/// - `110,111` in `clearcpuid=`: `X86_FEATURE_SYSCALL32` and `X86_FEATURE_SYSENTER32`
+///   (Linux's `arch/x86/include/asm/cpufeatures.h`: word 3, bits 14 and 15), flags with no
+///   name, so the numbers. There a SYSCALL from 32-bit compat mode enters the guest kernel at
+///   CPL0 on the user stack and the guest double-faults, and a 32-bit program whose vDSO
+///   uses SYSENTER (Intel CPUs) dies of a general protection fault in the vDSO; without the
+///   flags the 32-bit vDSO makes its system calls with `int $0x80`, which a guest kernel can
+///   take (see `docs/guest-kernel.md` for the patch that makes user-mode system calls work
+///   there).
+///
+/// These words come after the user's command line, so they win over the same parameters
+/// given there; `--host-compat off` leaves them all out.
+pub const EMULATED_HOST_CMDLINE: &str = "pty.legacy_count=0 noxsave nosmap nosmep nofsgsbase \
+    clearcpuid=popcnt,cx16,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,rdpid,movbe,erms,fsrm,\
+    umip,avx,avx2,avx512f,xsave,110,111";
+
 /// Room for `kernel`'s command line, terminating NUL included: the smaller of what the kernel
 /// accepts (`cmdline_size` + 1) and what the layout reserves ([`CMDLINE_MAX_SIZE`]).
 pub fn cmdline_capacity(kernel: &LoadedKernel) -> usize {
@@ -111,5 +136,23 @@ mod tests {
         assert!(matches!(err, Error::BuildCmdline { .. }));
         assert!(build_cmdline("root=/dev/vda\0init=/x", 64).is_err());
         assert!(build_cmdline("quiet\u{e9}", 64).is_err());
+    }
+
+    #[test]
+    fn emulated_host_cmdline_is_one_line_of_words() {
+        assert!(!EMULATED_HOST_CMDLINE.contains('\n'));
+        assert!(EMULATED_HOST_CMDLINE.contains("clearcpuid=popcnt,cx16,"));
+        assert!(EMULATED_HOST_CMDLINE.ends_with("avx512f,xsave,110,111"));
+        // Linux copies clearcpuid's value into a 128-byte buffer (cpu_parse_early_param).
+        let clear = EMULATED_HOST_CMDLINE
+            .split(' ')
+            .find_map(|w| w.strip_prefix("clearcpuid="))
+            .unwrap();
+        assert!(clear.len() < 128, "{} bytes", clear.len());
+        assert!(!EMULATED_HOST_CMDLINE.contains("  "));
+        // The one time saver: no legacy BSD ptys (40 s of an emulated boot).
+        let words: Vec<&str> = EMULATED_HOST_CMDLINE.split(' ').collect();
+        assert_eq!(words[0], "pty.legacy_count=0");
+        assert_eq!(words.iter().filter(|w| w.starts_with("pty.")).count(), 1);
     }
 }

@@ -109,30 +109,8 @@ pub enum KernelImage {
 /// reboot through the i8042 (which ends Petrel), reboot 1 s after a panic, no PCI probing.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 
-/// What Petrel adds to the command line on hosts whose KVM runs guest kernel code in its
-/// instruction emulator (see `../shared/HOST-KVM.md`): keep Linux away from instructions that
-/// emulator cannot run, and skip boot work that costs far more there than on hardware
-/// where no guest can notice in practice:
-///
-/// - `pty.legacy_count=0`: no legacy BSD ptys (`/dev/ptyp0`...), which a kernel with
-///   `CONFIG_LEGACY_PTYS` (tinyconfig's default: 256) spends about 40 s registering under
-///   emulation. Programs have used Unix98 ptys (`/dev/ptmx`, `/dev/pts`) for two decades; a
-///   guest that still opens `/dev/ptyXX` is vanishingly rare, and `--host-compat off`
-///   gives it back. Kernels without legacy ptys ignore the parameter.
-/// - `110,111` in `clearcpuid=`: `X86_FEATURE_SYSCALL32` and `X86_FEATURE_SYSENTER32`
-///   (Linux's `arch/x86/include/asm/cpufeatures.h`: word 3, bits 14 and 15), flags with no
-///   name, so the numbers. There a SYSCALL from 32-bit compat mode enters the guest kernel at
-///   CPL0 on the user stack and the guest double-faults, and a 32-bit program whose vDSO
-///   uses SYSENTER (Intel CPUs) dies of a general protection fault in the vDSO; without the
-///   flags the 32-bit vDSO makes its system calls with `int $0x80`, which a guest kernel can
-///   take (see `docs/guest-kernel.md` for the patch that makes user-mode system calls work
-///   there).
-///
-/// These words come after the user's command line, so they win over the same parameters
-/// given there; `--host-compat off` leaves them all out.
-pub const EMULATED_HOST_CMDLINE: &str = "pty.legacy_count=0 noxsave nosmap nosmep nofsgsbase \
-    clearcpuid=popcnt,cx16,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,rdpid,movbe,erms,fsrm,\
-    umip,avx,avx2,avx512f,xsave,110,111";
+// Defined in the loader, which builds the command line; re-exported under its old path.
+pub use petrel_loader::cmdline::EMULATED_HOST_CMDLINE;
 
 /// A Linux kernel (ELF vmlinux or bzImage) and what goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
