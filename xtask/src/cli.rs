@@ -45,9 +45,10 @@ pub enum Cmd {
     /// The whole test suite, as CI runs it: install missing Debian packages and
     /// rustfmt/clippy, then `cargo fmt --all -- --check`, `cargo clippy
     /// --workspace --all-targets -- -D warnings`, `cargo test --workspace`,
-    /// `cargo package --offline` of the library crates, their examples (`cargo run
-    /// --example` lwn_demo, serial_on_a_bus, load_kernel), `crate-graph --check`,
-    /// `api-listing --check` (skipped, saying so, without nightly) and boot-test.
+    /// `cargo package --offline` of the library crates, their runnable examples
+    /// (`cargo run --example`, listed in xtask/src/suite.rs), `crate-graph
+    /// --check`, `api-listing --check` (skipped, saying so, without nightly) and
+    /// boot-test.
     /// Stops at the first failing step (exit 1); a summary per step closes the run.
     /// VMM_REQUIRE_KVM=1 in the environment makes the KVM tests fail rather than
     /// skip where /dev/kvm is missing.
@@ -108,8 +109,8 @@ pub enum Cmd {
     #[command(verbatim_doc_comment)]
     Fuzz(FuzzArgs),
     /// Print the library crates' dependency graph (from `cargo metadata`), as
-    /// kept in docs/using-the-crates.md; --check fails when the doc's copy is out
-    /// of date, --write updates it.
+    /// kept in docs/using-the-crates.md and docs/architecture.md; --check fails
+    /// when a doc's copy is out of date, --write updates both.
     #[command(verbatim_doc_comment)]
     CrateGraph(CrateGraphArgs),
     /// Write each library crate's public API (from nightly rustdoc JSON) to
@@ -291,10 +292,10 @@ pub struct FuzzArgs {
 /// Options of `crate-graph`.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct CrateGraphArgs {
-    /// Fail when the copy in docs/using-the-crates.md is out of date.
+    /// Fail when a copy in docs/using-the-crates.md or docs/architecture.md is out of date.
     #[arg(long, conflicts_with = "write", verbatim_doc_comment)]
     pub check: bool,
-    /// Update the copy in docs/using-the-crates.md.
+    /// Update both copies (docs/using-the-crates.md, docs/architecture.md).
     #[arg(long, verbatim_doc_comment)]
     pub write: bool,
 }

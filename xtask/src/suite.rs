@@ -3,7 +3,7 @@
 //! Steps: `packages` (install missing Debian packages), `toolchain` (rustfmt and clippy),
 //! `fmt`, `clippy`, `test` (`cargo test --workspace`), `package` (`cargo package` of the
 //! library crates, offline), `examples` (the crates' runnable examples), `crate-graph` (the
-//! graph in docs/using-the-crates.md is current), `api-listing` (the checked-in public APIs
+//! graph in docs/using-the-crates.md and docs/architecture.md is current), `api-listing` (the checked-in public APIs
 //! are current; needs nightly) and `boot-test` (in-process). Each step prints a header and
 //! its wall time; the first failing step stops the run, and a summary line per step closes
 //! it.
@@ -365,7 +365,7 @@ fn steps<'a>(args: &TestArgs, root: &'a Path) -> Vec<Step<'a>> {
         "crate-graph",
         format!(
             "cargo xtask crate-graph --check ({})",
-            crate::crates::GRAPH_DOC
+            crate::crates::GRAPH_DOCS.join(", ")
         ),
         move || crate::crates::crate_graph(root, crate::crates::Mode::Check),
     ));
