@@ -314,24 +314,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn emulated_host_cmdline_is_one_line_of_words() {
-        assert!(!EMULATED_HOST_CMDLINE.contains('\n'));
-        assert!(EMULATED_HOST_CMDLINE.contains("clearcpuid=popcnt,cx16,"));
-        assert!(EMULATED_HOST_CMDLINE.ends_with("avx512f,xsave,110,111"));
-        // Linux copies clearcpuid's value into a 128-byte buffer (cpu_parse_early_param).
-        let clear = EMULATED_HOST_CMDLINE
-            .split(' ')
-            .find_map(|w| w.strip_prefix("clearcpuid="))
-            .unwrap();
-        assert!(clear.len() < 128, "{} bytes", clear.len());
-        assert!(!EMULATED_HOST_CMDLINE.contains("  "));
-        // The one time saver: no legacy BSD ptys (40 s of an emulated boot).
-        let words: Vec<&str> = EMULATED_HOST_CMDLINE.split(' ').collect();
-        assert_eq!(words[0], "pty.legacy_count=0");
-        assert_eq!(words.iter().filter(|w| w.starts_with("pty.")).count(), 1);
-    }
-
-    #[test]
     fn boot_protocol_names_parse_and_others_are_refused() {
         for (name, p) in BootProtocol::NAMES {
             assert_eq!(name.parse::<BootProtocol>().unwrap(), p);
