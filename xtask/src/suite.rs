@@ -296,11 +296,54 @@ fn package_args(libs: &[String]) -> Vec<String> {
 }
 
 /// Packages and verifies every library crate.
+/// Cargo's home: `$CARGO_HOME`, else `~/.cargo`.
+fn cargo_home() -> std::path::PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+/// Removes the copies of our own crates that an earlier `cargo package` unpacked under
+/// `CARGO_HOME/registry/src/` while verifying.
+///
+/// `cargo package` verifies each crate against the others through a temporary local registry
+/// and unpacks them into a directory named after a hash of that registry's path. An earlier run
+/// from a checkout at the same path leaves `NAME-VERSION` there, marked complete, and cargo
+/// then reuses it instead of unpacking the new package: a later run verified against the old
+/// source and failed (a clean clone at /tmp/ci met the loader and hv-sys of a run an hour
+/// older). The directories are only an unpacking cache; other crates' copies stay.
+fn forget_unpacked_packages(cargo_home: &Path, libs: &[String]) -> Result<()> {
+    let Ok(registries) = std::fs::read_dir(cargo_home.join("registry").join("src")) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        let Ok(entries) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = libs.iter().any(|lib| {
+                name.strip_prefix(lib.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            if ours {
+                std::fs::remove_dir_all(entry.path()).map_err(|e| {
+                    Error::Other(format!("removing {}: {e}", entry.path().display()))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn package_step(root: &Path) -> Result<()> {
     let libs: Vec<String> = crate::crates::libraries(root)?
         .into_iter()
         .map(|l| l.name)
         .collect();
+    forget_unpacked_packages(&cargo_home(), &libs)?;
     let args = package_args(&libs);
     println!("cargo {}", args.join(" "));
     host::run(Command::new(cargo()).current_dir(root).args(&args))
@@ -624,5 +667,29 @@ mod tests {
         assert!(describe_kvm(false, Some("1")).ends_with("will fail"));
         assert!(describe_kvm(false, None).contains("VMM_REQUIRE_KVM unset"));
         assert!(describe_kvm(false, Some("0")).ends_with("SKIPPED and pass"));
+    }
+
+    #[test]
+    fn only_our_unpacked_packages_are_forgotten() {
+        let home = std::env::temp_dir().join(format!("xtask-cargo-home-{}", std::process::id()));
+        let src = home.join("registry").join("src");
+        for dir in [
+            "-7d36319c136135d3/petrel-loader-0.1.0",
+            "-7d36319c136135d3/petrel-loader-extra-0.1.0",
+            "index.crates.io-1949cf8c6b5b557f/libc-0.2.170",
+            "index.crates.io-1949cf8c6b5b557f/petrel-vmm-0.1.0",
+        ] {
+            std::fs::create_dir_all(src.join(dir)).unwrap();
+        }
+        let libs = ["petrel-loader".to_string(), "petrel-vmm".to_string()];
+        forget_unpacked_packages(&home, &libs).unwrap();
+        let left = |d: &str| src.join(d).exists();
+        assert!(!left("-7d36319c136135d3/petrel-loader-0.1.0"));
+        assert!(!left("index.crates.io-1949cf8c6b5b557f/petrel-vmm-0.1.0"));
+        assert!(left("-7d36319c136135d3/petrel-loader-extra-0.1.0"));
+        assert!(left("index.crates.io-1949cf8c6b5b557f/libc-0.2.170"));
+        std::fs::remove_dir_all(&home).unwrap();
+        // No registry at all is not an error.
+        forget_unpacked_packages(&home, &libs).unwrap();
     }
 }
