@@ -145,7 +145,7 @@ fn long_mode_reaches_the_zero_page_through_rsi_and_the_identity_map() {
         let ram = GuestRam::new(size).unwrap();
         let kernel =
             load_kernel_image(&ram, &tiny_elf(&code64, &[0xf4]), Path::new("tiny")).unwrap();
-        let state = configure_linux_boot(&ram, &kernel, "console=ttyS0", None, 2).unwrap();
+        let state = configure_linux_boot(&ram, &kernel, "console=ttyS0", None, 2, None).unwrap();
         assert_eq!(run_guest(&kvm, &ram, &state), b"HdrS", "{} MiB", size >> 20);
     }
 }
@@ -163,7 +163,7 @@ fn pvh_entry_reaches_the_start_info_through_ebx() {
     ];
     let ram = GuestRam::new(64 << 20).unwrap();
     let kernel = load_kernel_image(&ram, &tiny_elf(&[0xf4], &code32), Path::new("tiny")).unwrap();
-    let state = configure_pvh_boot(&ram, &kernel, "console=ttyS0", None, 1).unwrap();
+    let state = configure_pvh_boot(&ram, &kernel, "console=ttyS0", None, 1, None).unwrap();
     assert_eq!(run_guest(&kvm, &ram, &state), 0x336e_c578u32.to_le_bytes());
 }
 
@@ -255,9 +255,9 @@ fn kernel_linked_with_plain_ld_loads_and_boots_both_ways() {
     let Some(kvm) = kvm_or_skip(TEST) else {
         return;
     };
-    let state = configure_linux_boot(&ram, &kernel, "console=ttyS0", None, 1).unwrap();
+    let state = configure_linux_boot(&ram, &kernel, "console=ttyS0", None, 1, None).unwrap();
     assert_eq!(run_guest(&kvm, &ram, &state), b"HdrS");
     let (ram, kernel) = load();
-    let state = configure_pvh_boot(&ram, &kernel, "console=ttyS0", None, 1).unwrap();
+    let state = configure_pvh_boot(&ram, &kernel, "console=ttyS0", None, 1, None).unwrap();
     assert_eq!(run_guest(&kvm, &ram, &state), 0x336e_c578u32.to_le_bytes());
 }

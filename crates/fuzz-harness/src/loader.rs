@@ -94,9 +94,9 @@ pub fn kernel(data: &[u8]) {
                 "{len}-byte command line written"
             );
         }
-        let _ = configure_linux_boot(ram, &kernel, &cmdline, initrd, 1 + ram_sel % 4);
+        let _ = configure_linux_boot(ram, &kernel, &cmdline, initrd, 1 + ram_sel % 4, None);
         if kernel.pvh_entry.is_some() {
-            let _ = configure_pvh_boot(ram, &kernel, &cmdline, initrd, 1 + ram_sel % 4);
+            let _ = configure_pvh_boot(ram, &kernel, &cmdline, initrd, 1 + ram_sel % 4, None);
         }
     });
 }

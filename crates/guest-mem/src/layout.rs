@@ -14,6 +14,9 @@
 //! 0x0002_0000 │ kernel command line (CMDLINE_START, CMDLINE_MAX_SIZE)
 //! 0x0009_fc00 │ EBDA: MP table (EBDA_START)
 //! 0x000a_0000 ┼ legacy VGA / BIOS hole (not RAM in e820)
+//! 0x000e_0000 │ ACPI: RSDP, then XSDT, FADT, MADT, DSDT (ACPI_START, e820 "ACPI")
+//! 0x000e_f000 │ VMGenID buffer, 16 bytes in its own page (VMGENID_START, e820 "reserved")
+//! 0x000f_0000 │ rest of the BIOS area: free (ELF headers segments of kernels may go here)
 //! 0x0010_0000 ┼ kernel (HIMEM_START)
 //!        ...  │ RAM
 //! 0xd000_0000 ┼ 32-bit MMIO gap (MMIO32_START): boot-timer byte, virtio-mmio windows
@@ -56,6 +59,24 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional memory (start of the VGA / BIOS hole).
 pub const LOW_RAM_END: u64 = 0xa0000;
 
+/// Start of the ACPI area, where the RSDP goes: the first byte of the BIOS read-only area
+/// `0xE0000..=0xFFFFF` that an OS scans for the RSDP's signature on a 16-byte boundary
+/// (ACPI 6.5, 5.2.5.1 "Finding the RSDP on IA-PC Systems"), so that a kernel that is not told
+/// the RSDP's address (older than Linux 5.0, or booted without it) still finds it. The other
+/// tables follow it, up to [`VMGENID_START`]; the e820 map reports `[ACPI_START,
+/// VMGENID_START)` as ACPI data (type 3).
+pub const ACPI_START: u64 = 0xe_0000;
+/// The VMGenID buffer: the 16-byte generation ID (Microsoft's "Virtual Machine Generation ID"
+/// specification: 8-byte aligned, not crossing a page). It gets a page of its own, reported
+/// as reserved (e820 type 2) rather than ACPI data, because the guest keeps reading it after
+/// boot (and ACPI 6.5, table 15.1, lets an OS reuse ACPI data memory once it has read the
+/// tables).
+pub const VMGENID_START: u64 = 0xe_f000;
+/// Size of the VMGenID buffer: a 128-bit generation ID.
+pub const VMGENID_SIZE: u64 = 16;
+/// One past the ACPI area: the end of the VMGenID page.
+pub const ACPI_END: u64 = VMGENID_START + 0x1000;
+
 /// Where 64-bit kernels and the protected-mode part of a bzImage are loaded (1 MiB).
 pub const HIMEM_START: u64 = 0x10_0000;
 
@@ -96,6 +117,11 @@ const _: () = {
     assert!(BOOT_STACK_POINTER < PML4_START);
     assert!(PD_START + PD_COUNT * 0x1000 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE <= EBDA_START);
+    // The ACPI area lies in the BIOS area, the RSDP 16-byte aligned, the VMGenID buffer
+    // 8-byte aligned in a page of its own.
+    assert!(LOW_RAM_END <= ACPI_START && ACPI_START % 16 == 0);
+    assert!(ACPI_START < VMGENID_START && VMGENID_START % 0x1000 == 0);
+    assert!(VMGENID_START + VMGENID_SIZE <= ACPI_END && ACPI_END <= HIMEM_START);
     assert!(BOOT_TIMER_ADDR >= MMIO32_START && MMIO_DEVICES_START > BOOT_TIMER_ADDR);
 };
 

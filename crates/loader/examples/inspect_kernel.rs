@@ -44,10 +44,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(i) = initrd {
         println!("initrd      {:#x} ({:#x} bytes)", i.addr, i.size);
     }
-    let linux = configure_linux_boot(&ram, &kernel, "console=ttyS0", initrd, 2)?;
+    let linux = configure_linux_boot(&ram, &kernel, "console=ttyS0", initrd, 2, None)?;
     println!("64-bit boot {linux:#x?}");
     if kernel.pvh_entry.is_some() {
-        let pvh = configure_pvh_boot(&ram, &kernel, "console=ttyS0", initrd, 2)?;
+        let pvh = configure_pvh_boot(&ram, &kernel, "console=ttyS0", initrd, 2, None)?;
         println!(
             "PVH boot    rip {:#x} rbx {:#x} cr0 {:#x}",
             pvh.rip, pvh.rbx, pvh.cr0

@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Command line, MP table, zero page, page tables and GDT; returns the boot vCPU's state.
-    let cpu = configure_linux_boot(&ram, &kernel, "console=ttyS0 panic=-1", None, 1)?;
+    let cpu = configure_linux_boot(&ram, &kernel, "console=ttyS0 panic=-1", None, 1, None)?;
     println!("  boot vCPU: rip {:#x}, rsi {:#x}", cpu.rip, cpu.rsi);
 
     // Read the zero page back from the GuestMemoryMmap, as the guest will see it.

@@ -3,6 +3,9 @@
 //!
 //! Both write the command line at `CMDLINE_START`, the MP table in the EBDA and the GDT/IDT;
 //! the 64-bit protocol adds the zero page and the identity map, PVH a `hvm_start_info`.
+//! When the VMM wrote ACPI tables first ([`crate::write_acpi_tables`]), both hand the kernel
+//! the RSDP's address and add the ACPI area to the e820 map; the MP table stays, for kernels
+//! built without ACPI.
 //! Every input is checked before it is written; when a check fails after some structures were
 //! written, guest memory holds a partial boot setup and the VM must not be started.
 
@@ -15,12 +18,13 @@ use petrel_guest_mem::layout::{
 use petrel_guest_mem::vm_memory::ByteValued;
 use petrel_guest_mem::GuestRam;
 
-use crate::bootparams::{build_boot_params, e820_map, write_boot_params};
+use crate::bootparams::{acpi_e820, build_boot_params, e820_map, write_boot_params};
 use crate::cmdline::write_cmdline;
 use crate::gdt::{write_gdt_and_idt, BootSegments};
 use crate::linux::{Initrd, LoadedKernel};
 use crate::mptable::setup_mptable;
 use crate::paging::setup_identity_map;
+use crate::AcpiPlacement;
 use crate::{BootCpuState, CpuMode, Error, Result};
 
 /// CR0.PE: protected mode (Intel SDM vol. 3, 2.5).
@@ -108,7 +112,8 @@ fn cpu_state(mode: CpuMode, rip: u64, segs: &BootSegments) -> BootCpuState {
 /// "64-bit Boot Protocol") and returns the state to start the boot vCPU in.
 ///
 /// Writes the command line, the MP table for `num_cpus` vCPUs, the zero page (setup header,
-/// e820 map, initrd), the identity map of the low 4 GiB and the boot GDT/IDT. The CPU starts
+/// e820 map, initrd, and with `acpi` the RSDP's address in `acpi_rsdp_addr` and the ACPI
+/// area in the e820 map), the identity map of the low 4 GiB and the boot GDT/IDT. The CPU starts
 /// in long mode at `kernel.entry_64` with RSI pointing at the zero page, CS = 0x10 and
 /// DS/ES/SS = 0x18 (flat), interrupts off:
 /// CR0 = PE | ET | NE | PG, CR3 = the PML4, CR4 = PAE, EFER = LME | LMA.
@@ -118,6 +123,7 @@ pub fn configure_linux_boot(
     cmdline: &str,
     initrd: Option<Initrd>,
     num_cpus: u8,
+    acpi: Option<&AcpiPlacement>,
 ) -> Result<BootCpuState> {
     check_entry(
         ram,
@@ -128,7 +134,7 @@ pub fn configure_linux_boot(
     check_initrd(ram, initrd)?;
     setup_mptable(ram, num_cpus)?;
     let cmdline_len = write_cmdline(ram, kernel, cmdline)?;
-    let params = build_boot_params(kernel, ram.size(), cmdline_len, initrd)?;
+    let params = build_boot_params(kernel, ram.size(), cmdline_len, initrd, acpi)?;
     write_boot_params(ram, &params)?;
     let cr3 = setup_identity_map(ram)?;
     let segs = write_gdt_and_idt(ram, CpuMode::Long64)?;
@@ -147,7 +153,8 @@ pub fn configure_linux_boot(
 ///
 /// Needs a kernel with a PVH entry point ([`LoadedKernel::pvh_entry`]). Writes the command
 /// line, the MP table, the GDT/IDT and, at [`PVH_START_INFO_START`], `hvm_start_info` with
-/// the initrd as module 0 and the e820 map as the memory map. The CPU starts in 32-bit
+/// the initrd as module 0, the e820 map as the memory map and, with `acpi`, the RSDP's
+/// address in `rsdp_paddr` and the ACPI area in the memory map. The CPU starts in 32-bit
 /// protected mode without paging at the PVH entry, EBX pointing at `hvm_start_info`,
 /// CS = 0x10 and DS/ES/SS = 0x18 (32-bit flat), TR a busy TSS of limit 0x67, CR0 = PE | ET,
 /// CR4 = 0, interrupts off.
@@ -157,6 +164,7 @@ pub fn configure_pvh_boot(
     cmdline: &str,
     initrd: Option<Initrd>,
     num_cpus: u8,
+    acpi: Option<&AcpiPlacement>,
 ) -> Result<BootCpuState> {
     let entry = kernel.pvh_entry.ok_or_else(|| Error::NoPvhEntry {
         path: kernel.path.clone(),
@@ -172,7 +180,7 @@ pub fn configure_pvh_boot(
     setup_mptable(ram, num_cpus)?;
     write_cmdline(ram, kernel, cmdline)?;
 
-    let memmap: Vec<hvm_memmap_table_entry> = e820_map(ram.size())
+    let memmap: Vec<hvm_memmap_table_entry> = e820_map(ram.size(), acpi_e820(acpi))
         .into_iter()
         .map(|e| hvm_memmap_table_entry {
             addr: e.addr,
@@ -204,6 +212,7 @@ pub fn configure_pvh_boot(
         memmap_paddr: PVH_MEMMAP_START,
         // At most a handful of entries, checked against the area above.
         memmap_entries: memmap.len() as u32,
+        rsdp_paddr: acpi.map_or(0, |a| a.rsdp.0),
         ..hvm_start_info::default()
     };
     if let Some(initrd) = initrd {
@@ -251,7 +260,7 @@ mod tests {
     fn linux_64_bit_state_follows_the_boot_protocol() {
         let ram = GuestRam::new(64 * MIB).unwrap();
         let k = elf_kernel(&ram, None);
-        let s = configure_linux_boot(&ram, &k, "console=ttyS0", None, 2).unwrap();
+        let s = configure_linux_boot(&ram, &k, "console=ttyS0", None, 2, None).unwrap();
         assert_eq!(s.mode, CpuMode::Long64);
         assert_eq!(s.rip, test_images::ELF_ENTRY);
         assert_eq!(s.rsi, ZERO_PAGE_START);
@@ -286,7 +295,7 @@ mod tests {
             addr: 48 * MIB,
             size: 0x800,
         };
-        let s = configure_linux_boot(&ram, &k, "quiet", Some(initrd), 1).unwrap();
+        let s = configure_linux_boot(&ram, &k, "quiet", Some(initrd), 1, None).unwrap();
         assert_eq!(s.rip, HIMEM_START + BZIMAGE_ENTRY_64_OFFSET);
         let params: boot_params = ram.read_obj(ZERO_PAGE_START).unwrap();
         assert_eq!({ params.hdr.ramdisk_image }, 48 * MIB as u32);
@@ -310,11 +319,11 @@ mod tests {
         let ram = GuestRam::new(64 * MIB).unwrap();
         let k = elf_kernel(&ram, None);
         assert!(matches!(
-            configure_linux_boot(&ram, &k, "", None, 0),
+            configure_linux_boot(&ram, &k, "", None, 0, None),
             Err(Error::MpTableCpuCount { num_cpus: 0, .. })
         ));
         assert!(matches!(
-            configure_linux_boot(&ram, &k, &"x".repeat(4096), None, 1),
+            configure_linux_boot(&ram, &k, &"x".repeat(4096), None, 1, None),
             Err(Error::CmdlineTooLong {
                 len: 4096,
                 max: 2047
@@ -323,7 +332,7 @@ mod tests {
         let mut bad = k.clone();
         bad.entry_64 = 128 * MIB;
         assert!(matches!(
-            configure_linux_boot(&ram, &bad, "", None, 1),
+            configure_linux_boot(&ram, &bad, "", None, 1, None),
             Err(Error::InvalidKernelHeader { value, .. }) if value == 128 * MIB
         ));
     }
@@ -337,7 +346,7 @@ mod tests {
             addr: 32 * MIB,
             size: 0x1000,
         };
-        let s = configure_pvh_boot(&ram, &k, "console=hvc0", Some(initrd), 2).unwrap();
+        let s = configure_pvh_boot(&ram, &k, "console=hvc0", Some(initrd), 2, None).unwrap();
         assert_eq!(s.mode, CpuMode::Protected32);
         assert_eq!(s.rip, u64::from(entry));
         assert_eq!(s.rbx, PVH_START_INFO_START);
@@ -367,11 +376,76 @@ mod tests {
         );
     }
 
+    fn acpi_tables(ram: &GuestRam) -> AcpiPlacement {
+        let cfg = crate::AcpiConfig {
+            vcpus: 2,
+            dsdt_body: &[],
+            sleep_control_port: 0x600,
+            sleep_status_port: 0x601,
+            reset_port: 0x602,
+            reset_value: 1,
+        };
+        crate::write_acpi_tables(ram, &cfg).unwrap()
+    }
+
+    #[test]
+    fn both_protocols_hand_over_the_rsdp_and_the_acpi_ranges() {
+        use crate::bootparams::{E820_ACPI, E820_RAM, E820_RESERVED};
+        use petrel_guest_mem::layout::{ACPI_START, VMGENID_START};
+        let ram = GuestRam::new(64 * MIB).unwrap();
+        let acpi = acpi_tables(&ram);
+        let expected = vec![
+            (0, E820_RAM),
+            (ACPI_START, E820_ACPI),
+            (VMGENID_START, E820_RESERVED),
+            (HIMEM_START, E820_RAM),
+        ];
+
+        let k = elf_kernel(&ram, Some((test_images::ELF_PADDR + 0x40) as u32));
+        configure_linux_boot(&ram, &k, "", None, 2, Some(&acpi)).unwrap();
+        let params: boot_params = ram.read_obj(ZERO_PAGE_START).unwrap();
+        assert_eq!({ params.acpi_rsdp_addr }, ACPI_START);
+        let n = usize::from(params.e820_entries);
+        let e820: Vec<_> = params.e820_table[..n]
+            .iter()
+            .map(|e| ({ e.addr }, { e.r#type }))
+            .collect();
+        assert_eq!(e820, expected);
+
+        configure_pvh_boot(&ram, &k, "", None, 2, Some(&acpi)).unwrap();
+        let info: hvm_start_info = ram.read_obj(PVH_START_INFO_START).unwrap();
+        assert_eq!(info.rsdp_paddr, ACPI_START);
+        let memmap: Vec<_> = (0..u64::from(info.memmap_entries))
+            .map(|i| {
+                let e: hvm_memmap_table_entry = ram.read_obj(info.memmap_paddr + i * 24).unwrap();
+                (e.addr, e.type_)
+            })
+            .collect();
+        assert_eq!(memmap, expected);
+        // The boot structures left the tables alone.
+        assert_eq!(&ram_bytes(&ram, ACPI_START, 8), b"RSD PTR ");
+
+        // Without tables, neither protocol points at any.
+        configure_linux_boot(&ram, &k, "", None, 2, None).unwrap();
+        let params: boot_params = ram.read_obj(ZERO_PAGE_START).unwrap();
+        assert_eq!({ params.acpi_rsdp_addr }, 0);
+        assert_eq!({ params.e820_entries }, 2);
+        configure_pvh_boot(&ram, &k, "", None, 2, None).unwrap();
+        let info: hvm_start_info = ram.read_obj(PVH_START_INFO_START).unwrap();
+        assert_eq!((info.rsdp_paddr, info.memmap_entries), (0, 2));
+    }
+
+    fn ram_bytes(ram: &GuestRam, addr: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0; len];
+        ram.read(addr, &mut b).unwrap();
+        b
+    }
+
     #[test]
     fn pvh_without_entry_or_with_a_bad_initrd_is_refused() {
         let ram = GuestRam::new(64 * MIB).unwrap();
         let k = elf_kernel(&ram, None);
-        let err = configure_pvh_boot(&ram, &k, "", None, 1).unwrap_err();
+        let err = configure_pvh_boot(&ram, &k, "", None, 1, None).unwrap_err();
         assert!(matches!(
             err,
             Error::NoPvhEntry {
@@ -384,7 +458,7 @@ mod tests {
             "kernel vmlinux has no PVH entry point: its ELF has no XEN_ELFNOTE_PHYS32_ENTRY note"
         );
         let bz = load_kernel_image(&ram, &test_images::bzimage(), Path::new("bzImage")).unwrap();
-        let err = configure_pvh_boot(&ram, &bz, "", None, 1).unwrap_err();
+        let err = configure_pvh_boot(&ram, &bz, "", None, 1, None).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("kernel bzImage has no PVH entry point: it is a bzImage"),
@@ -397,11 +471,11 @@ mod tests {
             size: 2 * MIB,
         };
         assert!(matches!(
-            configure_pvh_boot(&ram, &k, "", Some(outside), 1),
+            configure_pvh_boot(&ram, &k, "", Some(outside), 1, None),
             Err(Error::InitrdPlacement { .. })
         ));
         assert!(matches!(
-            configure_linux_boot(&ram, &k, "", Some(outside), 1),
+            configure_linux_boot(&ram, &k, "", Some(outside), 1, None),
             Err(Error::InitrdPlacement { .. })
         ));
     }

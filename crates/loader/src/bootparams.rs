@@ -15,11 +15,16 @@ use petrel_guest_mem::layout::{
 use petrel_guest_mem::GuestRam;
 
 use crate::linux::{Initrd, LoadedKernel};
-use crate::{Error, Result};
+use crate::{AcpiPlacement, Error, Result};
 
-/// e820 type of usable RAM (ACPI specification, chapter 15 "System Address Map Interfaces",
+/// e820 type of usable RAM (ACPI 6.5, 15.3 "System Address Map Interfaces", table 15.1:
 /// `AddressRangeMemory` = 1).
 pub const E820_RAM: u32 = 1;
+/// e820 type of memory the OS must not use (ACPI 6.5, table 15.1: `AddressRangeReserved` = 2).
+pub const E820_RESERVED: u32 = 2;
+/// e820 type of ACPI tables, which the OS may reuse once it has read them (ACPI 6.5,
+/// table 15.1: `AddressRangeACPI` = 3).
+pub const E820_ACPI: u32 = 3;
 /// `boot_flag`: the boot sector signature (boot.rst, offset 0x1fe).
 pub const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 /// `header`: `"HdrS"` little-endian (boot.rst, offset 0x202).
@@ -37,15 +42,16 @@ pub struct E820Entry {
     pub addr: u64,
     /// Length in bytes.
     pub size: u64,
-    /// Range type ([`E820_RAM`]).
+    /// Range type ([`E820_RAM`], [`E820_RESERVED`], [`E820_ACPI`]).
     pub type_: u32,
 }
 
 /// The e820 map of a guest with `ram_size` bytes of RAM: usable RAM below the EBDA, from
 /// 1 MiB up to the end of RAM or the MMIO gap, and above 4 GiB for what did not fit below it.
 /// The EBDA (MP table), the VGA/BIOS hole and the MMIO gap are left out, which the kernel
-/// treats as reserved.
-pub fn e820_map(ram_size: u64) -> Vec<E820Entry> {
+/// treats as reserved. `extra` ranges (the ACPI area's, [`crate::AcpiPlacement::e820`]) are
+/// added, and the map is sorted by address.
+pub fn e820_map(ram_size: u64, extra: &[E820Entry]) -> Vec<E820Entry> {
     let ram = |addr, end: u64| E820Entry {
         addr,
         size: end - addr,
@@ -63,7 +69,14 @@ pub fn e820_map(ram_size: u64) -> Vec<E820Entry> {
             map.push(ram(start, end));
         }
     }
+    map.extend_from_slice(extra);
+    map.sort_by_key(|e| e.addr);
     map
+}
+
+/// The e820 ranges of the ACPI area, if there are tables.
+pub(crate) fn acpi_e820(acpi: Option<&AcpiPlacement>) -> &[E820Entry] {
+    acpi.map_or(&[], |a| a.e820.as_slice())
 }
 
 /// The setup header to pass to `kernel`: the bzImage's own, or for an ELF kernel a minimal one
@@ -87,12 +100,16 @@ fn base_header(kernel: &LoadedKernel) -> setup_header {
 }
 
 /// Builds the zero page for `kernel` in a guest of `ram_size` bytes, with a command line of
-/// `cmdline_len` bytes (NUL excluded) at [`CMDLINE_START`] and an optional initrd.
+/// `cmdline_len` bytes (NUL excluded) at [`CMDLINE_START`], an optional initrd and optional
+/// ACPI tables: their RSDP goes in `acpi_rsdp_addr` (zero-page.rst, offset 0x070, read by
+/// kernels since 5.0; older ones find the RSDP by scanning the BIOS area) and their ranges in
+/// the e820 map.
 pub fn build_boot_params(
     kernel: &LoadedKernel,
     ram_size: u64,
     cmdline_len: usize,
     initrd: Option<Initrd>,
+    acpi: Option<&AcpiPlacement>,
 ) -> Result<boot_params> {
     let mut params = boot_params::default();
     let mut hdr = base_header(kernel);
@@ -119,10 +136,13 @@ pub fn build_boot_params(
         }
     }
     params.hdr = hdr;
+    if let Some(acpi) = acpi {
+        params.acpi_rsdp_addr = acpi.rsdp.0;
+    }
 
-    let map = e820_map(ram_size);
+    let map = e820_map(ram_size, acpi_e820(acpi));
     if map.len() > E820_MAX_ENTRIES_ZEROPAGE {
-        // Cannot happen with this layout (at most three ranges); kept as a guard.
+        // Cannot happen with this layout (at most five ranges); kept as a guard.
         return Err(Error::E820TableFull {
             entries: map.len(),
             max: E820_MAX_ENTRIES_ZEROPAGE,
@@ -172,14 +192,14 @@ mod tests {
     #[test]
     fn e820_for_256_mib() {
         assert_eq!(
-            e820_map(256 * MIB),
+            e820_map(256 * MIB, &[]),
             vec![ram_entry(0, EBDA_START), ram_entry(HIMEM_START, 256 * MIB)]
         );
     }
 
     #[test]
     fn e820_above_4_gib_is_split_around_the_gap() {
-        let map = e820_map(6 * GIB);
+        let map = e820_map(6 * GIB, &[]);
         assert_eq!(
             map,
             vec![
@@ -198,13 +218,13 @@ mod tests {
 
     #[test]
     fn e820_exactly_at_the_gap_has_no_high_range() {
-        assert_eq!(e820_map(MMIO32_START).len(), 2);
-        assert_eq!(e820_map(MMIO32_START + 0x1000).len(), 3);
+        assert_eq!(e820_map(MMIO32_START, &[]).len(), 2);
+        assert_eq!(e820_map(MMIO32_START + 0x1000, &[]).len(), 3);
     }
 
     #[test]
     fn e820_for_a_guest_smaller_than_1_mib() {
-        assert_eq!(e820_map(0x8_0000), vec![ram_entry(0, 0x8_0000)]);
+        assert_eq!(e820_map(0x8_0000, &[]), vec![ram_entry(0, 0x8_0000)]);
     }
 
     #[test]
@@ -215,7 +235,7 @@ mod tests {
             addr: 60 * MIB,
             size: 0x1234,
         };
-        let p = build_boot_params(&k, ram.size(), 22, Some(initrd)).unwrap();
+        let p = build_boot_params(&k, ram.size(), 22, Some(initrd), None).unwrap();
         let hdr = p.hdr;
         assert_eq!({ hdr.boot_flag }, 0xaa55);
         assert_eq!({ hdr.header }, 0x5372_6448);
@@ -244,7 +264,7 @@ mod tests {
         if let Some(h) = k_with_heap.setup_header.as_mut() {
             h.loadflags |= CAN_USE_HEAP;
         }
-        let p = build_boot_params(&k_with_heap, ram.size(), 5, None).unwrap();
+        let p = build_boot_params(&k_with_heap, ram.size(), 5, None, None).unwrap();
         let hdr = p.hdr;
         assert_eq!({ hdr.version }, 0x020f);
         assert_eq!(
@@ -263,7 +283,7 @@ mod tests {
     fn zero_page_is_written_at_its_address() {
         let ram = GuestRam::new(64 * MIB).unwrap();
         let k = load_kernel_image(&ram, &test_images::elf(None), Path::new("vmlinux")).unwrap();
-        let p = build_boot_params(&k, ram.size(), 0, None).unwrap();
+        let p = build_boot_params(&k, ram.size(), 0, None, None).unwrap();
         write_boot_params(&ram, &p).unwrap();
         // boot_flag at 0x1fe, "HdrS" at 0x202, e820_entries at 0x1e8, e820_table at 0x2d0.
         assert_eq!(
@@ -293,12 +313,12 @@ mod tests {
             addr: 4 * GIB,
             size: 0x1000,
         };
-        let err = build_boot_params(&k, ram.size(), 0, Some(high)).unwrap_err();
+        let err = build_boot_params(&k, ram.size(), 0, Some(high), None).unwrap_err();
         assert!(matches!(err, Error::InitrdPlacement { addr, .. } if addr == 4 * GIB));
         let straddling = Initrd {
             addr: 4 * GIB - 0x1000,
             size: 0x2000,
         };
-        assert!(build_boot_params(&k, ram.size(), 0, Some(straddling)).is_err());
+        assert!(build_boot_params(&k, ram.size(), 0, Some(straddling), None).is_err());
     }
 }

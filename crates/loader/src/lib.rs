@@ -19,7 +19,7 @@
 //! let ram = GuestRam::new(256 << 20)?;
 //! let kernel = load_kernel(&ram, Path::new("vmlinux"))?;
 //! let initrd = load_initrd(&ram, Path::new("initramfs.cpio"), &kernel)?;
-//! let state = configure_linux_boot(&ram, &kernel, "console=ttyS0", Some(initrd), 2)?;
+//! let state = configure_linux_boot(&ram, &kernel, "console=ttyS0", Some(initrd), 2, None)?;
 //! // Hand `state` to the vcpu crate: it sets the registers, sregs and EFER from it.
 //! # let _ = state;
 //! # Ok(())
@@ -52,6 +52,7 @@ compile_error!(
 
 use std::path::PathBuf;
 
+pub mod acpi;
 pub mod boot;
 pub mod bootparams;
 pub mod cmdline;
@@ -64,6 +65,7 @@ pub mod reserved;
 #[cfg(test)]
 mod test_images;
 
+pub use acpi::{write_acpi_tables, AcpiConfig, AcpiPlacement};
 pub use boot::{configure_linux_boot, configure_pvh_boot};
 pub use linux::{load_initrd, load_kernel, Initrd, KernelKind, LoadedKernel};
 /// The boot CPU state this crate computes lives in `petrel-guest-mem`, so that the vcpu crate
@@ -322,6 +324,38 @@ pub enum Error {
         num_cpus: u8,
         /// The most that fit.
         max: u8,
+    },
+    /// The MADT cannot describe this many vCPUs.
+    #[error("cannot build the ACPI tables for {vcpus} vCPUs: between 1 and {max} fit in the MADT")]
+    AcpiVcpuCount {
+        /// The vCPU count asked for.
+        vcpus: u8,
+        /// The most the MADT describes.
+        max: u8,
+    },
+    /// The ACPI tables (with the DSDT body the caller gave) do not fit in the ACPI area.
+    #[error(
+        "the ACPI tables need {size:#x} bytes, more than the {room:#x} bytes the layout keeps for \
+         them (is the DSDT body that large?)"
+    )]
+    AcpiTablesTooLarge {
+        /// Bytes the RSDP and the tables need.
+        size: u64,
+        /// Bytes the layout has for them.
+        room: u64,
+    },
+    /// Guest RAM does not cover the ACPI area, where the tables and the VMGenID buffer go.
+    #[error(
+        "guest RAM of {ram_size:#x} bytes does not cover the ACPI area [{start:#x}, {end:#x}): \
+         ACPI needs at least 1 MiB of guest RAM"
+    )]
+    AcpiOutsideRam {
+        /// The guest's RAM size.
+        ram_size: u64,
+        /// First byte of the ACPI area.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
     },
     /// Writing a boot structure or image into guest memory failed.
     #[error("cannot write {what} at {addr:#x} into guest memory")]

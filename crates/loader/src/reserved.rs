@@ -9,8 +9,8 @@
 //! from `petrel_guest_mem::layout`.
 
 use petrel_guest_mem::layout::{
-    CMDLINE_START, EBDA_START, GDT_START, IDT_START, LOW_RAM_END, PD_COUNT, PD_START, PML4_START,
-    ZERO_PAGE_START,
+    ACPI_END, ACPI_START, CMDLINE_START, EBDA_START, GDT_START, IDT_START, LOW_RAM_END, PD_COUNT,
+    PD_START, PML4_START, ZERO_PAGE_START,
 };
 
 use crate::gdt::{GDT_ENTRIES, IDT_SIZE};
@@ -42,8 +42,10 @@ impl BootStructure {
 ///
 /// The boot stack is the page between the zero page and the page tables, where
 /// `BOOT_STACK_POINTER` points; the MP table may use the whole EBDA up to the VGA hole,
-/// depending on the vCPU count.
-pub fn boot_structures(cmdline_room: u64) -> [BootStructure; 7] {
+/// depending on the vCPU count. The ACPI area ([`crate::acpi`]: tables and the VMGenID
+/// buffer) is kept free whether or not the VMM writes tables, so that a kernel that loads
+/// without them also loads with them.
+pub fn boot_structures(cmdline_room: u64) -> [BootStructure; 8] {
     let s = |name, start, end| BootStructure { name, start, end };
     [
         s("boot GDT", GDT_START, GDT_START + GDT_ENTRIES as u64 * 8),
@@ -61,6 +63,7 @@ pub fn boot_structures(cmdline_room: u64) -> [BootStructure; 7] {
             CMDLINE_START + cmdline_room,
         ),
         s("MP table (EBDA)", EBDA_START, LOW_RAM_END),
+        s("ACPI tables and VMGenID buffer", ACPI_START, ACPI_END),
     ]
 }
 
@@ -102,11 +105,16 @@ mod tests {
                 .name,
             "kernel command line"
         );
-        // The legacy hole between the EBDA's end and 1 MiB holds no boot structure.
-        assert_eq!(collision(LOW_RAM_END, HIMEM_START, room), None);
+        // The legacy hole between the EBDA's end and 1 MiB holds only the ACPI area.
+        assert_eq!(collision(LOW_RAM_END, ACPI_START, room), None);
+        assert_eq!(collision(ACPI_END, HIMEM_START, room), None);
         assert_eq!(collision(0xff000, 0xff158, room), None);
         assert_eq!(
-            collision(LOW_RAM_END - 1, HIMEM_START, room).unwrap().name,
+            collision(ACPI_END - 1, HIMEM_START, room).unwrap().name,
+            "ACPI tables and VMGenID buffer"
+        );
+        assert_eq!(
+            collision(LOW_RAM_END - 1, ACPI_START, room).unwrap().name,
             "MP table (EBDA)"
         );
         // Empty ranges overlap nothing.

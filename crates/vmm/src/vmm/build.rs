@@ -238,7 +238,9 @@ fn load_linux(
         BootProtocol::Pvh => petrel_loader::configure_pvh_boot,
         _ => petrel_loader::configure_linux_boot,
     };
-    let boot = configure(ram, &kernel, &cmdline, initrd, config.vcpus).map_err(Error::Load)?;
+    // No ACPI tables yet (issue 23's integration adds them): the MP table describes the vCPUs.
+    let boot =
+        configure(ram, &kernel, &cmdline, initrd, config.vcpus, None).map_err(Error::Load)?;
     Ok(Loaded {
         boot,
         linux: true,
