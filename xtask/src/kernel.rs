@@ -421,6 +421,10 @@ mod tests {
             "CONFIG_BINFMT_SCRIPT",
             // The bzImage decompressor runs emulated on a PVM host: the fastest decoder.
             "CONFIG_KERNEL_LZ4",
+            // Petrel's ACPI tables, the VM generation ID, and the PCI support ACPI needs.
+            "CONFIG_ACPI",
+            "CONFIG_VMGENID",
+            "CONFIG_PCI",
         ] {
             assert!(
                 reqs.contains(&req(o, Some("y"))),
@@ -428,8 +432,8 @@ mod tests {
             );
         }
         for o in [
-            "CONFIG_PCI",
-            "CONFIG_ACPI",
+            // A kernel without MP table support: ACPI's MADT alone describes the CPUs.
+            "CONFIG_X86_MPPARSE",
             "CONFIG_MODULES",
             "CONFIG_RELOCATABLE",
             "CONFIG_RANDOMIZE_BASE",
