@@ -3,7 +3,8 @@
 //! `target/bench/results.json`.
 //!
 //! The cases:
-//! 1. start-up: spawn to the demo guest's first serial byte, and spawn to the VMM's exit;
+//! 1. start-up: spawn to the demo guest's first serial byte, and spawn to the VMM's exit; and
+//!    how much of that building the guest's ACPI tables takes;
 //! 2. memory: the VMM's resident memory minus the guest RAM it holds, with the VM alive, and
 //!    the peak resident set over a demo run;
 //! 3. exit cost: time per port-write exit through the whole VMM against a bare `KVM_RUN`
@@ -19,6 +20,7 @@
 //! missing QEMU or `/dev/kvm` is shown in the table and makes the run fail unless
 //! `--allow-missing` is given; a missed target makes it fail too.
 
+mod acpi;
 mod api;
 mod floor;
 mod proc;
@@ -142,6 +144,7 @@ pub fn run(args: &BenchArgs) -> u8 {
             args.runs
         );
         rows.extend(startup(&bench, args.runs));
+        rows.push(acpi::tables_row(&bench, args.runs));
     }
     if wanted("memory") {
         let runs = args.runs.min(MEMORY_RUNS);
