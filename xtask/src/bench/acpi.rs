@@ -87,6 +87,9 @@ mod tests {
             {"what":"ACPI tables written","at_us":1242}]}"#;
         assert_eq!(tables_span_us(json).unwrap(), 42.0);
         let err = tables_span_us(r#"{"timeline":[]}"#).unwrap_err();
-        assert!(err.to_string().contains("no `ACPI tables written` event"), "{err}");
+        assert!(
+            err.to_string().contains("no `ACPI tables written` event"),
+            "{err}"
+        );
     }
 }
