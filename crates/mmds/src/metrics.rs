@@ -1,7 +1,7 @@
 //! The `mmds` group of Firecracker's metrics: the same field names as Firecracker's
 //! `MmdsMetrics`, so that a metrics reader written for Firecracker finds them.
 //!
-//! Every counter is an atomic, so the HTTP side (`Mmds`) and the network side
+//! Every counter is an atomic, so the HTTP side ([`crate::service::Mmds`]) and the network side
 //! can bump the same [`MmdsMetrics`] through a shared reference (an `Arc`). Counters are
 //! cumulative since start, as all of Petrel's metrics are (Firecracker's are deltas since the
 //! last flush); each serializes as a plain number.
