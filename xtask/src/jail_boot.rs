@@ -240,10 +240,10 @@ pub fn scenarios(
         format!("/{METRICS_IN_JAIL}"),
     ];
     s.expect = vec![DISK_SEEN];
-    s.after = Some(AfterCheck::RootReadOnly {
+    s.after = vec![AfterCheck::RootReadOnly {
         image,
         metrics: jail_root.join(METRICS_IN_JAIL),
-    });
+    }];
     s.jail = Some(jail);
     Ok(vec![s])
 }
