@@ -9,9 +9,11 @@
 //! - `virtio-blk-ro`: root on a read-only disk; the guest's writes fail (EROFS from the
 //!   filesystem, EPERM from the block device itself), and the image is byte for byte
 //!   unchanged; a 32-bit program (`guest/compat32.s`) makes system calls with `int $0x80`
-//!   and through the vDSO.
+//!   and through the vDSO. It ends with `poweroff -f`: the kernel powers off through ACPI
+//!   (`reboot: Power down`) and Petrel must exit 0 with the stop reason `PowerOff`.
 //! - `vmlinux-2vcpu`: both vCPUs online, and a busy loop pinned to each with `taskset` makes
-//!   progress on both.
+//!   progress on both. The kernel (built without MP table support) must have found both CPUs
+//!   through ACPI's MADT, and found the ACPI tables, and must not print the MP table's lines.
 //! - `virtio-net-dhcp`: DHCP, an HTTP fetch and a listener in the guest; see
 //!   [`crate::net_boot`].
 //! - `vsock-echo`: a guest program talks to the host over vsock both ways; see
