@@ -51,6 +51,11 @@
 //! | [`i8042`] | PS/2 controller: reset (0xFE) stops the VM | [`I8042_BASE`] + 5 | [`I8042_KBD_IRQ`] |
 //! | [`rtc`] | MC146818A CMOS clock and RAM | [`RTC_BASE`] + 2 | none |
 //! | [`port80`] | POST-code sink | [`POST_CODE_PORT`] | none |
+//! | [`acpi::pm`] | ACPI sleep and reset registers: S5 and reset stop the VM | [`acpi::ACPI_PM_BASE`] + 3 | none |
+//!
+//! [`acpi`] (the `acpi` cargo feature, on by default) also provides [`acpi::VmGenId`], the VM
+//! generation ID a restored snapshot renews, and the AML of the DSDT that describes these
+//! devices to an ACPI guest ([`acpi::DsdtDevices::dsdt_body`]).
 //!
 //! [`output`] provides [`NonBlockingWriter`], the serial output that never blocks a vCPU.
 //!
@@ -104,8 +109,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-// Without the virtio feature the links above to the virtio items have nothing to point at.
-#![cfg_attr(not(feature = "virtio"), allow(rustdoc::broken_intra_doc_links))]
+// Without the virtio or acpi feature the links above to their items have nothing to point at.
+#![cfg_attr(
+    not(all(feature = "virtio", feature = "acpi")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 
 // The README's code blocks, compiled and run as doctests so that the README cannot drift
 // from the API (`cargo test --doc`). Its virtio snippet needs the `virtio` feature.
@@ -118,6 +126,8 @@ compile_error!(
     "petrel-devices supports only x86_64 Linux hosts (KVM on x86_64); see docs/using-the-crates.md"
 );
 
+#[cfg(feature = "acpi")]
+pub mod acpi;
 pub mod bus;
 pub mod i8042;
 pub mod io_traits;
@@ -152,6 +162,8 @@ pub use vm_device;
 
 // Each device family has its own error type, in its module; these names let a VMM that wraps
 // them all spell them without the module path.
+#[cfg(feature = "acpi")]
+pub use acpi::Error as AcpiError;
 pub use bus::Error as BusError;
 pub use i8042::Error as I8042Error;
 pub use output::Error as OutputError;

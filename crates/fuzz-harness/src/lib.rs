@@ -18,6 +18,7 @@
 //! same layout is written by the `encode` helpers the seed-corpus tools use, so a recorded
 //! Linux boot becomes a seed that replays exactly (see `docs/fuzzing.md`).
 
+pub mod acpi;
 pub mod api;
 pub mod kvm;
 pub mod legacy;
@@ -34,6 +35,7 @@ pub const TARGETS: &[&str] = &[
     "virtio_rng",
     "virtio_vsock",
     "legacy_bus",
+    "acpi_pm",
     "kvm_exit",
     "kvm_stats",
     "loader_kernel",
@@ -56,6 +58,7 @@ pub fn run(target: &str, data: &[u8]) {
         "virtio_rng" => virtio::rng(data),
         "virtio_vsock" => virtio::vsock(data),
         "legacy_bus" => legacy::bus(data),
+        "acpi_pm" => acpi::pm(data),
         "kvm_exit" => kvm::exit(data),
         "kvm_stats" => kvm::stats(data),
         "loader_kernel" => loader::kernel(data),

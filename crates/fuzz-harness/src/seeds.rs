@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::acpi;
 use crate::legacy::{self, device_ports};
 use crate::virtio::Op;
 use crate::{api, loader, Encode};
@@ -575,8 +576,56 @@ pub fn stats_image() -> Vec<u8> {
     out
 }
 
-/// Seeds that need no recording: the virtio requests, the loader's kernels, the API's
-/// requests and config file, a statistics file. `bzimage` is the boot's bzImage, if at hand
+/// The ACPI register block's seeds: what Linux writes to power off (ACPICA's
+/// `acpi_hw_extended_sleep`: clear WAK_STS, then SLP_TYP and SLP_EN) and to reboot through the
+/// FADT's reset register, and every read and write width at every port around the block.
+fn acpi_pm_seeds() -> Vec<Seed> {
+    use petrel_devices::acpi::{
+        RESET_PORT, RESET_VALUE, S5_SLP_TYP, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLP_EN,
+    };
+    let steps = |ops: &[acpi::Op]| {
+        let mut out = Vec::new();
+        for op in ops {
+            op.encode(&mut out);
+        }
+        out
+    };
+    let write = |port: u16, value: u8| acpi::Op::Write {
+        port: acpi::port_field(port),
+        size: 0,
+        value: u32::from(value),
+    };
+    let poweroff = [
+        write(SLEEP_STATUS_PORT, 0x80),
+        write(SLEEP_CONTROL_PORT, (S5_SLP_TYP << 2) | SLP_EN),
+    ];
+    let mut scan = Vec::new();
+    for port in 0x5fc..0x606 {
+        for size in 0..3 {
+            scan.push(acpi::Op::Read {
+                port: acpi::port_field(port),
+                size,
+            });
+            scan.push(acpi::Op::Write {
+                port: acpi::port_field(port),
+                size,
+                value: 0x3434_3434,
+            });
+        }
+    }
+    vec![
+        ("acpi_pm", "linux-poweroff".into(), steps(&poweroff)),
+        (
+            "acpi_pm",
+            "linux-reset".into(),
+            steps(&[write(RESET_PORT, RESET_VALUE)]),
+        ),
+        ("acpi_pm", "every-port-and-width".into(), steps(&scan)),
+    ]
+}
+
+/// Seeds that need no recording: the virtio requests, the ACPI registers' writes, the
+/// loader's kernels, the API's requests and config file, a statistics file. `bzimage` is the boot's bzImage, if at hand
 /// (only its setup header is used).
 pub fn built(bzimage_file: Option<&[u8]>) -> Vec<Seed> {
     let mut seeds = virtio_requests(&|_| bring_up());
@@ -594,6 +643,7 @@ pub fn built(bzimage_file: Option<&[u8]>) -> Vec<Seed> {
         loader::encode_kernel(1, 752, BOOT_CMDLINE, &bzimage(bzimage_file)),
     ));
     seeds.push(("kvm_stats", "vcpu".into(), stats_image()));
+    seeds.extend(acpi_pm_seeds());
     let mut pipelined = Vec::new();
     for (i, &(method, path, body)) in API_REQUESTS.iter().enumerate() {
         seeds.push((

@@ -54,6 +54,7 @@ replay_tests!(
     virtio_rng,
     virtio_vsock,
     legacy_bus,
+    acpi_pm,
     kvm_exit,
     kvm_stats,
     loader_kernel,
@@ -66,7 +67,7 @@ replay_tests!(
 
 #[test]
 fn every_target_has_a_replay_test_and_a_fuzz_target() {
-    assert_eq!(TARGETS.len(), 13);
+    assert_eq!(TARGETS.len(), 14);
     for target in TARGETS {
         let file = fuzz_dir().join("fuzz_targets").join(format!("{target}.rs"));
         assert!(file.is_file(), "{} is missing", file.display());

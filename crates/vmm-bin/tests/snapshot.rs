@@ -438,3 +438,58 @@ fn a_snapshot_over_the_memory_file_it_was_restored_from_keeps_guest_and_file() {
         ticks[0]
     );
 }
+
+/// The VM generation ID a state file holds, its GSI, and the 16 bytes at its address in the
+/// memory file beside it (guest RAM starts at 0, so a guest-physical address below the MMIO
+/// gap is the file offset).
+fn generation_of(snap: &Path) -> (String, u64, Vec<u8>) {
+    let state: serde_json::Value = petrel_snapshot::read_file(&snap.join("state")).unwrap();
+    let g = &state["devices"]["vmgenid"];
+    assert!(
+        g.is_object(),
+        "a Linux guest's snapshot holds its VMGenID: {g}"
+    );
+    let id = g["state"].to_string();
+    let address = g["state"]["address"].as_u64().expect("address");
+    let mem = std::fs::read(snap.join("mem")).unwrap();
+    let at = usize::try_from(address).unwrap();
+    let gsi = g["gsi"].as_u64().expect("gsi");
+    (id, gsi, mem[at..at + 16].to_vec())
+}
+
+#[test]
+fn every_restore_is_a_new_generation() {
+    if !kvm_present_or_skip("every_restore_is_a_new_generation") {
+        return;
+    }
+    let dir = TempDir::new("snap-genid");
+    let kernel = counter_guest(&dir);
+    let (out, snap) = (dir.join("out"), dir.join("snap"));
+    let mut first = start_counter(&kernel, &out, &snap, "1");
+    wait_for_ticks(&mut first, &out, 1);
+    snapshot_and_stop(&mut first, &snap);
+    let (saved_id, gsi, saved_bytes) = generation_of(&snap);
+    assert_ne!(
+        saved_bytes, [0u8; 16],
+        "the first generation ID is in guest memory"
+    );
+
+    // Two clones of the one snapshot, each snapshotted again: each got a generation of its own,
+    // written where the guest reads it, on the interrupt line the guest's DSDT names.
+    let mut seen = vec![saved_bytes];
+    for i in 0..2 {
+        let (out, again) = (dir.join(&format!("out{i}")), dir.join(&format!("again{i}")));
+        let again_arg = again.display().to_string();
+        let mut clone = restore(&snap, &out, &["--snapshot-on-signal", &again_arg]);
+        wait_for_ticks(&mut clone, &out, 1);
+        snapshot_and_stop(&mut clone, &again);
+        let (id, clone_gsi, bytes) = generation_of(&again);
+        assert_ne!(id, saved_id, "clone {i} kept the saved generation");
+        assert_eq!(clone_gsi, gsi, "clone {i}'s VMGenID moved to another GSI");
+        assert!(
+            !seen.contains(&bytes),
+            "clone {i} repeats a generation: {bytes:02x?}"
+        );
+        seen.push(bytes);
+    }
+}

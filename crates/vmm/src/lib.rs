@@ -211,6 +211,9 @@ pub enum DeviceError {
     /// The CMOS RTC.
     #[error(transparent)]
     Rtc(#[from] petrel_devices::RtcError),
+    /// The ACPI devices: the sleep and reset registers, the VM generation ID, the DSDT's AML.
+    #[error(transparent)]
+    Acpi(#[from] petrel_devices::AcpiError),
     /// The virtio-mmio transport, or what all virtio devices share.
     #[error(transparent)]
     Virtio(#[from] petrel_devices::VirtioError),

@@ -15,6 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use petrel_devices::acpi::VmGenIdState;
 use petrel_devices::i8042::I8042State;
 use petrel_devices::rtc::RtcState;
 use petrel_devices::serial::SerialState;
@@ -228,6 +229,20 @@ pub struct SavedDevices {
     pub rtc: Option<RtcState>,
     /// The virtio devices, in window order.
     pub virtio: Vec<SavedVirtio>,
+    /// The VM generation ID (Linux guests; absent in snapshots of VMs without one, which are
+    /// restored without one).
+    #[serde(default)]
+    pub vmgenid: Option<SavedVmGenId>,
+}
+
+/// The VM generation ID device: its interrupt line (which the guest's DSDT names) and its
+/// address and ID. A restored VM gets a new ID, and the guest is told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedVmGenId {
+    /// The GSI the Generic Event Device listens on.
+    pub gsi: u32,
+    /// Where the ID lives and the ID the saved guest last saw.
+    pub state: VmGenIdState,
 }
 
 /// The body of a state file.

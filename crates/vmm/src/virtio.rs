@@ -61,6 +61,9 @@ pub struct VirtioPlan {
     devices: Vec<Planned>,
     /// `virtio_mmio.device=4K@0xBASE:GSI` for each device, space-separated.
     pub cmdline: String,
+    /// The interrupt line of the VM generation ID device (the first after the virtio
+    /// devices'), announced in the DSDT and raised through the ACPI Generic Event Device.
+    pub vmgenid_gsi: u32,
 }
 
 impl VirtioPlan {
@@ -191,6 +194,13 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
         plan.cmdline.push_str(&cmdline_device(base, gsi));
         plan.devices.push(Planned { device, base, gsi });
     }
+    plan.vmgenid_gsi = irqs.allocate().map_err(|e| {
+        bad(
+            "virtio devices".into(),
+            "the VM generation ID",
+            format!("no interrupt line left for it after the virtio devices: {e}"),
+        )
+    })?;
     Ok(plan)
 }
 

@@ -6,11 +6,17 @@
 
 use std::time::Instant;
 
+use petrel_devices::acpi::{
+    DsdtDevices, VirtioMmioWindow, VmGenIdWiring, RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT,
+    SLEEP_STATUS_PORT,
+};
+use petrel_devices::MMIO_WINDOW_SIZE;
+use petrel_guest_mem::layout::VMGENID_START;
 use petrel_guest_mem::GuestRam;
 use petrel_hv_sys::{host_emulates_guest_kernel, Hypervisor, Vm};
-use petrel_loader::BootCpuState;
+use petrel_loader::{AcpiConfig, AcpiPlacement, BootCpuState};
 
-use super::devices::{build_devices, open_console_destination, ConsoleOutput};
+use super::devices::{build_devices, open_console_destination, ConsoleOutput, GenerationId};
 use super::vcpus::create_vcpus;
 use super::{Assembly, Notice, Vmm};
 use crate::config::{
@@ -77,10 +83,7 @@ impl Vmm {
             Payload::Raw(raw) => (load_raw(&ram, raw, config.vcpus)?, VirtioPlan::default()),
             Payload::Linux(linux) => {
                 let plan = virtio::plan(config)?;
-                (
-                    load_linux(&ram, linux, config, emulated, &plan.cmdline)?,
-                    plan,
-                )
+                (load_linux(&ram, linux, config, emulated, &plan)?, plan)
             }
         };
         let console_dest = open_console_destination(&config.serial)?;
@@ -108,7 +111,20 @@ impl Vmm {
 
         // 3. Devices, then the vCPUs, created and configured but not started.
         let console = ConsoleOutput::start(console_dest)?;
-        let devices = build_devices(&vm, &ram, loaded.linux, &console, &timeline, virtio_plan)?;
+        let generation_id = if loaded.linux {
+            GenerationId::New
+        } else {
+            GenerationId::Absent
+        };
+        let devices = build_devices(
+            &vm,
+            &ram,
+            loaded.linux,
+            &console,
+            &timeline,
+            virtio_plan,
+            generation_id,
+        )?;
         let runners = create_vcpus(&hv, &vm, &ram, &devices.io, &loaded, config, &mut kvm_stats)?;
         let machine = SavedMachine::of(config, loaded.linux);
         let parts = Assembly {
@@ -207,7 +223,7 @@ fn load_linux(
     linux: &LinuxPayload,
     config: &VmConfig,
     emulated: bool,
-    device_cmdline: &str,
+    plan: &VirtioPlan,
 ) -> Result<Loaded> {
     let kernel = match &linux.kernel {
         KernelImage::File(path) => petrel_loader::load_kernel(ram, path),
@@ -224,7 +240,7 @@ fn load_linux(
         .map_err(Error::Load)?;
     let cmdline = guest_cmdline(
         linux.cmdline.as_deref(),
-        device_cmdline,
+        &plan.cmdline,
         emulated,
         config.host_compat,
     );
@@ -238,14 +254,52 @@ fn load_linux(
         BootProtocol::Pvh => petrel_loader::configure_pvh_boot,
         _ => petrel_loader::configure_linux_boot,
     };
-    // No ACPI tables yet (issue 23's integration adds them): the MP table describes the vCPUs.
-    let boot =
-        configure(ram, &kernel, &cmdline, initrd, config.vcpus, None).map_err(Error::Load)?;
+    let acpi = write_acpi_tables(ram, config.vcpus, plan)?;
+    let boot = configure(ram, &kernel, &cmdline, initrd, config.vcpus, Some(&acpi))
+        .map_err(Error::Load)?;
     Ok(Loaded {
         boot,
         linux: true,
         protocol: Some(protocol),
     })
+}
+
+/// The DSDT body of a Linux guest: `\\_S5_`, the legacy PC devices, each virtio-mmio window
+/// of `plan`, and the VM generation ID with the Generic Event Device that announces a new one.
+pub(super) fn dsdt_devices(plan: &VirtioPlan) -> DsdtDevices {
+    DsdtDevices {
+        virtio_mmio: plan
+            .windows()
+            .map(|(base, gsi)| VirtioMmioWindow {
+                base,
+                size: MMIO_WINDOW_SIZE,
+                gsi,
+            })
+            .collect(),
+        vmgenid: Some(VmGenIdWiring {
+            address: VMGENID_START,
+            gsi: plan.vmgenid_gsi,
+        }),
+        ..DsdtDevices::pc()
+    }
+}
+
+/// Writes a Linux guest's ACPI tables (the loader places them; the devices describe
+/// themselves in the DSDT, and the FADT's sleep and reset registers are the [`AcpiPm`] block
+/// on the port bus).
+///
+/// [`AcpiPm`]: petrel_devices::acpi::AcpiPm
+fn write_acpi_tables(ram: &GuestRam, vcpus: u8, plan: &VirtioPlan) -> Result<AcpiPlacement> {
+    let body = dsdt_devices(plan).dsdt_body().map_err(Error::devices)?;
+    let config = AcpiConfig {
+        vcpus,
+        dsdt_body: &body,
+        sleep_control_port: SLEEP_CONTROL_PORT,
+        sleep_status_port: SLEEP_STATUS_PORT,
+        reset_port: RESET_PORT,
+        reset_value: RESET_VALUE,
+    };
+    petrel_loader::write_acpi_tables(ram, &config).map_err(Error::Load)
 }
 
 #[cfg(test)]
@@ -322,5 +376,35 @@ mod tests {
         // What the user asked for stands (the loader refuses PVH without the note).
         assert_eq!(boot_protocol(Pvh, true, false), Pvh);
         assert_eq!(boot_protocol(Linux64, false, true), Linux64);
+    }
+
+    #[test]
+    fn the_dsdt_names_each_virtio_window_and_the_generation_id_after_them() {
+        let mut config = VmConfig::builtin_kernel("test kernel", Vec::new());
+        let plan = virtio::plan(&config).unwrap();
+        assert_eq!(plan.vmgenid_gsi, petrel_guest_mem::alloc::FIRST_DEVICE_GSI);
+        config.rng = true;
+        let plan = virtio::plan(&config).unwrap();
+        let devices = dsdt_devices(&plan);
+        let windows: Vec<(u64, u32)> = plan.windows().collect();
+        assert_eq!(windows.len(), 1);
+        assert_eq!(
+            devices.virtio_mmio,
+            [VirtioMmioWindow {
+                base: windows[0].0,
+                size: MMIO_WINDOW_SIZE,
+                gsi: windows[0].1,
+            }]
+        );
+        // The generation ID's line is the next free one, never a virtio device's.
+        assert_eq!(plan.vmgenid_gsi, windows[0].1 + 1);
+        assert_eq!(
+            devices.vmgenid,
+            Some(VmGenIdWiring {
+                address: VMGENID_START,
+                gsi: plan.vmgenid_gsi,
+            })
+        );
+        assert!(devices.com1 && devices.i8042 && devices.cmos_rtc);
     }
 }

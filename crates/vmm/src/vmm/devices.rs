@@ -7,11 +7,13 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use petrel_devices::acpi::{AcpiPm, VmGenId, ACPI_PM_BASE, ACPI_PM_PORT_LEN};
 use petrel_devices::port80::{PostCodeSink, POST_CODE_PORT, POST_CODE_PORT_LEN};
 use petrel_devices::rtc::{CmosRtc, SystemClock, RTC_BASE, RTC_PORT_LEN};
 use petrel_devices::SERIAL_PORT_LEN;
 use petrel_devices::{BusBuilder, BusDevice, BusRange, NonBlockingWriter, OutputThread, Serial};
 use petrel_devices::{COM1_BASE, COM1_IRQ, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
+use petrel_guest_mem::layout::VMGENID_START;
 use petrel_guest_mem::GuestRam;
 use petrel_hv_sys::Vm;
 use vmm_sys_util::eventfd::EventFd;
@@ -21,6 +23,7 @@ use crate::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use crate::config::SerialConfig;
 use crate::debug_port::{DebugPort, DEBUG_PORT, DEBUG_PORT_LEN};
 use crate::io::PlatformIo;
+use crate::snapshot::SavedVmGenId;
 use crate::timeline::Timeline;
 use crate::virtio::{self, VirtioPlan};
 use crate::{Error, Result};
@@ -82,6 +85,35 @@ fn interrupt(vm: &Vm, gsi: u32, irqchip: bool) -> Result<EventFd> {
     Ok(evt)
 }
 
+/// Where a Linux guest's VM generation ID comes from.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum GenerationId<'a> {
+    /// A new VM: a fresh random ID at the layout's address, on the plan's GSI.
+    New,
+    /// A restored VM: the saved address, ID and GSI (the caller regenerates it once the VM's
+    /// interrupt state is restored).
+    Saved(&'a SavedVmGenId),
+    /// None (raw payloads, and snapshots taken before Petrel had one).
+    Absent,
+}
+
+/// The VM generation ID device and the GSI its irqfd raises.
+#[derive(Debug)]
+pub(super) struct GenerationIdDevice {
+    pub(super) gsi: u32,
+    pub(super) device: Arc<Mutex<VmGenId>>,
+}
+
+impl GenerationIdDevice {
+    /// Its state, for a snapshot.
+    pub(super) fn save(&self) -> SavedVmGenId {
+        SavedVmGenId {
+            gsi: self.gsi,
+            state: petrel_util::lock_ignoring_poison(&self.device).state(),
+        }
+    }
+}
+
 /// The buses and the devices the VMM itself keeps talking to.
 pub(super) struct Devices {
     pub(super) io: Arc<PlatformIo>,
@@ -93,6 +125,8 @@ pub(super) struct Devices {
     pub(super) subscribers: Vec<Subscriber>,
     /// The virtio devices, for reports.
     pub(super) virtio_devices: Vec<virtio::AttachedDevice>,
+    /// The VM generation ID (Linux guests).
+    pub(super) vmgenid: Option<GenerationIdDevice>,
 }
 
 pub(super) fn build_devices(
@@ -102,6 +136,7 @@ pub(super) fn build_devices(
     console: &Option<ConsoleOutput>,
     timeline: &Timeline,
     virtio_plan: VirtioPlan,
+    generation_id: GenerationId<'_>,
 ) -> Result<Devices> {
     let irqchip = linux;
     let mut i8042 = None;
@@ -136,6 +171,12 @@ pub(super) fn build_devices(
             device(post),
         )
         .map_err(Error::devices)?;
+        // The FADT's sleep and reset registers: S5 powers the VM off, the reset value resets it.
+        pio.insert(
+            BusRange::new(ACPI_PM_BASE, ACPI_PM_PORT_LEN),
+            device(AcpiPm::new()),
+        )
+        .map_err(Error::devices)?;
     } else {
         let debug = DebugPort::new(ConsoleOutput::sink(console));
         pio.insert(BusRange::new(DEBUG_PORT, DEBUG_PORT_LEN), device(debug))
@@ -147,6 +188,27 @@ pub(super) fn build_devices(
         device(BootTimer::new(timeline.clone())),
     )
     .map_err(Error::devices)?;
+    let vmgenid = match generation_id {
+        GenerationId::Absent => None,
+        GenerationId::New => {
+            let gsi = virtio_plan.vmgenid_gsi;
+            let evt = interrupt(vm, gsi, irqchip)?;
+            let address = petrel_guest_mem::vm_memory::GuestAddress(VMGENID_START);
+            let id = VmGenId::new(ram.memory(), address, evt).map_err(Error::devices)?;
+            Some(GenerationIdDevice {
+                gsi,
+                device: Arc::new(Mutex::new(id)),
+            })
+        }
+        GenerationId::Saved(saved) => {
+            let evt = interrupt(vm, saved.gsi, irqchip)?;
+            let id = VmGenId::from_state(&saved.state, evt).map_err(Error::devices)?;
+            Some(GenerationIdDevice {
+                gsi: saved.gsi,
+                device: Arc::new(Mutex::new(id)),
+            })
+        }
+    };
     let (subscribers, virtio_devices) = virtio::attach(virtio_plan, vm, ram, &mut mmio)?;
     let io = Arc::new(PlatformIo {
         pio: pio.build(),
@@ -160,6 +222,7 @@ pub(super) fn build_devices(
         input_ready,
         subscribers,
         virtio_devices,
+        vmgenid,
     })
 }
 

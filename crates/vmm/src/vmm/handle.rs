@@ -49,6 +49,8 @@ pub(super) struct SnapshotParts {
     pub(super) machine: Mutex<SavedMachine>,
     pub(super) serial: Arc<Mutex<Serial>>,
     pub(super) rtc: Option<Arc<Mutex<CmosRtc>>>,
+    /// The VM generation ID (Linux guests), saved with the devices.
+    pub(super) vmgenid: Option<super::devices::GenerationIdDevice>,
     pub(super) dirty_tracking: bool,
 }
 

@@ -209,6 +209,7 @@ impl Vmm {
                 machine: Mutex::new(machine),
                 serial: devices.serial.clone(),
                 rtc: devices.rtc,
+                vmgenid: devices.vmgenid,
                 dirty_tracking,
             },
         });

@@ -10,7 +10,7 @@ use petrel_util::lock_ignoring_poison as lock;
 use petrel_vcpu::{RunOptions, VcpuRunner};
 
 use super::build::new_vm;
-use super::devices::{build_devices, open_console_destination, ConsoleOutput};
+use super::devices::{build_devices, open_console_destination, ConsoleOutput, GenerationId};
 use super::{Assembly, Notice, Vmm};
 use crate::config::{RawPayload, VmConfig};
 use crate::kvm_view::KvmStatsReaders;
@@ -85,8 +85,12 @@ impl Vmm {
         let vm = new_vm(&hv, &ram, m.linux, config.track_dirty_pages)?;
         let mut kvm_stats = KvmStatsReaders::open_vm(&vm);
         let console = ConsoleOutput::start(console_dest)?;
-        let devices = build_devices(&vm, &ram, m.linux, &console, &timeline, plan)?;
         let saved = &state.devices;
+        let generation_id = match &saved.vmgenid {
+            Some(g) => GenerationId::Saved(g),
+            None => GenerationId::Absent,
+        };
+        let devices = build_devices(&vm, &ram, m.linux, &console, &timeline, plan, generation_id)?;
         let device_err = |what: &str, e: &dyn std::error::Error| {
             bad(state_path, format!("{what}: {}", crate::error_chain(e)))
         };
@@ -125,6 +129,14 @@ impl Vmm {
         // The clock last, so guest time resumes where it stopped.
         if let Some(vm_state) = &state.vm {
             vm.restore_state(vm_state)?;
+        }
+        // A new generation: a restored VM (each of many clones of one snapshot) is not the VM
+        // that was saved. Raised once the irqchip and the local APICs have their saved state,
+        // so the interrupt is not lost; the guest takes it when it runs.
+        if let Some(g) = &devices.vmgenid {
+            lock(&g.device)
+                .regenerate(ram.memory())
+                .map_err(|e| device_err("VM generation ID", &e))?;
         }
         timeline.mark("VM, vCPUs and devices restored");
         let parts = Assembly {

@@ -54,6 +54,7 @@ impl VmmHandle {
             i8042: self.shared.i8042.as_ref().map(|k| lock(k).save_state()),
             rtc: snap.rtc.as_ref().map(|r| lock(r).save_state()),
             virtio: held.iter().map(|d| d.save_state()).collect(),
+            vmgenid: snap.vmgenid.as_ref().map(|g| g.save()),
         };
         let body = SnapshotState {
             petrel_version: env!("CARGO_PKG_VERSION").to_string(),

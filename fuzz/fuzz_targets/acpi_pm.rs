@@ -1,0 +1,5 @@
+//! Fuzz target `acpi_pm`: the harness is `petrel_fuzz_harness::run("acpi_pm", _)`, shared with the
+//! stable replay tests (crates/fuzz-harness/tests/replay.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| petrel_fuzz_harness::run("acpi_pm", data));
