@@ -49,10 +49,10 @@ pub const DISK_SEEN: &str = "virtio_blk virtio0: [vda]";
 /// How long petrel may take to accept on its API socket.
 const SOCKET_LIMIT: Duration = Duration::from_secs(10);
 
-/// The boot arguments of the guest that boots from its root drive (the API adds
-/// `root=/dev/vda ro`). `init=/init` makes the kernel print the same `Run /init as init
-/// process` line as with an initramfs.
-const ROOT_DRIVE_ARGS: &str = "console=ttyS0 reboot=k panic=1 rootwait init=/init";
+/// The boot arguments of the guest that boots from its root drive: [`GUEST_CMDLINE`] and
+/// more (the API adds `root=/dev/vda ro`). `init=/init` makes the kernel print the same
+/// `Run /init as init process` line as with an initramfs.
+const ROOT_DRIVE_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off rootwait init=/init";
 
 /// What Linux's i8042 driver prints when it found the controller as an ACPI PNP device
 /// (`PNP0303`, in Petrel's DSDT), and then its keyboard port.
@@ -412,6 +412,7 @@ mod tests {
         let boot: Value = serde_json::from_str(&r[0].1).unwrap();
         assert!(boot.get("initrd_path").is_none(), "{boot}");
         assert_eq!(boot["boot_args"], ROOT_DRIVE_ARGS);
+        assert!(ROOT_DRIVE_ARGS.starts_with(&format!("{GUEST_CMDLINE} ")));
         assert_eq!(r[2].0, "/drives/rootfs");
         let drive: Value = serde_json::from_str(&r[2].1).unwrap();
         assert_eq!(drive["is_root_device"], true);

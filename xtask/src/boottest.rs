@@ -476,7 +476,7 @@ mod tests {
         assert_eq!(
             host::describe(&cmd),
             "/t/petrel --kernel /k/vmlinux --initrd /i.cpio --cmdline 'console=ttyS0 reboot=k \
-             panic=1' --mem 128M --vcpus 2 --serial file:/l/x.log"
+             panic=1 pci=off' --mem 128M --vcpus 2 --serial file:/l/x.log"
         );
         let args: Vec<_> = cmd.get_args().collect();
         assert_eq!(args[5], GUEST_CMDLINE, "the cmdline is one argument");

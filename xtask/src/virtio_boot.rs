@@ -28,7 +28,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::guest_script::{self, Ending, ExtraFile, POWER_DOWN_LINE};
 use crate::host;
 use crate::initramfs::init_script;
-use crate::scenario::{AfterCheck, KernelFormat, Scenario};
+use crate::scenario::{AfterCheck, KernelFormat, Scenario, GUEST_CMDLINE};
 
 /// The virtio-blk scenarios (and the 2-vCPU one, which needs busybox from a disk), by name.
 /// The virtio-net and vsock scenarios, which build on these pieces, are in their own modules.
@@ -169,7 +169,7 @@ pub const MOUNTED_RO: &str = "VFS: Mounted root (ext4 filesystem) readonly on de
 /// The command line of a guest whose root is the first virtio disk. `init=/init` makes the
 /// kernel print the same `Run /init as init process` line as with the initramfs.
 pub fn root_cmdline(mode: &str) -> String {
-    format!("console=ttyS0 reboot=k panic=1 root=/dev/vda {mode} rootwait init=/init")
+    format!("{GUEST_CMDLINE} root=/dev/vda {mode} rootwait init=/init")
 }
 
 /// A scenario that boots `vmlinux` with 1 vCPU from `image` as its read-only root disk, no
