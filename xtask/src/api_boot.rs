@@ -55,10 +55,12 @@ const SOCKET_LIMIT: Duration = Duration::from_secs(10);
 const ROOT_DRIVE_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off rootwait init=/init";
 
 /// What Linux's i8042 driver prints when it found the controller as an ACPI PNP device
-/// (`PNP0303`, in Petrel's DSDT), and then its keyboard port.
+/// (`PNP0303`, in Petrel's DSDT), and then its keyboard port. The Linux IRQ number that
+/// follows is not GSI 1's number: with hardware-reduced ACPI there is no legacy PIC, so Linux
+/// does not keep IRQs 0-15 for the ISA interrupts and numbers GSI 1 as it comes (`irq 28`).
 pub const I8042_LINES: &[&str] = &[
     "i8042: PNP: PS/2 Controller [PNP0303",
-    "serio: i8042 KBD port at 0x60,0x64 irq 1",
+    "serio: i8042 KBD port at 0x60,0x64 irq ",
 ];
 
 /// What the API scenario's guest prints once its `trap` waits for SIGINT: the host's cue.
@@ -71,10 +73,12 @@ const CAD_GOT: &str = "PETREL-CHECK ctrl-alt-del ok";
 /// until an init makes it soft, as busybox's and systemd's do (`reboot(RB_DISABLE_CAD)`):
 /// then `ctrl_alt_del()` sends SIGINT to init. atkbd probes the keyboard in the background, so
 /// the script waits (at most 60 s, `read -t` on the idle console as pacing, no program
-/// started) until `/proc/bus/input/devices` lists it, then traps SIGINT, says
-/// [`CAD_READY`] and waits on a background `sleep` (whose end, after 120 s, would be a
-/// failure).
+/// started) until sysfs lists it as an input device, then traps SIGINT, says [`CAD_READY`]
+/// and waits on a background `sleep` (whose end, after 120 s, would be a failure). Not
+/// `/proc/bus/input/devices`: its `poll` says readable only once the device list changed, and
+/// busybox's `read` polls before it reads, so it waits there for ever.
 const CAD_SCRIPT: &str = r#"mount -t proc proc /proc
+mount -t sysfs sysfs /sys
 echo 0 > /proc/sys/kernel/ctrl-alt-del
 read cad < /proc/sys/kernel/ctrl-alt-del
 if [ "$cad" = 0 ]; then
@@ -85,16 +89,18 @@ fi
 kbd=
 i=0
 while [ -z "$kbd" ] && [ $i -lt 600 ]; do
-    while read -r line; do
-        case "$line" in *Name=*keyboard*) kbd=${line#*Name=} ;; esac
-    done < /proc/bus/input/devices
+    for f in /sys/class/input/input*/name; do
+        [ -e "$f" ] || continue
+        read -r name < "$f"
+        case "$name" in *keyboard*) kbd="$name (${f%/name})" ;; esac
+    done
     [ -n "$kbd" ] || read -t 0.1 x
     i=$((i+1))
 done
 if [ -n "$kbd" ]; then
-    ok keyboard "$kbd in /proc/bus/input/devices (look $i)"
+    ok keyboard "$kbd, look $i"
 else
-    fail keyboard "no keyboard in /proc/bus/input/devices after 60 s"
+    fail keyboard "no keyboard in /sys/class/input after 60 s"
 fi
 got=
 trap 'got=1' INT
