@@ -57,20 +57,25 @@ pub enum Cmd {
     /// Build the guest kernel, initramfs and petrel (release), boot Linux under
     /// petrel in each scenario and check the serial log, the guest's own
     /// checks from user mode, the host side and the exit status.
-    /// Scenarios: vmlinux-1vcpu, bzimage-1vcpu, vmlinux-2vcpu (a busy loop
-    /// pinned to each vCPU), virtio-blk-root (a pattern written with dd and
-    /// found on the host; /dev/hwrng), virtio-blk-ro (writes refused, image
-    /// unchanged), virtio-net-dhcp (DHCP, HTTP and a guest listener over a
+    /// Scenarios: vmlinux-1vcpu and bzimage-1vcpu (the kernel finds the ACPI
+    /// tables through either boot protocol), vmlinux-2vcpu (a busy loop pinned
+    /// to each vCPU; both CPUs found through ACPI's MADT, no MP table used),
+    /// virtio-blk-root (a pattern written with dd and found on the host;
+    /// /dev/hwrng), virtio-blk-ro (writes refused, image unchanged; ends with
+    /// `poweroff -f`: ACPI S5, petrel exits 0 for a power-off),
+    /// virtio-net-dhcp (DHCP, HTTP and a guest listener over a
     /// tap), vsock-echo (a guest program over vsock both ways),
-    /// api-vmlinux-blk (kernel, initramfs and a drive configured over
-    /// Firecracker's API socket), jailer-vmlinux-blk (a
+    /// api-vmlinux-blk (kernel and root drive configured over Firecracker's
+    /// API socket; SendCtrlAltDel reaches the guest's init as SIGINT through
+    /// the i8042 found through ACPI), jailer-vmlinux-blk (a
     /// static petrel with a disk under petrel-jailer as an unprivileged uid),
     /// snapshot-linux-blk (a shell loop counting to the console and a file,
     /// snapshotted on SIGUSR1 and restored by `petrel restore` in another
-    /// process, where it counts on), serial-shell (typing into the guest's
-    /// shell on a pseudo-terminal); and, only when named
-    /// with --only, config-file-vmlinux-blk (the same through --config-file
-    /// and --no-api).
+    /// process, where it counts on, and its kernel reseeds its random number
+    /// generator for the new VM generation ID), serial-shell (typing into the
+    /// guest's shell on a pseudo-terminal); and, only when named
+    /// with --only, config-file-vmlinux-blk (a kernel, initramfs and data
+    /// drive through --config-file and --no-api).
     #[command(verbatim_doc_comment)]
     BootTest(BootTestArgs),
     /// Build (or find in the cache) the guest kernel and initramfs and print

@@ -22,8 +22,33 @@ use crate::initramfs::{BUSYBOX_PATH, MARKER, REBOOT_FAILED};
 /// The start of a check's line.
 pub const CHECK_PREFIX: &str = "PETREL-CHECK";
 
-/// What the script prints once every check has run, just before `reboot -f`.
+/// What the script prints once every check has run, just before `reboot -f` (or
+/// `poweroff -f`: see [`Ending`]).
 pub const CHECKS_DONE: &str = "PETREL-CHECKS-DONE";
+
+/// What the kernel prints when it powers the machine off (`kernel_power_off`).
+pub const POWER_DOWN_LINE: &str = "reboot: Power down";
+
+/// How a guest script ends once its checks ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// `reboot -f`: with `reboot=k`, the kernel resets the machine through the i8042, and
+    /// Petrel stops with the reason `Reset`.
+    Reboot,
+    /// `poweroff -f`: the kernel powers off through ACPI (the FADT's sleep control register,
+    /// S5), and Petrel stops with the reason `PowerOff`.
+    PowerOff,
+}
+
+impl Ending {
+    /// The busybox applet that ends the run (run with `-f`: no init to ask).
+    pub fn applet(self) -> &'static str {
+        match self {
+            Ending::Reboot => "reboot",
+            Ending::PowerOff => "poweroff",
+        }
+    }
+}
 
 /// The busybox applets linked into the root filesystem's `/bin`, so that scripts run them
 /// by name (linked on the host: a `busybox --install` in the guest would cost a fork).
@@ -40,6 +65,7 @@ const APPLETS: &[&str] = &[
     "taskset",
     "sleep",
     "reboot",
+    "poweroff",
     "udhcpc",
     "wget",
     "nc",
@@ -55,22 +81,30 @@ const APPLETS: &[&str] = &[
 ];
 
 /// The shell functions every script starts with: `ok NAME DETAIL...` and `fail NAME
-/// DETAIL...` print a check's line; `done_checks` ends the run with `reboot -f`.
+/// DETAIL...` print a check's line; `done_checks APPLET` ends the run with `APPLET -f`
+/// (`reboot` or `poweroff`, see [`Ending`]), and says so if that returned.
 const PRELUDE: &str = r#"export PATH=/bin
 ok() { n=$1; shift; echo "PETREL-CHECK $n ok $*"; }
 fail() { n=$1; shift; echo "PETREL-CHECK $n FAIL $*"; }
 done_checks() {
     echo PETREL-CHECKS-DONE
     sync
-    reboot -f
+    $1 -f
     echo PETREL-BOOT-TEST-REBOOT-FAILED
 }
 "#;
 
 /// The whole `/init`: the shebang, [`MARKER`] as the first user-mode output, the
-/// [`PRELUDE`], `body`, and `done_checks`.
+/// [`PRELUDE`], `body`, and `done_checks reboot`.
 pub fn init_script(body: &str) -> String {
+    init_script_ending(body, Ending::Reboot)
+}
+
+/// [`init_script`], ending the run as `ending` says.
+pub fn init_script_ending(body: &str, ending: Ending) -> String {
     debug_assert!(PRELUDE.contains(CHECKS_DONE) && PRELUDE.contains(REBOOT_FAILED));
+    let applet = ending.applet();
+    debug_assert!(APPLETS.contains(&applet));
     format!(
         "#!/bin/busybox sh\n\
          # Petrel boot test: the guest's init, in user mode. Prints each check as\n\
@@ -78,7 +112,7 @@ pub fn init_script(body: &str) -> String {
          echo {MARKER}\n\
          {PRELUDE}\
          {body}\n\
-         done_checks\n"
+         done_checks {applet}\n"
     )
 }
 
@@ -224,8 +258,14 @@ mod tests {
         let first_command = s.lines().find(|l| !l.starts_with('#')).unwrap();
         assert_eq!(first_command, format!("echo {MARKER}"));
         assert!(s.contains("\nok demo fine\n"));
-        assert!(s.trim_end().ends_with("done_checks"));
-        assert!(s.contains("reboot -f") && s.contains(REBOOT_FAILED));
+        assert!(s.trim_end().ends_with("done_checks reboot"));
+        assert!(s.contains("$1 -f") && s.contains(REBOOT_FAILED));
+        let off = init_script_ending("ok demo fine", Ending::PowerOff);
+        assert!(off.trim_end().ends_with("done_checks poweroff"), "{off}");
+        // Both applets are linked into /bin.
+        for ending in [Ending::Reboot, Ending::PowerOff] {
+            assert!(APPLETS.contains(&ending.applet()));
+        }
     }
 
     #[test]

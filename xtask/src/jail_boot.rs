@@ -240,10 +240,10 @@ pub fn scenarios(
         format!("/{METRICS_IN_JAIL}"),
     ];
     s.expect = vec![DISK_SEEN];
-    s.after = Some(AfterCheck::RootReadOnly {
+    s.after = vec![AfterCheck::RootReadOnly {
         image,
         metrics: jail_root.join(METRICS_IN_JAIL),
-    });
+    }];
     s.jail = Some(jail);
     Ok(vec![s])
 }
@@ -278,7 +278,7 @@ mod tests {
             "/t/release/petrel-jailer --id bt-42 --exec-file \
              /t/x86_64-unknown-linux-gnu/release/petrel --uid 123457 --gid 123457 \
              --chroot-base-dir /t/boot-test/jail -- --kernel /vmlinux --initrd \
-             /initramfs.cpio --cmdline 'console=ttyS0 reboot=k panic=1' --mem 128M --vcpus 1 \
+             /initramfs.cpio --cmdline 'console=ttyS0 reboot=k panic=1 pci=off' --mem 128M --vcpus 1 \
              --serial stdio --disk /disk.ext4,ro"
         );
         assert_eq!(

@@ -421,9 +421,10 @@ mod tests {
             "CONFIG_BINFMT_SCRIPT",
             // The bzImage decompressor runs emulated on a PVM host: the fastest decoder.
             "CONFIG_KERNEL_LZ4",
-            // Petrel's ACPI tables, the VM generation ID, and the PCI support ACPI needs.
+            // Petrel's ACPI tables, and the VM generation ID a restored snapshot changes.
             "CONFIG_ACPI",
             "CONFIG_VMGENID",
+            // Linux's ACPI interpreter needs PCI support (its PCI_Config region handler).
             "CONFIG_PCI",
         ] {
             assert!(
@@ -432,7 +433,7 @@ mod tests {
             );
         }
         for o in [
-            // A kernel without MP table support: ACPI's MADT alone describes the CPUs.
+            // The suite's kernel finds its CPUs through ACPI alone (the boot test checks it).
             "CONFIG_X86_MPPARSE",
             "CONFIG_MODULES",
             "CONFIG_RELOCATABLE",

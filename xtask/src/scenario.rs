@@ -17,8 +17,11 @@ use crate::host;
 use crate::initramfs::MARKER;
 use crate::live::LiveCheck;
 
-/// What xtask adds to the guest's command line. Petrel adds the PVM workarounds itself.
-pub const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// What xtask gives the guest as its command line: Petrel's default (COM1 as the console, a
+/// reset through the i8042, a panic resets; `pci=off`: the suite's kernel builds PCI support
+/// only because Linux's ACPI needs it, and there is no PCI bus to probe). Petrel adds the PVM
+/// workarounds itself.
+pub const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 
 /// Guest memory of the boot-test scenarios and `boot-profile`, in MiB. The boot test needs
 /// little (a tiny initramfs, or busybox from a disk), and on an emulating host the kernel
@@ -65,11 +68,13 @@ pub struct Scenario {
     pub cmdline: Option<String>,
     /// Lines the serial log must also contain.
     pub expect: Vec<&'static str>,
+    /// Lines the serial log must not contain.
+    pub forbid: Vec<&'static str>,
     /// The checks the guest's init script must report as passed (see
     /// [`crate::guest_script`]).
     pub checks: Vec<&'static str>,
-    /// Checks on the host after the VM ended (the disk image, the metrics).
-    pub after: Option<crate::scenario::AfterCheck>,
+    /// Checks on the host after the VM ended (the disk image, the metrics), in order.
+    pub after: Vec<crate::scenario::AfterCheck>,
     /// A network namespace with a tap, a DHCP server and an HTTP server to run in.
     pub net: Option<crate::scenario::NetSetup>,
     /// A check that runs on the host while the VM runs (see [`LiveCheck`]).
@@ -99,8 +104,9 @@ impl Scenario {
             extra_args: Vec::new(),
             cmdline: None,
             expect: Vec::new(),
+            forbid: Vec::new(),
             checks: Vec::new(),
-            after: None,
+            after: Vec::new(),
             net: None,
             live: None,
             fc: None,
@@ -153,6 +159,14 @@ pub enum AfterCheck {
         image: PathBuf,
         /// Petrel's `--metrics` file.
         metrics: PathBuf,
+    },
+    /// Petrel's `--metrics` says why the VM stopped: its `stop` is `reason` (`Reset`,
+    /// `PowerOff`: petrel's `StopReason`) and its `exit_code` 0.
+    Stopped {
+        /// Petrel's `--metrics` file.
+        metrics: PathBuf,
+        /// The stop reason it must name.
+        reason: &'static str,
     },
 }
 
@@ -319,8 +333,9 @@ pub fn evaluate(serial: &str, exit: &Exit) -> Verdict {
             .push(format!("the serial log lacks the init marker `{MARKER}`"));
     }
     if has(REBOOT_FAILED_LINE) {
-        v.failures
-            .push("init's `reboot -f` returned instead of resetting the guest".into());
+        v.failures.push(
+            "init's `reboot -f` (or `poweroff -f`) returned instead of ending the guest".into(),
+        );
     }
     if let Some(panic) = serial.lines().find(|l| l.contains("Kernel panic")) {
         v.failures
@@ -344,13 +359,21 @@ pub struct Outcome {
 }
 
 /// Adds to `verdict` what the serial log of `scenario` must show besides [`evaluate`]'s: its
-/// `expect` lines, and the checks its guest's init script reports.
+/// `expect` lines, none of its `forbid` lines, and the checks its guest's init script reports.
 pub fn judge_serial(scenario: &Scenario, serial: &str, verdict: &mut Verdict) {
     for line in &scenario.expect {
         if !serial.contains(line) {
             verdict
                 .failures
                 .push(format!("the serial log lacks `{line}`"));
+        }
+    }
+    for line in &scenario.forbid {
+        if let Some(found) = serial.lines().find(|l| l.contains(line)) {
+            verdict.failures.push(format!(
+                "the serial log has `{line}`: {}",
+                found.trim_end_matches('\r').trim()
+            ));
         }
     }
     let (notes, failures) = crate::guest_script::judge(serial, &scenario.checks);
@@ -507,6 +530,32 @@ mod tests {
         let v = evaluate(&serial, &Exit::Code(0));
         assert_eq!(v.failures.len(), 1);
         assert!(v.failures[0].contains("reboot -f"));
+    }
+
+    #[test]
+    fn expected_and_forbidden_lines() {
+        let mut s = Scenario::new("s", Path::new("/k"), KernelFormat::Elf, Path::new("/i"), 2);
+        s.expect = vec!["ACPI: APIC 0x", "smp: Brought up 1 node, 2 CPUs"];
+        s.forbid = vec!["found SMP MP-table"];
+        let good = log(&[
+            "[    0.0] ACPI: APIC 0x00000000000E0100 000048 (v06 PETREL)",
+            "[    9.1] smp: Brought up 1 node, 2 CPUs",
+        ]);
+        let mut v = Verdict::default();
+        judge_serial(&s, &good, &mut v);
+        assert!(v.passed(), "{v:?}");
+        let bad = log(&["[    0.0] found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]"]);
+        let mut v = Verdict::default();
+        judge_serial(&s, &bad, &mut v);
+        assert_eq!(
+            v.failures,
+            [
+                "the serial log lacks `ACPI: APIC 0x`",
+                "the serial log lacks `smp: Brought up 1 node, 2 CPUs`",
+                "the serial log has `found SMP MP-table`: [    0.0] found SMP MP-table at [mem \
+                 0x0009fc00-0x0009fc0f]",
+            ]
+        );
     }
 
     #[test]

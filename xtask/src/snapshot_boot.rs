@@ -2,7 +2,8 @@
 //! workload snapshotted and restored in another petrel process, where it goes on as if
 //! nothing happened.
 //!
-//! The guest's root is a fresh read-write virtio-blk disk whose `/init` counts from 1 to
+//! The guest's root is a fresh read-write virtio-blk disk, beside virtio-rng; its `/init` first
+//! waits until the kernel's random number generator is seeded, then counts from 1 to
 //! [`COUNT_TO`], printing `count I of N up T` (T: the guest's `/proc/uptime`) on the console
 //! and appending `I` to `/count` on the disk each time (a 0.1 s `read -t` timeout as pacing,
 //! no program started; a `sync` at 5, 15, 25..., away from the snapshot's count, so that the
@@ -18,8 +19,10 @@
 //!    number from 1 to [`COUNT_TO`] exactly once and in order (a number the restored guest
 //!    printed again would show up twice). On the host, `/count` read from the image with
 //!    `debugfs` must hold the same numbers, once each and in order; the restored virtio-blk
-//!    must have served writes (its `--metrics`); and the guest's clock must go on: the
-//!    uptimes of the counts never go back, across the snapshot too.
+//!    must have served writes (its `--metrics`); the guest's clock must go on: the
+//!    uptimes of the counts never go back, across the snapshot too; and the restored guest
+//!    must notice its new VM generation ID: the kernel's `random: crng reseeded due to
+//!    virtual machine fork` (the first boot's generator was seeded before the snapshot).
 //!
 //! The scenario reports the first boot's times to `Run /init`, to the init's marker and to
 //! the snapshot, and the restore's times to its first serial output and to its first count.
@@ -92,10 +95,21 @@ pub fn count_line(i: u32) -> String {
     format!("{COUNT_PREFIX}{i} of {COUNT_TO}")
 }
 
-/// The guest's init script body: count, then read `/count` back past the page cache.
+/// What the kernel prints once its random number generator is seeded (here from virtio-rng).
+pub const CRNG_READY: &str = "random: crng init done";
+
+/// What the kernel prints when the VM generation ID changed under a seeded generator
+/// (drivers/virt/vmgenid.c calls `add_vmfork_randomness`): the restored guest must.
+pub const CRNG_VM_FORK: &str = "random: crng reseeded due to virtual machine fork";
+
+/// The guest's init script body: wait until the kernel's random number generator is seeded
+/// (a read of `/dev/random` blocks until then; the shell's `read`, no program started), so
+/// that the restored guest's new VM generation ID reseeds it and the kernel says so; count;
+/// then read `/count` back past the page cache.
 fn count_script() -> String {
     format!(
         r#"mount -t proc proc /proc
+read -r -n 1 x < /dev/random
 : > {COUNT_FILE}
 i=0
 while [ $i -lt {COUNT_TO} ]; do
@@ -160,9 +174,13 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
     );
     s.initrd = None;
     s.cmdline = Some(root_cmdline("rw"));
+    // virtio-rng seeds the guest's random number generator before the snapshot (the host
+    // hides RDRAND from an emulating KVM's guests): the VM generation ID's reseed is logged
+    // only for a seeded one.
     s.extra_args = vec![
         "--disk".into(),
         snap.image.display().to_string(),
+        "--rng".into(),
         "--snapshot-on-signal".into(),
         snap.dir.display().to_string(),
     ];
@@ -455,6 +473,7 @@ pub fn run(
         verdict.notes.extend(notes);
         verdict.failures.extend(failures);
         check_counts(&text1, &text2, &snap.image, &mut verdict);
+        check_vm_generation(&text1, &text2, &mut verdict);
         check_restored_writes(snap, &mut verdict);
         // Wall time from the snapshot's signal to the restored guest's first count.
         let wall_gap = signalled
@@ -542,6 +561,36 @@ fn check_counts(before: &str, after: &str, image: &Path, v: &mut Verdict) {
                 .push(format!("{COUNT_FILE} on the disk is wrong: {e}")),
         },
         Err(e) => v.failures.push(format!("{COUNT_FILE} on the disk: {e}")),
+    }
+}
+
+/// The VM generation ID: the first boot's random number generator was seeded before the
+/// snapshot ([`CRNG_READY`] before [`SNAPSHOT_AT`]) and not reseeded for a fork, and the
+/// restored guest noticed its new generation ID ([`CRNG_VM_FORK`]).
+fn check_vm_generation(before: &str, after: &str, v: &mut Verdict) {
+    let ready = before.find(CRNG_READY);
+    let snapshot = before.find(SNAPSHOT_AT);
+    match (ready, snapshot) {
+        (Some(r), Some(s)) if r < s => {}
+        _ => v.failures.push(format!(
+            "the first boot did not print `{CRNG_READY}` before `{SNAPSHOT_AT}`: the VM \
+             generation ID's reseed cannot show"
+        )),
+    }
+    if before.contains(CRNG_VM_FORK) {
+        v.failures.push(format!(
+            "the first boot printed `{CRNG_VM_FORK}` before any snapshot"
+        ));
+    }
+    match after.lines().find(|l| l.contains(CRNG_VM_FORK)) {
+        Some(line) => v.notes.push(format!(
+            "the restored guest noticed its new VM generation ID: {}",
+            line.trim_end_matches('\r').trim()
+        )),
+        None => v.failures.push(format!(
+            "the restored guest never printed `{CRNG_VM_FORK}`: no new VM generation ID, or \
+             no notification"
+        )),
     }
 }
 
@@ -653,6 +702,8 @@ mod tests {
         let script = count_script();
         assert!(script.contains(&format!("echo \"{COUNT_PREFIX}$i of {COUNT_TO} up $up\"")));
         assert!(script.contains("read -t 0.1 x") && !script.contains("sleep"));
+        // The generator is seeded before the first count, so before the snapshot.
+        assert!(script.find("< /dev/random").unwrap() < script.find("while").unwrap());
     }
 
     #[test]
@@ -674,6 +725,32 @@ mod tests {
             Some(Duration::from_micros(15529))
         );
         assert_eq!(timeline_at(&m, "guest stopped"), None);
+    }
+
+    #[test]
+    fn the_restored_guest_must_see_a_new_generation() {
+        let before = "[    8.9] random: crng init done\r\ncount 10 of 50 up 20.0\r\n";
+        let after = "[   21.0] random: crng reseeded due to virtual machine fork\r\n";
+        let mut v = Verdict::default();
+        check_vm_generation(before, after, &mut v);
+        assert!(v.passed(), "{v:?}");
+        assert!(v.notes[0].ends_with("[   21.0] random: crng reseeded due to virtual machine fork"));
+
+        let mut v = Verdict::default();
+        check_vm_generation(before, "count 11 of 50\r\n", &mut v);
+        assert_eq!(v.failures.len(), 1);
+        assert!(v.failures[0].contains("never printed"), "{v:?}");
+
+        // Seeded only after the snapshot: no reseed to expect.
+        let late = "count 10 of 50 up 20.0\r\n[   20.1] random: crng init done\r\n";
+        let mut v = Verdict::default();
+        check_vm_generation(late, after, &mut v);
+        assert!(v.failures[0].contains("before `count 10 of 50`"), "{v:?}");
+
+        let early_fork = format!("{before}{after}");
+        let mut v = Verdict::default();
+        check_vm_generation(&early_fork, after, &mut v);
+        assert!(v.failures[0].contains("before any snapshot"), "{v:?}");
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //! - `virtio-blk-ro`: root on a read-only disk; the guest's writes fail (EROFS from the
 //!   filesystem, EPERM from the block device itself), and the image is byte for byte
 //!   unchanged; a 32-bit program (`guest/compat32.s`) makes system calls with `int $0x80`
-//!   and through the vDSO.
+//!   and through the vDSO. It ends with `poweroff -f`: the kernel powers off through ACPI
+//!   (`reboot: Power down`) and Petrel must exit 0 with the stop reason `PowerOff`.
 //! - `vmlinux-2vcpu`: both vCPUs online, and a busy loop pinned to each with `taskset` makes
-//!   progress on both.
+//!   progress on both. The kernel (built without MP table support) must have found both CPUs
+//!   through ACPI's MADT, and found the ACPI tables, and must not print the MP table's lines.
 //! - `virtio-net-dhcp`: DHCP, an HTTP fetch and a listener in the guest; see
 //!   [`crate::net_boot`].
 //! - `vsock-echo`: a guest program talks to the host over vsock both ways; see
@@ -23,10 +25,10 @@ use std::process::Command;
 
 use crate::cache::sha256_hex;
 use crate::error::{Error, IoContext, Result};
-use crate::guest_script::{self, ExtraFile};
+use crate::guest_script::{self, Ending, ExtraFile, POWER_DOWN_LINE};
 use crate::host;
 use crate::initramfs::init_script;
-use crate::scenario::{AfterCheck, KernelFormat, Scenario};
+use crate::scenario::{AfterCheck, KernelFormat, Scenario, GUEST_CMDLINE};
 
 /// The virtio-blk scenarios (and the 2-vCPU one, which needs busybox from a disk), by name.
 /// The virtio-net and vsock scenarios, which build on these pieces, are in their own modules.
@@ -136,6 +138,29 @@ else
     fail smp-progress "cpu0 '${a0}'->'${b0}' mask '$m0', cpu1 '${a1}'->'${b1}' mask '$m1'"
 fi"#;
 
+/// The kernel's lines for the ACPI tables Petrel writes (ACPICA prints each table's header as
+/// `ACPI: SIG 0xADDRESS LENGTH (vREV OEMID ...)`): the RSDP, the XSDT, the FADT (`FACP`),
+/// the MADT (`APIC`) and the DSDT.
+pub const ACPI_TABLE_LINES: &[&str] = &[
+    "ACPI: RSDP 0x",
+    "ACPI: XSDT 0x",
+    "ACPI: FACP 0x",
+    "ACPI: APIC 0x",
+    "ACPI: DSDT 0x",
+];
+
+/// What a kernel that found two CPUs through the MADT prints: ACPI is its source of the SMP
+/// configuration, both CPUs are present (none left for hotplug), and both came up.
+pub const ACPI_SMP_LINES: &[&str] = &[
+    "ACPI: Using ACPI (MADT) for SMP configuration information",
+    "CPU topo: Allowing 2 present CPUs plus 0 hotplug CPUs",
+    "smp: Brought up 1 node, 2 CPUs",
+];
+
+/// What a kernel built with MP table support (`CONFIG_X86_MPPARSE`) prints when it finds
+/// and uses Petrel's MP table: a kernel that must find its CPUs through ACPI must not.
+pub const MP_TABLE_LINES: &[&str] = &["found SMP MP-table", "Intel MultiProcessor Specification"];
+
 /// What the kernel prints when it mounted the root filesystem read-write.
 pub const MOUNTED_RW: &str = "VFS: Mounted root (ext4 filesystem) on device";
 /// What it prints when it mounted it read-only.
@@ -144,7 +169,7 @@ pub const MOUNTED_RO: &str = "VFS: Mounted root (ext4 filesystem) readonly on de
 /// The command line of a guest whose root is the first virtio disk. `init=/init` makes the
 /// kernel print the same `Run /init as init process` line as with the initramfs.
 pub fn root_cmdline(mode: &str) -> String {
-    format!("console=ttyS0 reboot=k panic=1 root=/dev/vda {mode} rootwait init=/init")
+    format!("{GUEST_CMDLINE} root=/dev/vda {mode} rootwait init=/init")
 }
 
 /// A scenario that boots `vmlinux` with 1 vCPU from `image` as its read-only root disk, no
@@ -199,6 +224,25 @@ pub fn device_counter(metrics: &serde_json::Value, device: &str, counter: &str) 
         .iter()
         .find(|d| d["name"] == device)?["counters"][counter]
         .as_u64()
+}
+
+/// Whether Petrel's `--metrics` JSON says the VM stopped for `reason` (its `stop`, petrel's
+/// `StopReason` by name: `Reset`, `PowerOff`) with exit code 0.
+pub fn check_stop(
+    metrics: &serde_json::Value,
+    reason: &str,
+) -> std::result::Result<String, String> {
+    let stop = metrics["stop"].as_str();
+    let code = metrics["exit_code"].as_i64();
+    if stop == Some(reason) && code == Some(0) {
+        Ok(format!(
+            "petrel's --metrics: stop reason {reason}, exit code 0"
+        ))
+    } else {
+        Err(format!(
+            "petrel's --metrics says stop {stop:?} with exit code {code:?}, not {reason} with 0"
+        ))
+    }
 }
 
 /// Petrel's `--metrics` JSON at `path`.
@@ -265,6 +309,12 @@ impl AfterCheck {
                 }
                 let guest_sum = guest_script::detail_of(serial, "blk-pattern");
                 match check_pattern(data, guest_sum.as_deref()) {
+                    Ok(n) => notes.push(n),
+                    Err(f) => failures.push(f),
+                }
+            }
+            AfterCheck::Stopped { metrics, reason } => {
+                match read_metrics(metrics).and_then(|m| check_stop(&m, reason)) {
                     Ok(n) => notes.push(n),
                     Err(f) => failures.push(f),
                 }
@@ -412,11 +462,17 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
                 ];
                 s.expect = vec![MOUNTED_RW];
                 s.checks = vec!["blk-pattern", "rng"];
-                s.after = Some(AfterCheck::RootAndPattern {
-                    image,
-                    metrics: metrics.clone(),
-                    data,
-                });
+                s.after = vec![
+                    AfterCheck::RootAndPattern {
+                        image,
+                        metrics: metrics.clone(),
+                        data,
+                    },
+                    AfterCheck::Stopped {
+                        metrics: metrics.clone(),
+                        reason: "Reset",
+                    },
+                ];
             }
             "virtio-blk-ro" => {
                 let compat32 = ExtraFile {
@@ -424,14 +480,22 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
                     data: build_compat32(dir)?,
                     mode: 0o755,
                 };
-                let script = guest_script::init_script(BLK_RO_SCRIPT);
+                // Ends with `poweroff -f`: the kernel powers off through ACPI's S5 and
+                // Petrel must end with exit 0 and say it was a power-off.
+                let script = guest_script::init_script_ending(BLK_RO_SCRIPT, Ending::PowerOff);
                 guest_script::build_rootfs(&image, &script, &[compat32], 16)?;
                 let sha256 = file_sha256(&image).map_err(Error::Other)?;
                 s.cmdline = Some(root_cmdline("ro"));
                 s.extra_args = vec!["--disk".into(), format!("{disk},ro")];
-                s.expect = vec![MOUNTED_RO];
+                s.expect = vec![MOUNTED_RO, POWER_DOWN_LINE];
                 s.checks = vec!["ro-flag", "ro-file", "ro-device", "compat32"];
-                s.after = Some(AfterCheck::Unchanged { image, sha256 });
+                s.after = vec![
+                    AfterCheck::Unchanged { image, sha256 },
+                    AfterCheck::Stopped {
+                        metrics: metrics.clone(),
+                        reason: "PowerOff",
+                    },
+                ];
             }
             "vmlinux-2vcpu" => {
                 let script = guest_script::init_script(SMP_SCRIPT);
@@ -439,6 +503,14 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
                 s.cmdline = Some(root_cmdline("ro"));
                 s.extra_args = vec!["--disk".into(), format!("{disk},ro")];
                 s.checks = vec!["cpus-online", "smp-progress"];
+                // Both CPUs through ACPI's MADT, and no MP table (the suite's kernel is built
+                // without MP table support; Petrel still writes one).
+                s.expect = ACPI_TABLE_LINES
+                    .iter()
+                    .chain(ACPI_SMP_LINES)
+                    .copied()
+                    .collect();
+                s.forbid = MP_TABLE_LINES.to_vec();
             }
             other => {
                 return Err(Error::Command {
@@ -480,6 +552,25 @@ mod tests {
         assert_eq!(device_counter(&m, "virtio-blk", "writes"), Some(2));
         assert_eq!(device_counter(&m, "virtio-rng", "bytes"), Some(128));
         assert_eq!(device_counter(&m, "virtio-net", "rx_frames"), None);
+    }
+
+    #[test]
+    fn stop_reason_from_metrics() {
+        let m: serde_json::Value =
+            serde_json::from_str(r#"{"running":false,"stop":"PowerOff","exit_code":0}"#).unwrap();
+        assert_eq!(
+            check_stop(&m, "PowerOff").unwrap(),
+            "petrel's --metrics: stop reason PowerOff, exit code 0"
+        );
+        let e = check_stop(&m, "Reset").unwrap_err();
+        assert!(
+            e.contains(r#"Some("PowerOff")"#) && e.contains("not Reset"),
+            "{e}"
+        );
+        let fault: serde_json::Value =
+            serde_json::from_str(r#"{"stop":"PowerOff","exit_code":1}"#).unwrap();
+        assert!(check_stop(&fault, "PowerOff").is_err());
+        assert!(check_stop(&serde_json::json!({}), "PowerOff").is_err());
     }
 
     #[test]

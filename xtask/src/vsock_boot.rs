@@ -308,10 +308,10 @@ pub fn scenario(vmlinux: &Path, dir: &Path) -> Result<Scenario> {
     ]);
     s.checks = vec!["vsock-g2h", "vsock-h2g", "vsock-prog"];
     s.live = Some(Arc::new(VsockEcho { uds }));
-    s.after = Some(crate::scenario::AfterCheck::Metrics {
+    s.after = vec![crate::scenario::AfterCheck::Metrics {
         metrics,
         judge: judge_metrics,
-    });
+    }];
     Ok(s)
 }
 
