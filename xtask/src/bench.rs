@@ -905,6 +905,12 @@ fn exits(b: &Bench, runs: u32, n: u64) -> Row {
 
 /// Microseconds from Petrel's `first KVM_RUN` to `guest stopped`, from its `--metrics` JSON.
 fn run_span_us(metrics_json: &str) -> Result<f64> {
+    timeline_span_us(metrics_json, "first KVM_RUN", "guest stopped")
+}
+
+/// Microseconds from Petrel's timeline event `from` to its event `to`, from its `--metrics`
+/// JSON; an error names an event that is not there.
+fn timeline_span_us(metrics_json: &str, from: &str, to: &str) -> Result<f64> {
     let v: serde_json::Value = serde_json::from_str(metrics_json)
         .map_err(|e| Error::Other(format!("petrel's metrics JSON: {e}")))?;
     let at = |what: &str| {
@@ -914,8 +920,8 @@ fn run_span_us(metrics_json: &str) -> Result<f64> {
             .and_then(|e| e["at_us"].as_u64())
             .ok_or_else(|| Error::Other(format!("petrel's metrics have no `{what}` event")))
     };
-    let (first, stopped) = (at("first KVM_RUN")?, at("guest stopped")?);
-    Ok(stopped.saturating_sub(first) as f64)
+    let (start, end) = (at(from)?, at(to)?);
+    Ok(end.saturating_sub(start) as f64)
 }
 
 /// Case 4: VMs per second, one at a time and two at a time.

@@ -64,16 +64,7 @@ fn one_run(b: &Bench, i: u32) -> Result<f64> {
 
 /// Microseconds between the two events in a `--metrics` JSON's timeline.
 fn tables_span_us(metrics_json: &str) -> Result<f64> {
-    let v: serde_json::Value = serde_json::from_str(metrics_json)
-        .map_err(|e| Error::Other(format!("petrel's metrics JSON: {e}")))?;
-    let at = |what: &str| {
-        v["timeline"]
-            .as_array()
-            .and_then(|events| events.iter().find(|e| e["what"] == what))
-            .and_then(|e| e["at_us"].as_u64())
-            .ok_or_else(|| Error::Other(format!("petrel's metrics have no `{what}` event")))
-    };
-    Ok(at(TABLES_WRITTEN)?.saturating_sub(at(TABLES_START)?) as f64)
+    super::timeline_span_us(metrics_json, TABLES_START, TABLES_WRITTEN)
 }
 
 #[cfg(test)]
@@ -88,7 +79,7 @@ mod tests {
         assert_eq!(tables_span_us(json).unwrap(), 42.0);
         let err = tables_span_us(r#"{"timeline":[]}"#).unwrap_err();
         assert!(
-            err.to_string().contains("no `ACPI tables written` event"),
+            err.to_string().contains("no `building ACPI tables` event"),
             "{err}"
         );
     }
