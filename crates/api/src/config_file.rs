@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::model::{
     quoted, BootSource, Drive, EntropyDevice, FullVmConfiguration, Logger, MachineConfiguration,
-    Metrics, NetworkInterface, ValidationError, Vsock, MAX_QUOTED_LEN,
+    Metrics, MmdsConfig, NetworkInterface, ValidationError, Vsock, MAX_QUOTED_LEN,
 };
 
 /// The largest config file accepted, in bytes.
@@ -36,7 +36,7 @@ pub const MAX_CONFIG_FILE_LEN: usize = 1 << 20;
 const MAX_PARSER_MESSAGE_LEN: usize = 512;
 
 /// The sections Petrel reads.
-pub const SUPPORTED_SECTIONS: [&str; 8] = [
+pub const SUPPORTED_SECTIONS: [&str; 9] = [
     "boot-source",
     "drives",
     "machine-config",
@@ -45,18 +45,13 @@ pub const SUPPORTED_SECTIONS: [&str; 8] = [
     "logger",
     "metrics",
     "entropy",
+    "mmds-config",
 ];
 
 /// The sections of Firecracker's config file Petrel does not implement yet (accepted only
 /// when empty: `null`, or an empty list).
-pub const UNSUPPORTED_SECTIONS: [&str; 6] = [
-    "balloon",
-    "cpu-config",
-    "mmds-config",
-    "pmem",
-    "memory-hotplug",
-    "serial",
-];
+pub const UNSUPPORTED_SECTIONS: [&str; 5] =
+    ["balloon", "cpu-config", "pmem", "memory-hotplug", "serial"];
 
 /// A config file, parsed and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +72,8 @@ pub struct VmmConfigFile {
     pub metrics: Option<Metrics>,
     /// `entropy`.
     pub entropy: Option<EntropyDevice>,
+    /// `mmds-config` (its interfaces among `network-interfaces`).
+    pub mmds_config: Option<MmdsConfig>,
 }
 
 impl From<VmmConfigFile> for FullVmConfiguration {
@@ -90,6 +87,7 @@ impl From<VmmConfigFile> for FullVmConfiguration {
             logger: file.logger,
             metrics: file.metrics,
             entropy: file.entropy,
+            mmds_config: file.mmds_config,
         }
     }
 }
@@ -107,7 +105,7 @@ pub enum ConfigFileError {
     #[error("the config file must be a JSON object of sections")]
     NotAnObject,
     /// A section Firecracker does not have either.
-    #[error("unknown section `{0}` in the config file (known: boot-source, drives, machine-config, network-interfaces, vsock, logger, metrics, entropy)")]
+    #[error("unknown section `{0}` in the config file (known: boot-source, drives, machine-config, network-interfaces, vsock, logger, metrics, entropy, mmds-config)")]
     UnknownSection(String),
     /// A section Petrel does not implement yet.
     #[error("section `{0}` of the config file is not supported by Petrel yet")]
@@ -209,6 +207,7 @@ pub fn parse_config_file(text: &str) -> Result<VmmConfigFile, ConfigFileError> {
     let mut logger = None;
     let mut metrics = None;
     let mut entropy = None;
+    let mut mmds_config = None;
     for (name, value) in sections {
         match name.as_str() {
             "boot-source" => boot_source = optional::<BootSource>(&name, value)?,
@@ -220,6 +219,7 @@ pub fn parse_config_file(text: &str) -> Result<VmmConfigFile, ConfigFileError> {
             "logger" => logger = optional(&name, value)?,
             "metrics" => metrics = optional(&name, value)?,
             "entropy" => entropy = optional(&name, value)?,
+            "mmds-config" => mmds_config = optional(&name, value)?,
             other if UNSUPPORTED_SECTIONS.contains(&other) => {
                 // Empty: `null`, or `[]` for a list (as GET /vm/config writes `pmem`).
                 let empty = value.is_null() || value.as_array().is_some_and(Vec::is_empty);
@@ -244,6 +244,7 @@ pub fn parse_config_file(text: &str) -> Result<VmmConfigFile, ConfigFileError> {
         logger,
         metrics,
         entropy,
+        mmds_config,
     };
     validate(&file)?;
     Ok(file)
@@ -306,6 +307,12 @@ fn validate(file: &VmmConfigFile) -> Result<(), ConfigFileError> {
     }
     if let Some(entropy) = &file.entropy {
         entropy.validate().map_err(invalid("entropy"))?;
+    }
+    if let Some(mmds) = &file.mmds_config {
+        mmds.validate().map_err(invalid("mmds-config"))?;
+        let ifaces = file.network_interfaces.iter().map(|n| n.iface_id.as_str());
+        mmds.check_interfaces(ifaces)
+            .map_err(invalid("mmds-config"))?;
     }
     Ok(())
 }
@@ -409,6 +416,48 @@ mod tests {
         );
         let long = format!(r#"{{{base}, "{}": 1}}"#, "s".repeat(1000));
         assert!(parse_config_file(&long).unwrap_err().to_string().len() < 300);
+    }
+
+    #[test]
+    fn mmds_config_section() {
+        // Firecracker's tests/framework/vm_config_with_mmdsv2.json, shortened.
+        let with = |mmds: &str| {
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "k"}}, "drives": [],
+                    "network-interfaces": [{{"iface_id": "1", "host_dev_name": "tap0"}}],
+                    "mmds-config": {mmds}}}"#
+            )
+        };
+        let file = parse_config_file(&with(
+            r#"{"version": "V2", "ipv4_address": "169.254.169.250", "network_interfaces": ["1"]}"#,
+        ))
+        .unwrap();
+        let mmds = file.mmds_config.unwrap();
+        assert_eq!(mmds.version(), crate::model::MmdsVersion::V2);
+        assert_eq!(mmds.ipv4_address().to_string(), "169.254.169.250");
+        assert_eq!(
+            parse_config_file(&with(r#"{"network_interfaces": ["2"]}"#))
+                .unwrap_err()
+                .to_string(),
+            "section `mmds-config` of the config file: network_interfaces `2`: The list of \
+             network interface IDs provided contains at least one ID that does not correspond \
+             to any existing network interface."
+        );
+        assert_eq!(
+            parse_config_file(&with(r#"{"network_interfaces": []}"#))
+                .unwrap_err()
+                .to_string(),
+            "section `mmds-config` of the config file: network_interfaces: The list of network \
+             interface IDs that allow forwarding MMDS requests is empty."
+        );
+        let message = parse_config_file(&with(r#"{"network_interfaces": ["1"], "version": 2}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("section `mmds-config` of the config file: invalid type"),
+            "{message}"
+        );
+        assert_eq!(parse_config_file(&with("null")).unwrap().mmds_config, None);
     }
 
     #[test]
@@ -583,6 +632,12 @@ mod tests {
             }),
             entropy: Some(EntropyDevice {
                 rate_limiter: Some(limiter),
+            }),
+            mmds_config: Some(MmdsConfig {
+                version: Some(crate::model::MmdsVersion::V2),
+                network_interfaces: vec!["eth0".into()],
+                ipv4_address: Some(std::net::Ipv4Addr::new(169, 254, 170, 2)),
+                imds_compat: Some(true),
             }),
         }
     }

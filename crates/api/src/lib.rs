@@ -14,6 +14,7 @@ pub struct ReadmeDoctests;
 
 pub mod config_file;
 pub mod http;
+pub mod mmds;
 pub mod model;
 pub mod reply;
 pub mod routes;

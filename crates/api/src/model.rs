@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::mmds::{MmdsConfig, MmdsVersion};
+
 /// The version of Firecracker's API description these types implement.
 pub const FIRECRACKER_API_VERSION: &str = "1.17.0-dev";
 
@@ -136,6 +138,16 @@ pub enum ValidationError {
     /// `network_overrides` names an interface more than once.
     #[error("network_overrides names iface_id `{0}` more than once")]
     DuplicateNetworkOverride(String),
+    /// `mmds-config` names no interface (Firecracker's wording after the field).
+    #[error("network_interfaces: The list of network interface IDs that allow forwarding MMDS requests is empty.")]
+    MmdsNoInterfaces,
+    /// `mmds-config` names an interface that is not configured (Firecracker's wording after
+    /// the field and the id).
+    #[error("network_interfaces `{0}`: The list of network interface IDs provided contains at least one ID that does not correspond to any existing network interface.")]
+    MmdsUnknownInterface(String),
+    /// The MMDS address is not link-local (Firecracker's wording after the field).
+    #[error("ipv4_address `{0}`: The MMDS IPv4 address is not link local.")]
+    MmdsIpv4(std::net::Ipv4Addr),
 }
 
 /// Checks an API resource id: not empty, at most [`MAX_ID_LEN`] bytes, only ASCII letters,
@@ -1140,6 +1152,13 @@ pub struct FullVmConfiguration {
     /// The entropy device, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyDevice>,
+    /// The MMDS configuration, once set (`PUT /mmds/config`).
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<MmdsConfig>,
 }
 
 #[cfg(test)]

@@ -9,13 +9,16 @@
 //! `null`, a vsock's `vsock_id` is left out, and a rate limiter whose buckets are all disabled
 //! (a `size` or `refill_time` of 0) is `null`, as is a bucket's `one_time_burst` of 0. The
 //! types here write the same fields in the same order. The sections Petrel does not implement
-//! (`balloon`, `mmds-config`, `pmem`, `memory-hotplug`) are always empty.
+//! (`balloon`, `pmem`, `memory-hotplug`) are always empty. `mmds-config` is written once set,
+//! its defaults filled in (`version` `"V1"`, `ipv4_address` `"169.254.169.254"`, `imds_compat`
+//! `false`), as Firecracker rebuilds it from its MMDS and network devices.
 
 use serde::Serialize;
 
 use crate::model::{
     parse_mac, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, IoEngine,
-    MachineConfiguration, NetworkInterface, RateLimiter, TokenBucket, Vsock,
+    MachineConfiguration, MmdsConfig, MmdsVersion, NetworkInterface, RateLimiter, TokenBucket,
+    Vsock,
 };
 
 /// The body of `GET /vm/config`, field for field Firecracker's `VmmConfig`.
@@ -38,9 +41,9 @@ pub struct VmConfigReply {
     pub machine_config: MachineConfiguration,
     /// Always `null`, as in Firecracker (which never reports its metrics here).
     pub metrics: (),
-    /// Always `null`: Petrel has no MMDS.
+    /// The MMDS configuration, or `null` when none was set.
     #[serde(rename = "mmds-config")]
-    pub mmds_config: (),
+    pub mmds_config: Option<MmdsConfigReply>,
     /// Every network interface, in the order they were added.
     #[serde(rename = "network-interfaces")]
     pub network_interfaces: Vec<NetworkInterfaceReply>,
@@ -53,6 +56,30 @@ pub struct VmConfigReply {
     /// Always `null`: Petrel has no memory hot-plug.
     #[serde(rename = "memory-hotplug")]
     pub memory_hotplug: (),
+}
+
+/// `mmds-config` of [`VmConfigReply`] (Firecracker's `MmdsConfig`), defaults written out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MmdsConfigReply {
+    /// `V1` or `V2`.
+    pub version: MmdsVersion,
+    /// The interfaces that reach the MMDS.
+    pub network_interfaces: Vec<String>,
+    /// The MMDS's address.
+    pub ipv4_address: std::net::Ipv4Addr,
+    /// Whether IMDS answers are forced.
+    pub imds_compat: bool,
+}
+
+impl From<&MmdsConfig> for MmdsConfigReply {
+    fn from(c: &MmdsConfig) -> Self {
+        MmdsConfigReply {
+            version: c.version(),
+            network_interfaces: c.network_interfaces.clone(),
+            ipv4_address: c.ipv4_address(),
+            imds_compat: c.imds_compat(),
+        }
+    }
 }
 
 /// `boot-source` of [`VmConfigReply`] (Firecracker's `BootSourceConfig`).
@@ -158,7 +185,7 @@ impl From<&FullVmConfiguration> for VmConfigReply {
             logger: (),
             machine_config: c.machine_config.clone().unwrap_or_default(),
             metrics: (),
-            mmds_config: (),
+            mmds_config: c.mmds_config.as_ref().map(MmdsConfigReply::from),
             network_interfaces: c
                 .network_interfaces
                 .iter()
@@ -368,6 +395,12 @@ mod tests {
                 metrics_path: "/metrics".into(),
             }),
             entropy: Some(EntropyDevice { rate_limiter: None }),
+            mmds_config: Some(MmdsConfig {
+                version: None,
+                network_interfaces: vec!["eth0".into()],
+                ipv4_address: None,
+                imds_compat: None,
+            }),
         };
         let got: serde_json::Value = serde_json::to_value(VmConfigReply::from(&config)).unwrap();
         let want = serde_json::json!({
@@ -390,7 +423,8 @@ mod tests {
             "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "smt": false,
                                "track_dirty_pages": true, "huge_pages": "None"},
             "metrics": null,
-            "mmds-config": null,
+            "mmds-config": {"version": "V1", "network_interfaces": ["eth0"],
+                            "ipv4_address": "169.254.169.254", "imds_compat": false},
             "network-interfaces": [
                 {"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02",
                  "mtu": null, "rx_rate_limiter": null,

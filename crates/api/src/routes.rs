@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::http::{Method, Request, Response};
 use crate::model::{
     quoted, validate_id, ActionType, BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger,
-    MachineConfiguration, MachineConfigurationUpdate, MemoryBackendType, Metrics, NetworkInterface,
-    PartialDrive, PartialNetworkInterface, SnapshotCreateParams, SnapshotLoadParams,
-    ValidationError, VmState, Vsock, MAX_QUOTED_LEN,
+    MachineConfiguration, MachineConfigurationUpdate, MemoryBackendType, Metrics, MmdsConfig,
+    NetworkInterface, PartialDrive, PartialNetworkInterface, SnapshotCreateParams,
+    SnapshotLoadParams, ValidationError, VmState, Vsock, MAX_QUOTED_LEN,
 };
 
 /// One request of the API, parsed and validated.
@@ -62,6 +62,16 @@ pub enum ApiRequest {
     /// [`SnapshotLoadParams::mem_file`], [`SnapshotLoadParams::track_dirty_pages`] and
     /// [`SnapshotLoadParams::resume_vm`] rather than the raw fields.
     LoadSnapshot(SnapshotLoadParams),
+    /// `GET /mmds`: answer the MMDS data store (`{}` while empty).
+    GetMmds,
+    /// `PUT /mmds`: replace the MMDS data store with this document.
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`: merge this document into the MMDS data store (RFC 7396 JSON merge
+    /// patch).
+    PatchMmds(serde_json::Value),
+    /// `PUT /mmds/config` (validated on its own; whether its interfaces exist is the VMM's
+    /// check, [`MmdsConfig::check_interfaces`]).
+    PutMmdsConfig(MmdsConfig),
 }
 
 /// Why a request was refused. Its `Display` is the `fault_message`; every one is answered
@@ -189,6 +199,8 @@ enum Route<'a> {
     Vm,
     SnapshotCreate,
     SnapshotLoad,
+    Mmds,
+    MmdsConfig,
     /// A swagger route Petrel does not implement; the text names it in the message.
     Unsupported(&'static str),
 }
@@ -198,7 +210,7 @@ impl Route<'_> {
     fn allowed(self) -> &'static str {
         match self {
             Route::Root | Route::Version | Route::VmConfig => "GET",
-            Route::MachineConfig => "GET, PUT, PATCH",
+            Route::MachineConfig | Route::Mmds => "GET, PUT, PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
             Route::Vm => "PATCH",
             Route::BootSource
@@ -208,7 +220,8 @@ impl Route<'_> {
             | Route::Metrics
             | Route::Actions
             | Route::SnapshotCreate
-            | Route::SnapshotLoad => "PUT",
+            | Route::SnapshotLoad
+            | Route::MmdsConfig => "PUT",
             Route::Unsupported(_) => "none",
         }
     }
@@ -237,8 +250,8 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["logger"] => Route::Logger,
         ["metrics"] => Route::Metrics,
         ["actions"] => Route::Actions,
-        ["mmds"] => Route::Unsupported("the MMDS (/mmds)"),
-        ["mmds", "config"] => Route::Unsupported("the MMDS (/mmds/config)"),
+        ["mmds"] => Route::Mmds,
+        ["mmds", "config"] => Route::MmdsConfig,
         ["balloon"] => Route::Unsupported("the balloon device (/balloon)"),
         ["balloon", "statistics"] => Route::Unsupported("the balloon device (/balloon/statistics)"),
         ["balloon", "hinting", "start" | "status" | "stop"] => {
@@ -318,6 +331,7 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
             Route::Version => ApiRequest::GetVersion,
             Route::VmConfig => ApiRequest::GetVmConfig,
             Route::MachineConfig => ApiRequest::GetMachineConfig,
+            Route::Mmds => ApiRequest::GetMmds,
             _ => return Err(not_allowed()),
         };
         if !req.body.is_empty() {
@@ -332,7 +346,11 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
         ),
         _ => matches!(
             route,
-            Route::MachineConfig | Route::Drive(_) | Route::NetworkInterface(_) | Route::Vm
+            Route::MachineConfig
+                | Route::Drive(_)
+                | Route::NetworkInterface(_)
+                | Route::Vm
+                | Route::Mmds
         ),
     };
     if !takes_method {
@@ -429,6 +447,13 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
                 ));
             }
             ApiRequest::LoadSnapshot(params)
+        }
+        ("PUT", Route::Mmds) => ApiRequest::PutMmds(parse_body(method, path, body)?),
+        ("PATCH", Route::Mmds) => ApiRequest::PatchMmds(parse_body(method, path, body)?),
+        ("PUT", Route::MmdsConfig) => {
+            let config: MmdsConfig = parse_body(method, path, body)?;
+            config.validate()?;
+            ApiRequest::PutMmdsConfig(config)
         }
         ("PATCH", Route::Vm) => {
             let vm: VmBody = parse_body(method, path, body)?;
@@ -1173,9 +1198,6 @@ mod tests {
     #[test]
     fn unsupported_routes_say_so() {
         let cases = [
-            (Method::Put, "/mmds"),
-            (Method::Get, "/mmds"),
-            (Method::Put, "/mmds/config"),
             (Method::Put, "/balloon"),
             (Method::Get, "/balloon/statistics"),
             (Method::Patch, "/balloon/hinting/start"),
@@ -1192,6 +1214,90 @@ mod tests {
                 "{path}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn mmds_routes() {
+        // docs/mmds/mmds-user-guide.md
+        let data = r#"{"latest": {"meta-data": {"ami-id": "ami-87654321",
+                       "reservation-id": "r-79054aef"}}}"#;
+        let value: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(put("/mmds", data), Ok(ApiRequest::PutMmds(value.clone())));
+        assert_eq!(patch("/mmds", data), Ok(ApiRequest::PatchMmds(value)));
+        assert_eq!(get("/mmds"), Ok(ApiRequest::GetMmds));
+        let Ok(ApiRequest::PutMmdsConfig(config)) = put(
+            "/mmds/config",
+            r#"{"version": "V2", "ipv4_address": "169.254.170.2", "network_interfaces": ["eth0"],
+                "imds_compat": true}"#,
+        ) else {
+            panic!("refused");
+        };
+        assert_eq!(config.version(), crate::model::MmdsVersion::V2);
+        assert!(config.imds_compat());
+        // A null document is a document (the data store refuses what is not an object).
+        assert_eq!(
+            put("/mmds", "null"),
+            Ok(ApiRequest::PutMmds(serde_json::Value::Null))
+        );
+    }
+
+    #[test]
+    fn mmds_refusals() {
+        let message = refused(put("/mmds", "{\"a\": "));
+        assert!(
+            message.starts_with("invalid body for PUT /mmds: "),
+            "{message}"
+        );
+        let message = refused(patch("/mmds", "not json"));
+        assert!(
+            message.starts_with("invalid body for PATCH /mmds: "),
+            "{message}"
+        );
+        assert_eq!(
+            refused(put("/mmds", "")),
+            "empty PUT request on /mmds: a JSON body is required"
+        );
+        assert_eq!(
+            refused(parse_request(&request(Method::Get, "/mmds", "{}"))),
+            "GET request on /mmds cannot have a body"
+        );
+        assert_eq!(
+            refused(get("/mmds/config")),
+            "method GET is not allowed on /mmds/config (allowed: PUT)"
+        );
+        assert_eq!(
+            refused(patch("/mmds/config", "{}")),
+            "method PATCH is not allowed on /mmds/config (allowed: PUT)"
+        );
+        let delete = parse_request(&request(Method::Other("DELETE".into()), "/mmds", ""));
+        assert_eq!(
+            refused(delete),
+            "method DELETE is not allowed on /mmds (allowed: GET, PUT, PATCH)"
+        );
+        assert!(matches!(
+            put("/mmds/other", "{}"),
+            Err(ApiError::UnknownRoute { .. })
+        ));
+        assert_eq!(
+            refused(put("/mmds/config", r#"{"network_interfaces": []}"#)),
+            "network_interfaces: The list of network interface IDs that allow forwarding MMDS \
+             requests is empty."
+        );
+        assert_eq!(
+            refused(put(
+                "/mmds/config",
+                r#"{"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"}"#
+            )),
+            "ipv4_address `10.0.0.1`: The MMDS IPv4 address is not link local."
+        );
+        let message = refused(put(
+            "/mmds/config",
+            r#"{"version": "foo", "network_interfaces": ["1"]}"#,
+        ));
+        assert!(
+            message.contains("unknown variant `foo`, expected `V1` or `V2`"),
+            "{message}"
+        );
     }
 
     #[test]

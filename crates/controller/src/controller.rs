@@ -9,7 +9,7 @@
 //! snapshot's files.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use petrel_api::http::{Request, Response};
@@ -20,12 +20,14 @@ use petrel_api::model::{
 };
 use petrel_api::reply::VmConfigReply;
 use petrel_api::routes::{self, ApiRequest};
+use petrel_mmds::DataStore;
 use petrel_vmm::config::{SerialConfig, VmConfig};
 use petrel_vmm::snapshot::{NetOverride, RestoreConfig, SnapshotKind, SnapshotRequest};
 use petrel_vmm::{RunSummary, Timeline, Vmm, VmmHandle};
 
 use crate::logger::{Level, LogFormat, Logger};
 use crate::metrics::{self, ApiCounters, MetricsSink};
+use crate::mmds::MmdsStore;
 use crate::vm_config::rate_limit;
 
 /// How Petrel names itself in `GET /`'s `app_name`.
@@ -74,6 +76,8 @@ pub struct Controller {
     ended: bool,
     /// The embedder's setup of each VM made (see [`Controller::set_vm_setup`]).
     setup: Option<VmSetup>,
+    /// The MMDS data store (`PUT`, `PATCH`, `GET /mmds`).
+    mmds: MmdsStore,
 }
 
 impl std::fmt::Debug for Controller {
@@ -90,6 +94,7 @@ impl std::fmt::Debug for Controller {
             .field("vm", &self.vm)
             .field("ended", &self.ended)
             .field("setup", &self.setup.is_some())
+            .field("mmds", &self.mmds)
             .finish()
     }
 }
@@ -117,7 +122,36 @@ impl Controller {
             vm: None,
             ended: false,
             setup: None,
+            mmds: MmdsStore::new(petrel_mmds::store::DEFAULT_SIZE_LIMIT),
         }
+    }
+
+    /// Sets the MMDS data store's size limit in bytes (`--mmds-size-limit`; Firecracker's
+    /// default, [`petrel_mmds::store::DEFAULT_SIZE_LIMIT`], otherwise). Call it before any data is
+    /// put: the store starts anew, empty.
+    pub fn set_mmds_size_limit(&mut self, limit: usize) {
+        self.mmds = MmdsStore::new(limit);
+    }
+
+    /// The MMDS data store, which the API's `/mmds` requests change and the VM answers the
+    /// guest from.
+    pub fn mmds_store(&self) -> Arc<Mutex<DataStore>> {
+        self.mmds.shared()
+    }
+
+    /// Fills the MMDS data store from a JSON document (`--metadata FILE`), as a `PUT /mmds`
+    /// would; the error is in Firecracker's words.
+    pub fn populate_mmds(&mut self, json: &str) -> Result<(), String> {
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| format!("Populating MMDS from file failed: not valid JSON: {e}"))?;
+        let r = self.mmds.put(value);
+        if r.status >= 300 {
+            let body: serde_json::Value =
+                serde_json::from_str(r.body.as_deref().unwrap_or("{}")).unwrap_or_default();
+            let why = body["fault_message"].as_str().unwrap_or_default();
+            return Err(format!("Populating MMDS from file failed: {why}"));
+        }
+        Ok(())
     }
 
     /// How long start-up took from the launcher's timestamps (`--start-time-us`,
@@ -424,6 +458,16 @@ impl Controller {
                 if p.rate_limiter.is_some() {
                     drive.rate_limiter = p.rate_limiter;
                 }
+                Ok(done())
+            }),
+            ApiRequest::GetMmds => Ok(Handled::Reply(self.mmds.get())),
+            ApiRequest::PutMmds(data) => Ok(Handled::Reply(self.mmds.put(data))),
+            ApiRequest::PatchMmds(patch) => Ok(Handled::Reply(self.mmds.patch(patch))),
+            ApiRequest::PutMmdsConfig(m) => self.pre_boot("PUT /mmds/config").and_then(|()| {
+                let ifaces = self.config.network_interfaces.iter();
+                m.check_interfaces(ifaces.map(|n| n.iface_id.as_str()))
+                    .map_err(|e| fault(e.to_string()))?;
+                self.config.mmds_config = Some(m);
                 Ok(done())
             }),
             ApiRequest::PatchNetworkInterface(p) => {

@@ -38,6 +38,7 @@
 mod controller;
 pub mod logger;
 pub mod metrics;
+pub mod mmds;
 mod vm_config;
 
 // The README's code blocks, compiled as doctests so that the README cannot drift from the API

@@ -8,11 +8,12 @@
 use std::path::PathBuf;
 
 use petrel_api::model::{
-    BootSource, Drive, EntropyDevice, FullVmConfiguration, RateLimiter, TokenBucket, Vsock,
+    BootSource, Drive, EntropyDevice, FullVmConfiguration, MmdsVersion as ApiMmdsVersion,
+    RateLimiter, TokenBucket, Vsock,
 };
 use petrel_vmm::config::{
-    DiskConfig, KernelImage, LinuxPayload, NetConfig, RateLimiterConfig, SerialConfig,
-    TokenBucketConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE, DEFAULT_MAC,
+    DiskConfig, KernelImage, LinuxPayload, MmdsConfig, MmdsVersion, NetConfig, RateLimiterConfig,
+    SerialConfig, TokenBucketConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE, DEFAULT_MAC,
 };
 
 /// The longest virtio-blk serial (GET_ID) a drive id can become (virtio v1.2, 5.2.6:
@@ -108,6 +109,10 @@ pub fn vm_config(c: &FullVmConfiguration) -> Result<VmConfig, String> {
             mac,
             rx_rate_limit: rate_limit(&n.rx_rate_limiter),
             tx_rate_limit: rate_limit(&n.tx_rate_limiter),
+            mmds: c
+                .mmds_config
+                .as_ref()
+                .is_some_and(|m| m.network_interfaces.contains(&n.iface_id)),
         });
     }
     if let Some(Vsock {
@@ -121,6 +126,14 @@ pub fn vm_config(c: &FullVmConfiguration) -> Result<VmConfig, String> {
             uds: PathBuf::from(uds_path),
         });
     }
+    config.mmds = c.mmds_config.as_ref().map(|m| MmdsConfig {
+        version: match m.version() {
+            ApiMmdsVersion::V1 => MmdsVersion::V1,
+            ApiMmdsVersion::V2 => MmdsVersion::V2,
+        },
+        ipv4_address: m.ipv4_address(),
+        imds_compat: m.imds_compat(),
+    });
     if let Some(EntropyDevice { rate_limiter }) = &c.entropy {
         config.rng = true;
         config.rng_rate_limit = Some(rate_limit(rate_limiter));

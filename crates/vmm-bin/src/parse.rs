@@ -154,6 +154,7 @@ pub fn parse_net(s: &str) -> Result<NetConfig> {
         mac,
         rx_rate_limit: Default::default(),
         tx_rate_limit: Default::default(),
+        mmds: false,
     })
 }
 

@@ -218,6 +218,34 @@ pub struct NetConfig {
     pub rx_rate_limit: RateLimiterConfig,
     /// Limits on what the guest sends.
     pub tx_rate_limit: RateLimiterConfig,
+    /// Whether the guest's frames to the MMDS address ([`VmConfig::mmds`]) on this interface
+    /// go to the MMDS instead of the tap (Firecracker's `mmds-config.network_interfaces`).
+    #[serde(default)]
+    pub mmds: bool,
+}
+
+/// The MMDS version a guest speaks: plain `GET`s (`V1`) or sessions with a token (`V2`).
+/// Saved in snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MmdsVersion {
+    /// Plain `GET`s (Firecracker's default).
+    #[default]
+    V1,
+    /// `PUT /latest/api/token` first, then `GET`s with the token.
+    V2,
+}
+
+/// The microVM metadata service as the guest reaches it, on the interfaces whose
+/// [`NetConfig::mmds`] is set. Saved in snapshots; the data store is not (Firecracker's rule:
+/// a restored VM, maybe one of many clones, gets its data anew).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmdsConfig {
+    /// How the guest must ask.
+    pub version: MmdsVersion,
+    /// The MMDS's IPv4 address (link-local; Firecracker's default 169.254.169.254).
+    pub ipv4_address: std::net::Ipv4Addr,
+    /// Answer in the IMDS text format even when the guest asks for JSON.
+    pub imds_compat: bool,
 }
 
 /// A virtio-vsock device (`--vsock cid=N,uds=PATH`), with host connections through a Unix
@@ -266,6 +294,8 @@ pub struct VmConfig {
     pub metrics: Option<PathBuf>,
     /// Log the pages the guest and the devices write, so that Diff snapshots can be taken.
     pub track_dirty_pages: bool,
+    /// The MMDS, for the interfaces whose [`NetConfig::mmds`] is set; `None`: no MMDS.
+    pub mmds: Option<MmdsConfig>,
 }
 
 impl VmConfig {
@@ -305,6 +335,7 @@ impl VmConfig {
             vsock: None,
             metrics: None,
             track_dirty_pages: false,
+            mmds: None,
         }
     }
 }

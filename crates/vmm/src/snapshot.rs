@@ -24,7 +24,7 @@ use petrel_hv_sys::{VcpuState as KvmVcpuState, VmState as KvmVmState};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    DiskConfig, NetConfig, RateLimiterConfig, SerialConfig, VmConfig, VsockConfig,
+    DiskConfig, MmdsConfig, NetConfig, RateLimiterConfig, SerialConfig, VmConfig, VsockConfig,
 };
 
 /// Which memory a snapshot writes (Firecracker's `snapshot_type`).
@@ -188,6 +188,9 @@ pub struct SavedMachine {
     pub rng_rate_limit: Option<RateLimiterConfig>,
     /// A vsock device.
     pub vsock: Option<VsockConfig>,
+    /// The MMDS's configuration (not its data store); absent in older snapshots.
+    #[serde(default)]
+    pub mmds: Option<MmdsConfig>,
 }
 
 impl SavedMachine {
@@ -203,6 +206,7 @@ impl SavedMachine {
             rng: config.rng,
             rng_rate_limit: config.rng_rate_limit,
             vsock: config.vsock.clone(),
+            mmds: config.mmds,
         }
     }
 }

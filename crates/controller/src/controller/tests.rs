@@ -213,3 +213,123 @@ fn vmm_errors_name_the_drive() {
     assert!(text.starts_with("drive `rootfs`: "), "{text}");
     assert!(text.contains("no such file"), "{text}");
 }
+
+#[test]
+fn mmds_config_names_existing_interfaces_and_reaches_the_vm_config() {
+    let mut c = controller();
+    let config = |ifaces: &str| format!(r#"{{"network_interfaces": {ifaces}}}"#);
+    // Firecracker's tests/integration_tests/functional/test_api.py, test_api_mmds_config.
+    let text = fault_text(&call(&mut c, Method::Put, "/mmds/config", &config("[]")));
+    assert!(
+        text.contains(
+            "The list of network interface IDs that allow forwarding MMDS requests is empty."
+        ),
+        "{text}"
+    );
+    let unknown = "The list of network interface IDs provided contains at least one ID that does \
+                   not correspond to any existing network interface.";
+    let text = fault_text(&call(
+        &mut c,
+        Method::Put,
+        "/mmds/config",
+        &config(r#"["foo"]"#),
+    ));
+    assert!(text.contains(unknown), "{text}");
+    let iface = r#"{"iface_id": "1", "host_dev_name": "tap1", "guest_mac": "06:00:00:00:00:01"}"#;
+    assert_eq!(
+        call(&mut c, Method::Put, "/network-interfaces/1", iface).status,
+        204
+    );
+    let text = fault_text(&call(
+        &mut c,
+        Method::Put,
+        "/mmds/config",
+        &config(r#"["1", "foo"]"#),
+    ));
+    assert!(text.contains(unknown), "{text}");
+    let vm_config = |c: &mut Controller| -> serde_json::Value {
+        let r = call(c, Method::Get, "/vm/config", "");
+        serde_json::from_str(r.body.as_deref().unwrap()).unwrap()
+    };
+    assert_eq!(vm_config(&mut c)["mmds-config"], serde_json::Value::Null);
+    let r = call(&mut c, Method::Put, "/mmds/config", &config(r#"["1"]"#));
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        vm_config(&mut c)["mmds-config"],
+        serde_json::json!({"version": "V1", "network_interfaces": ["1"],
+                           "ipv4_address": "169.254.169.254", "imds_compat": false})
+    );
+    let v2 = r#"{"version": "V2", "ipv4_address": "169.254.169.250", "network_interfaces": ["1"],
+                 "imds_compat": true}"#;
+    assert_eq!(call(&mut c, Method::Put, "/mmds/config", v2).status, 204);
+    assert_eq!(vm_config(&mut c)["mmds-config"]["version"], "V2");
+    let iface2 = r#"{"iface_id": "2", "host_dev_name": "tap2"}"#;
+    assert_eq!(
+        call(&mut c, Method::Put, "/network-interfaces/2", iface2).status,
+        204
+    );
+    let boot = r#"{"kernel_image_path": "/k"}"#;
+    assert_eq!(call(&mut c, Method::Put, "/boot-source", boot).status, 204);
+    let v = c.vm_config().unwrap();
+    let mmds = v.mmds.expect("the MMDS configuration");
+    assert_eq!(mmds.version, petrel_vmm::config::MmdsVersion::V2);
+    assert_eq!(mmds.ipv4_address.to_string(), "169.254.169.250");
+    assert!(mmds.imds_compat);
+    let detoured: Vec<bool> = v.nets.iter().map(|n| n.mmds).collect();
+    assert_eq!(detoured, [true, false]);
+}
+
+#[test]
+fn mmds_data_before_and_without_a_vm() {
+    let mut c = controller();
+    let get = |c: &mut Controller| call(c, Method::Get, "/mmds", "");
+    let r = get(&mut c);
+    assert_eq!((r.status, r.body.as_deref()), (200, Some("{}")));
+    let text = fault_text(&call(&mut c, Method::Patch, "/mmds", r#"{"a": 1}"#));
+    assert!(
+        text.contains("The MMDS data store is not initialized."),
+        "{text}"
+    );
+    // docs/mmds/mmds-user-guide.md
+    let data = r#"{"latest": {"meta-data": {"ami-id": "ami-12345678",
+                   "reservation-id": "r-fea54097"}}}"#;
+    assert_eq!(call(&mut c, Method::Put, "/mmds", data).status, 204);
+    let patch = r#"{"latest": {"meta-data": {"ami-id": "ami-87654321",
+                    "reservation-id": null, "local-hostname": "ip-10-0-0-1"}}}"#;
+    assert_eq!(call(&mut c, Method::Patch, "/mmds", patch).status, 204);
+    let r = get(&mut c);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(r.body.as_deref().unwrap()).unwrap(),
+        serde_json::json!({"latest": {"meta-data": {"ami-id": "ami-87654321",
+                                                    "local-hostname": "ip-10-0-0-1"}}})
+    );
+    // The VM's side sees the same store.
+    let store = c.mmds_store();
+    assert_eq!(
+        petrel_util::lock_ignoring_poison(&store).get("/latest/meta-data/ami-id"),
+        Some(&serde_json::json!("ami-87654321"))
+    );
+}
+
+#[test]
+fn mmds_size_limit_and_metadata_file() {
+    let mut c = controller();
+    c.set_mmds_size_limit(32);
+    let big = format!(r#"{{"k": "{}"}}"#, "x".repeat(64));
+    let r = call(&mut c, Method::Put, "/mmds", &big);
+    assert_eq!(r.status, 413, "{r:?}");
+    let text = r.body.unwrap_or_default();
+    assert!(
+        text.contains("The MMDS patch request doesn't fit.") && text.contains("limit of 32 bytes"),
+        "{text}"
+    );
+    let e = c.populate_mmds(&big).unwrap_err();
+    assert!(
+        e.starts_with("Populating MMDS from file failed: MMDS limit exceeded error"),
+        "{e}"
+    );
+    assert!(c.populate_mmds("{").unwrap_err().contains("not valid JSON"));
+    c.populate_mmds(r#"{"k": "v"}"#).unwrap();
+    let r = call(&mut c, Method::Get, "/mmds", "");
+    assert_eq!(r.body.as_deref(), Some(r#"{"k":"v"}"#));
+}

@@ -43,6 +43,12 @@ pub struct FirecrackerFlags {
     /// Write Firecracker-format metrics (one JSON object per line) to this file or named pipe.
     #[arg(long, value_name = "PATH")]
     pub metrics_path: Option<PathBuf>,
+    /// The MMDS data store's size limit in bytes (Firecracker's default: 51200).
+    #[arg(long, value_name = "BYTES")]
+    pub mmds_size_limit: Option<usize>,
+    /// Fill the MMDS data store from this JSON file at start, as a `PUT /mmds` would.
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
     /// Install no seccomp filters (by default each thread gets Petrel's built-in filter).
     #[arg(long)]
     pub no_seccomp: bool,
@@ -160,8 +166,17 @@ mod tests {
             "--start-time-us",
             "123",
             "--no-seccomp",
+            "--mmds-size-limit",
+            "1024",
+            "--metadata",
+            "/tmp/md.json",
         ])
         .unwrap();
+        assert_eq!(cli.flags.mmds_size_limit, Some(1024));
+        assert_eq!(cli.flags.metadata.as_deref(), Some("/tmp/md.json".as_ref()));
+        assert!(
+            FirecrackerCli::try_parse_from(["firecracker", "--mmds-size-limit", "-1"]).is_err()
+        );
         assert_eq!(cli.flags.api_sock.as_deref(), Some("/tmp/fc.sock".as_ref()));
         assert_eq!(cli.flags.start_time_us, Some(123));
         assert!(cli.flags.wanted() && cli.flags.no_seccomp && !cli.version);

@@ -177,6 +177,18 @@ pub fn run(
             env!("CARGO_PKG_VERSION")
         ),
     );
+    if let Some(limit) = flags.mmds_size_limit {
+        controller.set_mmds_size_limit(limit);
+    }
+    if let Some(path) = &flags.metadata {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return bad_input(&format!("cannot read --metadata {}: {e}", path.display())),
+        };
+        if let Err(why) = controller.populate_mmds(&text) {
+            return bad_input(&format!("--metadata {}: {why}", path.display()));
+        }
+    }
     if let Some(path) = &flags.config_file {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,

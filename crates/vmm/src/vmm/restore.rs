@@ -179,6 +179,7 @@ fn machine_config(m: &SavedMachine, config: &RestoreConfig) -> Result<VmConfig> 
     vm_config.rng = m.rng;
     vm_config.rng_rate_limit = m.rng_rate_limit;
     vm_config.vsock = m.vsock.clone();
+    vm_config.mmds = m.mmds;
     vm_config.serial = config.serial.clone();
     vm_config.max_exits = config.max_exits;
     vm_config.metrics = config.metrics.clone();
@@ -241,6 +242,7 @@ mod tests {
             mac: DEFAULT_MAC,
             rx_rate_limit: Default::default(),
             tx_rate_limit: Default::default(),
+            mmds: false,
         }
     }
 
@@ -258,7 +260,42 @@ mod tests {
                 cid: 3,
                 uds: "/run/old.sock".into(),
             }),
+            mmds: None,
         }
+    }
+
+    #[test]
+    fn the_mmds_configuration_comes_back_and_older_snapshots_have_none() {
+        use crate::config::{MmdsConfig, MmdsVersion};
+        let mmds = MmdsConfig {
+            version: MmdsVersion::V2,
+            ipv4_address: std::net::Ipv4Addr::new(169, 254, 170, 2),
+            imds_compat: true,
+        };
+        let mut saved = machine();
+        saved.mmds = Some(mmds);
+        saved.nets[1].mmds = true;
+        let mut restore = RestoreConfig::new("/snap/state", "/snap/mem");
+        restore.net_overrides = vec![NetOverride {
+            iface_id: "eth1".into(),
+            tap: "tap9".into(),
+        }];
+        let c = machine_config(&saved, &restore).unwrap();
+        assert_eq!(c.mmds, Some(mmds));
+        let detoured: Vec<bool> = c.nets.iter().map(|n| n.mmds).collect();
+        assert_eq!(detoured, [false, true]);
+        // Through the state file's encoding and back.
+        let text = serde_json::to_string(&saved).unwrap();
+        let back: SavedMachine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, saved);
+        // A machine saved before the MMDS existed: no `mmds` anywhere.
+        let mut old = serde_json::to_value(machine()).unwrap();
+        old.as_object_mut().unwrap().remove("mmds");
+        for n in old["nets"].as_array_mut().unwrap() {
+            n.as_object_mut().unwrap().remove("mmds");
+        }
+        let old: SavedMachine = serde_json::from_value(old).unwrap();
+        assert_eq!(old, machine());
     }
 
     #[test]
