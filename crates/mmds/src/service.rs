@@ -18,7 +18,7 @@
 //!   trailing `/`; of a string, the string; any other value gets 501.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,9 @@ pub struct Reply {
 /// The metadata service: data, version, `imds_compat`, tokens and metrics.
 #[derive(Debug)]
 pub struct Mmds {
-    store: DataStore,
+    /// Shared with the host side (the API's `PUT`/`PATCH /mmds` change it while the guest
+    /// reads it).
+    store: Arc<Mutex<DataStore>>,
     version: MmdsVersion,
     imds_compat: bool,
     tokens: TokenAuthority,
@@ -97,8 +99,14 @@ impl Mmds {
     /// An empty service (V1, `imds_compat` off) whose data store holds at most `limit` bytes.
     /// Fails only when the system has no random bytes for the token key.
     pub fn new(limit: usize) -> Result<Self, TokenError> {
+        Self::with_store(Arc::new(Mutex::new(DataStore::new(limit))))
+    }
+
+    /// A service (V1, `imds_compat` off) answering from `store`, which the host keeps changing
+    /// (the API's `/mmds`). Fails only when the system has no random bytes for the token key.
+    pub fn with_store(store: Arc<Mutex<DataStore>>) -> Result<Self, TokenError> {
         Ok(Mmds {
-            store: DataStore::new(limit),
+            store,
             version: MmdsVersion::default(),
             imds_compat: false,
             tokens: TokenAuthority::new()?,
@@ -106,14 +114,9 @@ impl Mmds {
         })
     }
 
-    /// The data store.
-    pub fn store(&self) -> &DataStore {
+    /// The data store, shared: lock it to read, `PUT` or `PATCH`.
+    pub fn store(&self) -> &Arc<Mutex<DataStore>> {
         &self.store
-    }
-
-    /// The data store, to `PUT` or `PATCH` into.
-    pub fn store_mut(&mut self) -> &mut DataStore {
-        &mut self.store
     }
 
     /// The version.
@@ -221,7 +224,8 @@ impl Mmds {
         }
 
         let path = request.path();
-        let Some(value) = self.store.get(path) else {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(value) = store.get(path) else {
             return Response::text(404, format!("Resource not found: {path}."));
         };
         let wants_json = request

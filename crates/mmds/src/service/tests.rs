@@ -81,7 +81,9 @@ fn new_token(mmds: &Mmds, ttl: u32, now: Instant) -> String {
 /// The document of Firecracker's user guide ("Retrieving metadata").
 fn user_guide_mmds() -> Mmds {
     let mut mmds = Mmds::new(DEFAULT_SIZE_LIMIT).unwrap();
-    mmds.store_mut()
+    mmds.store()
+        .lock()
+        .unwrap()
         .put(json!({
             "latest": {
                 "meta-data": {
@@ -97,7 +99,9 @@ fn user_guide_mmds() -> Mmds {
 /// The document of Firecracker's `mmds/mod.rs` tests.
 fn people_mmds() -> Mmds {
     let mut mmds = Mmds::new(DEFAULT_SIZE_LIMIT).unwrap();
-    mmds.store_mut()
+    mmds.store()
+        .lock()
+        .unwrap()
         .put(json!({
             "name": {"first": "John", "second": "Doe"},
             "age": 43,
