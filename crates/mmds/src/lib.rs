@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod service;
 pub mod store;
 pub mod token;

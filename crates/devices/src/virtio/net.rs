@@ -23,12 +23,21 @@
 //! one of the device's [`event_sources`](VirtioDevice::event_sources), fires: frames are
 //! delayed, never dropped for the limit.
 //!
+//! A [`FrameDetour`] (the VMM's MMDS) may be set on the device: it is offered each transmitted
+//! frame and takes those that are its own, which never reach the tap; its frames for the guest
+//! are delivered in turn with the tap's.
+//!
 //! Chains in the wrong direction (a device-writable buffer to transmit, a device-readable one
 //! to receive into), with buffers outside guest RAM, or too short for the header are returned
 //! unused and counted; broken chains stop the device (DEVICE_NEEDS_RESET). The tap is
 //! non-blocking: no guest action can make the event loop wait on it.
 
+mod detour;
+#[cfg(test)]
+mod detour_tests;
 mod tap;
+
+pub use detour::FrameDetour;
 
 use std::any::Any;
 use std::fmt;
@@ -156,6 +165,11 @@ pub struct NetStats {
     pub rx_throttled: u64,
     /// Times the transmit rate limiter held a frame back.
     pub tx_throttled: u64,
+    /// Transmitted frames the detour took instead of the tap.
+    pub tx_detoured: u64,
+    /// Frames taken from the detour for the guest (each then counted as a frame from the tap
+    /// is: `rx_frames`, or `rx_too_large` when the chain is too small).
+    pub rx_detoured: u64,
 }
 
 /// What the device needs once activated.
@@ -179,6 +193,9 @@ pub struct Net<M = GuestMemoryMmap> {
     stats: NetStats,
     rx_throttle: Throttle,
     tx_throttle: Throttle,
+    detour: Option<Box<dyn FrameDetour>>,
+    /// The detour's turn next when both it and the tap have frames.
+    detour_turn: bool,
 }
 
 impl<M> fmt::Debug for Net<M> {
@@ -190,6 +207,7 @@ impl<M> fmt::Debug for Net<M> {
             .field("rx_pending", &self.rx_pending)
             .field("rx_throttle", &self.rx_throttle)
             .field("tx_throttle", &self.tx_throttle)
+            .field("detour", &self.detour.is_some())
             .field("stats", &self.stats)
             .finish()
     }
@@ -232,7 +250,20 @@ impl<M> Net<M> {
             stats: NetStats::default(),
             rx_throttle: Throttle::new(&RateLimiterConfig::default())?,
             tx_throttle: Throttle::new(&RateLimiterConfig::default())?,
+            detour: None,
+            detour_turn: false,
         })
+    }
+
+    /// Puts `detour` on the device's path (replacing any other): from now on it is offered
+    /// every frame the guest sends, and its frames are delivered to the guest.
+    pub fn set_detour(&mut self, detour: Box<dyn FrameDetour>) {
+        self.detour = Some(detour);
+    }
+
+    /// Takes the detour off the device's path.
+    pub fn clear_detour(&mut self) -> Option<Box<dyn FrameDetour>> {
+        self.detour.take()
     }
 
     /// Changes the receive and transmit rate limits with Firecracker's PATCH semantics
@@ -271,8 +302,24 @@ impl<M> Net<M> {
         }
     }
 
-    /// Sends transmit chains to the tap, one wake-up's budget of them.
+    /// Sends transmit chains to the tap (or the detour), one wake-up's budget of them; then,
+    /// when the detour took a frame, delivers what it has for the guest.
     fn process_tx(&mut self) -> Result<Processed, VirtioError>
+    where
+        M: GuestMemory,
+    {
+        let detoured = self.stats.tx_detoured;
+        let mut done = self.send_chains()?;
+        if self.stats.tx_detoured != detoured && self.detour.as_ref().is_some_and(|d| d.has_rx()) {
+            let rx = self.process_rx()?;
+            done.interrupt |= rx.interrupt;
+            done.rearm |= rx.rearm;
+        }
+        Ok(done)
+    }
+
+    /// Sends transmit chains to the tap, or to the detour when it takes them.
+    fn send_chains(&mut self) -> Result<Processed, VirtioError>
     where
         M: GuestMemory,
     {
@@ -288,6 +335,7 @@ impl<M> Net<M> {
             bufs,
             stats,
             tx_throttle,
+            detour,
             ..
         } = self;
         let Some(Active { mem, tx, .. }) = active.as_mut() else {
@@ -314,6 +362,12 @@ impl<M> Net<M> {
                 return Ok(Step::Done { len: 0, bytes: 0 });
             }
             frame[..NET_HDR_LEN].fill(0);
+            if let Some(detour) = detour.as_mut() {
+                if detour.detour_tx(&frame[NET_HDR_LEN..]) {
+                    stats.tx_detoured += 1;
+                    return Ok(Step::Done { len: 0, bytes: len });
+                }
+            }
             // A tap takes a frame whole or not at all; a short write counts as a failure.
             match tap.write(frame) {
                 Ok(n) if n == frame.len() => {
@@ -357,6 +411,8 @@ impl<M> Net<M> {
             bufs,
             stats,
             rx_throttle,
+            detour,
+            detour_turn,
             ..
         } = self;
         let Some(Active { mem, rx, .. }) = active.as_mut() else {
@@ -372,12 +428,33 @@ impl<M> Net<M> {
         let batch = chain::process_chains(rx, mem, bufs, &mut budget, |bufs| {
             let len = match *rx_pending {
                 Some(len) => len,
-                None => match read_frame(tap, rx_buf, stats) {
-                    Some(Ok(len)) => len,
-                    // A bad frame was dropped: the chain is offered the next one.
-                    Some(Err(())) => return Ok(Step::Retry),
-                    None => return Ok(Step::Wait),
-                },
+                None => {
+                    // The detour's turn: its frame, if it has one.
+                    let from_detour = if *detour_turn {
+                        detour_frame(detour, rx_buf, stats)
+                    } else {
+                        None
+                    };
+                    match from_detour {
+                        Some(len) => {
+                            *detour_turn = false;
+                            len
+                        }
+                        None => match read_frame(tap, rx_buf, stats) {
+                            Some(Ok(len)) => {
+                                *detour_turn = true;
+                                len
+                            }
+                            // A bad frame was dropped: the chain is offered the next one.
+                            Some(Err(())) => return Ok(Step::Retry),
+                            // The tap has none: the detour's, if it has one.
+                            None => match detour_frame(detour, rx_buf, stats) {
+                                Some(len) => len,
+                                None => return Ok(Step::Wait),
+                            },
+                        },
+                    }
+                }
             };
             *rx_pending = Some(len);
             if !bufs.readable.is_empty() || bufs.outside_ram {
@@ -430,6 +507,21 @@ impl<M> Net<M> {
     }
 }
 
+/// Takes the detour's next frame for the guest into `buf` behind a blank header: its length,
+/// header included; `None` when there is no detour or it has no frame.
+fn detour_frame(
+    detour: &mut Option<Box<dyn FrameDetour>>,
+    buf: &mut [u8],
+    stats: &mut NetStats,
+) -> Option<usize> {
+    let detour = detour.as_mut().filter(|d| d.has_rx())?;
+    let room = buf.get_mut(NET_HDR_LEN..MAX_FRAME_LEN)?;
+    let len = detour.next_rx(room)?.min(room.len());
+    buf[..NET_HDR_LEN].fill(0);
+    stats.rx_detoured += 1;
+    Some(NET_HDR_LEN + len)
+}
+
 /// Reads one frame from the tap into `buf`: its length, `Err` for a frame too short for the
 /// header or longer than [`MAX_FRAME_LEN`] (dropped and counted), `None` when the tap has no
 /// frame (or failed, counted).
@@ -470,6 +562,8 @@ impl<M: VirtioMemory> VirtioDevice<M> for Net<M> {
             ("tx_errors", s.tx_errors),
             ("rx_throttled", s.rx_throttled),
             ("tx_throttled", s.tx_throttled),
+            ("tx_detoured", s.tx_detoured),
+            ("rx_detoured", s.rx_detoured),
         ]
     }
 
