@@ -21,6 +21,7 @@ use petrel_api::model::{
 use petrel_api::reply::VmConfigReply;
 use petrel_api::routes::{self, ApiRequest};
 use petrel_mmds::DataStore;
+use petrel_vmm::config::SharedMmds;
 use petrel_vmm::config::{SerialConfig, VmConfig};
 use petrel_vmm::snapshot::{NetOverride, RestoreConfig, SnapshotKind, SnapshotRequest};
 use petrel_vmm::{RunSummary, Timeline, Vmm, VmmHandle};
@@ -78,6 +79,9 @@ pub struct Controller {
     setup: Option<VmSetup>,
     /// The MMDS data store (`PUT`, `PATCH`, `GET /mmds`).
     mmds: MmdsStore,
+    /// The MMDS service the VM answers the guest with (made at the VM's start or load, over
+    /// the data store), kept for its metrics.
+    mmds_service: Option<SharedMmds>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -123,6 +127,7 @@ impl Controller {
             ended: false,
             setup: None,
             mmds: MmdsStore::new(petrel_mmds::store::DEFAULT_SIZE_LIMIT),
+            mmds_service: None,
         }
     }
 
@@ -560,6 +565,7 @@ impl Controller {
             .as_ref()
             .map(|v| PathBuf::from(&v.uds_path));
         config.serial = SerialConfig::Stdio;
+        config.mmds_service = Some(self.mmds_service()?);
         let mut vmm = Vmm::restore_with_timeline(&config, self.timeline.clone())
             .map_err(|e| format!("cannot load the snapshot: {}", petrel_vmm::error_chain(&e)))?;
         for notice in vmm.notices() {
@@ -681,7 +687,10 @@ impl Controller {
     /// a config file). Errors name the API's fields where Petrel's name the config's.
     pub fn start_vm(&mut self) -> Result<Vmm, String> {
         let started = Instant::now();
-        let config = self.vm_config()?;
+        let mut config = self.vm_config()?;
+        if config.mmds.is_some() {
+            config.mmds_service = Some(self.mmds_service()?);
+        }
         let mut vmm = Vmm::build_with_timeline(&config, self.timeline.clone())
             .map_err(|e| self.explain(&e))?;
         for notice in vmm.notices() {
@@ -722,19 +731,46 @@ impl Controller {
         self.counters.missed_metrics_count = self.metrics.as_ref().map_or(0, |m| m.failures);
     }
 
+    /// The MMDS service over this controller's data store, made on first use.
+    fn mmds_service(&mut self) -> Result<SharedMmds, String> {
+        if let Some(s) = &self.mmds_service {
+            return Ok(s.clone());
+        }
+        let mmds = petrel_mmds::Mmds::with_store(self.mmds.shared())
+            .map_err(|e| format!("the MMDS: {e}"))?;
+        let shared = SharedMmds(Arc::new(std::sync::Mutex::new(mmds)));
+        self.mmds_service = Some(shared.clone());
+        Ok(shared)
+    }
+
+    /// The `mmds` metrics group: the service's counters, zeros before there is one.
+    fn mmds_metrics(&self) -> serde_json::Value {
+        let counters = self.mmds_service.as_ref().map(|s| {
+            let mmds = petrel_util::lock_ignoring_poison(&s.0);
+            serde_json::to_value(&**mmds.metrics())
+        });
+        match counters {
+            Some(Ok(v)) => v,
+            _ => serde_json::to_value(petrel_mmds::MmdsMetrics::default())
+                .unwrap_or(serde_json::Value::Null),
+        }
+    }
+
     /// Writes one metrics line now.
     pub fn flush_metrics(&mut self) {
         let stats = self.vm.as_ref().map(|vm| vm.stats());
         self.count_missed();
+        let mmds = self.mmds_metrics();
         let Some(sink) = &mut self.metrics else {
             return;
         };
-        let doc = metrics::document(
+        let mut doc = metrics::document(
             stats.as_ref(),
             &self.counters,
             self.start_time_us,
             self.start_time_cpu_us,
         );
+        doc["mmds"] = mmds;
         sink.write(&doc);
     }
 
@@ -742,13 +778,15 @@ impl Controller {
     pub fn finish(&mut self, summary: &RunSummary) {
         self.ended = true;
         self.count_missed();
+        let mmds = self.mmds_metrics();
         if let Some(sink) = &mut self.metrics {
-            let doc = metrics::document(
+            let mut doc = metrics::document(
                 Some(&summary.stats),
                 &self.counters,
                 self.start_time_us,
                 self.start_time_cpu_us,
             );
+            doc["mmds"] = mmds;
             sink.write(&doc);
         }
         self.log(

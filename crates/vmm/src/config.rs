@@ -296,7 +296,25 @@ pub struct VmConfig {
     pub track_dirty_pages: bool,
     /// The MMDS, for the interfaces whose [`NetConfig::mmds`] is set; `None`: no MMDS.
     pub mmds: Option<MmdsConfig>,
+    /// The metadata service the guest's MMDS requests are answered by, shared with whoever
+    /// changes its data store while the guest runs (the API's `PUT`/`PATCH /mmds`) and reads
+    /// its metrics; `None`: a service of its own with an empty store of Firecracker's default
+    /// size. Its version and `imds_compat` are set from [`VmConfig::mmds`].
+    pub mmds_service: Option<SharedMmds>,
 }
+
+/// An MMDS service shared between the host side and the VM that answers the guest with it.
+/// Two handles are equal when they share one service.
+#[derive(Debug, Clone)]
+pub struct SharedMmds(pub std::sync::Arc<std::sync::Mutex<petrel_mmds::Mmds>>);
+
+impl PartialEq for SharedMmds {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedMmds {}
 
 impl VmConfig {
     /// A config for a raw payload with defaults for the rest.
@@ -336,6 +354,7 @@ impl VmConfig {
             metrics: None,
             track_dirty_pages: false,
             mmds: None,
+            mmds_service: None,
         }
     }
 }

@@ -56,6 +56,7 @@ pub mod inject;
 pub mod io;
 pub mod kvm_view;
 pub mod metrics;
+mod mmds;
 pub mod report;
 pub mod snapshot;
 pub mod timeline;
@@ -102,6 +103,9 @@ pub enum Error {
     /// The payload could not be loaded.
     #[error(transparent)]
     Load(petrel_loader::Error),
+    /// The MMDS could not be set up (no random bytes for its token key).
+    #[error("the MMDS: {0}")]
+    Mmds(String),
     /// The serial output file could not be opened.
     #[error("cannot open serial output file {}", path.display())]
     OpenSerialFile {

@@ -147,6 +147,9 @@ pub struct RestoreConfig {
     pub max_exits: Option<u64>,
     /// Write metrics here every second.
     pub metrics: Option<PathBuf>,
+    /// The MMDS service for the restored VM (a snapshot keeps its configuration, not its data
+    /// store, as in Firecracker); `None`: a service of its own with an empty store.
+    pub mmds_service: Option<crate::config::SharedMmds>,
 }
 
 impl RestoreConfig {
@@ -162,6 +165,7 @@ impl RestoreConfig {
             serial: SerialConfig::Stdio,
             max_exits: None,
             metrics: None,
+            mmds_service: None,
         }
     }
 }

@@ -135,6 +135,12 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
         ids.push(id.clone());
         devices.push(Opened::Block(open_disk(disk, i, id)?));
     }
+    let mmds = match &config.mmds {
+        Some(m) if config.nets.iter().any(|n| n.mmds) => {
+            Some(crate::mmds::service(m, config.mmds_service.as_ref())?)
+        }
+        _ => None,
+    };
     for (i, net) in config.nets.iter().enumerate() {
         if net.mac[0] & 1 != 0 {
             let mac = net.mac.map(|b| format!("{b:02x}")).join(":");
@@ -154,6 +160,11 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
         let mut dev = Net::open_tap(&net.tap, net.mac)
             .map_err(|e| bad(format!("nets[{i}].tap"), &net.tap, error_chain(&e)))?;
         dev.set_rate_limiters(&net.rx_rate_limit, &net.tx_rate_limit);
+        if let (true, Some(service)) = (net.mmds, &mmds) {
+            if let Some(detour) = crate::mmds::detour(config, service) {
+                dev.set_detour(detour);
+            }
+        }
         devices.push(Opened::Net(dev));
     }
     if let Some(v) = &config.vsock {

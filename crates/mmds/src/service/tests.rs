@@ -80,7 +80,7 @@ fn new_token(mmds: &Mmds, ttl: u32, now: Instant) -> String {
 
 /// The document of Firecracker's user guide ("Retrieving metadata").
 fn user_guide_mmds() -> Mmds {
-    let mut mmds = Mmds::new(DEFAULT_SIZE_LIMIT).unwrap();
+    let mmds = Mmds::new(DEFAULT_SIZE_LIMIT).unwrap();
     mmds.store()
         .lock()
         .unwrap()
@@ -98,7 +98,7 @@ fn user_guide_mmds() -> Mmds {
 
 /// The document of Firecracker's `mmds/mod.rs` tests.
 fn people_mmds() -> Mmds {
-    let mut mmds = Mmds::new(DEFAULT_SIZE_LIMIT).unwrap();
+    let mmds = Mmds::new(DEFAULT_SIZE_LIMIT).unwrap();
     mmds.store()
         .lock()
         .unwrap()

@@ -180,6 +180,7 @@ fn machine_config(m: &SavedMachine, config: &RestoreConfig) -> Result<VmConfig> 
     vm_config.rng_rate_limit = m.rng_rate_limit;
     vm_config.vsock = m.vsock.clone();
     vm_config.mmds = m.mmds;
+    vm_config.mmds_service = config.mmds_service.clone();
     vm_config.serial = config.serial.clone();
     vm_config.max_exits = config.max_exits;
     vm_config.metrics = config.metrics.clone();
