@@ -168,13 +168,23 @@ impl LiveCheck for CtrlAltDel {
 }
 
 impl FcBoot {
-    /// The configuration as a Firecracker config file.
+    /// The configuration as a Firecracker config file (the optional sections only when set).
     pub fn config_file(&self) -> Value {
-        json!({
+        let mut file = json!({
             "boot-source": self.boot_source,
             "machine-config": self.machine_config,
             "drives": self.drives,
-        })
+        });
+        if !self.network_interfaces.is_empty() {
+            file["network-interfaces"] = json!(self.network_interfaces);
+        }
+        if let Some(mmds) = &self.mmds_config {
+            file["mmds-config"] = mmds.clone();
+        }
+        if let Some(metrics) = &self.metrics {
+            file["metrics"] = metrics.clone();
+        }
+        file
     }
 
     /// The API requests that configure and start the VM, in order: (path, JSON body), all
@@ -191,6 +201,17 @@ impl FcBoot {
             let id = d["drive_id"].as_str().unwrap_or_default();
             r.push((format!("/drives/{id}"), d.to_string()));
         }
+        for n in &self.network_interfaces {
+            let id = n["iface_id"].as_str().unwrap_or_default();
+            r.push((format!("/network-interfaces/{id}"), n.to_string()));
+        }
+        // After the interfaces it names.
+        if let Some(mmds) = &self.mmds_config {
+            r.push(("/mmds/config".to_owned(), mmds.to_string()));
+        }
+        if let Some(metrics) = &self.metrics {
+            r.push(("/metrics".to_owned(), metrics.to_string()));
+        }
         r.push((
             "/actions".to_owned(),
             json!({ "action_type": "InstanceStart" }).to_string(),
@@ -200,14 +221,18 @@ impl FcBoot {
 
     /// petrel's arguments for this configuration.
     pub fn args(&self) -> Vec<String> {
-        match &self.via {
+        let mut args = match &self.via {
             Via::Api { socket } => vec!["--api-sock".into(), socket.display().to_string()],
             Via::ConfigFile { path } => vec![
                 "--config-file".into(),
                 path.display().to_string(),
                 "--no-api".into(),
             ],
+        };
+        if let Some(metadata) = &self.metadata {
+            args.extend(["--metadata".into(), metadata.display().to_string()]);
         }
+        args
     }
 
     /// Before the VMM starts: removes a socket left from an earlier run.
@@ -318,7 +343,7 @@ pub fn scenarios(
 /// [`GUEST_MEM_MIB`](crate::scenario::GUEST_MEM_MIB), and `image` read-only: with an
 /// `initrd`, as drive `data` (not the root device) beside it, with the boot test's command
 /// line; without, as drive `rootfs`, the root device, with [`ROOT_DRIVE_ARGS`].
-fn fc_boot(via: Via, vmlinux: &Path, initrd: Option<&Path>, image: &Path) -> FcBoot {
+pub fn fc_boot(via: Via, vmlinux: &Path, initrd: Option<&Path>, image: &Path) -> FcBoot {
     let (boot_source, drive_id, is_root) = match initrd {
         Some(initrd) => (
             json!({
@@ -351,12 +376,24 @@ fn fc_boot(via: Via, vmlinux: &Path, initrd: Option<&Path>, image: &Path) -> FcB
             "is_root_device": is_root,
             "is_read_only": true,
         })],
+        network_interfaces: Vec::new(),
+        mmds_config: None,
+        metrics: None,
+        metadata: None,
     }
 }
 
-/// `petrel` with the scenario's Firecracker flags.
-pub fn command(petrel: &Path, fc: &FcBoot) -> Command {
-    let mut cmd = Command::new(petrel);
+/// `petrel` with the scenario's Firecracker flags, inside network namespace `netns` (where
+/// the scenario's tap is) when there is one.
+pub fn command(petrel: &Path, fc: &FcBoot, netns: Option<&str>) -> Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(petrel);
+            c
+        }
+        None => Command::new(petrel),
+    };
     cmd.args(fc.args());
     cmd
 }
@@ -399,7 +436,7 @@ mod tests {
         assert_eq!(drive["is_root_device"], false);
         assert_eq!(r[3].1, r#"{"action_type":"InstanceStart"}"#);
         assert_eq!(
-            host::describe(&command(Path::new("/t/petrel"), &fc)),
+            host::describe(&command(Path::new("/t/petrel"), &fc, None)),
             "/t/petrel --api-sock /tmp/a.sock"
         );
     }
@@ -520,7 +557,7 @@ mod tests {
         assert_eq!(file["drives"][0]["drive_id"], "data");
         assert_eq!(file.as_object().unwrap().len(), 3);
         assert_eq!(
-            host::describe(&command(Path::new("/t/petrel"), &fc)),
+            host::describe(&command(Path::new("/t/petrel"), &fc, None)),
             "/t/petrel --config-file /d/c.json --no-api"
         );
         let notes = fc

@@ -21,7 +21,9 @@ use crate::scenario::{
     evaluate, guest_mem_arg, judge_serial, kill_vmm, petrel_command, report, summary_line,
     times_text, Exit, KernelFormat, Outcome, Scenario, GUEST_CMDLINE, RUN_INIT_LINE,
 };
-use crate::{api_boot, jail_boot, net_boot, shell_boot, snapshot_boot, virtio_boot, vsock_boot};
+use crate::{
+    api_boot, jail_boot, mmds_boot, net_boot, shell_boot, snapshot_boot, virtio_boot, vsock_boot,
+};
 
 /// Lines of a failed scenario's serial log to print.
 const SERIAL_TAIL: usize = 30;
@@ -44,7 +46,8 @@ impl Vmm {
     pub fn command(&self, s: &Scenario, serial_log: &Path) -> Command {
         match self {
             Vmm::Petrel(bin) if s.fc.is_some() => {
-                crate::api_boot::command(bin, s.fc.as_ref().expect("checked"))
+                let netns = s.net.as_ref().map(|n| n.namespace.as_str());
+                crate::api_boot::command(bin, s.fc.as_ref().expect("checked"), netns)
             }
             Vmm::Petrel(_) if s.jail.is_some() => s.jail.as_ref().expect("checked").command(s),
             Vmm::Petrel(bin) => petrel_command(bin, s, serial_log),
@@ -301,6 +304,7 @@ pub fn boot_test(args: &BootTestArgs) -> u8 {
             .chain(virtio_boot::SCENARIOS.iter().copied())
             .chain([net_boot::NAME, vsock_boot::NAME])
             .chain(api_boot::SCENARIOS.iter().copied())
+            .chain(mmds_boot::SCENARIOS.iter().copied())
             .chain(jail_boot::SCENARIOS.iter().copied())
             .chain(snapshot_boot::SCENARIOS.iter().copied())
             .chain(shell_boot::SCENARIOS.iter().copied())
@@ -350,6 +354,7 @@ pub fn boot_test(args: &BootTestArgs) -> u8 {
                     scenarios.push(vsock_boot::scenario(vmlinux, &disks)?);
                 }
                 scenarios.extend(api_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
+                scenarios.extend(mmds_boot::scenarios(&names, vmlinux, &disks)?);
                 scenarios.extend(jail_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(snapshot_boot::scenarios(&names, vmlinux, &disks)?);
                 scenarios.extend(shell_boot::scenarios(&names, vmlinux, &disks)?);

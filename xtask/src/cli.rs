@@ -67,7 +67,11 @@ pub enum Cmd {
     /// tap), vsock-echo (a guest program over vsock both ways),
     /// api-vmlinux-blk (kernel and root drive configured over Firecracker's
     /// API socket; SendCtrlAltDel reaches the guest's init as SIGINT through
-    /// the i8042 found through ACPI), jailer-vmlinux-blk (a
+    /// the i8042 found through ACPI), mmds-v1 and mmds-v2 (through
+    /// --config-file with an mmds-config on a tap's interface and --metadata:
+    /// the guest's busybox wget reads the metadata as IMDS text and JSON,
+    /// V2 with a token got by PUT with nc, refused 401 without one; the host
+    /// compares the answers and the mmds metrics), jailer-vmlinux-blk (a
     /// static petrel with a disk under petrel-jailer as an unprivileged uid),
     /// snapshot-linux-blk (a shell loop counting to the console and a file,
     /// snapshotted on SIGUSR1 and restored by `petrel restore` in another
@@ -402,6 +406,7 @@ mod tests {
         for words in [
             "VMM_REQUIRE_KVM=1 in the environment",
             "config-file-vmlinux-blk",
+            "mmds-v1 and mmds-v2",
             "PETREL_CACHE",
             "Logs are in target/boot-test/.",
         ] {

@@ -45,6 +45,7 @@ mod jail_boot;
 mod kernel;
 mod live;
 mod log_watch;
+mod mmds_boot;
 mod net_boot;
 mod scenario;
 mod shell_boot;

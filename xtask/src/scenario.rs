@@ -152,6 +152,14 @@ pub enum AfterCheck {
         /// Judges the metrics: a note when they pass, a failure otherwise.
         judge: fn(&serde_json::Value) -> std::result::Result<String, String>,
     },
+    /// The last line of a Firecracker-style metrics file (`metrics_path`: one JSON object per
+    /// line, the last written when the VM ended) passes `judge`, with the serial log at hand.
+    MetricsLine {
+        /// The metrics file.
+        metrics: PathBuf,
+        /// Judges the serial log and the metrics: notes when they pass, failures otherwise.
+        judge: fn(&str, &serde_json::Value) -> crate::live::LiveResult,
+    },
     /// The guest mounted the disk read-only: the superblock is untouched and no write
     /// reached the disk.
     RootReadOnly {
@@ -170,12 +178,15 @@ pub enum AfterCheck {
     },
 }
 
-/// The network a virtio-net scenario runs in: a namespace of its own holding the tap, a
-/// DHCP server (dnsmasq) and an HTTP server.
+/// The network a virtio-net scenario runs in: a namespace of its own holding the tap and,
+/// with `servers`, a DHCP server (dnsmasq) and an HTTP server.
 #[derive(Debug, Clone)]
 pub struct NetSetup {
     /// The namespace's name.
     pub namespace: String,
+    /// Whether dnsmasq and the HTTP server run and are judged (`virtio-net-dhcp`); without
+    /// them the namespace holds only the tap (`mmds-*`, whose guest talks to Petrel's MMDS).
+    pub servers: bool,
     /// Where dnsmasq's log and leases go.
     pub dir: PathBuf,
     /// Petrel's `--metrics` file, read once the VM ended.
@@ -208,6 +219,14 @@ pub struct FcBoot {
     pub machine_config: Value,
     /// The bodies of `PUT /drives/{drive_id}`, in order.
     pub drives: Vec<Value>,
+    /// The bodies of `PUT /network-interfaces/{iface_id}`, in order.
+    pub network_interfaces: Vec<Value>,
+    /// The body of `PUT /mmds/config` (the config file's `mmds-config`), if any.
+    pub mmds_config: Option<Value>,
+    /// The body of `PUT /metrics` (the config file's `metrics`), if any.
+    pub metrics: Option<Value>,
+    /// `--metadata FILE`: a JSON document put into the MMDS data store at start.
+    pub metadata: Option<PathBuf>,
 }
 
 /// A VM run by `petrel-jailer` in a jail it builds under `base`.

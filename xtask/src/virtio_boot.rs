@@ -253,6 +253,19 @@ pub fn read_metrics(path: &Path) -> std::result::Result<serde_json::Value, Strin
         .map_err(|e| format!("metrics at {} are not JSON: {e}", path.display()))
 }
 
+/// The last line of a Firecracker-style metrics file (one JSON object per line), parsed.
+pub fn last_metrics_line(path: &Path) -> std::result::Result<serde_json::Value, String> {
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("no metrics at {}: {e}", path.display()))?;
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .ok_or_else(|| format!("the metrics file {} is empty", path.display()))?;
+    serde_json::from_str(last)
+        .map_err(|e| format!("the last line of {} is not JSON: {e}", path.display()))
+}
+
 /// The SHA-256 of the file at `path`, in hex.
 pub fn file_sha256(path: &Path) -> std::result::Result<String, String> {
     let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
@@ -322,6 +335,13 @@ impl AfterCheck {
             AfterCheck::Metrics { metrics, judge } => {
                 match read_metrics(metrics).and_then(|m| judge(&m)) {
                     Ok(n) => notes.push(n),
+                    Err(f) => failures.push(f),
+                }
+            }
+            AfterCheck::MetricsLine { metrics, judge } => {
+                match last_metrics_line(metrics).map(|m| judge(serial, &m)) {
+                    Ok(Ok(n)) => notes.extend(n),
+                    Ok(Err(f)) => failures.extend(f),
                     Err(f) => failures.push(f),
                 }
             }
@@ -528,6 +548,19 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_metrics_line_is_read() {
+        let path = std::env::temp_dir().join(format!("xtask-ml-{}.json", std::process::id()));
+        fs::write(&path, "{\"n\": 1}\n{\"n\": 2}\n\n").unwrap();
+        assert_eq!(last_metrics_line(&path).unwrap()["n"], 2);
+        fs::write(&path, "").unwrap();
+        assert!(last_metrics_line(&path).unwrap_err().contains("empty"));
+        fs::write(&path, "{\"n\": 1}\n{\"n\"").unwrap();
+        assert!(last_metrics_line(&path).unwrap_err().contains("not JSON"));
+        fs::remove_file(&path).unwrap();
+        assert!(last_metrics_line(&path).unwrap_err().contains("no metrics"));
+    }
 
     #[test]
     fn dumpe2fs_fields() {
