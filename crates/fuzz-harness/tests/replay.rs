@@ -63,6 +63,7 @@ replay_tests!(
     api_request,
     api_config_file,
     snapshot_state,
+    mmds_net,
 );
 
 #[test]
