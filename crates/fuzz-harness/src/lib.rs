@@ -24,6 +24,7 @@ pub mod kvm;
 pub mod legacy;
 pub mod loader;
 pub mod mem;
+pub mod mmds;
 pub mod seeds;
 pub mod snapshot;
 pub mod virtio;
@@ -44,6 +45,7 @@ pub const TARGETS: &[&str] = &[
     "api_request",
     "api_config_file",
     "snapshot_state",
+    "mmds_net",
 ];
 
 /// Runs the harness of `target` (one of [`TARGETS`]) on `data`; panics on a finding.
@@ -67,6 +69,7 @@ pub fn run(target: &str, data: &[u8]) {
         "api_request" => api::request(data),
         "api_config_file" => api::config_file(data),
         "snapshot_state" => snapshot::state(data),
+        "mmds_net" => mmds::net(data),
         other => panic!("no fuzz target {other:?}; the targets are {TARGETS:?}"),
     }
 }

@@ -643,6 +643,11 @@ pub fn built(bzimage_file: Option<&[u8]>) -> Vec<Seed> {
         loader::encode_kernel(1, 752, BOOT_CMDLINE, &bzimage(bzimage_file)),
     ));
     seeds.push(("kvm_stats", "vcpu".into(), stats_image()));
+    seeds.push((
+        "mmds_net",
+        "get-session".into(),
+        crate::mmds::seed_session(),
+    ));
     seeds.extend(acpi_pm_seeds());
     let mut pipelined = Vec::new();
     for (i, &(method, path, body)) in API_REQUESTS.iter().enumerate() {

@@ -134,10 +134,17 @@ impl MmdsStack {
     /// [`DEFAULT_MAC`]). It answers guests on any address: the MMDS address is on-link to
     /// every sender.
     pub fn new(ipv4: Ipv4Addr, mac: [u8; 6]) -> Self {
+        Self::with_seed(ipv4, mac, random_seed())
+    }
+
+    /// [`new`](Self::new) with the seed of the initial TCP sequence numbers given, so that a
+    /// run replays exactly (tests, fuzzing). A guest that knows the seed can predict them: use
+    /// [`new`](Self::new) for guests.
+    pub fn with_seed(ipv4: Ipv4Addr, mac: [u8; 6], seed: u64) -> Self {
         let epoch = Instant::now();
         let mut frames = FrameQueues::default();
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
-        config.random_seed = random_seed();
+        config.random_seed = seed;
         let mut iface = Interface::new(config, &mut frames, smoltcp::time::Instant::ZERO);
         iface.update_ip_addrs(|addrs| {
             // A prefix of 0: every guest address is a neighbour, answered through ARP. The
