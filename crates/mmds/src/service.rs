@@ -224,7 +224,7 @@ impl Mmds {
         }
 
         let path = request.path();
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let store = petrel_util::lock_ignoring_poison(&self.store);
         let Some(value) = store.get(path) else {
             return Response::text(404, format!("Resource not found: {path}."));
         };

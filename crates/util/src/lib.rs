@@ -57,6 +57,29 @@ pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     set_status_flags(fd, flags | libc::O_NONBLOCK)
 }
 
+/// Fills `buf` from the host's entropy pool with `getrandom(2)` and `GRND_NONBLOCK` (so it
+/// never waits, and seccomp policies that match the flags argument see exactly that flag),
+/// retrying after a signal. Fails with `EAGAIN` only before the host's pool is initialised.
+pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0usize;
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        // SAFETY: getrandom writes at most `rest.len()` bytes to `rest`, which is valid,
+        // writable memory we hold exclusively.
+        let r =
+            unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_NONBLOCK) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // `r` is non-negative here and at most `rest.len()`.
+        done += r.unsigned_abs();
+    }
+    Ok(())
+}
+
 /// Locks `m`, taking the guard even if another thread panicked while holding it.
 ///
 /// Petrel's state behind these locks stays consistent between statements (a panicking thread
@@ -163,5 +186,15 @@ mod tests {
         assert_eq!(panic_message(&*f), "formatted 7");
         let o = std::panic::catch_unwind(|| std::panic::panic_any(42u8)).unwrap_err();
         assert_eq!(panic_message(&*o), "(a panic payload that is not a string)");
+    }
+
+    #[test]
+    fn random_bytes_fill_the_whole_buffer() {
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        fill_random(&mut a).unwrap();
+        fill_random(&mut b).unwrap();
+        assert_ne!(a, [0u8; 64]);
+        assert_ne!(a, b);
+        fill_random(&mut []).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 //! announcing it on the kernel command line, and wiring its queues (ioeventfd) and interrupt
 //! (irqfd) so that neither a notify nor an interrupt needs a trip through Petrel's vCPU loop.
 
+use petrel_util::lock_ignoring_poison;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
@@ -295,7 +296,7 @@ impl AttachedDevice {
             d: &'a AttachedDevice,
             t: &'a Mutex<VirtioMmio<D>>,
         ) -> HeldDevice<'a> {
-            let guard = t.lock().unwrap_or_else(|p| p.into_inner());
+            let guard = lock_ignoring_poison(t);
             HeldDevice {
                 base: d.base,
                 gsi: d.gsi,
@@ -320,9 +321,7 @@ impl AttachedDevice {
             t: &Mutex<VirtioMmio<D>>,
             state: &VirtioMmioState,
         ) -> std::result::Result<(), petrel_devices::VirtioError> {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .restore_state(state)
+            lock_ignoring_poison(t).restore_state(state)
         }
         match &self.handle {
             DeviceHandle::Block(t) => restore(t, state),
@@ -343,7 +342,7 @@ impl AttachedDevice {
     }
 
     fn report_of<D: VirtioDevice>(&self, transport: &Mutex<VirtioMmio<D>>) -> DeviceReport {
-        let t = transport.lock().unwrap_or_else(|p| p.into_inner());
+        let t = lock_ignoring_poison(transport);
         DeviceReport {
             name: t.device().name().to_string(),
             base: format!("{:#x}", self.base),

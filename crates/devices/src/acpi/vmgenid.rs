@@ -152,23 +152,7 @@ fn check_aligned(addr: u64) -> Result<()> {
 /// initialized gives [`Error::Entropy`] rather than a VM that waits for it.
 fn random_id() -> Result<[u8; 16]> {
     let mut id = [0u8; 16];
-    let mut filled = 0;
-    while filled < id.len() {
-        let rest = &mut id[filled..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes to `rest`, which is valid,
-        // writable memory we hold exclusively.
-        let r =
-            unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_NONBLOCK) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::Entropy(e));
-        }
-        // `r` is non-negative here and at most `rest.len()`.
-        filled += r as usize;
-    }
+    petrel_util::fill_random(&mut id).map_err(Error::Entropy)?;
     Ok(id)
 }
 

@@ -20,7 +20,6 @@
 
 use std::any::Any;
 use std::fmt;
-use std::io;
 use std::time::{Duration, Instant};
 
 use crate::virtio::{GuestMemoryMmap, VirtioMemory};
@@ -176,7 +175,7 @@ impl<M> Rng<M> {
             }
             // `n <= MAX_REQUEST_BYTES`.
             scratch.resize(n as usize, 0);
-            if fill_random(scratch).is_err() {
+            if petrel_util::fill_random(scratch).is_err() {
                 // Leave the chain in the ring and try again a little later. The tokens it
                 // took are not given back: a host that cannot answer is not a reason to let
                 // the guest go faster afterwards.
@@ -204,26 +203,6 @@ impl<M> Rng<M> {
         }
         Ok(done)
     }
-}
-
-/// Fills `buf` from the host's entropy pool without blocking.
-fn fill_random(buf: &mut [u8]) -> io::Result<()> {
-    let mut done = 0usize;
-    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
-        // SAFETY: getrandom writes at most `rest.len()` bytes to `rest`, which is valid,
-        // writable memory we hold exclusively.
-        let r =
-            unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_NONBLOCK) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        done += r as usize;
-    }
-    Ok(())
 }
 
 impl<M: VirtioMemory> VirtioDevice<M> for Rng<M> {
