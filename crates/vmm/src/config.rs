@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 /// this crate alone.
 pub use petrel_devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
+/// The balloon device's configuration, re-exported from `petrel-devices`, whose device it sets
+/// up.
+pub use petrel_devices::virtio::balloon::BalloonConfig;
+
 /// Default guest memory: 256 MiB.
 pub const DEFAULT_MEM_SIZE: u64 = 256 << 20;
 /// Default load address of a raw real-mode payload (0x1000: clear of the real-mode IVT and BDA).
@@ -290,6 +294,8 @@ pub struct VmConfig {
     pub rng_rate_limit: Option<RateLimiterConfig>,
     /// A virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// A virtio-balloon device.
+    pub balloon: Option<BalloonConfig>,
     /// Rewrite this file with the timeline and KVM's counters every second while the VM runs.
     pub metrics: Option<PathBuf>,
     /// Log the pages the guest and the devices write, so that Diff snapshots can be taken.
@@ -351,6 +357,7 @@ impl VmConfig {
             rng: false,
             rng_rate_limit: None,
             vsock: None,
+            balloon: None,
             metrics: None,
             track_dirty_pages: false,
             mmds: None,

@@ -71,6 +71,7 @@
 //! re-armed through the queue's notification `EventFd` (see [`Processed`]), so that a guest
 //! keeping a queue full cannot starve the VMM's other event sources.
 
+pub mod balloon;
 pub mod block;
 mod chain;
 pub mod mmio;

@@ -78,6 +78,14 @@ impl Vmm {
         let ram = GuestRam::new(config.mem_size).map_err(Error::Memory)?;
         timeline.mark("guest memory mapped");
         check_vcpu_count(&config.payload, config.vcpus)?;
+        if let Some(balloon) = &config.balloon {
+            // Wired to the device in the commits that add it.
+            return Err(Error::InvalidConfig {
+                field: "balloon".into(),
+                value: format!("{balloon:?}"),
+                why: "the balloon device is not built yet".into(),
+            });
+        }
         let emulated = host_emulates_guest_kernel();
         let (loaded, virtio_plan) = match &config.payload {
             Payload::Raw(raw) => (load_raw(&ram, raw, config.vcpus)?, VirtioPlan::default()),
