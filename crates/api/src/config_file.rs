@@ -25,8 +25,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    quoted, BootSource, Drive, EntropyDevice, FullVmConfiguration, Logger, MachineConfiguration,
-    Metrics, MmdsConfig, NetworkInterface, ValidationError, Vsock, MAX_QUOTED_LEN,
+    quoted, Balloon, BootSource, Drive, EntropyDevice, FullVmConfiguration, Logger,
+    MachineConfiguration, Metrics, MmdsConfig, NetworkInterface, ValidationError, Vsock,
+    MAX_QUOTED_LEN,
 };
 
 /// The largest config file accepted, in bytes.
@@ -36,7 +37,7 @@ pub const MAX_CONFIG_FILE_LEN: usize = 1 << 20;
 const MAX_PARSER_MESSAGE_LEN: usize = 512;
 
 /// The sections Petrel reads.
-pub const SUPPORTED_SECTIONS: [&str; 9] = [
+pub const SUPPORTED_SECTIONS: [&str; 10] = [
     "boot-source",
     "drives",
     "machine-config",
@@ -46,12 +47,12 @@ pub const SUPPORTED_SECTIONS: [&str; 9] = [
     "metrics",
     "entropy",
     "mmds-config",
+    "balloon",
 ];
 
 /// The sections of Firecracker's config file Petrel does not implement yet (accepted only
 /// when empty: `null`, or an empty list).
-pub const UNSUPPORTED_SECTIONS: [&str; 5] =
-    ["balloon", "cpu-config", "pmem", "memory-hotplug", "serial"];
+pub const UNSUPPORTED_SECTIONS: [&str; 4] = ["cpu-config", "pmem", "memory-hotplug", "serial"];
 
 /// A config file, parsed and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,8 @@ pub struct VmmConfigFile {
     pub entropy: Option<EntropyDevice>,
     /// `mmds-config` (its interfaces among `network-interfaces`).
     pub mmds_config: Option<MmdsConfig>,
+    /// `balloon` (its `amount_mib` at most `machine-config`'s `mem_size_mib`).
+    pub balloon: Option<Balloon>,
 }
 
 impl From<VmmConfigFile> for FullVmConfiguration {
@@ -88,6 +91,7 @@ impl From<VmmConfigFile> for FullVmConfiguration {
             metrics: file.metrics,
             entropy: file.entropy,
             mmds_config: file.mmds_config,
+            balloon: file.balloon,
         }
     }
 }
@@ -105,7 +109,7 @@ pub enum ConfigFileError {
     #[error("the config file must be a JSON object of sections")]
     NotAnObject,
     /// A section Firecracker does not have either.
-    #[error("unknown section `{0}` in the config file (known: boot-source, drives, machine-config, network-interfaces, vsock, logger, metrics, entropy, mmds-config)")]
+    #[error("unknown section `{0}` in the config file (known: boot-source, drives, machine-config, network-interfaces, vsock, logger, metrics, entropy, mmds-config, balloon)")]
     UnknownSection(String),
     /// A section Petrel does not implement yet.
     #[error("section `{0}` of the config file is not supported by Petrel yet")]
@@ -208,6 +212,7 @@ pub fn parse_config_file(text: &str) -> Result<VmmConfigFile, ConfigFileError> {
     let mut metrics = None;
     let mut entropy = None;
     let mut mmds_config = None;
+    let mut balloon = None;
     for (name, value) in sections {
         match name.as_str() {
             "boot-source" => boot_source = optional::<BootSource>(&name, value)?,
@@ -220,6 +225,7 @@ pub fn parse_config_file(text: &str) -> Result<VmmConfigFile, ConfigFileError> {
             "metrics" => metrics = optional(&name, value)?,
             "entropy" => entropy = optional(&name, value)?,
             "mmds-config" => mmds_config = optional(&name, value)?,
+            "balloon" => balloon = optional(&name, value)?,
             other if UNSUPPORTED_SECTIONS.contains(&other) => {
                 // Empty: `null`, or `[]` for a list (as GET /vm/config writes `pmem`).
                 let empty = value.is_null() || value.as_array().is_some_and(Vec::is_empty);
@@ -245,6 +251,7 @@ pub fn parse_config_file(text: &str) -> Result<VmmConfigFile, ConfigFileError> {
         metrics,
         entropy,
         mmds_config,
+        balloon,
     };
     validate(&file)?;
     Ok(file)
@@ -313,6 +320,12 @@ fn validate(file: &VmmConfigFile) -> Result<(), ConfigFileError> {
         let ifaces = file.network_interfaces.iter().map(|n| n.iface_id.as_str());
         mmds.check_interfaces(ifaces)
             .map_err(invalid("mmds-config"))?;
+    }
+    if let Some(balloon) = &file.balloon {
+        let machine = file.machine_config.clone().unwrap_or_default();
+        balloon
+            .check_memory(machine.mem_size_mib)
+            .map_err(invalid("balloon"))?;
     }
     Ok(())
 }
@@ -396,12 +409,6 @@ mod tests {
     #[test]
     fn unsupported_and_unknown_sections() {
         let base = r#""boot-source": {"kernel_image_path": "k"}, "drives": []"#;
-        let balloon =
-            format!(r#"{{{base}, "balloon": {{"amount_mib": 0, "deflate_on_oom": false}}}}"#);
-        assert_eq!(
-            parse_config_file(&balloon).unwrap_err().to_string(),
-            "section `balloon` of the config file is not supported by Petrel yet"
-        );
         for name in UNSUPPORTED_SECTIONS {
             let text = format!(r#"{{{base}, "{name}": {{}}}}"#);
             assert_eq!(
@@ -458,6 +465,67 @@ mod tests {
             "{message}"
         );
         assert_eq!(parse_config_file(&with("null")).unwrap().mmds_config, None);
+    }
+
+    #[test]
+    fn balloon_section() {
+        let with = |machine: &str, balloon: &str| {
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "k"}}, "drives": [],
+                    "machine-config": {machine}, "balloon": {balloon}}}"#
+            )
+        };
+        let file = parse_config_file(&with(
+            "null",
+            r#"{"amount_mib": 100, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            file.balloon,
+            Some(Balloon {
+                amount_mib: 100,
+                deflate_on_oom: true,
+                stats_polling_interval_s: 1,
+                free_page_hinting: false,
+                free_page_reporting: false,
+            })
+        );
+        assert_eq!(
+            parse_config_file(&with("null", "null")).unwrap().balloon,
+            None
+        );
+        // The target is checked against the file's memory size, Firecracker's 128 MiB without
+        // a machine-config.
+        let big = r#"{"amount_mib": 129, "deflate_on_oom": false}"#;
+        assert_eq!(
+            parse_config_file(&with("null", big))
+                .unwrap_err()
+                .to_string(),
+            "section `balloon` of the config file: amount_mib 129 is larger than the guest \
+             memory (mem_size_mib 128): the balloon cannot take more memory than the guest has"
+        );
+        let machine = r#"{"vcpu_count": 1, "mem_size_mib": 256}"#;
+        assert!(parse_config_file(&with(machine, big)).is_ok());
+        // Required fields and unknown ones.
+        let message = parse_config_file(&with("null", r#"{"amount_mib": 1}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("missing field `deflate_on_oom`"),
+            "{message}"
+        );
+        let message = parse_config_file(&with(
+            "null",
+            r#"{"amount_mib": 1, "deflate_on_oom": false, "must_tell_host": true}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.starts_with(
+                "section `balloon` of the config file: unknown field `must_tell_host`"
+            ),
+            "{message}"
+        );
     }
 
     #[test]
@@ -639,6 +707,13 @@ mod tests {
                 ipv4_address: Some(std::net::Ipv4Addr::new(169, 254, 170, 2)),
                 imds_compat: Some(true),
             }),
+            balloon: Some(Balloon {
+                amount_mib: 256,
+                deflate_on_oom: true,
+                stats_polling_interval_s: 5,
+                free_page_hinting: true,
+                free_page_reporting: false,
+            }),
         }
     }
 
@@ -680,6 +755,7 @@ mod tests {
             ),
             (config.boot_source, config.machine_config, 1)
         );
+        assert_eq!(back.balloon, config.balloon);
         let pmem = r#"{"boot-source": {"kernel_image_path": "k"}, "drives": [], "pmem": [{}]}"#;
         assert_eq!(
             parse_config_file(pmem),

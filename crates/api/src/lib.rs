@@ -12,6 +12,7 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub mod balloon;
 pub mod config_file;
 pub mod http;
 pub mod mmds;

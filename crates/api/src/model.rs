@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::balloon::{Balloon, BalloonStartCmd, BalloonStatsUpdate, BalloonUpdate};
 pub use crate::mmds::{MmdsConfig, MmdsVersion};
 
 /// The version of Firecracker's API description these types implement.
@@ -148,6 +149,14 @@ pub enum ValidationError {
     /// The MMDS address is not link-local (Firecracker's wording after the field).
     #[error("ipv4_address `{0}`: The MMDS IPv4 address is not link local.")]
     MmdsIpv4(std::net::Ipv4Addr),
+    /// The balloon's target is larger than the guest's memory.
+    #[error("amount_mib {amount_mib} is larger than the guest memory (mem_size_mib {mem_size_mib}): the balloon cannot take more memory than the guest has")]
+    BalloonTooLarge {
+        /// The balloon's target size in MiB.
+        amount_mib: u32,
+        /// The guest memory in MiB.
+        mem_size_mib: u64,
+    },
 }
 
 /// Checks an API resource id: not empty, at most [`MAX_ID_LEN`] bytes, only ASCII letters,
@@ -1159,6 +1168,9 @@ pub struct FullVmConfiguration {
         skip_serializing_if = "Option::is_none"
     )]
     pub mmds_config: Option<MmdsConfig>,
+    /// The balloon device, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<Balloon>,
 }
 
 #[cfg(test)]

@@ -8,15 +8,17 @@
 //! always empty there, whatever was configured: `logger`, `metrics` and `cpu-config` are
 //! `null`, a vsock's `vsock_id` is left out, and a rate limiter whose buckets are all disabled
 //! (a `size` or `refill_time` of 0) is `null`, as is a bucket's `one_time_burst` of 0. The
-//! types here write the same fields in the same order. The sections Petrel does not implement
-//! (`balloon`, `pmem`, `memory-hotplug`) are always empty. `mmds-config` is written once set,
+//! types here write the same fields in the same order. `balloon` is `null` without one, else
+//! every field of Firecracker's `Balloon` (`stats_polling_interval_s` `0`, `free_page_hinting`
+//! and `free_page_reporting` `false` when not sent). The sections Petrel does not implement
+//! (`pmem`, `memory-hotplug`) are always empty. `mmds-config` is written once set,
 //! its defaults filled in (`version` `"V1"`, `ipv4_address` `"169.254.169.254"`, `imds_compat`
 //! `false`), as Firecracker rebuilds it from its MMDS and network devices.
 
 use serde::Serialize;
 
 use crate::model::{
-    parse_mac, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, IoEngine,
+    parse_mac, Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, IoEngine,
     MachineConfiguration, MmdsConfig, MmdsVersion, NetworkInterface, RateLimiter, TokenBucket,
     Vsock,
 };
@@ -24,8 +26,9 @@ use crate::model::{
 /// The body of `GET /vm/config`, field for field Firecracker's `VmmConfig`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VmConfigReply {
-    /// Always `null`: Petrel has no balloon device.
-    pub balloon: (),
+    /// The balloon device (as configured before the start, its current target after), or
+    /// `null` when there is none.
+    pub balloon: Option<Balloon>,
     /// Every drive, in the order they were added.
     pub drives: Vec<DriveReply>,
     /// The boot source (an empty `kernel_image_path` before one is set, as in Firecracker).
@@ -175,7 +178,7 @@ pub struct TokenBucketReply {
 impl From<&FullVmConfiguration> for VmConfigReply {
     fn from(c: &FullVmConfiguration) -> Self {
         VmConfigReply {
-            balloon: (),
+            balloon: c.balloon,
             drives: c.drives.iter().map(DriveReply::from).collect(),
             boot_source: c
                 .boot_source
@@ -401,10 +404,17 @@ mod tests {
                 ipv4_address: None,
                 imds_compat: None,
             }),
+            // Sent without its optional fields: they are written out.
+            balloon: Some(Balloon {
+                amount_mib: 64,
+                deflate_on_oom: true,
+                ..Balloon::default()
+            }),
         };
         let got: serde_json::Value = serde_json::to_value(VmConfigReply::from(&config)).unwrap();
         let want = serde_json::json!({
-            "balloon": null,
+            "balloon": {"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 0,
+                        "free_page_hinting": false, "free_page_reporting": false},
             "drives": [
                 {"drive_id": "rootfs", "partuuid": null, "is_root_device": true,
                  "cache_type": "Unsafe", "is_read_only": false, "path_on_host": "/r",
@@ -443,6 +453,13 @@ mod tests {
         assert!(
             text.contains(
                 r#""machine-config":{"vcpu_count":2,"mem_size_mib":256,"smt":false,"track_dirty_pages":true,"huge_pages":"None"}"#
+            ),
+            "{text}"
+        );
+        // The balloon's too.
+        assert!(
+            text.starts_with(
+                r#"{"balloon":{"amount_mib":64,"deflate_on_oom":true,"stats_polling_interval_s":0,"free_page_hinting":false,"free_page_reporting":false},"#
             ),
             "{text}"
         );

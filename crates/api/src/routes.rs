@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::{Method, Request, Response};
 use crate::model::{
-    quoted, validate_id, ActionType, BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger,
-    MachineConfiguration, MachineConfigurationUpdate, MemoryBackendType, Metrics, MmdsConfig,
-    NetworkInterface, PartialDrive, PartialNetworkInterface, SnapshotCreateParams,
-    SnapshotLoadParams, ValidationError, VmState, Vsock, MAX_QUOTED_LEN,
+    quoted, validate_id, ActionType, Balloon, BalloonStartCmd, BalloonStatsUpdate, BalloonUpdate,
+    BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger, MachineConfiguration,
+    MachineConfigurationUpdate, MemoryBackendType, Metrics, MmdsConfig, NetworkInterface,
+    PartialDrive, PartialNetworkInterface, SnapshotCreateParams, SnapshotLoadParams,
+    ValidationError, VmState, Vsock, MAX_QUOTED_LEN,
 };
 
 /// One request of the API, parsed and validated.
@@ -72,6 +73,24 @@ pub enum ApiRequest {
     /// `PUT /mmds/config` (validated on its own; whether its interfaces exist is the VMM's
     /// check, [`MmdsConfig::check_interfaces`]).
     PutMmdsConfig(MmdsConfig),
+    /// `PUT /balloon`: the balloon device, before the start (whether `amount_mib` fits the
+    /// guest's memory is the VMM's check, [`Balloon::check_memory`]).
+    PutBalloon(Balloon),
+    /// `PATCH /balloon`: a new target size.
+    PatchBalloon(BalloonUpdate),
+    /// `GET /balloon`: answer the balloon's [`Balloon`] (its current target after the start).
+    GetBalloon,
+    /// `GET /balloon/statistics`: answer the device's latest statistics.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`: a new statistics polling interval.
+    PatchBalloonStats(BalloonStatsUpdate),
+    /// `PATCH /balloon/hinting/start`: start a free page hinting run (an empty body is
+    /// [`BalloonStartCmd::default`]).
+    StartBalloonHinting(BalloonStartCmd),
+    /// `GET /balloon/hinting/status`: answer the hinting run's status.
+    GetBalloonHintingStatus,
+    /// `PATCH /balloon/hinting/stop`: stop the free page hinting run (no body, or `{}`).
+    StopBalloonHinting,
 }
 
 /// Why a request was refused. Its `Display` is the `fault_message`; every one is answered
@@ -201,6 +220,11 @@ enum Route<'a> {
     SnapshotLoad,
     Mmds,
     MmdsConfig,
+    Balloon,
+    BalloonStatistics,
+    BalloonHintingStart,
+    BalloonHintingStatus,
+    BalloonHintingStop,
     /// A swagger route Petrel does not implement; the text names it in the message.
     Unsupported(&'static str),
 }
@@ -209,10 +233,11 @@ impl Route<'_> {
     /// The methods the route takes, for the "not allowed" message.
     fn allowed(self) -> &'static str {
         match self {
-            Route::Root | Route::Version | Route::VmConfig => "GET",
-            Route::MachineConfig | Route::Mmds => "GET, PUT, PATCH",
+            Route::Root | Route::Version | Route::VmConfig | Route::BalloonHintingStatus => "GET",
+            Route::MachineConfig | Route::Mmds | Route::Balloon => "GET, PUT, PATCH",
             Route::Drive(_) | Route::NetworkInterface(_) => "PUT, PATCH",
-            Route::Vm => "PATCH",
+            Route::BalloonStatistics => "GET, PATCH",
+            Route::Vm | Route::BalloonHintingStart | Route::BalloonHintingStop => "PATCH",
             Route::BootSource
             | Route::Vsock
             | Route::Entropy
@@ -252,11 +277,11 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["actions"] => Route::Actions,
         ["mmds"] => Route::Mmds,
         ["mmds", "config"] => Route::MmdsConfig,
-        ["balloon"] => Route::Unsupported("the balloon device (/balloon)"),
-        ["balloon", "statistics"] => Route::Unsupported("the balloon device (/balloon/statistics)"),
-        ["balloon", "hinting", "start" | "status" | "stop"] => {
-            Route::Unsupported("the balloon device (/balloon/hinting/*)")
-        }
+        ["balloon"] => Route::Balloon,
+        ["balloon", "statistics"] => Route::BalloonStatistics,
+        ["balloon", "hinting", "start"] => Route::BalloonHintingStart,
+        ["balloon", "hinting", "status"] => Route::BalloonHintingStatus,
+        ["balloon", "hinting", "stop"] => Route::BalloonHintingStop,
         ["snapshot", "create"] => Route::SnapshotCreate,
         ["snapshot", "load"] => Route::SnapshotLoad,
         ["cpu-config"] => Route::Unsupported("custom CPU templates (/cpu-config)"),
@@ -301,6 +326,20 @@ struct VmBody {
     state: String,
 }
 
+/// A body that takes no field (`PATCH /balloon/hinting/stop`): `{}` only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+/// The body of a route whose body is optional: an empty one (or only whitespace) is `{}`.
+fn optional_body(body: &[u8]) -> &[u8] {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    }
+}
+
 /// Turns a request into an [`ApiRequest`], or the [`ApiError`] to answer with
 /// [`ApiError::to_response`].
 pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
@@ -332,6 +371,9 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
             Route::VmConfig => ApiRequest::GetVmConfig,
             Route::MachineConfig => ApiRequest::GetMachineConfig,
             Route::Mmds => ApiRequest::GetMmds,
+            Route::Balloon => ApiRequest::GetBalloon,
+            Route::BalloonStatistics => ApiRequest::GetBalloonStats,
+            Route::BalloonHintingStatus => ApiRequest::GetBalloonHintingStatus,
             _ => return Err(not_allowed()),
         };
         if !req.body.is_empty() {
@@ -342,7 +384,14 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
     let takes_method = match method {
         "PUT" => !matches!(
             route,
-            Route::Root | Route::Version | Route::VmConfig | Route::Vm
+            Route::Root
+                | Route::Version
+                | Route::VmConfig
+                | Route::Vm
+                | Route::BalloonStatistics
+                | Route::BalloonHintingStart
+                | Route::BalloonHintingStatus
+                | Route::BalloonHintingStop
         ),
         _ => matches!(
             route,
@@ -351,10 +400,28 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
                 | Route::NetworkInterface(_)
                 | Route::Vm
                 | Route::Mmds
+                | Route::Balloon
+                | Route::BalloonStatistics
+                | Route::BalloonHintingStart
+                | Route::BalloonHintingStop
         ),
     };
     if !takes_method {
         return Err(not_allowed());
+    }
+    // The hinting commands take an optional body, as in Firecracker: none is `{}`.
+    match route {
+        Route::BalloonHintingStart => {
+            let body = optional_body(&req.body);
+            return Ok(ApiRequest::StartBalloonHinting(parse_body(
+                method, path, body,
+            )?));
+        }
+        Route::BalloonHintingStop => {
+            let NoFields {} = parse_body(method, path, optional_body(&req.body))?;
+            return Ok(ApiRequest::StopBalloonHinting);
+        }
+        _ => {}
     }
     if req.body.is_empty() {
         return Err(ApiError::EmptyBody {
@@ -454,6 +521,11 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
             let config: MmdsConfig = parse_body(method, path, body)?;
             config.validate()?;
             ApiRequest::PutMmdsConfig(config)
+        }
+        ("PUT", Route::Balloon) => ApiRequest::PutBalloon(parse_body(method, path, body)?),
+        ("PATCH", Route::Balloon) => ApiRequest::PatchBalloon(parse_body(method, path, body)?),
+        ("PATCH", Route::BalloonStatistics) => {
+            ApiRequest::PatchBalloonStats(parse_body(method, path, body)?)
         }
         ("PATCH", Route::Vm) => {
             let vm: VmBody = parse_body(method, path, body)?;
@@ -1198,10 +1270,6 @@ mod tests {
     #[test]
     fn unsupported_routes_say_so() {
         let cases = [
-            (Method::Put, "/balloon"),
-            (Method::Get, "/balloon/statistics"),
-            (Method::Patch, "/balloon/hinting/start"),
-            (Method::Get, "/balloon/hinting/status"),
             (Method::Put, "/cpu-config"),
             (Method::Put, "/pmem/pmem0"),
             (Method::Patch, "/hotplug/memory"),

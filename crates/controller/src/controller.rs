@@ -332,6 +332,7 @@ impl Controller {
             ApiRequest::PutMachineConfig(m) => {
                 self.pre_boot("PUT /machine-config").and_then(|()| {
                     check_machine(&m)?;
+                    self.check_balloon_fits("PUT /machine-config", m.mem_size_mib)?;
                     self.config.machine_config = Some(m);
                     Ok(done())
                 })
@@ -341,6 +342,7 @@ impl Controller {
                     let m = self.machine().apply(&update);
                     m.validate().map_err(|e| fault(e.to_string()))?;
                     check_machine(&m)?;
+                    self.check_balloon_fits("PATCH /machine-config", m.mem_size_mib)?;
                     self.config.machine_config = Some(m);
                     Ok(done())
                 })
@@ -427,6 +429,7 @@ impl Controller {
                     || !c.network_interfaces.is_empty()
                     || c.vsock.is_some()
                     || c.entropy.is_some()
+                    || c.balloon.is_some()
                 {
                     return Err(fault(
                         "PUT /snapshot/load is only allowed before anything but the logger and \
@@ -475,6 +478,14 @@ impl Controller {
                 self.config.mmds_config = Some(m);
                 Ok(done())
             }),
+            request @ (ApiRequest::PutBalloon(_)
+            | ApiRequest::PatchBalloon(_)
+            | ApiRequest::GetBalloon
+            | ApiRequest::GetBalloonStats
+            | ApiRequest::PatchBalloonStats(_)
+            | ApiRequest::StartBalloonHinting(_)
+            | ApiRequest::GetBalloonHintingStatus
+            | ApiRequest::StopBalloonHinting) => self.balloon(request),
             ApiRequest::PatchNetworkInterface(p) => {
                 self.running("PATCH /network-interfaces").and_then(|vm| {
                     let index = self
@@ -817,5 +828,6 @@ fn check_machine(m: &MachineConfiguration) -> Result<(), Handled> {
     Ok(())
 }
 
+mod balloon;
 #[cfg(test)]
 mod tests;

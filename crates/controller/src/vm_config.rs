@@ -12,8 +12,9 @@ use petrel_api::model::{
     RateLimiter, TokenBucket, Vsock,
 };
 use petrel_vmm::config::{
-    DiskConfig, KernelImage, LinuxPayload, MmdsConfig, MmdsVersion, NetConfig, RateLimiterConfig,
-    SerialConfig, TokenBucketConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE, DEFAULT_MAC,
+    BalloonConfig, DiskConfig, KernelImage, LinuxPayload, MmdsConfig, MmdsVersion, NetConfig,
+    RateLimiterConfig, SerialConfig, TokenBucketConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+    DEFAULT_MAC,
 };
 
 /// The longest virtio-blk serial (GET_ID) a drive id can become (virtio v1.2, 5.2.6:
@@ -137,6 +138,18 @@ pub fn vm_config(c: &FullVmConfiguration) -> Result<VmConfig, String> {
     if let Some(EntropyDevice { rate_limiter }) = &c.entropy {
         config.rng = true;
         config.rng_rate_limit = Some(rate_limit(rate_limiter));
+    }
+    if let Some(b) = &c.balloon {
+        // Checked at PUT /balloon, and again here: the memory size may have changed since.
+        b.check_memory(m.mem_size_mib)
+            .map_err(|e| format!("balloon: {e}"))?;
+        config.balloon = Some(BalloonConfig {
+            amount_mib: b.amount_mib,
+            deflate_on_oom: b.deflate_on_oom,
+            stats_polling_interval_s: b.stats_polling_interval_s,
+            free_page_hinting: b.free_page_hinting,
+            free_page_reporting: b.free_page_reporting,
+        });
     }
     Ok(config)
 }

@@ -1,0 +1,139 @@
+//! The balloon's routes: before the start they read and change the configured balloon (kept
+//! in the configuration as Firecracker's `Balloon`); after it they go to the running device.
+//!
+//! Before the start, as in Firecracker: `PUT /balloon` sets the balloon (its `amount_mib` at
+//! most the guest's memory, checked again at `InstanceStart` since the machine configuration
+//! may change in between), `GET /balloon` answers it. `PATCH /balloon` and
+//! `PATCH /balloon/statistics` change it, as Firecracker's swagger describes (Firecracker
+//! itself refuses them until the start). The statistics and the hinting commands need the
+//! guest's driver, so they are refused until the start, saying first what is missing: a
+//! balloon, the statistics (`stats_polling_interval_s` 0) or hinting (`free_page_hinting`).
+
+use petrel_api::model::Balloon;
+use petrel_api::routes::{self, ApiRequest};
+
+use super::{done, fault, Controller, Handled};
+
+/// The route of a balloon request, for messages.
+fn route(request: &ApiRequest) -> &'static str {
+    match request {
+        ApiRequest::PutBalloon(_) => "PUT /balloon",
+        ApiRequest::PatchBalloon(_) => "PATCH /balloon",
+        ApiRequest::GetBalloon => "GET /balloon",
+        ApiRequest::GetBalloonStats => "GET /balloon/statistics",
+        ApiRequest::PatchBalloonStats(_) => "PATCH /balloon/statistics",
+        ApiRequest::StartBalloonHinting(_) => "PATCH /balloon/hinting/start",
+        ApiRequest::GetBalloonHintingStatus => "GET /balloon/hinting/status",
+        ApiRequest::StopBalloonHinting => "PATCH /balloon/hinting/stop",
+        _ => "a balloon request",
+    }
+}
+
+impl Controller {
+    /// Answers one of the balloon's requests (the caller passes only those).
+    pub(super) fn balloon(&mut self, request: ApiRequest) -> Result<Handled, Handled> {
+        let what = route(&request);
+        if let ApiRequest::PutBalloon(_) = request {
+            self.pre_boot(what)?;
+        }
+        if self.vm.is_some() {
+            return Err(fault(format!(
+                "{what} after the guest started is not supported by Petrel yet"
+            )));
+        }
+        let mem_size_mib = self.machine().mem_size_mib;
+        match request {
+            ApiRequest::PutBalloon(balloon) => {
+                balloon
+                    .check_memory(mem_size_mib)
+                    .map_err(|e| fault(format!("{what}: {e}")))?;
+                self.config.balloon = Some(balloon);
+                Ok(done())
+            }
+            ApiRequest::PatchBalloon(update) => {
+                let balloon = Balloon {
+                    amount_mib: update.amount_mib,
+                    ..self.configured_balloon(what)?
+                };
+                balloon
+                    .check_memory(mem_size_mib)
+                    .map_err(|e| fault(format!("{what}: {e}")))?;
+                self.config.balloon = Some(balloon);
+                Ok(done())
+            }
+            ApiRequest::GetBalloon => {
+                let balloon = self.configured_balloon(what)?;
+                Ok(Handled::Reply(routes::ok_json(&balloon)))
+            }
+            ApiRequest::PatchBalloonStats(update) => {
+                let balloon = Balloon {
+                    stats_polling_interval_s: update.stats_polling_interval_s,
+                    ..self.configured_balloon(what)?
+                };
+                self.config.balloon = Some(balloon);
+                Ok(done())
+            }
+            ApiRequest::GetBalloonStats => {
+                if !self.configured_balloon(what)?.stats_enabled() {
+                    return Err(stats_disabled(what));
+                }
+                Err(fault(format!(
+                    "{what} is only available after the guest started: the statistics come \
+                     from the guest's balloon driver"
+                )))
+            }
+            ApiRequest::StartBalloonHinting(_)
+            | ApiRequest::GetBalloonHintingStatus
+            | ApiRequest::StopBalloonHinting => {
+                if !self.configured_balloon(what)?.free_page_hinting {
+                    return Err(hinting_disabled(what));
+                }
+                Err(fault(format!(
+                    "{what} is only available after the guest started: free page hinting \
+                     runs in the guest's balloon driver"
+                )))
+            }
+            other => Err(fault(format!("{other:?} is not a balloon request"))),
+        }
+    }
+
+    /// The balloon configured before the start, or the refusal of `what` without one.
+    fn configured_balloon(&self, what: &str) -> Result<Balloon, Handled> {
+        self.config.balloon.ok_or_else(|| no_balloon(what))
+    }
+
+    /// Checks the balloon's target against the guest's memory size `mem_size_mib` (a new
+    /// `machine-config`, or `InstanceStart`'s), naming `what` was refused.
+    pub(super) fn check_balloon_fits(&self, what: &str, mem_size_mib: u64) -> Result<(), Handled> {
+        match &self.config.balloon {
+            Some(balloon) => balloon
+                .check_memory(mem_size_mib)
+                .map_err(|e| fault(format!("{what}: {e}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The refusal of `what` without a balloon.
+fn no_balloon(what: &str) -> Handled {
+    fault(format!(
+        "{what}: no balloon device is configured (PUT /balloon first)"
+    ))
+}
+
+/// The refusal of `what` when the balloon's statistics are off.
+fn stats_disabled(what: &str) -> Handled {
+    fault(format!(
+        "{what}: the balloon's statistics are not enabled (stats_polling_interval_s is 0)"
+    ))
+}
+
+/// The refusal of `what` when the balloon's free page hinting is off.
+fn hinting_disabled(what: &str) -> Handled {
+    fault(format!(
+        "{what}: free page hinting is not enabled (free_page_hinting is false)"
+    ))
+}
+
+#[cfg(test)]
+mod tests;
