@@ -241,6 +241,12 @@ fn requests_before_and_after_the_start_without_a_socket() {
     let (r, again) = answer(&mut c, ApiRequest::Action(ActionType::InstanceStart));
     assert!(again.is_none());
     assert!(fault_text(&r).contains("InstanceStart is only allowed before"));
+    let balloon = petrel_api::model::Balloon::default();
+    let text = fault_text(&reply(&mut c, ApiRequest::PutBalloon(balloon)));
+    assert!(
+        text.contains("PUT /balloon is only allowed before"),
+        "{text}"
+    );
     let r = reply(&mut c, ApiRequest::GetMachineConfig);
     let m: Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
     assert_eq!(

@@ -1027,9 +1027,14 @@ fn machine_config_and_vm_config_answer_every_field_firecracker_does() {
         serde_json::json!({"vsock_id": "v", "guest_cid": 3, "uds_path": "/v.sock"}),
     );
     put("/entropy", serde_json::json!({}));
+    put(
+        "/balloon",
+        serde_json::json!({"amount_mib": 64, "deflate_on_oom": true}),
+    );
     let config: Value = serde_json::from_str(&text("/vm/config")).unwrap();
     let want = serde_json::json!({
-        "balloon": null,
+        "balloon": {"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 0,
+                    "free_page_hinting": false, "free_page_reporting": false},
         "drives": [{"drive_id": "rootfs", "partuuid": null, "is_root_device": true,
                     "cache_type": "Unsafe", "is_read_only": false, "path_on_host": "/r",
                     "rate_limiter": null, "io_engine": "Sync", "socket": null}],
