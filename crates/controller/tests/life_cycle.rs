@@ -247,6 +247,9 @@ fn requests_before_and_after_the_start_without_a_socket() {
         text.contains("PUT /balloon is only allowed before"),
         "{text}"
     );
+    // The running VM has no balloon: its requests are refused, by route.
+    let text = fault_text(&reply(&mut c, ApiRequest::GetBalloonStats));
+    assert!(text.contains("GET /balloon/statistics"), "{text}");
     let r = reply(&mut c, ApiRequest::GetMachineConfig);
     let m: Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
     assert_eq!(

@@ -8,9 +8,14 @@
 //! itself refuses them until the start). The statistics and the hinting commands need the
 //! guest's driver, so they are refused until the start, saying first what is missing: a
 //! balloon, the statistics (`stats_polling_interval_s` 0) or hinting (`free_page_hinting`).
+//!
+//! After the start `PUT /balloon` is refused like every pre-boot request; the other routes
+//! are answered by the running device (`balloon_after_start`).
 
 use petrel_api::model::Balloon;
 use petrel_api::routes::{self, ApiRequest};
+
+use petrel_vmm::VmmHandle;
 
 use super::{done, fault, Controller, Handled};
 
@@ -33,13 +38,8 @@ impl Controller {
     /// Answers one of the balloon's requests (the caller passes only those).
     pub(super) fn balloon(&mut self, request: ApiRequest) -> Result<Handled, Handled> {
         let what = route(&request);
-        if let ApiRequest::PutBalloon(_) = request {
-            self.pre_boot(what)?;
-        }
-        if self.vm.is_some() {
-            return Err(fault(format!(
-                "{what} after the guest started is not supported by Petrel yet"
-            )));
+        if let Some(vm) = self.vm.clone() {
+            return self.balloon_after_start(what, &vm, request);
         }
         let mem_size_mib = self.machine().mem_size_mib;
         match request {
@@ -93,6 +93,30 @@ impl Controller {
                      runs in the guest's balloon driver"
                 )))
             }
+            other => Err(fault(format!("{other:?} is not a balloon request"))),
+        }
+    }
+
+    /// Answers one of the balloon's requests on the running VM `vm`. `PUT /balloon` is
+    /// pre-boot only; the others act on the device through `vm` once it is wired in, and are
+    /// refused by route until then.
+    fn balloon_after_start(
+        &mut self,
+        what: &'static str,
+        _vm: &VmmHandle,
+        request: ApiRequest,
+    ) -> Result<Handled, Handled> {
+        match request {
+            ApiRequest::PutBalloon(_) => self.pre_boot(what).map(|()| done()),
+            ApiRequest::PatchBalloon(_)
+            | ApiRequest::GetBalloon
+            | ApiRequest::GetBalloonStats
+            | ApiRequest::PatchBalloonStats(_)
+            | ApiRequest::StartBalloonHinting(_)
+            | ApiRequest::GetBalloonHintingStatus
+            | ApiRequest::StopBalloonHinting => Err(fault(format!(
+                "{what} after the guest started is not supported by Petrel yet"
+            ))),
             other => Err(fault(format!("{other:?} is not a balloon request"))),
         }
     }
