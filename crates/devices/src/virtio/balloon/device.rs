@@ -121,7 +121,7 @@ pub struct Balloon<M = GuestMemoryMmap> {
     poison_val: u32,
     stats_interval: u16,
     /// Non-blocking, periodic while statistics run.
-    stats_timer: TimerFd,
+    pub(super) stats_timer: TimerFd,
     /// The head of the statistics buffer the device holds.
     held_stats: Option<u16>,
     latest_stats: BalloonStats,
@@ -256,11 +256,12 @@ impl<M> Balloon<M> {
         self.metrics
     }
 
-    /// Arms the statistics timer to fire every `stats_interval` seconds.
-    fn arm_stats_timer(&mut self) -> io::Result<()> {
+    /// Arms the statistics timer to fire every `stats_interval` seconds, the first time
+    /// after `first`.
+    fn arm_stats_timer(&mut self, first: Duration) -> io::Result<()> {
         let every = Duration::from_secs(u64::from(self.stats_interval));
         self.stats_timer
-            .reset(every, Some(every))
+            .reset(first.max(Duration::from_nanos(1)), Some(every))
             .map_err(io::Error::from)
     }
 
@@ -282,8 +283,9 @@ impl<M: GuestMemory> Balloon<M> {
     }
 
     /// `PATCH /balloon/statistics` after boot: a new non-zero interval. Turning statistics on
-    /// or off after activation is refused, as Firecracker does. When the device holds the
-    /// driver's buffer the first update is asked for at once.
+    /// or off after activation is refused, as Firecracker does. The first update is asked
+    /// for at once: the statistics timer fires now (on the event loop, which does not serve
+    /// a device the driver must reset), then at the new interval.
     pub fn set_stats_interval(&mut self, secs: u16) -> Result<(), BalloonError> {
         if secs == self.stats_interval {
             return Ok(());
@@ -296,12 +298,8 @@ impl<M: GuestMemory> Balloon<M> {
         }
         self.stats_interval = secs;
         if self.has_queue(QueueRole::Stats) {
-            self.arm_stats_timer().map_err(BalloonError::Timer)?;
-            if self.ask_for_stats() {
-                if let Some(a) = &self.active {
-                    a.interrupt.signal_used_queue();
-                }
-            }
+            self.arm_stats_timer(Duration::ZERO)
+                .map_err(BalloonError::Timer)?;
         }
         Ok(())
     }
@@ -503,7 +501,8 @@ impl<M: VirtioMemory> VirtioDevice<M> for Balloon<M> {
     fn activate(&mut self, mem: M, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), Error> {
         let roles = QueueRole::for_features(self.acked_features);
         if roles.contains(&QueueRole::Stats) && self.stats_interval > 0 {
-            if let Err(e) = self.arm_stats_timer() {
+            let every = Duration::from_secs(u64::from(self.stats_interval));
+            if let Err(e) = self.arm_stats_timer(every) {
                 self.metrics.activate_fails += 1;
                 return Err(Error::CreateTimer(e));
             }

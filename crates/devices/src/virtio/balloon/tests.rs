@@ -429,8 +429,12 @@ fn the_statistics_interval_changes_but_does_not_turn_on_or_off() {
         r.m.device_mut().set_stats_interval(0),
         Err(BalloonError::StatsStateChange { from: 60, to: 0 })
     ));
-    // A new interval asks for an update at once.
+    // A new interval asks for an update at once: the timer fires now.
     r.m.device_mut().set_stats_interval(2).unwrap();
+    assert!(r.used(2).is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert!(r.m.device_mut().stats_timer.wait().is_ok_and(|n| n >= 1));
+    r.m.process_device_event(0);
     assert_eq!(r.used(2), [(u32::from(head), 0)]);
     assert_eq!(r.m.device().config().stats_polling_interval_s, 2);
     // Without statistics: nothing to read, nothing to turn on.
