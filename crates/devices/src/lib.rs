@@ -152,8 +152,8 @@ pub use serial::{Serial, SerialState, SerialStats, COM1_BASE, COM1_IRQ, SERIAL_P
 pub use trigger::EventFdTrigger;
 #[cfg(feature = "virtio")]
 pub use virtio::{
-    Block, BlockState, DeviceState, Interrupt, Net, NetState, QueueState, Rng, RngState,
-    VirtioDevice, VirtioMmio, VirtioMmioState, VirtioMmioStats, Vsock, VsockState,
+    Balloon, BalloonState, Block, BlockState, DeviceState, Interrupt, Net, NetState, QueueState,
+    Rng, RngState, VirtioDevice, VirtioMmio, VirtioMmioState, VirtioMmioStats, Vsock, VsockState,
     MMIO_WINDOW_SIZE,
 };
 /// rust-vmm's vm-device, whose traits and address types this crate's API uses (see
@@ -171,6 +171,6 @@ pub use rtc::Error as RtcError;
 pub use serial::Error as SerialError;
 #[cfg(feature = "virtio")]
 pub use virtio::{
-    block::Error as BlockError, net::Error as NetError, vsock::Error as VsockError,
-    Error as VirtioError,
+    balloon::BalloonError, block::Error as BlockError, net::Error as NetError,
+    vsock::Error as VsockError, Error as VirtioError,
 };

@@ -46,6 +46,7 @@ pub const TARGETS: &[&str] = &[
     "api_config_file",
     "snapshot_state",
     "mmds_net",
+    "balloon",
 ];
 
 /// Runs the harness of `target` (one of [`TARGETS`]) on `data`; panics on a finding.
@@ -70,6 +71,7 @@ pub fn run(target: &str, data: &[u8]) {
         "api_config_file" => api::config_file(data),
         "snapshot_state" => snapshot::state(data),
         "mmds_net" => mmds::net(data),
+        "balloon" => virtio::balloon(data),
         other => panic!("no fuzz target {other:?}; the targets are {TARGETS:?}"),
     }
 }

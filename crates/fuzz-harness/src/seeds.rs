@@ -283,7 +283,61 @@ fn virtio_requests(prefix: &dyn Fn(&str) -> Vec<u8>) -> Vec<Seed> {
     }
     .encode(&mut vsock);
     seeds.push(("virtio_vsock", "connection".into(), vsock));
+    seeds.push((
+        "balloon",
+        "every-queue".into(),
+        balloon_seed(prefix("balloon")),
+    ));
     seeds
+}
+
+/// The balloon with every feature (queues: inflate, deflate, statistics, hinting, reporting)
+/// doing what Linux's driver does: inflate four pages (one past RAM), deflate them, send its
+/// statistics, answer a hinting run the host starts with its id, a free range and STOP,
+/// report a free range; then the statistics timer fires and the host changes the target and
+/// interval and reads the statistics.
+fn balloon_seed(prefix: Vec<u8>) -> Vec<u8> {
+    let (pfns, stats, cmd) = (0x2_0000u32, 0x2_1000u32, 0x2_2000u32);
+    let mut out = vec![0b1_1111]; // deflate on OOM, interval 3 s, hinting, reporting
+    out.extend(prefix);
+    let pfn_bytes: Vec<u8> = [0x24u32, 0x25, 0x26, 0x100]
+        .iter()
+        .flat_map(|p| p.to_le_bytes())
+        .collect();
+    let poke = |out: &mut Vec<u8>, addr: u32, bytes: &[u8]| Op::Poke { addr, bytes }.encode(out);
+    poke(&mut out, pfns, &pfn_bytes);
+    out.extend(chain(0, 0, &[(pfns, 16, false)]));
+    out.extend(chain(1, 0, &[(pfns, 16, false)]));
+    let entries: Vec<u8> = [(4u16, 1u64 << 20), (5, 2 << 20), (99, 1)]
+        .iter()
+        .flat_map(|(t, v)| t.to_le_bytes().into_iter().chain(v.to_le_bytes()))
+        .collect();
+    poke(&mut out, stats, &entries);
+    out.extend(chain(2, 0, &[(stats, entries.len() as u32, false)]));
+    let host = |out: &mut Vec<u8>, kind: u8, arg: u32| {
+        Op::Host {
+            kind,
+            arg,
+            bytes: &[],
+        }
+        .encode(out)
+    };
+    host(&mut out, 2, 1); // start hinting (id 2), acknowledging STOP
+    poke(&mut out, cmd, &2u32.to_le_bytes());
+    out.extend(chain(3, 0, &[(cmd, 4, false)]));
+    out.extend(chain(3, 1, &[(0x2_8000, 0x2000, true)]));
+    poke(&mut out, cmd + 4, &0u32.to_le_bytes());
+    out.extend(chain(3, 2, &[(cmd + 4, 4, false)]));
+    out.extend(chain(
+        4,
+        0,
+        &[(0x2_c000, 0x1000, true), (0x2_e000, 0x2000, true)],
+    ));
+    Op::DeviceEvent { source: 0 }.encode(&mut out);
+    host(&mut out, 0, 0);
+    host(&mut out, 1, 5);
+    host(&mut out, 4, 0);
+    out
 }
 
 /// The legacy devices' accesses of a recording, as legacy-bus steps.

@@ -27,9 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arbitrary::Unstructured;
+use petrel_devices::virtio::balloon::BalloonConfig;
 use petrel_devices::virtio::{
-    GuestMemoryMmap, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER,
-    STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
+    Balloon, GuestMemoryMmap, PageDiscarder, VirtioDevice, STATUS_ACKNOWLEDGE,
+    STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
+    VIRTIO_F_VERSION_1,
 };
 use petrel_devices::MMIO_WINDOW_SIZE;
 use petrel_devices::{Block, Bus, BusBuilder, BusRange, Net, Rng, VirtioMmio, Vsock};
@@ -645,12 +647,17 @@ impl<D: VirtioDevice + 'static> Rig<D> {
 /// tests to look at.
 fn drive<D: VirtioDevice + 'static>(device: D, host: &mut dyn HostSide, data: &[u8]) -> Rig<D> {
     let mut rig = Rig::new(device);
+    run_ops(&mut rig, host, data);
+    rig
+}
+
+/// Runs the steps of `data` on `rig`, with `host` as the device's host side.
+fn run_ops<D: VirtioDevice + 'static>(rig: &mut Rig<D>, host: &mut dyn HostSide, data: &[u8]) {
     let mut u = Unstructured::new(data);
     for _ in 0..MAX_OPS {
         let Ok(op) = Op::take(&mut u) else { break };
         rig.op(op, host);
     }
-    rig
 }
 
 /// A name no other run of any process uses, under the temporary directory.
@@ -695,6 +702,88 @@ fn blk_rig(data: &[u8]) -> Rig<Block> {
 /// virtio-rng.
 pub fn rng(data: &[u8]) {
     drive(Rng::new().expect("rng device"), &mut NoHost, data);
+}
+
+/// The balloon's page discarder in the harness: frees nothing, and finds a bug in any range
+/// that is empty, not page-aligned, or not inside one region of guest RAM.
+#[derive(Debug)]
+struct CheckedDiscarder;
+
+impl PageDiscarder for CheckedDiscarder {
+    fn discard(&self, gpa: u64, len: u64) -> std::io::Result<()> {
+        assert!(
+            len > 0 && gpa % 4096 == 0 && len % 4096 == 0,
+            "balloon discard of [{gpa:#x}, +{len:#x}) is empty or not page-aligned"
+        );
+        assert!(
+            REGIONS
+                .iter()
+                .any(|&(start, size)| gpa >= start && gpa + len <= start + size as u64),
+            "balloon discard of [{gpa:#x}, +{len:#x}) is not inside guest RAM"
+        );
+        Ok(())
+    }
+}
+
+/// The host's calls on the balloon (what the API makes after boot), by `kind` modulo 5:
+/// a new target of `arg` MiB and its configuration change, a new statistics interval, start
+/// hinting (acknowledging STOP when `arg` is odd), stop hinting, and the reads.
+struct BalloonHost(Arc<Mutex<VirtioMmio<Balloon>>>);
+
+impl HostSide for BalloonHost {
+    fn host(&mut self, kind: u8, arg: u32, _bytes: &[u8]) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match kind % 5 {
+            0 => {
+                if m.device_mut().set_target_mib(arg % 4).is_ok() {
+                    m.notify_config_change();
+                }
+            }
+            1 => {
+                let _ = m.device_mut().set_stats_interval(arg as u16);
+            }
+            2 => {
+                let _ = m.device_mut().start_hinting(arg & 1 == 1);
+            }
+            3 => {
+                let _ = m.device_mut().stop_hinting();
+            }
+            _ => {
+                let d = m.device();
+                if let Ok(stats) = d.stats() {
+                    assert!(stats.target_mib <= 3 && stats.target_pages == stats.target_mib * 256);
+                }
+                let _ = d.hinting_status();
+                let _ = d.metrics();
+                let _ = d.config();
+            }
+        }
+    }
+}
+
+/// virtio-balloon with the features of the first byte (bit 0 deflate on OOM, bits 1-2 the
+/// statistics interval, bit 3 free page hinting, bit 4 free page reporting), on 4 MiB of
+/// "guest memory" as far as targets go (the device checks ranges against the real regions),
+/// with the host's calls as host steps.
+pub fn balloon(data: &[u8]) {
+    balloon_rig(data);
+}
+
+/// [`balloon`], returning the rig after the run (none for an empty input).
+fn balloon_rig(data: &[u8]) -> Option<Rig<Balloon>> {
+    let (&mode, rest) = data.split_first()?;
+    let config = BalloonConfig {
+        amount_mib: u32::from(mode >> 5) % 4,
+        deflate_on_oom: mode & 1 == 1,
+        stats_polling_interval_s: u16::from(mode >> 1 & 3),
+        free_page_hinting: mode & 8 != 0,
+        free_page_reporting: mode & 16 != 0,
+    };
+    let device = Balloon::new(config, 4 << 20, Arc::new(CheckedDiscarder)).expect("balloon");
+    let mut rig = Rig::new(device);
+    let mut host = BalloonHost(rig.mmio.clone());
+    run_ops(&mut rig, &mut host, rest);
+    Some(rig)
 }
 
 /// The tap stand-in's other end: a `SOCK_SEQPACKET` peer, one frame per message like a tap.
@@ -879,5 +968,36 @@ mod tests {
             assert!(rig.dev().is_running(), "{name}: status {:#x}", rig.status());
             assert_eq!(rig.active[0].used, 4, "{name}");
         }
+    }
+
+    /// The balloon's seed reaches every queue: pages freed (one refused), statistics read,
+    /// a hinting run answered and acknowledged, ranges reported, the held statistics buffer
+    /// given back on the timer.
+    #[test]
+    fn the_balloon_seed_reaches_every_queue() {
+        let seeds = crate::seeds::built(None);
+        let (_, _, data) = seeds
+            .iter()
+            .find(|(target, _, _)| *target == "balloon")
+            .expect("a balloon seed");
+        let rig = balloon_rig(data).unwrap();
+        let dev = rig.dev();
+        assert!(dev.is_running(), "status {:#x}", dev.status());
+        let b = dev.device();
+        let m = b.metrics();
+        assert_eq!((m.inflated_pages, m.inflate_refused_pages), (3, 1));
+        assert_eq!(m.deflate_count, 1);
+        assert_eq!(
+            (m.free_page_hint_count, m.free_page_hint_freed),
+            (1, 0x2000)
+        );
+        assert_eq!(
+            (m.free_page_report_count, m.free_page_report_freed),
+            (2, 0x3000)
+        );
+        assert_eq!(b.stats().unwrap().free_memory, Some(1 << 20));
+        assert_eq!(b.hinting_status().unwrap().host_cmd, 1);
+        assert_eq!(b.config().stats_polling_interval_s, 5);
+        assert_eq!(rig.active[2].used, 1);
     }
 }

@@ -64,11 +64,12 @@ replay_tests!(
     api_config_file,
     snapshot_state,
     mmds_net,
+    balloon,
 );
 
 #[test]
 fn every_target_has_a_replay_test_and_a_fuzz_target() {
-    assert_eq!(TARGETS.len(), 15);
+    assert_eq!(TARGETS.len(), 16);
     for target in TARGETS {
         let file = fuzz_dir().join("fuzz_targets").join(format!("{target}.rs"));
         assert!(file.is_file(), "{} is missing", file.display());

@@ -230,6 +230,10 @@ pub(crate) enum Step {
     /// Leave the chain in the ring and go on with the next one: what it was taken for went
     /// away (a frame too large for it was dropped). Counts as a chain of the budget.
     Retry,
+    /// Keep the chain off the ring without returning it: the device holds it and gives it
+    /// back later itself ([`return_chain`]), as virtio-balloon does with the driver's
+    /// statistics buffer. Counts as a chain of the budget.
+    Hold,
 }
 
 /// Why [`process_chains`] stopped.
@@ -303,6 +307,7 @@ where
                 queue.go_to_previous_position();
                 budget.charge(0);
             }
+            Step::Hold => budget.charge(0),
         }
     };
     Ok(Batch {
@@ -362,6 +367,18 @@ fn complete<M: GuestMemory>(
     queue
         .add_used(mem, head, len)
         .map_err(|_| GuestFault::RingAccess)
+}
+
+/// Returns a chain the device held ([`Step::Hold`]) to the driver with `len` bytes written
+/// into it; answers whether the driver wants an interrupt for it.
+pub(crate) fn return_chain<M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &M,
+    head: u16,
+    len: u32,
+) -> Result<bool, GuestFault> {
+    complete(queue, mem, head, len)?;
+    Ok(needs_interrupt(queue, mem))
 }
 
 /// Whether the driver wants an interrupt for the buffers used since the last call.

@@ -106,13 +106,15 @@ use vm_memory::{GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+pub use balloon::{Balloon, BalloonStats, PageDiscarder};
 pub use block::{Block, BlockStats};
 pub use chain::{MAX_BYTES_PER_WAKEUP, MAX_CHAINS_PER_WAKEUP};
 pub use mmio::{VirtioMmio, VirtioMmioStats, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 pub use net::{Net, NetStats};
 pub use rng::{Rng, RngStats};
 pub use state::{
-    BlockState, DeviceState, NetState, QueueState, RngState, VirtioMmioState, VsockState,
+    BalloonState, BlockState, DeviceState, NetState, QueueState, RngState, VirtioMmioState,
+    VsockState,
 };
 pub use vsock::{Vsock, VsockStats};
 
@@ -124,6 +126,8 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 /// Device type of an entropy source (virtio v1.2, 5 Device Types).
 pub const TYPE_RNG: u32 = 4;
+/// Device type of a traditional memory balloon (virtio v1.2, 5 Device Types).
+pub const TYPE_BALLOON: u32 = 5;
 
 /// Errors from the virtio-mmio transport and from what every virtio device shares (queues,
 /// eventfds, timers, saved states). Each device adds its own setup errors in its module.

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::balloon::BalloonStats;
 use crate::rate_limiter::RateLimiterConfig;
 
 /// One virtqueue: the driver's configuration and, once the device runs, the device's place in
@@ -73,7 +74,7 @@ impl From<QueueState> for virtio_queue::QueueState {
 /// The saved state of a [`VirtioMmio`](super::VirtioMmio) transport and its device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtioMmioState {
-    /// The virtio device type (DeviceID: 1 net, 2 block, 4 entropy, 19 socket).
+    /// The virtio device type (DeviceID: 1 net, 2 block, 4 entropy, 5 balloon, 19 socket).
     pub device_type: u32,
     /// The device status register (virtio v1.2, 2.1).
     pub status: u32,
@@ -109,6 +110,8 @@ pub enum DeviceState {
     Rng(RngState),
     /// A virtio-vsock socket device.
     Vsock(VsockState),
+    /// A virtio-balloon device.
+    Balloon(BalloonState),
 }
 
 impl DeviceState {
@@ -120,6 +123,7 @@ impl DeviceState {
             DeviceState::Net(_) => "virtio-net",
             DeviceState::Rng(_) => "virtio-rng",
             DeviceState::Vsock(_) => "virtio-vsock",
+            DeviceState::Balloon(_) => "virtio-balloon",
         }
     }
 }
@@ -171,4 +175,32 @@ pub struct VsockState {
     /// The host socket the device listened on; the VMM binds this one or the one the user
     /// names instead.
     pub uds_path: PathBuf,
+}
+
+/// The saved state of a [`Balloon`](super::balloon::Balloon) device (what Firecracker keeps):
+/// its configuration space, statistics and hinting. The features and queues are the
+/// transport's; the configured features come from the VM's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonState {
+    /// The target, in 4 KiB pages (`num_pages`).
+    pub num_pages: u32,
+    /// The balloon's size as the driver last wrote it (`actual`), in 4 KiB pages.
+    pub actual_pages: u32,
+    /// `poison_val`, as the driver wrote it.
+    pub poison_val: u32,
+    /// Seconds between statistics updates (0: statistics off), as last set.
+    pub stats_polling_interval_s: u16,
+    /// The head of the driver's statistics buffer the device held, to give back on the next
+    /// update.
+    pub stats_desc_index: Option<u16>,
+    /// The guest's statistics as it last reported them (the target and actual fields unused).
+    pub latest_stats: BalloonStats,
+    /// The host's free page hinting command (`free_page_hint_cmd_id`).
+    pub hint_host_cmd: u32,
+    /// The id of the last hinting run started.
+    pub hint_last_cmd_id: u32,
+    /// The guest's last hinting command.
+    pub hint_guest_cmd: Option<u32>,
+    /// Whether the guest's STOP is answered with DONE at once.
+    pub hint_acknowledge_on_stop: bool,
 }
