@@ -31,6 +31,7 @@ pub struct ReadmeDoctests;
 
 pub mod alloc;
 pub mod boot_cpu;
+mod discard;
 pub mod layout;
 
 use std::fs::File;
@@ -119,6 +120,17 @@ pub enum Error {
         words: usize,
         /// Pages in the region.
         pages: u64,
+    },
+    /// Guest pages could not be given back to the host ([`GuestRam::discard`]).
+    #[error("cannot discard guest memory {addr:#x}..{:#x}", addr.wrapping_add(*len))]
+    Discard {
+        /// Guest-physical start of the range.
+        addr: u64,
+        /// Its length.
+        len: u64,
+        /// Why: an unaligned or out-of-RAM range (`InvalidInput`), or the host's error.
+        #[source]
+        source: std::io::Error,
     },
     /// An access reached outside guest RAM.
     #[error("guest memory access of {len} bytes at {addr:#x} is outside guest RAM")]
@@ -607,7 +619,7 @@ mod tests {
         assert_eq!(ram.read_obj::<u32>(0x100).unwrap(), 0xdead_beef);
     }
 
-    fn temp_file(name: &str) -> (std::path::PathBuf, File) {
+    pub(crate) fn temp_file(name: &str) -> (std::path::PathBuf, File) {
         let path = std::env::temp_dir().join(format!("petrel-mem-{}-{name}", std::process::id()));
         let f = std::fs::OpenOptions::new()
             .read(true)
