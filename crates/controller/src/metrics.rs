@@ -141,6 +141,7 @@ pub fn document(
         "net": device_group(stats, "virtio-net"),
         "vsock": device_group(stats, "virtio-vsock"),
         "entropy": device_group(stats, "virtio-rng"),
+        "balloon": device_group(stats, "virtio-balloon"),
         "vcpu": {
             "exits": stats.total.total,
             "exit_io_in": exits(stats, "io-in"),

@@ -230,6 +230,9 @@ pub enum DeviceError {
     /// The virtio-vsock device.
     #[error(transparent)]
     Vsock(#[from] petrel_devices::VsockError),
+    /// The virtio-balloon device.
+    #[error(transparent)]
+    Balloon(#[from] petrel_devices::virtio::balloon::BalloonError),
 }
 
 impl Error {

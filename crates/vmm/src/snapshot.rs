@@ -24,7 +24,8 @@ use petrel_hv_sys::{VcpuState as KvmVcpuState, VmState as KvmVmState};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    DiskConfig, MmdsConfig, NetConfig, RateLimiterConfig, SerialConfig, VmConfig, VsockConfig,
+    BalloonConfig, DiskConfig, MmdsConfig, NetConfig, RateLimiterConfig, SerialConfig, VmConfig,
+    VsockConfig,
 };
 
 /// Which memory a snapshot writes (Firecracker's `snapshot_type`).
@@ -195,6 +196,10 @@ pub struct SavedMachine {
     /// The MMDS's configuration (not its data store); absent in older snapshots.
     #[serde(default)]
     pub mmds: Option<MmdsConfig>,
+    /// The balloon, with its target and statistics interval as they were when the snapshot
+    /// was taken; absent in older snapshots.
+    #[serde(default)]
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl SavedMachine {
@@ -211,6 +216,7 @@ impl SavedMachine {
             rng_rate_limit: config.rng_rate_limit,
             vsock: config.vsock.clone(),
             mmds: config.mmds,
+            balloon: config.balloon,
         }
     }
 }
@@ -289,7 +295,11 @@ impl SnapshotState {
         if m.linux != self.vm.is_some() || m.linux != self.devices.i8042.is_some() {
             return Err("the irqchip and PC devices do not match the machine's kind".into());
         }
-        let expected = m.disks.len() + m.nets.len() + usize::from(m.rng) + m.vsock.iter().count();
+        let expected = m.disks.len()
+            + m.nets.len()
+            + usize::from(m.rng)
+            + m.vsock.iter().count()
+            + m.balloon.iter().count();
         if self.devices.virtio.len() != expected {
             return Err(format!(
                 "the machine has {expected} virtio devices but the file holds {}",

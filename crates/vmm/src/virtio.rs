@@ -10,6 +10,7 @@ use std::io::ErrorKind;
 use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
+use petrel_devices::virtio::balloon::{Balloon, PageDiscarder};
 use petrel_devices::virtio::mmio::{cmdline_device, QUEUE_NOTIFY_OFFSET};
 use petrel_devices::MMIO_WINDOW_SIZE;
 use petrel_devices::{Block, BusBuilder, BusRange, Net, Rng, VirtioDevice, VirtioMmio, Vsock};
@@ -35,6 +36,7 @@ enum Opened {
     Net(Net),
     Rng(Rng),
     Vsock(Vsock),
+    Balloon(Balloon),
 }
 
 impl Opened {
@@ -44,6 +46,7 @@ impl Opened {
             Opened::Net(d) => d.name(),
             Opened::Rng(d) => d.name(),
             Opened::Vsock(d) => d.name(),
+            Opened::Balloon(d) => d.name(),
         }
     }
 }
@@ -114,10 +117,21 @@ fn open_disk(disk: &DiskConfig, index: usize, id: String) -> Result<Block> {
     Ok(block)
 }
 
+/// Gives the host memory behind the pages a balloon frees back to the host, through guest
+/// RAM's own mapping ([`GuestRam::discard`]).
+#[derive(Debug)]
+struct RamDiscarder(GuestRam);
+
+impl PageDiscarder for RamDiscarder {
+    fn discard(&self, gpa: u64, len: u64) -> std::io::Result<()> {
+        self.0.discard(gpa, len).map_err(std::io::Error::other)
+    }
+}
+
 /// Opens every virtio device `config` names and gives each a window and an interrupt line.
 /// Everything here is user input: errors are [`Error::InvalidConfig`] (exit code 2), naming
-/// the config field.
-pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
+/// the config field. `ram` is the guest's RAM, which a balloon frees pages of.
+pub fn plan(config: &VmConfig, ram: &GuestRam) -> Result<VirtioPlan> {
     let mut devices: Vec<Opened> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
@@ -189,6 +203,17 @@ pub fn plan(config: &VmConfig) -> Result<VirtioPlan> {
         };
         devices.push(Opened::Rng(rng.map_err(Error::devices)?));
     }
+    if let Some(b) = &config.balloon {
+        let discarder = std::sync::Arc::new(RamDiscarder(ram.clone()));
+        let balloon = Balloon::new(*b, config.mem_size, discarder).map_err(|e| {
+            bad(
+                "balloon.amount_mib".into(),
+                &b.amount_mib.to_string(),
+                e.to_string(),
+            )
+        })?;
+        devices.push(Opened::Balloon(balloon));
+    }
     let mut windows = MmioAllocator::default();
     let mut irqs = IrqAllocator::default();
     let mut plan = VirtioPlan::default();
@@ -227,6 +252,8 @@ pub enum DeviceHandle {
     Rng(Arc<Mutex<VirtioMmio<Rng>>>),
     /// A virtio-vsock device.
     Vsock(Arc<Mutex<VirtioMmio<Vsock>>>),
+    /// A virtio-balloon device.
+    Balloon(Arc<Mutex<VirtioMmio<Balloon>>>),
 }
 
 /// A device attached to a VM, kept for reporting and for changes while the VM runs.
@@ -309,6 +336,7 @@ impl AttachedDevice {
             DeviceHandle::Net(t) => held(self, t),
             DeviceHandle::Rng(t) => held(self, t),
             DeviceHandle::Vsock(t) => held(self, t),
+            DeviceHandle::Balloon(t) => held(self, t),
         }
     }
 
@@ -328,6 +356,7 @@ impl AttachedDevice {
             DeviceHandle::Net(t) => restore(t, state),
             DeviceHandle::Rng(t) => restore(t, state),
             DeviceHandle::Vsock(t) => restore(t, state),
+            DeviceHandle::Balloon(t) => restore(t, state),
         }
     }
 
@@ -338,6 +367,7 @@ impl AttachedDevice {
             DeviceHandle::Net(t) => self.report_of(t),
             DeviceHandle::Rng(t) => self.report_of(t),
             DeviceHandle::Vsock(t) => self.report_of(t),
+            DeviceHandle::Balloon(t) => self.report_of(t),
         }
     }
 
@@ -417,6 +447,7 @@ pub fn attach(
             Opened::Net(d) => DeviceHandle::Net(wire.attach(d, mmio, &mut subscribers)?),
             Opened::Rng(d) => DeviceHandle::Rng(wire.attach(d, mmio, &mut subscribers)?),
             Opened::Vsock(d) => DeviceHandle::Vsock(wire.attach(d, mmio, &mut subscribers)?),
+            Opened::Balloon(d) => DeviceHandle::Balloon(wire.attach(d, mmio, &mut subscribers)?),
         };
         attached.push(AttachedDevice { base, gsi, handle });
     }

@@ -78,19 +78,11 @@ impl Vmm {
         let ram = GuestRam::new(config.mem_size).map_err(Error::Memory)?;
         timeline.mark("guest memory mapped");
         check_vcpu_count(&config.payload, config.vcpus)?;
-        if let Some(balloon) = &config.balloon {
-            // Wired to the device in the commits that add it.
-            return Err(Error::InvalidConfig {
-                field: "balloon".into(),
-                value: format!("{balloon:?}"),
-                why: "the balloon device is not built yet".into(),
-            });
-        }
         let emulated = host_emulates_guest_kernel();
         let (loaded, virtio_plan) = match &config.payload {
             Payload::Raw(raw) => (load_raw(&ram, raw, config.vcpus)?, VirtioPlan::default()),
             Payload::Linux(linux) => {
-                let plan = virtio::plan(config)?;
+                let plan = virtio::plan(config, &ram)?;
                 (
                     load_linux(&ram, linux, config, emulated, &plan, &timeline)?,
                     plan,
@@ -402,10 +394,10 @@ mod tests {
     #[test]
     fn the_dsdt_names_each_virtio_window_and_the_generation_id_after_them() {
         let mut config = VmConfig::builtin_kernel("test kernel", Vec::new());
-        let plan = virtio::plan(&config).unwrap();
+        let plan = virtio::plan(&config, &GuestRam::new(64 << 20).unwrap()).unwrap();
         assert_eq!(plan.vmgenid_gsi, petrel_guest_mem::alloc::FIRST_DEVICE_GSI);
         config.rng = true;
-        let plan = virtio::plan(&config).unwrap();
+        let plan = virtio::plan(&config, &GuestRam::new(64 << 20).unwrap()).unwrap();
         let devices = dsdt_devices(&plan);
         let windows: Vec<(u64, u32)> = plan.windows().collect();
         assert_eq!(windows.len(), 1);

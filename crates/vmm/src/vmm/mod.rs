@@ -20,8 +20,10 @@
 //! - `vcpus.rs`: creating and configuring vCPUs, starting their threads, waiting for their acknowledgements, stopping and joining them;
 //! - `run.rs`: running the event loop to the end, and the [`RunSummary`];
 //! - `handle.rs`: the [`VmmHandle`] and its operations, and the VM's life it shares;
+//! - `balloon.rs`: the handle's balloon operations;
 //! - `save.rs`: writing a snapshot; `restore.rs`: building a VM from one.
 
+mod balloon;
 mod build;
 mod devices;
 mod handle;

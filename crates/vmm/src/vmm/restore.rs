@@ -58,7 +58,7 @@ impl Vmm {
             .map_err(|e| bad(mem_path, crate::error_chain(&e)))?;
         drop(mem_file);
         timeline.mark("guest memory mapped from the memory file");
-        let plan = virtio::plan(&vm_config)?;
+        let plan = virtio::plan(&vm_config, &ram)?;
         check_windows(
             plan.windows(),
             state.devices.virtio.iter().map(|d| (d.base, d.gsi)),
@@ -179,6 +179,7 @@ fn machine_config(m: &SavedMachine, config: &RestoreConfig) -> Result<VmConfig> 
     vm_config.rng = m.rng;
     vm_config.rng_rate_limit = m.rng_rate_limit;
     vm_config.vsock = m.vsock.clone();
+    vm_config.balloon = m.balloon;
     vm_config.mmds = m.mmds;
     vm_config.mmds_service = config.mmds_service.clone();
     vm_config.serial = config.serial.clone();
@@ -262,6 +263,7 @@ mod tests {
                 uds: "/run/old.sock".into(),
             }),
             mmds: None,
+            balloon: None,
         }
     }
 
