@@ -184,6 +184,9 @@ impl FcBoot {
         if let Some(metrics) = &self.metrics {
             file["metrics"] = metrics.clone();
         }
+        if let Some(balloon) = &self.balloon {
+            file["balloon"] = balloon.clone();
+        }
         file
     }
 
@@ -211,6 +214,9 @@ impl FcBoot {
         }
         if let Some(metrics) = &self.metrics {
             r.push(("/metrics".to_owned(), metrics.to_string()));
+        }
+        if let Some(balloon) = &self.balloon {
+            r.push(("/balloon".to_owned(), balloon.to_string()));
         }
         r.push((
             "/actions".to_owned(),
@@ -380,6 +386,7 @@ pub fn fc_boot(via: Via, vmlinux: &Path, initrd: Option<&Path>, image: &Path) ->
         mmds_config: None,
         metrics: None,
         metadata: None,
+        balloon: None,
     }
 }
 

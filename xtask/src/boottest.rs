@@ -22,7 +22,8 @@ use crate::scenario::{
     times_text, Exit, KernelFormat, Outcome, Scenario, GUEST_CMDLINE, RUN_INIT_LINE,
 };
 use crate::{
-    api_boot, jail_boot, mmds_boot, net_boot, shell_boot, snapshot_boot, virtio_boot, vsock_boot,
+    api_boot, balloon_boot, jail_boot, mmds_boot, net_boot, shell_boot, snapshot_boot, virtio_boot,
+    vsock_boot,
 };
 
 /// Lines of a failed scenario's serial log to print.
@@ -305,6 +306,7 @@ pub fn boot_test(args: &BootTestArgs) -> u8 {
             .chain([net_boot::NAME, vsock_boot::NAME])
             .chain(api_boot::SCENARIOS.iter().copied())
             .chain(mmds_boot::SCENARIOS.iter().copied())
+            .chain(balloon_boot::SCENARIOS.iter().copied())
             .chain(jail_boot::SCENARIOS.iter().copied())
             .chain(snapshot_boot::SCENARIOS.iter().copied())
             .chain(shell_boot::SCENARIOS.iter().copied())
@@ -355,6 +357,7 @@ pub fn boot_test(args: &BootTestArgs) -> u8 {
                 }
                 scenarios.extend(api_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(mmds_boot::scenarios(&names, vmlinux, &disks)?);
+                scenarios.extend(balloon_boot::scenarios(&names, vmlinux, &disks)?);
                 scenarios.extend(jail_boot::scenarios(&names, vmlinux, &initrd, &disks)?);
                 scenarios.extend(snapshot_boot::scenarios(&names, vmlinux, &disks)?);
                 scenarios.extend(shell_boot::scenarios(&names, vmlinux, &disks)?);

@@ -27,6 +27,7 @@
 //!   `initramfs` → `cache`, `elf`; and `host`, `fcapi`, `error`.
 
 mod api_boot;
+mod balloon_boot;
 mod bench;
 mod bootprof;
 mod boottest;

@@ -225,6 +225,8 @@ pub struct FcBoot {
     pub mmds_config: Option<Value>,
     /// The body of `PUT /metrics` (the config file's `metrics`), if any.
     pub metrics: Option<Value>,
+    /// The body of `PUT /balloon` (the config file's `balloon`), if any.
+    pub balloon: Option<Value>,
     /// `--metadata FILE`: a JSON document put into the MMDS data store at start.
     pub metadata: Option<PathBuf>,
 }

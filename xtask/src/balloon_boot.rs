@@ -1,0 +1,567 @@
+//! The balloon boot-test scenarios: a guest with a virtio-balloon device, driven over
+//! Firecracker's API while the host watches the VMM's resident guest memory (the `Rss` of the
+//! guest RAM mapping in `/proc/PID/smaps`; the PID is the API socket's peer).
+//!
+//! Both guests boot from a read-only root drive with busybox, over the API socket, with
+//! [`MEM_MIB`] of RAM, and turn transparent huge pages on for all anonymous memory and tmpfs
+//! (`/sys/kernel/mm/transparent_hugepage/enabled`, `-o huge=always`): on an emulating host
+//! each guest page fault costs milliseconds, and a 2 MiB page takes one fault where 4 KiB
+//! pages take 512. Waits in the guest are `read -t` on the idle console: no program started.
+//!
+//! - `balloon-inflate` (`stats_polling_interval_s` 1): the guest fills [`FILL_MIB`] with one
+//!   `dd` and frees it when `dd` exits, then says [`FREED`] with its `MemTotal` and `MemFree`.
+//!   The host reads the resident guest memory, `PATCH /balloon` to [`INFLATE_MIB`], times the
+//!   inflate until `GET /balloon/statistics` reports it all, and waits for the guest to see
+//!   its `MemTotal` drop by that much ([`INFLATED`]). Resident memory must have dropped by
+//!   nearly as much; the statistics must match the guest's `/proc/meminfo`; a target larger
+//!   than guest RAM is refused with a 400 naming `amount_mib`; then `PATCH /balloon` to 0
+//!   deflates, the guest sees its `MemTotal` back ([`DEFLATED`]) and ends the run.
+//! - `balloon-reporting` (`free_page_reporting`): the guest fills a tmpfs file, says
+//!   [`FILLED`], and deletes the file a few seconds later ([`RELEASED`]). With no inflate the
+//!   resident guest memory must fall by most of the file as the guest reports the pages it
+//!   freed. Then the host inflates by [`DOORBELL_MIB`], which the guest sees in its
+//!   `MemTotal` as the sign to end the run.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::api_boot::{fc_boot, DISK_SEEN};
+use crate::error::{Error, IoContext, Result};
+use crate::fcapi::ApiClient;
+use crate::guest_script;
+use crate::host;
+use crate::live::{LiveCheck, LiveContext, LiveResult};
+use crate::scenario::{KernelFormat, Scenario, Via};
+use crate::virtio_boot::MOUNTED_RO;
+
+/// The scenario that inflates and deflates the balloon.
+pub const INFLATE_NAME: &str = "balloon-inflate";
+/// The scenario whose guest reports the pages it frees.
+pub const REPORTING_NAME: &str = "balloon-reporting";
+/// Both, in the default set.
+pub const SCENARIOS: &[&str] = &[INFLATE_NAME, REPORTING_NAME];
+
+/// Guest RAM of both scenarios, in MiB.
+pub const MEM_MIB: u64 = 256;
+/// What the guest fills and frees, in MiB.
+pub const FILL_MIB: u64 = 96;
+/// The inflate of `balloon-inflate`, in MiB.
+pub const INFLATE_MIB: u64 = 64;
+/// The inflate that tells `balloon-reporting`'s guest to end, in MiB.
+pub const DOORBELL_MIB: u64 = 4;
+/// How much of an inflate must leave the VMM's resident memory (the rest may never have
+/// been touched by the guest), in MiB.
+const INFLATE_RSS_MIN_MIB: u64 = INFLATE_MIB * 7 / 8;
+/// How much of the freed file free page reporting must give back, in MiB.
+const REPORTED_RSS_MIN_MIB: u64 = FILL_MIB * 2 / 3;
+
+/// `balloon-inflate`'s guest: the filled memory is free again.
+pub const FREED: &str = "PETREL-BALLOON-FREED";
+/// `balloon-inflate`'s guest: `MemTotal` dropped by [`INFLATE_MIB`].
+pub const INFLATED: &str = "PETREL-BALLOON-INFLATED";
+/// `balloon-inflate`'s guest: `MemTotal` is back.
+pub const DEFLATED: &str = "PETREL-BALLOON-DEFLATED";
+/// `balloon-reporting`'s guest: the tmpfs file is written.
+pub const FILLED: &str = "PETREL-BALLOON-FILLED";
+/// `balloon-reporting`'s guest: the tmpfs file is deleted.
+pub const RELEASED: &str = "PETREL-BALLOON-RELEASED";
+
+/// How long one API request may take.
+const SOCKET_LIMIT: Duration = Duration::from_secs(10);
+/// How long the host waits for something the device or the guest does on its own (an
+/// inflate to complete, statistics to refresh, reported pages to leave), each.
+const DEVICE_LIMIT: Duration = Duration::from_secs(180);
+
+/// What both scripts start with: `/proc`, `/sys`, huge pages, and `mem`, which reads
+/// `MemTotal` and `MemFree` (kB) into `T` and `F` with shell builtins only; `wait_total
+/// TEST` re-reads them once a second (`read -t` on the idle console) until `TEST` holds, at
+/// most 10 minutes.
+const PRELUDE: &str = r#"mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+echo always > /sys/kernel/mm/transparent_hugepage/enabled
+mem() {
+    while read -r k v u; do
+        case $k in MemTotal:) T=$v ;; MemFree:) F=$v ;; esac
+    done < /proc/meminfo
+}
+wait_total() {
+    i=0
+    while mem; ! eval "$1" && [ $i -lt 600 ]; do read -t 1 x; i=$((i+1)); done
+}
+b=
+for d in /sys/bus/virtio/drivers/virtio_balloon/virtio*; do [ -e "$d" ] && b=${d##*/}; done
+if [ -n "$b" ]; then
+    ok balloon-driver "virtio_balloon drives $b"
+else
+    fail balloon-driver "no device in /sys/bus/virtio/drivers/virtio_balloon"
+fi
+"#;
+
+/// `balloon-inflate`'s body: fill and free with one `dd` (its 96 MiB buffer, zeroed by the
+/// kernel, freed at its exit), then follow the host's inflate and deflate in `MemTotal`.
+const INFLATE_BODY: &str = r#"dd if=/dev/zero of=/dev/null bs=96M count=1 2> /dev/null
+mem; t0=$T
+echo "PETREL-BALLOON-FREED total=$T free=$F"
+wait_total '[ $((t0 - T)) -ge 65536 ]'
+if [ $((t0 - T)) -ge 65536 ]; then
+    ok balloon-inflate "MemTotal went from $t0 kB to $T kB"
+else
+    fail balloon-inflate "MemTotal is $T kB, not 64 MiB below $t0 kB, after 600 s"
+fi
+echo "PETREL-BALLOON-INFLATED total=$T free=$F"
+wait_total '[ $T -ge $t0 ]'
+if [ $T -ge $t0 ]; then
+    ok balloon-deflate "MemTotal is back at $T kB"
+else
+    fail balloon-deflate "MemTotal is $T kB, not back at $t0 kB, after 600 s"
+fi
+echo "PETREL-BALLOON-DEFLATED total=$T free=$F""#;
+
+/// `balloon-reporting`'s body: a 96 MiB tmpfs file (huge pages), held a few seconds while the
+/// host measures, deleted; then wait for the host's doorbell inflate.
+const REPORTING_BODY: &str = r#"mount -t tmpfs -o huge=always,size=128m tmpfs /tmp
+dd if=/dev/zero of=/tmp/fill bs=2M count=48 2> /dev/null
+mem; t0=$T
+echo "PETREL-BALLOON-FILLED total=$T free=$F"
+read -t 5 x
+rm /tmp/fill
+mem
+echo "PETREL-BALLOON-RELEASED total=$T free=$F"
+wait_total '[ $T -lt $t0 ]'
+if [ $T -lt $t0 ]; then
+    ok balloon-doorbell "MemTotal went from $t0 kB to $T kB: the host saw the pages come back"
+else
+    fail balloon-doorbell "MemTotal still $T kB after 600 s"
+fi"#;
+
+/// The guest script's body for scenario `name`.
+fn guest_body(name: &str) -> String {
+    let body = if name == INFLATE_NAME {
+        INFLATE_BODY
+    } else {
+        REPORTING_BODY
+    };
+    format!("{PRELUDE}{body}")
+}
+
+/// The checks the guest of scenario `name` reports.
+fn guest_checks(name: &str) -> Vec<&'static str> {
+    if name == INFLATE_NAME {
+        vec!["balloon-driver", "balloon-inflate", "balloon-deflate"]
+    } else {
+        vec!["balloon-driver", "balloon-doorbell"]
+    }
+}
+
+/// The `PUT /balloon` body of scenario `name`.
+fn balloon_body(name: &str) -> Value {
+    if name == INFLATE_NAME {
+        json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1})
+    } else {
+        json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_reporting": true})
+    }
+}
+
+/// The balloon scenarios named in `names`, each with a fresh root image in `dir`.
+pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scenario>> {
+    let wanted: Vec<&str> = SCENARIOS
+        .iter()
+        .copied()
+        .filter(|n| names.contains(n))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    host::ensure_packages(&["e2fsprogs", "busybox-static"])?;
+    fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    let mut out = Vec::new();
+    for name in wanted {
+        let image = dir.join(format!("{name}.ext4"));
+        let script = guest_script::init_script(&guest_body(name));
+        guest_script::build_rootfs(&image, &script, &[], 16)?;
+        let socket = std::env::temp_dir().join(format!(
+            "petrel-boot-test-{name}-{}.sock",
+            std::process::id()
+        ));
+        let mut fc = fc_boot(
+            Via::Api {
+                socket: socket.clone(),
+            },
+            vmlinux,
+            None,
+            &image,
+        );
+        fc.machine_config["mem_size_mib"] = json!(MEM_MIB);
+        fc.balloon = Some(balloon_body(name));
+        let mut s = Scenario::new(name, vmlinux, KernelFormat::Elf, Path::new(""), 1);
+        s.initrd = None;
+        s.fc = Some(fc);
+        s.expect = vec![DISK_SEEN, MOUNTED_RO];
+        s.checks = guest_checks(name);
+        s.live = Some(Arc::new(BalloonCheck {
+            socket,
+            reporting: name == REPORTING_NAME,
+        }));
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// The host's side of a balloon scenario (see the module's docs).
+#[derive(Debug)]
+pub struct BalloonCheck {
+    /// petrel's API socket.
+    pub socket: PathBuf,
+    /// `balloon-reporting` rather than `balloon-inflate`.
+    pub reporting: bool,
+}
+
+/// A connection to petrel's API, and petrel's PID (the socket's peer).
+struct Vmm {
+    client: ApiClient,
+    pid: i32,
+}
+
+impl Vmm {
+    fn connect(socket: &Path) -> Result<Vmm> {
+        let stream = UnixStream::connect(socket)
+            .ctx(|| format!("connecting to the API socket {}", socket.display()))?;
+        let pid = peer_pid(&stream).ctx(|| "reading the API socket's peer".into())?;
+        let client = ApiClient::from_stream(stream);
+        client.set_timeout(Some(SOCKET_LIMIT))?;
+        Ok(Vmm { client, pid })
+    }
+
+    /// The resident bytes of the guest RAM mapping.
+    fn guest_rss(&self) -> Result<u64> {
+        let path = format!("/proc/{}/smaps", self.pid);
+        let text = fs::read_to_string(&path).ctx(|| format!("reading {path}"))?;
+        guest_rss_in(&text, MEM_MIB << 20)
+            .ok_or_else(|| Error::Other(format!("{path} has no mapping of {MEM_MIB} MiB")))
+    }
+
+    /// `GET /balloon/statistics`.
+    fn stats(&mut self) -> Result<Value> {
+        let r = self
+            .client
+            .expect("GET", "/balloon/statistics", None, 200)?;
+        serde_json::from_str(&r.body)
+            .map_err(|e| Error::Other(format!("GET /balloon/statistics: {e}: {}", r.body)))
+    }
+
+    /// `PATCH /balloon` to `mib`, then waits until the statistics report the guest holds that
+    /// much; returns how long that took.
+    fn resize(&mut self, mib: u64, cx: &LiveContext<'_>) -> Result<Duration> {
+        let start = Instant::now();
+        let body = json!({ "amount_mib": mib }).to_string();
+        self.client.expect("PATCH", "/balloon", Some(&body), 204)?;
+        self.wait_stats(cx, |s| s["actual_mib"] == json!(mib))
+            .map(|_| start.elapsed())
+            .ok_or_else(|| {
+                Error::Other(format!(
+                    "the balloon did not reach {mib} MiB within {} s",
+                    DEVICE_LIMIT.as_secs()
+                ))
+            })
+    }
+
+    /// Polls the statistics (every 100 ms) until `done` holds; `None` after [`DEVICE_LIMIT`].
+    fn wait_stats(&mut self, cx: &LiveContext<'_>, done: impl Fn(&Value) -> bool) -> Option<Value> {
+        let start = Instant::now();
+        while start.elapsed() < DEVICE_LIMIT && !cx.should_stop() {
+            if let Ok(s) = self.stats() {
+                if done(&s) {
+                    return Some(s);
+                }
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+/// The PID of the process at the other end of a Unix socket (`SO_PEERCRED`).
+fn peer_pid(stream: &UnixStream) -> std::io::Result<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a `ucred` of `len` bytes; both point at our locals.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cred.pid)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The `Rss` of the mapping of `size` bytes in a `/proc/PID/smaps` text, in bytes.
+fn guest_rss_in(smaps: &str, size: u64) -> Option<u64> {
+    let want = format!("{} kB", size >> 10);
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        if let Some(v) = line.strip_prefix("Size:") {
+            in_guest = v.trim() == want;
+        } else if let (true, Some(v)) = (in_guest, line.strip_prefix("Rss:")) {
+            return v
+                .trim()
+                .strip_suffix(" kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(|k| k << 10);
+        }
+    }
+    None
+}
+
+/// The `total=` and `free=` numbers (kB) of the guest's line starting with `cue`.
+fn guest_meminfo(serial: &Path, cue: &str) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(serial).ok()?;
+    let line = text.lines().find(|l| l.starts_with(cue))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("total=")?, field("free=")?))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+impl BalloonCheck {
+    /// Waits for the guest's `cue` and connects to the API.
+    fn at_cue(&self, cx: &LiveContext<'_>, cue: &'static str) -> std::result::Result<Vmm, String> {
+        if !cx.wait_for(cue) {
+            return Err(format!("the guest never said `{cue}`"));
+        }
+        Vmm::connect(&self.socket).map_err(|e| e.to_string())
+    }
+
+    fn inflate(&self, cx: &LiveContext<'_>) -> std::result::Result<Vec<String>, String> {
+        let mut vmm = self.at_cue(cx, FREED)?;
+        let e = |e: Error| e.to_string();
+        let before = vmm.guest_rss().map_err(e)?;
+        let took = vmm.resize(INFLATE_MIB, cx).map_err(e)?;
+        if !cx.wait_for(INFLATED) {
+            return Err(format!("the guest never said `{INFLATED}`"));
+        }
+        let after = vmm.guest_rss().map_err(e)?;
+        let dropped = before.saturating_sub(after);
+        let mut notes = vec![format!(
+            "resident guest memory {} after the guest freed {FILL_MIB} MiB; PATCH /balloon \
+             {INFLATE_MIB} MiB, all inflated in {:.0} ms; resident {} after (-{})",
+            mib(before),
+            took.as_secs_f64() * 1e3,
+            mib(after),
+            mib(dropped)
+        )];
+        if dropped < INFLATE_RSS_MIN_MIB << 20 {
+            return Err(format!(
+                "{}: less than {INFLATE_RSS_MIN_MIB} MiB left the host",
+                notes[0]
+            ));
+        }
+        let (total_kb, free_kb) = guest_meminfo(cx.serial, INFLATED)
+            .ok_or_else(|| format!("no MemTotal/MemFree on the guest's `{INFLATED}` line"))?;
+        let stats = vmm
+            .wait_stats(cx, |s| s["total_memory"] == json!(total_kb << 10))
+            .ok_or_else(|| {
+                format!("the statistics never reported the guest's MemTotal {total_kb} kB")
+            })?;
+        let free = stats["free_memory"].as_u64().unwrap_or(0);
+        let off = free.abs_diff(free_kb << 10);
+        let named = [
+            "swap_in",
+            "swap_out",
+            "major_faults",
+            "minor_faults",
+            "available_memory",
+            "disk_caches",
+        ];
+        let missing: Vec<&str> = named
+            .iter()
+            .copied()
+            .filter(|n| stats[n].is_null())
+            .collect();
+        if off > 16 << 20 || !missing.is_empty() || stats["target_mib"] != json!(INFLATE_MIB) {
+            return Err(format!(
+                "statistics {stats} against the guest's MemTotal {total_kb} kB, MemFree \
+                 {free_kb} kB: free_memory off by {}, missing {missing:?}",
+                mib(off)
+            ));
+        }
+        notes.push(format!(
+            "GET /balloon/statistics: total_memory = the guest's MemTotal ({total_kb} kB), \
+             free_memory {} against MemFree {} (off by {}), target_mib {INFLATE_MIB}, \
+             actual_mib {}, and {} more named statistics",
+            mib(free),
+            mib(free_kb << 10),
+            mib(off),
+            stats["actual_mib"],
+            named.len()
+        ));
+        let huge = json!({ "amount_mib": MEM_MIB * 4 }).to_string();
+        let r = vmm
+            .client
+            .call("PATCH", "/balloon", Some(&huge))
+            .map_err(e)?;
+        if r.status != 400 || !r.body.contains("amount_mib") {
+            return Err(format!(
+                "PATCH /balloon to {} MiB was answered {}: {}",
+                MEM_MIB * 4,
+                r.status,
+                r.body
+            ));
+        }
+        notes.push(format!(
+            "PATCH /balloon to {} MiB refused: {}",
+            MEM_MIB * 4,
+            r.body.trim()
+        ));
+        let body = json!({ "stats_polling_interval_s": 2 }).to_string();
+        vmm.client
+            .expect("PATCH", "/balloon/statistics", Some(&body), 204)
+            .map_err(e)?;
+        let took = vmm.resize(0, cx).map_err(e)?;
+        if !cx.wait_for(DEFLATED) {
+            return Err(format!("the guest never said `{DEFLATED}`"));
+        }
+        let config = vmm.client.expect("GET", "/balloon", None, 200).map_err(e)?;
+        let config: Value = serde_json::from_str(&config.body).map_err(|e| e.to_string())?;
+        let want = json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 2});
+        if ["amount_mib", "deflate_on_oom", "stats_polling_interval_s"]
+            .iter()
+            .any(|k| config[k] != want[k])
+        {
+            return Err(format!("GET /balloon after the deflate: {config}"));
+        }
+        notes.push(format!(
+            "PATCH /balloon/statistics 2 s, then PATCH /balloon 0: deflated in {:.0} ms and the \
+             guest saw its MemTotal back; GET /balloon {config}",
+            took.as_secs_f64() * 1e3
+        ));
+        Ok(notes)
+    }
+
+    fn reporting(&self, cx: &LiveContext<'_>) -> std::result::Result<Vec<String>, String> {
+        let mut vmm = self.at_cue(cx, FILLED)?;
+        let e = |e: Error| e.to_string();
+        let filled = vmm.guest_rss().map_err(e)?;
+        if !cx.wait_for(RELEASED) {
+            return Err(format!("the guest never said `{RELEASED}`"));
+        }
+        let released = Instant::now();
+        let mut now = filled;
+        while released.elapsed() < DEVICE_LIMIT && !cx.should_stop() {
+            now = vmm.guest_rss().map_err(e)?;
+            if filled.saturating_sub(now) >= REPORTED_RSS_MIN_MIB << 20 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let note = format!(
+            "resident guest memory {} with the {FILL_MIB} MiB file; {} {:.1} s after the \
+             guest deleted it (-{}), with no inflate",
+            mib(filled),
+            mib(now),
+            released.elapsed().as_secs_f64(),
+            mib(filled.saturating_sub(now))
+        );
+        if filled.saturating_sub(now) < REPORTED_RSS_MIN_MIB << 20 {
+            return Err(format!(
+                "{note}: less than {REPORTED_RSS_MIN_MIB} MiB came back"
+            ));
+        }
+        vmm.resize(DOORBELL_MIB, cx).map_err(e)?;
+        Ok(vec![note])
+    }
+}
+
+impl LiveCheck for BalloonCheck {
+    fn run(&self, cx: &LiveContext<'_>) -> LiveResult {
+        // Nothing to bind: the VMM's API socket is the way in.
+        let _ = cx.ready.send(());
+        let result = if self.reporting {
+            self.reporting(cx)
+        } else {
+            self.inflate(cx)
+        };
+        result.map_err(|e| vec![e])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_mapping_is_found_by_its_size() {
+        let smaps = "\
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+Size:               1024 kB
+Rss:                1024 kB
+7f1000000000-7f1010000000 rw-p 00000000 00:00 0
+Size:             262144 kB
+KernelPageSize:        4 kB
+Rss:              102400 kB
+";
+        assert_eq!(guest_rss_in(smaps, 256 << 20), Some(100 << 20));
+        assert_eq!(guest_rss_in(smaps, 128 << 20), None);
+    }
+
+    #[test]
+    fn the_guest_lines_carry_total_and_free() {
+        let path = std::env::temp_dir().join(format!("petrel-balloon-{}.log", std::process::id()));
+        fs::write(
+            &path,
+            "x\nPETREL-BALLOON-INFLATED total=182740 free=150000\n",
+        )
+        .unwrap();
+        assert_eq!(guest_meminfo(&path, INFLATED), Some((182740, 150000)));
+        assert_eq!(guest_meminfo(&path, FREED), None);
+        fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_scripts_and_the_host_agree() {
+        let inflate = guest_body(INFLATE_NAME);
+        for cue in [FREED, INFLATED, DEFLATED] {
+            assert!(inflate.contains(&format!("echo \"{cue} ")), "{cue}");
+        }
+        assert!(inflate.contains(&format!("bs={FILL_MIB}M count=1")));
+        assert!(inflate.contains(&format!("-ge {}", INFLATE_MIB << 10)));
+        let reporting = guest_body(REPORTING_NAME);
+        for cue in [FILLED, RELEASED] {
+            assert!(reporting.contains(&format!("echo \"{cue} ")), "{cue}");
+        }
+        assert!(reporting.contains(&format!("bs=2M count={}", FILL_MIB / 2)));
+        for name in SCENARIOS {
+            let body = guest_body(name);
+            for check in guest_checks(name) {
+                assert!(body.contains(&format!("ok {check} ")), "{name}: {check}");
+            }
+        }
+        assert_eq!(balloon_body(REPORTING_NAME)["free_page_reporting"], true);
+        assert_eq!(balloon_body(INFLATE_NAME)["stats_polling_interval_s"], 1);
+    }
+}
