@@ -10,11 +10,13 @@
 //! balloon, the statistics (`stats_polling_interval_s` 0) or hinting (`free_page_hinting`).
 //!
 //! After the start `PUT /balloon` is refused like every pre-boot request; the other routes
-//! are answered by the running device (`balloon_after_start`).
+//! are answered by the running device through the [`VmmHandle`] (`balloon_after_start`), and a
+//! new target or statistics interval is kept for `GET /vm/config`.
 
 use petrel_api::model::Balloon;
 use petrel_api::routes::{self, ApiRequest};
 
+use petrel_vmm::config::BalloonConfig;
 use petrel_vmm::VmmHandle;
 
 use super::{done, fault, Controller, Handled};
@@ -97,27 +99,62 @@ impl Controller {
         }
     }
 
-    /// Answers one of the balloon's requests on the running VM `vm`. `PUT /balloon` is
-    /// pre-boot only; the others act on the device through `vm` once it is wired in, and are
-    /// refused by route until then.
+    /// Answers one of the balloon's requests on the running VM `vm`: `PUT /balloon` is
+    /// pre-boot only; the others act on the device. A VM without a balloon, statistics that
+    /// are off, a target larger than guest RAM: each a 400 naming the route and the field.
     fn balloon_after_start(
         &mut self,
         what: &'static str,
-        _vm: &VmmHandle,
+        vm: &VmmHandle,
         request: ApiRequest,
     ) -> Result<Handled, Handled> {
+        let refused = |e: petrel_vmm::Error| match e {
+            petrel_vmm::Error::NoSuchDevice { .. } => no_balloon(what),
+            e => fault(format!("{what}: {}", petrel_vmm::error_chain(&e))),
+        };
         match request {
             ApiRequest::PutBalloon(_) => self.pre_boot(what).map(|()| done()),
-            ApiRequest::PatchBalloon(_)
-            | ApiRequest::GetBalloon
-            | ApiRequest::GetBalloonStats
-            | ApiRequest::PatchBalloonStats(_)
-            | ApiRequest::StartBalloonHinting(_)
-            | ApiRequest::GetBalloonHintingStatus
-            | ApiRequest::StopBalloonHinting => Err(fault(format!(
-                "{what} after the guest started is not supported by Petrel yet"
-            ))),
+            ApiRequest::PatchBalloon(update) => {
+                vm.update_balloon(update.amount_mib).map_err(refused)?;
+                self.remember_balloon(vm);
+                Ok(done())
+            }
+            ApiRequest::GetBalloon => {
+                let c = vm.balloon_config().map_err(refused)?;
+                Ok(Handled::Reply(routes::ok_json(&api_balloon(&c))))
+            }
+            ApiRequest::GetBalloonStats => {
+                let stats = vm.balloon_stats().map_err(refused)?;
+                Ok(Handled::Reply(routes::ok_json(&stats)))
+            }
+            ApiRequest::PatchBalloonStats(update) => {
+                vm.update_balloon_stats(update.stats_polling_interval_s)
+                    .map_err(refused)?;
+                self.remember_balloon(vm);
+                Ok(done())
+            }
+            ApiRequest::StartBalloonHinting(cmd) => {
+                vm.start_balloon_hinting(cmd.acknowledge_on_stop())
+                    .map_err(refused)?;
+                Ok(done())
+            }
+            ApiRequest::GetBalloonHintingStatus => {
+                let status = vm.balloon_hinting_status().map_err(refused)?;
+                Ok(Handled::Reply(routes::ok_json(&status)))
+            }
+            ApiRequest::StopBalloonHinting => {
+                vm.stop_balloon_hinting().map_err(refused)?;
+                Ok(done())
+            }
             other => Err(fault(format!("{other:?} is not a balloon request"))),
+        }
+    }
+
+    /// Keeps `GET /vm/config`'s balloon as the running device has it (its target and
+    /// statistics interval change after the start).
+    fn remember_balloon(&mut self, vm: &VmmHandle) {
+        if let Ok(c) = vm.balloon_config() {
+            self.config.balloon = Some(api_balloon(&c));
         }
     }
 
@@ -135,6 +172,17 @@ impl Controller {
                 .map_err(|e| fault(format!("{what}: {e}"))),
             None => Ok(()),
         }
+    }
+}
+
+/// The device's configuration as Firecracker's `Balloon`.
+fn api_balloon(c: &BalloonConfig) -> Balloon {
+    Balloon {
+        amount_mib: c.amount_mib,
+        deflate_on_oom: c.deflate_on_oom,
+        stats_polling_interval_s: c.stats_polling_interval_s,
+        free_page_hinting: c.free_page_hinting,
+        free_page_reporting: c.free_page_reporting,
     }
 }
 
