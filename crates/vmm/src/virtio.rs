@@ -453,3 +453,54 @@ pub fn attach(
     }
     Ok((subscribers, attached))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BalloonConfig;
+
+    #[test]
+    fn a_balloon_comes_after_the_other_devices_and_must_fit_in_guest_ram() {
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let mut config = VmConfig::builtin_kernel("test kernel", Vec::new());
+        config.mem_size = 64 << 20;
+        config.rng = true;
+        config.balloon = Some(BalloonConfig {
+            amount_mib: 64,
+            stats_polling_interval_s: 1,
+            ..BalloonConfig::default()
+        });
+        let plan = plan(&config, &ram).unwrap();
+        let names: Vec<&str> = plan.devices.iter().map(|d| d.device.name()).collect();
+        assert_eq!(names, ["virtio-rng", "virtio-balloon"]);
+        let windows: Vec<(u64, u32)> = plan.windows().collect();
+        assert_eq!(windows[1].0, windows[0].0 + MMIO_WINDOW_SIZE);
+        assert_eq!(windows[1].1, windows[0].1 + 1);
+
+        config.balloon = Some(BalloonConfig {
+            amount_mib: 65,
+            ..BalloonConfig::default()
+        });
+        let e = super::plan(&config, &ram).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid balloon.amount_mib `65`: "),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn freed_pages_of_a_balloon_leave_guest_ram() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        ram.write(0x10_0000, &[0xaa; 0x2000]).unwrap();
+        let discarder = RamDiscarder(ram.clone());
+        discarder.discard(0x10_0000, 0x1000).unwrap();
+        let mut page = [0u8; 0x2000];
+        ram.read(0x10_0000, &mut page).unwrap();
+        assert!(page[..0x1000].iter().all(|&b| b == 0));
+        assert!(page[0x1000..].iter().all(|&b| b == 0xaa));
+        let e = discarder.discard(8 << 20, 0x1000).unwrap_err();
+        assert!(e.to_string().contains("0x800000"), "{e}");
+    }
+}
