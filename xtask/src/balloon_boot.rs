@@ -3,24 +3,25 @@
 //! guest RAM mapping in `/proc/PID/smaps`; the PID is the API socket's peer).
 //!
 //! Both guests boot from a read-only root drive with busybox, over the API socket, with
-//! [`MEM_MIB`] of RAM, and turn transparent huge pages on for all anonymous memory and tmpfs
-//! (`/sys/kernel/mm/transparent_hugepage/enabled`, `-o huge=always`): on an emulating host
-//! each guest page fault costs milliseconds, and a 2 MiB page takes one fault where 4 KiB
-//! pages take 512. Waits in the guest are `read -t` on the idle console: no program started.
+//! [`MEM_MIB`] of RAM, and fill memory with one `dd` whose buffer is that big (zeroed by the
+//! guest kernel, freed when `dd` exits). On an emulating host that costs about a second per
+//! MiB (every page is zeroed by emulated kernel code; huge pages did not change that, nor
+//! did reading a disk into the page cache), so the fills are as small as the checks allow.
+//! Waits in the guest are `read -t` on the idle console: no program started.
 //!
-//! - `balloon-inflate` (`stats_polling_interval_s` 1): the guest fills [`FILL_MIB`] with one
-//!   `dd` and frees it when `dd` exits, then says [`FREED`] with its `MemTotal` and `MemFree`.
+//! - `balloon-inflate` (`stats_polling_interval_s` 1): the guest fills and frees
+//!   [`FILL_MIB`], then says [`FREED`] with its `MemTotal` and `MemFree`.
 //!   The host reads the resident guest memory, `PATCH /balloon` to [`INFLATE_MIB`], times the
 //!   inflate until `GET /balloon/statistics` reports it all, and waits for the guest to see
 //!   its `MemTotal` drop by that much ([`INFLATED`]). Resident memory must have dropped by
 //!   nearly as much; the statistics must match the guest's `/proc/meminfo`; a target larger
 //!   than guest RAM is refused with a 400 naming `amount_mib`; then `PATCH /balloon` to 0
 //!   deflates, the guest sees its `MemTotal` back ([`DEFLATED`]) and ends the run.
-//! - `balloon-reporting` (`free_page_reporting`): the guest fills a tmpfs file, says
-//!   [`FILLED`], and deletes the file a few seconds later ([`RELEASED`]). With no inflate the
-//!   resident guest memory must fall by most of the file as the guest reports the pages it
-//!   freed. Then the host inflates by [`DOORBELL_MIB`], which the guest sees in its
-//!   `MemTotal` as the sign to end the run.
+//! - `balloon-reporting` (`free_page_reporting`): the host watches the resident guest memory
+//!   from the start while the guest fills and frees [`REPORT_FILL_MIB`] and says
+//!   [`RELEASED`]. With no inflate, the resident memory must then fall well below the peak it
+//!   reached during the fill as the guest reports the pages it freed. Then the host inflates
+//!   by [`DOORBELL_MIB`], which the guest sees in its `MemTotal` as the sign to end the run.
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -50,8 +51,10 @@ pub const SCENARIOS: &[&str] = &[INFLATE_NAME, REPORTING_NAME];
 
 /// Guest RAM of both scenarios, in MiB.
 pub const MEM_MIB: u64 = 256;
-/// What the guest fills and frees, in MiB.
-pub const FILL_MIB: u64 = 96;
+/// What `balloon-inflate`'s guest fills and frees, in MiB: the inflate, and some room.
+pub const FILL_MIB: u64 = 72;
+/// What `balloon-reporting`'s guest fills and frees, in MiB.
+pub const REPORT_FILL_MIB: u64 = 48;
 /// The inflate of `balloon-inflate`, in MiB.
 pub const INFLATE_MIB: u64 = 64;
 /// The inflate that tells `balloon-reporting`'s guest to end, in MiB.
@@ -59,8 +62,8 @@ pub const DOORBELL_MIB: u64 = 4;
 /// How much of an inflate must leave the VMM's resident memory (the rest may never have
 /// been touched by the guest), in MiB.
 const INFLATE_RSS_MIN_MIB: u64 = INFLATE_MIB * 7 / 8;
-/// How much of the freed file free page reporting must give back, in MiB.
-const REPORTED_RSS_MIN_MIB: u64 = FILL_MIB * 2 / 3;
+/// How much of what the guest freed free page reporting must give back, in MiB.
+const REPORTED_RSS_MIN_MIB: u64 = REPORT_FILL_MIB * 3 / 4;
 
 /// `balloon-inflate`'s guest: the filled memory is free again.
 pub const FREED: &str = "PETREL-BALLOON-FREED";
@@ -68,9 +71,7 @@ pub const FREED: &str = "PETREL-BALLOON-FREED";
 pub const INFLATED: &str = "PETREL-BALLOON-INFLATED";
 /// `balloon-inflate`'s guest: `MemTotal` is back.
 pub const DEFLATED: &str = "PETREL-BALLOON-DEFLATED";
-/// `balloon-reporting`'s guest: the tmpfs file is written.
-pub const FILLED: &str = "PETREL-BALLOON-FILLED";
-/// `balloon-reporting`'s guest: the tmpfs file is deleted.
+/// `balloon-reporting`'s guest: the filled memory is free again.
 pub const RELEASED: &str = "PETREL-BALLOON-RELEASED";
 
 /// How long one API request may take.
@@ -79,13 +80,12 @@ const SOCKET_LIMIT: Duration = Duration::from_secs(10);
 /// inflate to complete, statistics to refresh, reported pages to leave), each.
 const DEVICE_LIMIT: Duration = Duration::from_secs(180);
 
-/// What both scripts start with: `/proc`, `/sys`, huge pages, and `mem`, which reads
+/// What both scripts start with: `/proc`, `/sys`, and `mem`, which reads
 /// `MemTotal` and `MemFree` (kB) into `T` and `F` with shell builtins only; `wait_total
 /// TEST` re-reads them once a second (`read -t` on the idle console) until `TEST` holds, at
 /// most 10 minutes.
 const PRELUDE: &str = r#"mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-echo always > /sys/kernel/mm/transparent_hugepage/enabled
 mem() {
     while read -r k v u; do
         case $k in MemTotal:) T=$v ;; MemFree:) F=$v ;; esac
@@ -104,9 +104,9 @@ else
 fi
 "#;
 
-/// `balloon-inflate`'s body: fill and free with one `dd` (its 96 MiB buffer, zeroed by the
+/// `balloon-inflate`'s body: fill and free with one `dd` (its 72 MiB buffer, zeroed by the
 /// kernel, freed at its exit), then follow the host's inflate and deflate in `MemTotal`.
-const INFLATE_BODY: &str = r#"dd if=/dev/zero of=/dev/null bs=96M count=1 2> /dev/null
+const INFLATE_BODY: &str = r#"dd if=/dev/zero of=/dev/null bs=72M count=1 2> /dev/null
 mem; t0=$T
 echo "PETREL-BALLOON-FREED total=$T free=$F"
 wait_total '[ $((t0 - T)) -ge 65536 ]'
@@ -124,15 +124,10 @@ else
 fi
 echo "PETREL-BALLOON-DEFLATED total=$T free=$F""#;
 
-/// `balloon-reporting`'s body: a 96 MiB tmpfs file (huge pages), held a few seconds while the
-/// host measures, deleted; then wait for the host's doorbell inflate.
-const REPORTING_BODY: &str = r#"mount -t tmpfs -o huge=always,size=128m tmpfs /tmp
-dd if=/dev/zero of=/tmp/fill bs=2M count=48 2> /dev/null
+/// `balloon-reporting`'s body: fill and free 48 MiB with one `dd`, then wait for the host's
+/// doorbell inflate.
+const REPORTING_BODY: &str = r#"dd if=/dev/zero of=/dev/null bs=48M count=1 2> /dev/null
 mem; t0=$T
-echo "PETREL-BALLOON-FILLED total=$T free=$F"
-read -t 5 x
-rm /tmp/fill
-mem
 echo "PETREL-BALLOON-RELEASED total=$T free=$F"
 wait_total '[ $T -lt $t0 ]'
 if [ $T -lt $t0 ]; then
@@ -464,30 +459,44 @@ impl BalloonCheck {
     }
 
     fn reporting(&self, cx: &LiveContext<'_>) -> std::result::Result<Vec<String>, String> {
-        let mut vmm = self.at_cue(cx, FILLED)?;
         let e = |e: Error| e.to_string();
-        let filled = vmm.guest_rss().map_err(e)?;
-        if !cx.wait_for(RELEASED) {
-            return Err(format!("the guest never said `{RELEASED}`"));
+        // The API socket appears once petrel runs; the resident memory is watched from then.
+        let mut vmm = loop {
+            match Vmm::connect(&self.socket) {
+                Ok(vmm) => break vmm,
+                Err(_) if !cx.should_stop() => thread::sleep(Duration::from_millis(100)),
+                Err(err) => return Err(err.to_string()),
+            }
+        };
+        let mut peak = 0;
+        let mut watch = crate::log_watch::LogWatch::new(cx.serial, RELEASED);
+        let start = Instant::now();
+        while watch.seen_at().is_none() {
+            if cx.should_stop() {
+                return Err(format!("the guest never said `{RELEASED}`"));
+            }
+            peak = peak.max(vmm.guest_rss().map_err(e)?);
+            watch.poll(start.elapsed());
+            thread::sleep(Duration::from_millis(200));
         }
         let released = Instant::now();
-        let mut now = filled;
+        let mut now = peak;
         while released.elapsed() < DEVICE_LIMIT && !cx.should_stop() {
             now = vmm.guest_rss().map_err(e)?;
-            if filled.saturating_sub(now) >= REPORTED_RSS_MIN_MIB << 20 {
+            if peak.saturating_sub(now) >= REPORTED_RSS_MIN_MIB << 20 {
                 break;
             }
             thread::sleep(Duration::from_millis(100));
         }
         let note = format!(
-            "resident guest memory {} with the {FILL_MIB} MiB file; {} {:.1} s after the \
-             guest deleted it (-{}), with no inflate",
-            mib(filled),
+            "resident guest memory peaked at {} while the guest filled {REPORT_FILL_MIB} MiB; \
+             {} {:.1} s after the guest freed it (-{}), with no inflate",
+            mib(peak),
             mib(now),
             released.elapsed().as_secs_f64(),
-            mib(filled.saturating_sub(now))
+            mib(peak.saturating_sub(now))
         );
-        if filled.saturating_sub(now) < REPORTED_RSS_MIN_MIB << 20 {
+        if peak.saturating_sub(now) < REPORTED_RSS_MIN_MIB << 20 {
             return Err(format!(
                 "{note}: less than {REPORTED_RSS_MIN_MIB} MiB came back"
             ));
@@ -551,10 +560,8 @@ Rss:              102400 kB
         assert!(inflate.contains(&format!("bs={FILL_MIB}M count=1")));
         assert!(inflate.contains(&format!("-ge {}", INFLATE_MIB << 10)));
         let reporting = guest_body(REPORTING_NAME);
-        for cue in [FILLED, RELEASED] {
-            assert!(reporting.contains(&format!("echo \"{cue} ")), "{cue}");
-        }
-        assert!(reporting.contains(&format!("bs=2M count={}", FILL_MIB / 2)));
+        assert!(reporting.contains(&format!("echo \"{RELEASED} ")));
+        assert!(reporting.contains(&format!("bs={REPORT_FILL_MIB}M count=1")));
         for name in SCENARIOS {
             let body = guest_body(name);
             for check in guest_checks(name) {
