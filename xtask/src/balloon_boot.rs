@@ -307,24 +307,25 @@ fn peer_pid(stream: &UnixStream) -> std::io::Result<i32> {
     }
 }
 
-/// The `Rss` of the mapping of `size` bytes in a `/proc/PID/smaps` text, in bytes.
+/// The `Rss` of guest RAM in a `/proc/PID/smaps` text, in bytes: that of the largest mapping
+/// of at least `size` bytes (the kernel may have merged guest RAM with a small anonymous
+/// mapping beside it, which then counts too).
 fn guest_rss_in(smaps: &str, size: u64) -> Option<u64> {
-    let want = format!("{} kB", size >> 10);
-    let mut in_guest = false;
+    let kb = |v: &str| v.trim().strip_suffix(" kB")?.trim().parse::<u64>().ok();
+    let mut best: Option<(u64, u64)> = None;
+    let mut current: Option<u64> = None;
     for line in smaps.lines() {
         if let Some(v) = line.strip_prefix("Size:") {
-            in_guest = v.trim() == want;
-        } else if let (true, Some(v)) = (in_guest, line.strip_prefix("Rss:")) {
-            return v
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .map(|k| k << 10);
+            current = kb(v).filter(|&k| k << 10 >= size);
+        } else if let (Some(mapping), Some(v)) = (current, line.strip_prefix("Rss:")) {
+            let rss = kb(v)? << 10;
+            if best.is_none_or(|(largest, _)| mapping > largest) {
+                best = Some((mapping, rss));
+            }
+            current = None;
         }
     }
-    None
+    best.map(|(_, rss)| rss)
 }
 
 /// The `total=` and `free=` numbers (kB) of the guest's line starting with `cue`.
@@ -524,18 +525,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_guest_mapping_is_found_by_its_size() {
+    fn the_guest_mapping_is_the_largest_at_least_its_size() {
         let smaps = "\
 7f0000000000-7f0000100000 rw-p 00000000 00:00 0
 Size:               1024 kB
 Rss:                1024 kB
-7f1000000000-7f1010000000 rw-p 00000000 00:00 0
-Size:             262144 kB
+7f1000000000-7f1010021000 rw-p 00000000 00:00 0
+Size:             262276 kB
 KernelPageSize:        4 kB
 Rss:              102400 kB
+7f1010021000-7f1014000000 ---p 00000000 00:00 0
+Size:              65404 kB
+Rss:                   0 kB
 ";
         assert_eq!(guest_rss_in(smaps, 256 << 20), Some(100 << 20));
-        assert_eq!(guest_rss_in(smaps, 128 << 20), None);
+        assert_eq!(guest_rss_in(smaps, 512 << 20), None);
     }
 
     #[test]
