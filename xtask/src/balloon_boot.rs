@@ -476,7 +476,10 @@ impl BalloonCheck {
             if cx.should_stop() {
                 return Err(format!("the guest never said `{RELEASED}`"));
             }
-            peak = peak.max(vmm.guest_rss().map_err(e)?);
+            // No guest RAM mapping until InstanceStart: nothing to read yet.
+            if let Ok(rss) = vmm.guest_rss() {
+                peak = peak.max(rss);
+            }
             watch.poll(start.elapsed());
             thread::sleep(Duration::from_millis(200));
         }
