@@ -38,6 +38,20 @@ use crate::signals::StopSignals;
 use crate::terminal::RawTerminal;
 use crate::watch::SignalWatcher;
 
+// Unwinding comes from libgcc's static unwinder (libgcc_eh.a) rather than libgcc_s.so.1, which
+// std links otherwise on a dynamically linked glibc target: one shared library fewer for the
+// dynamic loader to map and relocate at each start, and no run of libgcc_s's constructor
+// (`__cpu_indicator_init`, a dozen CPUID instructions, which trap to the hypervisor on a
+// nested host). The statically linked build (crt-static) takes libgcc_eh already. Panics
+// unwind as before (the same unwinder, linked in).
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(target_feature = "crt-static")
+))]
+#[link(name = "gcc_eh", kind = "static")]
+extern "C" {}
+
 fn main() -> ExitCode {
     let timeline = Timeline::new(Instant::now());
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
