@@ -29,10 +29,6 @@ use crate::timeline::Timeline;
 use crate::virtio::{self, VirtioPlan};
 use crate::{Error, Result};
 
-/// The stack of the thread that asks KVM for the supported CPUID (it needs a few KiB; the
-/// default is 2 MiB).
-const CPUID_HELPER_STACK: usize = 64 * 1024;
-
 /// What loading the payload produced.
 pub(super) struct Loaded {
     /// The boot vCPU's state.
@@ -120,57 +116,27 @@ impl Vmm {
         if loaded.linux && emulated && config.host_compat {
             notices.push(Notice::EmulatedHostWorkarounds);
         }
-        // KVM_GET_SUPPORTED_CPUID is the slowest ioctl of a start where CPUID traps to the
-        // host's own hypervisor (0.9-1 ms on our nested development host, which runs a CPUID
-        // instruction per leaf): it is asked on a helper thread while this one creates the VM
-        // and the devices, which need nothing from it. The helper makes that one ioctl on
-        // /dev/kvm and ends; it is joined before any vCPU exists (and by the scope on every
-        // error path), and like this thread at this point it reads no guest or client input,
-        // so it runs without a seccomp filter, as the VMM thread does until the VM starts.
-        let (vm, mut kvm_stats, console, devices, supported) =
-            std::thread::scope(|scope| -> Result<_> {
-                let asked = std::thread::Builder::new()
-                    .name("petrel-cpuid".into())
-                    .stack_size(CPUID_HELPER_STACK)
-                    .spawn_scoped(scope, || hv.supported_cpuid());
-                let vm = new_vm(&hv, &ram, loaded.linux, config.track_dirty_pages)?;
-                let kvm_stats = KvmStatsReaders::open_vm(&vm);
-                timeline.mark("VM ready (memory slots, irqchip)");
+        let vm = new_vm(&hv, &ram, loaded.linux, config.track_dirty_pages)?;
+        let mut kvm_stats = KvmStatsReaders::open_vm(&vm);
+        timeline.mark("VM ready (memory slots, irqchip)");
 
-                // 3. Devices, then the vCPUs, created and configured but not started.
-                let console = ConsoleOutput::start(console_dest)?;
-                let generation_id = if loaded.linux {
-                    GenerationId::New
-                } else {
-                    GenerationId::Absent
-                };
-                let devices = build_devices(
-                    &vm,
-                    &ram,
-                    loaded.linux,
-                    &console,
-                    &timeline,
-                    virtio_plan,
-                    generation_id,
-                )?;
-                // Without a helper (no thread could be started), ask here.
-                let supported = match asked {
-                    Ok(helper) => helper
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
-                    Err(_) => hv.supported_cpuid()?,
-                };
-                Ok((vm, kvm_stats, console, devices, supported))
-            })?;
-        let runners = create_vcpus(
+        // 3. Devices, then the vCPUs, created and configured but not started.
+        let console = ConsoleOutput::start(console_dest)?;
+        let generation_id = if loaded.linux {
+            GenerationId::New
+        } else {
+            GenerationId::Absent
+        };
+        let devices = build_devices(
             &vm,
             &ram,
-            &devices.io,
-            &loaded,
-            config,
-            &supported,
-            &mut kvm_stats,
+            loaded.linux,
+            &console,
+            &timeline,
+            virtio_plan,
+            generation_id,
         )?;
+        let runners = create_vcpus(&hv, &vm, &ram, &devices.io, &loaded, config, &mut kvm_stats)?;
         let machine = SavedMachine::of(config, loaded.linux);
         let parts = Assembly {
             hv,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use petrel_guest_mem::GuestRam;
-use petrel_hv_sys::Vm;
+use petrel_hv_sys::{Hypervisor, Vm};
 use petrel_util::lock_ignoring_poison as lock;
 use petrel_vcpu::{
     cpuid, setup, EmulationCounts, RunOptions, VcpuCommand, VcpuHandle, VcpuOutcome, VcpuRunner,
@@ -114,16 +114,16 @@ pub(super) fn wait_for_all(vcpus: &[VcpuHandle], want: VcpuState) -> Result<()> 
 }
 
 /// Creates and configures every vCPU without starting any, so a failure starts nothing.
-/// `supported` is KVM's supported CPUID ([`Hypervisor::supported_cpuid`](petrel_hv_sys::Hypervisor::supported_cpuid)).
 pub(super) fn create_vcpus(
+    hv: &Hypervisor,
     vm: &Vm,
     ram: &GuestRam,
     io: &Arc<PlatformIo>,
     loaded: &Loaded,
     config: &VmConfig,
-    supported: &petrel_hv_sys::kvm_bindings::CpuId,
     kvm_stats: &mut KvmStatsReaders,
 ) -> Result<Vec<VcpuRunner<PlatformIo>>> {
+    let supported = hv.supported_cpuid()?;
     let mut runners = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
         let vcpu = vm.create_vcpu(u64::from(id))?;
