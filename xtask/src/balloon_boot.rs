@@ -251,9 +251,11 @@ impl Vmm {
             .map_err(|e| Error::Other(format!("GET /balloon/statistics: {e}: {}", r.body)))
     }
 
-    /// `PATCH /balloon` to `mib`, then waits until the statistics report the guest holds that
-    /// much; returns how long that took.
-    fn resize(&mut self, mib: u64, cx: &LiveContext<'_>) -> Result<Duration> {
+    /// `PATCH /balloon` to `mib` on a new connection (the API closes one idle for a minute,
+    /// and the guest may have kept the host waiting longer), then waits until the statistics
+    /// report the guest holds that much; returns how long that took.
+    fn resize(&mut self, socket: &Path, mib: u64, cx: &LiveContext<'_>) -> Result<Duration> {
+        *self = Vmm::connect(socket)?;
         let start = Instant::now();
         let body = json!({ "amount_mib": mib }).to_string();
         self.client.expect("PATCH", "/balloon", Some(&body), 204)?;
@@ -357,7 +359,7 @@ impl BalloonCheck {
         let mut vmm = self.at_cue(cx, FREED)?;
         let e = |e: Error| e.to_string();
         let before = vmm.guest_rss().map_err(e)?;
-        let took = vmm.resize(INFLATE_MIB, cx).map_err(e)?;
+        let took = vmm.resize(&self.socket, INFLATE_MIB, cx).map_err(e)?;
         if !cx.wait_for(INFLATED) {
             return Err(format!("the guest never said `{INFLATED}`"));
         }
@@ -438,7 +440,7 @@ impl BalloonCheck {
         vmm.client
             .expect("PATCH", "/balloon/statistics", Some(&body), 204)
             .map_err(e)?;
-        let took = vmm.resize(0, cx).map_err(e)?;
+        let took = vmm.resize(&self.socket, 0, cx).map_err(e)?;
         if !cx.wait_for(DEFLATED) {
             return Err(format!("the guest never said `{DEFLATED}`"));
         }
@@ -505,7 +507,7 @@ impl BalloonCheck {
                 "{note}: less than {REPORTED_RSS_MIN_MIB} MiB came back"
             ));
         }
-        vmm.resize(DOORBELL_MIB, cx).map_err(e)?;
+        vmm.resize(&self.socket, DOORBELL_MIB, cx).map_err(e)?;
         Ok(vec![note])
     }
 }
