@@ -589,6 +589,43 @@ mod tests {
     }
 
     #[test]
+    fn huge_pages_in_the_machine_config_section() {
+        let with = |huge: &str, mib: u64| {
+            FRAMEWORK_STYLE
+                .replace(
+                    "\"mem_size_mib\": 1024",
+                    &format!("\"mem_size_mib\": {mib}"),
+                )
+                .replace(
+                    "\"smt\": false",
+                    &format!("\"smt\": false, \"huge_pages\": \"{huge}\""),
+                )
+        };
+        for (name, want) in [
+            ("None", HugePages::None),
+            ("Transparent", HugePages::Transparent),
+            ("2M", HugePages::Hugetlbfs2M),
+        ] {
+            let file = parse_config_file(&with(name, 1024)).unwrap();
+            assert_eq!(file.machine_config.unwrap().huge_pages, want);
+        }
+        for name in ["Transparent", "2M"] {
+            assert_eq!(
+                parse_config_file(&with(name, 1023))
+                    .unwrap_err()
+                    .to_string(),
+                "section `machine-config` of the config file: mem_size_mib must be a multiple \
+                 of 2 when huge_pages is Transparent or 2M, got 1023"
+            );
+        }
+        parse_config_file(&with("None", 1023)).unwrap();
+        let message = parse_config_file(&with("1G", 1024))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("unknown variant `1G`"), "{message}");
+    }
+
+    #[test]
     fn cross_item_checks() {
         let drive = |id: &str, root: bool| {
             format!(

@@ -80,8 +80,8 @@ pub enum ValidationError {
     /// `mem_size_mib` is zero.
     #[error("mem_size_mib must be greater than 0")]
     MemSize,
-    /// `mem_size_mib` is odd while `huge_pages` is `2M`.
-    #[error("mem_size_mib must be a multiple of 2 when huge_pages is 2M, got {0}")]
+    /// `mem_size_mib` is odd while `huge_pages` is `Transparent` or `2M`.
+    #[error("mem_size_mib must be a multiple of 2 when huge_pages is Transparent or 2M, got {0}")]
     MemSizeHugePages(u64),
     /// A required string (a path, a device name) is empty.
     #[error("{field} cannot be empty")]
@@ -293,6 +293,34 @@ pub enum HugePages {
     Hugetlbfs2M,
 }
 
+/// The `huge_pages` of `PUT /snapshot/load`: the snapshot's own setting (the default) or
+/// another for the restored guest (Firecracker's `SnapshotLoadHugePageConfig`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotLoadHugePages {
+    /// As the snapshot's guest had.
+    #[default]
+    Snapshot,
+    /// Regular 4 KiB pages.
+    None,
+    /// Transparent huge pages.
+    Transparent,
+    /// Explicit 2 MiB hugetlbfs pages (Firecracker: only with a `Uffd` memory backend).
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+impl SnapshotLoadHugePages {
+    /// The setting asked for; `None` for `Snapshot` (keep the snapshot's).
+    pub fn as_override(self) -> Option<HugePages> {
+        match self {
+            SnapshotLoadHugePages::Snapshot => None,
+            SnapshotLoadHugePages::None => Some(HugePages::None),
+            SnapshotLoadHugePages::Transparent => Some(HugePages::Transparent),
+            SnapshotLoadHugePages::Hugetlbfs2M => Some(HugePages::Hugetlbfs2M),
+        }
+    }
+}
+
 /// `PUT /machine-config` and the body of `GET /machine-config`, with Firecracker's field order
 /// and defaults (`MachineConfig` in its `vmm_config/machine_config.rs`): every field is written
 /// back with its value, except `cpu_template`, which Firecracker leaves out when there is none
@@ -340,7 +368,7 @@ impl Default for MachineConfiguration {
 
 impl MachineConfiguration {
     /// Checks the vCPU count (1..=32, and 1 or even with SMT) and the memory size (above 0,
-    /// even with 2 MiB huge pages).
+    /// even with huge pages of either kind, as in Firecracker).
     pub fn validate(&self) -> Result<(), ValidationError> {
         if !(MIN_VCPU_COUNT..=MAX_VCPU_COUNT).contains(&self.vcpu_count) {
             return Err(ValidationError::VcpuCount(self.vcpu_count));
@@ -351,7 +379,7 @@ impl MachineConfiguration {
         if self.mem_size_mib == 0 {
             return Err(ValidationError::MemSize);
         }
-        if self.huge_pages == HugePages::Hugetlbfs2M && self.mem_size_mib % 2 != 0 {
+        if self.huge_pages != HugePages::None && self.mem_size_mib % 2 != 0 {
             return Err(ValidationError::MemSizeHugePages(self.mem_size_mib));
         }
         Ok(())
@@ -1018,6 +1046,9 @@ pub struct SnapshotLoadParams {
     /// (`KVM_CLOCK_REALTIME`). `None`: `false` (kvmclock resumes where it stopped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_realtime: Option<bool>,
+    /// Huge pages for the restored guest. `None`: `Snapshot` (the snapshot's setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<SnapshotLoadHugePages>,
 }
 
 impl SnapshotLoadParams {
@@ -1274,6 +1305,19 @@ mod tests {
             config.validate(),
             Err(ValidationError::MemSizeHugePages(129))
         );
+        // Firecracker's rule holds for transparent huge pages too; 4 KiB pages take any size.
+        config.huge_pages = HugePages::Transparent;
+        assert_eq!(
+            config.validate(),
+            Err(ValidationError::MemSizeHugePages(129))
+        );
+        config.huge_pages = HugePages::None;
+        assert_eq!(config.validate(), Ok(()));
+        config.mem_size_mib = 130;
+        for h in [HugePages::Transparent, HugePages::Hugetlbfs2M] {
+            config.huge_pages = h;
+            assert_eq!(config.validate(), Ok(()));
+        }
     }
 
     #[test]
@@ -1548,6 +1592,7 @@ mod tests {
             network_overrides: Vec::new(),
             vsock_override: None,
             clock_realtime: None,
+            huge_pages: None,
         };
         assert_eq!(load.validate(), Ok(()));
         assert_eq!(load.mem_file(), "old.mem");

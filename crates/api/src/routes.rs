@@ -1113,6 +1113,7 @@ mod tests {
                 uds_path: "/tmp/new.sock".into(),
             }),
             clock_realtime: Some(false),
+            huge_pages: None,
         };
         assert_eq!(
             put("/snapshot/load", body),
@@ -1142,6 +1143,32 @@ mod tests {
         };
         assert!(!load.track_dirty_pages() && !load.resume_vm());
         assert_eq!(load.vsock_override, None);
+    }
+
+    #[test]
+    fn snapshot_load_huge_pages() {
+        use crate::model::{HugePages, SnapshotLoadHugePages as H};
+        for (name, want, over) in [
+            ("Snapshot", H::Snapshot, None),
+            ("None", H::None, Some(HugePages::None)),
+            ("Transparent", H::Transparent, Some(HugePages::Transparent)),
+            ("2M", H::Hugetlbfs2M, Some(HugePages::Hugetlbfs2M)),
+        ] {
+            let body = format!(
+                r#"{{"snapshot_path": "s", "mem_file_path": "m", "huge_pages": "{name}"}}"#
+            );
+            let Ok(ApiRequest::LoadSnapshot(load)) = put("/snapshot/load", &body) else {
+                panic!("{name} refused");
+            };
+            assert_eq!(load.huge_pages, Some(want));
+            assert_eq!(want.as_override(), over);
+        }
+        assert_eq!(H::default().as_override(), None);
+        let message = refused(put(
+            "/snapshot/load",
+            r#"{"snapshot_path": "s", "mem_file_path": "m", "huge_pages": "1M"}"#,
+        ));
+        assert!(message.contains("unknown variant `1M`"), "{message}");
     }
 
     #[test]

@@ -563,6 +563,10 @@ impl Controller {
         let started = Instant::now();
         let mut config = RestoreConfig::new(&p.snapshot_path, p.mem_file());
         config.track_dirty_pages = p.track_dirty_pages();
+        config.huge_pages = p
+            .huge_pages
+            .and_then(|h| h.as_override())
+            .map(crate::vm_config::huge_pages);
         config.net_overrides = p
             .network_overrides
             .iter()
@@ -811,15 +815,10 @@ impl Controller {
 
 /// What Petrel cannot do of a machine configuration Firecracker accepts.
 fn check_machine(m: &MachineConfiguration) -> Result<(), Handled> {
-    use petrel_api::model::{CpuTemplate, HugePages};
+    use petrel_api::model::CpuTemplate;
     if m.cpu_template.is_some_and(|t| t != CpuTemplate::None) {
         return Err(fault(
             "machine-config: cpu_template is not supported by Petrel yet",
-        ));
-    }
-    if m.huge_pages != HugePages::None {
-        return Err(fault(
-            "machine-config: huge_pages is not supported by Petrel yet",
         ));
     }
     if m.smt {

@@ -8,13 +8,13 @@
 use std::path::PathBuf;
 
 use petrel_api::model::{
-    BootSource, Drive, EntropyDevice, FullVmConfiguration, MmdsVersion as ApiMmdsVersion,
-    RateLimiter, TokenBucket, Vsock,
+    BootSource, Drive, EntropyDevice, FullVmConfiguration, HugePages as ApiHugePages,
+    MmdsVersion as ApiMmdsVersion, RateLimiter, TokenBucket, Vsock,
 };
 use petrel_vmm::config::{
-    BalloonConfig, DiskConfig, KernelImage, LinuxPayload, MmdsConfig, MmdsVersion, NetConfig,
-    RateLimiterConfig, SerialConfig, TokenBucketConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
-    DEFAULT_MAC,
+    BalloonConfig, DiskConfig, HugePages, KernelImage, LinuxPayload, MmdsConfig, MmdsVersion,
+    NetConfig, RateLimiterConfig, SerialConfig, TokenBucketConfig, VmConfig, VsockConfig,
+    DEFAULT_CMDLINE, DEFAULT_MAC,
 };
 
 /// The longest virtio-blk serial (GET_ID) a drive id can become (virtio v1.2, 5.2.6:
@@ -38,6 +38,15 @@ pub fn rate_limit(limiter: &Option<RateLimiter>) -> RateLimiterConfig {
             bandwidth: bucket(&l.bandwidth),
             ops: bucket(&l.ops),
         },
+    }
+}
+
+/// Firecracker's `huge_pages` as Petrel's.
+pub fn huge_pages(h: ApiHugePages) -> HugePages {
+    match h {
+        ApiHugePages::None => HugePages::None,
+        ApiHugePages::Transparent => HugePages::Transparent,
+        ApiHugePages::Hugetlbfs2M => HugePages::Hugetlbfs2M,
     }
 }
 
@@ -86,6 +95,7 @@ pub fn vm_config(c: &FullVmConfiguration) -> Result<VmConfig, String> {
         .ok_or("mem_size_mib is too large")?;
     config.serial = SerialConfig::Stdio;
     config.track_dirty_pages = m.track_dirty_pages;
+    config.huge_pages = huge_pages(m.huge_pages);
     for d in root_first(&c.drives) {
         let path = d
             .path_on_host

@@ -12,7 +12,10 @@ impl GuestRam {
     /// page-aligned and lie within one region of RAM. The guest reads zeros there afterwards,
     /// and the pages cost the host nothing until it touches them again.
     ///
-    /// Anonymous RAM ([`GuestRam::new`]) gets `madvise(MADV_DONTNEED)`. RAM mapped privately
+    /// Anonymous RAM ([`GuestRam::new`]) gets `madvise(MADV_DONTNEED)`; on hugetlbfs pages
+    /// ([`HugePages::Hugetlbfs2M`](crate::HugePages)) only the whole 2 MiB pages inside the
+    /// range are freed (a 2 MiB page is the host's smallest unit there; the rest of the range
+    /// stays as it is, and what the guest reads there is then whatever it wrote). RAM mapped privately
     /// from a memory file ([`GuestRam::from_file`]) gets a fresh anonymous mapping over the
     /// range (`MAP_FIXED`): `MADV_DONTNEED` there would only drop the guest's private copies
     /// and show the file's pages again, which the host would then read back in.
@@ -33,6 +36,17 @@ impl GuestRam {
             .iter()
             .find(|r| addr >= r.start_addr().0 && addr - r.start_addr().0 < r.len())
             .ok_or_else(|| refuse("not within one region of guest RAM"))?;
+        // Only whole host pages can be freed: all of them on 4 KiB pages, the 2 MiB pages
+        // the range covers on hugetlbfs.
+        let unit = self.huge_pages.page_size();
+        let (addr, len) = {
+            let start = addr.next_multiple_of(unit);
+            let end = (addr + len) / unit * unit;
+            if end <= start {
+                return Ok(());
+            }
+            (start, end - start)
+        };
         let offset = addr - region.start_addr().0;
         // SAFETY: `offset + len` lies within the region (checked by `contains` above), so the
         // pointer stays inside the mapping vm-memory made for it.

@@ -30,6 +30,7 @@
 pub struct ReadmeDoctests;
 
 pub mod alloc;
+pub mod backing;
 pub mod boot_cpu;
 mod discard;
 pub mod layout;
@@ -46,6 +47,8 @@ use vm_memory::{
 /// The vm-memory crate this one is built on, at the version its API uses
 /// (see "Re-exported dependency" in the crate docs).
 pub use vm_memory;
+
+pub use backing::{HugePagePool, HugePages};
 /// The vm-memory type that backs guest RAM: mmap regions with a dirty bitmap per page, which
 /// records the pages the VMM and its devices write (KVM's dirty log records the guest's own).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
@@ -132,6 +135,50 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// With huge pages, the size is not a multiple of 2 MiB.
+    #[error(
+        "huge_pages is {}: guest memory size {size:#x} is not a multiple of 2 MiB",
+        .huge_pages.name()
+    )]
+    HugePageSize {
+        /// The size asked for.
+        size: u64,
+        /// The backing asked for.
+        huge_pages: HugePages,
+    },
+    /// The host's pool of 2 MiB hugetlbfs pages has too few free pages for the guest.
+    #[error(
+        "huge_pages is 2M: the guest needs {needed} 2 MiB pages from the host's hugetlbfs pool, \
+         which has {available} free of {total} (/proc/sys/vm/nr_hugepages); grow the pool \
+         (e.g. echo {} > /proc/sys/vm/nr_hugepages) or set huge_pages to None or Transparent",
+        .total + .needed.saturating_sub(*.available)
+    )]
+    HugePagePool {
+        /// Pages the guest needs (its size over 2 MiB).
+        needed: u64,
+        /// Pages free and not reserved by other mappings.
+        available: u64,
+        /// Pages in the pool.
+        total: u64,
+    },
+    /// A memory file cannot be mapped onto hugetlbfs pages.
+    #[error(
+        "huge_pages is 2M: a memory file cannot be mapped onto hugetlbfs pages; restore this \
+         snapshot with a Uffd memory backend, or with huge_pages None or Transparent"
+    )]
+    HugetlbfsFromFile,
+    /// `madvise(MADV_HUGEPAGE)` failed.
+    #[error("huge_pages is Transparent: madvise(MADV_HUGEPAGE) on guest memory failed")]
+    Madvise(#[source] std::io::Error),
+    /// The host refused to map huge-page memory.
+    #[error("huge_pages is {}: cannot map guest memory", .huge_pages.name())]
+    MapHuge {
+        /// The backing asked for.
+        huge_pages: HugePages,
+        /// What vm-memory said.
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
     /// An access reached outside guest RAM.
     #[error("guest memory access of {len} bytes at {addr:#x} is outside guest RAM")]
     OutOfRange {
@@ -197,6 +244,8 @@ pub struct GuestRam {
     size: u64,
     /// The memory file the RAM is mapped from ([`GuestRam::from_file`]), if any.
     backing: Option<FileId>,
+    /// Huge pages behind it ([`backing`]).
+    huge_pages: HugePages,
 }
 
 impl GuestRam {
@@ -213,6 +262,7 @@ impl GuestRam {
             mem,
             size,
             backing: None,
+            huge_pages: HugePages::None,
         })
     }
 
@@ -259,6 +309,7 @@ impl GuestRam {
             mem,
             size,
             backing: Some(FileId::from_metadata(&meta)),
+            huge_pages: HugePages::None,
         })
     }
 

@@ -12,6 +12,8 @@ pub use petrel_devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 /// The balloon device's configuration, re-exported from `petrel-devices`, whose device it sets
 /// up.
 pub use petrel_devices::virtio::balloon::BalloonConfig;
+/// Huge pages behind guest RAM (Firecracker's `huge_pages`).
+pub use petrel_guest_mem::HugePages;
 
 /// Default guest memory: 256 MiB.
 pub const DEFAULT_MEM_SIZE: u64 = 256 << 20;
@@ -272,6 +274,8 @@ pub const DEFAULT_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
 pub struct VmConfig {
     /// Guest RAM in bytes.
     pub mem_size: u64,
+    /// Huge pages behind guest RAM (with huge pages, `mem_size` is a multiple of 2 MiB).
+    pub huge_pages: HugePages,
     /// Number of vCPUs.
     pub vcpus: u8,
     /// The guest.
@@ -346,6 +350,7 @@ impl VmConfig {
     fn with_payload(payload: Payload) -> Self {
         VmConfig {
             mem_size: DEFAULT_MEM_SIZE,
+            huge_pages: HugePages::None,
             vcpus: 1,
             payload,
             boot_protocol: BootProtocol::Auto,

@@ -59,6 +59,7 @@ pub mod metrics;
 mod mmds;
 pub mod report;
 pub mod snapshot;
+mod snapshot_huge_pages;
 pub mod timeline;
 pub mod virtio;
 mod vmm;

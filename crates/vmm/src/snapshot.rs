@@ -138,6 +138,9 @@ pub struct RestoreConfig {
     pub mem_path: PathBuf,
     /// Log dirty pages from the start, so that Diff snapshots of the restored VM can be taken.
     pub track_dirty_pages: bool,
+    /// Huge pages for the restored guest's RAM; `None`: as the snapshot's guest had
+    /// (Firecracker's `huge_pages: Snapshot`). `2M` cannot be restored from a memory file.
+    pub huge_pages: Option<crate::config::HugePages>,
     /// Interfaces to put on other taps.
     pub net_overrides: Vec<NetOverride>,
     /// Another Unix socket path for the vsock device.
@@ -161,6 +164,7 @@ impl RestoreConfig {
             state_path: state_path.into(),
             mem_path: mem_path.into(),
             track_dirty_pages: false,
+            huge_pages: None,
             net_overrides: Vec::new(),
             vsock_uds: None,
             serial: SerialConfig::Stdio,
@@ -177,6 +181,9 @@ impl RestoreConfig {
 pub struct SavedMachine {
     /// Guest RAM in bytes.
     pub mem_size: u64,
+    /// Huge pages behind it (`None` in older snapshots).
+    #[serde(default, with = "crate::snapshot_huge_pages")]
+    pub huge_pages: crate::config::HugePages,
     /// Number of vCPUs.
     pub vcpus: u8,
     /// A Linux guest (in-kernel irqchip and PIT, i8042, RTC) rather than a raw payload.
@@ -207,6 +214,7 @@ impl SavedMachine {
     pub fn of(config: &VmConfig, linux: bool) -> Self {
         SavedMachine {
             mem_size: config.mem_size,
+            huge_pages: config.huge_pages,
             vcpus: config.vcpus,
             linux,
             host_compat: config.host_compat,

@@ -333,3 +333,38 @@ fn mmds_size_limit_and_metadata_file() {
     let r = call(&mut c, Method::Get, "/mmds", "");
     assert_eq!(r.body.as_deref(), Some(r#"{"k":"v"}"#));
 }
+
+#[test]
+fn huge_pages_reach_the_vm_config_and_odd_sizes_are_refused() {
+    use petrel_vmm::config::HugePages;
+    for (name, want) in [
+        ("None", HugePages::None),
+        ("Transparent", HugePages::Transparent),
+        ("2M", HugePages::Hugetlbfs2M),
+    ] {
+        let mut c = controller();
+        call(
+            &mut c,
+            Method::Put,
+            "/boot-source",
+            r#"{"kernel_image_path": "/k"}"#,
+        );
+        let body = format!(r#"{{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "{name}"}}"#);
+        let r = call(&mut c, Method::Put, "/machine-config", &body);
+        assert_eq!(r.status, 204, "{name}: {r:?}");
+        assert_eq!(c.vm_config().unwrap().huge_pages, want);
+        let r = call(&mut c, Method::Get, "/machine-config", "");
+        let doc: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(doc["huge_pages"], name);
+        if want != HugePages::None {
+            let r = call(
+                &mut c,
+                Method::Patch,
+                "/machine-config",
+                r#"{"mem_size_mib": 129}"#,
+            );
+            let text = fault_text(&r);
+            assert!(text.contains("huge_pages is Transparent or 2M"), "{text}");
+        }
+    }
+}

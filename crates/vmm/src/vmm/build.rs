@@ -75,7 +75,8 @@ impl Vmm {
     /// is the caller's (the process start, for the binary).
     pub fn build_with_timeline(config: &VmConfig, timeline: Timeline) -> Result<Vmm> {
         // 1. The user's input, checked before anything is started.
-        let ram = GuestRam::new(config.mem_size).map_err(Error::Memory)?;
+        let ram =
+            GuestRam::with_huge_pages(config.mem_size, config.huge_pages).map_err(Error::Memory)?;
         timeline.mark("guest memory mapped");
         check_vcpu_count(&config.payload, config.vcpus)?;
         let emulated = host_emulates_guest_kernel();

@@ -54,7 +54,7 @@ impl Vmm {
         let vm_config = machine_config(m, config)?;
         let mem_path = &config.mem_path;
         let mem_file = std::fs::File::open(mem_path).map_err(|e| bad(mem_path, e.to_string()))?;
-        let ram = GuestRam::from_file(m.mem_size, &mem_file)
+        let ram = GuestRam::from_file_with_huge_pages(m.mem_size, &mem_file, vm_config.huge_pages)
             .map_err(|e| bad(mem_path, crate::error_chain(&e)))?;
         drop(mem_file);
         timeline.mark("guest memory mapped from the memory file");
@@ -144,6 +144,7 @@ impl Vmm {
             vm,
             ram,
             machine: SavedMachine {
+                huge_pages: vm_config.huge_pages,
                 nets: vm_config.nets.clone(),
                 vsock: vm_config.vsock.clone(),
                 ..state.machine.clone()
@@ -172,6 +173,7 @@ fn machine_config(m: &SavedMachine, config: &RestoreConfig) -> Result<VmConfig> 
         regs: Vec::new(),
     });
     vm_config.mem_size = m.mem_size;
+    vm_config.huge_pages = crate::snapshot_huge_pages::for_restore(m, config)?;
     vm_config.vcpus = m.vcpus;
     vm_config.host_compat = m.host_compat;
     vm_config.disks = m.disks.clone();
@@ -251,6 +253,7 @@ mod tests {
     fn machine() -> SavedMachine {
         SavedMachine {
             mem_size: 64 << 20,
+            huge_pages: Default::default(),
             vcpus: 2,
             linux: true,
             host_compat: false,
