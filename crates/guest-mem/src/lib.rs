@@ -32,6 +32,7 @@ pub struct ReadmeDoctests;
 pub mod alloc;
 pub mod boot_cpu;
 pub mod layout;
+pub mod uffd;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -119,6 +120,15 @@ pub enum Error {
         words: usize,
         /// Pages in the region.
         pages: u64,
+    },
+    /// A userfaultfd operation failed (see [`uffd`]).
+    #[error("userfaultfd: cannot {op}")]
+    Userfaultfd {
+        /// What was being done.
+        op: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
     },
     /// An access reached outside guest RAM.
     #[error("guest memory access of {len} bytes at {addr:#x} is outside guest RAM")]
