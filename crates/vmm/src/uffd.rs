@@ -13,13 +13,14 @@
 //! [`Error::PageFaultHandlerGone`](crate::Error::PageFaultHandlerGone), since no page the guest
 //! has not touched yet could be served any more.
 
+use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use petrel_guest_mem::uffd::{Userfaultfd, FEATURE_EVENT_REMOVE};
+use petrel_guest_mem::uffd::{Event, Userfaultfd, FEATURE_EVENT_REMOVE};
 use petrel_guest_mem::GuestRam;
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -187,6 +188,140 @@ impl MutEventSubscriber for HandlerWatch {
                 Err(_) => return self.gone(ops),
             }
         }
+    }
+}
+
+/// The memory file, mapped read-only: the source of every copy.
+struct Source {
+    addr: *const u8,
+    len: usize,
+}
+
+impl Source {
+    fn map(file: &File) -> std::io::Result<Source> {
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Err(std::io::Error::other("the memory file is empty"));
+        }
+        // SAFETY: a new private read-only mapping of the whole file; checked below, unmapped
+        // on drop, never written.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Source {
+            addr: addr.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, no longer used.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// A page-fault handler's work (the `uffd_handler` example's, and the tests'): receives the
+/// userfaultfd and the layout on `stream` (a connection accepted on the handler's socket, from
+/// Petrel or Firecracker), then serves each fault from `mem_file` (`UFFDIO_COPY`, one page at a
+/// time) or with zeros where the VMM removed the memory (`UFFD_EVENT_REMOVE`), until the VMM
+/// closes the connection. Returns the pages served.
+pub fn serve_pages(stream: UnixStream, mem_file: &File) -> std::io::Result<u64> {
+    let file = mem_file;
+    let mut buf = vec![0u8; 64 << 10];
+    let (n, fd) = stream.recv_with_fd(&mut buf)?;
+    let fd = fd.ok_or_else(|| std::io::Error::other("the VMM sent no userfaultfd"))?;
+    let uffd = Userfaultfd::from_fd(OwnedFd::from(fd));
+    let regions: Vec<GuestRegionUffdMapping> = serde_json::from_slice(&buf[..n]).map_err(|e| {
+        std::io::Error::other(format!("the VMM's layout is not the expected JSON: {e}"))
+    })?;
+    let source = Source::map(file)?;
+    let mut removed: Vec<(u64, u64)> = Vec::new();
+    let mut served = 0u64;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: uffd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLRDHUP,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two pollfds, valid for the call.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            return Ok(served);
+        }
+        while let Some(event) = uffd.read_event()? {
+            match event {
+                Event::Pagefault { addr } => {
+                    serve_page(&uffd, &regions, &source, &removed, addr)?;
+                    served += 1;
+                }
+                Event::Remove { start, end } => removed.push((start, end)),
+                Event::Other(_) => {}
+            }
+        }
+    }
+}
+
+/// Fills the page at `addr`: zeros where the VMM removed it, else the memory file's bytes.
+fn serve_page(
+    uffd: &Userfaultfd,
+    regions: &[GuestRegionUffdMapping],
+    source: &Source,
+    removed: &[(u64, u64)],
+    addr: u64,
+) -> std::io::Result<()> {
+    let r = regions
+        .iter()
+        .find(|r| addr >= r.base_host_virt_addr && addr - r.base_host_virt_addr < r.size as u64)
+        .ok_or_else(|| {
+            std::io::Error::other(format!("a fault at {addr:#x}, outside guest memory"))
+        })?;
+    let page = r.page_size as u64;
+    let start = addr & !(page - 1);
+    let at = r.offset + (start - r.base_host_virt_addr);
+    let result = if removed.iter().any(|&(s, e)| start >= s && start < e) {
+        uffd.zero(start, page)
+    } else if at + page <= source.len as u64 {
+        // SAFETY: `at + page` is within the mapping of `source.len` bytes (checked above).
+        uffd.copy(start, unsafe { source.addr.add(at as usize) }, page)
+    } else {
+        return Err(std::io::Error::other(format!(
+            "a fault at {addr:#x}, past the end of the memory file"
+        )));
+    };
+    match result {
+        Ok(_) => Ok(()),
+        // The VMM is changing its mappings (a removal is on its way): the fault comes back.
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(()),
+        // The VMM is gone.
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(std::io::Error::other(format!(
+            "cannot fill the page at {start:#x}: {e}"
+        ))),
     }
 }
 
