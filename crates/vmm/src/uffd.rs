@@ -10,7 +10,7 @@
 //! Petrel keeps its end of the connection open for as long as the VM lives, and so must the
 //! handler (Firecracker's example handlers do): [`HandlerWatch`], on the VM's event loop, takes
 //! the connection's hang-up as the handler's end and stops the VM with
-//! [`Error::PageFaultHandlerGone`](crate::Error::PageFaultHandlerGone), since no page the guest
+//! [`Error::PageFaultHandlerGone`], since no page the guest
 //! has not touched yet could be served any more.
 
 use std::fs::File;
