@@ -247,6 +247,7 @@ const TEST: &[&str] = &["test", "--workspace"];
 /// The examples CI runs, as `cargo run` arguments.
 const EXAMPLES: &[&[&str]] = &[
     &["run", "-q", "-p", "petrel-hv-sys", "--example", "lwn_demo"],
+    &["run", "-q", "-p", "petrel-vmm", "--example", "uffd_handler"],
     &[
         "run",
         "-q",

@@ -957,8 +957,8 @@ impl SnapshotCreateParams {
 pub enum MemoryBackendType {
     /// `backend_path` is the memory file, mapped into the guest.
     File,
-    /// `backend_path` is a Unix socket where another process takes a userfaultfd and serves
-    /// page faults (Petrel refuses it: not supported).
+    /// `backend_path` is a Unix socket where another process, the page-fault handler, takes
+    /// a userfaultfd and the memory layout, and serves each page on first touch.
     Uffd,
 }
 
@@ -1054,7 +1054,6 @@ pub struct SnapshotLoadParams {
 impl SnapshotLoadParams {
     /// Checks the paths, that exactly one of `mem_backend` and `mem_file_path` is given, the
     /// overrides' ids and TAP names (no `iface_id` twice) and the vsock override's path.
-    /// Whether a `Uffd` backend is accepted is the caller's decision.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_non_empty("snapshot_path", &self.snapshot_path)?;
         match (&self.mem_backend, &self.mem_file_path) {

@@ -12,9 +12,9 @@ use crate::http::{Method, Request, Response};
 use crate::model::{
     quoted, validate_id, ActionType, Balloon, BalloonStartCmd, BalloonStatsUpdate, BalloonUpdate,
     BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger, MachineConfiguration,
-    MachineConfigurationUpdate, MemoryBackendType, Metrics, MmdsConfig, NetworkInterface,
-    PartialDrive, PartialNetworkInterface, SnapshotCreateParams, SnapshotLoadParams,
-    ValidationError, VmState, Vsock, MAX_QUOTED_LEN,
+    MachineConfigurationUpdate, Metrics, MmdsConfig, NetworkInterface, PartialDrive,
+    PartialNetworkInterface, SnapshotCreateParams, SnapshotLoadParams, ValidationError, VmState,
+    Vsock, MAX_QUOTED_LEN,
 };
 
 /// One request of the API, parsed and validated.
@@ -59,7 +59,7 @@ pub enum ApiRequest {
     /// `PUT /snapshot/create`: write a snapshot of the (paused) VM.
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`: restore a VM in a process that has configured nothing else. The
-    /// memory backend is a file (a `Uffd` backend is refused here); use
+    /// memory backend is a file or a page-fault handler's socket (`Uffd`); use
     /// [`SnapshotLoadParams::mem_file`], [`SnapshotLoadParams::track_dirty_pages`] and
     /// [`SnapshotLoadParams::resume_vm`] rather than the raw fields.
     LoadSnapshot(SnapshotLoadParams),
@@ -506,13 +506,6 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
         ("PUT", Route::SnapshotLoad) => {
             let params: SnapshotLoadParams = parse_body(method, path, body)?;
             params.validate()?;
-            if params.mem_backend_type() == MemoryBackendType::Uffd {
-                return Err(ApiError::NotSupported(
-                    "mem_backend.backend_type `Uffd` (guest memory served by another process \
-                     over userfaultfd; use `File`)"
-                        .to_owned(),
-                ));
-            }
             ApiRequest::LoadSnapshot(params)
         }
         ("PUT", Route::Mmds) => ApiRequest::PutMmds(parse_body(method, path, body)?),
@@ -549,8 +542,8 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
 mod tests {
     use super::*;
     use crate::model::{
-        CacheType, IoEngine, LogLevel, MemoryBackend, NetworkOverride, RateLimiter, SnapshotType,
-        TokenBucket, VsockOverride,
+        CacheType, IoEngine, LogLevel, MemoryBackend, MemoryBackendType, NetworkOverride,
+        RateLimiter, SnapshotType, TokenBucket, VsockOverride,
     };
 
     fn request(method: Method, path: &str, body: &str) -> Request {
@@ -1193,22 +1186,17 @@ mod tests {
             load(r#"{"snapshot_path": "s", "resume_vm": true}"#),
             "one of mem_backend and mem_file_path (deprecated) is required"
         );
-        assert_eq!(
-            load(
-                r#"{"snapshot_path": "s",
-                    "mem_backend": {"backend_type": "Uffd", "backend_path": "/tmp/uffd.sock"}}"#
-            ),
-            "mem_backend.backend_type `Uffd` (guest memory served by another process over \
-             userfaultfd; use `File`) is not supported by Petrel yet"
-        );
-        assert!(matches!(
-            put(
-                "/snapshot/load",
-                r#"{"snapshot_path": "s",
-                    "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#
-            ),
-            Err(ApiError::NotSupported(_))
-        ));
+        match put(
+            "/snapshot/load",
+            r#"{"snapshot_path": "s",
+                "mem_backend": {"backend_type": "Uffd", "backend_path": "/tmp/uffd.sock"}}"#,
+        ) {
+            Ok(ApiRequest::LoadSnapshot(p)) => {
+                assert_eq!(p.mem_backend_type(), MemoryBackendType::Uffd);
+                assert_eq!(p.mem_file(), "/tmp/uffd.sock");
+            }
+            other => panic!("{other:?}"),
+        }
         let message = load(
             r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Shm", "backend_path": "m"}}"#,
         );

@@ -15,15 +15,15 @@ use std::time::Instant;
 use petrel_api::http::{Request, Response};
 use petrel_api::model::{
     ActionType, Drive, FirecrackerVersion, FullVmConfiguration, InstanceInfo, InstanceState,
-    MachineConfiguration, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
-    VmState, FIRECRACKER_API_VERSION,
+    MachineConfiguration, MemoryBackendType, NetworkInterface, SnapshotCreateParams,
+    SnapshotLoadParams, SnapshotType, VmState, FIRECRACKER_API_VERSION,
 };
 use petrel_api::reply::VmConfigReply;
 use petrel_api::routes::{self, ApiRequest};
 use petrel_mmds::DataStore;
 use petrel_vmm::config::SharedMmds;
 use petrel_vmm::config::{SerialConfig, VmConfig};
-use petrel_vmm::snapshot::{NetOverride, RestoreConfig, SnapshotKind, SnapshotRequest};
+use petrel_vmm::snapshot::{MemBackend, NetOverride, RestoreConfig, SnapshotKind, SnapshotRequest};
 use petrel_vmm::{RunSummary, Timeline, Vmm, VmmHandle};
 
 use crate::logger::{Level, LogFormat, Logger};
@@ -562,6 +562,9 @@ impl Controller {
     pub fn load_snapshot(&mut self, p: &SnapshotLoadParams) -> Result<Vmm, String> {
         let started = Instant::now();
         let mut config = RestoreConfig::new(&p.snapshot_path, p.mem_file());
+        if p.mem_backend_type() == MemoryBackendType::Uffd {
+            config.mem_backend = MemBackend::Uffd;
+        }
         config.track_dirty_pages = p.track_dirty_pages();
         config.huge_pages = p
             .huge_pages

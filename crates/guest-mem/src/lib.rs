@@ -34,6 +34,7 @@ pub mod backing;
 pub mod boot_cpu;
 mod discard;
 pub mod layout;
+pub mod uffd;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -164,7 +165,7 @@ pub enum Error {
     /// A memory file cannot be mapped onto hugetlbfs pages.
     #[error(
         "huge_pages is 2M: a memory file cannot be mapped onto hugetlbfs pages; restore this \
-         snapshot with a Uffd memory backend, or with huge_pages None or Transparent"
+         snapshot with huge_pages None or Transparent"
     )]
     HugetlbfsFromFile,
     /// `madvise(MADV_HUGEPAGE)` failed.
@@ -178,6 +179,15 @@ pub enum Error {
         /// What vm-memory said.
         #[source]
         source: vm_memory::mmap::MmapRegionError,
+    },
+    /// A userfaultfd operation failed (see [`uffd`]).
+    #[error("userfaultfd: cannot {op}")]
+    Userfaultfd {
+        /// What was being done.
+        op: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
     },
     /// An access reached outside guest RAM.
     #[error("guest memory access of {len} bytes at {addr:#x} is outside guest RAM")]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use petrel_vmm::config::SerialConfig;
 use petrel_vmm::config::{KernelImage, LinuxPayload, RawPayload, DEFAULT_RAW_LOAD_ADDR};
-use petrel_vmm::snapshot::{NetOverride, RestoreConfig};
+use petrel_vmm::snapshot::{MemBackend, NetOverride, RestoreConfig};
 use petrel_vmm::{StatsFormat, VmConfig};
 
 use crate::watch::SnapshotOnSignal;
@@ -78,7 +78,7 @@ impl SnapshotArgs {
 #[derive(Debug, Args)]
 struct RestoreArgs {
     /// The snapshot directory: DIR/state and DIR/mem (as `--snapshot-on-signal` writes them).
-    #[arg(value_name = "DIR", required_unless_present_all = ["state_file", "mem_file"])]
+    #[arg(value_name = "DIR", required_unless_present = "state_file")]
     dir: Option<PathBuf>,
     /// The state file, if not DIR/state.
     #[arg(long, value_name = "PATH")]
@@ -86,6 +86,11 @@ struct RestoreArgs {
     /// The memory file, if not DIR/mem (mapped privately: never written, shareable).
     #[arg(long, value_name = "PATH")]
     mem_file: Option<PathBuf>,
+    /// Guest memory is served by a page-fault handler listening on this Unix socket, which
+    /// gets a userfaultfd and the memory layout (Firecracker's Uffd backend), instead of the
+    /// memory file.
+    #[arg(long, value_name = "SOCKET", conflicts_with = "mem_file")]
+    uffd_socket: Option<PathBuf>,
     /// Put the network interface IFACE (its id: `eth0` for `--net`) on another tap:
     /// IFACE=TAP (repeatable).
     #[arg(long = "net-override", value_name = "IFACE=TAP")]
@@ -378,11 +383,15 @@ impl RestoreArgs {
             Some(p) => p.clone(),
             None => in_dir("state", "--state-file")?,
         };
-        let mem_path = match &self.mem_file {
-            Some(p) => p.clone(),
-            None => in_dir("mem", "--mem-file")?,
+        let mem_path = match (&self.mem_file, &self.uffd_socket) {
+            (_, Some(socket)) => socket.clone(),
+            (Some(p), None) => p.clone(),
+            (None, None) => in_dir("mem", "--mem-file")?,
         };
         let mut config = RestoreConfig::new(state_path, mem_path);
+        if self.uffd_socket.is_some() {
+            config.mem_backend = MemBackend::Uffd;
+        }
         for o in &self.net_overrides {
             let (iface_id, tap) = o
                 .split_once('=')

@@ -1195,3 +1195,59 @@ fn a_metadata_file_that_does_not_fit_is_refused_at_start() {
         &["--metadata", "/nonexistent/md.json"],
     );
 }
+
+#[test]
+fn a_uffd_load_is_served_by_the_handler_and_a_bad_socket_is_a_400() {
+    if !kvm_present_or_skip("a_uffd_load_is_served_by_the_handler_and_a_bad_socket_is_a_400") {
+        return;
+    }
+    let dir = TempDir::new("api-uffd");
+    let kernel = dir.join("counter.elf");
+    std::fs::write(&kernel, counter::counter_guest_elf()).unwrap();
+    let (state_file, mem) = (dir.join("full.state"), dir.join("full.mem"));
+    let sock = dir.join("first.sock");
+    let mut first = Petrel::serve(&sock, "first");
+    start_counter_guest(&mut first, &sock, &kernel);
+    patch_vm(&sock, "Paused");
+    let reply = create_snapshot(&sock, "Full", &state_file, &mem);
+    assert_eq!(reply.status, 204, "Full snapshot: {reply:?}");
+    let at_full = first.stdout();
+    drop(first);
+
+    // Nobody listening: 400 at load time, naming the field; the process can load again.
+    let sock = dir.join("uffd.sock");
+    let mut restored = Petrel::serve(&sock, "uffd");
+    let load = |backend: &Path| {
+        serde_json::json!({
+            "snapshot_path": state_file, "resume_vm": true,
+            "mem_backend": { "backend_type": "Uffd", "backend_path": backend },
+        })
+        .to_string()
+    };
+    let nobody = call(
+        &sock,
+        "PUT",
+        "/snapshot/load",
+        Some(&load(&dir.join("nobody"))),
+    );
+    let fault = nobody.fault();
+    assert!(
+        fault.contains("mem_backend.backend_path") && fault.contains("cannot connect"),
+        "{fault}"
+    );
+    // Petrel's handler, on a thread of this test; it ends when Petrel closes the connection.
+    let handler_sock = dir.join("handler.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&handler_sock).unwrap();
+    let file = std::fs::File::open(&mem).unwrap();
+    let handler = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        petrel_vmm::uffd::serve_pages(stream, &file).unwrap()
+    });
+    let reply = call(&sock, "PUT", "/snapshot/load", Some(&load(&handler_sock)));
+    assert_eq!(reply.status, 204, "load Uffd: {reply:?}");
+    assert_eq!(state(&sock), "Running");
+    counts_on(&mut restored, &at_full, 2);
+    drop(restored);
+    let served = handler.join().unwrap();
+    assert!(served > 0, "the handler served no page");
+}

@@ -61,6 +61,7 @@ pub mod report;
 pub mod snapshot;
 mod snapshot_huge_pages;
 pub mod timeline;
+pub mod uffd;
 pub mod virtio;
 mod vmm;
 
@@ -188,6 +189,22 @@ pub enum Error {
     DiffOverMappedMemory {
         /// The memory file named.
         path: PathBuf,
+    },
+    /// Guest memory could not be registered with a userfaultfd for the `Uffd` backend (no
+    /// userfaultfd on this host, or not allowed).
+    #[error("cannot serve guest memory from a page-fault handler")]
+    Uffd(#[source] petrel_guest_mem::Error),
+    /// The page-fault handler serving guest memory (the `Uffd` backend) closed its connection:
+    /// it ended or was killed, and the guest's untouched memory can no longer be served.
+    #[error(
+        "the page-fault handler serving guest memory (mem_backend.backend_path `{}`) closed \
+         its connection (it ended or was killed): the VM was stopped, since the pages the \
+         guest has not touched yet can no longer be served",
+        socket.display()
+    )]
+    PageFaultHandlerGone {
+        /// The handler's socket.
+        socket: PathBuf,
     },
     /// A Diff snapshot of a VM whose dirty pages are not tracked.
     #[error(

@@ -134,8 +134,12 @@ pub struct NetOverride {
 pub struct RestoreConfig {
     /// The state file.
     pub state_path: PathBuf,
-    /// The memory file (mapped privately: never written).
+    /// The memory file (mapped privately: never written), or with
+    /// [`MemBackend::Uffd`] the Unix socket of the page-fault handler that serves it.
     pub mem_path: PathBuf,
+    /// What serves guest memory: the file at `mem_path` (the default) or a page-fault handler
+    /// listening there (see [`crate::uffd`]).
+    pub mem_backend: MemBackend,
     /// Log dirty pages from the start, so that Diff snapshots of the restored VM can be taken.
     pub track_dirty_pages: bool,
     /// Huge pages for the restored guest's RAM; `None`: as the snapshot's guest had
@@ -163,6 +167,7 @@ impl RestoreConfig {
         RestoreConfig {
             state_path: state_path.into(),
             mem_path: mem_path.into(),
+            mem_backend: MemBackend::File,
             track_dirty_pages: false,
             huge_pages: None,
             net_overrides: Vec::new(),
@@ -173,6 +178,17 @@ impl RestoreConfig {
             mmds_service: None,
         }
     }
+}
+
+/// What serves a restored guest's memory (Firecracker's `mem_backend.backend_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemBackend {
+    /// The memory file, mapped privately: pages are read from it on first touch.
+    #[default]
+    File,
+    /// A page-fault handler listening on a Unix socket gets a userfaultfd and fills each page
+    /// on first touch ([`crate::uffd`]).
+    Uffd,
 }
 
 /// The machine a snapshot was taken of: what a restore builds again before it puts the saved

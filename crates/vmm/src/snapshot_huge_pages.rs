@@ -38,7 +38,9 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
 }
 
 /// The setting a restore uses: the override, else the snapshot's. `2M` is refused: a memory
-/// file is restored by mapping it, which hugetlbfs pages cannot be.
+/// file is restored by mapping it, which hugetlbfs pages cannot be, and the Uffd backend
+/// registers 4 KiB pages (Firecracker serves hugetlbfs snapshots through a Uffd handler; Petrel
+/// does not yet).
 pub(crate) fn for_restore(m: &SavedMachine, config: &RestoreConfig) -> Result<HugePages> {
     let huge_pages = config.huge_pages.unwrap_or(m.huge_pages);
     if huge_pages == HugePages::Hugetlbfs2M {
@@ -51,9 +53,9 @@ pub(crate) fn for_restore(m: &SavedMachine, config: &RestoreConfig) -> Result<Hu
             field: "huge_pages".into(),
             value: "2M".into(),
             why: format!(
-                "{whose} 2M hugetlbfs pages, which cannot be restored by mapping the memory \
-                 file (mem_backend File): restore with a Uffd memory backend, or with \
-                 huge_pages None or Transparent"
+                "{whose} 2M hugetlbfs pages, which Petrel cannot restore yet: a memory file \
+                 (mem_backend File) cannot be mapped onto them, and Petrel's Uffd backend \
+                 hands its handler 4 KiB pages; restore with huge_pages None or Transparent"
             ),
         });
     }

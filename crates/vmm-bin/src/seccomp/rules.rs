@@ -705,6 +705,21 @@ mod tests {
     }
 
     #[test]
+    fn userfaultfd_is_needed_by_no_confined_thread() {
+        // The Uffd backend creates and registers its userfaultfd and sends it to the handler
+        // while restoring, before the VMM thread confines itself; afterwards the VMM thread only
+        // watches the handler's connection (epoll_ctl, read) and vCPU faults wait in the
+        // kernel. So no list allows the userfaultfd system call.
+        for kind in Kind::ALL {
+            assert!(
+                !builtin(kind).unwrap().allows(libc::SYS_userfaultfd),
+                "{}",
+                kind.name()
+            );
+        }
+    }
+
+    #[test]
     fn the_vmm_thread_reads_vsock_streams() {
         // The vsock muxer reads host connections with std's `UnixStream::read`, which is
         // recvfrom(2); without it the first guest connection killed petrel (code 148).

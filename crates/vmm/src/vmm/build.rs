@@ -143,6 +143,7 @@ impl Vmm {
             console,
             notices,
             metrics: config.metrics.clone(),
+            page_faults: None,
         };
         Self::assemble(parts, timeline)
     }

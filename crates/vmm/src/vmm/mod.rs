@@ -137,6 +137,8 @@ pub struct Vmm {
     console: Option<ConsoleOutput>,
     em: EventManager<Subscriber>,
     controller: Arc<Mutex<Controller>>,
+    /// The page-fault handler serving guest memory, if one does.
+    page_faults: Option<PageFaults>,
     /// Kept for as long as the VM exists (the VM and its RAM live in the shared state, which
     /// the handles keep; the vCPUs keep the RAM alive themselves).
     _hv: Hypervisor,
@@ -155,6 +157,8 @@ struct Assembly {
     console: Option<ConsoleOutput>,
     notices: Vec<Notice>,
     metrics: Option<std::path::PathBuf>,
+    /// The page-fault handler serving guest memory (a restore with the `Uffd` backend).
+    page_faults: Option<crate::uffd::UffdBackend>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -182,6 +186,7 @@ impl Vmm {
             console,
             notices,
             metrics,
+            page_faults,
         } = parts;
         let kvm_stats = Arc::new(Mutex::new(kvm_stats));
         let mut subscribers = devices.subscribers;
@@ -224,6 +229,10 @@ impl Vmm {
         for s in subscribers {
             em.add_subscriber(s);
         }
+        let page_faults = match page_faults {
+            Some(backend) => Some(PageFaults::watch(backend, &shared, &mut em)?),
+            None => None,
+        };
         Ok(Vmm {
             shared,
             timeline,
@@ -237,6 +246,7 @@ impl Vmm {
             console,
             em,
             controller,
+            page_faults,
             _hv: hv,
         })
     }
@@ -325,6 +335,53 @@ impl Drop for Vmm {
         if !lock(&self.shared.life.vcpus).is_empty() {
             self.shutdown_vcpus();
         }
+    }
+}
+
+/// A restored VM's page-fault handler: the userfaultfd, kept while the VM lives, and whether
+/// the handler's connection closed (the VM is stopped then, see [`crate::uffd`]).
+#[derive(Debug)]
+struct PageFaults {
+    _uffd: petrel_guest_mem::uffd::Userfaultfd,
+    socket: std::path::PathBuf,
+    gone: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PageFaults {
+    /// Puts the watch on the handler's connection on the event loop: its hang-up stops the VM.
+    fn watch(
+        backend: crate::uffd::UffdBackend,
+        shared: &Arc<Shared>,
+        em: &mut EventManager<Subscriber>,
+    ) -> Result<PageFaults> {
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, weak) = (gone.clone(), Arc::downgrade(shared));
+        let watch = crate::uffd::HandlerWatch::new(backend.stream, move || {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(shared) = weak.upgrade() {
+                shared.life.stop();
+            }
+        })
+        .map_err(|e| Error::InvalidConfig {
+            field: crate::uffd::BACKEND_PATH_FIELD.into(),
+            value: backend.socket.display().to_string(),
+            why: format!("cannot watch the connection to the page-fault handler: {e}"),
+        })?;
+        em.add_subscriber(Arc::new(Mutex::new(watch)));
+        Ok(PageFaults {
+            _uffd: backend.uffd,
+            socket: backend.socket,
+            gone,
+        })
+    }
+
+    /// The error to end the run with if the handler went away.
+    fn gone(&self) -> Option<Error> {
+        self.gone
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| Error::PageFaultHandlerGone {
+                socket: self.socket.clone(),
+            })
     }
 }
 

@@ -14,7 +14,7 @@ use super::devices::{build_devices, open_console_destination, ConsoleOutput, Gen
 use super::{Assembly, Notice, Vmm};
 use crate::config::{RawPayload, VmConfig};
 use crate::kvm_view::KvmStatsReaders;
-use crate::snapshot::{RestoreConfig, SavedMachine, SnapshotState};
+use crate::snapshot::{MemBackend, RestoreConfig, SavedMachine, SnapshotState};
 use crate::timeline::Timeline;
 use crate::virtio;
 use crate::{Error, Result};
@@ -24,7 +24,8 @@ impl Vmm {
     /// restoring process's choices in `config` (serial, overrides, dirty tracking), recording
     /// on a timeline that starts now. The disks, taps and vsock socket are opened again by the
     /// paths and names saved (or overridden); the memory file is mapped privately (pages load on
-    /// first touch, the file is never written). Nothing runs until [`start`](Self::start) (or
+    /// first touch, the file is never written), or with [`MemBackend::Uffd`] the page-fault
+    /// handler listening at `mem_path` gets the memory (see [`crate::uffd`]). Nothing runs until [`start`](Self::start) (or
     /// [`start_paused`](Self::start_paused)). A damaged or mismatched snapshot is
     /// [`Error::BadSnapshot`] (exit code 2) and leaves nothing behind.
     pub fn restore(config: &RestoreConfig) -> Result<Vmm> {
@@ -53,11 +54,28 @@ impl Vmm {
         let m = &state.machine;
         let vm_config = machine_config(m, config)?;
         let mem_path = &config.mem_path;
-        let mem_file = std::fs::File::open(mem_path).map_err(|e| bad(mem_path, e.to_string()))?;
-        let ram = GuestRam::from_file_with_huge_pages(m.mem_size, &mem_file, vm_config.huge_pages)
-            .map_err(|e| bad(mem_path, crate::error_chain(&e)))?;
-        drop(mem_file);
-        timeline.mark("guest memory mapped from the memory file");
+        let (ram, page_faults) = match config.mem_backend {
+            MemBackend::File => {
+                let mem_file =
+                    std::fs::File::open(mem_path).map_err(|e| bad(mem_path, e.to_string()))?;
+                let ram = GuestRam::from_file_with_huge_pages(
+                    m.mem_size,
+                    &mem_file,
+                    vm_config.huge_pages,
+                )
+                .map_err(|e| bad(mem_path, crate::error_chain(&e)))?;
+                timeline.mark("guest memory mapped from the memory file");
+                (ram, None)
+            }
+            MemBackend::Uffd => {
+                // Anonymous memory, sent to the handler before anything touches it.
+                let ram = GuestRam::with_huge_pages(m.mem_size, vm_config.huge_pages)
+                    .map_err(Error::Memory)?;
+                let backend = crate::uffd::serve_from_handler(&ram, mem_path)?;
+                timeline.mark("guest memory handed to the page-fault handler");
+                (ram, Some(backend))
+            }
+        };
         let plan = virtio::plan(&vm_config, &ram)?;
         check_windows(
             plan.windows(),
@@ -156,6 +174,7 @@ impl Vmm {
             console,
             notices,
             metrics: config.metrics.clone(),
+            page_faults,
         };
         Self::assemble(parts, timeline)
     }

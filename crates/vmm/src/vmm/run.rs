@@ -93,6 +93,11 @@ impl Vmm {
         if let Some(e) = loop_error {
             return Err(e);
         }
+        // Before a stuck vCPU: one waiting for a page the handler will never serve is stuck
+        // because of it.
+        if let Some(e) = self.page_faults.as_ref().and_then(|p| p.gone()) {
+            return Err(e);
+        }
         if let Some(id) = stuck {
             return Err(Error::VcpuStuck { id });
         }
