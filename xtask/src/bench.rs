@@ -14,7 +14,15 @@
 //! 6. Firecracker's API (`petrel --api-sock`): spawn to the socket accepting, `InstanceStart`
 //!    to the first guest byte, and what serving the API adds to the VMM's memory, against
 //!    Firecracker's figures measured earlier (it is not installed here) and against Petrel
-//!    started from its command line.
+//!    started from its command line;
+//! 7. snapshots: restoring one (from the command line and through `PUT /snapshot/load`)
+//!    beside a fresh boot of the same guest;
+//! 8. clones: `--clones N` VMs restored from one snapshot and alive at once: clones restored
+//!    per second, and the memory each adds (its guest mapping's `Rss` and `Private_Dirty`,
+//!    the VMM's own `Private_Dirty`);
+//! 9. alive: `--alive N` halted 16 MiB VMs alive at once, each answering `GET /` on its API
+//!    socket, then all stopped: the host memory per VM, the VMM's own, threads and
+//!    descriptors per VM.
 //!
 //! QEMU runs the same demo guest ELF (through its PVH entry) on `-M microvm` with KVM. A
 //! missing QEMU or `/dev/kvm` is shown in the table and makes the run fail unless
@@ -22,6 +30,7 @@
 
 mod acpi;
 mod api;
+mod farm;
 mod floor;
 mod proc;
 mod procfs;
@@ -57,6 +66,8 @@ pub const CASES: &[&str] = &[
     "api-start",
     "api-memory",
     "snapshot",
+    "clones",
+    "alive",
 ];
 
 /// Guest memory of every VM in the bench, MiB (Petrel's default, and what QEMU is given).
@@ -207,6 +218,17 @@ pub fn run(args: &BenchArgs) -> u8 {
             args.runs
         );
         rows.extend(snapshot::restore(&bench, args.runs));
+    }
+    if wanted("clones") {
+        println!(
+            "==> clones: {} restored from one snapshot, alive at once",
+            args.clones
+        );
+        rows.extend(farm::clones(&bench, args.clones));
+    }
+    if wanted("alive") {
+        println!("==> VMs alive at once: {} halted guests", args.alive);
+        rows.extend(farm::alive(&bench, args.alive));
     }
     let ctx = Context {
         date: report::utc_now(),

@@ -244,6 +244,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value = "20", hide_default_value = true,
           value_parser = clap::value_parser!(u32).range(1..), verbatim_doc_comment)]
     pub vms: u32,
+    /// Clones of one snapshot alive at once in the clones case (default
+    /// 100).
+    #[arg(long, value_name = "N", default_value = "100", hide_default_value = true,
+          value_parser = clap::value_parser!(u32).range(1..), verbatim_doc_comment)]
+    pub clones: u32,
+    /// Halted 16 MiB VMs alive at once in the alive case (default 200;
+    /// each has 5 threads: a few thousand need kernel.pid_max raised).
+    #[arg(long, value_name = "N", default_value = "200", hide_default_value = true,
+          value_parser = clap::value_parser!(u32).range(1..), verbatim_doc_comment)]
+    pub alive: u32,
     /// Run the Linux boot case (`--no-linux` leaves it out).
     #[arg(long = "no-linux", action = ArgAction::SetFalse,
           help = "Leave out the Linux boot case (the table says so).")]
@@ -257,7 +267,8 @@ pub struct BenchArgs {
           value_parser = secs, verbatim_doc_comment)]
     pub linux_timeout: Duration,
     /// Run only this case (may be repeated): startup, memory, exits,
-    /// density, linux, api-socket, api-start, api-memory.
+    /// density, linux, api-socket, api-start, api-memory, snapshot,
+    /// clones, alive.
     #[arg(long, value_name = "NAME", verbatim_doc_comment)]
     pub only: Vec<String>,
     /// Exit 0 even if QEMU or /dev/kvm is missing (still shown as MISSING).
@@ -276,6 +287,8 @@ impl Default for BenchArgs {
             runs: 10,
             exits: 10_000,
             vms: 20,
+            clones: 100,
+            alive: 200,
             linux: true,
             linux_runs: 1,
             linux_timeout: DEFAULT_BOOT_TIMEOUT,
@@ -507,6 +520,9 @@ mod tests {
             "--exits=500",
             "--vms",
             "8",
+            "--clones=1000",
+            "--alive",
+            "3000",
             "--allow-missing",
             "--only",
             "startup",
@@ -527,6 +543,8 @@ mod tests {
                 runs: 3,
                 exits: 500,
                 vms: 8,
+                clones: 1000,
+                alive: 3000,
                 linux: false,
                 linux_runs: 2,
                 linux_timeout: Duration::from_secs(90),
@@ -538,6 +556,8 @@ mod tests {
         assert_refused(["bench", "--runs", "0"]);
         assert_refused(["bench", "--runs"]);
         assert_refused(["bench", "--vms", "many"]);
+        assert_refused(["bench", "--clones", "0"]);
+        assert_refused(["bench", "--alive", "0"]);
         assert_refused(["bench", "--no-linux=1"]);
         assert_refused(["bench", "--bogus", "1"]);
         assert_refused(["bench", "stray"]);

@@ -16,6 +16,9 @@ pub struct Mapping {
     /// Resident pages that belong to no file (`Anonymous:`: anonymous memory and private
     /// copies of file pages), in KiB.
     pub anon_kib: u64,
+    /// Pages written by this process only (`Private_Dirty:`: its own anonymous pages, and
+    /// its private copies of a privately mapped file's pages), in KiB.
+    pub private_dirty_kib: u64,
     /// The inode of the file mapped; 0 for anonymous memory.
     pub inode: u64,
     /// The path column: a file, `[heap]`, `[stack]`, `[anon:NAME]`, or empty.
@@ -47,6 +50,8 @@ pub fn parse_smaps(text: &str) -> Vec<Mapping> {
             current.rss_kib = kib;
         } else if let Some(kib) = field_kib(line, "Anonymous:") {
             current.anon_kib = kib;
+        } else if let Some(kib) = field_kib(line, "Private_Dirty:") {
+            current.private_dirty_kib = kib;
         }
     }
     maps

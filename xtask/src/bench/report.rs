@@ -20,6 +20,10 @@ pub enum Unit {
     MiB,
     /// VMs started and stopped per second.
     PerS,
+    /// Kibibytes.
+    KiB,
+    /// A number of VMs.
+    Vms,
 }
 
 impl Unit {
@@ -31,6 +35,8 @@ impl Unit {
             Unit::S => "s",
             Unit::MiB => "MiB",
             Unit::PerS => "VMs/s",
+            Unit::KiB => "KiB",
+            Unit::Vms => "VMs",
         }
     }
 
@@ -39,6 +45,7 @@ impl Unit {
         match self {
             Unit::Ms | Unit::MiB | Unit::PerS | Unit::S => 1,
             Unit::Us | Unit::MsFine => 2,
+            Unit::KiB | Unit::Vms => 0,
         }
     }
 

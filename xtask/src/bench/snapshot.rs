@@ -31,7 +31,7 @@ const FIRST_TICK_LIMIT: Duration = Duration::from_secs(30);
 
 /// Boots the counter guest with the bench's memory, waits for its first tick, and snapshots
 /// it into `dir` with SIGUSR1.
-fn make_snapshot(b: &Bench, kernel: &Path, dir: &Path) -> Result<()> {
+pub(super) fn make_snapshot(b: &Bench, kernel: &Path, dir: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(dir);
     let out = b.dir.join("logs").join("snapshot-source.serial");
     let log = b.dir.join("logs").join("snapshot-source.stderr");
