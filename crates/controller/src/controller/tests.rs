@@ -5,11 +5,11 @@ use super::*;
 use petrel_api::http::Method;
 use petrel_vmm::config::RateLimiterConfig;
 
-fn controller() -> Controller {
+pub(super) fn controller() -> Controller {
     Controller::new("vm1".into(), None, Timeline::new(std::time::Instant::now()))
 }
 
-fn call(c: &mut Controller, method: Method, path: &str, body: &str) -> Response {
+pub(super) fn call(c: &mut Controller, method: Method, path: &str, body: &str) -> Response {
     let request = Request {
         method,
         path: path.into(),

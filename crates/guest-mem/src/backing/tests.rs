@@ -129,14 +129,7 @@ fn transparent_memory_is_advised_for_huge_pages() {
 
 #[test]
 fn a_memory_file_maps_with_transparent_pages_but_never_hugetlbfs() {
-    let path = std::env::temp_dir().join(format!("petrel-mem-{}-thp", std::process::id()));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
+    let (path, f) = crate::tests::temp_file("thp");
     let ram = GuestRam::new(4 << 20).unwrap();
     ram.write(0x2000, b"saved").unwrap();
     ram.write_full(&f).unwrap();

@@ -1,29 +1,12 @@
 //! The balloon's routes before the start: the configured balloon, every refusal, and what it
 //! becomes in `GET /vm/config` and Petrel's `VmConfig`.
 
-use petrel_api::http::{Method, Request, Response};
+use petrel_api::http::{Method, Response};
 use petrel_api::model::{BootSource, FullVmConfiguration};
 use petrel_vmm::config::BalloonConfig;
-use petrel_vmm::Timeline;
 
-use crate::controller::{Controller, Handled};
-
-fn controller() -> Controller {
-    Controller::new("vm1".into(), None, Timeline::new(std::time::Instant::now()))
-}
-
-fn call(c: &mut Controller, method: Method, path: &str, body: &str) -> Response {
-    let request = Request {
-        method,
-        path: path.into(),
-        body: body.as_bytes().to_vec(),
-    };
-    match c.handle(&request) {
-        Handled::Reply(r) => r,
-        Handled::Start => Response::json(299, "start".into()),
-        Handled::Load(_) => Response::json(298, "load".into()),
-    }
-}
+use crate::controller::tests::{call, controller};
+use crate::controller::Handled;
 
 /// The `fault_message` of a `400`.
 fn fault(r: &Response) -> String {
