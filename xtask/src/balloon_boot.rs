@@ -15,7 +15,9 @@
 //!   inflate until `GET /balloon/statistics` reports it all, and waits for the guest to see
 //!   its `MemTotal` drop by that much ([`INFLATED`]). Resident memory must have dropped by
 //!   nearly as much; the statistics must match the guest's `/proc/meminfo`; a target larger
-//!   than guest RAM is refused with a 400 naming `amount_mib`; then `PATCH /balloon` to 0
+//!   than guest RAM is refused with a 400 naming `amount_mib`; a Full snapshot of the
+//!   ballooned VM, restored (paused) in a second petrel, has a balloon that targets and holds
+//!   the same; then `PATCH /balloon` to 0
 //!   deflates, the guest sees its `MemTotal` back ([`DEFLATED`]) and ends the run.
 //! - `balloon-reporting` (`free_page_reporting`): the host watches the resident guest memory
 //!   from the start while the guest fills and frees [`REPORT_FILL_MIB`] and says
@@ -436,6 +438,7 @@ impl BalloonCheck {
             MEM_MIB * 4,
             r.body.trim()
         ));
+        notes.push(self.snapshot_and_restore(&mut vmm).map_err(e)?);
         let body = json!({ "stats_polling_interval_s": 2 }).to_string();
         vmm.client
             .expect("PATCH", "/balloon/statistics", Some(&body), 204)
@@ -459,6 +462,78 @@ impl BalloonCheck {
             took.as_secs_f64() * 1e3
         ));
         Ok(notes)
+    }
+
+    /// With the balloon inflated: pauses the VM, writes a Full snapshot beside the API socket,
+    /// resumes it, and restores the snapshot (paused) in a second petrel, whose balloon must
+    /// hold what the first one held. Returns the note.
+    fn snapshot_and_restore(&self, vmm: &mut Vmm) -> Result<String> {
+        let dir = self.socket.with_extension("snapshot");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let (state, mem) = (dir.join("state"), dir.join("mem"));
+        let paused = json!({ "state": "Paused" }).to_string();
+        let resumed = json!({ "state": "Resumed" }).to_string();
+        let create = json!({
+            "snapshot_type": "Full",
+            "snapshot_path": state.display().to_string(),
+            "mem_file_path": mem.display().to_string(),
+        })
+        .to_string();
+        vmm.client.expect("PATCH", "/vm", Some(&paused), 204)?;
+        let written = vmm
+            .client
+            .expect("PUT", "/snapshot/create", Some(&create), 204);
+        vmm.client.expect("PATCH", "/vm", Some(&resumed), 204)?;
+        written?;
+        let mem_bytes = {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(&mem)
+                .ctx(|| format!("reading {}", mem.display()))?
+                .blocks()
+                * 512
+        };
+        // The same binary as the VM's own, restoring in a process of its own.
+        let petrel = fs::read_link(format!("/proc/{}/exe", vmm.pid))
+            .ctx(|| format!("reading /proc/{}/exe", vmm.pid))?;
+        let socket = dir.join("api.sock");
+        let mut child = std::process::Command::new(&petrel)
+            .arg("--api-sock")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ctx(|| format!("starting {}", petrel.display()))?;
+        let restored = (|| -> Result<Value> {
+            let (mut client, _) =
+                ApiClient::connect_when_ready(&socket, Instant::now(), SOCKET_LIMIT, || true)?;
+            client.set_timeout(Some(SOCKET_LIMIT))?;
+            let load = json!({
+                "snapshot_path": state.display().to_string(),
+                "mem_backend": {"backend_type": "File", "backend_path": mem.display().to_string()},
+                "resume_vm": false,
+            })
+            .to_string();
+            client.expect("PUT", "/snapshot/load", Some(&load), 204)?;
+            let r = client.expect("GET", "/balloon/statistics", None, 200)?;
+            serde_json::from_str(&r.body).map_err(|e| Error::Other(format!("{e}: {}", r.body)))
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = fs::remove_dir_all(&dir);
+        let stats = restored?;
+        if stats["target_mib"] != json!(INFLATE_MIB) || stats["actual_mib"] != json!(INFLATE_MIB) {
+            return Err(Error::Other(format!(
+                "the restored VM's balloon statistics are {stats}, not {INFLATE_MIB} MiB \
+                 targeted and held"
+            )));
+        }
+        Ok(format!(
+            "paused, Full snapshot ({} of data in the {MEM_MIB} MiB memory file), resumed; \
+             restored in a second petrel: its balloon targets and holds {INFLATE_MIB} MiB \
+             (GET /balloon/statistics)",
+            mib(mem_bytes)
+        ))
     }
 
     fn reporting(&self, cx: &LiveContext<'_>) -> std::result::Result<Vec<String>, String> {
