@@ -91,6 +91,19 @@ pub fn build_petrel(root: &Path) -> Result<PathBuf> {
     build_release(root, &target_dir(root), "petrel", "petrel", true)
 }
 
+/// Builds Petrel's own userfaultfd page-fault handler (`crates/vmm/examples/uffd_handler.rs`)
+/// as petrel is built for the bench (release, static), and returns the binary's path.
+pub fn build_uffd_handler(root: &Path) -> Result<PathBuf> {
+    build(
+        root,
+        &target_dir(root),
+        "petrel-vmm",
+        Some("uffd_handler"),
+        "examples/uffd_handler",
+        true,
+    )
+}
+
 /// Builds `package`'s release binaries: statically linked for [`STATIC_TARGET`] when
 /// `static_target`; returns the binary `bin`'s path under `target`.
 pub fn build_release(
@@ -100,10 +113,26 @@ pub fn build_release(
     bin: &str,
     static_target: bool,
 ) -> Result<PathBuf> {
+    build(root, target, package, None, bin, static_target)
+}
+
+/// `cargo build --release -p package` (only its example `example` when given); `bin` is the
+/// built file's path under the profile's directory.
+fn build(
+    root: &Path,
+    target: &Path,
+    package: &str,
+    example: Option<&str>,
+    bin: &str,
+    static_target: bool,
+) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
         .args(["build", "--release", "-p", package]);
+    if let Some(example) = example {
+        cmd.args(["--example", example]);
+    }
     let path = if static_target {
         // crt-static for an explicit --target only: a host build would also apply it to
         // proc-macro crates, which cannot be linked statically.

@@ -1,5 +1,7 @@
 //! The snapshot cases: restoring a snapshot of a 256 MiB guest, from the command line and
-//! through Firecracker's `PUT /snapshot/load`, beside a fresh boot of the same guest.
+//! through Firecracker's `PUT /snapshot/load`, beside a fresh boot of the same guest; and the
+//! same load with `mem_backend: Uffd`, served by Petrel's own page-fault handler (the
+//! `uffd_handler` example), beside the File backend.
 //!
 //! The guest is the counter guest (`petrel_demo_guest::counter`), snapshotted once per bench
 //! run with `--snapshot-on-signal` after its first tick. Firecracker is not installed here: its
@@ -7,7 +9,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::api::{connect, spawn_api, stop};
@@ -112,15 +114,107 @@ fn one_exit_run(b: &Bench, name: &str, args: &[PathBuf]) -> Result<f64> {
     first_run_ms(&metrics)
 }
 
+/// How long the page-fault handler may take to listen, and to end once petrel has ended.
+const HANDLER_LIMIT: Duration = Duration::from_secs(10);
+
+/// Where the bench's page-fault handler listens: under the temporary directory, since a
+/// socket's path must fit in 108 bytes.
+fn handler_socket() -> PathBuf {
+    std::env::temp_dir().join(format!("petrel-bench-uffd-{}.sock", std::process::id()))
+}
+
+/// A running `uffd_handler SOCKET MEMFILE`, killed (and reaped) if it is still running when
+/// dropped, and its socket removed then.
+struct Handler {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Handler {
+    /// Starts the handler on `mem` and waits until it listens.
+    fn start(b: &Bench, handler: &Path, mem: &Path) -> Result<Self> {
+        let socket = handler_socket();
+        let _ = fs::remove_file(&socket);
+        let log = b.dir.join("logs").join("snapshot-load-uffd-handler.stderr");
+        let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
+        let mut cmd = Command::new(handler);
+        cmd.arg(&socket).arg(mem);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
+        let mut h = Handler { child, socket, log };
+        let deadline = Instant::now() + HANDLER_LIMIT;
+        while !h.socket.exists() {
+            if Instant::now() > deadline || !matches!(h.child.try_wait(), Ok(None)) {
+                return Err(Error::Other(format!(
+                    "the page-fault handler did not listen on {}; stderr: {}",
+                    h.socket.display(),
+                    proc::tail_of(&h.log, 3)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(h)
+    }
+
+    /// Waits for the handler to end by itself (petrel closed the connection): it must exit 0.
+    fn finish(mut self) -> Result<()> {
+        let dog = Watchdog::arm(self.child.id(), HANDLER_LIMIT);
+        let status = self
+            .child
+            .wait()
+            .ctx(|| "waiting for the page-fault handler".into())?;
+        if dog.disarm() || !status.success() {
+            return Err(Error::Other(format!(
+                "the page-fault handler ended with {status} after petrel; stderr: {}",
+                proc::tail_of(&self.log, 3)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+/// The memory backend of a timed `PUT /snapshot/load`.
+enum Backend<'a> {
+    /// `File`: petrel maps the snapshot's memory file.
+    File,
+    /// `Uffd`: the page-fault handler at this path serves the memory file.
+    Uffd(&'a Path),
+}
+
 /// One `PUT /snapshot/load` with `resume_vm` to a fresh `petrel --api-sock`: the wall time of
-/// the request, ms.
-fn api_load_run(b: &Bench, snapshot: &Path) -> Result<f64> {
-    let log = b.dir.join("logs").join("snapshot-load.stderr");
+/// the request, ms. With [`Backend::Uffd`] the handler is started (and listening) first, and
+/// must exit 0 once petrel has ended.
+fn api_load_run(b: &Bench, snapshot: &Path, backend: &Backend) -> Result<f64> {
+    let mem = snapshot.join("mem");
+    let (name, handler) = match backend {
+        Backend::File => ("snapshot-load", None),
+        Backend::Uffd(path) => ("snapshot-load-uffd", Some(Handler::start(b, path, &mem)?)),
+    };
+    let log = b.dir.join("logs").join(format!("{name}.stderr"));
     let (mut p, sock, start) = spawn_api(b, Stdio::null(), &log)?;
     let (mut client, _) = connect(&mut p, &sock, start)?;
+    let mem_backend = match &handler {
+        None => serde_json::json!({ "backend_type": "File", "backend_path": mem }),
+        Some(h) => serde_json::json!({ "backend_type": "Uffd", "backend_path": h.socket }),
+    };
     let body = serde_json::json!({
         "snapshot_path": snapshot.join("state"),
-        "mem_backend": { "backend_type": "File", "backend_path": snapshot.join("mem") },
+        "mem_backend": mem_backend,
         "resume_vm": true,
     })
     .to_string();
@@ -144,10 +238,14 @@ fn api_load_run(b: &Bench, snapshot: &Path) -> Result<f64> {
     }
     drop(client);
     stop(&mut p, &log)?;
+    if let Some(h) = handler {
+        h.finish()?;
+    }
     Ok(ms(took))
 }
 
-/// The cases' rows: restore from the command line beside a fresh boot, and the API's load.
+/// The cases' rows: restore from the command line beside a fresh boot, the API's load, and
+/// the API's load with the Uffd backend beside the File backend's (their runs alternate).
 pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
     let kernel = b.dir.join("counter.elf");
     let snapshot = b.dir.join("snapshot");
@@ -170,11 +268,19 @@ pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
         (skip.clone(), |_| one_exit_run(b, "restore", &restore_args)),
         (skip.clone(), |_| one_exit_run(b, "fresh-boot", &boot_args)),
     );
-    let (load_cell, _) = alternate(
+    let handler = prepared.and_then(|()| {
+        crate::build::build_uffd_handler(&crate::build::workspace_root())
+            .map_err(|e| Cell::Error(format!("building the page-fault handler: {e}")))
+    });
+    let handler_path = handler.clone().unwrap_or_default();
+    let (load_cell, uffd_cell) = alternate(
         runs + 1,
-        (skip.clone(), |_| api_load_run(b, &snapshot)),
-        (Some(Cell::None(String::new())), |_| Ok(0.0)),
+        (skip.clone(), |_| api_load_run(b, &snapshot, &Backend::File)),
+        (handler.err(), |_| {
+            api_load_run(b, &snapshot, &Backend::Uffd(&handler_path))
+        }),
     );
+    let load_cell = drop_warm_up(load_cell);
     vec![
         Row {
             id: "snapshot_restore_cli",
@@ -199,7 +305,7 @@ pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
             id: "snapshot_load_api",
             name: "API: PUT /snapshot/load (resume_vm) answered".into(),
             unit: Unit::MsFine,
-            petrel: drop_warm_up(load_cell),
+            petrel: load_cell.clone(),
             comparison_name: "Firecracker (earlier, 128 MiB)".into(),
             comparison: Cell::Reference {
                 median: (FIRECRACKER_LOAD_MS.0 + FIRECRACKER_LOAD_MS.1) / 2.0,
@@ -216,7 +322,34 @@ pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
                  SOCKET`: wall time from just before writing `PUT /snapshot/load` \
                  (`mem_backend` File, `resume_vm: true`) to the end of its 204 (Petrel answers \
                  once the vCPUs are started); then `GET /` must say Running and petrel must \
-                 end by SIGTERM when sent it. The first run is an untimed warm-up. Runs: {runs}."
+                 end by SIGTERM when sent it. The first run is an untimed warm-up; runs \
+                 alternate with the Uffd row's. Runs: {runs}."
+            ),
+        },
+        Row {
+            id: "snapshot_load_uffd",
+            name: "UFFD restore: PUT /snapshot/load (Uffd) answered".into(),
+            unit: Unit::MsFine,
+            petrel: drop_warm_up(uffd_cell),
+            comparison_name: "File backend (the row above)".into(),
+            comparison: load_cell,
+            target: Target::None,
+            measures: format!(
+                "The same snapshot ({GUEST_MIB} MiB) and the same load as the row above, but \
+                 `mem_backend` Uffd: before each run Petrel's own page-fault handler \
+                 (`crates/vmm/examples/uffd_handler.rs`, built as petrel is: `cargo build \
+                 --release -p petrel-vmm --example uffd_handler`, statically linked) is started \
+                 as `uffd_handler SOCKET DIR/mem` and waited for until it listens (not timed). \
+                 Timed: from just before writing `PUT /snapshot/load` (`backend_type: Uffd`, \
+                 `backend_path: SOCKET`, `resume_vm: true`) to the end of its 204: petrel maps \
+                 guest RAM anonymously, registers it with a userfaultfd, connects to the handler \
+                 and sends it the descriptor and the layout, restores the VM and starts the \
+                 vCPUs. Pages are copied in by the handler on first touch, mostly after the \
+                 204, outside the timed window, as with the File backend's page-cache faults. \
+                 Then `GET /` must say Running, petrel must end by SIGTERM, and the handler \
+                 must exit 0 on petrel's hang-up. Compared with the File rows' values from \
+                 the same, alternating runs. The first run of each is an untimed warm-up. \
+                 Runs: {runs}."
             ),
         },
     ]
