@@ -100,10 +100,35 @@ pub fn build_release(
     bin: &str,
     static_target: bool,
 ) -> Result<PathBuf> {
+    cargo_build_release(root, target, &["-p", package], bin, static_target)
+}
+
+/// Builds Petrel's own page-fault handler for the `Uffd` memory backend (petrel-vmm's
+/// `uffd_handler` example), statically linked as petrel is, and returns its path.
+pub fn build_uffd_handler(root: &Path) -> Result<PathBuf> {
+    cargo_build_release(
+        root,
+        &target_dir(root),
+        &["-p", "petrel-vmm", "--example", "uffd_handler"],
+        "examples/uffd_handler",
+        true,
+    )
+}
+
+/// `cargo build --release` with `select` (package and target); returns the path `bin` has
+/// under the release directory (see [`build_release`]).
+fn cargo_build_release(
+    root: &Path,
+    target: &Path,
+    select: &[&str],
+    bin: &str,
+    static_target: bool,
+) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--release", "-p", package]);
+        .args(["build", "--release"])
+        .args(select);
     let path = if static_target {
         // crt-static for an explicit --target only: a host build would also apply it to
         // proc-macro crates, which cannot be linked statically.
@@ -120,7 +145,8 @@ pub fn build_release(
         Ok(path)
     } else {
         Err(Error::Other(format!(
-            "cargo built {package} but {} is not there",
+            "cargo built {} but {} is not there",
+            select.join(" "),
             path.display()
         )))
     }
