@@ -13,7 +13,8 @@
 //! 1. `petrel --kernel ... --disk IMG --snapshot-on-signal DIR` boots; when the serial log
 //!    shows [`SNAPSHOT_AT`], xtask sends SIGUSR1, and petrel must write `DIR/state` and
 //!    `DIR/mem`, say `snapshot written` and exit 0 before the guest finished counting.
-//! 2. `petrel restore DIR --serial file:LOG2 --metrics M` must then count on to the end and
+//! 2. `petrel restore DIR --serial file:LOG2 --metrics M` (the memory file mapped, from the
+//!    disk as it was at the snapshot) must then count on to the end and
 //!    reset the guest (exit 0). The two serial logs, one after the other, are the guest's
 //!    console: it must hold `Run /init`, the init's marker, the guest's checks, and every
 //!    number from 1 to [`COUNT_TO`] exactly once and in order (a number the restored guest
@@ -24,8 +25,15 @@
 //!    must notice its new VM generation ID: the kernel's `random: crng reseeded due to
 //!    virtual machine fork` (the first boot's generator was seeded before the snapshot).
 //!
+//! 3. The same snapshot is restored once more, from the disk as it was at the snapshot (a copy
+//!    taken after step 1), under the `Uffd` memory backend: Petrel's page-fault handler
+//!    (`uffd_handler SOCKET DIR/mem`, petrel-vmm's example) serves the memory file to
+//!    `petrel restore DIR --uffd-socket SOCKET`; the same checks as step 2's, and the handler
+//!    must exit 0 once petrel ended, saying how many pages it served. No second boot.
+//!
 //! The scenario reports the first boot's times to `Run /init`, to the init's marker and to
-//! the snapshot, and the restore's times to its first serial output and to its first count.
+//! the snapshot, and each restore's times to its first serial output and to its first count,
+//! with a result line of its own.
 
 use std::fs;
 use std::path::{Path, PathBuf};
