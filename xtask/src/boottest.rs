@@ -221,6 +221,7 @@ pub fn run_scenario(
             wall,
             run_init,
             marker,
+            parts: Vec::new(),
         },
         &[
             ("serial log", &serial_log, SERIAL_TAIL),
@@ -429,28 +430,33 @@ fn run_all(vmm: &Vmm, scenarios: &[Scenario], timeout: Duration) -> u8 {
     let start = Instant::now();
     let mut results = Vec::new();
     for s in scenarios {
-        let result = match run_scenario(vmm, s, &log_dir, timeout) {
+        let (result, parts) = match run_scenario(vmm, s, &log_dir, timeout) {
             Ok(outcome) => (
-                outcome.verdict.passed(),
-                format!(
-                    "{:>6.1} s; {}",
-                    outcome.wall.as_secs_f64(),
-                    times_text(outcome.run_init, outcome.marker)
+                (
+                    outcome.verdict.passed(),
+                    format!(
+                        "{:>6.1} s; {}",
+                        outcome.wall.as_secs_f64(),
+                        times_text(outcome.run_init, outcome.marker)
+                    ),
                 ),
+                outcome.parts,
             ),
             Err(e) => {
                 println!("{}: FAIL: {e}", s.name);
-                (false, "did not run".to_owned())
+                ((false, "did not run".to_owned()), Vec::new())
             }
         };
-        results.push((s.name.as_str(), result.0, result.1));
+        results.push((s.name.as_str(), result.0, result.1, parts));
     }
     println!("results:");
-    for (name, ok, wall) in &results {
-        println!(
-            "    {name:<20} {} {wall}",
-            if *ok { "PASS" } else { "FAIL" }
-        );
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    for (name, ok, wall, parts) in &results {
+        println!("    {name:<20} {} {wall}", verdict(*ok));
+        // A part's line sits under its scenario's; the scenario's verdict covers it.
+        for (part, ok, what) in parts {
+            println!("      {part:<18} {} {what}", verdict(*ok));
+        }
     }
     let passed = results.iter().filter(|r| r.1).count();
     let failed = results.len() - passed;

@@ -91,19 +91,6 @@ pub fn build_petrel(root: &Path) -> Result<PathBuf> {
     build_release(root, &target_dir(root), "petrel", "petrel", true)
 }
 
-/// Builds Petrel's own userfaultfd page-fault handler (`crates/vmm/examples/uffd_handler.rs`)
-/// as petrel is built for the bench (release, static), and returns the binary's path.
-pub fn build_uffd_handler(root: &Path) -> Result<PathBuf> {
-    build(
-        root,
-        &target_dir(root),
-        "petrel-vmm",
-        Some("uffd_handler"),
-        "examples/uffd_handler",
-        true,
-    )
-}
-
 /// Builds `package`'s release binaries: statically linked for [`STATIC_TARGET`] when
 /// `static_target`; returns the binary `bin`'s path under `target`.
 pub fn build_release(
@@ -113,26 +100,35 @@ pub fn build_release(
     bin: &str,
     static_target: bool,
 ) -> Result<PathBuf> {
-    build(root, target, package, None, bin, static_target)
+    cargo_build_release(root, target, &["-p", package], bin, static_target)
 }
 
-/// `cargo build --release -p package` (only its example `example` when given); `bin` is the
-/// built file's path under the profile's directory.
-fn build(
+/// Builds Petrel's own page-fault handler for the `Uffd` memory backend (petrel-vmm's
+/// `uffd_handler` example), statically linked as petrel is, and returns its path.
+pub fn build_uffd_handler(root: &Path) -> Result<PathBuf> {
+    cargo_build_release(
+        root,
+        &target_dir(root),
+        &["-p", "petrel-vmm", "--example", "uffd_handler"],
+        "examples/uffd_handler",
+        true,
+    )
+}
+
+/// `cargo build --release` with `select` (package and target); returns the path `bin` has
+/// under the release directory (see [`build_release`]).
+fn cargo_build_release(
     root: &Path,
     target: &Path,
-    package: &str,
-    example: Option<&str>,
+    select: &[&str],
     bin: &str,
     static_target: bool,
 ) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--release", "-p", package]);
-    if let Some(example) = example {
-        cmd.args(["--example", example]);
-    }
+        .args(["build", "--release"])
+        .args(select);
     let path = if static_target {
         // crt-static for an explicit --target only: a host build would also apply it to
         // proc-macro crates, which cannot be linked statically.
@@ -149,7 +145,8 @@ fn build(
         Ok(path)
     } else {
         Err(Error::Other(format!(
-            "cargo built {package} but {} is not there",
+            "cargo built {} but {} is not there",
+            select.join(" "),
             path.display()
         )))
     }

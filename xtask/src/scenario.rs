@@ -256,6 +256,9 @@ pub struct SnapshotBoot {
     pub image: PathBuf,
     /// The restored process's `--metrics` file.
     pub metrics: PathBuf,
+    /// Petrel's page-fault handler (`uffd_handler`), which serves the memory file to the
+    /// second restore, under the `Uffd` backend.
+    pub uffd_handler: PathBuf,
 }
 
 /// The petrel command line that boots `s` (a scenario configured by petrel's own flags, not
@@ -377,6 +380,9 @@ pub struct Outcome {
     pub run_init: Option<Duration>,
     /// When the init's [`MARKER`] (its first output from user mode) appeared, likewise.
     pub marker: Option<Duration>,
+    /// The results of a scenario's parts, each on a line of its own in the results (a
+    /// snapshot scenario's restores): what, whether it passed, and its times.
+    pub parts: Vec<(String, bool, String)>,
 }
 
 /// Adds to `verdict` what the serial log of `scenario` must show besides [`evaluate`]'s: its

@@ -412,6 +412,7 @@ pub fn run(petrel: &Path, s: &Scenario, log_dir: &Path, timeout: Duration) -> Re
             wall,
             run_init,
             marker,
+            parts: Vec::new(),
         },
         &[
             ("terminal's output", &serial_log, TAIL),

@@ -13,7 +13,8 @@
 //! 1. `petrel --kernel ... --disk IMG --snapshot-on-signal DIR` boots; when the serial log
 //!    shows [`SNAPSHOT_AT`], xtask sends SIGUSR1, and petrel must write `DIR/state` and
 //!    `DIR/mem`, say `snapshot written` and exit 0 before the guest finished counting.
-//! 2. `petrel restore DIR --serial file:LOG2 --metrics M` must then count on to the end and
+//! 2. `petrel restore DIR --serial file:LOG2 --metrics M` (the memory file mapped, from the
+//!    disk as it was at the snapshot) must then count on to the end and
 //!    reset the guest (exit 0). The two serial logs, one after the other, are the guest's
 //!    console: it must hold `Run /init`, the init's marker, the guest's checks, and every
 //!    number from 1 to [`COUNT_TO`] exactly once and in order (a number the restored guest
@@ -24,11 +25,18 @@
 //!    must notice its new VM generation ID: the kernel's `random: crng reseeded due to
 //!    virtual machine fork` (the first boot's generator was seeded before the snapshot).
 //!
+//! 3. The same snapshot is restored once more, from the disk as it was at the snapshot (a copy
+//!    taken after step 1), under the `Uffd` memory backend: Petrel's page-fault handler
+//!    (`uffd_handler SOCKET DIR/mem`, petrel-vmm's example) serves the memory file to
+//!    `petrel restore DIR --uffd-socket SOCKET`; the same checks as step 2's, and the handler
+//!    must exit 0 once petrel ended, saying how many pages it served. No second boot.
+//!
 //! The scenario reports the first boot's times to `Run /init`, to the init's marker and to
-//! the snapshot, and the restore's times to its first serial output and to its first count.
+//! the snapshot, and each restore's times to its first serial output and to its first count,
+//! with a result line of its own.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -137,16 +145,35 @@ fi"#
 }
 
 impl SnapshotBoot {
-    /// The command that restores the snapshot with the serial port going to `serial_log`.
-    pub fn restore_command(&self, petrel: &Path, serial_log: &Path) -> Command {
+    /// The command that restores the snapshot with the serial port going to `serial_log` and
+    /// the metrics to `metrics`; with `uffd_socket`, under the `Uffd` backend, its memory
+    /// served by the handler listening there.
+    pub fn restore_command(
+        &self,
+        petrel: &Path,
+        serial_log: &Path,
+        metrics: &Path,
+        uffd_socket: Option<&Path>,
+    ) -> Command {
         let mut cmd = Command::new(petrel);
         cmd.arg("restore")
             .arg(&self.dir)
             .arg("--serial")
             .arg(format!("file:{}", serial_log.display()))
             .arg("--metrics")
-            .arg(&self.metrics);
+            .arg(metrics);
+        if let Some(socket) = uffd_socket {
+            cmd.arg("--uffd-socket").arg(socket);
+        }
         cmd
+    }
+
+    /// The `--metrics` file of the restore with `backend`.
+    pub fn restore_metrics(&self, backend: Backend) -> PathBuf {
+        match backend {
+            Backend::File => self.metrics.clone(),
+            Backend::Uffd => self.metrics.with_extension("uffd.json"),
+        }
     }
 }
 
@@ -162,6 +189,7 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
         dir: dir.join(format!("{SNAPSHOT_SCENARIO}.snap")),
         image: dir.join(format!("{SNAPSHOT_SCENARIO}.ext4")),
         metrics: dir.join(format!("{SNAPSHOT_SCENARIO}.metrics.json")),
+        uffd_handler: crate::build::build_uffd_handler(&crate::build::workspace_root())?,
     };
     let script = guest_script::init_script(&count_script());
     guest_script::build_rootfs(&snap.image, &script, &[], 16)?;
@@ -379,7 +407,52 @@ fn mem_file_text(path: &Path) -> String {
     }
 }
 
-/// Runs the snapshot scenario `s` with `petrel`: boot, snapshot, restore, checks.
+/// The memory backend a restore maps the snapshot's memory with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The memory file mapped privately (petrel's default).
+    File,
+    /// Pages served over a userfaultfd by Petrel's `uffd_handler` from the memory file
+    /// (`--uffd-socket`).
+    Uffd,
+}
+
+impl Backend {
+    /// The restore's name in the scenario's report.
+    pub fn restore_name(self) -> &'static str {
+        match self {
+            Backend::File => "file restore",
+            Backend::Uffd => "uffd restore",
+        }
+    }
+
+    /// What the restore's logs are called after the scenario's name.
+    fn log_stem(self) -> &'static str {
+        match self {
+            Backend::File => "restored",
+            Backend::Uffd => "uffd-restored",
+        }
+    }
+}
+
+/// The file the page-fault handler listens on: short (a Unix socket's path has at most 107
+/// bytes) and this process's own.
+fn uffd_socket_path() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "petrel-{SNAPSHOT_SCENARIO}-{}.uffd.sock",
+        std::process::id()
+    ))
+}
+
+/// What the handler prints on stderr when the VMM closed the connection (it then exits 0).
+const HANDLER_DONE: &str = "the VMM closed the connection; served ";
+
+/// How long the handler may take to listen, and to exit once petrel ended.
+const HANDLER_LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs the snapshot scenario `s` with `petrel`: boot, snapshot, then two restores of the
+/// same snapshot, each from the disk as it was at the snapshot: the memory file mapped
+/// (the default), then served by Petrel's page-fault handler (the `Uffd` backend); checks.
 pub fn run(
     petrel: &Path,
     s: &Scenario,
@@ -390,11 +463,7 @@ pub fn run(
     fs::create_dir_all(log_dir).ctx(|| format!("creating {}", log_dir.display()))?;
     let serial1 = log_dir.join(format!("{}.log", s.name));
     let vmm1 = log_dir.join(format!("{}.vmm-output.log", s.name));
-    let serial2 = log_dir.join(format!("{}.restored.log", s.name));
-    let vmm2 = log_dir.join(format!("{}.restored.vmm-output.log", s.name));
-    for f in [&serial1, &serial2, &snap.metrics] {
-        let _ = fs::remove_file(f);
-    }
+    let _ = fs::remove_file(&serial1);
     let _ = fs::remove_dir_all(&snap.dir);
     let interrupts = host::InterruptGuard::install();
     let total = Instant::now();
@@ -440,72 +509,84 @@ pub fn run(
         ));
     }
 
-    // 2. Restore in a new process; the guest must count on to the end and reset.
-    let mut second = None;
+    // 2. Restore the snapshot twice, each time in a new process and from the disk as it was
+    // at the snapshot; the guest must count on to the end and reset.
+    let mut restores = Vec::new();
     if verdict.passed() {
-        let mut cmd = snap.restore_command(petrel, &serial2);
-        println!("==> {}: {}", s.name, host::describe(&cmd));
-        let start2 = Instant::now();
-        let mut child = spawn(&mut cmd, &vmm2)?;
-        let run = follow(
-            &mut child,
-            start2,
-            &serial2,
-            &[COUNT_PREFIX],
-            timeout,
-            &interrupts,
-            None,
-        )?;
-        let text2 = read_lossy(&serial2);
-        // The two logs, one after the other, are the guest's whole console.
-        let console = format!("{text1}{text2}");
-        let v = evaluate(&console, &run.exit);
-        verdict.failures.extend(v.failures);
-        verdict.notes.extend(v.notes);
-        for line in &s.expect {
-            if !console.contains(line) {
-                verdict
-                    .failures
-                    .push(format!("the serial logs lack `{line}`"));
-            }
+        let at_snapshot = snap.image.with_extension("at-snapshot.ext4");
+        fs::copy(&snap.image, &at_snapshot).ctx(|| {
+            format!(
+                "copying {} to {}",
+                snap.image.display(),
+                at_snapshot.display()
+            )
+        })?;
+        for backend in [Backend::File, Backend::Uffd] {
+            fs::copy(&at_snapshot, &snap.image).ctx(|| {
+                format!(
+                    "copying {} back to {}",
+                    at_snapshot.display(),
+                    snap.image.display()
+                )
+            })?;
+            let signal_at = signalled.map(|sig| start1 + sig);
+            let r = restore(
+                petrel,
+                s,
+                snap,
+                backend,
+                log_dir,
+                &text1,
+                signal_at,
+                timeout,
+                &interrupts,
+            )?;
+            let name = backend.restore_name();
+            println!(
+                "{}: {name}: {} (restored petrel {:?} after {:.1} s); restore to first output \
+                 {}, to first count {}",
+                s.name,
+                if r.verdict.passed() { "PASS" } else { "FAIL" },
+                r.run.exit,
+                r.run.wall.as_secs_f64(),
+                secs(r.run.first_output),
+                secs(r.run.seen[0]),
+            );
+            verdict
+                .failures
+                .extend(r.verdict.failures.iter().map(|f| format!("{name}: {f}")));
+            verdict
+                .notes
+                .extend(r.verdict.notes.iter().map(|n| format!("{name}: {n}")));
+            restores.push((backend, r));
         }
-        let (notes, failures) = guest_script::judge(&text2, &s.checks);
-        verdict.notes.extend(notes);
-        verdict.failures.extend(failures);
-        check_counts(&text1, &text2, &snap.image, &mut verdict);
-        check_vm_generation(&text1, &text2, &mut verdict);
-        check_restored_writes(snap, &mut verdict);
-        // Wall time from the snapshot's signal to the restored guest's first count.
-        let wall_gap = signalled
-            .zip(run.seen[0])
-            .map(|(sig, seen)| (start2 + seen).saturating_duration_since(start1 + sig));
-        check_guest_clock(&text1, &text2, wall_gap, &mut verdict);
-        let first_run = read_metrics(&snap.metrics)
-            .ok()
-            .and_then(|m| timeline_at(&m, "first KVM_RUN"));
-        verdict.notes.push(format!(
-            "restore to first serial output {}, to the first count after the snapshot {} \
-             (petrel's timeline: first KVM_RUN {} after its start); restored petrel ran {:.1} s",
-            secs(run.first_output),
-            secs(run.seen[0]),
-            secs(first_run),
-            run.wall.as_secs_f64(),
-        ));
-        second = Some(run);
     }
     drop(interrupts);
 
     let wall = total.elapsed();
     let result = if verdict.passed() { "PASS" } else { "FAIL" };
+    let restored: Vec<String> = restores
+        .iter()
+        .map(|(b, r)| {
+            format!(
+                "{} {:?}, to first output {}, to first count {}",
+                b.restore_name(),
+                r.run.exit,
+                secs(r.run.first_output),
+                secs(r.run.seen[0])
+            )
+        })
+        .collect();
     println!(
-        "{}: {result} in {:.1} s (restored: {:?}); first boot {}; restore to first output {}, \
-         to first count {}",
+        "{}: {result} in {:.1} s; first boot {}; {}",
         s.name,
         wall.as_secs_f64(),
-        second.as_ref().map(|r| &r.exit),
         times_text(run_init, marker),
-        secs(second.as_ref().and_then(|r| r.first_output)),
-        secs(second.as_ref().and_then(|r| r.seen[0])),
+        if restored.is_empty() {
+            "not restored".to_owned()
+        } else {
+            restored.join("; ")
+        },
     );
     for f in &verdict.failures {
         println!("    failed: {f}");
@@ -514,22 +595,248 @@ pub fn run(
         println!("    note: {n}");
     }
     if !verdict.passed() {
-        for (what, path) in [
-            ("serial log", &serial1),
-            ("VMM output", &vmm1),
-            ("restored serial log", &serial2),
-            ("restored VMM output", &vmm2),
-        ] {
+        let mut logs = vec![
+            ("serial log".to_owned(), serial1.clone()),
+            ("VMM output".to_owned(), vmm1.clone()),
+        ];
+        for (b, r) in &restores {
+            let name = b.restore_name();
+            logs.push((format!("{name}'s serial log"), r.serial.clone()));
+            logs.push((format!("{name}'s VMM output"), r.vmm.clone()));
+            if let Some(h) = &r.handler_log {
+                logs.push((format!("{name}'s page-fault handler output"), h.clone()));
+            }
+        }
+        for (what, path) in &logs {
             println!("    last {TAIL} lines of the {what} {}:", path.display());
             print_tail(&read_lossy(path), TAIL);
         }
     }
+    let parts = restores
+        .iter()
+        .map(|(b, r)| {
+            let mut what = format!(
+                "{:>6.1} s; first output {}, first count {}",
+                r.run.wall.as_secs_f64(),
+                secs(r.run.first_output),
+                secs(r.run.seen[0])
+            );
+            if let Some(h) = &r.handler {
+                what.push_str(&format!("; handler {h}"));
+            }
+            (b.restore_name().to_owned(), r.verdict.passed(), what)
+        })
+        .collect();
     Ok(Outcome {
         verdict,
         wall,
         run_init,
         marker,
+        parts,
     })
+}
+
+/// How one restore went.
+#[derive(Debug)]
+struct Restored {
+    run: Run,
+    verdict: Verdict,
+    /// Its serial log and petrel's output.
+    serial: PathBuf,
+    vmm: PathBuf,
+    /// The page-fault handler's output (the `Uffd` backend).
+    handler_log: Option<PathBuf>,
+    /// How the handler ended, in a few words (the `Uffd` backend).
+    handler: Option<String>,
+}
+
+/// Restores the snapshot in a new petrel process with `backend` and judges the guest's run
+/// to its end: `text1` is the first boot's console; `signal_at`, when the snapshot was asked
+/// for.
+#[allow(clippy::too_many_arguments)]
+fn restore(
+    petrel: &Path,
+    s: &Scenario,
+    snap: &SnapshotBoot,
+    backend: Backend,
+    log_dir: &Path,
+    text1: &str,
+    signal_at: Option<Instant>,
+    timeout: Duration,
+    interrupts: &host::InterruptGuard,
+) -> Result<Restored> {
+    let stem = backend.log_stem();
+    let serial = log_dir.join(format!("{}.{stem}.log", s.name));
+    let vmm = log_dir.join(format!("{}.{stem}.vmm-output.log", s.name));
+    let metrics = snap.restore_metrics(backend);
+    for f in [&serial, &vmm, &metrics] {
+        let _ = fs::remove_file(f);
+    }
+    let mut verdict = Verdict::default();
+    let mut handler = None;
+    let mut handler_log = None;
+    let socket = match backend {
+        Backend::File => None,
+        Backend::Uffd => {
+            let socket = uffd_socket_path();
+            let _ = fs::remove_file(&socket);
+            let log = log_dir.join(format!("{}.uffd-handler.log", s.name));
+            let mut cmd = Command::new(&snap.uffd_handler);
+            cmd.arg(&socket).arg(snap.dir.join("mem"));
+            println!("==> {}: {}", s.name, host::describe(&cmd));
+            let mut child = spawn(&mut cmd, &log)?;
+            handler_log = Some(log);
+            let listening = Instant::now();
+            while !socket.exists() && listening.elapsed() < HANDLER_LIMIT {
+                if let Ok(Some(status)) = child.try_wait() {
+                    verdict.failures.push(format!(
+                        "the page-fault handler ended before it listened: {:?}",
+                        Exit::from_status(status)
+                    ));
+                    break;
+                }
+                thread::sleep(POLL);
+            }
+            if !socket.exists() && verdict.passed() {
+                kill_vmm(&mut child);
+                verdict.failures.push(format!(
+                    "the page-fault handler did not listen on {} within {} s",
+                    socket.display(),
+                    HANDLER_LIMIT.as_secs()
+                ));
+            }
+            handler = Some(child);
+            Some(socket)
+        }
+    };
+    let mut cmd = snap.restore_command(petrel, &serial, &metrics, socket.as_deref());
+    println!("==> {}: {}", s.name, host::describe(&cmd));
+    let start = Instant::now();
+    let mut child = spawn(&mut cmd, &vmm)?;
+    let run = follow(
+        &mut child,
+        start,
+        &serial,
+        &[COUNT_PREFIX],
+        timeout,
+        interrupts,
+        None,
+    )?;
+    let handler_said = match (handler, &handler_log) {
+        (Some(h), Some(log)) => {
+            let ended = judge_handler(h, log, &mut verdict);
+            if let Some(socket) = &socket {
+                let _ = fs::remove_file(socket);
+            }
+            Some(ended)
+        }
+        _ => None,
+    };
+    let text2 = read_lossy(&serial);
+    // The two logs, one after the other, are the guest's whole console.
+    let console = format!("{text1}{text2}");
+    let v = evaluate(&console, &run.exit);
+    verdict.failures.extend(v.failures);
+    verdict.notes.extend(v.notes);
+    for line in &s.expect {
+        if !console.contains(line) {
+            verdict
+                .failures
+                .push(format!("the serial logs lack `{line}`"));
+        }
+    }
+    let (notes, failures) = guest_script::judge(&text2, &s.checks);
+    verdict.notes.extend(notes);
+    verdict.failures.extend(failures);
+    check_counts(text1, &text2, &snap.image, &mut verdict);
+    check_vm_generation(text1, &text2, &mut verdict);
+    check_restored_writes(&metrics, &mut verdict);
+    // Wall time from the snapshot's signal to the restored guest's first count: the first
+    // restore's (the second starts after the first ended).
+    let wall_gap = match backend {
+        Backend::File => signal_at
+            .zip(run.seen[0])
+            .map(|(sig, seen)| (start + seen).saturating_duration_since(sig)),
+        Backend::Uffd => None,
+    };
+    check_guest_clock(text1, &text2, wall_gap, &mut verdict);
+    let first_run = read_metrics(&metrics)
+        .ok()
+        .and_then(|m| timeline_at(&m, "first KVM_RUN"));
+    verdict.notes.push(format!(
+        "restore to first serial output {}, to the first count after the snapshot {} \
+         (petrel's timeline: first KVM_RUN {} after its start); restored petrel ran {:.1} s",
+        secs(run.first_output),
+        secs(run.seen[0]),
+        secs(first_run),
+        run.wall.as_secs_f64(),
+    ));
+    Ok(Restored {
+        run,
+        verdict,
+        serial,
+        vmm,
+        handler_log,
+        handler: handler_said,
+    })
+}
+
+/// Waits (at most [`HANDLER_LIMIT`]) for the page-fault handler to end after petrel did: it
+/// must exit 0 saying it served pages ([`HANDLER_DONE`]). Returns how it ended, in words.
+fn judge_handler(mut child: Child, log: &Path, v: &mut Verdict) -> String {
+    let waited = Instant::now();
+    let exit = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(Exit::from_status(status)),
+            Ok(None) if waited.elapsed() < HANDLER_LIMIT => thread::sleep(POLL),
+            _ => {
+                kill_vmm(&mut child);
+                break None;
+            }
+        }
+    };
+    let (said, failures) = judge_handler_output(exit.as_ref(), &read_lossy(log));
+    v.failures.extend(failures);
+    if let Some(said) = &said {
+        v.notes
+            .push(format!("the page-fault handler said `{said}`"));
+    }
+    match exit {
+        Some(e) => format!("{e:?}, {}", said.map_or("said nothing".into(), |s| s)),
+        None => "killed: still running after petrel ended".into(),
+    }
+}
+
+/// The handler's end judged: `exit` (`None`: it had to be killed) and its output. Returns its
+/// closing line, if any, and the failures.
+fn judge_handler_output(exit: Option<&Exit>, output: &str) -> (Option<String>, Vec<String>) {
+    let mut failures = Vec::new();
+    match exit {
+        Some(Exit::Code(0)) => {}
+        Some(e) => failures.push(format!(
+            "the page-fault handler ended with {e:?}, not exit code 0"
+        )),
+        None => failures.push(format!(
+            "the page-fault handler still ran {} s after petrel ended (killed)",
+            HANDLER_LIMIT.as_secs()
+        )),
+    }
+    let said = output
+        .lines()
+        .find(|l| l.contains(HANDLER_DONE))
+        .map(|l| l.trim().to_owned());
+    let served = said.as_deref().and_then(|l| {
+        let rest = &l[l.find(HANDLER_DONE)? + HANDLER_DONE.len()..];
+        rest.split_whitespace().next()?.parse::<u64>().ok()
+    });
+    match served {
+        Some(n) if n > 0 => {}
+        Some(_) => failures.push("the page-fault handler served no page".into()),
+        None => failures.push(format!(
+            "the page-fault handler never said `{HANDLER_DONE}N pages`"
+        )),
+    }
+    (said, failures)
 }
 
 /// The counts on the console (both logs, one after the other) and in the count file on the
@@ -634,14 +941,16 @@ fn check_guest_clock(before: &str, after: &str, wall_gap: Option<Duration>, v: &
         )),
         (None, Some(l), Some(f)) => v.notes.push(format!(
             "guest clock: count {} at uptime {:.2} s before the snapshot, count {} at {:.2} s \
-             after the restore: {:+.2} s of guest time for {} of wall time from the snapshot's \
-             signal to that count",
+             after the restore: {:+.2} s of guest time{}",
             l.i,
             l.up,
             f.i,
             f.up,
             f.up - l.up,
-            secs(wall_gap)
+            wall_gap.map_or(String::new(), |g| format!(
+                " for {} of wall time from the snapshot's signal to that count",
+                secs(Some(g))
+            ))
         )),
         _ => {}
     }
@@ -663,8 +972,8 @@ fn check_guest_clock(before: &str, after: &str, wall_gap: Option<Duration>, v: &
 }
 
 /// The restored guest's counts reached the disk through the restored virtio-blk device.
-fn check_restored_writes(snap: &SnapshotBoot, v: &mut Verdict) {
-    match read_metrics(&snap.metrics) {
+fn check_restored_writes(metrics: &Path, v: &mut Verdict) {
+    match read_metrics(metrics) {
         Ok(m) => match device_counter(&m, "virtio-blk", "writes") {
             Some(w) if w > 0 => v
                 .notes
@@ -687,11 +996,40 @@ mod tests {
             dir: "/t/s.snap".into(),
             image: "/t/s.ext4".into(),
             metrics: "/t/m.json".into(),
+            uffd_handler: "/t/uffd_handler".into(),
         };
+        let (petrel, log) = (Path::new("/p/petrel"), Path::new("/l/r.log"));
+        let metrics = snap.restore_metrics(Backend::File);
         assert_eq!(
-            host::describe(&snap.restore_command(Path::new("/p/petrel"), Path::new("/l/r.log"))),
+            host::describe(&snap.restore_command(petrel, log, &metrics, None)),
             "/p/petrel restore /t/s.snap --serial file:/l/r.log --metrics /t/m.json"
         );
+        let metrics = snap.restore_metrics(Backend::Uffd);
+        let socket = Path::new("/tmp/u.sock");
+        assert_eq!(
+            host::describe(&snap.restore_command(petrel, log, &metrics, Some(socket))),
+            "/p/petrel restore /t/s.snap --serial file:/l/r.log --metrics /t/m.uffd.json \
+             --uffd-socket /tmp/u.sock"
+        );
+        assert!(uffd_socket_path().as_os_str().len() < 108);
+    }
+
+    #[test]
+    fn the_handler_must_serve_and_exit_0() {
+        let said = "uffd_handler: the VMM closed the connection; served 5021 pages\n";
+        let (line, failures) = judge_handler_output(Some(&Exit::Code(0)), said);
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(line.as_deref(), Some(said.trim()));
+
+        let (_, failures) = judge_handler_output(Some(&Exit::Code(1)), "Error: broken pipe\n");
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(failures[0].contains("not exit code 0"), "{failures:?}");
+        assert!(failures[1].contains("never said"), "{failures:?}");
+
+        let none = "uffd_handler: the VMM closed the connection; served 0 pages\n";
+        let (_, failures) = judge_handler_output(None, none);
+        assert!(failures[0].contains("still ran"), "{failures:?}");
+        assert_eq!(failures[1], "the page-fault handler served no page");
     }
 
     #[test]
