@@ -168,11 +168,7 @@ fn balloon_body(name: &str) -> Value {
 
 /// The balloon scenarios named in `names`, each with a fresh root image in `dir`.
 pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scenario>> {
-    let wanted: Vec<&str> = SCENARIOS
-        .iter()
-        .copied()
-        .filter(|n| names.contains(n))
-        .collect();
+    let wanted = crate::scenario::asked_for(SCENARIOS, names);
     if wanted.is_empty() {
         return Ok(Vec::new());
     }

@@ -337,11 +337,7 @@ fn fc_config(
 /// The MMDS scenarios named in `names`: their disk images, metadata, config files and metrics
 /// go to `dir`.
 pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scenario>> {
-    let wanted: Vec<&str> = SCENARIOS
-        .iter()
-        .copied()
-        .filter(|n| names.contains(n))
-        .collect();
+    let wanted = crate::scenario::asked_for(SCENARIOS, names);
     if wanted.is_empty() {
         return Ok(Vec::new());
     }

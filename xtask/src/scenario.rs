@@ -261,6 +261,11 @@ pub struct SnapshotBoot {
     pub uffd_handler: PathBuf,
 }
 
+/// The scenarios of a module's list `mine` that `names` asks for, in `mine`'s order.
+pub fn asked_for<'a>(mine: &[&'a str], names: &[&str]) -> Vec<&'a str> {
+    mine.iter().copied().filter(|n| names.contains(n)).collect()
+}
+
 /// The petrel command line that boots `s` (a scenario configured by petrel's own flags, not
 /// Firecracker-style or jailed) with its serial output going to `serial_log`.
 pub fn petrel_command(bin: &Path, s: &Scenario, serial_log: &Path) -> Command {
@@ -481,6 +486,16 @@ pub fn summary_line(passed: usize, failed: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_module_gets_the_scenarios_asked_for_in_its_own_order() {
+        let mine = ["b-one", "b-two", "b-three"];
+        assert_eq!(
+            asked_for(&mine, &["x", "b-three", "b-one"]),
+            ["b-one", "b-three"]
+        );
+        assert!(asked_for(&mine, &["x"]).is_empty());
+    }
 
     fn log(lines: &[&str]) -> String {
         lines.iter().map(|l| format!("{l}\r\n")).collect()
