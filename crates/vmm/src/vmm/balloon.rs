@@ -42,10 +42,14 @@ impl VmmHandle {
             .set_target_mib(amount_mib)
             .map_err(Error::devices)?;
         transport.notify_config_change();
-        let config = transport.device().config();
-        drop(transport);
-        lock(&self.shared.snap.machine).balloon = Some(config);
+        self.remember_balloon(&transport);
         Ok(())
+    }
+
+    /// Keeps the snapshot's description of the machine at the balloon's configuration now
+    /// (its target and statistics interval change while the VM runs).
+    fn remember_balloon(&self, transport: &VirtioMmio<Balloon>) {
+        lock(&self.shared.snap.machine).balloon = Some(transport.device().config());
     }
 
     /// The guest's memory statistics as last reported, with the balloon's target and actual
@@ -65,22 +69,18 @@ impl VmmHandle {
             .device_mut()
             .set_stats_interval(interval_s)
             .map_err(Error::devices)?;
-        let config = transport.device().config();
-        drop(transport);
-        lock(&self.shared.snap.machine).balloon = Some(config);
+        self.remember_balloon(&transport);
         Ok(())
     }
 
     /// Starts a free page hinting run (Firecracker's `PATCH /balloon/hinting/start`): the guest
-    /// gets a new command id and hints its free pages, which are freed on the host.
+    /// gets a new command id (the device raises the configuration-change interrupt itself)
+    /// and hints its free pages, which are freed on the host.
     pub fn start_balloon_hinting(&self, acknowledge_on_stop: bool) -> Result<()> {
-        let mut transport = lock(self.balloon()?);
-        transport
+        lock(self.balloon()?)
             .device_mut()
             .start_hinting(acknowledge_on_stop)
-            .map_err(Error::devices)?;
-        transport.notify_config_change();
-        Ok(())
+            .map_err(Error::devices)
     }
 
     /// The last hinting command of the host and of the guest (Firecracker's `GET
@@ -92,14 +92,12 @@ impl VmmHandle {
             .map_err(Error::devices)
     }
 
-    /// Ends a free page hinting run (Firecracker's `PATCH /balloon/hinting/stop`).
+    /// Ends a free page hinting run (Firecracker's `PATCH /balloon/hinting/stop`); the device
+    /// raises the configuration-change interrupt itself.
     pub fn stop_balloon_hinting(&self) -> Result<()> {
-        let mut transport = lock(self.balloon()?);
-        transport
+        lock(self.balloon()?)
             .device_mut()
             .stop_hinting()
-            .map_err(Error::devices)?;
-        transport.notify_config_change();
-        Ok(())
+            .map_err(Error::devices)
     }
 }
