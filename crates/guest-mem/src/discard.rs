@@ -28,13 +28,8 @@ impl GuestRam {
         if addr % PAGE != 0 || len % PAGE != 0 || len == 0 {
             return Err(refuse("not a whole number of 4 KiB pages"));
         }
-        if !self.contains(addr, len) {
-            return Err(refuse("not within one region of guest RAM"));
-        }
         let region = self
-            .mem
-            .iter()
-            .find(|r| addr >= r.start_addr().0 && addr - r.start_addr().0 < r.len())
+            .region_of(addr, len)
             .ok_or_else(|| refuse("not within one region of guest RAM"))?;
         // Only whole host pages can be freed: all of them on 4 KiB pages, the 2 MiB pages
         // the range covers on hugetlbfs.
@@ -48,7 +43,7 @@ impl GuestRam {
             (start, end - start)
         };
         let offset = addr - region.start_addr().0;
-        // SAFETY: `offset + len` lies within the region (checked by `contains` above), so the
+        // SAFETY: `offset + len` lies within the region (checked when it was found), so the
         // pointer stays inside the mapping vm-memory made for it.
         let host = unsafe { region.as_ptr().add(offset as usize) }.cast::<libc::c_void>();
         let done = if self.backing.is_some() {

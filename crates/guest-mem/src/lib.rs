@@ -462,7 +462,12 @@ impl GuestRam {
 
     /// Whether `[addr, addr + len)` lies wholly inside one region of guest RAM.
     pub fn contains(&self, addr: u64, len: u64) -> bool {
-        self.mem.iter().any(|r| {
+        self.region_of(addr, len).is_some()
+    }
+
+    /// The region of guest RAM that holds all of `[addr, addr + len)`, if one does.
+    fn region_of(&self, addr: u64, len: u64) -> Option<&GuestRegionMmap<AtomicBitmap>> {
+        self.mem.iter().find(|r| {
             let start = r.start_addr().0;
             addr >= start
                 && addr
