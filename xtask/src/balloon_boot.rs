@@ -16,8 +16,11 @@
 //!   its `MemTotal` drop by that much ([`INFLATED`]). Resident memory must have dropped by
 //!   nearly as much; the statistics must match the guest's `/proc/meminfo`; a target larger
 //!   than guest RAM is refused with a 400 naming `amount_mib`; a Full snapshot of the
-//!   ballooned VM, restored (paused) in a second petrel, has a balloon that targets and holds
-//!   the same; then `PATCH /balloon` to 0
+//!   ballooned VM, restored (paused) in a second petrel under the `Uffd` memory backend
+//!   (Petrel's `uffd_handler` serving the memory file), has a balloon that targets and holds
+//!   the same; resumed there and inflated by [`UFFD_INFLATE_MIB`] more, the handler must have
+//!   read `UFFD_EVENT_REMOVE`s covering at least that much (its closing line says so) and
+//!   exit 0 when that petrel ends; then, in the first VM, `PATCH /balloon` to 0
 //!   deflates, the guest sees its `MemTotal` back ([`DEFLATED`]) and ends the run.
 //! - `balloon-reporting` (`free_page_reporting`): the host watches the resident guest memory
 //!   from the start while the guest fills and frees [`REPORT_FILL_MIB`] and says
@@ -29,6 +32,7 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -59,6 +63,9 @@ pub const FILL_MIB: u64 = 72;
 pub const REPORT_FILL_MIB: u64 = 48;
 /// The inflate of `balloon-inflate`, in MiB.
 pub const INFLATE_MIB: u64 = 64;
+/// The further inflate of `balloon-inflate`'s Uffd-restored copy, in MiB: small, since the
+/// guest's driver takes a few ms per page on an emulating host.
+pub const UFFD_INFLATE_MIB: u64 = 4;
 /// The inflate that tells `balloon-reporting`'s guest to end, in MiB.
 pub const DOORBELL_MIB: u64 = 4;
 /// How much of an inflate must leave the VMM's resident memory (the rest may never have
@@ -81,6 +88,11 @@ const SOCKET_LIMIT: Duration = Duration::from_secs(10);
 /// How long the host waits for something the device or the guest does on its own (an
 /// inflate to complete, statistics to refresh, reported pages to leave), each.
 const DEVICE_LIMIT: Duration = Duration::from_secs(180);
+/// How long the page-fault handler may take to listen, and to end once its petrel ended.
+const HANDLER_LIMIT: Duration = Duration::from_secs(10);
+/// What the page-fault handler says on stderr when its VMM closed the connection: `served N
+/// pages; M removals of B bytes` follows.
+const HANDLER_DONE: &str = "the VMM closed the connection; served ";
 
 /// What both scripts start with: `/proc`, `/sys`, and `mem`, which reads
 /// `MemTotal` and `MemFree` (kB) into `T` and `F` with shell builtins only; `wait_total
@@ -174,6 +186,13 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
     }
     host::ensure_packages(&["e2fsprogs", "busybox-static"])?;
     fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    let uffd_handler = if wanted.contains(&INFLATE_NAME) {
+        Some(crate::build::build_uffd_handler(
+            &crate::build::workspace_root(),
+        )?)
+    } else {
+        None
+    };
     let mut out = Vec::new();
     for name in wanted {
         let image = dir.join(format!("{name}.ext4"));
@@ -201,6 +220,7 @@ pub fn scenarios(names: &[&str], vmlinux: &Path, dir: &Path) -> Result<Vec<Scena
         s.live = Some(Arc::new(BalloonCheck {
             socket,
             reporting: name == REPORTING_NAME,
+            uffd_handler: uffd_handler.clone().filter(|_| name == INFLATE_NAME),
         }));
         out.push(s);
     }
@@ -214,6 +234,9 @@ pub struct BalloonCheck {
     pub socket: PathBuf,
     /// `balloon-reporting` rather than `balloon-inflate`.
     pub reporting: bool,
+    /// Petrel's page-fault handler (the `uffd_handler` example), for `balloon-inflate`'s
+    /// restore under the `Uffd` backend.
+    pub uffd_handler: Option<PathBuf>,
 }
 
 /// A connection to petrel's API, and petrel's PID (the socket's peer).
@@ -344,6 +367,97 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
+/// Starts `handler SOCKET MEM` (output to `log`) and waits until it listens.
+fn start_handler(handler: &Path, socket: &Path, mem: &Path, log: &Path) -> Result<Child> {
+    let _ = fs::remove_file(socket);
+    let out = fs::File::create(log).ctx(|| format!("creating {}", log.display()))?;
+    let mut cmd = Command::new(handler);
+    cmd.arg(socket)
+        .arg(mem)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(out);
+    let mut child = cmd
+        .spawn()
+        .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
+    let start = Instant::now();
+    while !socket.exists() {
+        let ended = child.try_wait().ok().flatten();
+        if ended.is_some() || start.elapsed() > HANDLER_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Other(format!(
+                "the page-fault handler did not listen on {} ({}): {}",
+                socket.display(),
+                ended.map_or("still running".into(), |s| s.to_string()),
+                fs::read_to_string(log).unwrap_or_default().trim()
+            )));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// Waits (at most [`HANDLER_LIMIT`]) for the page-fault handler to end after its petrel did:
+/// it must exit 0 and say [`HANDLER_DONE`]. Returns that line.
+fn finish_handler(child: &mut Child, log: &Path) -> Result<String> {
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if start.elapsed() < HANDLER_LIMIT => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let output = fs::read_to_string(log).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => output
+            .lines()
+            .find(|l| l.contains(HANDLER_DONE))
+            .map(|l| l.trim().to_owned())
+            .ok_or_else(|| {
+                Error::Other(format!(
+                    "the page-fault handler never said `{HANDLER_DONE}...`: {}",
+                    output.trim()
+                ))
+            }),
+        Some(s) => Err(Error::Other(format!(
+            "the page-fault handler ended with {s}: {}",
+            output.trim()
+        ))),
+        None => Err(Error::Other(format!(
+            "the page-fault handler still ran {} s after its petrel ended (killed)",
+            HANDLER_LIMIT.as_secs()
+        ))),
+    }
+}
+
+/// The numbers of the page-fault handler's closing line.
+#[derive(Debug, PartialEq, Eq)]
+struct HandlerClosing {
+    pages: u64,
+    removals: u64,
+    removed_bytes: u64,
+}
+
+/// Reads `...; served N pages; M removals of B bytes`.
+fn handler_closing(line: &str) -> Option<HandlerClosing> {
+    let rest = &line[line.find(HANDLER_DONE)? + HANDLER_DONE.len()..];
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    match words.as_slice() {
+        [pages, "pages;", removals, "removals", "of", bytes, "bytes"] => Some(HandlerClosing {
+            pages: pages.parse().ok()?,
+            removals: removals.parse().ok()?,
+            removed_bytes: bytes.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
 impl BalloonCheck {
     /// Waits for the guest's `cue` and connects to the API.
     fn at_cue(&self, cx: &LiveContext<'_>, cue: &'static str) -> std::result::Result<Vmm, String> {
@@ -434,7 +548,7 @@ impl BalloonCheck {
             MEM_MIB * 4,
             r.body.trim()
         ));
-        notes.push(self.snapshot_and_restore(&mut vmm).map_err(e)?);
+        notes.extend(self.snapshot_and_restore(&mut vmm, cx).map_err(e)?);
         let body = json!({ "stats_polling_interval_s": 2 }).to_string();
         vmm.client
             .expect("PATCH", "/balloon/statistics", Some(&body), 204)
@@ -465,9 +579,15 @@ impl BalloonCheck {
     }
 
     /// With the balloon inflated: pauses the VM, writes a Full snapshot beside the API socket,
-    /// resumes it, and restores the snapshot (paused) in a second petrel, whose balloon must
-    /// hold what the first one held. Returns the note.
-    fn snapshot_and_restore(&self, vmm: &mut Vmm) -> Result<String> {
+    /// resumes it, and restores the snapshot (paused) in a second petrel under the `Uffd`
+    /// backend, served by Petrel's page-fault handler. That petrel's balloon must hold what
+    /// the first one held; resumed and inflated by [`UFFD_INFLATE_MIB`] more, the handler must
+    /// have seen removals covering at least that much. Returns the notes.
+    fn snapshot_and_restore(&self, vmm: &mut Vmm, cx: &LiveContext<'_>) -> Result<Vec<String>> {
+        let handler = self
+            .uffd_handler
+            .as_deref()
+            .ok_or_else(|| Error::Other("no page-fault handler was built".into()))?;
         let dir = self.socket.with_extension("snapshot");
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
@@ -493,47 +613,100 @@ impl BalloonCheck {
                 .blocks()
                 * 512
         };
+        let handler_log = cx
+            .serial
+            .with_file_name(format!("{INFLATE_NAME}.uffd-handler.log"));
+        let handler_socket = dir.join("uffd.sock");
+        let began = Instant::now();
+        let mut handler = start_handler(handler, &handler_socket, &mem, &handler_log)?;
         // The same binary as the VM's own, restoring in a process of its own.
         let petrel = fs::read_link(format!("/proc/{}/exe", vmm.pid))
             .ctx(|| format!("reading /proc/{}/exe", vmm.pid))?;
         let socket = dir.join("api.sock");
+        let output = cx
+            .serial
+            .with_file_name(format!("{INFLATE_NAME}.uffd-restored.vmm-output.log"));
+        let out = fs::File::create(&output).ctx(|| format!("creating {}", output.display()))?;
+        let err = out.try_clone().ctx(|| "duplicating a file".into())?;
         let mut child = std::process::Command::new(&petrel)
             .arg("--api-sock")
             .arg(&socket)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .ctx(|| format!("starting {}", petrel.display()))?;
-        let restored = (|| -> Result<Value> {
+        let restored = (|| -> Result<(Value, Duration)> {
             let (mut client, _) =
                 ApiClient::connect_when_ready(&socket, Instant::now(), SOCKET_LIMIT, || true)?;
             client.set_timeout(Some(SOCKET_LIMIT))?;
             let load = json!({
                 "snapshot_path": state.display().to_string(),
-                "mem_backend": {"backend_type": "File", "backend_path": mem.display().to_string()},
+                "mem_backend": {
+                    "backend_type": "Uffd",
+                    "backend_path": handler_socket.display().to_string(),
+                },
                 "resume_vm": false,
             })
             .to_string();
             client.expect("PUT", "/snapshot/load", Some(&load), 204)?;
             let r = client.expect("GET", "/balloon/statistics", None, 200)?;
-            serde_json::from_str(&r.body).map_err(|e| Error::Other(format!("{e}: {}", r.body)))
+            let stats: Value = serde_json::from_str(&r.body)
+                .map_err(|e| Error::Other(format!("{e}: {}", r.body)))?;
+            if stats["target_mib"] != json!(INFLATE_MIB)
+                || stats["actual_mib"] != json!(INFLATE_MIB)
+            {
+                return Err(Error::Other(format!(
+                    "the restored VM's balloon statistics are {stats}, not {INFLATE_MIB} MiB \
+                     targeted and held"
+                )));
+            }
+            client.expect("PATCH", "/vm", Some(&resumed), 204)?;
+            let mut copy = Vmm {
+                client,
+                pid: child.id() as i32,
+            };
+            let took = copy.resize(&socket, INFLATE_MIB + UFFD_INFLATE_MIB, cx)?;
+            Ok((stats, took))
         })();
         let _ = child.kill();
         let _ = child.wait();
+        let handler_said = finish_handler(&mut handler, &handler_log);
+        let spent = began.elapsed();
         let _ = fs::remove_dir_all(&dir);
-        let stats = restored?;
-        if stats["target_mib"] != json!(INFLATE_MIB) || stats["actual_mib"] != json!(INFLATE_MIB) {
+        let (_, took) = restored?;
+        let said = handler_said?;
+        let closing = handler_closing(&said).ok_or_else(|| {
+            Error::Other(format!(
+                "the page-fault handler's closing line is not `...{HANDLER_DONE}N pages; M \
+                 removals of B bytes`: {said}"
+            ))
+        })?;
+        if closing.pages == 0 || closing.removed_bytes < UFFD_INFLATE_MIB << 20 {
             return Err(Error::Other(format!(
-                "the restored VM's balloon statistics are {stats}, not {INFLATE_MIB} MiB \
-                 targeted and held"
+                "after the Uffd-restored VM inflated {UFFD_INFLATE_MIB} MiB more, the \
+                 page-fault handler said `{said}`: it should have served pages and read \
+                 removals covering at least {UFFD_INFLATE_MIB} MiB"
             )));
         }
-        Ok(format!(
-            "paused, Full snapshot ({} of data in the {MEM_MIB} MiB memory file), resumed; \
-             restored in a second petrel: its balloon targets and holds {INFLATE_MIB} MiB \
-             (GET /balloon/statistics)",
-            mib(mem_bytes)
-        ))
+        Ok(vec![
+            format!(
+                "paused, Full snapshot ({} of data in the {MEM_MIB} MiB memory file), \
+                 resumed; restored (paused) in a second petrel under the Uffd backend, served \
+                 by uffd_handler: its balloon targets and holds {INFLATE_MIB} MiB (GET \
+                 /balloon/statistics)",
+                mib(mem_bytes)
+            ),
+            format!(
+                "the Uffd-restored VM resumed, PATCH /balloon {} MiB: inflated in {:.0} ms; \
+                 the handler exited 0 after its petrel ended, saying `{said}` ({} removed, at \
+                 least the {UFFD_INFLATE_MIB} MiB inflate); {:.1} s from the handler's \
+                 start to its end",
+                INFLATE_MIB + UFFD_INFLATE_MIB,
+                took.as_secs_f64() * 1e3,
+                mib(closing.removed_bytes),
+                spent.as_secs_f64()
+            ),
+        ])
     }
 
     fn reporting(&self, cx: &LiveContext<'_>) -> std::result::Result<Vec<String>, String> {
@@ -638,6 +811,25 @@ Rss:                   0 kB
         assert_eq!(guest_meminfo(&path, INFLATED), Some((182740, 150000)));
         assert_eq!(guest_meminfo(&path, FREED), None);
         fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_handlers_closing_line_gives_its_pages_and_removals() {
+        let line = "uffd_handler: the VMM closed the connection; served 5021 pages; 1024 \
+                    removals of 4194304 bytes";
+        assert_eq!(
+            handler_closing(line),
+            Some(HandlerClosing {
+                pages: 5021,
+                removals: 1024,
+                removed_bytes: 4 << 20
+            })
+        );
+        assert_eq!(
+            handler_closing("uffd_handler: the VMM closed the connection; served 12 pages"),
+            None
+        );
+        assert_eq!(handler_closing("Error: broken pipe"), None);
     }
 
     #[test]

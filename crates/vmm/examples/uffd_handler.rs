@@ -9,8 +9,10 @@
 //! same), receives the userfaultfd and the memory layout, and then serves, one page per fault:
 //! `UFFDIO_COPY` of the memory file's bytes, or `UFFDIO_ZEROPAGE` for a range the VMM gave back
 //! to the host (`UFFD_EVENT_REMOVE`, a balloon inflating), whose old contents must not come
-//! back. It ends, with status 0, when the VMM closes the connection (the VM ended). It
-//! keeps the connection open while it serves: Petrel takes its hang-up as the handler's end.
+//! back. It ends, with status 0, when the VMM closes the connection (the VM ended), saying on
+//! stderr `uffd_handler: the VMM closed the connection; served N pages; M removals of B
+//! bytes` (the removals it read, and the bytes they covered). It keeps the connection open
+//! while it serves: Petrel takes its hang-up as the handler's end.
 //!
 //! With no arguments it shows itself on a small memory it makes, playing the VMM's part in a
 //! thread of its own (as `cargo xtask test` runs it).
@@ -31,8 +33,8 @@ fn main() -> Result<(), Error> {
                 .map_err(|e| format!("cannot listen on {socket}: {e}"))?;
             let file = File::open(mem_file).map_err(|e| format!("cannot open {mem_file}: {e}"))?;
             let (stream, _) = listener.accept()?;
-            let served = petrel_vmm::uffd::serve_pages(stream, &file)?;
-            eprintln!("uffd_handler: the VMM closed the connection; served {served} pages");
+            let served = petrel_vmm::uffd::serve(stream, &file)?;
+            eprintln!("uffd_handler: the VMM closed the connection; {served}");
             Ok(())
         }
         [] => demo(),

@@ -232,12 +232,34 @@ impl Drop for Source {
     }
 }
 
+/// What a page-fault handler did while it served one VMM ([`serve`]'s count). Shown as
+/// `served N pages; M removals of B bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Faults filled with a page: the memory file's bytes, or zeros in a removed range.
+    pub pages: u64,
+    /// `UFFD_EVENT_REMOVE` events read: the VMM gave a range back to the host (a balloon).
+    pub removals: u64,
+    /// The bytes those removals covered, summed (a range removed twice counts twice).
+    pub removed_bytes: u64,
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "served {} pages; {} removals of {} bytes",
+            self.pages, self.removals, self.removed_bytes
+        )
+    }
+}
+
 /// A page-fault handler's work (the `uffd_handler` example's, and the tests'): receives the
 /// userfaultfd and the layout on `stream` (a connection accepted on the handler's socket, from
 /// Petrel or Firecracker), then serves each fault from `mem_file` (`UFFDIO_COPY`, one page at a
 /// time) or with zeros where the VMM removed the memory (`UFFD_EVENT_REMOVE`), until the VMM
-/// closes the connection. Returns the pages served.
-pub fn serve_pages(stream: UnixStream, mem_file: &File) -> std::io::Result<u64> {
+/// closes the connection. Returns what it served and the removals it saw.
+pub fn serve(stream: UnixStream, mem_file: &File) -> std::io::Result<Served> {
     let file = mem_file;
     let mut buf = vec![0u8; 64 << 10];
     let (n, fd) = stream.recv_with_fd(&mut buf)?;
@@ -247,8 +269,8 @@ pub fn serve_pages(stream: UnixStream, mem_file: &File) -> std::io::Result<u64> 
         std::io::Error::other(format!("the VMM's layout is not the expected JSON: {e}"))
     })?;
     let source = Source::map(file)?;
-    let mut removed: Vec<(u64, u64)> = Vec::new();
-    let mut served = 0u64;
+    let mut removed = Removed::default();
+    let mut served = Served::default();
     loop {
         let mut fds = [
             libc::pollfd {
@@ -277,12 +299,39 @@ pub fn serve_pages(stream: UnixStream, mem_file: &File) -> std::io::Result<u64> 
             match event {
                 Event::Pagefault { addr } => {
                     serve_page(&uffd, &regions, &source, &removed, addr)?;
-                    served += 1;
+                    served.pages += 1;
                 }
-                Event::Remove { start, end } => removed.push((start, end)),
+                Event::Remove { start, end } => {
+                    removed.add(start, end);
+                    served.removals += 1;
+                    served.removed_bytes += end.saturating_sub(start);
+                }
                 Event::Other(_) => {}
             }
         }
+    }
+}
+
+/// [`serve`], returning only the number of pages served.
+pub fn serve_pages(stream: UnixStream, mem_file: &File) -> std::io::Result<u64> {
+    serve(stream, mem_file).map(|s| s.pages)
+}
+
+/// The ranges `[start, end)` the VMM removed, in the order it removed them; a range that
+/// continues the last one extends it (a balloon removes page after page).
+#[derive(Debug, Default)]
+struct Removed(Vec<(u64, u64)>);
+
+impl Removed {
+    fn add(&mut self, start: u64, end: u64) {
+        match self.0.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => self.0.push((start, end)),
+        }
+    }
+
+    fn contains(&self, addr: u64) -> bool {
+        self.0.iter().any(|&(s, e)| addr >= s && addr < e)
     }
 }
 
@@ -291,7 +340,7 @@ fn serve_page(
     uffd: &Userfaultfd,
     regions: &[GuestRegionUffdMapping],
     source: &Source,
-    removed: &[(u64, u64)],
+    removed: &Removed,
     addr: u64,
 ) -> std::io::Result<()> {
     let r = regions
@@ -303,7 +352,7 @@ fn serve_page(
     let page = r.page_size as u64;
     let start = addr & !(page - 1);
     let at = r.offset + (start - r.base_host_virt_addr);
-    let result = if removed.iter().any(|&(s, e)| start >= s && start < e) {
+    let result = if removed.contains(start) {
         uffd.zero(start, page)
     } else if at + page <= source.len as u64 {
         // SAFETY: `at + page` is within the mapping of `source.len` bytes (checked above).
@@ -341,6 +390,72 @@ mod tests {
             m[0].base_host_virt_addr
         );
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn removals_extend_the_last_range_and_are_shown_in_the_closing_line() {
+        let mut removed = Removed::default();
+        removed.add(0x1000, 0x2000);
+        removed.add(0x2000, 0x3000);
+        removed.add(0x8000, 0x9000);
+        assert_eq!(removed.0, vec![(0x1000, 0x3000), (0x8000, 0x9000)]);
+        assert!(removed.contains(0x2fff) && removed.contains(0x8000));
+        assert!(!removed.contains(0x3000) && !removed.contains(0x9000));
+        let served = Served {
+            pages: 5,
+            removals: 3,
+            removed_bytes: 12288,
+        };
+        assert_eq!(
+            served.to_string(),
+            "served 5 pages; 3 removals of 12288 bytes"
+        );
+    }
+
+    #[test]
+    fn the_handler_counts_what_a_discard_removed_and_serves_zeros_there() {
+        let size = 1u64 << 20;
+        let dir = std::env::temp_dir().join(format!("petrel-uffd-served-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (socket, mem) = (dir.join("h.sock"), dir.join("mem"));
+        std::fs::write(&mem, vec![0xa5u8; size as usize]).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let file = File::open(&mem).unwrap();
+        let handler = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            serve(stream, &file)
+        });
+        let ram = GuestRam::new(size).unwrap();
+        let backend = match serve_from_handler(&ram, &socket) {
+            Ok(b) => b,
+            // A host without userfaultfd: nothing to serve.
+            Err(Error::Uffd(e)) => {
+                eprintln!("SKIPPED: {e}");
+                drop(UnixStream::connect(&socket));
+                let _ = std::fs::remove_dir_all(&dir);
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let mut byte = [0u8; 1];
+        ram.read(0x3000, &mut byte).unwrap();
+        assert_eq!(byte[0], 0xa5);
+        ram.discard(0x2000, 0x4000).unwrap();
+        ram.read(0x3000, &mut byte).unwrap();
+        assert_eq!(byte[0], 0, "a removed page came back with the file's bytes");
+        ram.read(0x6000, &mut byte).unwrap();
+        assert_eq!(byte[0], 0xa5);
+        drop(backend);
+        let served = handler.join().unwrap().unwrap();
+        assert_eq!(
+            served,
+            Served {
+                pages: 3,
+                removals: 1,
+                removed_bytes: 0x4000
+            }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

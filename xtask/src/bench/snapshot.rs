@@ -1,7 +1,8 @@
 //! The snapshot cases: restoring a snapshot of a 256 MiB guest, from the command line and
 //! through Firecracker's `PUT /snapshot/load`, beside a fresh boot of the same guest; and the
 //! same load with `mem_backend: Uffd`, served by Petrel's own page-fault handler (the
-//! `uffd_handler` example), beside the File backend.
+//! `uffd_handler` example), and with `huge_pages: Transparent`, each beside the File backend
+//! (the three loads' runs alternate).
 //!
 //! The guest is the counter guest (`petrel_demo_guest::counter`), snapshotted once per bench
 //! run with `--snapshot-on-signal` after its first tick. Firecracker is not installed here: its
@@ -192,6 +193,9 @@ impl Drop for Handler {
 enum Backend<'a> {
     /// `File`: petrel maps the snapshot's memory file.
     File,
+    /// `File` with `huge_pages: Transparent`: petrel advises that mapping with
+    /// `madvise(MADV_HUGEPAGE)`.
+    FileTransparent,
     /// `Uffd`: the page-fault handler at this path serves the memory file.
     Uffd(&'a Path),
 }
@@ -203,6 +207,7 @@ fn api_load_run(b: &Bench, snapshot: &Path, backend: &Backend) -> Result<f64> {
     let mem = snapshot.join("mem");
     let (name, handler) = match backend {
         Backend::File => ("snapshot-load", None),
+        Backend::FileTransparent => ("snapshot-load-thp", None),
         Backend::Uffd(path) => ("snapshot-load-uffd", Some(Handler::start(b, path, &mem)?)),
     };
     let log = b.dir.join("logs").join(format!("{name}.stderr"));
@@ -212,12 +217,15 @@ fn api_load_run(b: &Bench, snapshot: &Path, backend: &Backend) -> Result<f64> {
         None => serde_json::json!({ "backend_type": "File", "backend_path": mem }),
         Some(h) => serde_json::json!({ "backend_type": "Uffd", "backend_path": h.socket }),
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "snapshot_path": snapshot.join("state"),
         "mem_backend": mem_backend,
         "resume_vm": true,
-    })
-    .to_string();
+    });
+    if let Backend::FileTransparent = backend {
+        body["huge_pages"] = "Transparent".into();
+    }
+    let body = body.to_string();
     let sent = Instant::now();
     client.send("PUT", "/snapshot/load", Some(&body))?;
     let answer = client.receive()?;
@@ -273,12 +281,14 @@ pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
             .map_err(|e| Cell::Error(format!("building the page-fault handler: {e}")))
     });
     let handler_path = handler.clone().unwrap_or_default();
-    let (load_cell, uffd_cell) = alternate(
+    let [load_cell, uffd_cell, thp_cell] = alternate_loads(
         runs + 1,
-        (skip.clone(), |_| api_load_run(b, &snapshot, &Backend::File)),
-        (handler.err(), |_| {
-            api_load_run(b, &snapshot, &Backend::Uffd(&handler_path))
-        }),
+        [
+            (skip.clone(), Backend::File),
+            (handler.err(), Backend::Uffd(&handler_path)),
+            (skip.clone(), Backend::FileTransparent),
+        ],
+        |backend| api_load_run(b, &snapshot, backend),
     );
     let load_cell = drop_warm_up(load_cell);
     vec![
@@ -323,7 +333,7 @@ pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
                  (`mem_backend` File, `resume_vm: true`) to the end of its 204 (Petrel answers \
                  once the vCPUs are started); then `GET /` must say Running and petrel must \
                  end by SIGTERM when sent it. The first run is an untimed warm-up; runs \
-                 alternate with the Uffd row's. Runs: {runs}."
+                 alternate with the Uffd and huge-page rows'. Runs: {runs}."
             ),
         },
         Row {
@@ -331,11 +341,11 @@ pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
             name: "UFFD restore: PUT /snapshot/load (Uffd) answered".into(),
             unit: Unit::MsFine,
             petrel: drop_warm_up(uffd_cell),
-            comparison_name: "File backend (the row above)".into(),
-            comparison: load_cell,
+            comparison_name: "File backend (the API row)".into(),
+            comparison: load_cell.clone(),
             target: Target::None,
             measures: format!(
-                "The same snapshot ({GUEST_MIB} MiB) and the same load as the row above, but \
+                "The same snapshot ({GUEST_MIB} MiB) and the same load as the API row, but \
                  `mem_backend` Uffd: before each run Petrel's own page-fault handler \
                  (`crates/vmm/examples/uffd_handler.rs`, built as petrel is: `cargo build \
                  --release -p petrel-vmm --example uffd_handler`, statically linked) is started \
@@ -352,7 +362,56 @@ pub fn restore(b: &Bench, runs: u32) -> Vec<Row> {
                  Runs: {runs}."
             ),
         },
+        Row {
+            id: "snapshot_load_huge_pages",
+            name: "restore with huge pages: PUT /snapshot/load (Transparent) answered".into(),
+            unit: Unit::MsFine,
+            petrel: drop_warm_up(thp_cell),
+            comparison_name: "File backend, no huge pages (the API row)".into(),
+            comparison: load_cell,
+            target: Target::None,
+            measures: format!(
+                "The same snapshot ({GUEST_MIB} MiB; its guest ran with huge_pages None) and \
+                 the same timed window as the API row (from just before writing `PUT \
+                 /snapshot/load` to the end of its 204, `resume_vm: true`, `mem_backend` \
+                 File), with `\"huge_pages\": \"Transparent\"`: petrel maps the memory file \
+                 privately as always and advises the mapping with madvise(MADV_HUGEPAGE) \
+                 (the host's transparent_hugepage setting must be madvise or always); whether \
+                 the kernel then backs guest pages with 2 MiB pages is up to it and is not \
+                 measured here. Then `GET /` must say Running and petrel must end by SIGTERM. \
+                 Compared with the API row's values from the same, alternating runs; the \
+                 first run of each is an untimed warm-up. Restoring onto hugetlbfs (`2M`) is \
+                 refused with either backend: a memory file cannot be mapped onto hugetlbfs \
+                 pages, and Petrel's Uffd backend hands its handler 4 KiB pages \
+                 (Firecracker serves 2M snapshots only through a Uffd handler). A guest \
+                 booted on `2M` pages (which needs free pages in the host's hugetlbfs pool, \
+                 /proc/sys/vm/nr_hugepages; the bench does not grow it) can be snapshotted, \
+                 and its memory file, a plain file like any other, is restored with \
+                 Transparent or None: this row's load. Runs: {runs}."
+            ),
+        },
     ]
+}
+
+/// Runs `load` for each of `arms` in turn, `runs` rounds (an arm with a cell already is left
+/// out); returns each arm's values, or its cell, or the first run's error.
+fn alternate_loads<'a, const N: usize>(
+    runs: u32,
+    arms: [(Option<Cell>, Backend<'a>); N],
+    mut load: impl FnMut(&Backend<'a>) -> Result<f64>,
+) -> [Cell; N] {
+    let mut arms = arms.map(|(done, backend)| (done, backend, Vec::new()));
+    for i in 0..runs {
+        for (done, backend, values) in &mut arms {
+            if done.is_none() {
+                match load(backend) {
+                    Ok(v) => values.push(v),
+                    Err(e) => *done = Some(Cell::Error(format!("run {}: {e}", i + 1))),
+                }
+            }
+        }
+    }
+    arms.map(|(done, _, values)| done.unwrap_or(Cell::Measured(values)))
 }
 
 /// The cell without its first value (the warm-up run).
