@@ -268,7 +268,7 @@ pub struct BenchArgs {
     pub linux_timeout: Duration,
     /// Run only this case (may be repeated): startup, memory, exits,
     /// density, linux, api-socket, api-start, api-memory, snapshot,
-    /// clones, alive.
+    /// clones, alive, sandbox.
     #[arg(long, value_name = "NAME", verbatim_doc_comment)]
     pub only: Vec<String>,
     /// Exit 0 even if QEMU or /dev/kvm is missing (still shown as MISSING).
