@@ -25,9 +25,14 @@
 //!    must notice its new VM generation ID: the kernel's `random: crng reseeded due to
 //!    virtual machine fork` (the first boot's generator was seeded before the snapshot).
 //!
-//! 3. The same snapshot is restored once more, from the disk as it was at the snapshot (a copy
-//!    taken after step 1), under the `Uffd` memory backend: Petrel's page-fault handler
-//!    (`uffd_handler SOCKET DIR/mem`, petrel-vmm's example) serves the memory file to
+//!    This restore records the guest's working set (`--working-set record`): petrel must say
+//!    it saved it beside the state file.
+//! 3. The same snapshot is restored again, from the disk as it was at the snapshot (a copy
+//!    taken after step 1), with that working set prefetched (`--working-set prefetch`): petrel
+//!    must say it prefetched it, and the guest must pass every check of step 2.
+//! 4. Once more, from the disk as it was at the snapshot, under the `Uffd` memory backend:
+//!    Petrel's page-fault handler (`uffd_handler SOCKET DIR/mem`, petrel-vmm's example) serves
+//!    the memory file to
 //!    `petrel restore DIR --uffd-socket SOCKET`; the same checks as step 2's, and the handler
 //!    must exit 0 once petrel ended, saying how many pages it served. No second boot.
 //!
@@ -145,15 +150,17 @@ fi"#
 }
 
 impl SnapshotBoot {
-    /// The command that restores the snapshot with the serial port going to `serial_log` and
-    /// the metrics to `metrics`; with `uffd_socket`, under the `Uffd` backend, its memory
-    /// served by the handler listening there.
+    /// The command that restores the snapshot with `backend`, the serial port going to
+    /// `serial_log` and the metrics to `metrics`: from the memory file recording the working
+    /// set, from it prefetching the working set, or under the `Uffd` backend, its memory
+    /// served by the handler listening on `uffd_socket`.
     pub fn restore_command(
         &self,
         petrel: &Path,
+        backend: Backend,
         serial_log: &Path,
         metrics: &Path,
-        uffd_socket: Option<&Path>,
+        uffd_socket: &Path,
     ) -> Command {
         let mut cmd = Command::new(petrel);
         cmd.arg("restore")
@@ -162,9 +169,11 @@ impl SnapshotBoot {
             .arg(format!("file:{}", serial_log.display()))
             .arg("--metrics")
             .arg(metrics);
-        if let Some(socket) = uffd_socket {
-            cmd.arg("--uffd-socket").arg(socket);
-        }
+        match backend {
+            Backend::File => cmd.args(["--working-set", "record"]),
+            Backend::FilePrefetched => cmd.args(["--working-set", "prefetch"]),
+            Backend::Uffd => cmd.arg("--uffd-socket").arg(uffd_socket),
+        };
         cmd
     }
 
@@ -172,6 +181,7 @@ impl SnapshotBoot {
     pub fn restore_metrics(&self, backend: Backend) -> PathBuf {
         match backend {
             Backend::File => self.metrics.clone(),
+            Backend::FilePrefetched => self.metrics.with_extension("prefetched.json"),
             Backend::Uffd => self.metrics.with_extension("uffd.json"),
         }
     }
@@ -410,8 +420,12 @@ fn mem_file_text(path: &Path) -> String {
 /// The memory backend a restore maps the snapshot's memory with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// The memory file mapped privately (petrel's default).
+    /// The memory file mapped privately (petrel's default), recording the working set
+    /// (`--working-set record`): it is saved beside the state file when the guest ends.
     File,
+    /// The memory file again, the working set the first restore saved brought in before the
+    /// guest runs (`--working-set prefetch`).
+    FilePrefetched,
     /// Pages served over a userfaultfd by Petrel's `uffd_handler` from the memory file
     /// (`--uffd-socket`).
     Uffd,
@@ -422,6 +436,7 @@ impl Backend {
     pub fn restore_name(self) -> &'static str {
         match self {
             Backend::File => "file restore",
+            Backend::FilePrefetched => "prefetched file restore",
             Backend::Uffd => "uffd restore",
         }
     }
@@ -430,6 +445,7 @@ impl Backend {
     fn log_stem(self) -> &'static str {
         match self {
             Backend::File => "restored",
+            Backend::FilePrefetched => "prefetched",
             Backend::Uffd => "uffd-restored",
         }
     }
@@ -450,9 +466,10 @@ const HANDLER_DONE: &str = "the VMM closed the connection; served ";
 /// How long the handler may take to listen, and to exit once petrel ended.
 const HANDLER_LIMIT: Duration = Duration::from_secs(10);
 
-/// Runs the snapshot scenario `s` with `petrel`: boot, snapshot, then two restores of the
+/// Runs the snapshot scenario `s` with `petrel`: boot, snapshot, then three restores of the
 /// same snapshot, each from the disk as it was at the snapshot: the memory file mapped
-/// (the default), then served by Petrel's page-fault handler (the `Uffd` backend); checks.
+/// (the default) recording the working set, the same with the working set prefetched, then
+/// served by Petrel's page-fault handler (the `Uffd` backend); checks.
 pub fn run(
     petrel: &Path,
     s: &Scenario,
@@ -509,7 +526,7 @@ pub fn run(
         ));
     }
 
-    // 2. Restore the snapshot twice, each time in a new process and from the disk as it was
+    // 2. Restore the snapshot three times, each time in a new process and from the disk as it was
     // at the snapshot; the guest must count on to the end and reset.
     let mut restores = Vec::new();
     if verdict.passed() {
@@ -521,7 +538,7 @@ pub fn run(
                 at_snapshot.display()
             )
         })?;
-        for backend in [Backend::File, Backend::Uffd] {
+        for backend in [Backend::File, Backend::FilePrefetched, Backend::Uffd] {
             fs::copy(&at_snapshot, &snap.image).ctx(|| {
                 format!(
                     "copying {} back to {}",
@@ -676,7 +693,7 @@ fn restore(
     let mut handler = None;
     let mut handler_log = None;
     let socket = match backend {
-        Backend::File => None,
+        Backend::File | Backend::FilePrefetched => None,
         Backend::Uffd => {
             let socket = uffd_socket_path();
             let _ = fs::remove_file(&socket);
@@ -709,7 +726,13 @@ fn restore(
             Some(socket)
         }
     };
-    let mut cmd = snap.restore_command(petrel, &serial, &metrics, socket.as_deref());
+    let mut cmd = snap.restore_command(
+        petrel,
+        backend,
+        &serial,
+        &metrics,
+        socket.as_deref().unwrap_or(Path::new("")),
+    );
     println!("==> {}: {}", s.name, host::describe(&cmd));
     let start = Instant::now();
     let mut child = spawn(&mut cmd, &vmm)?;
@@ -751,13 +774,14 @@ fn restore(
     check_counts(text1, &text2, &snap.image, &mut verdict);
     check_vm_generation(text1, &text2, &mut verdict);
     check_restored_writes(&metrics, &mut verdict);
+    check_working_set(backend, &read_lossy(&vmm), &mut verdict);
     // Wall time from the snapshot's signal to the restored guest's first count: the first
     // restore's (the second starts after the first ended).
     let wall_gap = match backend {
         Backend::File => signal_at
             .zip(run.seen[0])
             .map(|(sig, seen)| (start + seen).saturating_duration_since(sig)),
-        Backend::Uffd => None,
+        Backend::FilePrefetched | Backend::Uffd => None,
     };
     check_guest_clock(text1, &text2, wall_gap, &mut verdict);
     let first_run = read_metrics(&metrics)
@@ -779,6 +803,29 @@ fn restore(
         handler_log,
         handler: handler_said,
     })
+}
+
+/// What petrel says once it saved the working set (`--working-set record`).
+const WORKING_SET_SAVED: &str = "working set of ";
+
+/// What petrel says once it prefetched the working set.
+const WORKING_SET_PREFETCHED: &str = "prefetched the working set";
+
+/// Checks petrel's output `vmm_output` for its working-set line: the recording restore must
+/// have saved the set, the prefetching one must have brought it in (the guest's checks are the
+/// same either way).
+fn check_working_set(backend: Backend, vmm_output: &str, v: &mut Verdict) {
+    let wanted = match backend {
+        Backend::File => WORKING_SET_SAVED,
+        Backend::FilePrefetched => WORKING_SET_PREFETCHED,
+        Backend::Uffd => return,
+    };
+    match vmm_output.lines().find(|l| l.contains(wanted)) {
+        Some(line) => v.notes.push(line.trim().to_owned()),
+        None => v
+            .failures
+            .push(format!("petrel did not say `{wanted}` (--working-set)")),
+    }
 }
 
 /// Waits (at most [`HANDLER_LIMIT`]) for the page-fault handler to end after petrel did: it
@@ -999,19 +1046,50 @@ mod tests {
             uffd_handler: "/t/uffd_handler".into(),
         };
         let (petrel, log) = (Path::new("/p/petrel"), Path::new("/l/r.log"));
-        let metrics = snap.restore_metrics(Backend::File);
-        assert_eq!(
-            host::describe(&snap.restore_command(petrel, log, &metrics, None)),
-            "/p/petrel restore /t/s.snap --serial file:/l/r.log --metrics /t/m.json"
-        );
-        let metrics = snap.restore_metrics(Backend::Uffd);
         let socket = Path::new("/tmp/u.sock");
+        let command = |backend| {
+            let metrics = snap.restore_metrics(backend);
+            host::describe(&snap.restore_command(petrel, backend, log, &metrics, socket))
+        };
         assert_eq!(
-            host::describe(&snap.restore_command(petrel, log, &metrics, Some(socket))),
+            command(Backend::File),
+            "/p/petrel restore /t/s.snap --serial file:/l/r.log --metrics /t/m.json \
+             --working-set record"
+        );
+        assert_eq!(
+            command(Backend::FilePrefetched),
+            "/p/petrel restore /t/s.snap --serial file:/l/r.log --metrics /t/m.prefetched.json \
+             --working-set prefetch"
+        );
+        assert_eq!(
+            command(Backend::Uffd),
             "/p/petrel restore /t/s.snap --serial file:/l/r.log --metrics /t/m.uffd.json \
              --uffd-socket /tmp/u.sock"
         );
         assert!(uffd_socket_path().as_os_str().len() < 108);
+    }
+
+    #[test]
+    fn each_file_restore_must_say_what_it_did_with_the_working_set() {
+        let saved = "petrel: working set of 812 pages (3.2 MiB, 301 written) saved to /s/state.working-set\n";
+        let prefetched =
+            "petrel: prefetched the working set in /s/state.working-set: 511 pages read, \
+                          301 written ahead of the guest, in 2.1 ms\n";
+        for (backend, output, passes) in [
+            (Backend::File, saved, true),
+            (Backend::File, prefetched, false),
+            (Backend::FilePrefetched, prefetched, true),
+            (
+                Backend::FilePrefetched,
+                "petrel: ignored the working-set file\n",
+                false,
+            ),
+            (Backend::Uffd, "", true),
+        ] {
+            let mut v = Verdict::default();
+            check_working_set(backend, output, &mut v);
+            assert_eq!(v.passed(), passes, "{backend:?} {output:?}: {v:?}");
+        }
     }
 
     #[test]

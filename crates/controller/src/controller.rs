@@ -24,6 +24,7 @@ use petrel_mmds::DataStore;
 use petrel_vmm::config::SharedMmds;
 use petrel_vmm::config::{SerialConfig, VmConfig};
 use petrel_vmm::snapshot::{MemBackend, NetOverride, RestoreConfig, SnapshotKind, SnapshotRequest};
+use petrel_vmm::working_set::WorkingSetMode;
 use petrel_vmm::{RunSummary, Timeline, Vmm, VmmHandle};
 
 use crate::logger::{Level, LogFormat, Logger};
@@ -82,6 +83,8 @@ pub struct Controller {
     /// The MMDS service the VM answers the guest with (made at the VM's start or load, over
     /// the data store), kept for its metrics.
     mmds_service: Option<SharedMmds>,
+    /// What `PUT /snapshot/load` does about the snapshot's working set.
+    working_set: WorkingSetMode,
 }
 
 impl std::fmt::Debug for Controller {
@@ -128,7 +131,14 @@ impl Controller {
             setup: None,
             mmds: MmdsStore::new(petrel_mmds::store::DEFAULT_SIZE_LIMIT),
             mmds_service: None,
+            working_set: WorkingSetMode::default(),
         }
+    }
+
+    /// Sets what `PUT /snapshot/load` does about the snapshot's working set (`--working-set`;
+    /// see [`petrel_vmm::working_set`]): prefetch it (the default), record it, or neither.
+    pub fn set_working_set_mode(&mut self, mode: WorkingSetMode) {
+        self.working_set = mode;
     }
 
     /// Sets the MMDS data store's size limit in bytes (`--mmds-size-limit`; Firecracker's
@@ -584,10 +594,16 @@ impl Controller {
             .map(|v| PathBuf::from(&v.uds_path));
         config.serial = SerialConfig::Stdio;
         config.mmds_service = Some(self.mmds_service()?);
+        config.working_set = self.working_set;
         let mut vmm = Vmm::restore_with_timeline(&config, self.timeline.clone())
             .map_err(|e| format!("cannot load the snapshot: {}", petrel_vmm::error_chain(&e)))?;
         for notice in vmm.notices() {
-            self.log(Level::Warning, file!(), line!(), &notice.to_string());
+            let level = if notice.is_warning() {
+                Level::Warning
+            } else {
+                Level::Info
+            };
+            self.log(level, file!(), line!(), &notice.to_string());
         }
         vmm.set_vcpu_thread_prefix("fc_vcpu ");
         if let Some(setup) = &mut self.setup {
@@ -813,6 +829,11 @@ impl Controller {
             line!(),
             &format!("The guest stopped: {:?}", summary.stop),
         );
+        match &summary.working_set {
+            Some(Ok(recorded)) => self.log(Level::Info, file!(), line!(), &recorded.to_string()),
+            Some(Err(why)) => self.log(Level::Warning, file!(), line!(), why),
+            None => {}
+        }
     }
 }
 

@@ -35,6 +35,7 @@ pub mod boot_cpu;
 mod discard;
 pub mod layout;
 pub mod uffd;
+mod working_set;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -50,6 +51,7 @@ use vm_memory::{
 pub use vm_memory;
 
 pub use backing::{HugePagePool, HugePages};
+pub use working_set::{PageRun, Prefetched};
 /// The vm-memory type that backs guest RAM: mmap regions with a dirty bitmap per page, which
 /// records the pages the VMM and its devices write (KVM's dirty log records the guest's own).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
@@ -185,6 +187,19 @@ pub enum Error {
     Userfaultfd {
         /// What was being done.
         op: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading which pages are mapped from `/proc/self/pagemap` failed
+    /// ([`GuestRam::touched_pages`]).
+    #[error("cannot read /proc/self/pagemap")]
+    Pagemap(#[source] std::io::Error),
+    /// The host refused to bring guest pages in ([`GuestRam::prefetch`]).
+    #[error("cannot prefetch guest memory: madvise({advice}) failed")]
+    Prefetch {
+        /// The advice refused.
+        advice: &'static str,
         /// What the kernel said.
         #[source]
         source: std::io::Error,
@@ -534,7 +549,8 @@ impl GuestRam {
 }
 
 /// The page size of memory files and dirty bitmaps (x86's 4 KiB).
-const PAGE: u64 = 0x1000;
+/// The size of a guest page, and the unit of a [`PageRun`]: 4 KiB.
+pub const PAGE: u64 = 0x1000;
 const PAGE_SIZE_NZ: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(PAGE as usize) {
     Some(n) => n,
     None => panic!("page size is not zero"),

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use petrel_vmm::config::SerialConfig;
 use petrel_vmm::config::{KernelImage, LinuxPayload, RawPayload, DEFAULT_RAW_LOAD_ADDR};
 use petrel_vmm::snapshot::{MemBackend, NetOverride, RestoreConfig};
+use petrel_vmm::working_set::WorkingSetMode;
 use petrel_vmm::{StatsFormat, VmConfig};
 
 use crate::watch::SnapshotOnSignal;
@@ -14,6 +15,7 @@ use crate::error::CliError as Error;
 use crate::fc::flags::FirecrackerFlags;
 use crate::parse::{
     parse_disk, parse_net, parse_reg_assignment, parse_serial, parse_size, parse_u64, parse_vsock,
+    parse_working_set,
 };
 
 /// Petrel: a virtual machine monitor for Linux KVM on x86_64.
@@ -98,6 +100,11 @@ struct RestoreArgs {
     /// Another Unix socket path for the vsock device.
     #[arg(long, value_name = "PATH")]
     vsock_uds: Option<PathBuf>,
+    /// The snapshot's working set (the pages its guest touched, in
+    /// `<state file>.working-set`): `prefetch` them before the guest runs when the file is
+    /// valid, `record` them when the VM ends, or `off`.
+    #[arg(long, value_name = "MODE", default_value = "prefetch", value_parser = parse_working_set)]
+    working_set: WorkingSetMode,
     #[command(flatten)]
     outputs: OutputArgs,
     #[command(flatten)]
@@ -407,6 +414,7 @@ impl RestoreArgs {
             });
         }
         config.vsock_uds = self.vsock_uds;
+        config.working_set = self.working_set;
         let (serial, max_exits, mut outputs) = self.outputs.parse()?;
         config.serial = serial;
         config.max_exits = max_exits;

@@ -257,6 +257,9 @@ fn boot(
             Notice::EmulatedHostWorkarounds => {
                 eprintln!("petrel: {notice} (--host-compat off to leave it alone)")
             }
+            Notice::WorkingSetPrefetched { .. } | Notice::WorkingSetIgnored { .. } => {
+                eprintln!("petrel: {notice}")
+            }
         }
     }
     let watcher = SignalWatcher::new(
@@ -313,6 +316,17 @@ fn report_stop(summary: &RunSummary, signal: Option<&'static str>) {
     }
     if let Some(sig) = signal {
         eprintln!("petrel: stopped the guest on {sig}");
+    }
+    report_working_set(summary);
+}
+
+/// Says on stderr where the working set of a VM restored with `--working-set record` went, or
+/// why it could not be saved.
+pub(crate) fn report_working_set(summary: &RunSummary) {
+    match &summary.working_set {
+        Some(Ok(recorded)) => eprintln!("petrel: {recorded}"),
+        Some(Err(why)) => eprintln!("petrel: {why}"),
+        None => {}
     }
 }
 

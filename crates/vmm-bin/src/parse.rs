@@ -8,6 +8,7 @@ use petrel_vmm::config::{
 };
 
 use crate::error::CliError;
+use petrel_vmm::working_set::WorkingSetMode;
 
 type Result<T> = std::result::Result<T, CliError>;
 
@@ -207,6 +208,12 @@ pub fn parse_serial(s: &str) -> Result<SerialConfig> {
             }),
         },
     }
+}
+
+/// Parses `--working-set`: `prefetch`, `record` or `off`.
+pub fn parse_working_set(s: &str) -> std::result::Result<WorkingSetMode, String> {
+    WorkingSetMode::from_name(s)
+        .ok_or_else(|| format!("{s:?} is not a working-set mode: use prefetch, record or off"))
 }
 
 #[cfg(test)]

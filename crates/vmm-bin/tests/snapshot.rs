@@ -493,3 +493,120 @@ fn every_restore_is_a_new_generation() {
         seen.push(bytes);
     }
 }
+
+/// Restores `snap` with `extra` arguments, waits for `more` ticks after the `counted` ones,
+/// stops it with SIGTERM and returns its console output and stderr.
+fn restore_for_ticks(snap: &Path, out: &Path, extra: &[&str], counted: usize) -> (String, String) {
+    let mut child = restore(snap, out, extra);
+    wait_for_ticks(&mut child, out, 2);
+    signal(&child, libc::SIGTERM);
+    wait_until(&mut child, Instant::now() + DEADLINE).expect("petrel stops");
+    let ticks = counter::ticks(&read(out));
+    assert_eq!(
+        ticks.first(),
+        Some(&(counted as u64)),
+        "the restored guest goes on from the snapshot's count"
+    );
+    (read(out), stderr_of(&mut child))
+}
+
+#[test]
+fn a_recorded_working_set_is_prefetched_and_a_bad_one_ignored() {
+    if !kvm_present_or_skip("a_recorded_working_set_is_prefetched_and_a_bad_one_ignored") {
+        return;
+    }
+    let dir = TempDir::new("snap-working-set");
+    let kernel = counter_guest(&dir);
+    let (out, snap) = (dir.join("out"), dir.join("snap"));
+    let mut first = start_counter(&kernel, &out, &snap, "1");
+    wait_for_ticks(&mut first, &out, 2);
+    snapshot_and_stop(&mut first, &snap);
+    let before = read(&out);
+    let counted = counter::ticks(&before).len();
+    let set = snap.join("state.working-set");
+
+    // Recorded when the VM ends: the pages this guest touched, far fewer than its 64 MiB.
+    let (_, stderr) = restore_for_ticks(
+        &snap,
+        &dir.join("out-record"),
+        &["--working-set", "record"],
+        counted,
+    );
+    assert!(
+        stderr.contains("working set of ") && stderr.contains("saved to"),
+        "{stderr}"
+    );
+    assert!(set.is_file(), "{stderr}");
+    let pages: u64 = stderr
+        .split("working set of ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a page count");
+    assert!(pages > 0 && pages < (64 << 20) / 4096 / 4, "{pages} pages");
+
+    // Prefetched by default, with the filters on; the guest counts on exactly as without.
+    let (counts, stderr) = restore_for_ticks(&snap, &dir.join("out-prefetch"), &[], counted);
+    assert!(stderr.contains("prefetched the working set"), "{stderr}");
+    assert_counts_on(&counter::ticks(&(before.clone() + &counts)));
+
+    // Off: the file is left alone.
+    let (_, stderr) = restore_for_ticks(
+        &snap,
+        &dir.join("out-off"),
+        &["--working-set", "off"],
+        counted,
+    );
+    assert!(!stderr.contains("working set"), "{stderr}");
+
+    // A damaged file costs the prefetch, never the guest.
+    let mut bytes = std::fs::read(&set).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&set, &bytes).unwrap();
+    let (counts, stderr) = restore_for_ticks(&snap, &dir.join("out-damaged"), &[], counted);
+    assert!(
+        stderr.contains("ignored the working-set file") && stderr.contains("checksum"),
+        "{stderr}"
+    );
+    assert_counts_on(&counter::ticks(&(before.clone() + &counts)));
+
+    // So does a file recorded for another snapshot of the same guest.
+    let other = dir.join("other");
+    let mut again = restore(
+        &snap,
+        &dir.join("out-again"),
+        &["--snapshot-on-signal", other.to_str().unwrap()],
+    );
+    wait_for_ticks(&mut again, &dir.join("out-again"), 1);
+    snapshot_and_stop(&mut again, &other);
+    std::fs::write(&set, std::fs::read(snap.join("state.working-set")).unwrap()).unwrap();
+    let (_, stderr) = restore_for_ticks(
+        &snap,
+        &dir.join("out-record-2"),
+        &["--working-set", "record"],
+        counted,
+    );
+    assert!(stderr.contains("saved to"), "{stderr}");
+    std::fs::copy(&set, other.join("state.working-set")).unwrap();
+    let counted_other = counted + counter::ticks(&read(&dir.join("out-again"))).len();
+    let (_, stderr) = restore_for_ticks(&other, &dir.join("out-other"), &[], counted_other);
+    assert!(
+        stderr.contains("ignored the working-set file") && stderr.contains("another snapshot"),
+        "{stderr}"
+    );
+
+    // A mode that is none of the three is refused, naming the flag.
+    let status = petrel()
+        .args(["restore"])
+        .arg(&snap)
+        .args(["--working-set", "sometimes"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("--working-set") && text.contains("sometimes"),
+        "{text}"
+    );
+}

@@ -64,6 +64,7 @@ pub mod timeline;
 pub mod uffd;
 pub mod virtio;
 mod vmm;
+pub mod working_set;
 
 use std::path::PathBuf;
 

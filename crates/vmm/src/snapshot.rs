@@ -158,6 +158,9 @@ pub struct RestoreConfig {
     /// The MMDS service for the restored VM (a snapshot keeps its configuration, not its data
     /// store, as in Firecracker); `None`: a service of its own with an empty store.
     pub mmds_service: Option<crate::config::SharedMmds>,
+    /// What to do about the snapshot's working set (see [`crate::working_set`]): prefetch it
+    /// when a valid file exists (the default), record it, or neither.
+    pub working_set: crate::working_set::WorkingSetMode,
 }
 
 impl RestoreConfig {
@@ -176,6 +179,7 @@ impl RestoreConfig {
             max_exits: None,
             metrics: None,
             mmds_service: None,
+            working_set: Default::default(),
         }
     }
 }

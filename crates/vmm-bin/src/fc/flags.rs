@@ -46,6 +46,11 @@ pub struct FirecrackerFlags {
     /// The MMDS data store's size limit in bytes (Firecracker's default: 51200).
     #[arg(long, value_name = "BYTES")]
     pub mmds_size_limit: Option<usize>,
+    /// What `PUT /snapshot/load` does about the snapshot's working set (the pages its guest
+    /// touched, in `<snapshot_path>.working-set`): `prefetch` them before the guest runs when
+    /// the file is valid (the default), `record` them when the VM ends, or `off`.
+    #[arg(long, value_name = "MODE", value_parser = crate::parse::parse_working_set)]
+    pub working_set: Option<petrel_vmm::working_set::WorkingSetMode>,
     /// Fill the MMDS data store from this JSON file at start, as a `PUT /mmds` would.
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
@@ -170,8 +175,15 @@ mod tests {
             "1024",
             "--metadata",
             "/tmp/md.json",
+            "--working-set",
+            "record",
         ])
         .unwrap();
+        assert_eq!(
+            cli.flags.working_set,
+            Some(petrel_vmm::working_set::WorkingSetMode::Record)
+        );
+        assert!(FirecrackerCli::try_parse_from(["firecracker", "--working-set", "on"]).is_err());
         assert_eq!(cli.flags.mmds_size_limit, Some(1024));
         assert_eq!(cli.flags.metadata.as_deref(), Some("/tmp/md.json".as_ref()));
         assert!(

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use petrel_api::model::FIRECRACKER_API_VERSION;
 use petrel_api::server::ApiSocket;
 use petrel_util::lock_ignoring_poison;
-use petrel_vmm::{StopReason, Timeline, EXIT_BAD_INPUT, EXIT_FAILURE};
+use petrel_vmm::{Notice, StopReason, Timeline, EXIT_BAD_INPUT, EXIT_FAILURE};
 
 use petrel_controller::logger::{Level, LogFormat, Logger};
 use petrel_controller::{metrics, Controller, Handled, Origin};
@@ -177,6 +177,9 @@ pub fn run(
             env!("CARGO_PKG_VERSION")
         ),
     );
+    if let Some(mode) = flags.working_set {
+        controller.set_working_set_mode(mode);
+    }
     if let Some(limit) = flags.mmds_size_limit {
         controller.set_mmds_size_limit(limit);
     }
@@ -297,6 +300,7 @@ pub fn run(
         Err(e) => return failure(&petrel_vmm::error_chain(&e)),
     };
     lock_ignoring_poison(&controller).finish(&summary);
+    crate::report_working_set(&summary);
     match &summary.stop {
         StopReason::GuestFault { what, details } => {
             eprintln!("petrel: guest error: {what}\n{details}")
@@ -337,8 +341,13 @@ fn end_on_signal(signals: &StopSignals, sig: libc::c_int) -> ExitCode {
 /// notices on stderr, and stdin for the guest's serial port unless Petrel is a background job
 /// on a terminal (reading it would stop Petrel with SIGTTIN).
 fn setup_vm(vmm: &mut petrel_vmm::Vmm, origin: Origin) {
-    if origin == Origin::Built {
-        for notice in vmm.notices() {
+    for notice in vmm.notices() {
+        // A restored VM's working-set notices too (the rest were said when it was built).
+        let working_set = matches!(
+            notice,
+            Notice::WorkingSetPrefetched { .. } | Notice::WorkingSetIgnored { .. }
+        );
+        if origin == Origin::Built || working_set {
             eprintln!("petrel: {notice}");
         }
     }

@@ -144,6 +144,7 @@ impl Vmm {
             notices,
             metrics: config.metrics.clone(),
             page_faults: None,
+            working_set: None,
         };
         Self::assemble(parts, timeline)
     }

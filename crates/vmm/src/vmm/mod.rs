@@ -98,13 +98,38 @@ impl VmState {
     }
 }
 
-/// Something [`Vmm::build`] found that the user should be told about, once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Something [`Vmm::build`] or [`Vmm::restore`] found that the user should be told about, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// The host's KVM runs guest kernel code in its instruction emulator (PVM), and the
     /// guest's command line got the workarounds it needs there ([`VmConfig::host_compat`](crate::VmConfig::host_compat)
     /// turns them off).
     EmulatedHostWorkarounds,
+    /// The restore brought the snapshot's working set in before the guest ran
+    /// ([`WorkingSetMode::Prefetch`](crate::working_set::WorkingSetMode::Prefetch)).
+    WorkingSetPrefetched {
+        /// The working-set file.
+        path: std::path::PathBuf,
+        /// What was brought in.
+        done: petrel_guest_mem::Prefetched,
+        /// How long it took.
+        took: Duration,
+    },
+    /// The snapshot's working-set file could not be used; the restore went on without it
+    /// (the guest is the same, only its first touches of memory are slower).
+    WorkingSetIgnored {
+        /// The working-set file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+impl Notice {
+    /// Whether the user should heed it (a warning), rather than only know it.
+    pub fn is_warning(&self) -> bool {
+        !matches!(self, Notice::WorkingSetPrefetched { .. })
+    }
 }
 
 impl std::fmt::Display for Notice {
@@ -116,6 +141,20 @@ impl std::fmt::Display for Notice {
                  features the emulator lacks turned off; clearcpuid=110,111: no 32-bit \
                  SYSCALL or SYSENTER, so 32-bit programs use int $0x80; pty.legacy_count=0: no legacy BSD ptys, \
                  40 s of boot there)",
+            ),
+            Notice::WorkingSetPrefetched { path, done, took } => write!(
+                f,
+                "prefetched the working set in {}: {} pages read, {} written ahead of the guest, \
+                 in {:.1} ms",
+                path.display(),
+                done.read,
+                done.written,
+                took.as_secs_f64() * 1e3
+            ),
+            Notice::WorkingSetIgnored { path, why } => write!(
+                f,
+                "ignored the working-set file {}: {why}; the guest's memory loads on demand",
+                path.display()
             ),
         }
     }
@@ -139,6 +178,9 @@ pub struct Vmm {
     controller: Arc<Mutex<Controller>>,
     /// The page-fault handler serving guest memory, if one does.
     page_faults: Option<PageFaults>,
+    /// Records the guest's working set when the VM ends (a restore with
+    /// [`WorkingSetMode::Record`](crate::working_set::WorkingSetMode::Record)).
+    working_set: Option<crate::working_set::Recorder>,
     /// Kept for as long as the VM exists (the VM and its RAM live in the shared state, which
     /// the handles keep; the vCPUs keep the RAM alive themselves).
     _hv: Hypervisor,
@@ -159,6 +201,8 @@ struct Assembly {
     metrics: Option<std::path::PathBuf>,
     /// The page-fault handler serving guest memory (a restore with the `Uffd` backend).
     page_faults: Option<crate::uffd::UffdBackend>,
+    /// Records the working set when the VM ends.
+    working_set: Option<crate::working_set::Recorder>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -187,6 +231,7 @@ impl Vmm {
             notices,
             metrics,
             page_faults,
+            working_set,
         } = parts;
         let kvm_stats = Arc::new(Mutex::new(kvm_stats));
         let mut subscribers = devices.subscribers;
@@ -247,6 +292,7 @@ impl Vmm {
             em,
             controller,
             page_faults,
+            working_set,
             _hv: hv,
         })
     }

@@ -17,6 +17,7 @@ use crate::kvm_view::KvmStatsReaders;
 use crate::snapshot::{MemBackend, RestoreConfig, SavedMachine, SnapshotState};
 use crate::timeline::Timeline;
 use crate::virtio;
+use crate::working_set::{Recorder, SnapshotId, WorkingSetMode};
 use crate::{Error, Result};
 
 impl Vmm {
@@ -39,15 +40,21 @@ impl Vmm {
             why,
         };
         let state_path = &config.state_path;
-        let state: SnapshotState = petrel_snapshot::read_file(state_path).map_err(|e| {
+        let state_bytes = std::fs::read(state_path).map_err(|e| bad(state_path, e.to_string()))?;
+        let state: SnapshotState = petrel_snapshot::decode(&state_bytes).map_err(|e| {
             let why = match e {
-                petrel_snapshot::Error::InvalidFile { problem, .. } => problem.to_string(),
-                petrel_snapshot::Error::Read { source, .. } => source.to_string(),
+                petrel_snapshot::Error::Invalid(problem) => problem.to_string(),
                 other => other.to_string(),
             };
             bad(state_path, why)
         })?;
         state.check().map_err(|why| bad(state_path, why))?;
+        let snapshot_id = SnapshotId {
+            mem_size: state.machine.mem_size,
+            state_crc: petrel_snapshot::read_header(&state_bytes)
+                .map_err(|p| bad(state_path, p.to_string()))?
+                .crc,
+        };
         timeline.mark("snapshot state read");
 
         // The machine again, with this process's overrides.
@@ -76,6 +83,11 @@ impl Vmm {
                 (ram, Some(backend))
             }
         };
+        let mut notices = Vec::new();
+        let working_set = working_set(config, snapshot_id, &ram, &mut notices)?;
+        if let Some(Notice::WorkingSetPrefetched { .. }) = notices.last() {
+            timeline.mark("working set prefetched");
+        }
         let plan = virtio::plan(&vm_config, &ram)?;
         check_windows(
             plan.windows(),
@@ -96,7 +108,6 @@ impl Vmm {
                 ),
             ));
         }
-        let mut notices = Vec::new();
         if m.linux && host_emulates_guest_kernel() && m.host_compat {
             notices.push(Notice::EmulatedHostWorkarounds);
         }
@@ -175,8 +186,53 @@ impl Vmm {
             notices,
             metrics: config.metrics.clone(),
             page_faults,
+            working_set,
         };
         Self::assemble(parts, timeline)
+    }
+}
+
+/// The restore's part in the snapshot's working set (see [`crate::working_set`]), once its RAM
+/// `ram` is mapped: with [`WorkingSetMode::Prefetch`] and RAM from the memory file, brings in
+/// the pages of a valid working-set file (a notice says so, or why the file was ignored); with
+/// [`WorkingSetMode::Record`], the recorder that saves the set when the VM ends. Under the
+/// `Uffd` backend the page-fault handler owns the memory, so prefetching is its business.
+fn working_set(
+    config: &RestoreConfig,
+    id: SnapshotId,
+    ram: &GuestRam,
+    notices: &mut Vec<Notice>,
+) -> Result<Option<Recorder>> {
+    let path = crate::working_set::file_for(&config.state_path);
+    match config.working_set {
+        WorkingSetMode::Off => Ok(None),
+        WorkingSetMode::Record => {
+            Recorder::new(path, id)
+                .map(Some)
+                .map_err(|e| Error::InvalidConfig {
+                    field: "working_set".into(),
+                    value: "record".into(),
+                    why: format!("cannot open /proc/self/pagemap to record it: {e}"),
+                })
+        }
+        WorkingSetMode::Prefetch if config.mem_backend == MemBackend::Uffd => Ok(None),
+        WorkingSetMode::Prefetch => {
+            let started = Instant::now();
+            let done = crate::working_set::read(&path, id).and_then(|runs| {
+                runs.map(|runs| ram.prefetch(&runs).map_err(|e| crate::error_chain(&e)))
+                    .transpose()
+            });
+            match done {
+                Ok(None) => {}
+                Ok(Some(done)) => notices.push(Notice::WorkingSetPrefetched {
+                    path,
+                    done,
+                    took: started.elapsed(),
+                }),
+                Err(why) => notices.push(Notice::WorkingSetIgnored { path, why }),
+            }
+            Ok(None)
+        }
     }
 }
 

@@ -26,6 +26,9 @@ pub struct RunSummary {
     pub stats: StatsDocument,
     /// What happened when.
     pub timeline: Timeline,
+    /// The working set saved when the VM ended, or why it could not be; `None` unless the VM
+    /// was restored with [`WorkingSetMode::Record`](crate::working_set::WorkingSetMode::Record).
+    pub working_set: Option<std::result::Result<crate::working_set::Recorded, String>>,
 }
 
 impl RunSummary {
@@ -90,6 +93,11 @@ impl Vmm {
             let _ = c.thread.flush_and_join_timeout(Duration::from_secs(2));
         }
         self.timeline.mark("vCPUs joined, console flushed");
+        // The guest touches no more memory: its working set is complete.
+        let working_set = self
+            .working_set
+            .as_ref()
+            .map(|r| r.record(&self.shared.snap.ram));
         if let Some(e) = loop_error {
             return Err(e);
         }
@@ -112,6 +120,7 @@ impl Vmm {
             stop,
             stats: self.handle().stats(),
             timeline: self.timeline.clone(),
+            working_set,
         })
     }
 }
@@ -187,6 +196,7 @@ mod tests {
                     virtio: vec![],
                 },
                 timeline: Timeline::new(std::time::Instant::now()),
+                working_set: None,
             }
             .exit_code()
         };
