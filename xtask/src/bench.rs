@@ -24,8 +24,8 @@
 //!    socket, then all stopped: the host memory per VM, the VMM's own, threads and
 //!    descriptors per VM;
 //! 10. sandbox: a Linux guest's snapshot loaded through `PUT /snapshot/load` to the answer of
-//!    a shell in its userspace, with its working set prefetched and without, beside a fresh
-//!    boot of the same guest (`bench/sandbox.rs`).
+//!     a shell in its userspace, with its working set prefetched and without, beside a fresh
+//!     boot of the same guest (`bench/sandbox.rs`).
 //!
 //! QEMU runs the same demo guest ELF (through its PVH entry) on `-M microvm` with KVM. A
 //! missing QEMU or `/dev/kvm` is shown in the table and makes the run fail unless

@@ -2,21 +2,29 @@
 //! guest's userspace. A snapshot of a Linux guest whose shell waits in `read()` on its console
 //! is loaded by a fresh `petrel --api-sock` (`PUT /snapshot/load` with `resume_vm`), one line is
 //! written to the console, and the time to the guest's answer is measured: with the snapshot's
-//! working set prefetched (`--working-set prefetch`, after one `--working-set record` run), with
-//! on-demand faults (`--working-set off`), and against a fresh boot of the same guest.
+//! working set prefetched (`--working-set prefetch`, after a `--working-set record` run) and
+//! with on-demand faults (`--working-set off`), beside a fresh boot of the same guest.
 //!
 //! The guest: the boot-test kernel (vmlinux, 256 MiB, 1 vCPU) with a read-only ext4 root on
 //! virtio-blk holding busybox and an `/init` that prints [`READY`] and then answers each console
-//! line `L` with `answer L`, in shell builtins only (no fork). Firecracker is not installed
-//! here: its figures are the ranges issue 27's author measured with the same guest and method.
+//! line `L` with `answer L`, in shell builtins only (no fork).
+//!
+//! Each round boots the guest (timed to its first answer), snapshots it with SIGUSR1 once the
+//! shell waits in `read()` again, records the snapshot's working set, and loads it once on
+//! demand and once prefetched (in alternating order), all within seconds of the snapshot: on a
+//! host that emulates guest kernel code, a snapshot loaded minutes after it was taken answers
+//! seconds later than a fresh one. Firecracker is not installed here: its figures are the ranges
+//! issue 27's author measured with the same guest and method.
+
+mod console;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use console::{type_line, Console};
 
 use super::api::{connect, spawn_api_with, stop};
 use super::proc::{self, Watchdog};
@@ -61,8 +69,11 @@ const INTO_READ: Duration = Duration::from_secs(2);
 /// What petrel prints on stderr once the snapshot's files are written.
 const SNAPSHOT_WRITTEN: &str = "snapshot written";
 
-/// How the working-set line on a recording petrel's stderr starts.
-const WORKING_SET_LINE: &str = "working set: ";
+/// What a recording petrel's stderr line says before the number of pages it saved.
+const WORKING_SET_LINE: &str = "working set of ";
+
+/// What a prefetching petrel's stderr line starts with (after `petrel: `).
+const PREFETCHED: &str = "prefetched the working set";
 
 /// The bytes of a guest page, for the working-set size.
 const PAGE_BYTES: u64 = 4096;
@@ -127,132 +138,12 @@ fn has_working_set_option(petrel: &Path) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--working-set"))
 }
 
-/// Complete console lines and when each was read, from the chunks of a pipe.
-#[derive(Debug, Default)]
-struct Lines {
-    partial: Vec<u8>,
-    done: Vec<(Instant, String)>,
-}
-
-impl Lines {
-    /// Adds a chunk read at `at`: each line it completes is stamped `at` (trailing `\r` cut).
-    fn push(&mut self, at: Instant, bytes: &[u8]) {
-        for &byte in bytes {
-            if byte == b'\n' {
-                let line = String::from_utf8_lossy(&self.partial)
-                    .trim_end_matches('\r')
-                    .to_owned();
-                self.done.push((at, line));
-                self.partial.clear();
-            } else {
-                self.partial.push(byte);
-            }
-        }
-    }
-
-    /// When the first complete line that `want` accepts was read.
-    fn find(&self, want: &dyn Fn(&str) -> bool) -> Option<Instant> {
-        self.done.iter().find(|(_, l)| want(l)).map(|(at, _)| *at)
-    }
-
-    /// Every complete line, each with the milliseconds since `since` when it was read.
-    fn timed_text(&self, since: Instant) -> String {
-        self.done
-            .iter()
-            .map(|(at, l)| format!("{:9.1} {l}\n", ms(at.saturating_duration_since(since))))
-            .collect()
-    }
-
-    /// The last `n` complete lines, for error messages.
-    fn tail(&self, n: usize) -> String {
-        let from = self.done.len().saturating_sub(n);
-        self.done[from..]
-            .iter()
-            .map(|(_, l)| l.trim())
-            .collect::<Vec<_>>()
-            .join(" / ")
-    }
-}
-
-/// A guest console on a VMM's stdout pipe, read on a thread that stamps each chunk when
-/// `read` returns it, and keeps reading until the VMM closes it.
-struct Console {
-    chunks: Receiver<(Instant, Vec<u8>)>,
-    lines: Lines,
-}
-
-impl Console {
-    fn start(mut out: ChildStdout) -> Self {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match out.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        // A receiver gone still leaves the pipe drained until the VMM ends.
-                        let _ = tx.send((Instant::now(), buf[..n].to_vec()));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-        });
-        Self {
-            chunks: rx,
-            lines: Lines::default(),
-        }
-    }
-
-    /// Waits up to `limit` for a line that `want` accepts; returns when it was read.
-    fn wait_for(
-        &mut self,
-        what: &str,
-        want: &dyn Fn(&str) -> bool,
-        limit: Duration,
-    ) -> Result<Instant> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(at) = self.lines.find(want) {
-                return Ok(at);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.chunks.recv_timeout(left) {
-                Ok((at, bytes)) => self.lines.push(at, &bytes),
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(Error::Other(format!(
-                        "no {what} on the console within {} s; it ends with `{}`",
-                        limit.as_secs(),
-                        self.lines.tail(3)
-                    )))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Other(format!(
-                        "the VMM closed the console before {what}; it ends with `{}`",
-                        self.lines.tail(3)
-                    )))
-                }
-            }
-        }
-    }
-}
-
-/// Writes `line` and a newline to the guest's console input.
-fn type_line(stdin: &mut ChildStdin, line: &str) -> Result<()> {
-    stdin
-        .write_all(format!("{line}\n").as_bytes())
-        .and_then(|()| stdin.flush())
-        .ctx(|| "writing to the VMM's stdin".into())
-}
-
-/// The guest's files, and the snapshot taken of it.
+/// The guest's files, and where its snapshots go.
 #[derive(Debug)]
 struct Guest {
     vmlinux: PathBuf,
     rootfs: PathBuf,
     snapshot: PathBuf,
-    /// Spawn to [`READY`] of the snapshot's source boot, s.
-    source_ready_s: f64,
 }
 
 impl Guest {
@@ -271,72 +162,73 @@ impl Guest {
             format!("{},ro", self.rootfs.display()),
         ]
     }
+
+    /// The working-set file of the snapshot.
+    fn working_set_file(&self) -> PathBuf {
+        self.snapshot.join("state.working-set")
+    }
 }
 
-/// Builds (or finds) the kernel, writes the root filesystem, and snapshots the guest.
+/// Builds (or finds) the kernel and writes the root filesystem.
 fn prepare(b: &Bench) -> Result<Guest> {
     let built = crate::build::build_guest(&[])?;
     let rootfs = b.dir.join("sandbox-root.ext4");
     build_rootfs(&rootfs, &init_script(), &[], ROOTFS_MIB)?;
-    let mut g = Guest {
+    Ok(Guest {
         vmlinux: built.kernel.vmlinux,
         rootfs,
         snapshot: b.dir.join("sandbox-snapshot"),
-        source_ready_s: f64::NAN,
-    };
-    g.source_ready_s = make_snapshot(b, &g)?;
-    Ok(g)
+    })
 }
 
-/// Boots the guest with `--snapshot-on-signal`, waits for [`READY`] and [`INTO_READ`], sends
-/// SIGUSR1; petrel must say [`SNAPSHOT_WRITTEN`] and exit 0. Returns spawn to READY, s.
-fn make_snapshot(b: &Bench, g: &Guest) -> Result<f64> {
+/// A VMM that is killed and reaped if it is still running when dropped (a failed run).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// One fresh boot, which also takes the round's snapshot: `petrel --kernel ...
+/// --snapshot-on-signal DIR --serial stdio` with stdin and stdout piped; `ping N` is written
+/// once [`READY`] shows, and the time from the spawn to its answer returned, s. Then, after
+/// [`INTO_READ`], SIGUSR1: petrel must say [`SNAPSHOT_WRITTEN`], exit 0 and leave DIR/state
+/// and DIR/mem.
+fn boot_run(b: &Bench, g: &Guest, n: u32) -> Result<f64> {
     let _ = fs::remove_dir_all(&g.snapshot);
-    let serial = b.dir.join("logs").join("sandbox-source.serial");
-    let log = b.dir.join("logs").join("sandbox-source.stderr");
-    let _ = fs::remove_file(&serial);
+    let log = b.dir.join("logs").join("sandbox-boot.stderr");
+    let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(&b.petrel);
     cmd.args(g.boot_args())
-        .arg("--serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("--snapshot-on-signal")
+        .args(["--serial", "stdio", "--snapshot-on-signal"])
         .arg(&g.snapshot);
-    println!("    {}", host::describe(&cmd));
-    let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
+    if n == 1 {
+        println!("    {}", host::describe(&cmd));
+    }
     let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(err)
         .spawn()
         .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-    let dog = Watchdog::arm(child.id(), BOOT_LIMIT + ANSWER_LIMIT);
-    let ready = loop {
-        let text = fs::read_to_string(&serial).unwrap_or_default();
-        if text.lines().any(|l| l.contains(READY)) {
-            break start.elapsed();
-        }
-        if start.elapsed() > BOOT_LIMIT || !matches!(child.try_wait(), Ok(None)) {
-            let _ = child.kill();
-            let _ = child.wait();
-            dog.disarm();
-            return Err(Error::Other(format!(
-                "the guest did not print {READY} within {} s; serial log: `{}`; stderr: {}",
-                BOOT_LIMIT.as_secs(),
-                host::tail_lines(&text, 3).join(" / "),
-                proc::tail_of(&log, 3)
-            )));
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    println!(
-        "    {READY} after {:.1} s; snapshot in {} s",
-        ready.as_secs_f64(),
-        INTO_READ.as_secs()
-    );
+    let mut vmm = Reaped(child);
+    let mut console = Console::start(vmm.0.stdout.take().expect("stdout is piped"));
+    let mut stdin = vmm.0.stdin.take().expect("stdin is piped");
+    console.wait_for(READY, &|l| l.contains(READY), BOOT_LIMIT)?;
+    let line = format!("ping {n}");
+    type_line(&mut stdin, &line)?;
+    let want = answer_to(&line);
+    let answered = console.wait_for(&format!("`{want}`"), &|l| l == want, ANSWER_LIMIT)?;
+    let took = answered.saturating_duration_since(start).as_secs_f64();
     thread::sleep(INTO_READ);
-    proc::signal(child.id(), libc::SIGUSR1);
-    let status = child.wait().ctx(|| "waiting for petrel".into())?;
+    proc::signal(vmm.0.id(), libc::SIGUSR1);
+    let dog = Watchdog::arm(vmm.0.id(), ANSWER_LIMIT);
+    let status = vmm.0.wait().ctx(|| "waiting for petrel".into())?;
     let stderr = fs::read_to_string(&log).unwrap_or_default();
     if dog.disarm()
         || !status.success()
@@ -349,7 +241,8 @@ fn make_snapshot(b: &Bench, g: &Guest) -> Result<f64> {
             proc::tail_of(&log, 3)
         )));
     }
-    Ok(ready.as_secs_f64())
+    println!("    fresh boot {n}: answered after {took:.1} s; snapshot written");
+    Ok(took)
 }
 
 /// One timed load: from just before `PUT /snapshot/load` to the guest's answer, and to the
@@ -363,13 +256,14 @@ struct LoadRun {
 
 /// A fresh `petrel --api-sock` with `args`, stdin and stdout piped: `PUT /snapshot/load`
 /// (File backend, `resume_vm`), then `ping N` on the console once it answered 204; the guest
-/// must answer `answer ping N`. Then SIGTERM, by which petrel must end.
+/// must answer `answer ping N`. Then SIGTERM, by which petrel must end. Its console, each line
+/// with its time from the request, is kept in `logs/sandbox-load-MODE.console`.
 fn load_run(b: &Bench, g: &Guest, args: &[&str], n: u32) -> Result<LoadRun> {
-    let name = match args.last() {
-        Some(mode) => format!("sandbox-load-{mode}"),
-        None => "sandbox-load".to_owned(),
-    };
-    let log = b.dir.join("logs").join(format!("{name}.stderr"));
+    let mode = args.last().copied().unwrap_or("no-flag");
+    let log = b
+        .dir
+        .join("logs")
+        .join(format!("sandbox-load-{mode}.stderr"));
     let (mut p, sock, start) = spawn_api_with(b, args, Stdio::piped(), Stdio::piped(), &log)?;
     let mut console = Console::start(p.child.stdout.take().expect("stdout is piped"));
     let mut stdin = p.child.stdin.take().expect("stdin is piped");
@@ -406,59 +300,26 @@ fn load_run(b: &Bench, g: &Guest, args: &[&str], n: u32) -> Result<LoadRun> {
         stderr: fs::read_to_string(&log).unwrap_or_default(),
     };
     println!(
-        "    load {n} ({}): answered {:.1} ms after the request, the request {:.2} ms",
-        args.last().unwrap_or(&"no flag"),
-        run.answer_ms,
-        run.load_ms
+        "    load {n} ({mode}): answered {:.1} ms after the request, the request {:.2} ms",
+        run.answer_ms, run.load_ms
     );
     Ok(run)
 }
 
-/// One fresh boot of the guest with its console on stdio: from the spawn to the answer to
-/// `ping N`, written once [`READY`] showed, s. Then SIGTERM, by which petrel must end.
-fn boot_run(b: &Bench, g: &Guest, n: u32) -> Result<f64> {
-    let log = b.dir.join("logs").join("sandbox-boot.stderr");
-    let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
-    let mut cmd = Command::new(&b.petrel);
-    cmd.args(g.boot_args()).args(["--serial", "stdio"]);
-    let start = Instant::now();
-    let child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-    let mut vmm = Reaped(child);
-    let mut console = Console::start(vmm.0.stdout.take().expect("stdout is piped"));
-    let mut stdin = vmm.0.stdin.take().expect("stdin is piped");
-    console.wait_for(READY, &|l| l.contains(READY), BOOT_LIMIT)?;
-    let line = format!("ping {n}");
-    type_line(&mut stdin, &line)?;
-    let want = answer_to(&line);
-    let answered = console.wait_for(&format!("`{want}`"), &|l| l == want, ANSWER_LIMIT)?;
-    let status = proc::terminate(&mut vmm.0, ANSWER_LIMIT)?;
-    if !proc::ended_by_sigterm(&status) {
+/// A prefetched load: [`load_run`] with `--working-set prefetch`; petrel must say it
+/// prefetched the working set (a file it ignored would make this an on-demand run).
+fn prefetch_run(b: &Bench, g: &Guest, n: u32) -> Result<LoadRun> {
+    let run = load_run(b, g, &working_set_args(WorkingSet::Prefetch, true), n)?;
+    if !run.stderr.contains(PREFETCHED) {
         return Err(Error::Other(format!(
-            "petrel ended with {status} on SIGTERM, not by the signal; stderr: {}",
-            proc::tail_of(&log, 3)
+            "petrel did not say `{PREFETCHED}`; stderr: {}",
+            host::tail_lines(&run.stderr, 3).join(" / ")
         )));
     }
-    Ok(answered.saturating_duration_since(start).as_secs_f64())
+    Ok(run)
 }
 
-/// A VMM that is killed and reaped if it is still running when dropped (a failed run).
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// The pages named on a recording petrel's `working set: N pages (M MiB) written to PATH`
+/// The pages named on a recording petrel's `working set of N pages (...) saved to PATH`
 /// line, and the line.
 fn working_set_pages(stderr: &str) -> Option<(u64, String)> {
     stderr.lines().find_map(|l| {
@@ -469,7 +330,7 @@ fn working_set_pages(stderr: &str) -> Option<(u64, String)> {
     })
 }
 
-/// What the record run left: the working set's size, MiB of guest memory, and what to say
+/// What a record run left: the working set's size, MiB of guest memory, and what to say
 /// about it.
 #[derive(Debug, Clone, PartialEq)]
 struct Recorded {
@@ -480,7 +341,7 @@ struct Recorded {
 /// The record run: a [`load_run`] with `--working-set record`; the working-set file must then
 /// be there and the stderr line say how many pages it holds.
 fn record_run(b: &Bench, g: &Guest, n: u32) -> Result<Recorded> {
-    let file = g.snapshot.join("state.working-set");
+    let file = g.working_set_file();
     let _ = fs::remove_file(&file);
     let run = load_run(b, g, &working_set_args(WorkingSet::Record, true), n)?;
     let bytes = fs::metadata(&file)
@@ -495,11 +356,9 @@ fn record_run(b: &Bench, g: &Guest, n: u32) -> Result<Recorded> {
     Ok(Recorded {
         mib: (pages * PAGE_BYTES) as f64 / f64::from(1u32 << 20),
         note: format!(
-            "the record run answered {:.1} ms after the load request (load answered in {:.2} \
-             ms); its stderr: `{line}`; {} is {bytes} bytes",
-            run.answer_ms,
-            run.load_ms,
-            file.display()
+            "the last record run answered {:.1} ms after its load request; its stderr: \
+             `{line}`; the file (state.working-set) is {bytes} bytes",
+            run.answer_ms
         ),
     })
 }
@@ -521,17 +380,22 @@ impl Side {
         }
     }
 
-    /// Runs `one` unless the side has ended; its first error ends the side.
-    fn run(&mut self, i: u32, one: impl FnOnce() -> Result<(f64, f64)>) {
+    /// Runs `one` unless the side has ended; its first error ends the side. Returns whether
+    /// it ran and succeeded.
+    fn run(&mut self, i: u32, one: impl FnOnce() -> Result<(f64, f64)>) -> bool {
         if self.ended.is_some() {
-            return;
+            return false;
         }
         match one() {
             Ok((answer, load)) => {
                 self.answer.push(answer);
                 self.load.push(load);
+                true
             }
-            Err(e) => self.ended = Some(Cell::Error(format!("run {}: {e}", i + 1))),
+            Err(e) => {
+                self.ended = Some(Cell::Error(format!("run {}: {e}", i + 1)));
+                false
+            }
         }
     }
 
@@ -549,15 +413,14 @@ struct Results {
     off: Side,
     prefetch: Side,
     boot: Side,
-    recorded: std::result::Result<Recorded, Cell>,
+    /// The working set of each round's snapshot, or why there is none.
+    recorded: std::result::Result<Vec<Recorded>, Cell>,
     /// Whether the petrel had `--working-set` (without it, `off` is run with no flag).
     has_option: bool,
-    /// The snapshot's source boot to READY, s.
-    source_ready_s: f64,
 }
 
-/// The case: the snapshot, one untimed warm-up load, the record run, then `runs` rounds of
-/// an on-demand load, a prefetched load and a fresh boot.
+/// The case: `runs` rounds of a fresh boot that snapshots the guest, a record run, and an
+/// on-demand and a prefetched load of that snapshot (their order alternating by round).
 pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
     let has_option = has_working_set_option(&b.petrel);
     if !has_option {
@@ -574,9 +437,8 @@ pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
         off: Side::default(),
         prefetch: Side::default(),
         boot: Side::default(),
-        recorded: Err(Cell::None(String::new())),
+        recorded: Ok(Vec::new()),
         has_option,
-        source_ready_s: f64::NAN,
     };
     let g = match guest {
         Ok(g) => g,
@@ -588,40 +450,49 @@ pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
             return rows(&r);
         }
     };
-    r.source_ready_s = g.source_ready_s;
+    if !has_option {
+        r.recorded = Err(no_option(b));
+        r.prefetch = Side::not_run(no_option(b));
+    }
     let off_args = working_set_args(WorkingSet::Off, has_option);
-    let prefetch_args = working_set_args(WorkingSet::Prefetch, true);
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        n
+    // The number of the line each run writes (`ping N`), unique over the case.
+    let count = std::cell::Cell::new(0u32);
+    let next = || {
+        count.set(count.get() + 1);
+        count.get()
     };
     let as_pair = |l: LoadRun| (l.answer_ms, l.load_ms);
-    if let Err(e) = load_run(b, &g, &off_args, next()) {
-        let cell = Cell::Error(format!("the warm-up load: {e}"));
-        r.off.ended = Some(cell.clone());
-        r.prefetch.ended = Some(cell);
-    }
-    r.recorded = if !has_option {
-        Err(no_option(b))
-    } else if let Some(c) = &r.off.ended {
-        Err(c.clone())
-    } else {
-        record_run(b, &g, next()).map_err(|e| Cell::Error(format!("the record run: {e}")))
-    };
-    if let Err(c) = &r.recorded {
-        r.prefetch = Side::not_run(c.clone());
-    }
     for i in 0..runs {
-        r.off
-            .run(i, || load_run(b, &g, &off_args, next()).map(as_pair));
-        r.prefetch
-            .run(i, || load_run(b, &g, &prefetch_args, next()).map(as_pair));
-        r.boot.run(i, || {
-            let s = boot_run(b, &g, next())?;
-            println!("    fresh boot {}: answered after {s:.1} s", i + 1);
-            Ok((s, f64::NAN))
-        });
+        if !r.boot.run(i, || Ok((boot_run(b, &g, next())?, f64::NAN))) {
+            // No snapshot for this round: the loads end with the boot's error.
+            let why = r.boot.ended.clone();
+            r.off.ended = r.off.ended.take().or_else(|| why.clone());
+            r.prefetch.ended = r.prefetch.ended.take().or(why);
+            break;
+        }
+        if let Ok(recorded) = &mut r.recorded {
+            match record_run(b, &g, next()) {
+                Ok(rec) => recorded.push(rec),
+                Err(e) => {
+                    let cell = Cell::Error(format!("the record run of round {}: {e}", i + 1));
+                    r.prefetch.ended.get_or_insert(cell.clone());
+                    r.recorded = Err(cell);
+                }
+            }
+        }
+        let off = |side: &mut Side| {
+            side.run(i, || load_run(b, &g, &off_args, next()).map(as_pair));
+        };
+        let prefetch = |side: &mut Side| {
+            side.run(i, || prefetch_run(b, &g, next()).map(as_pair));
+        };
+        if i % 2 == 0 {
+            off(&mut r.off);
+            prefetch(&mut r.prefetch);
+        } else {
+            prefetch(&mut r.prefetch);
+            off(&mut r.off);
+        }
     }
     rows(&r)
 }
@@ -667,27 +538,44 @@ fn rows(r: &Results) -> Vec<Row> {
         "The guest: the boot-test kernel (vmlinux, {GUEST_MIB} MiB, 1 vCPU, `{}`) with a \
          read-only ext4 root on virtio-blk (`--disk sandbox-root.ext4,ro`: busybox and an /init \
          that prints `{READY}`, then answers each console line L with `{ANSWER_PREFIX}L` in a \
-         `while read -r l; do echo ...; done` loop, builtins only). Snapshotted once per bench \
-         run with `--snapshot-on-signal DIR` and SIGUSR1 {} s after `{READY}` (the shell blocked \
-         in read()); that boot printed it after {:.1} s.",
-        cmdline(),
-        INTO_READ.as_secs(),
-        r.source_ready_s
+         `while read -r l; do echo ...; done` loop, builtins only).",
+        cmdline()
     );
-    let method = "Each run: a fresh `petrel --api-sock SOCKET` with stdin and stdout piped (the \
+    let rounds = format!(
+        "{runs} rounds, each: a fresh boot (the row `fresh boot to answer`) with \
+         `--snapshot-on-signal DIR`, SIGUSR1 {} s after its answer (the shell blocked in \
+         read() again), so a new snapshot; one `--working-set record` load of it (not in these \
+         rows); then an on-demand and a prefetched load, their order alternating by round. \
+         Every load comes seconds after its snapshot was taken: on this host the answer comes \
+         later the older the snapshot (one snapshot loaded over and over for ten minutes went \
+         from 0.18 s to 38 s while this case was written).",
+        INTO_READ.as_secs()
+    );
+    let method = "Each load: a fresh `petrel --api-sock SOCKET` with stdin and stdout piped (the \
                   restored guest's console), `PUT /snapshot/load` (`mem_backend` File on DIR/mem, \
                   `resume_vm: true`); once it answered 204, `ping N` and a newline are written \
                   to petrel's stdin; timed from just before writing the request to the moment \
                   the line `answer ping N` (the guest's exact echo of what was sent) is read \
                   from its stdout; then SIGTERM, by which petrel must end.";
-    let order = format!(
-        "One untimed warm-up load, then one `--working-set record` run (not in these rows), \
-         then {runs} rounds of: an on-demand load, a prefetched load, a fresh boot."
-    );
     let off_flag = if r.has_option {
         "`--working-set off`"
     } else {
         "no `--working-set` (this petrel has no such option: on-demand faults)"
+    };
+    let recorded = match &r.recorded {
+        Ok(rec) if !rec.is_empty() => Cell::Measured(rec.iter().map(|x| x.mib).collect()),
+        Ok(_) => r
+            .boot
+            .ended
+            .clone()
+            .unwrap_or(Cell::None("no rounds".into())),
+        Err(c) => c.clone(),
+    };
+    let recorded_note = match &r.recorded {
+        Ok(rec) => rec
+            .last()
+            .map_or(String::new(), |x| format!(": {}", x.note)),
+        Err(_) => String::new(),
     };
     vec![
         Row {
@@ -699,9 +587,10 @@ fn rows(r: &Results) -> Vec<Row> {
             comparison: firecracker_answer(),
             target: Target::RatioAtMost(ANSWER_TARGET),
             measures: format!(
-                "{guest} {method} Petrel with `--working-set prefetch` (the pages the record \
-                 run's guest touched brought in before its vCPU runs). {order} Runs: {runs}. \
-                 On hardware KVM this figure is unmeasured."
+                "{guest} {method} Petrel with `--working-set prefetch`: the pages the round's \
+                 record run saw the guest touch are brought in before its vCPU runs (petrel \
+                 must say so on stderr). {rounds} Runs: {runs}. On hardware KVM this figure is \
+                 unmeasured."
             ),
         },
         Row {
@@ -714,8 +603,7 @@ fn rows(r: &Results) -> Vec<Row> {
             target: Target::None,
             measures: format!(
                 "The same method with {off_flag}: each page faults in from the privately mapped \
-                 memory file when the guest first touches it. Runs alternate with the row \
-                 above's. Runs: {runs}."
+                 memory file when the guest first touches it. The same rounds. Runs: {runs}."
             ),
         },
         Row {
@@ -728,10 +616,10 @@ fn rows(r: &Results) -> Vec<Row> {
             target: Target::None,
             measures: format!(
                 "The same guest booted: `petrel --kernel vmlinux --cmdline ... --mem \
-                 {GUEST_MIB}M --vcpus 1 --disk sandbox-root.ext4,ro --serial stdio` with stdin \
-                 and stdout piped; `ping N` written once `{READY}` is read; timed from just \
-                 before the spawn to `answer ping N`; then SIGTERM. Runs alternate with the \
-                 loads. Runs: {runs}."
+                 {GUEST_MIB}M --vcpus 1 --disk sandbox-root.ext4,ro --serial stdio \
+                 --snapshot-on-signal DIR` with stdin and stdout piped; `ping N` written once \
+                 `{READY}` is read; timed from just before the spawn to `answer ping N`. One \
+                 per round. Runs: {runs}."
             ),
         },
         Row {
@@ -742,9 +630,9 @@ fn rows(r: &Results) -> Vec<Row> {
             comparison_name: "Firecracker (earlier, same guest)".into(),
             comparison: firecracker_load(),
             target: Target::None,
-            measures: "The prefetched runs' load requests: from just before writing the \
-                       request to the end of its 204 (the prefetch happens before the vCPU \
-                       starts, inside this time)."
+            measures: "The prefetched loads' requests: from just before writing the request to \
+                       the end of its 204 (the prefetch happens before the vCPU starts, inside \
+                       this time)."
                 .into(),
         },
         Row {
@@ -755,30 +643,21 @@ fn rows(r: &Results) -> Vec<Row> {
             comparison_name: "Firecracker (earlier, same guest)".into(),
             comparison: firecracker_load(),
             target: Target::None,
-            measures: "The on-demand runs' load requests, timed as in the row above.".into(),
+            measures: "The on-demand loads' requests, timed as in the row above.".into(),
         },
         Row {
             id: "sandbox_working_set",
             name: "sandbox: working set recorded".into(),
             unit: Unit::MiB,
-            petrel: match &r.recorded {
-                Ok(rec) => Cell::Measured(vec![rec.mib]),
-                Err(c) => c.clone(),
-            },
+            petrel: recorded,
             comparison_name: "guest RAM".into(),
             comparison: Cell::None(format!("{GUEST_MIB} MiB")),
             target: Target::None,
-            measures: match &r.recorded {
-                Ok(rec) => format!(
-                    "The guest memory named by the working-set file the `--working-set record` \
-                     run wrote when stopped (pages the guest touched from the load to the \
-                     SIGTERM after its answer): {}.",
-                    rec.note
-                ),
-                Err(_) => "The guest memory named by the working-set file a `--working-set \
-                           record` run writes."
-                    .into(),
-            },
+            measures: format!(
+                "The guest memory named by the working-set file each round's `--working-set \
+                 record` load wrote when stopped (the pages the guest touched from the load to \
+                 the SIGTERM after its answer){recorded_note}."
+            ),
         },
     ]
 }
@@ -806,35 +685,14 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_stamped_when_completed() {
-        let t0 = Instant::now();
-        let t1 = t0 + Duration::from_millis(5);
-        let t2 = t0 + Duration::from_millis(9);
-        let mut l = Lines::default();
-        l.push(t0, b"[ 1.0] boot\r\nping 1\r\nans");
-        l.push(t1, b"wer ping 1");
-        let want = |s: &str| s == "answer ping 1";
-        // The answer is not complete until its newline.
-        assert_eq!(l.find(&want), None);
-        l.push(t2, b"\r\nanswer ping 10\r\n");
-        assert_eq!(l.find(&want), Some(t2));
-        // The tty's echo of the typed line is not the answer; a longer line is not either.
-        assert_eq!(l.find(&|s: &str| s == "ping 1"), Some(t0));
-        assert_eq!(l.find(&|s: &str| s == "answer ping 1 "), None);
-        assert_eq!(l.tail(2), "answer ping 1 / answer ping 10");
-        assert!(l
-            .timed_text(t0)
-            .ends_with("      9.0 answer ping 1\n      9.0 answer ping 10\n"));
-    }
-
-    #[test]
     fn working_set_line_is_parsed() {
-        let stderr = "petrel: restored\n\
-                      petrel: working set: 1234 pages (4.8 MiB) written to /s/state.working-set\n";
+        let stderr = "petrel: stopped the guest on SIGTERM\n\
+                      petrel: working set of 1234 pages (4.8 MiB, 310 written) saved to \
+                      /s/state.working-set\n";
         let (pages, line) = working_set_pages(stderr).unwrap();
         assert_eq!(pages, 1234);
         assert!(line.ends_with("state.working-set"), "{line}");
-        assert_eq!(working_set_pages("working set: many pages\n"), None);
+        assert_eq!(working_set_pages("working set of many pages\n"), None);
         assert_eq!(working_set_pages("no such line\n"), None);
     }
 
@@ -866,12 +724,17 @@ mod tests {
             off: side(250.0, 2.7),
             prefetch: side(prefetch_ms, 4.0),
             boot: side(22.0, f64::NAN),
-            recorded: Ok(Recorded {
-                mib: 9.5,
-                note: "n".into(),
-            }),
+            recorded: Ok(vec![
+                Recorded {
+                    mib: 9.5,
+                    note: "first".into(),
+                },
+                Recorded {
+                    mib: 9.7,
+                    note: "last".into(),
+                },
+            ]),
             has_option: true,
-            source_ready_s: 21.0,
         }
     }
 
@@ -897,7 +760,12 @@ mod tests {
         assert_eq!(super::rows(&results(41.0))[0].verdict(), Verdict::Fail);
         assert_eq!(rows[1].verdict(), Verdict::Info);
         assert_eq!(rows[2].petrel, Cell::Measured(vec![22.0, 24.0]));
-        assert_eq!(rows[5].petrel, Cell::Measured(vec![9.5]));
+        assert_eq!(rows[5].petrel, Cell::Measured(vec![9.5, 9.7]));
+        assert!(
+            rows[5].measures.ends_with(": last."),
+            "{}",
+            rows[5].measures
+        );
         assert_eq!(rows[2].comparison, Cell::None("-".into()));
         assert!(rows[0]
             .comparison
