@@ -236,11 +236,15 @@ pub fn run(args: &BenchArgs) -> u8 {
         rows.extend(farm::alive(&bench, args.alive));
     }
     if wanted("sandbox") {
-        println!(
-            "==> sandbox: snapshot load to a guest program's answer ({} runs each)",
-            args.runs
-        );
-        rows.extend(sandbox::sandbox(&bench, args.runs));
+        if args.linux {
+            println!(
+                "==> sandbox: snapshot load to a guest program's answer ({} runs each)",
+                args.runs
+            );
+            rows.extend(sandbox::sandbox(&bench, args.runs));
+        } else {
+            rows.extend(sandbox::left_out(args.runs, "not run (--no-linux)"));
+        }
     }
     let ctx = Context {
         date: report::utc_now(),

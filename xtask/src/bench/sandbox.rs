@@ -497,6 +497,26 @@ pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
     rows(&r)
 }
 
+/// The case's rows when it is not run (`--no-linux`): `why` on each side, and no targets.
+pub fn left_out(runs: u32, why: &str) -> Vec<Row> {
+    let cell = Cell::None(why.to_owned());
+    let r = Results {
+        runs,
+        off: Side::not_run(cell.clone()),
+        prefetch: Side::not_run(cell.clone()),
+        boot: Side::not_run(cell.clone()),
+        recorded: Err(cell),
+        has_option: true,
+    };
+    rows(&r)
+        .into_iter()
+        .map(|row| Row {
+            target: Target::None,
+            ..row
+        })
+        .collect()
+}
+
 /// Why the prefetch side is missing on a petrel without the option.
 fn no_option(b: &Bench) -> Cell {
     Cell::Missing(format!(
@@ -772,6 +792,16 @@ mod tests {
             .reason()
             .unwrap()
             .contains("not in this run"));
+    }
+
+    #[test]
+    fn left_out_rows_say_why_and_judge_nothing() {
+        let rows = left_out(10, "not run (--no-linux)");
+        assert_eq!(rows.len(), 6);
+        for r in &rows {
+            assert_eq!(r.petrel, Cell::None("not run (--no-linux)".into()));
+            assert_eq!(r.verdict(), Verdict::Info);
+        }
     }
 
     #[test]
