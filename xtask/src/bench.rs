@@ -22,7 +22,10 @@
 //!    the VMM's own `Private_Dirty`);
 //! 9. alive: `--alive N` halted 16 MiB VMs alive at once, each answering `GET /` on its API
 //!    socket, then all stopped: the host memory per VM, the VMM's own, threads and
-//!    descriptors per VM.
+//!    descriptors per VM;
+//! 10. sandbox: a Linux guest's snapshot loaded through `PUT /snapshot/load` to the answer of
+//!     a shell in its userspace, with its working set prefetched and without, beside a fresh
+//!     boot of the same guest (`bench/sandbox.rs`).
 //!
 //! QEMU runs the same demo guest ELF (through its PVH entry) on `-M microvm` with KVM. A
 //! missing QEMU or `/dev/kvm` is shown in the table and makes the run fail unless
@@ -35,6 +38,7 @@ mod floor;
 mod proc;
 mod procfs;
 mod report;
+mod sandbox;
 mod snapshot;
 
 use std::fs;
@@ -68,6 +72,7 @@ pub const CASES: &[&str] = &[
     "snapshot",
     "clones",
     "alive",
+    "sandbox",
 ];
 
 /// Guest memory of every VM in the bench, MiB (Petrel's default, and what QEMU is given).
@@ -229,6 +234,17 @@ pub fn run(args: &BenchArgs) -> u8 {
     if wanted("alive") {
         println!("==> VMs alive at once: {} halted guests", args.alive);
         rows.extend(farm::alive(&bench, args.alive));
+    }
+    if wanted("sandbox") {
+        if args.linux {
+            println!(
+                "==> sandbox: snapshot load to a guest program's answer ({} runs each)",
+                args.runs
+            );
+            rows.extend(sandbox::sandbox(&bench, args.runs));
+        } else {
+            rows.extend(sandbox::left_out(args.runs, "not run (--no-linux)"));
+        }
     }
     let ctx = Context {
         date: report::utc_now(),

@@ -254,9 +254,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value = "200", hide_default_value = true,
           value_parser = clap::value_parser!(u32).range(1..), verbatim_doc_comment)]
     pub alive: u32,
-    /// Run the Linux boot case (`--no-linux` leaves it out).
+    /// Run the Linux boot and sandbox cases (`--no-linux` leaves them out).
     #[arg(long = "no-linux", action = ArgAction::SetFalse,
-          help = "Leave out the Linux boot case (the table says so).")]
+          help = "Leave out the Linux boot and sandbox cases (the table says so).")]
     pub linux: bool,
     /// Linux boots per VMM (default 1).
     #[arg(long, value_name = "N", default_value = "1", hide_default_value = true,
@@ -268,7 +268,7 @@ pub struct BenchArgs {
     pub linux_timeout: Duration,
     /// Run only this case (may be repeated): startup, memory, exits,
     /// density, linux, api-socket, api-start, api-memory, snapshot,
-    /// clones, alive.
+    /// clones, alive, sandbox.
     #[arg(long, value_name = "NAME", verbatim_doc_comment)]
     pub only: Vec<String>,
     /// Exit 0 even if QEMU or /dev/kvm is missing (still shown as MISSING).

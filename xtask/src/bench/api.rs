@@ -46,7 +46,7 @@ const SOCKET_LIMIT: Duration = Duration::from_secs(5);
 /// A petrel process that is killed (and reaped) if it is still running when dropped, so
 /// that a failed run leaves nothing behind; and its socket, removed then too.
 pub(super) struct Petrel {
-    child: Child,
+    pub(super) child: Child,
     socket: Option<PathBuf>,
 }
 
@@ -75,14 +75,25 @@ pub(super) fn spawn_api(
     stdout: Stdio,
     log: &Path,
 ) -> Result<(Petrel, PathBuf, Instant)> {
+    spawn_api_with(b, &[], Stdio::null(), stdout, log)
+}
+
+/// [`spawn_api`] with more arguments after `--api-sock SOCKET`, and stdin as given.
+pub(super) fn spawn_api_with(
+    b: &Bench,
+    args: &[&str],
+    stdin: Stdio,
+    stdout: Stdio,
+    log: &Path,
+) -> Result<(Petrel, PathBuf, Instant)> {
     let sock = socket_path();
     let _ = fs::remove_file(&sock);
     let err = fs::File::create(log).ctx(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(&b.petrel);
-    cmd.arg("--api-sock").arg(&sock);
+    cmd.arg("--api-sock").arg(&sock).args(args);
     let start = Instant::now();
     let child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout)
         .stderr(err)
         .spawn()
