@@ -21,7 +21,8 @@
 //!    printed again would show up twice). On the host, `/count` read from the image with
 //!    `debugfs` must hold the same numbers, once each and in order; the restored virtio-blk
 //!    must have served writes (its `--metrics`); the guest's clock must go on: the
-//!    uptimes of the counts never go back, across the snapshot too; and the restored guest
+//!    uptimes of the counts never go back, across the snapshot too, nor leap ahead (guest time
+//!    stands still from the snapshot to the restore); and the restored guest
 //!    must notice its new VM generation ID: the kernel's `random: crng reseeded due to
 //!    virtual machine fork` (the first boot's generator was seeded before the snapshot).
 //!
@@ -969,11 +970,19 @@ pub fn timeline_at(metrics: &serde_json::Value, what: &str) -> Option<Duration> 
         .map(Duration::from_micros)
 }
 
+/// The most guest time, in seconds, between the last count before the snapshot and the first
+/// after the restore: a count's pace is 0.1 s plus the guest's own work (0.2-1.5 s here), and
+/// guest time stands still from the snapshot to the restore. A restored guest whose clock
+/// followed the host's (its TSC clocksource read unoffset on an emulating host) leapt by the
+/// whole wall time between them, 20-40 s in this scenario.
+const MAX_CLOCK_LEAP_S: f64 = 5.0;
+
 /// The guest's clock goes on from where it was: the uptimes of the counts never go back
 /// (across the snapshot too), and the restored log's first kernel timestamp, if it has one,
-/// is not older than the last one before the snapshot. How far the guest's clock moved across
-/// the snapshot is noted beside `wall_gap`, the wall time from the snapshot's signal to the
-/// first count after the restore.
+/// is not older than the last one before the snapshot; nor does it leap ahead (more than
+/// [`MAX_CLOCK_LEAP_S`]): guest time stands still from the snapshot to the restore. How far
+/// the guest's clock moved across the snapshot is noted beside `wall_gap`, the wall time from
+/// the snapshot's signal to the first count after the restore.
 fn check_guest_clock(before: &str, after: &str, wall_gap: Option<Duration>, v: &mut Verdict) {
     let counts = console_counts(&format!("{before}{after}"));
     let back = counts.windows(2).find(|w| w[1].up < w[0].up);
@@ -985,6 +994,16 @@ fn check_guest_clock(before: &str, after: &str, wall_gap: Option<Duration>, v: &
         (Some(w), _, _) => v.failures.push(format!(
             "the guest's uptime went back: count {} at {:.2} s, then count {} at {:.2} s",
             w[0].i, w[0].up, w[1].i, w[1].up
+        )),
+        (None, Some(l), Some(f)) if f.up - l.up > MAX_CLOCK_LEAP_S => v.failures.push(format!(
+            "the guest's clock leapt ahead across the snapshot: count {} at uptime {:.2} s \
+             before it, count {} at {:.2} s after the restore ({:+.2} s, more than \
+             {MAX_CLOCK_LEAP_S} s); guest time must resume where the snapshot stopped it",
+            l.i,
+            l.up,
+            f.i,
+            f.up,
+            f.up - l.up
         )),
         (None, Some(l), Some(f)) => v.notes.push(format!(
             "guest clock: count {} at uptime {:.2} s before the snapshot, count {} at {:.2} s \
@@ -1186,6 +1205,12 @@ mod tests {
         assert_eq!(
             v.failures,
             ["the guest's uptime went back: count 2 at 20.12 s, then count 3 at 3.00 s"]
+        );
+        let mut v = Verdict::default();
+        check_guest_clock(before, "count 3 of 50 up 63.50\r\n", wall, &mut v);
+        assert!(
+            v.failures[0].starts_with("the guest's clock leapt ahead across the snapshot"),
+            "{v:?}"
         );
     }
 

@@ -140,7 +140,8 @@ impl std::fmt::Display for Notice {
                  expect a slow guest; added guest workarounds to the command line (CPU \
                  features the emulator lacks turned off; clearcpuid=110,111: no 32-bit \
                  SYSCALL or SYSENTER, so 32-bit programs use int $0x80; pty.legacy_count=0: no legacy BSD ptys, \
-                 40 s of boot there)",
+                 40 s of boot there; clocksource=kvm-clock: a restored guest's clock resumes \
+                 where its snapshot stopped it)",
             ),
             Notice::WorkingSetPrefetched { path, done, took } => write!(
                 f,
