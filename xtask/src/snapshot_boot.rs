@@ -32,10 +32,11 @@
 //!    taken after step 1), with that working set prefetched (`--working-set prefetch`): petrel
 //!    must say it prefetched it, and the guest must pass every check of step 2.
 //! 4. Once more, from the disk as it was at the snapshot, under the `Uffd` memory backend:
-//!    Petrel's page-fault handler (`uffd_handler SOCKET DIR/mem`, petrel-vmm's example) serves
-//!    the memory file to
-//!    `petrel restore DIR --uffd-socket SOCKET`; the same checks as step 2's, and the handler
-//!    must exit 0 once petrel ended, saying how many pages it served. No second boot.
+//!    Petrel's page-fault handler (`uffd_handler SOCKET DIR/mem DIR/state`, petrel-vmm's
+//!    example) serves the memory file to `petrel restore DIR --uffd-socket SOCKET`, the
+//!    working set of step 2 filled ahead of the guest; the same checks as step 2's, and the
+//!    handler must exit 0 once petrel ended, saying how many pages it served and prefetched.
+//!    No second boot.
 //!
 //! The scenario reports the first boot's times to `Run /init`, to the init's marker and to
 //! the snapshot, and each restore's times to its first serial output and to its first count,
@@ -700,7 +701,10 @@ fn restore(
             let _ = fs::remove_file(&socket);
             let log = log_dir.join(format!("{}.uffd-handler.log", s.name));
             let mut cmd = Command::new(&snap.uffd_handler);
-            cmd.arg(&socket).arg(snap.dir.join("mem"));
+            // With the state file: the working set the file restore recorded, prefetched.
+            cmd.arg(&socket)
+                .arg(snap.dir.join("mem"))
+                .arg(snap.dir.join("state"));
             println!("==> {}: {}", s.name, host::describe(&cmd));
             let mut child = spawn(&mut cmd, &log)?;
             handler_log = Some(log);
@@ -775,7 +779,11 @@ fn restore(
     check_counts(text1, &text2, &snap.image, &mut verdict);
     check_vm_generation(text1, &text2, &mut verdict);
     check_restored_writes(&metrics, &mut verdict);
-    check_working_set(backend, &read_lossy(&vmm), &mut verdict);
+    let outputs = match &handler_log {
+        Some(log) => read_lossy(&vmm) + &read_lossy(log),
+        None => read_lossy(&vmm),
+    };
+    check_working_set(backend, &outputs, &mut verdict);
     // Wall time from the snapshot's signal to the restored guest's first count: the first
     // restore's (the second starts after the first ended).
     let wall_gap = match backend {
@@ -812,16 +820,19 @@ const WORKING_SET_SAVED: &str = "working set of ";
 /// What petrel says once it prefetched the working set.
 const WORKING_SET_PREFETCHED: &str = "prefetched the working set";
 
-/// Checks petrel's output `vmm_output` for its working-set line: the recording restore must
-/// have saved the set, the prefetching one must have brought it in (the guest's checks are the
-/// same either way).
-fn check_working_set(backend: Backend, vmm_output: &str, v: &mut Verdict) {
+/// What the page-fault handler's closing line adds once it filled the working set.
+const HANDLER_PREFETCHED: &str = "; prefetched ";
+
+/// Checks the restore's output (`outputs`: petrel's, and the page-fault handler's) for its
+/// working-set line: the recording restore must have saved the set, the prefetching one and
+/// the handler must have brought it in (the guest's checks are the same every way).
+fn check_working_set(backend: Backend, outputs: &str, v: &mut Verdict) {
     let wanted = match backend {
         Backend::File => WORKING_SET_SAVED,
         Backend::FilePrefetched => WORKING_SET_PREFETCHED,
-        Backend::Uffd => return,
+        Backend::Uffd => HANDLER_PREFETCHED,
     };
-    match vmm_output.lines().find(|l| l.contains(wanted)) {
+    match outputs.lines().find(|l| l.contains(wanted)) {
         Some(line) => v.notes.push(line.trim().to_owned()),
         None => v
             .failures
@@ -1103,7 +1114,8 @@ mod tests {
                 "petrel: ignored the working-set file\n",
                 false,
             ),
-            (Backend::Uffd, "", true),
+            (Backend::Uffd, "uffd_handler: ...; served 90 pages; 0 removals of 0 bytes; prefetched 3401 pages\n", true),
+            (Backend::Uffd, "uffd_handler: ...; served 1098 pages; 0 removals of 0 bytes\n", false),
         ] {
             let mut v = Verdict::default();
             check_working_set(backend, output, &mut v);

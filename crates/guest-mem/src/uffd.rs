@@ -281,6 +281,46 @@ impl Userfaultfd {
         Ok(c.copy as u64)
     }
 
+    /// Fills every missing page of `[dst, dst + len)` from `len` bytes at `src` (in this
+    /// process), page by page where it must: unlike [`copy`](Self::copy), which stops at the
+    /// first page already present, it steps over present pages (`page` bytes each) and goes on.
+    /// Returns the bytes it filled. `EAGAIN` with nothing copied (the registering process is
+    /// changing its mappings) skips a page: its fault, if one comes, is served then.
+    pub fn copy_missing(&self, dst: u64, src: *const u8, len: u64, page: u64) -> io::Result<u64> {
+        let mut done = 0u64;
+        let mut filled = 0u64;
+        while done < len {
+            let mut c = UffdioCopy {
+                dst: dst + done,
+                src: src as u64 + done,
+                len: len - done,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: as in `copy`: the kernel reads `len - done` bytes at `src + done` in this
+            // process (the caller's buffer of `len` bytes) and writes only into the other
+            // process's registered range.
+            let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, &mut c) };
+            if r == 0 {
+                return Ok(filled + (len - done));
+            }
+            let e = io::Error::last_os_error();
+            // `copy` holds the bytes copied before the kernel stopped, or a negated errno.
+            let copied = u64::try_from(c.copy).unwrap_or(0);
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) if copied > 0 => {
+                    done += copied;
+                    filled += copied;
+                }
+                // The page at `dst + done` is present (the guest faulted it in meanwhile), or
+                // the process is changing its mappings: step over it.
+                Some(libc::EEXIST) | Some(libc::EAGAIN) => done += page,
+                _ => return Err(e),
+            }
+        }
+        Ok(filled)
+    }
+
     /// Fills the missing pages of `[dst, dst + len)` with zeros and wakes the threads waiting
     /// on them (as [`copy`](Self::copy), `EEXIST` is success).
     pub fn zero(&self, dst: u64, len: u64) -> io::Result<u64> {

@@ -2,7 +2,7 @@
 //! restore --uffd-socket`): it serves a restored guest's pages from the snapshot's memory file.
 //!
 //! ```text
-//! cargo run -p petrel-vmm --example uffd_handler -- SOCKET MEMFILE
+//! cargo run -p petrel-vmm --example uffd_handler -- SOCKET MEMFILE [STATE]
 //! ```
 //!
 //! It listens on SOCKET, takes one connection (Petrel's, or Firecracker's: the message is the
@@ -13,6 +13,12 @@
 //! stderr `uffd_handler: the VMM closed the connection; served N pages; M removals of B
 //! bytes` (the removals it read, and the bytes they covered). It keeps the connection open
 //! while it serves: Petrel takes its hang-up as the handler's end.
+//!
+//! Given the snapshot's state file STATE, it first fills the pages of the snapshot's working
+//! set (`STATE.working-set`, which `petrel restore --working-set record` writes; see
+//! `petrel_vmm::working_set`) ahead of the guest, serving faults between chunks, and its closing
+//! line adds `; prefetched N pages`. A missing working set is no error; an invalid one is
+//! ignored with a line that says why.
 //!
 //! With no arguments it shows itself on a small memory it makes, playing the VMM's part in a
 //! thread of its own (as `cargo xtask test` runs it).
@@ -28,17 +34,44 @@ type Error = Box<dyn std::error::Error>;
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
-        [socket, mem_file] => {
+        [socket, mem_file, state @ ..] if state.len() <= 1 => {
             let listener = UnixListener::bind(socket)
                 .map_err(|e| format!("cannot listen on {socket}: {e}"))?;
             let file = File::open(mem_file).map_err(|e| format!("cannot open {mem_file}: {e}"))?;
+            let working_set = match state.first() {
+                Some(state) => working_set(Path::new(state), file.metadata()?.len()),
+                None => Vec::new(),
+            };
             let (stream, _) = listener.accept()?;
-            let served = petrel_vmm::uffd::serve(stream, &file)?;
+            let served = petrel_vmm::uffd::serve_with_working_set(stream, &file, &working_set)?;
             eprintln!("uffd_handler: the VMM closed the connection; {served}");
             Ok(())
         }
         [] => demo(),
-        _ => Err("usage: uffd_handler SOCKET MEMFILE".into()),
+        _ => Err("usage: uffd_handler SOCKET MEMFILE [STATE]".into()),
+    }
+}
+
+/// The working set beside the state file `state` for a memory file of `mem_size` bytes, or
+/// none (saying why when there is a file that cannot be used).
+fn working_set(state: &Path, mem_size: u64) -> Vec<petrel_guest_mem::PageRun> {
+    match petrel_vmm::working_set::read_beside(state, mem_size) {
+        Ok(Some(runs)) => {
+            let pages: u64 = runs.iter().map(|r| r.count).sum();
+            eprintln!(
+                "uffd_handler: prefetching the working set of {pages} pages from {}",
+                petrel_vmm::working_set::file_for(state).display()
+            );
+            runs
+        }
+        Ok(None) => Vec::new(),
+        Err(why) => {
+            eprintln!(
+                "uffd_handler: ignored the working set of {}: {why}",
+                state.display()
+            );
+            Vec::new()
+        }
     }
 }
 

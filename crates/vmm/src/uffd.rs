@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use petrel_guest_mem::uffd::{Event, Userfaultfd, FEATURE_EVENT_REMOVE};
-use petrel_guest_mem::GuestRam;
+use petrel_guest_mem::{GuestRam, PageRun};
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -242,6 +242,8 @@ pub struct Served {
     pub removals: u64,
     /// The bytes those removals covered, summed (a range removed twice counts twice).
     pub removed_bytes: u64,
+    /// Pages filled ahead of the guest from a working set ([`serve_with_working_set`]).
+    pub prefetched: u64,
 }
 
 impl std::fmt::Display for Served {
@@ -250,7 +252,11 @@ impl std::fmt::Display for Served {
             f,
             "served {} pages; {} removals of {} bytes",
             self.pages, self.removals, self.removed_bytes
-        )
+        )?;
+        if self.prefetched > 0 {
+            write!(f, "; prefetched {} pages", self.prefetched)?;
+        }
+        Ok(())
     }
 }
 
@@ -260,6 +266,23 @@ impl std::fmt::Display for Served {
 /// time) or with zeros where the VMM removed the memory (`UFFD_EVENT_REMOVE`), until the VMM
 /// closes the connection. Returns what it served and the removals it saw.
 pub fn serve(stream: UnixStream, mem_file: &File) -> std::io::Result<Served> {
+    serve_with_working_set(stream, mem_file, &[])
+}
+
+/// Pages the handler fills ahead of the guest at a time, between two looks for faults.
+const PREFETCH_CHUNK_PAGES: u64 = 256;
+
+/// [`serve`], first filling the pages of a working set (`working_set`, numbered in the
+/// memory file; see [`crate::working_set`]) ahead of the guest: in chunks of
+/// [`PREFETCH_CHUNK_PAGES`], serving the faults and reading the removals waiting before each
+/// chunk, so that the guest never waits long behind the prefetch. Pages already present
+/// (faulted in meanwhile) are stepped over, removed ones left alone, and pages outside the
+/// layout skipped: the working set only decides when a page is filled, never with what.
+pub fn serve_with_working_set(
+    stream: UnixStream,
+    mem_file: &File,
+    working_set: &[PageRun],
+) -> std::io::Result<Served> {
     let file = mem_file;
     let mut buf = vec![0u8; 64 << 10];
     let (n, fd) = stream.recv_with_fd(&mut buf)?;
@@ -271,6 +294,33 @@ pub fn serve(stream: UnixStream, mem_file: &File) -> std::io::Result<Served> {
     let source = Source::map(file)?;
     let mut removed = Removed::default();
     let mut served = Served::default();
+    let handle_events = |removed: &mut Removed, served: &mut Served| -> std::io::Result<()> {
+        while let Some(event) = uffd.read_event()? {
+            match event {
+                Event::Pagefault { addr } => {
+                    serve_page(&uffd, &regions, &source, removed, addr)?;
+                    served.pages += 1;
+                }
+                Event::Remove { start, end } => {
+                    removed.add(start, end);
+                    served.removals += 1;
+                    served.removed_bytes += end.saturating_sub(start);
+                }
+                Event::Other(_) => {}
+            }
+        }
+        Ok(())
+    };
+    for run in working_set {
+        let mut first = run.first;
+        let end = run.first.saturating_add(run.count);
+        while first < end {
+            handle_events(&mut removed, &mut served)?;
+            let count = (end - first).min(PREFETCH_CHUNK_PAGES);
+            served.prefetched += prefetch(&uffd, &regions, &source, &removed, first, count)?;
+            first += count;
+        }
+    }
     loop {
         let mut fds = [
             libc::pollfd {
@@ -295,20 +345,7 @@ pub fn serve(stream: UnixStream, mem_file: &File) -> std::io::Result<Served> {
         if fds[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
             return Ok(served);
         }
-        while let Some(event) = uffd.read_event()? {
-            match event {
-                Event::Pagefault { addr } => {
-                    serve_page(&uffd, &regions, &source, &removed, addr)?;
-                    served.pages += 1;
-                }
-                Event::Remove { start, end } => {
-                    removed.add(start, end);
-                    served.removals += 1;
-                    served.removed_bytes += end.saturating_sub(start);
-                }
-                Event::Other(_) => {}
-            }
-        }
+        handle_events(&mut removed, &mut served)?;
     }
 }
 
@@ -374,6 +411,53 @@ fn serve_page(
     }
 }
 
+/// Fills the `count` pages of the memory file from page `first` that are still missing, where
+/// the layout maps them and the VMM has not removed them, a run of adjacent pages at a time;
+/// returns how many it filled.
+fn prefetch(
+    uffd: &Userfaultfd,
+    regions: &[GuestRegionUffdMapping],
+    source: &Source,
+    removed: &Removed,
+    first: u64,
+    count: u64,
+) -> std::io::Result<u64> {
+    let page = PAGE_SIZE as u64;
+    // The pages' host addresses and memory-file offsets, where they can be filled.
+    let fillable = (first..first + count).filter_map(|p| {
+        let at = p * page;
+        let r = regions
+            .iter()
+            .find(|r| at >= r.offset && at - r.offset < r.size as u64)?;
+        let addr = r.base_host_virt_addr + (at - r.offset);
+        (!removed.contains(addr) && at + page <= source.len as u64).then_some((addr, at))
+    });
+    // Adjacent pages (in guest memory and in the file) are filled with one copy.
+    let mut spans: Vec<(u64, u64, u64)> = Vec::new();
+    for (addr, at) in fillable {
+        match spans.last_mut() {
+            Some((a, f, len)) if *a + *len == addr && *f + *len == at => *len += page,
+            _ => spans.push((addr, at, page)),
+        }
+    }
+    let mut filled = 0;
+    for (addr, at, len) in spans {
+        // SAFETY: `at + len` is within the mapping of `source.len` bytes (checked above).
+        let src = unsafe { source.addr.add(at as usize) };
+        match uffd.copy_missing(addr, src, len, page) {
+            Ok(n) => filled += n / page,
+            // The VMM is gone: the serving loop sees the hang-up next.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(filled),
+            Err(e) => {
+                return Err(std::io::Error::other(format!(
+                    "cannot prefetch the pages at {addr:#x}: {e}"
+                )))
+            }
+        }
+    }
+    Ok(filled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,6 +489,7 @@ mod tests {
             pages: 5,
             removals: 3,
             removed_bytes: 12288,
+            prefetched: 0,
         };
         assert_eq!(
             served.to_string(),
@@ -452,8 +537,76 @@ mod tests {
             Served {
                 pages: 3,
                 removals: 1,
-                removed_bytes: 0x4000
+                removed_bytes: 0x4000,
+                prefetched: 0,
             }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_working_set_is_filled_ahead_of_the_guest() {
+        let size = 1u64 << 20;
+        let page = PAGE_SIZE as u64;
+        let dir = std::env::temp_dir().join(format!("petrel-uffd-prefetch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (socket, mem) = (dir.join("h.sock"), dir.join("mem"));
+        let pattern = |p: u64| (p as u8) ^ 0x5a;
+        let bytes: Vec<u8> = (0..size).map(|i| pattern(i / page)).collect();
+        std::fs::write(&mem, bytes).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let file = File::open(&mem).unwrap();
+        let run = |first, count| PageRun {
+            first,
+            count,
+            written: false,
+        };
+        // 64 pages, then a run reaching past the end of guest memory (skipped there).
+        let set = [run(0, 64), run(size / page - 2, 8)];
+        let handler = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            serve_with_working_set(stream, &file, &set)
+        });
+        let ram = GuestRam::new(size).unwrap();
+        let backend = match serve_from_handler(&ram, &socket) {
+            Ok(b) => b,
+            Err(Error::Uffd(e)) => {
+                eprintln!("SKIPPED: {e}");
+                drop(UnixStream::connect(&socket));
+                let _ = std::fs::remove_dir_all(&dir);
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        // Wait until the handler filled the set, without touching guest memory.
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while ram
+            .touched_pages(&pagemap)
+            .unwrap()
+            .iter()
+            .map(|r| r.count)
+            .sum::<u64>()
+            < 66
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the set was not filled"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // The set reads as the file; pages outside it fault in as before.
+        for p in (0..64).chain(100..110).chain(size / page - 2..size / page) {
+            let mut byte = [0u8; 1];
+            ram.read(p * page + 9, &mut byte).unwrap();
+            assert_eq!(byte[0], pattern(p), "page {p}");
+        }
+        drop(backend);
+        let served = handler.join().unwrap().unwrap();
+        assert_eq!((served.prefetched, served.pages), (66, 10), "{served:?}");
+        assert!(
+            served.to_string().ends_with("; prefetched 66 pages"),
+            "{served}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

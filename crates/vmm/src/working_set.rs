@@ -143,6 +143,27 @@ pub fn read(path: &Path, id: SnapshotId) -> Result<Option<Vec<PageRun>>, String>
     decode(&bytes, id).map(Some)
 }
 
+/// The working set beside the state file `state_path` ([`file_for`]), for a guest of
+/// `mem_size` bytes (a page-fault handler knows it from the memory file's length): [`read`]
+/// with the snapshot's identity taken from the state file's header. `Ok(None)`: no working-set
+/// file.
+pub fn read_beside(state_path: &Path, mem_size: u64) -> Result<Option<Vec<PageRun>>, String> {
+    let mut header = [0u8; petrel_snapshot::HEADER_LEN];
+    std::fs::File::open(state_path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+        .map_err(|e| format!("cannot read the state file {}: {e}", state_path.display()))?;
+    let state_crc = petrel_snapshot::read_header(&header)
+        .map_err(|p| format!("the state file {}: {p}", state_path.display()))?
+        .crc;
+    read(
+        &file_for(state_path),
+        SnapshotId {
+            mem_size,
+            state_crc,
+        },
+    )
+}
+
 /// Checks and parses a working-set file's bytes for snapshot `id`.
 fn decode(bytes: &[u8], id: SnapshotId) -> Result<Vec<PageRun>, String> {
     let body: Body = petrel_snapshot::decode(bytes).map_err(|e| match e {
@@ -369,6 +390,28 @@ mod tests {
         // A state file is not a working set.
         let state = petrel_snapshot::encode(&serde_json::json!({"machine": {}})).unwrap();
         assert!(decode(&state, ID).is_err());
+    }
+
+    #[test]
+    fn a_handler_finds_the_set_beside_the_state_file() {
+        let state = dir().join("beside.state");
+        let bytes = petrel_snapshot::encode(&serde_json::json!({"machine": 1})).unwrap();
+        std::fs::write(&state, &bytes).unwrap();
+        let id = SnapshotId {
+            mem_size: ID.mem_size,
+            state_crc: petrel_snapshot::read_header(&bytes).unwrap().crc,
+        };
+        assert_eq!(read_beside(&state, ID.mem_size).unwrap(), None);
+        write(&file_for(&state), id, &runs()).unwrap();
+        assert_eq!(read_beside(&state, ID.mem_size).unwrap(), Some(runs()));
+        assert!(read_beside(&state, 2 * ID.mem_size)
+            .unwrap_err()
+            .contains("another snapshot"));
+        assert!(read_beside(&dir().join("none.state"), ID.mem_size)
+            .unwrap_err()
+            .contains("cannot read the state file"));
+        std::fs::remove_file(file_for(&state)).unwrap();
+        std::fs::remove_file(&state).unwrap();
     }
 
     #[test]
