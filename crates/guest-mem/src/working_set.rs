@@ -210,29 +210,14 @@ mod tests {
 
     /// A memory file of `size` bytes, every page holding its own number.
     fn memory_file(size: u64) -> File {
-        let mut f = tempfile_in_tmp();
+        let (path, mut f) =
+            crate::tests::temp_file(&format!("ws-{size}-{:?}", std::thread::current().id()));
+        std::fs::remove_file(&path).unwrap();
         for page in 0..size / PAGE {
             let mut buf = vec![0u8; PAGE as usize];
             buf[..8].copy_from_slice(&page.to_le_bytes());
             f.write_all(&buf).unwrap();
         }
-        f
-    }
-
-    fn tempfile_in_tmp() -> File {
-        let path = std::env::temp_dir().join(format!(
-            "petrel-ws-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
         f
     }
 

@@ -497,6 +497,22 @@ mod tests {
         );
     }
 
+    /// `ram` handed to the handler listening on `socket`; `None` (the test skipped, `dir`
+    /// removed) on a host without userfaultfd.
+    fn handed_over(ram: &GuestRam, socket: &Path, dir: &Path) -> Option<UffdBackend> {
+        match serve_from_handler(ram, socket) {
+            Ok(b) => Some(b),
+            Err(Error::Uffd(e)) => {
+                eprintln!("SKIPPED: {e}");
+                // Let the handler thread's accept return.
+                drop(UnixStream::connect(socket));
+                let _ = std::fs::remove_dir_all(dir);
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     #[test]
     fn the_handler_counts_what_a_discard_removed_and_serves_zeros_there() {
         let size = 1u64 << 20;
@@ -511,16 +527,8 @@ mod tests {
             serve(stream, &file)
         });
         let ram = GuestRam::new(size).unwrap();
-        let backend = match serve_from_handler(&ram, &socket) {
-            Ok(b) => b,
-            // A host without userfaultfd: nothing to serve.
-            Err(Error::Uffd(e)) => {
-                eprintln!("SKIPPED: {e}");
-                drop(UnixStream::connect(&socket));
-                let _ = std::fs::remove_dir_all(&dir);
-                return;
-            }
-            Err(e) => panic!("{e}"),
+        let Some(backend) = handed_over(&ram, &socket, &dir) else {
+            return;
         };
         let mut byte = [0u8; 1];
         ram.read(0x3000, &mut byte).unwrap();
@@ -568,15 +576,8 @@ mod tests {
             serve_with_working_set(stream, &file, &set)
         });
         let ram = GuestRam::new(size).unwrap();
-        let backend = match serve_from_handler(&ram, &socket) {
-            Ok(b) => b,
-            Err(Error::Uffd(e)) => {
-                eprintln!("SKIPPED: {e}");
-                drop(UnixStream::connect(&socket));
-                let _ = std::fs::remove_dir_all(&dir);
-                return;
-            }
-            Err(e) => panic!("{e}"),
+        let Some(backend) = handed_over(&ram, &socket, &dir) else {
+            return;
         };
         // Wait until the handler filled the set, without touching guest memory.
         let pagemap = File::open("/proc/self/pagemap").unwrap();
