@@ -19,7 +19,8 @@
 //!    beside a fresh boot of the same guest;
 //! 8. clones: `--clones N` VMs restored from one snapshot and alive at once: clones restored
 //!    per second, and the memory each adds (its guest mapping's `Rss` and `Private_Dirty`,
-//!    the VMM's own `Private_Dirty`);
+//!    the VMM's own `Private_Dirty`); then the guest memory again with the snapshot's working set
+//!    recorded and prefetched by every clone;
 //! 9. alive: `--alive N` halted 16 MiB VMs alive at once, each answering `GET /` on its API
 //!    socket, then all stopped: the host memory per VM, the VMM's own, threads and
 //!    descriptors per VM;

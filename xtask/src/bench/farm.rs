@@ -26,7 +26,7 @@
 //! putting them back) is the user's decision, not the bench's.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -241,7 +241,8 @@ struct Farm {
     available_drop_kib: f64,
 }
 
-fn run_farm(b: &Bench, clones: u32) -> Result<Farm> {
+fn run_farm(b: &Bench, clones: u32, prefetched: bool) -> Result<Farm> {
+    let name = if prefetched { "clones-ws" } else { "clones" };
     let kernel = b.dir.join("counter.elf");
     let snapshot = b.dir.join("clone-snapshot");
     fs::write(&kernel, counter::counter_guest_elf())
@@ -249,7 +250,7 @@ fn run_farm(b: &Bench, clones: u32) -> Result<Farm> {
     make_snapshot(b, &kernel, &snapshot)?;
     let mem_file = fs::canonicalize(snapshot.join("mem")).ctx(|| "the memory file".into())?;
     let mem_path = mem_file.display().to_string();
-    let out_dir = b.dir.join("clones");
+    let out_dir = b.dir.join(name);
     let _ = fs::remove_dir_all(&out_dir);
     fs::create_dir_all(&out_dir).ctx(|| format!("creating {}", out_dir.display()))?;
     let load = serde_json::json!({
@@ -260,7 +261,10 @@ fn run_farm(b: &Bench, clones: u32) -> Result<Farm> {
     .to_string();
     let paused = r#"{"state": "Paused"}"#;
     let resumed = r#"{"state": "Resumed"}"#;
-    let mut fleet = Fleet::new("clones")?;
+    if prefetched {
+        record_working_set(b, &load, &out_dir)?;
+    }
+    let mut fleet = Fleet::new(name)?;
     let n = clones as usize;
     let available_before = meminfo_kib("MemAvailable").unwrap_or(0);
     let start = Instant::now();
@@ -336,11 +340,60 @@ fn run_farm(b: &Bench, clones: u32) -> Result<Farm> {
     })
 }
 
-/// The clone farm's rows.
+/// One clone loaded with `--working-set record` (`load` is its `PUT /snapshot/load`), run until
+/// it printed a new tick, then stopped: the snapshot's working set is then beside its state
+/// file, and every later load prefetches it (petrel's default).
+fn record_working_set(b: &Bench, load: &str, out_dir: &Path) -> Result<()> {
+    let mut fleet = Fleet::new("clones-record")?;
+    let out = out_dir.join("record.serial");
+    let out_file = fs::File::create(&out).ctx(|| format!("creating {}", out.display()))?;
+    let mut cmd = Command::new(&b.petrel);
+    cmd.arg("--api-sock")
+        .arg(fleet.sock(0))
+        .args(["--working-set", "record"]);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out_file)
+        .stderr(Stdio::null())
+        .spawn()
+        .ctx(|| format!("starting `{}`", crate::host::describe(&cmd)))?;
+    fleet.children.push(child);
+    let mut c = fleet.client(0)?;
+    c.expect("PUT", "/snapshot/load", Some(load), 204)?;
+    let started = Instant::now();
+    while counter::ticks(&fs::read_to_string(&out).unwrap_or_default()).is_empty() {
+        if started.elapsed() > TICK_LIMIT {
+            return Err(Error::Other(format!(
+                "the recording clone printed no tick in {} s",
+                TICK_LIMIT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (clean, _) = fleet.stop_all();
+    let set = b.dir.join("clone-snapshot").join("state.working-set");
+    if clean != 1 || !set.is_file() {
+        return Err(Error::Other(format!(
+            "the recording clone did not end by SIGTERM leaving {}",
+            set.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The clone farm's rows: the farm with on-demand faults, then again with the snapshot's
+/// working set prefetched by every clone.
 pub fn clones(b: &Bench, clones: u32) -> Vec<Row> {
+    let mut rows = farm_rows(b, clones, false);
+    rows.extend(farm_rows(b, clones, true).into_iter().skip(1).take(2));
+    rows
+}
+
+/// The rows of one farm (`prefetched`: the second, each clone prefetching the working set).
+fn farm_rows(b: &Bench, clones: u32, prefetched: bool) -> Vec<Row> {
     let farm = missing(b, false)
         .map(Err)
-        .unwrap_or_else(|| run_farm(b, clones).map_err(|e| Cell::Error(e.to_string())));
+        .unwrap_or_else(|| run_farm(b, clones, prefetched).map_err(|e| Cell::Error(e.to_string())));
     let cell = |pick: fn(&Farm) -> Vec<f64>| match &farm {
         Ok(f) => Cell::Measured(pick(f)),
         Err(c) => c.clone(),
@@ -360,7 +413,7 @@ pub fn clones(b: &Bench, clones: u32) -> Vec<Row> {
          after another; then each resumed ({RESUME_WINDOW} at a time) until it printed a new \
          tick and paused again; read with all {clones} alive (`--clones N` sets how many)."
     );
-    vec![
+    let mut rows = vec![
         Row {
             id: "clones_per_s",
             name: format!("clones: restored per second ({clones} alive)"),
@@ -415,7 +468,20 @@ pub fn clones(b: &Bench, clones: u32) -> Vec<Row> {
                  data).{drop_note}"
             ),
         },
-    ]
+    ];
+    if prefetched {
+        let how = "The same farm again, on a new snapshot whose working set one clone loaded with \
+                   `--working-set record` saved first (run to its first tick, then SIGTERM): \
+                   every clone then prefetched it at its load (petrel's default), the pages \
+                   the recording clone read mapped from the page cache, those it wrote copied.";
+        rows[1].id = "clone_guest_private_dirty_prefetched";
+        rows[1].name = "clones, working set prefetched: guest pages each wrote".into();
+        rows[1].measures = format!("{how} Per clone: `Private_Dirty` of the guest mapping.");
+        rows[2].id = "clone_guest_rss_prefetched";
+        rows[2].name = "clones, working set prefetched: guest pages each maps".into();
+        rows[2].measures = format!("{how} Per clone: `Rss` of the guest mapping.");
+    }
+    rows
 }
 
 /// The alive case's measurements.
