@@ -91,6 +91,10 @@ pub enum ApiRequest {
     GetBalloonHintingStatus,
     /// `PATCH /balloon/hinting/stop`: stop the free page hinting run (no body, or `{}`).
     StopBalloonHinting,
+    /// `PUT /snapshot/working-set` (Petrel's, not Firecracker's; no body, or `{}`): save the
+    /// pages a VM restored with `--working-set record` has touched so far as its snapshot's
+    /// working set, now rather than when it ends.
+    SaveWorkingSet,
 }
 
 /// Why a request was refused. Its `Display` is the `fault_message`; every one is answered
@@ -218,6 +222,7 @@ enum Route<'a> {
     Vm,
     SnapshotCreate,
     SnapshotLoad,
+    SnapshotWorkingSet,
     Mmds,
     MmdsConfig,
     Balloon,
@@ -246,6 +251,7 @@ impl Route<'_> {
             | Route::Actions
             | Route::SnapshotCreate
             | Route::SnapshotLoad
+            | Route::SnapshotWorkingSet
             | Route::MmdsConfig => "PUT",
             Route::Unsupported(_) => "none",
         }
@@ -284,6 +290,7 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["balloon", "hinting", "stop"] => Route::BalloonHintingStop,
         ["snapshot", "create"] => Route::SnapshotCreate,
         ["snapshot", "load"] => Route::SnapshotLoad,
+        ["snapshot", "working-set"] => Route::SnapshotWorkingSet,
         ["cpu-config"] => Route::Unsupported("custom CPU templates (/cpu-config)"),
         ["pmem", _] => Route::Unsupported("virtio-pmem devices (/pmem/{id})"),
         ["hotplug", "memory"] => Route::Unsupported("memory hotplug (/hotplug/memory)"),
@@ -420,6 +427,10 @@ pub fn parse_request(req: &Request) -> Result<ApiRequest, ApiError> {
         Route::BalloonHintingStop => {
             let NoFields {} = parse_body(method, path, optional_body(&req.body))?;
             return Ok(ApiRequest::StopBalloonHinting);
+        }
+        Route::SnapshotWorkingSet => {
+            let NoFields {} = parse_body(method, path, optional_body(&req.body))?;
+            return Ok(ApiRequest::SaveWorkingSet);
         }
         _ => {}
     }
@@ -975,6 +986,21 @@ mod tests {
         );
         let message = refused(patch("/vm", r#"{"state": "Paused", "force": true}"#));
         assert!(message.contains("unknown field `force`"), "{message}");
+    }
+
+    #[test]
+    fn snapshot_working_set() {
+        assert_eq!(
+            put("/snapshot/working-set", ""),
+            Ok(ApiRequest::SaveWorkingSet)
+        );
+        assert_eq!(
+            put("/snapshot/working-set", "{}"),
+            Ok(ApiRequest::SaveWorkingSet)
+        );
+        assert!(refused(put("/snapshot/working-set", r#"{"path": "/x"}"#)).contains("path"));
+        assert!(refused(patch("/snapshot/working-set", "{}")).contains("allowed: PUT"));
+        assert!(refused(get("/snapshot/working-set")).contains("allowed: PUT"));
     }
 
     #[test]

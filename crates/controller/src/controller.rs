@@ -431,6 +431,9 @@ impl Controller {
             ApiRequest::CreateSnapshot(p) => self
                 .running("PUT /snapshot/create")
                 .and_then(|vm| self.create_snapshot(&vm, p)),
+            ApiRequest::SaveWorkingSet => self
+                .running("PUT /snapshot/working-set")
+                .and_then(|vm| self.save_working_set(&vm)),
             ApiRequest::LoadSnapshot(p) => self.pre_boot("PUT /snapshot/load").and_then(|()| {
                 let c = &self.config;
                 if c.boot_source.is_some()
@@ -564,6 +567,14 @@ impl Controller {
                 report.took.as_micros()
             ),
         );
+        Ok(done())
+    }
+
+    /// Saves the restored VM's working set now (`PUT /snapshot/working-set`, Petrel's): 204, or
+    /// 400 with why not (not restored with `--working-set record`, or the file not written).
+    fn save_working_set(&mut self, vm: &VmmHandle) -> Result<Handled, Handled> {
+        let recorded = vm.save_working_set().map_err(fault)?;
+        self.log(Level::Info, file!(), line!(), &recorded.to_string());
         Ok(done())
     }
 

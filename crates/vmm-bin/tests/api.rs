@@ -225,7 +225,14 @@ impl Petrel {
     /// connections. (The file appears when the socket is bound, a moment before it listens:
     /// a connection in between is refused, so the wait is for a connection, not the file.)
     fn serve(sock: &Path, id: &str) -> Petrel {
-        let mut petrel = Petrel::start(&["--api-sock", sock.to_str().unwrap(), "--id", id]);
+        Petrel::serve_with(sock, id, &[])
+    }
+
+    /// [`Petrel::serve`] with `extra` arguments.
+    fn serve_with(sock: &Path, id: &str, extra: &[&str]) -> Petrel {
+        let mut args = vec!["--api-sock", sock.to_str().unwrap(), "--id", id];
+        args.extend_from_slice(extra);
+        let mut petrel = Petrel::start(&args);
         let deadline = Instant::now() + DEADLINE;
         while UnixStream::connect(sock).is_err() {
             if let Some(status) = petrel.child.try_wait().unwrap() {
@@ -850,6 +857,69 @@ fn snapshots_full_and_diff_over_the_api_load_in_fresh_processes() {
     assert!(again.contains("only allowed before"), "{again}");
     patch_vm(&sock, "Resumed");
     counts_on(&mut diff, &at_diff, 2);
+}
+
+#[test]
+fn a_working_set_is_saved_on_request_and_prefetched_by_the_next_load() {
+    if !kvm_present_or_skip("a_working_set_is_saved_on_request_and_prefetched_by_the_next_load") {
+        return;
+    }
+    let dir = TempDir::new("api-working-set");
+    let kernel = dir.join("counter.elf");
+    std::fs::write(&kernel, counter::counter_guest_elf()).unwrap();
+    let (state_file, mem) = (dir.join("vm.state"), dir.join("vm.mem"));
+    let sock = dir.join("first.sock");
+    let mut first = Petrel::serve(&sock, "first");
+    start_counter_guest(&mut first, &sock, &kernel);
+    patch_vm(&sock, "Paused");
+    let reply = create_snapshot(&sock, "Full", &state_file, &mem);
+    assert_eq!(reply.status, 204, "Full snapshot: {reply:?}");
+    let at_snapshot = first.stdout();
+    drop(first);
+    let load = serde_json::json!({
+        "snapshot_path": state_file,
+        "mem_backend": { "backend_type": "File", "backend_path": mem },
+        "resume_vm": true,
+    })
+    .to_string();
+    let set = dir.join("vm.state.working-set");
+
+    // A VM not restored to record has no working set to save.
+    let sock = dir.join("plain.sock");
+    let plain = Petrel::serve(&sock, "plain");
+    assert_eq!(
+        call(&sock, "PUT", "/snapshot/load", Some(&load)).status,
+        204
+    );
+    let refused = call(&sock, "PUT", "/snapshot/working-set", None).fault();
+    assert!(refused.contains("--working-set record"), "{refused}");
+    drop(plain);
+
+    // Recording: saved on request, with the seccomp filters on, while the guest runs on.
+    let sock = dir.join("record.sock");
+    let mut record = Petrel::serve_with(&sock, "record", &["--working-set", "record"]);
+    assert_eq!(
+        call(&sock, "PUT", "/snapshot/load", Some(&load)).status,
+        204
+    );
+    counts_on(&mut record, &at_snapshot, 1);
+    let reply = call(&sock, "PUT", "/snapshot/working-set", Some("{}"));
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert!(set.is_file());
+    counts_on(&mut record, &at_snapshot, 2);
+    assert_eq!(state(&sock), "Running");
+    drop(record);
+
+    // The next load prefetches it, and the guest counts on.
+    let sock = dir.join("prefetch.sock");
+    let mut prefetch = Petrel::serve(&sock, "prefetch");
+    assert_eq!(
+        call(&sock, "PUT", "/snapshot/load", Some(&load)).status,
+        204
+    );
+    counts_on(&mut prefetch, &at_snapshot, 2);
+    let stderr = prefetch.stderr();
+    assert!(stderr.contains("prefetched the working set"), "{stderr}");
 }
 
 #[test]

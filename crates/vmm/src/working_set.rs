@@ -221,6 +221,8 @@ pub struct Recorder {
     pagemap: File,
     path: PathBuf,
     id: SnapshotId,
+    /// Whether a set was saved on request ([`Recorder::record`]) before the VM ended.
+    saved: std::sync::atomic::AtomicBool,
 }
 
 impl Recorder {
@@ -230,11 +232,12 @@ impl Recorder {
             pagemap: File::open("/proc/self/pagemap")?,
             path,
             id,
+            saved: Default::default(),
         })
     }
 
     /// Writes the pages of `ram` this process has mapped now (see
-    /// [`GuestRam::touched_pages`]) as the working set.
+    /// [`GuestRam::touched_pages`]) as the working set (again, if it was saved before).
     pub fn record(&self, ram: &GuestRam) -> Result<Recorded, String> {
         let fail = |why: String| {
             format!(
@@ -246,11 +249,19 @@ impl Recorder {
             .touched_pages(&self.pagemap)
             .map_err(|e| fail(crate::error_chain(&e)))?;
         write(&self.path, self.id, &runs).map_err(fail)?;
+        self.saved.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Recorded {
             path: self.path.clone(),
             pages: runs.iter().map(|r| r.count).sum(),
             written: runs.iter().filter(|r| r.written).map(|r| r.count).sum(),
         })
+    }
+
+    /// Whether a working set was saved already (on request, before the VM ended): the end
+    /// then leaves it as it is, since the pages touched up to that request were the ones asked
+    /// for.
+    pub fn saved(&self) -> bool {
+        self.saved.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

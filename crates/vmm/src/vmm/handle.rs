@@ -38,6 +38,9 @@ pub(super) struct Shared {
     pub(super) final_stats: Mutex<Option<(Vec<ExitStats>, EmulationCounts)>>,
     /// What a snapshot reads beyond the above.
     pub(super) snap: SnapshotParts,
+    /// Records the guest's working set, on request or when the VM ends (a restore with
+    /// [`WorkingSetMode::Record`](crate::working_set::WorkingSetMode::Record)).
+    pub(super) working_set: Option<crate::working_set::Recorder>,
 }
 
 /// The VM, its RAM and the devices a snapshot saves, and the machine's description (kept up to
@@ -250,6 +253,21 @@ impl VmmHandle {
         }
         Ok(())
     }
+    /// Saves the pages the guest has touched since its restore as the snapshot's working set,
+    /// now (`PUT /snapshot/working-set`), for a VM restored with
+    /// [`WorkingSetMode::Record`](crate::working_set::WorkingSetMode::Record); the set is then
+    /// not saved again when the VM ends. Any other VM answers why it cannot.
+    pub fn save_working_set(&self) -> std::result::Result<crate::working_set::Recorded, String> {
+        match &self.shared.working_set {
+            Some(recorder) => recorder.record(&self.shared.snap.ram),
+            None => Err(
+                "this VM keeps no record of its working set: it was not restored from \
+                         a snapshot with --working-set record"
+                    .into(),
+            ),
+        }
+    }
+
     /// Exit statistics so far, of every vCPU, with the devices' counters and KVM's own. While
     /// the VM runs each vCPU is asked for its figures (a kick: the guest leaves `KVM_RUN` for a
     /// moment); a vCPU that does not answer within [`VCPU_STATS_TIMEOUT`] is left out.

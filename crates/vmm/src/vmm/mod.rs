@@ -179,9 +179,6 @@ pub struct Vmm {
     controller: Arc<Mutex<Controller>>,
     /// The page-fault handler serving guest memory, if one does.
     page_faults: Option<PageFaults>,
-    /// Records the guest's working set when the VM ends (a restore with
-    /// [`WorkingSetMode::Record`](crate::working_set::WorkingSetMode::Record)).
-    working_set: Option<crate::working_set::Recorder>,
     /// Kept for as long as the VM exists (the VM and its RAM live in the shared state, which
     /// the handles keep; the vCPUs keep the RAM alive themselves).
     _hv: Hypervisor,
@@ -265,6 +262,7 @@ impl Vmm {
                 vmgenid: devices.vmgenid,
                 dirty_tracking,
             },
+            working_set,
         });
         let mut em: EventManager<Subscriber> = EventManager::new().map_err(Error::EventLoop)?;
         let controller = Arc::new(Mutex::new(Controller::new(
@@ -293,7 +291,6 @@ impl Vmm {
             em,
             controller,
             page_faults,
-            working_set,
             _hv: hv,
         })
     }

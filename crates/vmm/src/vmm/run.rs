@@ -27,7 +27,8 @@ pub struct RunSummary {
     /// What happened when.
     pub timeline: Timeline,
     /// The working set saved when the VM ended, or why it could not be; `None` unless the VM
-    /// was restored with [`WorkingSetMode::Record`](crate::working_set::WorkingSetMode::Record).
+    /// was restored with [`WorkingSetMode::Record`](crate::working_set::WorkingSetMode::Record),
+    /// or when the set was saved on request before ([`VmmHandle::save_working_set`](crate::VmmHandle::save_working_set)).
     pub working_set: Option<std::result::Result<crate::working_set::Recorded, String>>,
 }
 
@@ -93,10 +94,13 @@ impl Vmm {
             let _ = c.thread.flush_and_join_timeout(Duration::from_secs(2));
         }
         self.timeline.mark("vCPUs joined, console flushed");
-        // The guest touches no more memory: its working set is complete.
+        // The guest touches no more memory: its working set is complete (unless one was saved
+        // on request, which is the one wanted).
         let working_set = self
+            .shared
             .working_set
             .as_ref()
+            .filter(|r| !r.saved())
             .map(|r| r.record(&self.shared.snap.ram));
         if let Some(e) = loop_error {
             return Err(e);
