@@ -859,23 +859,28 @@ fn snapshots_full_and_diff_over_the_api_load_in_fresh_processes() {
     counts_on(&mut diff, &at_diff, 2);
 }
 
+/// Boots the counter guest over the API in `dir`, pauses it and writes a Full snapshot to
+/// `state_file` and `mem`; returns its console output up to the snapshot.
+fn counter_snapshot(dir: &TempDir, state_file: &Path, mem: &Path) -> String {
+    let kernel = dir.join("counter.elf");
+    std::fs::write(&kernel, counter::counter_guest_elf()).unwrap();
+    let sock = dir.join("first.sock");
+    let mut first = Petrel::serve(&sock, "first");
+    start_counter_guest(&mut first, &sock, &kernel);
+    patch_vm(&sock, "Paused");
+    let reply = create_snapshot(&sock, "Full", state_file, mem);
+    assert_eq!(reply.status, 204, "Full snapshot: {reply:?}");
+    first.stdout()
+}
+
 #[test]
 fn a_working_set_is_saved_on_request_and_prefetched_by_the_next_load() {
     if !kvm_present_or_skip("a_working_set_is_saved_on_request_and_prefetched_by_the_next_load") {
         return;
     }
     let dir = TempDir::new("api-working-set");
-    let kernel = dir.join("counter.elf");
-    std::fs::write(&kernel, counter::counter_guest_elf()).unwrap();
     let (state_file, mem) = (dir.join("vm.state"), dir.join("vm.mem"));
-    let sock = dir.join("first.sock");
-    let mut first = Petrel::serve(&sock, "first");
-    start_counter_guest(&mut first, &sock, &kernel);
-    patch_vm(&sock, "Paused");
-    let reply = create_snapshot(&sock, "Full", &state_file, &mem);
-    assert_eq!(reply.status, 204, "Full snapshot: {reply:?}");
-    let at_snapshot = first.stdout();
-    drop(first);
+    let at_snapshot = counter_snapshot(&dir, &state_file, &mem);
     let load = serde_json::json!({
         "snapshot_path": state_file,
         "mem_backend": { "backend_type": "File", "backend_path": mem },
@@ -1272,17 +1277,8 @@ fn a_uffd_load_is_served_by_the_handler_and_a_bad_socket_is_a_400() {
         return;
     }
     let dir = TempDir::new("api-uffd");
-    let kernel = dir.join("counter.elf");
-    std::fs::write(&kernel, counter::counter_guest_elf()).unwrap();
     let (state_file, mem) = (dir.join("full.state"), dir.join("full.mem"));
-    let sock = dir.join("first.sock");
-    let mut first = Petrel::serve(&sock, "first");
-    start_counter_guest(&mut first, &sock, &kernel);
-    patch_vm(&sock, "Paused");
-    let reply = create_snapshot(&sock, "Full", &state_file, &mem);
-    assert_eq!(reply.status, 204, "Full snapshot: {reply:?}");
-    let at_full = first.stdout();
-    drop(first);
+    let at_full = counter_snapshot(&dir, &state_file, &mem);
 
     // Nobody listening: 400 at load time, naming the field; the process can load again.
     let sock = dir.join("uffd.sock");
