@@ -3,17 +3,19 @@
 //! is loaded by a fresh `petrel --api-sock` (`PUT /snapshot/load` with `resume_vm`), one line is
 //! written to the console, and the time to the guest's answer is measured: with the snapshot's
 //! working set prefetched (`--working-set prefetch`, after a `--working-set record` run) and
-//! with on-demand faults (`--working-set off`), beside a fresh boot of the same guest.
+//! with on-demand faults (`--working-set off`), beside a fresh boot of the same guest; and under
+//! the `Uffd` backend, Petrel's page-fault handler filling the working set ahead of the guest,
+//! beside the same handler filling each page on its first touch.
 //!
 //! The guest: the boot-test kernel (vmlinux, 256 MiB, 1 vCPU) with a read-only ext4 root on
 //! virtio-blk holding busybox and an `/init` that prints [`READY`] and then answers each console
 //! line `L` with `answer L`, in shell builtins only (no fork).
 //!
 //! Each round boots the guest (timed to its first answer), snapshots it with SIGUSR1 once the
-//! shell waits in `read()` again, records the snapshot's working set, and loads it once on
-//! demand and once prefetched (in alternating order), all within seconds of the snapshot, so
-//! that every load sees the same snapshot age. Firecracker is not installed here: its figures
-//! are the ranges issue 27's author measured with the same guest and method.
+//! shell waits in `read()` again, records the snapshot's working set, and loads it on demand and
+//! prefetched, from the file and under Uffd (in alternating order), all within seconds of the
+//! snapshot, so that every load sees the same snapshot age. Firecracker is not installed here:
+//! its figures are the ranges issue 27's author measured with the same guest and method.
 
 mod console;
 
@@ -28,6 +30,7 @@ use console::{type_line, Console};
 use super::api::{connect, spawn_api_with, stop};
 use super::proc::{self, Watchdog};
 use super::report::{Cell, Row, Target, Unit};
+use super::snapshot::Handler;
 use super::{missing, ms, Bench, GUEST_MIB};
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::build_rootfs;
@@ -146,6 +149,8 @@ struct Guest {
     vmlinux: PathBuf,
     rootfs: PathBuf,
     snapshot: PathBuf,
+    /// Petrel's page-fault handler (the `uffd_handler` example), or why it could not be built.
+    uffd_handler: std::result::Result<PathBuf, String>,
 }
 
 impl Guest {
@@ -176,10 +181,13 @@ fn prepare(b: &Bench) -> Result<Guest> {
     let built = crate::build::build_guest(&[])?;
     let rootfs = b.dir.join("sandbox-root.ext4");
     build_rootfs(&rootfs, &init_script(), &[], ROOTFS_MIB)?;
+    let uffd_handler = crate::build::build_uffd_handler(&crate::build::workspace_root())
+        .map_err(|e| format!("building the uffd_handler example: {e}"));
     Ok(Guest {
         vmlinux: built.kernel.vmlinux,
         rootfs,
         snapshot: b.dir.join("sandbox-snapshot"),
+        uffd_handler,
     })
 }
 
@@ -264,18 +272,61 @@ struct LoadRun {
 /// floor a warm guest answers at here). Then SIGTERM, by which petrel must end. Its console, each line
 /// with its time from the request, is kept in `logs/sandbox-load-MODE.console`.
 fn load_run(b: &Bench, g: &Guest, args: &[&str], n: u32) -> Result<LoadRun> {
-    let mode = args.last().copied().unwrap_or("no-flag");
+    load_run_with(b, g, args, n, Memory::File)
+}
+
+/// What serves a load's guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memory {
+    /// The memory file, mapped by petrel.
+    File,
+    /// Petrel's page-fault handler (`Uffd` backend), prefetching the working set or not.
+    Uffd { prefetch: bool },
+}
+
+/// [`load_run`] with the guest memory served by `memory`. Under `Uffd` the handler is started
+/// first (given the state file when it prefetches) and must exit 0 once petrel ended; its
+/// closing line is kept in the run's `stderr`.
+fn load_run_with(b: &Bench, g: &Guest, args: &[&str], n: u32, memory: Memory) -> Result<LoadRun> {
+    let mode = match memory {
+        Memory::File => args.last().copied().unwrap_or("no-flag"),
+        Memory::Uffd { prefetch: false } => "uffd",
+        Memory::Uffd { prefetch: true } => "uffd-prefetch",
+    };
     let log = b
         .dir
         .join("logs")
         .join(format!("sandbox-load-{mode}.stderr"));
+    let mem = g.snapshot.join("mem");
+    let handler = match memory {
+        Memory::File => None,
+        Memory::Uffd { prefetch } => {
+            let path = g
+                .uffd_handler
+                .as_ref()
+                .map_err(|e| Error::Other(e.clone()))?;
+            let state = g.snapshot.join("state");
+            let name = format!("sandbox-load-{mode}-handler");
+            Some(Handler::start(
+                b,
+                path,
+                &mem,
+                prefetch.then_some(state.as_path()),
+                &name,
+            )?)
+        }
+    };
     let (mut p, sock, start) = spawn_api_with(b, args, Stdio::piped(), Stdio::piped(), &log)?;
     let mut console = Console::start(p.child.stdout.take().expect("stdout is piped"));
     let mut stdin = p.child.stdin.take().expect("stdin is piped");
     let (mut client, _) = connect(&mut p, &sock, start)?;
+    let mem_backend = match &handler {
+        None => serde_json::json!({ "backend_type": "File", "backend_path": mem }),
+        Some(h) => serde_json::json!({ "backend_type": "Uffd", "backend_path": h.socket }),
+    };
     let body = serde_json::json!({
         "snapshot_path": g.snapshot.join("state"),
-        "mem_backend": { "backend_type": "File", "backend_path": g.snapshot.join("mem") },
+        "mem_backend": mem_backend,
         "resume_vm": true,
     })
     .to_string();
@@ -303,6 +354,10 @@ fn load_run(b: &Bench, g: &Guest, args: &[&str], n: u32) -> Result<LoadRun> {
     let answered_again = console.wait_for(&format!("`{want}`"), &|l| l == want, ANSWER_LIMIT)?;
     drop(client);
     stop(&mut p, &log)?;
+    let handler_said = match handler {
+        Some(h) => format!("\n{}", h.finish()?),
+        None => String::new(),
+    };
     let console_log = log.with_extension("console");
     fs::write(&console_log, console.lines.timed_text(sent))
         .ctx(|| format!("writing {}", console_log.display()))?;
@@ -310,7 +365,7 @@ fn load_run(b: &Bench, g: &Guest, args: &[&str], n: u32) -> Result<LoadRun> {
         answer_ms: ms(answered.saturating_duration_since(sent)),
         load_ms: ms(loaded),
         later_ms: ms(answered_again.saturating_duration_since(typed)),
-        stderr: fs::read_to_string(&log).unwrap_or_default(),
+        stderr: fs::read_to_string(&log).unwrap_or_default() + &handler_said,
     };
     println!(
         "    load {n} ({mode}): answered {:.1} ms after the request, the request {:.2} ms; a \
@@ -332,6 +387,22 @@ fn prefetch_run(b: &Bench, g: &Guest, n: u32) -> Result<LoadRun> {
     }
     Ok(run)
 }
+
+/// A load under the `Uffd` backend, Petrel's handler serving the memory file; with `prefetch`
+/// the handler fills the working set ahead of the guest and must say so.
+fn uffd_run(b: &Bench, g: &Guest, n: u32, prefetch: bool) -> Result<LoadRun> {
+    let run = load_run_with(b, g, &[], n, Memory::Uffd { prefetch })?;
+    if prefetch && !run.stderr.contains(HANDLER_PREFETCHED) {
+        return Err(Error::Other(format!(
+            "the page-fault handler did not say `{HANDLER_PREFETCHED}`: {}",
+            host::tail_lines(&run.stderr, 2).join(" / ")
+        )));
+    }
+    Ok(run)
+}
+
+/// What Petrel's page-fault handler's closing line adds once it filled the working set.
+const HANDLER_PREFETCHED: &str = "; prefetched ";
 
 /// The pages named on a recording petrel's `working set of N pages (...) saved to PATH`
 /// line, and the line.
@@ -429,6 +500,10 @@ struct Results {
     runs: u32,
     off: Side,
     prefetch: Side,
+    /// Loads under the `Uffd` backend, Petrel's handler serving every page on its fault.
+    uffd: Side,
+    /// The same, the handler prefetching the round's working set.
+    uffd_prefetch: Side,
     boot: Side,
     /// The working set of each round's snapshot, or why there is none.
     recorded: std::result::Result<Vec<Recorded>, Cell>,
@@ -453,6 +528,8 @@ pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
         runs,
         off: Side::default(),
         prefetch: Side::default(),
+        uffd: Side::default(),
+        uffd_prefetch: Side::default(),
         boot: Side::default(),
         recorded: Ok(Vec::new()),
         has_option,
@@ -460,7 +537,13 @@ pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
     let g = match guest {
         Ok(g) => g,
         Err(cell) => {
-            for side in [&mut r.off, &mut r.prefetch, &mut r.boot] {
+            for side in [
+                &mut r.off,
+                &mut r.prefetch,
+                &mut r.uffd,
+                &mut r.uffd_prefetch,
+                &mut r.boot,
+            ] {
                 side.ended = Some(cell.clone());
             }
             r.recorded = Err(cell);
@@ -470,6 +553,7 @@ pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
     if !has_option {
         r.recorded = Err(no_option(b));
         r.prefetch = Side::not_run(no_option(b));
+        r.uffd_prefetch = Side::not_run(no_option(b));
     }
     let off_args = working_set_args(WorkingSet::Off, has_option);
     // The number of the line each run writes (`ping N`), unique over the case.
@@ -486,8 +570,14 @@ pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
         {
             // No snapshot for this round: the loads end with the boot's error.
             let why = r.boot.ended.clone();
-            r.off.ended = r.off.ended.take().or_else(|| why.clone());
-            r.prefetch.ended = r.prefetch.ended.take().or(why);
+            for side in [
+                &mut r.off,
+                &mut r.prefetch,
+                &mut r.uffd,
+                &mut r.uffd_prefetch,
+            ] {
+                side.ended = side.ended.take().or_else(|| why.clone());
+            }
             break;
         }
         if let Ok(recorded) = &mut r.recorded {
@@ -496,6 +586,7 @@ pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
                 Err(e) => {
                     let cell = Cell::Error(format!("the record run of round {}: {e}", i + 1));
                     r.prefetch.ended.get_or_insert(cell.clone());
+                    r.uffd_prefetch.ended.get_or_insert(cell.clone());
                     r.recorded = Err(cell);
                 }
             }
@@ -506,12 +597,19 @@ pub fn sandbox(b: &Bench, runs: u32) -> Vec<Row> {
         let prefetch = |side: &mut Side| {
             side.run(i, || prefetch_run(b, &g, next()).map(as_pair));
         };
+        let uffd = |side: &mut Side, with_set: bool| {
+            side.run(i, || uffd_run(b, &g, next(), with_set).map(as_pair));
+        };
         if i % 2 == 0 {
             off(&mut r.off);
             prefetch(&mut r.prefetch);
+            uffd(&mut r.uffd, false);
+            uffd(&mut r.uffd_prefetch, true);
         } else {
             prefetch(&mut r.prefetch);
             off(&mut r.off);
+            uffd(&mut r.uffd_prefetch, true);
+            uffd(&mut r.uffd, false);
         }
     }
     rows(&r)
@@ -524,6 +622,8 @@ pub fn left_out(runs: u32, why: &str) -> Vec<Row> {
         runs,
         off: Side::not_run(cell.clone()),
         prefetch: Side::not_run(cell.clone()),
+        uffd: Side::not_run(cell.clone()),
+        uffd_prefetch: Side::not_run(cell.clone()),
         boot: Side::not_run(cell.clone()),
         recorded: Err(cell),
         has_option: true,
@@ -701,6 +801,24 @@ fn rows(r: &Results) -> Vec<Row> {
             ),
         },
         Row {
+            id: "sandbox_answer_uffd_prefetch",
+            name: "sandbox: load to answer, Uffd, handler prefetching".into(),
+            unit: Unit::Ms,
+            petrel: r.uffd_prefetch.cell(|s| &s.answer),
+            comparison_name: "Uffd, each page on its fault".into(),
+            comparison: r.uffd.cell(|s| &s.answer),
+            target: Target::None,
+            measures: format!(
+                "The same method with `mem_backend` Uffd: Petrel's page-fault handler (the \
+                 `uffd_handler` example) listens first and serves the memory file. Here it is \
+                 given the state file (`uffd_handler SOCKET MEM STATE`) and fills the round's \
+                 working set with UFFDIO_COPY ahead of the guest (it must say `prefetched N \
+                 pages`); beside it, the handler given no state file, which fills each page on \
+                 the guest's first touch. Both end with exit 0 after petrel. The same rounds. \
+                 Runs: {runs}."
+            ),
+        },
+        Row {
             id: "sandbox_later_answer",
             name: "sandbox: a second line's answer (warm guest)".into(),
             unit: Unit::Ms,
@@ -782,6 +900,8 @@ mod tests {
             runs: 2,
             off: side(250.0, 2.7),
             prefetch: side(prefetch_ms, 4.0),
+            uffd: side(1300.0, 2.5),
+            uffd_prefetch: side(70.0, 2.6),
             boot: side(22.0, f64::NAN),
             recorded: Ok(vec![
                 Recorded {
@@ -810,10 +930,13 @@ mod tests {
                 "sandbox_load_answered_prefetch",
                 "sandbox_load_answered_on_demand",
                 "sandbox_working_set",
+                "sandbox_answer_uffd_prefetch",
                 "sandbox_later_answer"
             ]
         );
-        assert_eq!(rows[6].petrel, Cell::Measured(vec![30.0, 31.0]));
+        assert_eq!(rows[6].petrel, Cell::Measured(vec![70.0, 72.0]));
+        assert_eq!(rows[6].comparison, Cell::Measured(vec![1300.0, 1302.0]));
+        assert_eq!(rows[7].petrel, Cell::Measured(vec![30.0, 31.0]));
         // Median 41 ms against 164 ms: exactly a quarter.
         assert_eq!(rows[0].petrel, Cell::Measured(vec![40.0, 42.0]));
         assert_eq!(rows[0].verdict(), Verdict::Pass);
@@ -838,7 +961,7 @@ mod tests {
     #[test]
     fn left_out_rows_say_why_and_judge_nothing() {
         let rows = left_out(10, "not run (--no-linux)");
-        assert_eq!(rows.len(), 7);
+        assert_eq!(rows.len(), 8);
         for r in &rows {
             assert_eq!(r.petrel, Cell::None("not run (--no-linux)".into()));
             assert_eq!(r.verdict(), Verdict::Info);

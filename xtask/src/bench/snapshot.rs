@@ -124,23 +124,31 @@ fn handler_socket() -> PathBuf {
     std::env::temp_dir().join(format!("petrel-bench-uffd-{}.sock", std::process::id()))
 }
 
-/// A running `uffd_handler SOCKET MEMFILE`, killed (and reaped) if it is still running when
-/// dropped, and its socket removed then.
-struct Handler {
+/// A running `uffd_handler SOCKET MEMFILE [STATE]`, killed (and reaped) if it is still running
+/// when dropped, and its socket removed then.
+pub(super) struct Handler {
     child: Child,
-    socket: PathBuf,
+    /// Where it listens.
+    pub(super) socket: PathBuf,
     log: PathBuf,
 }
 
 impl Handler {
-    /// Starts the handler on `mem` and waits until it listens.
-    fn start(b: &Bench, handler: &Path, mem: &Path) -> Result<Self> {
+    /// Starts the handler on `mem` (with `state`, prefetching that snapshot's working set),
+    /// its stderr in `logs/NAME.stderr`, and waits until it listens.
+    pub(super) fn start(
+        b: &Bench,
+        handler: &Path,
+        mem: &Path,
+        state: Option<&Path>,
+        name: &str,
+    ) -> Result<Self> {
         let socket = handler_socket();
         let _ = fs::remove_file(&socket);
-        let log = b.dir.join("logs").join("snapshot-load-uffd-handler.stderr");
+        let log = b.dir.join("logs").join(format!("{name}.stderr"));
         let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(handler);
-        cmd.arg(&socket).arg(mem);
+        cmd.arg(&socket).arg(mem).args(state);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -163,7 +171,8 @@ impl Handler {
     }
 
     /// Waits for the handler to end by itself (petrel closed the connection): it must exit 0.
-    fn finish(mut self) -> Result<()> {
+    /// Returns its closing line.
+    pub(super) fn finish(mut self) -> Result<String> {
         let dog = Watchdog::arm(self.child.id(), HANDLER_LIMIT);
         let status = self
             .child
@@ -175,7 +184,7 @@ impl Handler {
                 proc::tail_of(&self.log, 3)
             )));
         }
-        Ok(())
+        Ok(proc::tail_of(&self.log, 1))
     }
 }
 
@@ -208,7 +217,16 @@ fn api_load_run(b: &Bench, snapshot: &Path, backend: &Backend) -> Result<f64> {
     let (name, handler) = match backend {
         Backend::File => ("snapshot-load", None),
         Backend::FileTransparent => ("snapshot-load-thp", None),
-        Backend::Uffd(path) => ("snapshot-load-uffd", Some(Handler::start(b, path, &mem)?)),
+        Backend::Uffd(path) => (
+            "snapshot-load-uffd",
+            Some(Handler::start(
+                b,
+                path,
+                &mem,
+                None,
+                "snapshot-load-uffd-handler",
+            )?),
+        ),
     };
     let log = b.dir.join("logs").join(format!("{name}.stderr"));
     let (mut p, sock, start) = spawn_api(b, Stdio::null(), &log)?;
