@@ -48,7 +48,8 @@ pub struct FirecrackerFlags {
     pub mmds_size_limit: Option<usize>,
     /// What `PUT /snapshot/load` does about the snapshot's working set (the pages its guest
     /// touched, in `<snapshot_path>.working-set`): `prefetch` them before the guest runs when
-    /// the file is valid (the default), `record` them when the VM ends, or `off`.
+    /// the file is valid (the default), `record` them (saved on `PUT /snapshot/working-set`, or
+    /// when the VM ends), or `off`.
     #[arg(long, value_name = "MODE", value_parser = crate::parse::parse_working_set)]
     pub working_set: Option<petrel_vmm::working_set::WorkingSetMode>,
     /// Fill the MMDS data store from this JSON file at start, as a `PUT /mmds` would.

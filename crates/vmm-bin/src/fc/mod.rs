@@ -342,7 +342,7 @@ fn end_on_signal(signals: &StopSignals, sig: libc::c_int) -> ExitCode {
 /// on a terminal (reading it would stop Petrel with SIGTTIN).
 fn setup_vm(vmm: &mut petrel_vmm::Vmm, origin: Origin) {
     for notice in vmm.notices() {
-        // A restored VM's working-set notices too (the rest were said when it was built).
+        // A restored VM's working-set notices too (its other notices go to the logger only).
         let working_set = matches!(
             notice,
             Notice::WorkingSetPrefetched { .. } | Notice::WorkingSetIgnored { .. }
