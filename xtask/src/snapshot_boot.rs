@@ -815,13 +815,13 @@ fn restore(
 }
 
 /// What petrel says once it saved the working set (`--working-set record`).
-const WORKING_SET_SAVED: &str = "working set of ";
+pub const WORKING_SET_SAVED: &str = "working set of ";
 
 /// What petrel says once it prefetched the working set.
-const WORKING_SET_PREFETCHED: &str = "prefetched the working set";
+pub const WORKING_SET_PREFETCHED: &str = "prefetched the working set";
 
 /// What the page-fault handler's closing line adds once it filled the working set.
-const HANDLER_PREFETCHED: &str = "; prefetched ";
+pub const HANDLER_PREFETCHED: &str = "; prefetched ";
 
 /// Checks the restore's output (`outputs`: petrel's, and the page-fault handler's) for its
 /// working-set line: the recording restore must have saved the set, the prefetching one and

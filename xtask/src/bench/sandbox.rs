@@ -35,6 +35,7 @@ use super::{missing, ms, Bench, GUEST_MIB};
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::build_rootfs;
 use crate::host;
+use crate::snapshot_boot::{HANDLER_PREFETCHED, WORKING_SET_PREFETCHED, WORKING_SET_SAVED};
 use crate::virtio_boot::root_cmdline;
 
 /// How long a load waits after the first answer before it writes its second line.
@@ -73,12 +74,6 @@ const INTO_READ: Duration = Duration::from_secs(2);
 
 /// What petrel prints on stderr once the snapshot's files are written.
 const SNAPSHOT_WRITTEN: &str = "snapshot written";
-
-/// What a recording petrel's stderr line says before the number of pages it saved.
-const WORKING_SET_LINE: &str = "working set of ";
-
-/// What a prefetching petrel's stderr line starts with (after `petrel: `).
-const PREFETCHED: &str = "prefetched the working set";
 
 /// The bytes of a guest page, for the working-set size.
 const PAGE_BYTES: u64 = 4096;
@@ -269,8 +264,8 @@ struct LoadRun {
 /// A fresh `petrel --api-sock` with `args`, stdin and stdout piped: `PUT /snapshot/load`
 /// (File backend, `resume_vm`), then `ping N` on the console once it answered 204; the guest
 /// must answer `answer ping N`; then a second line, `ping N again`, timed on its own (the
-/// floor a warm guest answers at here). Then SIGTERM, by which petrel must end. Its console, each line
-/// with its time from the request, is kept in `logs/sandbox-load-MODE.console`.
+/// floor a warm guest answers at here). Then SIGTERM, by which petrel must end. Its console,
+/// each line with its time from the request, is kept in `logs/sandbox-load-MODE.console`.
 fn load_run(b: &Bench, g: &Guest, args: &[&str], n: u32) -> Result<LoadRun> {
     load_run_with(b, g, args, n, Memory::File)
 }
@@ -379,9 +374,9 @@ fn load_run_with(b: &Bench, g: &Guest, args: &[&str], n: u32, memory: Memory) ->
 /// prefetched the working set (a file it ignored would make this an on-demand run).
 fn prefetch_run(b: &Bench, g: &Guest, n: u32) -> Result<LoadRun> {
     let run = load_run(b, g, &working_set_args(WorkingSet::Prefetch, true), n)?;
-    if !run.stderr.contains(PREFETCHED) {
+    if !run.stderr.contains(WORKING_SET_PREFETCHED) {
         return Err(Error::Other(format!(
-            "petrel did not say `{PREFETCHED}`; stderr: {}",
+            "petrel did not say `{WORKING_SET_PREFETCHED}`; stderr: {}",
             host::tail_lines(&run.stderr, 3).join(" / ")
         )));
     }
@@ -401,14 +396,11 @@ fn uffd_run(b: &Bench, g: &Guest, n: u32, prefetch: bool) -> Result<LoadRun> {
     Ok(run)
 }
 
-/// What Petrel's page-fault handler's closing line adds once it filled the working set.
-const HANDLER_PREFETCHED: &str = "; prefetched ";
-
 /// The pages named on a recording petrel's `working set of N pages (...) saved to PATH`
 /// line, and the line.
 fn working_set_pages(stderr: &str) -> Option<(u64, String)> {
     stderr.lines().find_map(|l| {
-        let rest = &l[l.find(WORKING_SET_LINE)? + WORKING_SET_LINE.len()..];
+        let rest = &l[l.find(WORKING_SET_SAVED)? + WORKING_SET_SAVED.len()..];
         let (pages, after) = rest.split_once(' ')?;
         after.starts_with("pages").then_some(())?;
         Some((pages.parse().ok()?, l.trim().to_owned()))
@@ -434,7 +426,7 @@ fn record_run(b: &Bench, g: &Guest, n: u32) -> Result<Recorded> {
         .map_err(|e| Error::Other(format!("no working-set file {}: {e}", file.display())))?;
     let (pages, line) = working_set_pages(&run.stderr).ok_or_else(|| {
         Error::Other(format!(
-            "the recording petrel's stderr has no `{WORKING_SET_LINE}N pages` line: {}",
+            "the recording petrel's stderr has no `{WORKING_SET_SAVED}N pages` line: {}",
             host::tail_lines(&run.stderr, 3).join(" / ")
         ))
     })?;

@@ -84,10 +84,7 @@ impl Vmm {
             }
         };
         let mut notices = Vec::new();
-        let working_set = working_set(config, snapshot_id, &ram, &mut notices)?;
-        if let Some(Notice::WorkingSetPrefetched { .. }) = notices.last() {
-            timeline.mark("working set prefetched");
-        }
+        let working_set = working_set(config, snapshot_id, &ram, &timeline, &mut notices)?;
         let plan = virtio::plan(&vm_config, &ram)?;
         check_windows(
             plan.windows(),
@@ -194,13 +191,15 @@ impl Vmm {
 
 /// The restore's part in the snapshot's working set (see [`crate::working_set`]), once its RAM
 /// `ram` is mapped: with [`WorkingSetMode::Prefetch`] and RAM from the memory file, brings in
-/// the pages of a valid working-set file (a notice says so, or why the file was ignored); with
-/// [`WorkingSetMode::Record`], the recorder that saves the set when the VM ends. Under the
-/// `Uffd` backend the page-fault handler owns the memory, so prefetching is its business.
+/// the pages of a valid working-set file (a notice and `timeline` say so, or a notice why the
+/// file was ignored); with [`WorkingSetMode::Record`], the recorder that saves the set when the
+/// VM ends. Under the `Uffd` backend the page-fault handler owns the memory, so prefetching is
+/// its business.
 fn working_set(
     config: &RestoreConfig,
     id: SnapshotId,
     ram: &GuestRam,
+    timeline: &Timeline,
     notices: &mut Vec<Notice>,
 ) -> Result<Option<Recorder>> {
     let path = crate::working_set::file_for(&config.state_path);
@@ -224,11 +223,14 @@ fn working_set(
             });
             match done {
                 Ok(None) => {}
-                Ok(Some(done)) => notices.push(Notice::WorkingSetPrefetched {
-                    path,
-                    done,
-                    took: started.elapsed(),
-                }),
+                Ok(Some(done)) => {
+                    timeline.mark("working set prefetched");
+                    notices.push(Notice::WorkingSetPrefetched {
+                        path,
+                        done,
+                        took: started.elapsed(),
+                    });
+                }
                 Err(why) => notices.push(Notice::WorkingSetIgnored { path, why }),
             }
             Ok(None)
