@@ -32,7 +32,6 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -46,6 +45,7 @@ use crate::guest_script;
 use crate::host;
 use crate::live::{LiveCheck, LiveContext, LiveResult};
 use crate::scenario::{KernelFormat, Scenario, Via};
+use crate::uffd_handler::{Closing, Handler, CLOSING};
 use crate::virtio_boot::MOUNTED_RO;
 
 /// The scenario that inflates and deflates the balloon.
@@ -88,11 +88,6 @@ const SOCKET_LIMIT: Duration = Duration::from_secs(10);
 /// How long the host waits for something the device or the guest does on its own (an
 /// inflate to complete, statistics to refresh, reported pages to leave), each.
 const DEVICE_LIMIT: Duration = Duration::from_secs(180);
-/// How long the page-fault handler may take to listen, and to end once its petrel ended.
-const HANDLER_LIMIT: Duration = Duration::from_secs(10);
-/// What the page-fault handler says on stderr when its VMM closed the connection: `served N
-/// pages; M removals of B bytes` follows.
-const HANDLER_DONE: &str = "the VMM closed the connection; served ";
 
 /// What both scripts start with: `/proc`, `/sys`, and `mem`, which reads
 /// `MemTotal` and `MemFree` (kB) into `T` and `F` with shell builtins only; `wait_total
@@ -367,97 +362,6 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
-/// Starts `handler SOCKET MEM` (output to `log`) and waits until it listens.
-fn start_handler(handler: &Path, socket: &Path, mem: &Path, log: &Path) -> Result<Child> {
-    let _ = fs::remove_file(socket);
-    let out = fs::File::create(log).ctx(|| format!("creating {}", log.display()))?;
-    let mut cmd = Command::new(handler);
-    cmd.arg(socket)
-        .arg(mem)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(out);
-    let mut child = cmd
-        .spawn()
-        .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-    let start = Instant::now();
-    while !socket.exists() {
-        let ended = child.try_wait().ok().flatten();
-        if ended.is_some() || start.elapsed() > HANDLER_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::Other(format!(
-                "the page-fault handler did not listen on {} ({}): {}",
-                socket.display(),
-                ended.map_or("still running".into(), |s| s.to_string()),
-                fs::read_to_string(log).unwrap_or_default().trim()
-            )));
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child)
-}
-
-/// Waits (at most [`HANDLER_LIMIT`]) for the page-fault handler to end after its petrel did:
-/// it must exit 0 and say [`HANDLER_DONE`]. Returns that line.
-fn finish_handler(child: &mut Child, log: &Path) -> Result<String> {
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if start.elapsed() < HANDLER_LIMIT => thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let output = fs::read_to_string(log).unwrap_or_default();
-    match status {
-        Some(s) if s.success() => output
-            .lines()
-            .find(|l| l.contains(HANDLER_DONE))
-            .map(|l| l.trim().to_owned())
-            .ok_or_else(|| {
-                Error::Other(format!(
-                    "the page-fault handler never said `{HANDLER_DONE}...`: {}",
-                    output.trim()
-                ))
-            }),
-        Some(s) => Err(Error::Other(format!(
-            "the page-fault handler ended with {s}: {}",
-            output.trim()
-        ))),
-        None => Err(Error::Other(format!(
-            "the page-fault handler still ran {} s after its petrel ended (killed)",
-            HANDLER_LIMIT.as_secs()
-        ))),
-    }
-}
-
-/// The numbers of the page-fault handler's closing line.
-#[derive(Debug, PartialEq, Eq)]
-struct HandlerClosing {
-    pages: u64,
-    removals: u64,
-    removed_bytes: u64,
-}
-
-/// Reads `...; served N pages; M removals of B bytes`.
-fn handler_closing(line: &str) -> Option<HandlerClosing> {
-    let rest = &line[line.find(HANDLER_DONE)? + HANDLER_DONE.len()..];
-    let words: Vec<&str> = rest.split_whitespace().collect();
-    match words.as_slice() {
-        [pages, "pages;", removals, "removals", "of", bytes, "bytes"] => Some(HandlerClosing {
-            pages: pages.parse().ok()?,
-            removals: removals.parse().ok()?,
-            removed_bytes: bytes.parse().ok()?,
-        }),
-        _ => None,
-    }
-}
-
 impl BalloonCheck {
     /// Waits for the guest's `cue` and connects to the API.
     fn at_cue(&self, cx: &LiveContext<'_>, cue: &'static str) -> std::result::Result<Vmm, String> {
@@ -618,7 +522,7 @@ impl BalloonCheck {
             .with_file_name(format!("{INFLATE_NAME}.uffd-handler.log"));
         let handler_socket = dir.join("uffd.sock");
         let began = Instant::now();
-        let mut handler = start_handler(handler, &handler_socket, &mem, &handler_log)?;
+        let handler = Handler::start(handler, handler_socket.clone(), &mem, None, handler_log)?;
         // The same binary as the VM's own, restoring in a process of its own.
         let petrel = fs::read_link(format!("/proc/{}/exe", vmm.pid))
             .ctx(|| format!("reading /proc/{}/exe", vmm.pid))?;
@@ -670,15 +574,15 @@ impl BalloonCheck {
         })();
         let _ = child.kill();
         let _ = child.wait();
-        let handler_said = finish_handler(&mut handler, &handler_log);
+        let handler_said = handler.finish();
         let spent = began.elapsed();
         let _ = fs::remove_dir_all(&dir);
         let (_, took) = restored?;
         let said = handler_said?;
-        let closing = handler_closing(&said).ok_or_else(|| {
+        let closing = Closing::parse(&said).ok_or_else(|| {
             Error::Other(format!(
-                "the page-fault handler's closing line is not `...{HANDLER_DONE}N pages; M \
-                 removals of B bytes`: {said}"
+                "the page-fault handler's closing line is not `...{CLOSING}N pages; M removals \
+                 of B bytes`: {said}"
             ))
         })?;
         if closing.pages == 0 || closing.removed_bytes < UFFD_INFLATE_MIB << 20 {
@@ -811,25 +715,6 @@ Rss:                   0 kB
         assert_eq!(guest_meminfo(&path, INFLATED), Some((182740, 150000)));
         assert_eq!(guest_meminfo(&path, FREED), None);
         fs::remove_file(path).unwrap();
-    }
-
-    #[test]
-    fn the_handlers_closing_line_gives_its_pages_and_removals() {
-        let line = "uffd_handler: the VMM closed the connection; served 5021 pages; 1024 \
-                    removals of 4194304 bytes";
-        assert_eq!(
-            handler_closing(line),
-            Some(HandlerClosing {
-                pages: 5021,
-                removals: 1024,
-                removed_bytes: 4 << 20
-            })
-        );
-        assert_eq!(
-            handler_closing("uffd_handler: the VMM closed the connection; served 12 pages"),
-            None
-        );
-        assert_eq!(handler_closing("Error: broken pipe"), None);
     }
 
     #[test]

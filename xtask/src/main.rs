@@ -52,6 +52,7 @@ mod scenario;
 mod shell_boot;
 mod snapshot_boot;
 mod suite;
+mod uffd_handler;
 mod virtio_boot;
 mod vsock_boot;
 

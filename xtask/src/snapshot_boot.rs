@@ -57,6 +57,7 @@ use crate::scenario::{
     evaluate, kill_vmm, petrel_command, print_tail, times_text, Exit, KernelFormat, Outcome,
     Scenario, SnapshotBoot, Verdict, RUN_INIT_LINE,
 };
+use crate::uffd_handler::{self, Closing};
 use crate::virtio_boot::{device_counter, read_metrics, root_cmdline, MOUNTED_RW};
 
 mod counts;
@@ -462,12 +463,6 @@ fn uffd_socket_path() -> PathBuf {
     ))
 }
 
-/// What the handler prints on stderr when the VMM closed the connection (it then exits 0).
-const HANDLER_DONE: &str = "the VMM closed the connection; served ";
-
-/// How long the handler may take to listen, and to exit once petrel ended.
-const HANDLER_LIMIT: Duration = Duration::from_secs(10);
-
 /// Runs the snapshot scenario `s` with `petrel`: boot, snapshot, then three restores of the
 /// same snapshot, each from the disk as it was at the snapshot: the memory file mapped
 /// (the default) recording the working set, the same with the working set prefetched, then
@@ -709,7 +704,7 @@ fn restore(
             let mut child = spawn(&mut cmd, &log)?;
             handler_log = Some(log);
             let listening = Instant::now();
-            while !socket.exists() && listening.elapsed() < HANDLER_LIMIT {
+            while !socket.exists() && listening.elapsed() < uffd_handler::LIMIT {
                 if let Ok(Some(status)) = child.try_wait() {
                     verdict.failures.push(format!(
                         "the page-fault handler ended before it listened: {:?}",
@@ -724,7 +719,7 @@ fn restore(
                 verdict.failures.push(format!(
                     "the page-fault handler did not listen on {} within {} s",
                     socket.display(),
-                    HANDLER_LIMIT.as_secs()
+                    uffd_handler::LIMIT.as_secs()
                 ));
             }
             handler = Some(child);
@@ -820,9 +815,6 @@ pub const WORKING_SET_SAVED: &str = "working set of ";
 /// What petrel says once it prefetched the working set.
 pub const WORKING_SET_PREFETCHED: &str = "prefetched the working set";
 
-/// What the page-fault handler's closing line adds once it filled the working set.
-pub const HANDLER_PREFETCHED: &str = "; prefetched ";
-
 /// Checks the restore's output (`outputs`: petrel's, and the page-fault handler's) for its
 /// working-set line: the recording restore must have saved the set, the prefetching one and
 /// the handler must have brought it in (the guest's checks are the same every way).
@@ -830,7 +822,7 @@ fn check_working_set(backend: Backend, outputs: &str, v: &mut Verdict) {
     let wanted = match backend {
         Backend::File => WORKING_SET_SAVED,
         Backend::FilePrefetched => WORKING_SET_PREFETCHED,
-        Backend::Uffd => HANDLER_PREFETCHED,
+        Backend::Uffd => uffd_handler::PREFETCHED,
     };
     match outputs.lines().find(|l| l.contains(wanted)) {
         Some(line) => v.notes.push(line.trim().to_owned()),
@@ -840,15 +832,15 @@ fn check_working_set(backend: Backend, outputs: &str, v: &mut Verdict) {
     }
 }
 
-/// Waits (at most [`HANDLER_LIMIT`]) for the page-fault handler to end after petrel did: it
-/// must exit 0 saying it served or prefetched pages ([`HANDLER_DONE`]). Returns how it ended,
+/// Waits (at most [`uffd_handler::LIMIT`]) for the page-fault handler to end after petrel did: it
+/// must exit 0 saying it served or prefetched pages ([`uffd_handler::CLOSING`]). Returns how it ended,
 /// in words.
 fn judge_handler(mut child: Child, log: &Path, v: &mut Verdict) -> String {
     let waited = Instant::now();
     let exit = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(Exit::from_status(status)),
-            Ok(None) if waited.elapsed() < HANDLER_LIMIT => thread::sleep(POLL),
+            Ok(None) if waited.elapsed() < uffd_handler::LIMIT => thread::sleep(POLL),
             _ => {
                 kill_vmm(&mut child);
                 break None;
@@ -878,31 +870,23 @@ fn judge_handler_output(exit: Option<&Exit>, output: &str) -> (Option<String>, V
         )),
         None => failures.push(format!(
             "the page-fault handler still ran {} s after petrel ended (killed)",
-            HANDLER_LIMIT.as_secs()
+            uffd_handler::LIMIT.as_secs()
         )),
     }
     let said = output
         .lines()
-        .find(|l| l.contains(HANDLER_DONE))
+        .find(|l| l.contains(uffd_handler::CLOSING))
         .map(|l| l.trim().to_owned());
-    let count_after = |line: &str, words: &str| {
-        let rest = &line[line.find(words)? + words.len()..];
-        rest.split_whitespace().next()?.parse::<u64>().ok()
-    };
-    let served = said.as_deref().and_then(|l| count_after(l, HANDLER_DONE));
-    // A prefetch that covered everything the guest touched leaves no fault to serve: pages put
-    // in place ahead of the guest count as well as pages served on a fault.
-    let prefetched = said
-        .as_deref()
-        .and_then(|l| count_after(l, HANDLER_PREFETCHED))
-        .unwrap_or(0);
-    match served {
-        Some(n) if n + prefetched > 0 => {}
+    match said.as_deref().and_then(Closing::parse) {
+        // A prefetch that covered everything the guest touched leaves no fault to serve: pages
+        // put in place ahead of the guest count as well as pages served on a fault.
+        Some(c) if c.pages + c.prefetched > 0 => {}
         Some(_) => {
             failures.push("the page-fault handler served no page and prefetched none".into())
         }
         None => failures.push(format!(
-            "the page-fault handler never said `{HANDLER_DONE}N pages`"
+            "the page-fault handler never said `{}N pages; M removals of B bytes`",
+            uffd_handler::CLOSING
         )),
     }
     (said, failures)
@@ -1135,7 +1119,8 @@ mod tests {
 
     #[test]
     fn the_handler_must_serve_and_exit_0() {
-        let said = "uffd_handler: the VMM closed the connection; served 5021 pages\n";
+        let said = "uffd_handler: the VMM closed the connection; served 5021 pages; \
+                    0 removals of 0 bytes\n";
         let (line, failures) = judge_handler_output(Some(&Exit::Code(0)), said);
         assert!(failures.is_empty(), "{failures:?}");
         assert_eq!(line.as_deref(), Some(said.trim()));
@@ -1145,7 +1130,8 @@ mod tests {
         assert!(failures[0].contains("not exit code 0"), "{failures:?}");
         assert!(failures[1].contains("never said"), "{failures:?}");
 
-        let none = "uffd_handler: the VMM closed the connection; served 0 pages\n";
+        let none = "uffd_handler: the VMM closed the connection; served 0 pages; \
+                    0 removals of 0 bytes\n";
         let (_, failures) = judge_handler_output(None, none);
         assert!(failures[0].contains("still ran"), "{failures:?}");
         assert_eq!(

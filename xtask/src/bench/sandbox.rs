@@ -30,12 +30,13 @@ use console::{type_line, Console};
 use super::api::{connect, spawn_api_with, stop};
 use super::proc::{self, Watchdog};
 use super::report::{Cell, Row, Target, Unit};
-use super::snapshot::Handler;
+use super::snapshot::start_handler;
 use super::{missing, ms, Bench, GUEST_MIB};
 use crate::error::{Error, IoContext, Result};
 use crate::guest_script::build_rootfs;
 use crate::host;
-use crate::snapshot_boot::{HANDLER_PREFETCHED, WORKING_SET_PREFETCHED, WORKING_SET_SAVED};
+use crate::snapshot_boot::{WORKING_SET_PREFETCHED, WORKING_SET_SAVED};
+use crate::uffd_handler;
 use crate::virtio_boot::root_cmdline;
 
 /// How long a load waits after the first answer before it writes its second line.
@@ -302,7 +303,7 @@ fn load_run_with(b: &Bench, g: &Guest, args: &[&str], n: u32, memory: Memory) ->
                 .map_err(|e| Error::Other(e.clone()))?;
             let state = g.snapshot.join("state");
             let name = format!("sandbox-load-{mode}-handler");
-            Some(Handler::start(
+            Some(start_handler(
                 b,
                 path,
                 &mem,
@@ -387,9 +388,10 @@ fn prefetch_run(b: &Bench, g: &Guest, n: u32) -> Result<LoadRun> {
 /// the handler fills the working set ahead of the guest and must say so.
 fn uffd_run(b: &Bench, g: &Guest, n: u32, prefetch: bool) -> Result<LoadRun> {
     let run = load_run_with(b, g, &[], n, Memory::Uffd { prefetch })?;
-    if prefetch && !run.stderr.contains(HANDLER_PREFETCHED) {
+    if prefetch && !run.stderr.contains(uffd_handler::PREFETCHED) {
         return Err(Error::Other(format!(
-            "the page-fault handler did not say `{HANDLER_PREFETCHED}`: {}",
+            "the page-fault handler did not say `{}`: {}",
+            uffd_handler::PREFETCHED,
             host::tail_lines(&run.stderr, 2).join(" / ")
         )));
     }

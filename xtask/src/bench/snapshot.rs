@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::api::{connect, spawn_api, stop};
@@ -19,6 +19,7 @@ use super::report::{Cell, Row, Target, Unit};
 use super::{alternate, missing, ms, Bench, GUEST_MIB, SHORT_LIMIT};
 use crate::error::{Error, IoContext, Result};
 use crate::host;
+use crate::uffd_handler::Handler;
 use petrel_demo_guest::counter;
 
 /// Firecracker's `PUT /snapshot/load` (with `resume_vm`) for a 128 MiB guest, ms: the range
@@ -115,87 +116,23 @@ fn one_exit_run(b: &Bench, name: &str, args: &[PathBuf]) -> Result<f64> {
     first_run_ms(&metrics)
 }
 
-/// How long the page-fault handler may take to listen, and to end once petrel has ended.
-const HANDLER_LIMIT: Duration = Duration::from_secs(10);
-
 /// Where the bench's page-fault handler listens: under the temporary directory, since a
 /// socket's path must fit in 108 bytes.
 fn handler_socket() -> PathBuf {
     std::env::temp_dir().join(format!("petrel-bench-uffd-{}.sock", std::process::id()))
 }
 
-/// A running `uffd_handler SOCKET MEMFILE [STATE]`, killed (and reaped) if it is still running
-/// when dropped, and its socket removed then.
-pub(super) struct Handler {
-    child: Child,
-    /// Where it listens.
-    pub(super) socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Handler {
-    /// Starts the handler on `mem` (with `state`, prefetching that snapshot's working set),
-    /// its stderr in `logs/NAME.stderr`, and waits until it listens.
-    pub(super) fn start(
-        b: &Bench,
-        handler: &Path,
-        mem: &Path,
-        state: Option<&Path>,
-        name: &str,
-    ) -> Result<Self> {
-        let socket = handler_socket();
-        let _ = fs::remove_file(&socket);
-        let log = b.dir.join("logs").join(format!("{name}.stderr"));
-        let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
-        let mut cmd = Command::new(handler);
-        cmd.arg(&socket).arg(mem).args(state);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-        let mut h = Handler { child, socket, log };
-        let deadline = Instant::now() + HANDLER_LIMIT;
-        while !h.socket.exists() {
-            if Instant::now() > deadline || !matches!(h.child.try_wait(), Ok(None)) {
-                return Err(Error::Other(format!(
-                    "the page-fault handler did not listen on {}; stderr: {}",
-                    h.socket.display(),
-                    proc::tail_of(&h.log, 3)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(h)
-    }
-
-    /// Waits for the handler to end by itself (petrel closed the connection): it must exit 0.
-    /// Returns its closing line.
-    pub(super) fn finish(mut self) -> Result<String> {
-        let dog = Watchdog::arm(self.child.id(), HANDLER_LIMIT);
-        let status = self
-            .child
-            .wait()
-            .ctx(|| "waiting for the page-fault handler".into())?;
-        if dog.disarm() || !status.success() {
-            return Err(Error::Other(format!(
-                "the page-fault handler ended with {status} after petrel; stderr: {}",
-                proc::tail_of(&self.log, 3)
-            )));
-        }
-        Ok(proc::tail_of(&self.log, 1))
-    }
-}
-
-impl Drop for Handler {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = fs::remove_file(&self.socket);
-    }
+/// Starts Petrel's page-fault handler `handler` on `mem` (with `state`, prefetching that
+/// snapshot's working set), its stderr in `logs/NAME.stderr`, and waits until it listens.
+pub(super) fn start_handler(
+    b: &Bench,
+    handler: &Path,
+    mem: &Path,
+    state: Option<&Path>,
+    name: &str,
+) -> Result<Handler> {
+    let log = b.dir.join("logs").join(format!("{name}.stderr"));
+    Handler::start(handler, handler_socket(), mem, state, log)
 }
 
 /// The memory backend of a timed `PUT /snapshot/load`.
@@ -219,7 +156,7 @@ fn api_load_run(b: &Bench, snapshot: &Path, backend: &Backend) -> Result<f64> {
         Backend::FileTransparent => ("snapshot-load-thp", None),
         Backend::Uffd(path) => (
             "snapshot-load-uffd",
-            Some(Handler::start(
+            Some(start_handler(
                 b,
                 path,
                 &mem,
