@@ -453,6 +453,9 @@ impl BalloonCheck {
             r.body.trim()
         ));
         notes.extend(self.snapshot_and_restore(&mut vmm, cx).map_err(e)?);
+        // A new connection: this one sat idle while the second petrel ran, and the API closes
+        // a connection idle for a minute (`api::server::IDLE_TIMEOUT`).
+        vmm = Vmm::connect(&self.socket).map_err(e)?;
         let body = json!({ "stats_polling_interval_s": 2 }).to_string();
         vmm.client
             .expect("PATCH", "/balloon/statistics", Some(&body), 204)
