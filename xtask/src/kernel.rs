@@ -426,6 +426,8 @@ mod tests {
             "CONFIG_VMGENID",
             // Linux's ACPI interpreter needs PCI support (its PCI_Config region handler).
             "CONFIG_PCI",
+            // Emulated guest kernel code costs per instruction: -O2, not -Os.
+            "CONFIG_CC_OPTIMIZE_FOR_PERFORMANCE",
         ] {
             assert!(
                 reqs.contains(&req(o, Some("y"))),
