@@ -199,4 +199,54 @@ mod tests {
         );
         assert_eq!(Closing::parse("Error: broken pipe"), None);
     }
+
+    #[test]
+    fn a_handler_is_waited_for_until_it_listens_and_its_end_judged() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("xtask-uffd-handler-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // Stands in for uffd_handler (arguments SOCKET MEM): "listens" by creating SOCKET,
+        // then ends as the name of MEM says.
+        let fake = dir.join("fake_handler");
+        fs::write(
+            &fake,
+            "#!/bin/sh\n\
+             case \"$2\" in *never-listens) exit 2;; esac\n\
+             : > \"$1\"\n\
+             case \"$2\" in\n\
+             *serves) echo 'uffd_handler: the VMM closed the connection; served 3 pages; 0 \
+             removals of 0 bytes' >&2; exit 0;;\n\
+             *fails) echo 'Error: broken pipe' >&2; exit 1;;\n\
+             *) exit 0;;\n\
+             esac\n",
+        )
+        .unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        let run = |how: &str| {
+            let socket = dir.join(format!("{how}.sock"));
+            let log = dir.join(format!("{how}.log"));
+            Handler::start(&fake, socket.clone(), &dir.join(how), None, log)
+                .and_then(|h| h.finish())
+                .map(|said| (said, socket.exists()))
+                .map_err(|e| e.to_string())
+        };
+        let closing = "uffd_handler: the VMM closed the connection; served 3 pages; 0 removals \
+                       of 0 bytes";
+        // Its socket is removed once it ended.
+        assert_eq!(run("serves"), Ok((closing.to_owned(), false)));
+        let e = run("fails").unwrap_err();
+        assert!(
+            e.contains("ended with exit status: 1") && e.contains("broken pipe"),
+            "{e}"
+        );
+        let e = run("says-nothing").unwrap_err();
+        assert!(e.contains("never said"), "{e}");
+        let e = run("never-listens").unwrap_err();
+        assert!(
+            e.contains("did not listen") && e.contains("exit status: 2"),
+            "{e}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
