@@ -6,11 +6,12 @@
 //! 1. start-up: spawn to the demo guest's first serial byte, and spawn to the VMM's exit; and
 //!    how much of that building the guest's ACPI tables takes;
 //! 2. memory: the VMM's resident memory minus the guest RAM it holds, with the VM alive, and
-//!    the peak resident set over a demo run;
+//!    the peak resident set over a demo run (`bench/memory.rs`);
 //! 3. exit cost: time per port-write exit through the whole VMM against a bare `KVM_RUN`
 //!    loop on the same guest;
 //! 4. density: demo VMs started and stopped per second, one after another and two at a time;
-//! 5. Linux: time for the boot-test kernel to reach `Run /init as init process`;
+//! 5. Linux: time for the boot-test kernel to reach `Run /init as init process`
+//!    (`bench/linux.rs`);
 //! 6. Firecracker's API (`petrel --api-sock`): spawn to the socket accepting, `InstanceStart`
 //!    to the first guest byte, and what serving the API adds to the VMM's memory, against
 //!    Firecracker's figures measured earlier (it is not installed here) and against Petrel
@@ -36,6 +37,8 @@ mod acpi;
 mod api;
 mod farm;
 mod floor;
+mod linux;
+mod memory;
 mod proc;
 mod procfs;
 mod report;
@@ -49,15 +52,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use petrel_demo_guest::{self as demo_guest, GREETING_LINE, RESETTING_LINE};
-use petrel_loader::cmdline::EMULATED_HOST_CMDLINE;
 
 use crate::cli::BenchArgs;
 use crate::error::{Error, IoContext, Result};
 use crate::host::{self, HostKvm};
-use crate::initramfs::MARKER;
-use crate::log_watch::LogWatch;
-use crate::scenario::{GUEST_CMDLINE, RUN_INIT_LINE};
-use proc::{MemWatch, Timed};
+use proc::Timed;
 use report::{Cell, Context, Row, Target, Unit, Verdict};
 
 /// The cases, by the names `--only` takes.
@@ -105,9 +104,6 @@ const SHORT_LIMIT: Duration = Duration::from_secs(60);
 
 /// The ratio to QEMU that start-up to the first guest byte must not exceed.
 const STARTUP_TARGET: f64 = 1.0 / 3.0;
-
-/// VMM memory overhead at steady state must not exceed this, MiB.
-const MEMORY_TARGET_MIB: f64 = 3.0;
 
 /// Per-exit time through Petrel over the bare `KVM_RUN` loop must not exceed this.
 const EXIT_TARGET: f64 = 1.10;
@@ -166,7 +162,7 @@ pub fn run(args: &BenchArgs) -> u8 {
     if wanted("memory") {
         let runs = args.runs.min(MEMORY_RUNS);
         println!("==> memory ({runs} runs each)");
-        rows.extend(memory(&bench, runs));
+        rows.extend(memory::memory(&bench, runs));
     }
     if wanted("exits") {
         println!("==> exit cost ({} runs of {} exits)", args.runs, args.exits);
@@ -180,7 +176,7 @@ pub fn run(args: &BenchArgs) -> u8 {
     if wanted("linux") {
         if args.linux {
             println!("==> Linux boot ({} run(s))", args.linux_runs);
-            rows.extend(linux(&bench, args.linux_runs, args.linux_timeout));
+            rows.extend(linux::linux(&bench, args.linux_runs, args.linux_timeout));
         } else {
             for (id, name) in [
                 ("linux_run_init", "Linux to `Run /init`"),
@@ -633,258 +629,6 @@ fn host_description(emulated: bool) -> String {
     format!("{kvm}, {cpus} CPUs ({model}), Linux {}", kernel.trim())
 }
 
-/// Memory measurements of one run.
-#[derive(Debug, Clone, Copy)]
-struct MemRun {
-    /// Steady-state VMM overhead, MiB.
-    steady: f64,
-    /// Steady-state private (anonymous) VMM overhead, MiB.
-    private: f64,
-    /// VmHWM, MiB.
-    peak: f64,
-    /// VmHWM minus touched guest RAM, MiB.
-    peak_overhead: f64,
-}
-
-/// Case 2: memory. Per run: Petrel's spin guest (steady state), Petrel's demo (peak), QEMU's
-/// demo held paused at the end (both).
-fn memory(b: &Bench, runs: u32) -> Vec<Row> {
-    let guest_kib = GUEST_MIB * 1024;
-    let mut petrel_steady: Vec<MemRun> = Vec::new();
-    let mut petrel_peak = Vec::new();
-    let mut qemu_runs: Vec<MemRun> = Vec::new();
-    let mut petrel_err = missing(b, false);
-    let mut qemu_err = missing(b, true);
-    for _ in 0..runs {
-        if petrel_err.is_none() {
-            match petrel_spin_memory(b, guest_kib)
-                .and_then(|s| Ok((s, petrel_demo_memory(b, guest_kib)?)))
-            {
-                Ok((steady, peak)) => {
-                    petrel_steady.push(steady);
-                    petrel_peak.push(peak);
-                }
-                Err(e) => petrel_err = Some(Cell::Error(e.to_string())),
-            }
-        }
-        if qemu_err.is_none() {
-            match qemu_memory(b, guest_kib) {
-                Ok(r) => qemu_runs.push(r),
-                Err(e) => qemu_err = Some(Cell::Error(e.to_string())),
-            }
-        }
-    }
-    let side = |err: &Option<Cell>, v: Vec<f64>| err.clone().unwrap_or(Cell::Measured(v));
-    let qemu_name = format!("QEMU {}", qemu_short(b));
-    vec![
-        Row {
-            id: "memory_steady_overhead",
-            name: "memory: VMM overhead, VM alive".into(),
-            unit: Unit::MiB,
-            petrel: side(
-                &petrel_err,
-                petrel_steady.iter().map(|r| r.steady).collect(),
-            ),
-            comparison_name: qemu_name.clone(),
-            comparison: side(&qemu_err, qemu_runs.iter().map(|r| r.steady).collect()),
-            target: Target::ValueAtMost(MEMORY_TARGET_MIB),
-            measures: format!(
-                "The VMM's resident memory (the sum of Rss in /proc/PID/smaps) minus the Rss of \
-                 the guest-RAM mapping (the anonymous mapping of the guest's {GUEST_MIB} MiB): \
-                 what the VMM itself holds. Petrel: `petrel run --raw spin.bin --real-mode` (a \
-                 2-byte `jmp $` guest), read {} ms after the spawn, then SIGTERM. QEMU: the demo \
-                 guest, read {} ms after its last line, when it has triple-faulted and \
-                 -no-shutdown holds QEMU paused, then SIGTERM.",
-                SETTLE.as_millis(),
-                SETTLE.as_millis()
-            ),
-        },
-        Row {
-            id: "memory_steady_private",
-            name: "memory: VMM private memory, VM alive".into(),
-            unit: Unit::MiB,
-            petrel: side(
-                &petrel_err,
-                petrel_steady.iter().map(|r| r.private).collect(),
-            ),
-            comparison_name: qemu_name.clone(),
-            comparison: side(&qemu_err, qemu_runs.iter().map(|r| r.private).collect()),
-            target: Target::None,
-            measures: "From the same smaps reads, only the Anonymous pages (heap, stacks, \
-                       private copies of file pages), minus the guest RAM's: what each more VM \
-                       costs, since file pages (code, read-only data) are shared between VMMs \
-                       started from the same binary."
-                .into(),
-        },
-        Row {
-            id: "memory_peak_rss",
-            name: "memory: peak RSS (VmHWM), demo run".into(),
-            unit: Unit::MiB,
-            petrel: side(
-                &petrel_err,
-                petrel_peak.iter().map(|r: &MemRun| r.peak).collect(),
-            ),
-            comparison_name: qemu_name.clone(),
-            comparison: side(&qemu_err, qemu_runs.iter().map(|r| r.peak).collect()),
-            target: Target::None,
-            measures: format!(
-                "VmHWM (the peak resident set, guest RAM included) of /proc/PID/status over a \
-                 whole demo-guest run, polled every {} ms: for Petrel the last value read \
-                 before it exited; for QEMU the value once the run ended (held paused).",
-                MEMORY_POLL.as_millis()
-            ),
-        },
-        Row {
-            id: "memory_peak_overhead",
-            name: "memory: peak RSS minus guest RAM".into(),
-            unit: Unit::MiB,
-            petrel: side(
-                &petrel_err,
-                petrel_peak.iter().map(|r| r.peak_overhead).collect(),
-            ),
-            comparison_name: qemu_name,
-            comparison: side(
-                &qemu_err,
-                qemu_runs.iter().map(|r| r.peak_overhead).collect(),
-            ),
-            target: Target::None,
-            measures: "The same VmHWM minus the guest-RAM mapping's Rss from the same last \
-                       smaps read: the VMM's own peak."
-                .into(),
-        },
-    ]
-}
-
-/// Petrel's steady-state overhead with the spin guest.
-fn petrel_spin_memory(b: &Bench, guest_kib: u64) -> Result<MemRun> {
-    let mut cmd = Command::new(&b.petrel);
-    cmd.args(["run", "--raw"])
-        .arg(b.dir.join("spin.bin"))
-        .args([
-            "--real-mode",
-            "--mem",
-            &format!("{GUEST_MIB}M"),
-            "--serial",
-            "none",
-        ]);
-    let log = b.dir.join("logs").join("memory-petrel-spin.stderr");
-    let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(err)
-        .spawn()
-        .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-    let w = proc::watch_memory(&mut child, guest_kib, MEMORY_POLL, SHORT_LIMIT, |t| {
-        t >= SETTLE
-    })?;
-    if w.exited {
-        let status = child.wait().ctx(|| "waiting for petrel".into())?;
-        return Err(Error::Other(format!(
-            "the spin guest's petrel exited early ({status}); stderr: {}",
-            proc::tail_of(&log, 3)
-        )));
-    }
-    let mut last = MemWatch::default();
-    last.sample(child.id(), guest_kib);
-    let status = proc::terminate(&mut child, Duration::from_secs(10))?;
-    if !proc::ended_by_sigterm(&status) {
-        return Err(Error::Other(format!(
-            "petrel ended with {status} on SIGTERM, not by the signal; stderr: {}",
-            proc::tail_of(&log, 3)
-        )));
-    }
-    let split = last.last_split.ok_or_else(|| no_guest_mapping("petrel"))?;
-    Ok(MemRun {
-        steady: mib(split.overhead_kib()),
-        private: mib(split.private_overhead_kib()),
-        peak: f64::NAN,
-        peak_overhead: f64::NAN,
-    })
-}
-
-fn no_guest_mapping(who: &str) -> Error {
-    Error::Other(format!(
-        "no anonymous mapping of {GUEST_MIB} MiB in {who}'s /proc/PID/smaps (guest RAM)"
-    ))
-}
-
-/// Petrel's peak over a demo run.
-fn petrel_demo_memory(b: &Bench, guest_kib: u64) -> Result<MemRun> {
-    let mut cmd = petrel_demo(b, "stdio");
-    let log = b.dir.join("logs").join("memory-petrel-demo.stderr");
-    let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-    let out = proc::OutputCollector::start(child.stdout.take().expect("piped"));
-    let w = proc::watch_memory(&mut child, guest_kib, MEMORY_POLL, SHORT_LIMIT, |_| false)?;
-    let status = child.wait().ctx(|| "waiting for petrel".into())?;
-    let stdout = out.finish();
-    if !status.success() || !demo_ran(&stdout) {
-        return Err(Error::Other(format!(
-            "petrel demo: {status}; stderr: {}",
-            proc::tail_of(&log, 3)
-        )));
-    }
-    let split = w.last_split.ok_or_else(|| no_guest_mapping("petrel"))?;
-    Ok(MemRun {
-        steady: f64::NAN,
-        private: f64::NAN,
-        peak: mib(w.last_hwm_kib),
-        peak_overhead: mib(w.last_hwm_kib.saturating_sub(split.guest_rss_kib)),
-    })
-}
-
-/// QEMU on the demo guest, held paused at the end: steady overhead and peak.
-fn qemu_memory(b: &Bench, guest_kib: u64) -> Result<MemRun> {
-    let machine = b.qemu.as_deref().map_err(|e| Error::Other(e.clone()))?;
-    let mut cmd = qemu_demo(b, machine, "stdio", true);
-    let log = b.dir.join("logs").join("memory-qemu.stderr");
-    let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-    let out = proc::OutputCollector::start(child.stdout.take().expect("piped"));
-    let mut done_at: Option<Duration> = None;
-    let w = proc::watch_memory(&mut child, guest_kib, MEMORY_POLL, SHORT_LIMIT, |t| {
-        if done_at.is_none() && out.text().contains(RESETTING_LINE) {
-            done_at = Some(t);
-        }
-        done_at.is_some_and(|d| t >= d + SETTLE)
-    })?;
-    if w.exited {
-        let status = child.wait().ctx(|| "waiting for QEMU".into())?;
-        return Err(Error::Other(format!(
-            "QEMU exited ({status}) instead of pausing with -no-shutdown; stderr: {}",
-            proc::tail_of(&log, 3)
-        )));
-    }
-    let mut last = MemWatch::default();
-    last.sample(child.id(), guest_kib);
-    let _ = proc::terminate(&mut child, Duration::from_secs(10))?;
-    let stdout = out.finish();
-    if !demo_ran(&stdout) {
-        return Err(Error::Other(format!(
-            "QEMU did not run the demo guest; stderr: {}",
-            proc::tail_of(&log, 3)
-        )));
-    }
-    let split = last.last_split.ok_or_else(|| no_guest_mapping("QEMU"))?;
-    Ok(MemRun {
-        steady: mib(split.overhead_kib()),
-        private: mib(split.private_overhead_kib()),
-        peak: mib(last.last_hwm_kib),
-        peak_overhead: mib(last.last_hwm_kib.saturating_sub(split.guest_rss_kib)),
-    })
-}
-
 /// Case 3: per-exit time through Petrel against the bare `KVM_RUN` loop.
 fn exits(b: &Bench, runs: u32, n: u64) -> Row {
     let metrics = b.dir.join("exit-metrics.json");
@@ -1053,213 +797,6 @@ fn vms_per_second(vms: u32, parallel: u32, make: &(dyn Fn() -> Command + Sync)) 
     Ok(f64::from(vms) / wall.as_secs_f64())
 }
 
-/// Case 5: the boot-test kernel to `Run /init as init process` and to its init's first
-/// output from user mode (the marker), under Petrel and QEMU: two rows from the same runs.
-fn linux(b: &Bench, runs: u32, limit: Duration) -> [Row; 2] {
-    let trend = if b.emulated {
-        " Trend only on this host (guest kernel code is emulated): the time is the guest's, not \
-         the VMM's."
-    } else {
-        ""
-    };
-    let cmdline = if b.emulated {
-        format!("{GUEST_CMDLINE} {EMULATED_HOST_CMDLINE}")
-    } else {
-        GUEST_CMDLINE.to_owned()
-    };
-    let mut row = Row {
-        id: "linux_run_init",
-        name: "Linux to `Run /init`".into(),
-        unit: Unit::S,
-        petrel: Cell::None(String::new()),
-        comparison_name: format!("QEMU {}", qemu_short(b)),
-        comparison: Cell::None(String::new()),
-        target: Target::None,
-        measures: format!(
-            "The boot-test kernel and initramfs (cargo xtask build-guest; vmlinux, \
-             {GUEST_MIB} MiB, 1 vCPU): seconds from the spawn until `{RUN_INIT_LINE}` appears in \
-             the serial log file (polled every 20 ms), then the VMM is stopped. Petrel: `petrel \
-             --kernel vmlinux --initrd initramfs.cpio --cmdline '{GUEST_CMDLINE}' --serial \
-             file:LOG` (Petrel adds its PVM workarounds on such hosts); QEMU: `-M \
-             microvm,acpi=off -enable-kvm` with the same final command line.{trend}"
-        ),
-    };
-    let mut user = Row {
-        id: "linux_userspace",
-        name: "Linux to the first userspace output".into(),
-        measures: format!(
-            "The same runs as the row above: seconds from the spawn until the initramfs's \
-             /init, a static program, has printed `{MARKER}` from user mode, then the VMM is \
-             stopped (on a host that emulates guest kernel code, the guest kernel's patch in \
-             xtask/kernel/patches makes that system call work).{trend}"
-        ),
-        ..row.clone()
-    };
-    if let Some(c) = missing(b, false) {
-        for r in [&mut row, &mut user] {
-            r.petrel = c.clone();
-            r.comparison = c.clone();
-        }
-        return [row, user];
-    }
-    let guest = match crate::build::build_guest(&[]) {
-        Ok(g) => g,
-        Err(e) => {
-            for r in [&mut row, &mut user] {
-                r.petrel = Cell::Error(format!("building the guest: {e}"));
-                r.comparison = Cell::Error("no guest to boot".into());
-            }
-            return [row, user];
-        }
-    };
-    let logs = b.dir.join("logs");
-    // Each run returns its time to `Run /init` and notes its time to the marker here.
-    let mut petrel_marker = Vec::new();
-    row.petrel = collect(runs, |i| {
-        let serial = logs.join(format!("linux-petrel-{}.log", i + 1));
-        let mut cmd = Command::new(&b.petrel);
-        cmd.arg("--kernel")
-            .arg(&guest.kernel.vmlinux)
-            .arg("--initrd")
-            .arg(&guest.initramfs)
-            .args([
-                "--cmdline",
-                GUEST_CMDLINE,
-                "--mem",
-                &format!("{GUEST_MIB}M"),
-            ])
-            .arg("--serial")
-            .arg(format!("file:{}", serial.display()));
-        let [run_init, marker] =
-            time_to_lines(&mut cmd, &serial, &logs.join("linux-petrel.stderr"), limit)?;
-        petrel_marker.push(marker);
-        Ok(run_init)
-    });
-    user.petrel = marker_cell(&row.petrel, petrel_marker);
-    let mut qemu_marker = Vec::new();
-    row.comparison = match &b.qemu {
-        Err(why) => Cell::Missing(format!("QEMU: {why}")),
-        Ok(_) => collect(runs, |i| {
-            let serial = logs.join(format!("linux-qemu-{}.log", i + 1));
-            let mut cmd = Command::new("qemu-system-x86_64");
-            cmd.args([
-                "-M",
-                "microvm,acpi=off",
-                "-enable-kvm",
-                "-m",
-                &GUEST_MIB.to_string(),
-            ])
-            .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .arg("-kernel")
-            .arg(&guest.kernel.vmlinux)
-            .arg("-initrd")
-            .arg(&guest.initramfs)
-            .args(["-append", &cmdline, "-serial"])
-            .arg(format!("file:{}", serial.display()))
-            .arg("-no-reboot");
-            let [run_init, marker] =
-                time_to_lines(&mut cmd, &serial, &logs.join("linux-qemu.stderr"), limit)?;
-            qemu_marker.push(marker);
-            Ok(run_init)
-        }),
-    };
-    user.comparison = marker_cell(&row.comparison, qemu_marker);
-    [row, user]
-}
-
-/// The marker row's cell for a side whose `Run /init` cell is `run_init`: the marker times
-/// where every run measured both, else the same reason.
-fn marker_cell(run_init: &Cell, marker: Vec<f64>) -> Cell {
-    match run_init {
-        Cell::Measured(_) => Cell::Measured(marker),
-        other => other.clone(),
-    }
-}
-
-/// Whether a VMM's stderr says that KVM gave up on the guest (QEMU then pauses for good):
-/// its `KVM internal error` line, and which instruction it was when QEMU's `Code=` dump
-/// marks `cc` (int3) at RIP.
-fn kvm_gave_up(stderr: &str) -> Option<String> {
-    let line = stderr.lines().find(|l| l.contains("KVM internal error"))?;
-    let mut why = format!("`{}`", line.trim());
-    if stderr.lines().any(|l| l.trim() == "emulation failure") {
-        why.push_str(", emulation failure");
-    }
-    if stderr.contains("<cc>") {
-        why.push_str(" at an int3 (0xcc at RIP in QEMU's Code= dump)");
-    }
-    Some(why)
-}
-
-/// Seconds from the spawn until `RUN_INIT_LINE`, and until the init's `MARKER`, show up in
-/// `serial`; the VMM is then stopped. Fails if the VMM exits first, reports that KVM gave
-/// up, or runs past `limit`.
-fn time_to_lines(
-    cmd: &mut Command,
-    serial: &Path,
-    stderr_log: &Path,
-    limit: Duration,
-) -> Result<[f64; 2]> {
-    let _ = fs::remove_file(serial);
-    let err = fs::File::create(stderr_log).ctx(|| format!("creating {}", stderr_log.display()))?;
-    println!("    {}", host::describe(cmd));
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(err)
-        .spawn()
-        .ctx(|| format!("starting `{}`", host::describe(cmd)))?;
-    let mut watch = LogWatch::new(serial, RUN_INIT_LINE);
-    let mut marker = LogWatch::new(serial, MARKER);
-    let outcome = loop {
-        watch.poll(start.elapsed());
-        marker.poll(start.elapsed());
-        if let (Some(a), Some(b)) = (watch.seen_at(), marker.seen_at()) {
-            break Ok([a.as_secs_f64(), b.as_secs_f64()]);
-        }
-        let missing = if watch.seen_at().is_none() {
-            RUN_INIT_LINE
-        } else {
-            MARKER
-        };
-        let stderr = fs::read_to_string(stderr_log).unwrap_or_default();
-        if let Some(why) = kvm_gave_up(&stderr) {
-            let last = fs::read_to_string(serial).unwrap_or_default();
-            let last = last
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            break Err(Error::Other(format!(
-                "no `{missing}`: the VMM stopped the guest after {:.1} s: {why}; the \
-                 serial log ends with `{}`",
-                start.elapsed().as_secs_f64(),
-                last.trim()
-            )));
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(Error::Other(format!(
-                "no `{missing}`: the VMM exited ({status}) after {:.1} s; stderr: {}",
-                start.elapsed().as_secs_f64(),
-                proc::tail_of(stderr_log, 2)
-            )));
-        }
-        if start.elapsed() > limit {
-            break Err(Error::Other(format!(
-                "no `{missing}` within {} s",
-                limit.as_secs()
-            )));
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let _ = proc::terminate(&mut child, Duration::from_secs(10));
-    if let Ok([a, b]) = &outcome {
-        println!("    `{RUN_INIT_LINE}` after {a:.1} s, `{MARKER}` after {b:.1} s");
-    }
-    outcome
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1301,18 +838,6 @@ mod tests {
         assert_eq!(exit_code(&[pass.clone(), fail], true), 1);
         assert_eq!(exit_code(&[pass.clone(), no_qemu.clone()], false), 1);
         assert_eq!(exit_code(&[pass, no_qemu], true), 0);
-    }
-
-    #[test]
-    fn kvm_internal_errors() {
-        assert_eq!(kvm_gave_up("qemu: warning: pni\n"), None);
-        let stderr = "KVM internal error. Suberror: 1\nextra data[0]: 0x1\nemulation failure\n\
-                      RAX=0\nCode=74 02 0f 0b 48 <cc> 90 90\n";
-        assert_eq!(
-            kvm_gave_up(stderr).unwrap(),
-            "`KVM internal error. Suberror: 1`, emulation failure at an int3 (0xcc at RIP in \
-             QEMU's Code= dump)"
-        );
     }
 
     #[test]

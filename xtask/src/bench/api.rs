@@ -10,11 +10,11 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::memory::{no_guest_mapping, MemRun};
 use super::proc::{self, MemWatch, Watchdog};
 use super::report::{Cell, Row, Target, Unit};
 use super::{
-    alternate, demo_ran, mib, missing, ms, no_guest_mapping, Bench, MemRun, GUEST_MIB, MEMORY_POLL,
-    SETTLE, SHORT_LIMIT,
+    alternate, demo_ran, mib, missing, ms, Bench, GUEST_MIB, MEMORY_POLL, SETTLE, SHORT_LIMIT,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::fcapi::ApiClient;
