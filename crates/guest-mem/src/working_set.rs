@@ -15,7 +15,8 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::{Error, GuestRam, Result, PAGE};
 
-/// Consecutive pages of guest RAM, numbered in RAM order (see the [module](self)).
+/// Consecutive pages of guest RAM, numbered in RAM order: page `n` is bytes `n * 4096..` of
+/// the RAM's regions laid end to end, as in a memory file written by [`GuestRam::write_full`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRun {
     /// The first page.

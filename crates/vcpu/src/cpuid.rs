@@ -5,7 +5,7 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// CPUID.1:ECX bit 31, "hypervisor present" (reserved for hypervisors on both vendors).
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// CPUID.1:EDX bit 28, HTT: EBX[23:16] is a valid logical-processor count.
+/// CPUID.1:EDX bit 28, HTT: `EBX[23:16]` is a valid logical-processor count.
 pub const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// CPUID.0BH level type "SMT" (Intel SDM vol. 2A, table 3-8, leaf 0BH).
 const LEVEL_TYPE_SMT: u32 = 1;

@@ -274,7 +274,7 @@ const PREFETCH_CHUNK_PAGES: u64 = 256;
 
 /// [`serve`], first filling the pages of a working set (`working_set`, numbered in the
 /// memory file; see [`crate::working_set`]) ahead of the guest: in chunks of
-/// [`PREFETCH_CHUNK_PAGES`], serving the faults and reading the removals waiting before each
+/// 256 pages, serving the faults and reading the removals waiting before each
 /// chunk, so that the guest never waits long behind the prefetch. Pages already present
 /// (faulted in meanwhile) are stepped over, removed ones left alone, and pages outside the
 /// layout skipped: the working set only decides when a page is filled, never with what.
