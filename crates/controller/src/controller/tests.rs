@@ -4,6 +4,7 @@
 use super::*;
 use petrel_api::http::Method;
 use petrel_vmm::config::RateLimiterConfig;
+use std::path::PathBuf;
 
 pub(super) fn controller() -> Controller {
     Controller::new("vm1".into(), None, Timeline::new(std::time::Instant::now()))
