@@ -167,6 +167,12 @@ pub fn run_scenario(
             kill_vmm(&mut child);
             break Exit::TimedOut(timeout);
         }
+        // A failed live check fails the run: its guest may wait forever for the host's next
+        // step (balloon-inflate's guest waits for its deflate), so the run is not waited out.
+        if live.as_ref().is_some_and(LiveRun::failed) {
+            kill_vmm(&mut child);
+            break Exit::Stopped;
+        }
         thread::sleep(POLL);
     };
     drop(interrupts);

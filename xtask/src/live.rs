@@ -68,6 +68,7 @@ pub type LiveResult = std::result::Result<Vec<String>, Vec<String>>;
 /// when this is dropped, so that a scenario that failed to start does not leave it running).
 pub struct LiveRun {
     stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<LiveResult>>,
 }
 
@@ -78,21 +79,31 @@ impl LiveRun {
         let (ready, ready_rx) = mpsc::channel();
         let serial = serial.to_owned();
         let thread_stop = stop.clone();
+        let failed = Arc::new(AtomicBool::new(false));
+        let thread_failed = failed.clone();
         let handle = thread::spawn(move || {
-            check.run(&LiveContext {
+            let result = check.run(&LiveContext {
                 serial: &serial,
                 deadline,
                 stop: &thread_stop,
                 ready,
-            })
+            });
+            thread_failed.store(result.is_err(), Ordering::Relaxed);
+            result
         });
         // An error here means the check ended (its failure is reported when joined) or is
         // slow to start; either way the VMM starts.
         let _ = ready_rx.recv_timeout(LIVE_READY_WAIT);
         LiveRun {
             stop,
+            failed,
             handle: Some(handle),
         }
+    }
+
+    /// Whether the check has already ended with failures, while the VMM may still run.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Tells the check the VMM exited and takes its result.
@@ -161,6 +172,31 @@ mod tests {
         thread::sleep(Duration::from_millis(100));
         assert_eq!(run.finish(), Err(vec!["no cue".to_owned()]));
         assert!(start.elapsed() < Duration::from_secs(10));
+        std::fs::remove_file(&serial).unwrap();
+    }
+
+    #[test]
+    fn a_failed_check_says_so_before_the_vmm_ends() {
+        let serial = log_path("failed.log");
+        std::fs::write(&serial, "boot\r\n").unwrap();
+        // The deadline passes at once: the check gives up while the "VMM" still runs.
+        let run = LiveRun::start(Arc::new(Cue), &serial, Instant::now());
+        let waited = Instant::now();
+        while !run.failed() && waited.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(run.failed());
+        assert_eq!(run.finish(), Err(vec!["no cue".to_owned()]));
+
+        let run = LiveRun::start(
+            Arc::new(Cue),
+            &serial,
+            Instant::now() + Duration::from_secs(30),
+        );
+        std::fs::write(&serial, "boot\r\nGUEST-READY\r\n").unwrap();
+        thread::sleep(Duration::from_millis(300));
+        assert!(!run.failed(), "a check that passed has not failed");
+        assert_eq!(run.finish(), Ok(vec!["saw it".to_owned()]));
         std::fs::remove_file(&serial).unwrap();
     }
 }

@@ -303,6 +303,9 @@ pub enum Exit {
     Signal(i32),
     /// It ran past the time limit and was killed.
     TimedOut(Duration),
+    /// It was killed because the scenario's live check had already failed: the run could
+    /// not pass, so it was not waited out.
+    Stopped,
 }
 
 impl Exit {
@@ -356,6 +359,9 @@ pub fn evaluate(serial: &str, exit: &Exit) -> Verdict {
             "no exit within {} s; the VMM was killed",
             limit.as_secs()
         )),
+        Exit::Stopped => v
+            .failures
+            .push("the VMM was killed once the live check had failed".into()),
     }
     if !has(MARKER) {
         v.failures
@@ -553,6 +559,7 @@ mod tests {
             (Exit::Code(1), "code 1"),
             (Exit::Signal(9), "signal 9"),
             (Exit::TimedOut(Duration::from_secs(600)), "600 s"),
+            (Exit::Stopped, "live check had failed"),
         ] {
             let v = evaluate(&reached, &exit);
             assert_eq!(v.failures.len(), 1, "{exit:?}");
