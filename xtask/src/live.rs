@@ -48,6 +48,34 @@ impl LiveContext<'_> {
             thread::sleep(POLL);
         }
     }
+
+    /// Waits until the serial log holds a whole line (its newline written) that starts with
+    /// `prefix`, and returns it without its line ending; `None` if [`Self::should_stop`] came
+    /// first. For a cue whose line carries values: the console writes a line a byte at a time,
+    /// so a line seen by [`Self::wait_for`] may still be partly written.
+    pub fn wait_for_line(&self, prefix: &str) -> Option<String> {
+        loop {
+            let stopping = self.should_stop();
+            let text = std::fs::read(self.serial).unwrap_or_default();
+            if let Some(line) = whole_line(&String::from_utf8_lossy(&text), prefix) {
+                return Some(line);
+            }
+            if stopping {
+                return None;
+            }
+            thread::sleep(POLL);
+        }
+    }
+}
+
+/// The first line of `text` that starts with `prefix` and is ended by a newline, without its
+/// `\r\n` or `\n`.
+fn whole_line(text: &str, prefix: &str) -> Option<String> {
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .map(|l| l.trim_end_matches(['\r', '\n']))
+        .find(|l| l.starts_with(prefix))
+        .map(str::to_owned)
 }
 
 /// A check that runs on the host, in a thread of its own, while the VM runs: talking to the
@@ -172,6 +200,42 @@ mod tests {
         thread::sleep(Duration::from_millis(100));
         assert_eq!(run.finish(), Err(vec!["no cue".to_owned()]));
         assert!(start.elapsed() < Duration::from_secs(10));
+        std::fs::remove_file(&serial).unwrap();
+    }
+
+    #[test]
+    fn a_cue_line_counts_once_its_newline_is_written() {
+        assert_eq!(whole_line("boot\r\nCUE total=1 fr", "CUE"), None);
+        assert_eq!(
+            whole_line("boot\r\nCUE total=1 free=2\r\nmore", "CUE"),
+            Some("CUE total=1 free=2".to_owned())
+        );
+        assert_eq!(whole_line("a CUE\n", "CUE"), None, "only at a line's start");
+
+        let serial = log_path("line.log");
+        std::fs::write(&serial, "boot\r\nCUE total=1 fr").unwrap();
+        let stop = AtomicBool::new(false);
+        let (ready, _) = mpsc::channel();
+        let cx = LiveContext {
+            serial: &serial,
+            deadline: Instant::now() + Duration::from_secs(30),
+            stop: &stop,
+            ready,
+        };
+        let writer = {
+            let serial = serial.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(100));
+                std::fs::write(&serial, "boot\r\nCUE total=1 free=2\r\n").unwrap();
+            })
+        };
+        assert_eq!(
+            cx.wait_for_line("CUE"),
+            Some("CUE total=1 free=2".to_owned())
+        );
+        writer.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(cx.wait_for_line("NEVER"), None);
         std::fs::remove_file(&serial).unwrap();
     }
 
