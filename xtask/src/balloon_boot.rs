@@ -89,6 +89,11 @@ const SOCKET_LIMIT: Duration = Duration::from_secs(10);
 /// inflate to complete, statistics to refresh, reported pages to leave), each.
 const DEVICE_LIMIT: Duration = Duration::from_secs(180);
 
+/// How long a connection to the API may sit idle before the next request takes a new one:
+/// half the minute after which the API closes it (`api::server::IDLE_TIMEOUT`), leaving room
+/// for a request of up to [`SOCKET_LIMIT`].
+const RECONNECT_IDLE: Duration = Duration::from_secs(30);
+
 /// What both scripts start with: `/proc`, `/sys`, and `mem`, which reads
 /// `MemTotal` and `MemFree` (kB) into `T` and `F` with shell builtins only; `wait_total
 /// TEST` re-reads them once a second (`read -t` on the idle console) until `TEST` holds, at
@@ -238,6 +243,9 @@ pub struct BalloonCheck {
 struct Vmm {
     client: ApiClient,
     pid: i32,
+    socket: PathBuf,
+    /// When the connection was last handed out for a request.
+    used: Instant,
 }
 
 impl Vmm {
@@ -247,7 +255,23 @@ impl Vmm {
         let pid = peer_pid(&stream).ctx(|| "reading the API socket's peer".into())?;
         let client = ApiClient::from_stream(stream);
         client.set_timeout(Some(SOCKET_LIMIT))?;
-        Ok(Vmm { client, pid })
+        Ok(Vmm {
+            client,
+            pid,
+            socket: socket.to_owned(),
+            used: Instant::now(),
+        })
+    }
+
+    /// The connection for the next request: a new one if this one sat idle for
+    /// [`RECONNECT_IDLE`], since the API closes a connection idle for a minute
+    /// (`api::server::IDLE_TIMEOUT`) and the guest may keep the host waiting longer.
+    fn client(&mut self) -> Result<&mut ApiClient> {
+        if self.used.elapsed() >= RECONNECT_IDLE {
+            *self = Vmm::connect(&self.socket)?;
+        }
+        self.used = Instant::now();
+        Ok(&mut self.client)
     }
 
     /// The resident bytes of the guest RAM mapping.
@@ -261,20 +285,19 @@ impl Vmm {
     /// `GET /balloon/statistics`.
     fn stats(&mut self) -> Result<Value> {
         let r = self
-            .client
+            .client()?
             .expect("GET", "/balloon/statistics", None, 200)?;
         serde_json::from_str(&r.body)
             .map_err(|e| Error::Other(format!("GET /balloon/statistics: {e}: {}", r.body)))
     }
 
-    /// `PATCH /balloon` to `mib` on a new connection (the API closes one idle for a minute,
-    /// and the guest may have kept the host waiting longer), then waits until the statistics
-    /// report the guest holds that much; returns how long that took.
-    fn resize(&mut self, socket: &Path, mib: u64, cx: &LiveContext<'_>) -> Result<Duration> {
-        *self = Vmm::connect(socket)?;
+    /// `PATCH /balloon` to `mib`, then waits until the statistics report the guest holds that
+    /// much; returns how long that took.
+    fn resize(&mut self, mib: u64, cx: &LiveContext<'_>) -> Result<Duration> {
         let start = Instant::now();
         let body = json!({ "amount_mib": mib }).to_string();
-        self.client.expect("PATCH", "/balloon", Some(&body), 204)?;
+        self.client()?
+            .expect("PATCH", "/balloon", Some(&body), 204)?;
         self.wait_stats(cx, |s| s["actual_mib"] == json!(mib))
             .map(|_| start.elapsed())
             .ok_or_else(|| {
@@ -373,7 +396,7 @@ impl BalloonCheck {
         let mut vmm = self.at_cue(cx, FREED)?;
         let e = |e: Error| e.to_string();
         let before = vmm.guest_rss().map_err(e)?;
-        let took = vmm.resize(&self.socket, INFLATE_MIB, cx).map_err(e)?;
+        let took = vmm.resize(INFLATE_MIB, cx).map_err(e)?;
         let inflated = cx
             .wait_for_line(INFLATED)
             .ok_or_else(|| format!("the guest never said `{INFLATED}`"))?;
@@ -435,8 +458,8 @@ impl BalloonCheck {
         ));
         let huge = json!({ "amount_mib": MEM_MIB * 4 }).to_string();
         let r = vmm
-            .client
-            .call("PATCH", "/balloon", Some(&huge))
+            .client()
+            .and_then(|c| c.call("PATCH", "/balloon", Some(&huge)))
             .map_err(e)?;
         if r.status != 400 || !r.body.contains("amount_mib") {
             return Err(format!(
@@ -452,18 +475,18 @@ impl BalloonCheck {
             r.body.trim()
         ));
         notes.extend(self.snapshot_and_restore(&mut vmm, cx).map_err(e)?);
-        // A new connection: this one sat idle while the second petrel ran, and the API closes
-        // a connection idle for a minute (`api::server::IDLE_TIMEOUT`).
-        vmm = Vmm::connect(&self.socket).map_err(e)?;
         let body = json!({ "stats_polling_interval_s": 2 }).to_string();
-        vmm.client
-            .expect("PATCH", "/balloon/statistics", Some(&body), 204)
+        vmm.client()
+            .and_then(|c| c.expect("PATCH", "/balloon/statistics", Some(&body), 204))
             .map_err(e)?;
-        let took = vmm.resize(&self.socket, 0, cx).map_err(e)?;
+        let took = vmm.resize(0, cx).map_err(e)?;
         if !cx.wait_for(DEFLATED) {
             return Err(format!("the guest never said `{DEFLATED}`"));
         }
-        let config = vmm.client.expect("GET", "/balloon", None, 200).map_err(e)?;
+        let config = vmm
+            .client()
+            .and_then(|c| c.expect("GET", "/balloon", None, 200))
+            .map_err(e)?;
         let config: Value = serde_json::from_str(&config.body).map_err(|e| e.to_string())?;
         let want = json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 2});
         if ["amount_mib", "deflate_on_oom", "stats_polling_interval_s"]
@@ -506,11 +529,11 @@ impl BalloonCheck {
             "mem_file_path": mem.display().to_string(),
         })
         .to_string();
-        vmm.client.expect("PATCH", "/vm", Some(&paused), 204)?;
+        vmm.client()?.expect("PATCH", "/vm", Some(&paused), 204)?;
         let written = vmm
-            .client
+            .client()?
             .expect("PUT", "/snapshot/create", Some(&create), 204);
-        vmm.client.expect("PATCH", "/vm", Some(&resumed), 204)?;
+        vmm.client()?.expect("PATCH", "/vm", Some(&resumed), 204)?;
         written?;
         let mem_bytes = {
             use std::os::unix::fs::MetadataExt;
@@ -570,8 +593,10 @@ impl BalloonCheck {
             let mut copy = Vmm {
                 client,
                 pid: child.id() as i32,
+                socket: socket.clone(),
+                used: Instant::now(),
             };
-            let took = copy.resize(&socket, INFLATE_MIB + UFFD_INFLATE_MIB, cx)?;
+            let took = copy.resize(INFLATE_MIB + UFFD_INFLATE_MIB, cx)?;
             Ok((stats, took))
         })();
         let _ = child.kill();
@@ -618,7 +643,7 @@ impl BalloonCheck {
     fn reporting(&self, cx: &LiveContext<'_>) -> std::result::Result<Vec<String>, String> {
         let e = |e: Error| e.to_string();
         // The API socket appears once petrel runs; the resident memory is watched from then.
-        let vmm = loop {
+        let mut vmm = loop {
             match Vmm::connect(&self.socket) {
                 Ok(vmm) => break vmm,
                 Err(_) if !cx.should_stop() => thread::sleep(Duration::from_millis(100)),
@@ -662,10 +687,9 @@ impl BalloonCheck {
             ));
         }
         // No statistics here to follow the inflate by: the guest's `MemTotal` says it.
-        let mut vmm = Vmm::connect(&self.socket).map_err(e)?;
         let body = json!({ "amount_mib": DOORBELL_MIB }).to_string();
-        vmm.client
-            .expect("PATCH", "/balloon", Some(&body), 204)
+        vmm.client()
+            .and_then(|c| c.expect("PATCH", "/balloon", Some(&body), 204))
             .map_err(e)?;
         Ok(vec![note])
     }
