@@ -27,7 +27,10 @@
 //!    descriptors per VM;
 //! 10. sandbox: a Linux guest's snapshot loaded through `PUT /snapshot/load` to the answer of
 //!     a shell in its userspace, with its working set prefetched and without, beside a fresh
-//!     boot of the same guest (`bench/sandbox.rs`).
+//!     boot of the same guest (`bench/sandbox.rs`);
+//! 11. sandbox-acpi: the same guest's loads beside loads of it booted with `acpi=off`, which
+//!     shows what the VM generation ID's notification costs the first answer
+//!     (`bench/sandbox/acpi_cost.rs`).
 //!
 //! QEMU runs the same demo guest ELF (through its PVH entry) on `-M microvm` with KVM. A
 //! missing QEMU or `/dev/kvm` is shown in the table and makes the run fail unless
@@ -73,6 +76,7 @@ pub const CASES: &[&str] = &[
     "clones",
     "alive",
     "sandbox",
+    "sandbox-acpi",
 ];
 
 /// Guest memory of every VM in the bench, MiB (Petrel's default, and what QEMU is given).
@@ -241,6 +245,20 @@ pub fn run(args: &BenchArgs) -> u8 {
             rows.extend(sandbox::sandbox(&bench, args.runs));
         } else {
             rows.extend(sandbox::left_out(args.runs, "not run (--no-linux)"));
+        }
+    }
+    if wanted("sandbox-acpi") {
+        if args.linux {
+            println!(
+                "==> sandbox-acpi: what the guest's ACPI costs a load ({} runs each)",
+                args.runs
+            );
+            rows.extend(sandbox::acpi_cost::case(&bench, args.runs));
+        } else {
+            rows.extend(sandbox::acpi_cost::left_out(
+                args.runs,
+                "not run (--no-linux)",
+            ));
         }
     }
     let ctx = Context {

@@ -256,7 +256,7 @@ pub struct BenchArgs {
     pub alive: u32,
     /// Run the Linux boot and sandbox cases (`--no-linux` leaves them out).
     #[arg(long = "no-linux", action = ArgAction::SetFalse,
-          help = "Leave out the Linux boot and sandbox cases (the table says so).")]
+          help = "Leave out the Linux boot and the two sandbox cases (the table says so).")]
     pub linux: bool,
     /// Linux boots per VMM (default 1).
     #[arg(long, value_name = "N", default_value = "1", hide_default_value = true,
@@ -268,7 +268,7 @@ pub struct BenchArgs {
     pub linux_timeout: Duration,
     /// Run only this case (may be repeated): startup, memory, exits,
     /// density, linux, api-socket, api-start, api-memory, snapshot,
-    /// clones, alive, sandbox.
+    /// clones, alive, sandbox, sandbox-acpi.
     #[arg(long, value_name = "NAME", verbatim_doc_comment)]
     pub only: Vec<String>,
     /// Exit 0 even if QEMU or /dev/kvm is missing (still shown as MISSING).

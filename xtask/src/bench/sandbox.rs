@@ -17,6 +17,7 @@
 //! snapshot, so that every load sees the same snapshot age. Firecracker is not installed here:
 //! its figures are the ranges issue 27's author measured with the same guest and method.
 
+pub mod acpi_cost;
 mod console;
 mod rows;
 
@@ -132,10 +133,14 @@ fn has_working_set_option(petrel: &Path) -> bool {
 }
 
 /// The guest's files, and where its snapshots go.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Guest {
     vmlinux: PathBuf,
     rootfs: PathBuf,
+    /// Its command line ([`cmdline`], or more words for a variant).
+    cmdline: String,
+    /// What its logs' names carry after `sandbox` (empty for the case's own guest).
+    label: String,
     snapshot: PathBuf,
     /// Petrel's page-fault handler (the `uffd_handler` example), or why it could not be built.
     uffd_handler: std::result::Result<PathBuf, String>,
@@ -148,7 +153,7 @@ impl Guest {
             "--kernel".into(),
             self.vmlinux.display().to_string(),
             "--cmdline".into(),
-            cmdline(),
+            self.cmdline.clone(),
             "--mem".into(),
             format!("{GUEST_MIB}M"),
             "--vcpus".into(),
@@ -174,6 +179,8 @@ fn prepare(b: &Bench) -> Result<Guest> {
     Ok(Guest {
         vmlinux: built.kernel.vmlinux,
         rootfs,
+        cmdline: cmdline(),
+        label: String::new(),
         snapshot: b.dir.join("sandbox-snapshot"),
         uffd_handler,
     })
@@ -198,7 +205,10 @@ impl Drop for Reaped {
 /// and DIR/mem.
 fn boot_run(b: &Bench, g: &Guest, n: u32) -> Result<f64> {
     let _ = fs::remove_dir_all(&g.snapshot);
-    let log = b.dir.join("logs").join("sandbox-boot.stderr");
+    let log = b
+        .dir
+        .join("logs")
+        .join(format!("sandbox{}-boot.stderr", g.label));
     let err = fs::File::create(&log).ctx(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(&b.petrel);
     cmd.args(g.boot_args())
@@ -284,7 +294,7 @@ fn load_run_with(b: &Bench, g: &Guest, args: &[&str], n: u32, memory: Memory) ->
     let log = b
         .dir
         .join("logs")
-        .join(format!("sandbox-load-{mode}.stderr"));
+        .join(format!("sandbox{}-load-{mode}.stderr", g.label));
     let mem = g.snapshot.join("mem");
     let handler = match memory {
         Memory::File => None,
@@ -355,8 +365,14 @@ fn load_run_with(b: &Bench, g: &Guest, args: &[&str], n: u32, memory: Memory) ->
         later_ms: ms(answered_again.saturating_duration_since(typed)),
         stderr: fs::read_to_string(&log).unwrap_or_default() + &handler_said,
     };
+    let guest = g.label.trim_start_matches('-');
+    let guest = if guest.is_empty() {
+        String::new()
+    } else {
+        format!("{guest}, ")
+    };
     println!(
-        "    load {n} ({mode}): answered {:.1} ms after the request, the request {:.2} ms; a \
+        "    load {n} ({guest}{mode}): answered {:.1} ms after the request, the request {:.2} ms; a \
          second line answered in {:.1} ms",
         run.answer_ms, run.load_ms, run.later_ms
     );
