@@ -33,6 +33,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(petrel_prebuilt_seccomp)");
     println!("cargo::rerun-if-changed=src/seccomp/rules.rs");
     println!("cargo::rerun-if-changed=build.rs");
+    link_hot_text();
     let host = std::env::var("HOST").expect("cargo sets HOST");
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
     if host != target {
@@ -58,4 +59,26 @@ fn main() {
     std::fs::write(dir.join("seccomp_filters.rs"), format!("[\n{out}]\n"))
         .expect("writing seccomp_filters.rs");
     println!("cargo::rustc-cfg=petrel_prebuilt_seccomp");
+}
+
+/// Links the `petrel` binary with `hot-text.ld`, which lays out the functions a VMM runs ahead
+/// of the rest of `.text` (see that file). It is an augmenting script (`INSERT BEFORE .text`),
+/// which LLD and GNU ld both take beside their default layout; on a target other than Linux,
+/// or from a path the linker's `-Wl,` would split, the binary is linked without it.
+fn link_hot_text() {
+    println!("cargo::rerun-if-changed=hot-text.ld");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return;
+    }
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let script = dir.join("hot-text.ld");
+    match script.to_str() {
+        Some(path) if !path.contains(',') => {
+            println!("cargo::rustc-link-arg-bin=petrel=-Wl,-T,{path}");
+        }
+        _ => println!(
+            "cargo::warning=linking petrel without {}: its path has a comma or is not UTF-8",
+            script.display()
+        ),
+    }
 }

@@ -84,6 +84,11 @@ pub fn build_guest_command() -> Result<()> {
 /// from the ordinary, dynamically linked petrel's).
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
+/// RUSTFLAGS of the static build: glibc linked in, and the v0 symbols that
+/// `.cargo/config.toml` asks for (RUSTFLAGS replaces its `rustflags`), so that
+/// `crates/vmm-bin/hot-text.ld` finds the functions it names.
+pub const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static -C symbol-mangling-version=v0";
+
 /// Builds petrel in release mode, statically linked (as it is shipped: the jailer needs a
 /// binary that runs alone in a chroot, and without the shared libraries the VMM holds less
 /// memory and starts sooner), and returns the binary's path.
@@ -133,7 +138,7 @@ fn cargo_build_release(
         // crt-static for an explicit --target only: a host build would also apply it to
         // proc-macro crates, which cannot be linked statically.
         cmd.args(["--target", STATIC_TARGET])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("RUSTFLAGS", STATIC_RUSTFLAGS)
             .env_remove("CARGO_ENCODED_RUSTFLAGS");
         target.join(STATIC_TARGET).join("release").join(bin)
     } else {

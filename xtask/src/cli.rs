@@ -127,6 +127,14 @@ pub enum Cmd {
     /// listing is not the crate's API.
     #[command(verbatim_doc_comment)]
     ApiListing(ApiListingArgs),
+    /// Write crates/vmm-bin/hot-text.ld: run petrel (release) under gdb
+    /// (installed when missing) on the demo guest, a spinning guest from the
+    /// command line and through Firecracker's API (boot, snapshot, load) and
+    /// Linux to /init, record the functions it enters, and list them for the
+    /// linker to lay out ahead of the rest of .text, so that a VMM keeps less of
+    /// its code resident. Run it again after larger changes.
+    #[command(verbatim_doc_comment)]
+    HotText,
 }
 
 /// Options of `test`.

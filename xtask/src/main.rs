@@ -8,7 +8,8 @@
 //! - `bench`: Petrel's VMM-side costs side by side with QEMU, as a table and JSON;
 //! - `boot-profile`: where a guest's boot goes: slowest initcalls, biggest log gaps;
 //! - `fuzz`: runs the cargo-fuzz targets of `fuzz/`, keeping crashes as regression inputs.
-//! - `crate-graph`, `api-listing`: the library crates' dependency graph and public APIs.
+//! - `crate-graph`, `api-listing`: the library crates' dependency graph and public APIs;
+//! - `hot-text`: the functions a VMM runs, for the linker to lay out first.
 //!
 //! Run `cargo xtask --help` for the options.
 //!
@@ -16,7 +17,7 @@
 //!
 //! - `main` → the commands: `cli` (the flags, clap), `suite` (`test`), `boottest`
 //!   (`boot-test`, `qemu-check`), `bench`, `bootprof`, `fuzz`, `crates` (`crate-graph`,
-//!   `api-listing`).
+//!   `api-listing`), `hot_text` (`hot-text`).
 //! - `boottest`, the boot test's runner → the scenario modules: `jail_boot` → `api_boot`;
 //!   `snapshot_boot`, `shell_boot`, `net_boot`, `vsock_boot`; all of them → `virtio_boot`
 //!   (root disks, metrics).
@@ -41,6 +42,7 @@ mod fcapi;
 mod fuzz;
 mod guest_script;
 mod host;
+mod hot_text;
 mod initramfs;
 mod jail_boot;
 mod kernel;
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Cmd::CrateGraph(args) => done(crates::crate_graph(&workspace_root(), args.mode())),
         Cmd::ApiListing(args) => done(crates::api_listing(&workspace_root(), args.check)),
         Cmd::BootProfile(args) => done(bootprof::run(&args)),
+        Cmd::HotText => done(hot_text::run()),
     }
 }
 
