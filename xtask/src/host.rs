@@ -4,7 +4,7 @@
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::error::{Error, IoContext, Result};
@@ -184,6 +184,45 @@ const SIG_ERR: usize = usize::MAX;
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
     fn signal(signum: i32, handler: usize) -> usize;
+}
+
+/// Sends `sig` to process `pid`: a child this task started and has not reaped, so its pid
+/// names it and no other.
+pub fn signal_process(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 1 {
+            // SAFETY: kill(2) takes two integers and touches no memory of ours; pid > 1
+            // names one process, never a group or "every process".
+            unsafe { kill(pid, sig) };
+        }
+    }
+}
+
+/// A child process that is killed and reaped if it is still running when dropped (a run that
+/// failed half-way).
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
 }
 
 /// Sends SIGKILL to every process in the process group `pgid`.

@@ -239,7 +239,7 @@ fn collect(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(err);
-    let mut gdb = Reaped(
+    let mut gdb = host::Reaped(
         cmd.spawn()
             .ctx(|| format!("starting `{}`", host::describe(&cmd)))?,
     );
@@ -270,18 +270,6 @@ fn collect(
         ))
     })?;
     Ok(text.lines().map(str::to_owned).collect())
-}
-
-/// gdb, killed if it is still running when dropped (a failed scenario).
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// The program's process ID, once collect.py has written it (it is then stopped at its
@@ -383,13 +371,7 @@ fn api_steps(steps: ApiSteps, f: &Files, start: Instant) -> Result<()> {
 
 /// SIGTERM to the program, which ends a Petrel run.
 fn terminate(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        if pid > 1 {
-            // SAFETY: kill(2) takes two integers and touches no memory of ours; pid > 1
-            // names the one process gdb started, never a group.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-    }
+    host::signal_process(pid, libc::SIGTERM);
 }
 
 /// Waits for gdb to end (it ends once the program has), within [`LIMIT`] from `start`.

@@ -339,14 +339,7 @@ fn read_lossy(path: &Path) -> String {
 
 /// Sends SIGUSR1 to `child`.
 fn send_sigusr1(child: &Child) {
-    match i32::try_from(child.id()) {
-        // SAFETY: kill(2) takes two integers and touches no memory of ours; the pid is our
-        // child's, which is not reaped yet (so not reused).
-        Ok(pid) if pid > 1 => unsafe {
-            libc::kill(pid, libc::SIGUSR1);
-        },
-        _ => {}
-    }
+    host::signal_process(child.id(), libc::SIGUSR1);
 }
 
 /// Judges the snapshotting process: it saw [`SNAPSHOT_AT`], the guest had not finished

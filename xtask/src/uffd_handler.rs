@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,7 @@ impl Closing {
 /// A running `uffd_handler SOCKET MEMFILE [STATE]`, killed (and reaped) if it is still running
 /// when dropped, and its socket removed then.
 pub struct Handler {
-    child: Child,
+    child: host::Reaped,
     /// Where it listens.
     pub socket: PathBuf,
     log: PathBuf,
@@ -86,7 +86,11 @@ impl Handler {
             .stderr(err)
             .spawn()
             .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-        let mut h = Handler { child, socket, log };
+        let mut h = Handler {
+            child: host::Reaped(child),
+            socket,
+            log,
+        };
         let deadline = Instant::now() + LIMIT;
         while !h.socket.exists() {
             let ended = h.child.try_wait().ok().flatten();
@@ -156,10 +160,7 @@ impl Handler {
 
 impl Drop for Handler {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // The handler itself is killed, if it still runs, when `child` is dropped after this.
         let _ = fs::remove_file(&self.socket);
     }
 }

@@ -6,7 +6,7 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -46,16 +46,13 @@ const SOCKET_LIMIT: Duration = Duration::from_secs(5);
 /// A petrel process that is killed (and reaped) if it is still running when dropped, so
 /// that a failed run leaves nothing behind; and its socket, removed then too.
 pub(super) struct Petrel {
-    pub(super) child: Child,
+    pub(super) child: host::Reaped,
     socket: Option<PathBuf>,
 }
 
 impl Drop for Petrel {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // Petrel itself is killed, if it still runs, when `child` is dropped after this.
         if let Some(s) = &self.socket {
             let _ = fs::remove_file(s);
         }
@@ -100,7 +97,7 @@ pub(super) fn spawn_api_with(
         .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
     Ok((
         Petrel {
-            child,
+            child: host::Reaped(child),
             socket: Some(sock.clone()),
         },
         sock,
@@ -404,7 +401,7 @@ fn cmdline_memory_run(b: &Bench) -> Result<MemRun> {
         .spawn()
         .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
     let mut p = Petrel {
-        child,
+        child: host::Reaped(child),
         socket: None,
     };
     settled_memory(&mut p, start, &log)

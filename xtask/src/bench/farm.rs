@@ -128,7 +128,7 @@ impl Fleet {
     fn stop_all(&mut self) -> (usize, Duration) {
         let t = Instant::now();
         for c in &self.children {
-            super::proc::signal(c.id(), libc::SIGTERM);
+            crate::host::signal_process(c.id(), libc::SIGTERM);
         }
         let mut clean = 0;
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -27,7 +27,7 @@ impl Watchdog {
         let (tx, rx) = mpsc::channel::<()>();
         let thread = thread::spawn(move || match rx.recv_timeout(limit) {
             Err(RecvTimeoutError::Timeout) => {
-                signal(pid, libc::SIGKILL);
+                crate::host::signal_process(pid, libc::SIGKILL);
                 true
             }
             _ => false,
@@ -56,17 +56,6 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         self.finish();
-    }
-}
-
-/// Sends `sig` to process `pid` (a process this bench started and has not reaped).
-pub fn signal(pid: u32, sig: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        if pid > 1 {
-            // SAFETY: kill(2) takes two integers and touches no memory of ours; pid > 1
-            // names one process, never a group or "every process".
-            unsafe { libc::kill(pid, sig) };
-        }
     }
 }
 
@@ -249,7 +238,7 @@ pub fn ended_by_sigterm(status: &ExitStatus) -> bool {
 
 /// Sends SIGTERM to `child` and waits up to `limit` for it to exit (then SIGKILL).
 pub fn terminate(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
-    signal(child.id(), libc::SIGTERM);
+    crate::host::signal_process(child.id(), libc::SIGTERM);
     let watchdog = Watchdog::arm(child.id(), limit);
     let status = child.wait().ctx(|| "waiting for the VMM".into())?;
     if watchdog.disarm() {

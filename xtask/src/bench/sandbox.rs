@@ -23,7 +23,7 @@ mod rows;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -186,18 +186,6 @@ fn prepare(b: &Bench) -> Result<Guest> {
     })
 }
 
-/// A VMM that is killed and reaped if it is still running when dropped (a failed run).
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// One fresh boot, which also takes the round's snapshot: `petrel --kernel ...
 /// --snapshot-on-signal DIR --serial stdio` with stdin and stdout piped; `ping N` is written
 /// once [`READY`] shows, and the time from the spawn to its answer returned, s. Then, after
@@ -224,7 +212,7 @@ fn boot_run(b: &Bench, g: &Guest, n: u32) -> Result<f64> {
         .stderr(err)
         .spawn()
         .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-    let mut vmm = Reaped(child);
+    let mut vmm = host::Reaped(child);
     let mut console = Console::start(vmm.0.stdout.take().expect("stdout is piped"));
     let mut stdin = vmm.0.stdin.take().expect("stdin is piped");
     console.wait_for(READY, &|l| l.contains(READY), BOOT_LIMIT)?;
@@ -234,7 +222,7 @@ fn boot_run(b: &Bench, g: &Guest, n: u32) -> Result<f64> {
     let answered = console.wait_for(&format!("`{want}`"), &|l| l == want, ANSWER_LIMIT)?;
     let took = answered.saturating_duration_since(start).as_secs_f64();
     thread::sleep(INTO_READ);
-    proc::signal(vmm.0.id(), libc::SIGUSR1);
+    host::signal_process(vmm.0.id(), libc::SIGUSR1);
     let dog = Watchdog::arm(vmm.0.id(), ANSWER_LIMIT);
     let status = vmm.0.wait().ctx(|| "waiting for petrel".into())?;
     let stderr = fs::read_to_string(&log).unwrap_or_default();

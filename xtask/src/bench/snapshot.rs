@@ -69,8 +69,7 @@ pub(super) fn make_snapshot(b: &Bench, kernel: &Path, dir: &Path) -> Result<()> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: kill(2) on our child, not reaped yet.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) };
+    host::signal_process(child.id(), libc::SIGUSR1);
     let status = child.wait().ctx(|| "waiting for petrel".into())?;
     if dog.disarm() || !status.success() || !dir.join("state").is_file() {
         return Err(Error::Other(format!(
