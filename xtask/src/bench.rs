@@ -9,7 +9,8 @@
 //!    the peak resident set over a demo run (`bench/memory.rs`);
 //! 3. exit cost: time per port-write exit through the whole VMM against a bare `KVM_RUN`
 //!    loop on the same guest;
-//! 4. density: demo VMs started and stopped per second, one after another and two at a time;
+//! 4. density: demo VMs started and stopped per second, one after another and two at a time
+//!    (`bench/density.rs`);
 //! 5. Linux: time for the boot-test kernel to reach `Run /init as init process`
 //!    (`bench/linux.rs`);
 //! 6. Firecracker's API (`petrel --api-sock`): spawn to the socket accepting, `InstanceStart`
@@ -38,6 +39,7 @@
 
 mod acpi;
 mod api;
+mod density;
 mod farm;
 mod floor;
 mod linux;
@@ -52,7 +54,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use petrel_demo_guest::{self as demo_guest, GREETING_LINE, RESETTING_LINE};
 
@@ -111,9 +113,6 @@ const STARTUP_TARGET: f64 = 1.0 / 3.0;
 
 /// Per-exit time through Petrel over the bare `KVM_RUN` loop must not exceed this.
 const EXIT_TARGET: f64 = 1.10;
-
-/// Petrel's VMs per second over QEMU's must be at least this.
-const DENSITY_TARGET: f64 = 2.0;
 
 /// Everything the cases share.
 #[derive(Debug)]
@@ -175,7 +174,7 @@ pub fn run(args: &BenchArgs) -> u8 {
     if wanted("density") {
         let runs = args.runs.min(DENSITY_RUNS);
         println!("==> density ({runs} runs of {} VMs)", args.vms);
-        rows.extend(density(&bench, runs, args.vms));
+        rows.extend(density::density(&bench, runs, args.vms));
     }
     if wanted("linux") {
         if args.linux {
@@ -723,96 +722,6 @@ fn timeline_span_us(metrics_json: &str, from: &str, to: &str) -> Result<f64> {
     };
     let (start, end) = (at(from)?, at(to)?);
     Ok(end.saturating_sub(start) as f64)
-}
-
-/// Case 4: VMs per second, one at a time and two at a time.
-fn density(b: &Bench, runs: u32, vms: u32) -> Vec<Row> {
-    let qemu_name = format!("QEMU {}", qemu_short(b));
-    let petrel_cmd = || petrel_demo(b, "none");
-    let qemu_machine = b.qemu.clone().unwrap_or_default();
-    let qemu_cmd = || qemu_demo(b, &qemu_machine, "null", false);
-    let mut rows = Vec::new();
-    for parallel in [1, 2] {
-        let (petrel, qemu) = alternate(
-            runs,
-            (missing(b, false), |_| {
-                vms_per_second(vms, parallel, &petrel_cmd)
-            }),
-            (missing(b, true), |_| {
-                vms_per_second(vms, parallel, &qemu_cmd)
-            }),
-        );
-        let (id, name) = if parallel == 1 {
-            ("density_serial", "density: VMs/s, one after another")
-        } else {
-            ("density_two_at_a_time", "density: VMs/s, 2 at a time")
-        };
-        rows.push(Row {
-            id,
-            name: name.into(),
-            unit: Unit::PerS,
-            petrel,
-            comparison_name: qemu_name.clone(),
-            comparison: qemu,
-            target: Target::RatioAtLeast(DENSITY_TARGET),
-            measures: if parallel == 1 {
-                format!(
-                    "{vms} demo VMs started and waited for one after another, serial output \
-                     discarded (`petrel demo --serial none`; QEMU with `-serial null`); VMs/s = \
-                     {vms} / wall time; each must exit 0."
-                )
-            } else {
-                format!(
-                    "The same {vms} VMs from 2 threads, each starting its half one after \
-                     another (2 VMs alive at a time)."
-                )
-            },
-        });
-    }
-    rows
-}
-
-/// Starts `vms` VMs from `parallel` threads, each waiting for its VM before starting the
-/// next; returns VMs per second.
-fn vms_per_second(vms: u32, parallel: u32, make: &(dyn Fn() -> Command + Sync)) -> Result<f64> {
-    let start = Instant::now();
-    let results: Vec<Result<()>> = thread::scope(|s| {
-        let workers: Vec<_> = (0..parallel)
-            .map(|w| {
-                let share = vms / parallel + u32::from(w < vms % parallel);
-                s.spawn(move || -> Result<()> {
-                    for _ in 0..share {
-                        let mut cmd = make();
-                        cmd.stdin(std::process::Stdio::null())
-                            .stdout(std::process::Stdio::null())
-                            .stderr(std::process::Stdio::null());
-                        let mut child = cmd
-                            .spawn()
-                            .ctx(|| format!("starting `{}`", host::describe(&cmd)))?;
-                        let dog = proc::Watchdog::arm(child.id(), SHORT_LIMIT);
-                        let status = child.wait().ctx(|| "waiting for a VM".into())?;
-                        if dog.disarm() || !status.success() {
-                            return Err(Error::Other(format!(
-                                "`{}` ended with {status}",
-                                host::describe(&cmd)
-                            )));
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(Error::Other("a worker panicked".into())))
-            })
-            .collect()
-    });
-    let wall = start.elapsed();
-    results.into_iter().collect::<Result<Vec<()>>>()?;
-    Ok(f64::from(vms) / wall.as_secs_f64())
 }
 
 #[cfg(test)]
