@@ -23,7 +23,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -244,25 +245,25 @@ fn collect(
             .ctx(|| format!("starting `{}`", host::describe(&cmd)))?,
     );
     let start = Instant::now();
-    let pid = wait_for_pid(&pid_file, &mut gdb.0, start)?;
-    match sc.drive {
-        Drive::ToExit => {}
-        Drive::Settle => {
-            wait_for_thread(pid, VCPU_THREAD, start)?;
-            thread::sleep(SETTLE);
-            terminate(pid);
-        }
-        Drive::UntilLine(line) => {
-            let stdout = gdb.0.stdout.take().expect("stdout is piped");
-            wait_for_line(stdout, line, start)?;
-            terminate(pid);
-        }
-        Drive::Api(steps) => {
-            api_steps(steps, f, start)?;
-            terminate(pid);
-        }
+    // The program's output (gdb's stdout carries it) is read to its end, so that it never
+    // blocks on a full pipe; its lines come through `lines`.
+    let lines = drain(gdb.stdout.take().expect("stdout is piped"));
+    let pid = wait_for_pid(&pid_file, &mut gdb, start)?;
+    let driven = match sc.drive {
+        Drive::ToExit => Ok(()),
+        Drive::Settle => wait_for_thread(pid, VCPU_THREAD, start).map(|()| thread::sleep(SETTLE)),
+        Drive::UntilLine(line) => wait_for_line(&lines, line, start),
+        Drive::Api(steps) => api_steps(steps, f, pid, start),
+    };
+    if let Err(e) = driven {
+        // gdb, killed when `gdb` is dropped, would leave the program running on its own.
+        host::signal_process(pid, libc::SIGKILL);
+        return Err(e);
     }
-    let status = wait_with_limit(&mut gdb.0, start)?;
+    if sc.drive != Drive::ToExit {
+        terminate(pid);
+    }
+    let status = wait_with_limit(&mut gdb, start)?;
     let text = fs::read_to_string(&out).map_err(|e| {
         Error::Other(format!(
             "gdb ({status}) wrote no function list for `{name}` ({e}); its log: {}",
@@ -312,23 +313,35 @@ fn wait_for_thread(pid: u32, name: &str, start: Instant) -> Result<()> {
     )))
 }
 
-/// Reads the program's output (which gdb's stdout carries) until a line holds `line`.
-fn wait_for_line(stdout: std::process::ChildStdout, line: &str, start: Instant) -> Result<()> {
-    for l in BufReader::new(stdout).lines() {
-        let l = l.ctx(|| "reading the program's output".into())?;
-        if l.contains(line) {
-            return Ok(());
+/// Reads `out` to its end on a thread, sending each line.
+fn drain(out: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            // The receiver is gone once its line was seen: the rest is only read.
+            let _ = tx.send(l);
         }
-        if start.elapsed() > LIMIT {
-            break;
+    });
+    rx
+}
+
+/// Waits (within [`LIMIT`] from `start`) for a line of `lines` that holds `line`.
+fn wait_for_line(lines: &Receiver<String>, line: &str, start: Instant) -> Result<()> {
+    while let Some(left) = LIMIT.checked_sub(start.elapsed()) {
+        match lines.recv_timeout(left) {
+            Ok(l) if l.contains(line) => return Ok(()),
+            Ok(_) => {}
+            Err(_) => break,
         }
     }
     Err(Error::Other(format!("the program never printed `{line}`")))
 }
 
-/// The API requests of `steps`, each of which must succeed.
-fn api_steps(steps: ApiSteps, f: &Files, start: Instant) -> Result<()> {
-    let (mut c, _) = ApiClient::connect_when_ready(&f.socket, start, LIMIT, || true)?;
+/// The API requests of `steps` to the program `pid`, each of which must succeed.
+fn api_steps(steps: ApiSteps, f: &Files, pid: u32, start: Instant) -> Result<()> {
+    let alive = || Path::new(&format!("/proc/{pid}")).exists();
+    let (mut c, _) = ApiClient::connect_when_ready(&f.socket, start, LIMIT, alive)?;
     let path = |p: &Path| p.display().to_string();
     match steps {
         ApiSteps::BootAndSnapshot => {
