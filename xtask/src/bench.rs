@@ -91,7 +91,7 @@ const SINK_PORT: u16 = 0x10;
 const EXIT_LOOP: [u8; 4] = [0xe6, SINK_PORT as u8, 0xeb, 0xfc];
 
 /// The steady-state memory guest (real mode): `jmp $` (eb fe), a guest that never exits.
-const SPIN: [u8; 2] = [0xeb, 0xfe];
+const SPIN: [u8; 2] = crate::elf::SPIN_CODE;
 
 /// Most runs of the memory cases (each keeps a VM alive for [`SETTLE`]).
 const MEMORY_RUNS: u32 = 5;

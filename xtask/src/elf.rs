@@ -42,6 +42,11 @@ pub fn has_pvh_note(file: &[u8]) -> bool {
     })
 }
 
+/// `jmp $` (`eb fe`: a short jump back over its own two bytes), the whole code of the
+/// guests that spin without an exit: [`spin_kernel_elf`]'s, and the real-mode ones that the
+/// bench and `hot-text` run with `petrel run --raw`.
+pub const SPIN_CODE: [u8; 2] = [0xeb, 0xfe];
+
 /// Where [`spin_kernel_elf`]'s segment is loaded and entered: 1 MiB, as Linux's is.
 pub const SPIN_LOAD_ADDR: u64 = 0x10_0000;
 
@@ -58,17 +63,26 @@ pub fn spin_kernel_elf() -> Vec<u8> {
         mem_size: None,
         pvh_entry: None,
     };
-    exec_elf(&layout, &[0xeb, 0xfe])
+    exec_elf(&layout, &SPIN_CODE)
 }
 
 /// The function symbols of an ELF64 file's `.symtab`, by address (the first name wins
 /// where two share one). Empty when the file is not a little-endian ELF64 file or was
 /// stripped.
 pub fn function_symbols(file: &[u8]) -> HashMap<u64, String> {
+    function_symbol_names(file)
+        .into_iter()
+        .map(|(address, mut names)| (address, names.swap_remove(0)))
+        .collect()
+}
+
+/// Every name of each function address in an ELF64 file's `.symtab`, in the table's order
+/// (functions the compiler merged share an address). Empty as [`function_symbols`] is.
+pub fn function_symbol_names(file: &[u8]) -> HashMap<u64, Vec<String>> {
     function_symbols_inner(file).unwrap_or_default()
 }
 
-fn function_symbols_inner(file: &[u8]) -> Option<HashMap<u64, String>> {
+fn function_symbols_inner(file: &[u8]) -> Option<HashMap<u64, Vec<String>>> {
     let sections = header(file)?.sections(LittleEndian, file).ok()?;
     let symtab = sections.symbols(LittleEndian, file, SHT_SYMTAB).ok()?;
     let mut out = HashMap::new();
@@ -84,7 +98,8 @@ fn function_symbols_inner(file: &[u8]) -> Option<HashMap<u64, String>> {
             continue;
         }
         out.entry(value)
-            .or_insert_with(|| String::from_utf8_lossy(name).into_owned());
+            .or_insert_with(Vec::new)
+            .push(String::from_utf8_lossy(name).into_owned());
     }
     Some(out)
 }
@@ -257,6 +272,12 @@ mod tests {
         assert_eq!(syms.len(), 2);
         assert_eq!(syms[&0xffff_ffff_8190_0000], "pty_init");
         assert_eq!(syms[&0xffff_ffff_8190_0100], "chr_dev_init");
+        let names = function_symbol_names(&f);
+        assert_eq!(names.len(), 2, "functions only: {names:?}");
+        assert_eq!(
+            names[&0xffff_ffff_8190_0000],
+            ["pty_init", "alias_of_pty_init"]
+        );
         assert!(function_symbols(b"not an elf").is_empty());
         assert!(function_symbols(&f[..100]).is_empty());
     }

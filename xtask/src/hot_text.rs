@@ -106,8 +106,7 @@ impl Files {
         let write = |path: &Path, bytes: &[u8]| {
             fs::write(path, bytes).ctx(|| format!("writing {}", path.display()))
         };
-        // `jmp $`: a real-mode guest that spins without an exit.
-        write(&files.spin_bin, &[0xeb, 0xfe])?;
+        write(&files.spin_bin, &crate::elf::SPIN_CODE)?;
         write(&files.spin_elf, &crate::elf::spin_kernel_elf())?;
         write(&files.disk, &vec![0u8; 1 << 20])?;
         let _ = fs::remove_dir_all(&files.snapshot);
@@ -261,7 +260,8 @@ fn collect(
         return Err(e);
     }
     if sc.drive != Drive::ToExit {
-        terminate(pid);
+        // SIGTERM ends a Petrel run.
+        host::signal_process(pid, libc::SIGTERM);
     }
     let status = wait_with_limit(&mut gdb, start)?;
     let text = fs::read_to_string(&out).map_err(|e| {
@@ -382,11 +382,6 @@ fn api_steps(steps: ApiSteps, f: &Files, pid: u32, start: Instant) -> Result<()>
     Ok(())
 }
 
-/// SIGTERM to the program, which ends a Petrel run.
-fn terminate(pid: u32) {
-    host::signal_process(pid, libc::SIGTERM);
-}
-
 /// Waits for gdb to end (it ends once the program has), within [`LIMIT`] from `start`.
 fn wait_with_limit(gdb: &mut Child, start: Instant) -> Result<std::process::ExitStatus> {
     loop {
@@ -403,21 +398,12 @@ fn wait_with_limit(gdb: &mut Child, start: Instant) -> Result<std::process::Exit
     }
 }
 
-/// Every function symbol of `binary`, grouped by address (`nm`): functions that LLVM merged
-/// share one section under one of their names, so each name at a hot address is matched.
+/// Every function symbol of `binary`, to every name at its address: functions that LLVM
+/// merged share one section under one of their names, so each name at a hot address is
+/// matched.
 fn symbols_by_address(binary: &Path) -> Result<HashMap<String, Vec<String>>> {
-    let mut cmd = Command::new("nm");
-    cmd.arg("--defined-only").arg(binary);
-    let out = cmd
-        .output()
-        .ctx(|| format!("running `{}`", host::describe(&cmd)))?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command: host::describe(&cmd),
-            detail: format!("{}", out.status),
-        });
-    }
-    Ok(aliases(&String::from_utf8_lossy(&out.stdout)))
+    let file = fs::read(binary).ctx(|| format!("reading {}", binary.display()))?;
+    Ok(aliases(crate::elf::function_symbol_names(&file)))
 }
 
 /// The C libraries' functions (libc.a and libm.a, as `cc -print-file-name` finds them), each
@@ -465,16 +451,8 @@ fn archive_functions(lib: &str, nm: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// From `nm` output: each function's name to every function name at its address.
-fn aliases(nm: &str) -> HashMap<String, Vec<String>> {
-    let mut by_address: HashMap<&str, Vec<String>> = HashMap::new();
-    for line in nm.lines() {
-        if let [address, kind, name] = line.split_whitespace().collect::<Vec<_>>()[..] {
-            if kind == "t" || kind == "T" {
-                by_address.entry(address).or_default().push(name.to_owned());
-            }
-        }
-    }
+/// Each function's name to every function name at its address.
+fn aliases(by_address: HashMap<u64, Vec<String>>) -> HashMap<String, Vec<String>> {
     let mut names = HashMap::new();
     for group in by_address.into_values() {
         for name in &group {
@@ -644,14 +622,17 @@ mod tests {
 
     #[test]
     fn aliases_group_names_at_one_address() {
-        let nm = "0000000000001000 t _RNvCsa_1x1f\n\
-                  0000000000001000 t _RNvCsb_1y1g\n\
-                  0000000000002000 T main\n\
-                  0000000000003000 D data\n";
-        let a = aliases(nm);
+        // Only functions reach it: crate::elf::function_symbol_names leaves data out.
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let by_address = HashMap::from([
+            (0x1000, v(&["_RNvCsa_1x1f", "_RNvCsb_1y1g"])),
+            (0x2000, v(&["main"])),
+        ]);
+        let a = aliases(by_address);
         assert_eq!(a["_RNvCsa_1x1f"].len(), 2);
+        assert_eq!(a["_RNvCsb_1y1g"], a["_RNvCsa_1x1f"]);
         assert_eq!(a["main"], vec!["main".to_string()]);
-        assert!(!a.contains_key("data"));
+        assert_eq!(a.len(), 3);
     }
 
     #[test]
